@@ -1,0 +1,323 @@
+//! Fixed-size cells: the unit a link carries.
+
+use thiserror::Error;
+
+/// Length of every cell on a link, in bytes.
+pub const CELL_LEN: usize = 2048;
+/// Length of the cell header: circuit id (4) and command (1).
+pub const CELL_HEADER_LEN: usize = 5;
+/// Length of a cell body.
+pub const BODY_LEN: usize = CELL_LEN - CELL_HEADER_LEN;
+/// Longest circuit a client may build, and the number of tag slots in the onion header.
+pub const MAX_HOPS: usize = 5;
+/// Length of one authentication tag (AES-256-GCM).
+pub const TAG_LEN: usize = 16;
+/// Length of the onion header at the start of a relay cell body: one tag slot per possible hop.
+pub const ONION_HEADER_LEN: usize = MAX_HOPS * TAG_LEN;
+/// Length of the relay payload that follows the onion header.
+pub const RELAY_PAYLOAD_LEN: usize = BODY_LEN - ONION_HEADER_LEN;
+/// Longest handshake message a CREATE/CREATED cell can hold.
+pub const MAX_HANDSHAKE_LEN: usize = 512;
+
+/// A circuit id, local to one link. Zero is never a valid circuit id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CircId(u32);
+
+impl CircId {
+    /// Wraps a non-zero id.
+    pub fn new(id: u32) -> Option<Self> {
+        (id != 0).then_some(Self(id))
+    }
+    /// The raw value.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for CircId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#010x}", self.0)
+    }
+}
+
+/// What a cell asks its receiver to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CellCommand {
+    /// Ignored by the receiver; cover traffic and keep-alive.
+    Padding = 0,
+    /// Starts a circuit hop: carries the client's handshake message.
+    Create = 1,
+    /// Answers CREATE: carries the relay's handshake message.
+    Created = 2,
+    /// Carries an onion-encrypted relay payload.
+    Relay = 3,
+    /// Tears the circuit down; body byte 0 is a [`DestroyReason`].
+    Destroy = 4,
+}
+
+impl CellCommand {
+    fn from_u8(b: u8) -> Option<Self> {
+        Some(match b {
+            0 => Self::Padding,
+            1 => Self::Create,
+            2 => Self::Created,
+            3 => Self::Relay,
+            4 => Self::Destroy,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a circuit was destroyed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DestroyReason {
+    /// No reason given.
+    None = 0,
+    /// A protocol violation (bad cell, bad tag, ...).
+    Protocol = 1,
+    /// An internal error.
+    Internal = 2,
+    /// The client asked for it.
+    Requested = 3,
+    /// The relay is shutting down or out of resources.
+    ResourceLimit = 4,
+    /// The link under the circuit failed.
+    LinkFailed = 5,
+    /// Extending to the next hop failed.
+    ExtendFailed = 6,
+}
+
+impl DestroyReason {
+    /// Decodes a reason; unknown values become [`DestroyReason::None`].
+    pub fn from_u8(b: u8) -> Self {
+        match b {
+            1 => Self::Protocol,
+            2 => Self::Internal,
+            3 => Self::Requested,
+            4 => Self::ResourceLimit,
+            5 => Self::LinkFailed,
+            6 => Self::ExtendFailed,
+            _ => Self::None,
+        }
+    }
+}
+
+/// Errors decoding a cell.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CellError {
+    /// The input is not exactly one cell long.
+    #[error("cell has {0} bytes, expected {CELL_LEN}")]
+    BadLength(usize),
+    /// Unknown command byte.
+    #[error("unknown cell command {0}")]
+    UnknownCommand(u8),
+    /// Circuit id zero on a command that needs a circuit.
+    #[error("cell command {0:?} with circuit id 0")]
+    ZeroCircId(CellCommand),
+    /// A handshake field is longer than the cell allows.
+    #[error("handshake length {0} exceeds {MAX_HANDSHAKE_LEN}")]
+    HandshakeTooLong(usize),
+}
+
+/// One cell: exactly [`CELL_LEN`] bytes, owned in place so that crypto works
+/// on it without copies.
+#[derive(Clone)]
+pub struct Cell {
+    buf: [u8; CELL_LEN],
+}
+
+impl std::fmt::Debug for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cell")
+            .field("circ_id", &self.raw_circ_id())
+            .field("command", &self.buf[4])
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cell {
+    /// A zeroed cell with the given header.
+    pub fn new(circ_id: CircId, command: CellCommand) -> Self {
+        let mut buf = [0u8; CELL_LEN];
+        buf[..4].copy_from_slice(&circ_id.get().to_be_bytes());
+        buf[4] = command as u8;
+        Self { buf }
+    }
+
+    /// A padding cell (circuit id 0).
+    pub fn padding() -> Self {
+        let mut buf = [0u8; CELL_LEN];
+        buf[4] = CellCommand::Padding as u8;
+        Self { buf }
+    }
+
+    /// Parses and validates a cell from exactly [`CELL_LEN`] bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CellError> {
+        let buf: [u8; CELL_LEN] = bytes
+            .try_into()
+            .map_err(|_| CellError::BadLength(bytes.len()))?;
+        let cell = Self { buf };
+        cell.validate()?;
+        Ok(cell)
+    }
+
+    /// Wraps raw bytes without validation; call [`Cell::validate`] before use.
+    pub fn from_raw(buf: [u8; CELL_LEN]) -> Self {
+        Self { buf }
+    }
+
+    /// Checks the header: known command, non-zero circuit id where one is needed.
+    pub fn validate(&self) -> Result<(), CellError> {
+        let cmd = self.command()?;
+        if cmd != CellCommand::Padding && self.raw_circ_id() == 0 {
+            return Err(CellError::ZeroCircId(cmd));
+        }
+        Ok(())
+    }
+
+    fn raw_circ_id(&self) -> u32 {
+        u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+    }
+
+    /// The circuit id, `None` for padding cells.
+    pub fn circ_id(&self) -> Option<CircId> {
+        CircId::new(self.raw_circ_id())
+    }
+
+    /// Rewrites the circuit id (a relay does this when forwarding to the next link).
+    pub fn set_circ_id(&mut self, id: CircId) {
+        self.buf[..4].copy_from_slice(&id.get().to_be_bytes());
+    }
+
+    /// The command.
+    pub fn command(&self) -> Result<CellCommand, CellError> {
+        CellCommand::from_u8(self.buf[4]).ok_or(CellError::UnknownCommand(self.buf[4]))
+    }
+
+    /// Rewrites the command.
+    pub fn set_command(&mut self, cmd: CellCommand) {
+        self.buf[4] = cmd as u8;
+    }
+
+    /// The body ([`BODY_LEN`] bytes).
+    pub fn body(&self) -> &[u8] {
+        &self.buf[CELL_HEADER_LEN..]
+    }
+
+    /// The body, mutable.
+    pub fn body_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[CELL_HEADER_LEN..]
+    }
+
+    /// The whole cell as sent on a link.
+    pub fn as_bytes(&self) -> &[u8; CELL_LEN] {
+        &self.buf
+    }
+
+    /// The relay payload region of a RELAY cell (after the onion header).
+    pub fn relay_payload(&self) -> &[u8] {
+        &self.buf[CELL_HEADER_LEN + ONION_HEADER_LEN..]
+    }
+
+    /// The relay payload region, mutable.
+    pub fn relay_payload_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[CELL_HEADER_LEN + ONION_HEADER_LEN..]
+    }
+
+    /// A CREATE or CREATED cell carrying a handshake message.
+    pub fn handshake(circ_id: CircId, command: CellCommand, msg: &[u8]) -> Result<Self, CellError> {
+        if msg.len() > MAX_HANDSHAKE_LEN {
+            return Err(CellError::HandshakeTooLong(msg.len()));
+        }
+        let mut cell = Self::new(circ_id, command);
+        let body = cell.body_mut();
+        body[..2].copy_from_slice(&(msg.len() as u16).to_be_bytes());
+        body[2..2 + msg.len()].copy_from_slice(msg);
+        Ok(cell)
+    }
+
+    /// The handshake message of a CREATE or CREATED cell.
+    pub fn handshake_msg(&self) -> Result<&[u8], CellError> {
+        let body = self.body();
+        let len = u16::from_be_bytes([body[0], body[1]]) as usize;
+        if len > MAX_HANDSHAKE_LEN {
+            return Err(CellError::HandshakeTooLong(len));
+        }
+        Ok(&body[2..2 + len])
+    }
+
+    /// A DESTROY cell.
+    pub fn destroy(circ_id: CircId, reason: DestroyReason) -> Self {
+        let mut cell = Self::new(circ_id, CellCommand::Destroy);
+        cell.body_mut()[0] = reason as u8;
+        cell
+    }
+
+    /// The reason of a DESTROY cell.
+    pub fn destroy_reason(&self) -> DestroyReason {
+        DestroyReason::from_u8(self.body()[0])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_constants() {
+        assert_eq!(BODY_LEN, 2043);
+        assert_eq!(RELAY_PAYLOAD_LEN, 1963);
+    }
+
+    #[test]
+    fn header_vector() {
+        let id = CircId::new(0x8000_0001).unwrap();
+        let cell = Cell::destroy(id, DestroyReason::Requested);
+        assert_eq!(hex::encode(&cell.as_bytes()[..6]), "800000010403");
+        let back = Cell::decode(cell.as_bytes()).unwrap();
+        assert_eq!(back.circ_id(), Some(id));
+        assert_eq!(back.command().unwrap(), CellCommand::Destroy);
+        assert_eq!(back.destroy_reason(), DestroyReason::Requested);
+    }
+
+    #[test]
+    fn rejects_bad_cells() {
+        assert_eq!(
+            Cell::decode(&[0u8; 10]).unwrap_err(),
+            CellError::BadLength(10)
+        );
+        let mut raw = [0u8; CELL_LEN];
+        raw[3] = 1;
+        raw[4] = 99;
+        assert_eq!(
+            Cell::decode(&raw).unwrap_err(),
+            CellError::UnknownCommand(99)
+        );
+        raw[3] = 0;
+        raw[4] = CellCommand::Relay as u8;
+        assert_eq!(
+            Cell::decode(&raw).unwrap_err(),
+            CellError::ZeroCircId(CellCommand::Relay)
+        );
+        raw[4] = 0;
+        assert!(Cell::decode(&raw).is_ok(), "padding needs no circuit");
+    }
+
+    #[test]
+    fn handshake_roundtrip_and_limits() {
+        let id = CircId::new(7).unwrap();
+        let cell = Cell::handshake(id, CellCommand::Create, b"hello").unwrap();
+        assert_eq!(cell.handshake_msg().unwrap(), b"hello");
+        assert!(Cell::handshake(id, CellCommand::Create, &[0; MAX_HANDSHAKE_LEN + 1]).is_err());
+        let mut raw = *cell.as_bytes();
+        raw[5] = 0xff;
+        raw[6] = 0xff;
+        let bad = Cell::decode(&raw).unwrap();
+        assert_eq!(
+            bad.handshake_msg().unwrap_err(),
+            CellError::HandshakeTooLong(0xffff)
+        );
+    }
+}

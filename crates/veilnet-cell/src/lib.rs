@@ -1,0 +1,8 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod cell;
+mod relay;
+
+pub use cell::*;
+pub use relay::*;

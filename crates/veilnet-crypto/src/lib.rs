@@ -1,0 +1,10 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod circuit;
+pub mod link;
+pub mod onion;
+
+mod aead;
+
+pub use aead::CryptoError;
