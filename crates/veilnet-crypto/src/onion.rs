@@ -127,11 +127,23 @@ impl RelayBackward {
     }
 }
 
-/// The client's layers for every hop of one circuit.
+/// The client's layers for every hop of one circuit. While the circuit is
+/// being built one task owns both directions; afterwards [`ClientLayers::split`]
+/// gives each direction to its own task.
 pub struct ClientLayers {
-    fwd: Vec<DirLayer>,
-    bwd: Vec<DirLayer>,
+    fwd: ClientForward,
+    bwd: ClientBackward,
+}
+
+/// The client's forward (toward the exit) half.
+pub struct ClientForward {
+    layers: Vec<DirLayer>,
     junk: CounterAead,
+}
+
+/// The client's backward (toward the client) half.
+pub struct ClientBackward {
+    layers: Vec<DirLayer>,
 }
 
 impl ClientLayers {
@@ -139,37 +151,58 @@ impl ClientLayers {
     /// fills the unused header slots).
     pub fn new(junk_key: &[u8; 32]) -> Self {
         Self {
-            fwd: Vec::with_capacity(MAX_HOPS),
-            bwd: Vec::with_capacity(MAX_HOPS),
-            junk: CounterAead::new(junk_key),
+            fwd: ClientForward {
+                layers: Vec::with_capacity(MAX_HOPS),
+                junk: CounterAead::new(junk_key),
+            },
+            bwd: ClientBackward {
+                layers: Vec::with_capacity(MAX_HOPS),
+            },
         }
     }
 
     /// Adds the next hop.
     pub fn push_hop(&mut self, keys: &HopKeys) -> Result<(), CryptoError> {
-        if self.fwd.len() >= MAX_HOPS {
+        if self.fwd.layers.len() >= MAX_HOPS {
             return Err(CryptoError::OutOfOrder("circuit already has MAX_HOPS hops"));
         }
-        self.fwd.push(DirLayer::new(&keys.fwd_data, &keys.fwd_mask));
-        self.bwd.push(DirLayer::new(&keys.bwd_data, &keys.bwd_mask));
+        self.fwd.layers.push(DirLayer::new(&keys.fwd_data, &keys.fwd_mask));
+        self.bwd.layers.push(DirLayer::new(&keys.bwd_data, &keys.bwd_mask));
         Ok(())
     }
 
     /// Number of hops.
     pub fn hops(&self) -> usize {
-        self.fwd.len()
+        self.fwd.layers.len()
     }
 
-    /// Wraps a cell body whose payload holds a relay message for the last hop.
+    /// See [`ClientForward::encrypt`].
     pub fn encrypt_forward(&mut self, body: &mut [u8]) -> Result<(), CryptoError> {
-        let hops = self.fwd.len();
+        self.fwd.encrypt(body)
+    }
+
+    /// See [`ClientBackward::decrypt`].
+    pub fn decrypt_backward(&mut self, body: &mut [u8]) -> Result<(), CryptoError> {
+        self.bwd.decrypt(body)
+    }
+
+    /// Splits into the two directions.
+    pub fn split(self) -> (ClientForward, ClientBackward) {
+        (self.fwd, self.bwd)
+    }
+}
+
+impl ClientForward {
+    /// Wraps a cell body whose payload holds a relay message for the last hop.
+    pub fn encrypt(&mut self, body: &mut [u8]) -> Result<(), CryptoError> {
+        let hops = self.layers.len();
         if hops == 0 {
             return Err(CryptoError::OutOfOrder("no hops"));
         }
         let (header, payload) = split(body)?;
         let mut tags = [[0u8; TAG_LEN]; MAX_HOPS];
         for j in (0..hops).rev() {
-            tags[j] = self.fwd[j].data.seal(&[], payload)?;
+            tags[j] = self.layers[j].data.seal(&[], payload)?;
         }
         // What the last hop sees: its tag, then junk.
         let mut slots = [0u8; ONION_HEADER_LEN];
@@ -178,7 +211,7 @@ impl ClientLayers {
         // Walk back toward the first hop, undoing each hop's shift-and-mask.
         let mut masks = [[0u8; ONION_HEADER_LEN]; MAX_HOPS];
         for (j, m) in masks.iter_mut().enumerate().take(hops - 1) {
-            *m = self.fwd[j].mask()?;
+            *m = self.layers[j].mask()?;
         }
         for j in (0..hops - 1).rev() {
             let mut prev = [0u8; ONION_HEADER_LEN];
@@ -189,22 +222,23 @@ impl ClientLayers {
             slots = prev;
         }
         // The last hop's mask counter must advance like the relay's does.
-        self.fwd[hops - 1].mask()?;
+        self.layers[hops - 1].mask()?;
         header.copy_from_slice(&slots);
         Ok(())
     }
+}
 
+impl ClientBackward {
     /// Removes every layer from a cell the last hop originated, verifying each
     /// hop's tag. On success the payload holds the relay message.
-    pub fn decrypt_backward(&mut self, body: &mut [u8]) -> Result<(), CryptoError> {
-        let hops = self.bwd.len();
-        if hops == 0 {
+    pub fn decrypt(&mut self, body: &mut [u8]) -> Result<(), CryptoError> {
+        if self.layers.is_empty() {
             return Err(CryptoError::OutOfOrder("no hops"));
         }
         let (header, payload) = split(body)?;
         let mut slots = [0u8; ONION_HEADER_LEN];
         slots.copy_from_slice(header);
-        for (j, layer) in self.bwd.iter_mut().enumerate() {
+        for (j, layer) in self.layers.iter_mut().enumerate() {
             let tag = tag_of(&slots);
             let mask = layer.mask()?;
             layer.data.open(&[], payload, &tag, j)?;

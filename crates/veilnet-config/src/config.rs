@@ -1,0 +1,417 @@
+//! The node configuration file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+use veilnet_policy::ExitPolicy;
+
+use crate::fsutil;
+use crate::ConfigError;
+
+/// Largest configuration file `Config::load` reads.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Text of the default configuration file; see [`Config::default_toml`].
+const DEFAULT_TOML: &str = include_str!("default_config.toml");
+
+/// Largest allowed `client.hops`.
+pub const MAX_HOPS: u8 = 5;
+
+/// The whole node configuration, as read from `config.toml`.
+///
+/// Every field has a default; unknown fields are an error. Build one with
+/// [`Config::load`] or [`Config::from_toml_str`], which also
+/// [validate](Config::validate) it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where keys and state live. After loading, a relative path has been
+    /// resolved against the directory of the configuration file.
+    pub data_dir: PathBuf,
+    /// `[node]`: this node's identity on the network and its listeners.
+    pub node: NodeConfig,
+    /// `[client]`: the local proxies and how circuits are built for them.
+    pub client: ClientConfig,
+    /// `[exit]`: whether and where this node lets circuits leave the network.
+    pub exit: ExitConfig,
+    /// `[control]`: the local control API.
+    pub control: ControlConfig,
+}
+
+/// The `[node]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// libp2p (discovery) listen multiaddrs.
+    pub p2p_listen: Vec<Multiaddr>,
+    /// The dedicated cell-link TCP listener.
+    pub link_listen: SocketAddr,
+    /// Link addresses to advertise instead of `link_listen`; empty = use the
+    /// listen address.
+    pub advertise: Vec<SocketAddr>,
+    /// Bootstrap nodes: multiaddrs ending in `/p2p/<peer id>`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// ISO 3166-1 alpha-2 code, upper case; `ZZ` = unknown.
+    pub region: String,
+    /// Advertised bandwidth in bytes per second.
+    pub bandwidth: u64,
+    /// Peer ids of other nodes run by the same operator.
+    pub family: Vec<PeerId>,
+    /// Whether this node relays circuits for others.
+    pub relay: bool,
+}
+
+/// The `[client]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// SOCKS5 listener; `None` (written `""`) disables it.
+    #[serde(with = "opt_addr")]
+    pub socks: Option<SocketAddr>,
+    /// HTTP CONNECT listener; `None` (written `""`) disables it.
+    #[serde(with = "opt_addr")]
+    pub http_proxy: Option<SocketAddr>,
+    /// Nodes per circuit, `1..=`[`MAX_HOPS`].
+    pub hops: u8,
+    /// Seconds a circuit takes new streams after its first one.
+    pub max_circuit_dirtiness_secs: u64,
+    /// Number of entry guards.
+    pub num_guards: usize,
+    /// Allow `socks` and `http_proxy` on non-loopback addresses.
+    pub danger_allow_remote: bool,
+}
+
+/// The `[exit]` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExitConfig {
+    /// Whether this node is an exit.
+    pub enabled: bool,
+    /// Let this exit reach private, loopback and other non-public addresses.
+    /// Test networks only. Also accepted as `allow_private_targets`.
+    #[serde(alias = "allow_private_targets")]
+    pub danger_allow_private_targets: bool,
+    /// Exit policy rule strings such as `"accept *:443"`; empty = the default
+    /// exit policy. Checked on load; see [`Config::exit_policy`].
+    pub policy: Vec<String>,
+}
+
+/// The `[control]` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Control API listener; `None` (written `""`) disables it.
+    #[serde(with = "opt_addr")]
+    pub listen: Option<SocketAddr>,
+    /// Allow the control API on a non-loopback address.
+    pub danger_allow_remote: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("."),
+            node: NodeConfig::default(),
+            client: ClientConfig::default(),
+            exit: ExitConfig::default(),
+            control: ControlConfig::default(),
+        }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            p2p_listen: vec![Multiaddr::empty()
+                .with(Protocol::Ip4([0, 0, 0, 0].into()))
+                .with(Protocol::Tcp(9200))],
+            link_listen: SocketAddr::from(([0, 0, 0, 0], 9201)),
+            advertise: Vec::new(),
+            bootstrap: Vec::new(),
+            region: "ZZ".to_owned(),
+            bandwidth: 10_000_000,
+            family: Vec::new(),
+            relay: true,
+        }
+    }
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            socks: Some(SocketAddr::from(([127, 0, 0, 1], 9050))),
+            http_proxy: Some(SocketAddr::from(([127, 0, 0, 1], 8118))),
+            hops: 3,
+            max_circuit_dirtiness_secs: 600,
+            num_guards: 3,
+            danger_allow_remote: false,
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the configuration file at `path`.
+    ///
+    /// A relative `data_dir` is resolved against the directory containing
+    /// `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let bytes = fsutil::read_bounded(path, MAX_CONFIG_BYTES, false)?.ok_or_else(|| {
+            ConfigError::io(
+                "reading",
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
+            )
+        })?;
+        let text = String::from_utf8(bytes).map_err(|_| ConfigError::Toml {
+            path: Some(path.to_owned()),
+            message: "the file is not valid UTF-8".to_owned(),
+        })?;
+        let base = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        Config::from_toml_str(&text, base).map_err(|e| match e {
+            ConfigError::Toml {
+                path: None,
+                message,
+            } => ConfigError::Toml {
+                path: Some(path.to_owned()),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates configuration text. A relative `data_dir` is
+    /// resolved against `base_dir`.
+    pub fn from_toml_str(s: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(s).map_err(|e| ConfigError::Toml {
+            path: None,
+            message: e.to_string(),
+        })?;
+        if config.data_dir.is_relative() {
+            config.data_dir = base_dir.join(&config.data_dir);
+        }
+        // Drop interior `.` components and trailing slashes ("dir/." -> "dir").
+        config.data_dir = config.data_dir.components().collect();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The commented default configuration file: every option, set to its
+    /// default value and explained. Parses to [`Config::default()`].
+    pub fn default_toml() -> &'static str {
+        DEFAULT_TOML
+    }
+
+    /// Checks the values that the types alone do not.
+    ///
+    /// Refuses: `client.hops` outside `1..=5`; a region that is not two
+    /// upper-case letters; zero bandwidth, guards or dirtiness; bootstrap
+    /// addresses without `/p2p/<peer id>`; unspecified or port-0 advertise
+    /// addresses; non-loopback proxy listeners unless
+    /// `client.danger_allow_remote`; a non-loopback control listener unless
+    /// `control.danger_allow_remote`; two listeners on the same address;
+    /// exit policy rules that `veilnet-policy` cannot parse.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.client;
+        if !(1..=MAX_HOPS).contains(&c.hops) {
+            return Err(ConfigError::invalid(
+                "client.hops",
+                format!("{} is not between 1 and {MAX_HOPS}", c.hops),
+            ));
+        }
+        if c.num_guards == 0 {
+            return Err(ConfigError::invalid(
+                "client.num_guards",
+                "must be at least 1",
+            ));
+        }
+        if c.max_circuit_dirtiness_secs == 0 {
+            return Err(ConfigError::invalid(
+                "client.max_circuit_dirtiness_secs",
+                "must be at least 1",
+            ));
+        }
+        check_loopback("client.socks", c.socks, c.danger_allow_remote)?;
+        check_loopback("client.http_proxy", c.http_proxy, c.danger_allow_remote)?;
+        check_loopback(
+            "control.listen",
+            self.control.listen,
+            self.control.danger_allow_remote,
+        )?;
+
+        let n = &self.node;
+        let r = n.region.as_bytes();
+        if r.len() != 2 || !r.iter().all(u8::is_ascii_uppercase) {
+            return Err(ConfigError::invalid(
+                "node.region",
+                format!(
+                    "{:?} is not a two-letter upper-case ISO 3166-1 code (use \"ZZ\" for unknown)",
+                    n.region
+                ),
+            ));
+        }
+        if n.bandwidth == 0 {
+            return Err(ConfigError::invalid("node.bandwidth", "must be at least 1"));
+        }
+        for addr in &n.bootstrap {
+            if !matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+                return Err(ConfigError::invalid(
+                    "node.bootstrap",
+                    format!("{addr} does not end in /p2p/<peer id>"),
+                ));
+            }
+        }
+        for addr in &n.advertise {
+            if addr.ip().is_unspecified() || addr.port() == 0 {
+                return Err(ConfigError::invalid(
+                    "node.advertise",
+                    format!("{addr} is not an address others can connect to"),
+                ));
+            }
+        }
+
+        let listeners = [
+            ("node.link_listen", Some(n.link_listen)),
+            ("client.socks", c.socks),
+            ("client.http_proxy", c.http_proxy),
+            ("control.listen", self.control.listen),
+        ];
+        for (i, (name_a, a)) in listeners.iter().enumerate() {
+            for (name_b, b) in &listeners[i + 1..] {
+                if let (Some(a), Some(b)) = (a, b) {
+                    if a == b && a.port() != 0 {
+                        return Err(ConfigError::invalid(
+                            name_b,
+                            format!("{b} is already used by `{name_a}`"),
+                        ));
+                    }
+                }
+            }
+        }
+
+        if self.exit.policy.iter().any(|r| r.trim().is_empty()) {
+            return Err(ConfigError::invalid(
+                "exit.policy",
+                "contains an empty rule",
+            ));
+        }
+        if !self.exit.policy.is_empty() {
+            ExitPolicy::parse_rules(&self.exit.policy)
+                .map_err(|e| ConfigError::invalid("exit.policy", e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Risky but allowed settings, one sentence each, for the daemon to log
+    /// at startup. Empty for the default configuration.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.client.hops < 3 {
+            w.push(format!(
+                "client.hops = {}: circuits shorter than 3 hops are easier to deanonymize",
+                self.client.hops
+            ));
+        }
+        if self.exit.danger_allow_private_targets {
+            w.push(
+                "exit.danger_allow_private_targets is set: this exit will connect to private and loopback addresses"
+                    .to_owned(),
+            );
+        }
+        let remote = |a: Option<SocketAddr>| a.is_some_and(|a| !a.ip().is_loopback());
+        if remote(self.client.socks) || remote(self.client.http_proxy) {
+            w.push(
+                "a client proxy listens on a non-loopback address: others can use your circuits"
+                    .to_owned(),
+            );
+        }
+        if remote(self.control.listen) {
+            w.push("the control API listens on a non-loopback address".to_owned());
+        }
+        w
+    }
+
+    /// The exit policy this node enforces: [`ExitPolicy::reject_all`] unless
+    /// `exit.enabled`; otherwise `exit.policy` (or the default exit policy if
+    /// empty), without the built-in private-network rejections if
+    /// `exit.danger_allow_private_targets` is set.
+    pub fn exit_policy(&self) -> Result<ExitPolicy, ConfigError> {
+        if !self.exit.enabled {
+            return Ok(ExitPolicy::reject_all());
+        }
+        let policy = match self.exit_policy_rules() {
+            None => ExitPolicy::default_exit(),
+            Some(rules) => ExitPolicy::parse_rules(rules)
+                .map_err(|e| ConfigError::invalid("exit.policy", e.to_string()))?,
+        };
+        Ok(if self.exit.danger_allow_private_targets {
+            policy.with_private_targets_allowed()
+        } else {
+            policy
+        })
+    }
+
+    /// The configured exit policy rules, or `None` to use the default exit
+    /// policy (`veilnet_policy::ExitPolicy::default_exit()`).
+    pub fn exit_policy_rules(&self) -> Option<&[String]> {
+        if self.exit.policy.is_empty() {
+            None
+        } else {
+            Some(&self.exit.policy)
+        }
+    }
+}
+
+fn check_loopback(
+    field: &'static str,
+    addr: Option<SocketAddr>,
+    allow_remote: bool,
+) -> Result<(), ConfigError> {
+    match addr {
+        Some(a) if !a.ip().is_loopback() && !allow_remote => Err(ConfigError::invalid(
+            field,
+            format!(
+                "{a} is not a loopback address; set `danger_allow_remote = true` in the same section to allow it"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Serde helpers for an optional socket address written as a string, with
+/// `""` meaning "disabled".
+mod opt_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        v: &Option<SocketAddr>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(a) => s.collect_str(a),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SocketAddr>, D::Error> {
+        let s = String::deserialize(d)?;
+        let s = s.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        s.parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "invalid socket address {s:?}: expected IP:port such as \"127.0.0.1:9050\", or \"\" to disable"
+            ))
+        })
+    }
+}

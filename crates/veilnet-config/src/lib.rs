@@ -1,0 +1,18 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod config;
+mod error;
+mod fsutil;
+mod keys;
+mod peers;
+
+pub use config::{ClientConfig, Config, ControlConfig, ExitConfig, NodeConfig, MAX_HOPS};
+pub use error::{ConfigError, ErrorKind};
+pub use keys::{
+    init_data_dir, init_data_dir_at, load_keys, onion_key_signing_message, verify_onion_key,
+    InitReport, NodeKeys, OnionKey, CONFIG_FILE, IDENTITY_KEY_FILE, ONION_KEY_FILE,
+    ONION_KEY_LIFETIME, ONION_KEY_ROTATE_BEFORE, ONION_KEY_SIGNATURE_CONTEXT,
+    PREVIOUS_ONION_KEY_FILE,
+};
+pub use peers::{load_peers, save_peers, MAX_PEERS, PEERS_FILE};

@@ -1,0 +1,547 @@
+//! Signed node descriptors: what a node says about itself, and how others
+//! check it.
+
+use std::net::SocketAddr;
+
+use libp2p::identity::{KeyType, Keypair, PublicKey};
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+use veilnet_policy::ExitPolicy;
+
+/// Domain separation prefix of the signed message: the signature covers
+/// `SIGNING_CONTEXT || body`.
+pub const SIGNING_CONTEXT: &[u8] = b"veilnet-descriptor-v1\0";
+/// Largest accepted framed descriptor ([`SignedDescriptor::to_bytes`]).
+pub const MAX_DESCRIPTOR_BYTES: usize = 16 * 1024;
+/// Largest accepted signature (ed25519 signatures are 64 bytes).
+pub const MAX_SIGNATURE_BYTES: usize = 512;
+/// How far in the future `published` may lie (clock skew), in seconds.
+pub const MAX_CLOCK_SKEW: u64 = 300;
+/// How old a descriptor may get before it is rejected / aged out, in seconds.
+pub const MAX_DESCRIPTOR_AGE: u64 = 3 * 60 * 60;
+/// Most link and most libp2p addresses a descriptor may list (each).
+pub const MAX_ADDRS: usize = 8;
+/// Most family members a descriptor may declare.
+pub const MAX_FAMILY: usize = 16;
+/// Longest `version` string, in bytes.
+pub const MAX_VERSION_LEN: usize = 64;
+
+/// Framing overhead of [`SignedDescriptor::to_bytes`]: `u32` + `u16` lengths.
+const FRAME_OVERHEAD: usize = 4 + 2;
+
+/// What a node offers to the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct Roles {
+    /// Carries circuits as a guard or middle hop.
+    pub relay: bool,
+    /// Opens connections to the outside world as the last hop.
+    pub exit: bool,
+}
+
+/// Everything a node publishes about itself. Signed into a
+/// [`SignedDescriptor`]; only trust one returned by
+/// [`SignedDescriptor::verify`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Descriptor {
+    /// The node's libp2p identity; must be derived from `identity_key`.
+    pub peer_id: PeerId,
+    /// Protobuf encoding of the node's libp2p ed25519 public key (hex in JSON).
+    #[serde(with = "hex_vec")]
+    pub identity_key: Vec<u8>,
+    /// Where the node's cell-link listener accepts connections.
+    pub link_addrs: Vec<SocketAddr>,
+    /// libp2p listen addresses.
+    pub p2p_addrs: Vec<Multiaddr>,
+    /// X25519 public key for circuit handshakes (hex in JSON).
+    #[serde(with = "hex_array")]
+    pub onion_key: [u8; 32],
+    /// When `onion_key` stops being valid (unix seconds).
+    pub onion_key_expires: u64,
+    /// Relay / exit roles.
+    pub roles: Roles,
+    /// Which targets the node connects to as an exit.
+    pub exit_policy: ExitPolicy,
+    /// Advertised bandwidth in bytes per second.
+    pub bandwidth: u64,
+    /// ISO 3166-1 alpha-2 country code, or `ZZ` when unknown.
+    pub region: String,
+    /// Declared family: nodes run by the same operator. Two nodes are in the
+    /// same family only if each lists the other.
+    pub family: Vec<PeerId>,
+    /// Software version, at most [`MAX_VERSION_LEN`] bytes.
+    pub version: String,
+    /// Sequence number, strictly increasing with every new descriptor.
+    pub seq: u64,
+    /// When the descriptor was made (unix seconds).
+    pub published: u64,
+}
+
+/// A descriptor body with its signature, as it travels between nodes.
+///
+/// `body` is the `serde_json` encoding of a [`Descriptor`]; `signature` is the
+/// identity key's signature over [`SIGNING_CONTEXT`]` || body`. In JSON both
+/// fields are hex strings.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SignedDescriptor {
+    /// JSON encoding of the [`Descriptor`].
+    #[serde(with = "hex_vec")]
+    pub body: Vec<u8>,
+    /// Signature over [`SIGNING_CONTEXT`]` || body`.
+    #[serde(with = "hex_vec")]
+    pub signature: Vec<u8>,
+}
+
+/// What a caller should do about a [`DescriptorError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The bytes are malformed, forged or break the limits: the sender
+    /// misbehaved (or is buggy); drop it and consider reporting the peer.
+    Invalid,
+    /// Well-formed but out of date (too old, onion key expired, older
+    /// sequence number): drop it quietly; this happens in normal operation.
+    Stale,
+    /// Dated in the future beyond the allowed clock skew: drop it; either
+    /// clock may be wrong.
+    ClockSkew,
+    /// A local limit or local problem (directory full, signing failed).
+    Local,
+}
+
+/// Why a descriptor was not signed, decoded, verified or stored.
+///
+/// Display messages name the peer (when known) and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DescriptorError {
+    /// The encoded descriptor is larger than allowed.
+    #[error("descriptor too large: {len} bytes (max {max})")]
+    TooLarge {
+        /// Size seen.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// The framed bytes end early.
+    #[error("descriptor truncated: {what} needs {needed} bytes, {have} left")]
+    Truncated {
+        /// Which part was being read.
+        what: &'static str,
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes available.
+        have: usize,
+    },
+    /// Bytes follow the signature.
+    #[error("descriptor has {extra} trailing bytes")]
+    TrailingBytes {
+        /// How many.
+        extra: usize,
+    },
+    /// The signature is longer than any supported signature.
+    #[error("descriptor signature is {len} bytes (max {MAX_SIGNATURE_BYTES})")]
+    SignatureTooLong {
+        /// Size seen.
+        len: usize,
+    },
+    /// The body is not a valid descriptor JSON document.
+    #[error("descriptor body is not valid: {reason}")]
+    Malformed {
+        /// The JSON decoder's message.
+        reason: String,
+    },
+    /// `identity_key` does not decode to an ed25519 libp2p public key.
+    #[error("descriptor of {peer}: bad identity key: {reason}")]
+    BadIdentityKey {
+        /// Claimed peer.
+        peer: PeerId,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `peer_id` is not the one derived from `identity_key`.
+    #[error("descriptor claims peer {claimed} but its identity key belongs to {derived}")]
+    PeerIdMismatch {
+        /// `peer_id` field.
+        claimed: PeerId,
+        /// Derived from `identity_key` (boxed to keep the error small).
+        derived: Box<PeerId>,
+    },
+    /// The signature does not verify.
+    #[error("descriptor of {peer}: bad signature")]
+    BadSignature {
+        /// Claimed peer.
+        peer: PeerId,
+    },
+    /// `published` is too far in the future.
+    #[error("descriptor of {peer}: published {published} is more than {MAX_CLOCK_SKEW}s after now ({now})")]
+    FromFuture {
+        /// Peer.
+        peer: PeerId,
+        /// Its `published`.
+        published: u64,
+        /// Our clock.
+        now: u64,
+    },
+    /// `published` is older than [`MAX_DESCRIPTOR_AGE`].
+    #[error("descriptor of {peer}: expired (published {published}, now {now}, max age {MAX_DESCRIPTOR_AGE}s)")]
+    Expired {
+        /// Peer.
+        peer: PeerId,
+        /// Its `published`.
+        published: u64,
+        /// Our clock.
+        now: u64,
+    },
+    /// `onion_key_expires` is not after now.
+    #[error("descriptor of {peer}: onion key expired at {expires} (now {now})")]
+    OnionKeyExpired {
+        /// Peer.
+        peer: PeerId,
+        /// Its `onion_key_expires`.
+        expires: u64,
+        /// Our clock.
+        now: u64,
+    },
+    /// A field breaks a limit or format rule.
+    #[error("descriptor of {peer}: field {field}: {reason}")]
+    BadField {
+        /// Peer.
+        peer: PeerId,
+        /// Field name.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A descriptor with a sequence number not above the stored one, and
+    /// different bytes.
+    #[error("descriptor of {peer}: replayed or stale seq {seq} (have {have})")]
+    Replayed {
+        /// Peer.
+        peer: PeerId,
+        /// Offered sequence number.
+        seq: u64,
+        /// Stored sequence number.
+        have: u64,
+    },
+    /// The directory holds [`crate::MAX_NODES`] nodes already.
+    #[error("directory full ({max} nodes); dropping descriptor of {peer}")]
+    DirectoryFull {
+        /// Peer that did not fit.
+        peer: PeerId,
+        /// Limit.
+        max: usize,
+    },
+    /// Signing: the keypair is not the descriptor's identity.
+    #[error("cannot sign descriptor of {peer}: keypair does not match peer_id/identity_key")]
+    KeyMismatch {
+        /// Descriptor's peer.
+        peer: PeerId,
+    },
+    /// Signing or encoding failed locally.
+    #[error("cannot sign descriptor: {reason}")]
+    Signing {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl DescriptorError {
+    /// What the caller should do about this error.
+    pub fn kind(&self) -> ErrorKind {
+        use DescriptorError::*;
+        match self {
+            TooLarge { .. }
+            | Truncated { .. }
+            | TrailingBytes { .. }
+            | SignatureTooLong { .. }
+            | Malformed { .. }
+            | BadIdentityKey { .. }
+            | PeerIdMismatch { .. }
+            | BadSignature { .. }
+            | BadField { .. } => ErrorKind::Invalid,
+            Expired { .. } | OnionKeyExpired { .. } | Replayed { .. } => ErrorKind::Stale,
+            FromFuture { .. } => ErrorKind::ClockSkew,
+            DirectoryFull { .. } | KeyMismatch { .. } | Signing { .. } => ErrorKind::Local,
+        }
+    }
+
+    /// The peer the error is about, when known.
+    pub fn peer(&self) -> Option<PeerId> {
+        use DescriptorError::*;
+        match self {
+            BadIdentityKey { peer, .. }
+            | BadSignature { peer }
+            | FromFuture { peer, .. }
+            | Expired { peer, .. }
+            | OnionKeyExpired { peer, .. }
+            | BadField { peer, .. }
+            | Replayed { peer, .. }
+            | DirectoryFull { peer, .. }
+            | KeyMismatch { peer } => Some(*peer),
+            PeerIdMismatch { claimed, .. } => Some(*claimed),
+            TooLarge { .. }
+            | Truncated { .. }
+            | TrailingBytes { .. }
+            | SignatureTooLong { .. }
+            | Malformed { .. }
+            | Signing { .. } => None,
+        }
+    }
+}
+
+impl Descriptor {
+    /// Check the field limits and formats (not time, not signature).
+    pub fn check_fields(&self) -> Result<(), DescriptorError> {
+        let bad = |field: &'static str, reason: String| DescriptorError::BadField {
+            peer: self.peer_id,
+            field,
+            reason,
+        };
+        if self.link_addrs.len() > MAX_ADDRS {
+            return Err(bad(
+                "link_addrs",
+                format!("{} addresses (max {MAX_ADDRS})", self.link_addrs.len()),
+            ));
+        }
+        if let Some(a) = self
+            .link_addrs
+            .iter()
+            .find(|a| a.port() == 0 || a.ip().is_unspecified())
+        {
+            return Err(bad(
+                "link_addrs",
+                format!("{a} is not connectable (unspecified address or port 0)"),
+            ));
+        }
+        if self.p2p_addrs.len() > MAX_ADDRS {
+            return Err(bad(
+                "p2p_addrs",
+                format!("{} addresses (max {MAX_ADDRS})", self.p2p_addrs.len()),
+            ));
+        }
+        if self.family.len() > MAX_FAMILY {
+            return Err(bad(
+                "family",
+                format!("{} members (max {MAX_FAMILY})", self.family.len()),
+            ));
+        }
+        if self.region.len() != 2 || !self.region.bytes().all(|b| b.is_ascii_uppercase()) {
+            let shown: String = self.region.chars().take(8).collect();
+            return Err(bad(
+                "region",
+                format!("{shown:?} is not 2 uppercase ASCII letters (use \"ZZ\" if unknown)"),
+            ));
+        }
+        if self.version.len() > MAX_VERSION_LEN {
+            return Err(bad(
+                "version",
+                format!("{} bytes (max {MAX_VERSION_LEN})", self.version.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sign this descriptor with the node's identity keypair.
+    ///
+    /// Fails if `key` is not the descriptor's identity (`peer_id` and
+    /// `identity_key` must both match), if a field breaks a limit, or if the
+    /// result would exceed [`MAX_DESCRIPTOR_BYTES`].
+    pub fn sign(&self, key: &Keypair) -> Result<SignedDescriptor, DescriptorError> {
+        let public = key.public();
+        if public.to_peer_id() != self.peer_id || public.encode_protobuf() != self.identity_key {
+            return Err(DescriptorError::KeyMismatch { peer: self.peer_id });
+        }
+        self.check_fields()?;
+        let body = serde_json::to_vec(self).map_err(|e| DescriptorError::Signing {
+            reason: e.to_string(),
+        })?;
+        let signature = key
+            .sign(&signed_message(&body))
+            .map_err(|e| DescriptorError::Signing {
+                reason: e.to_string(),
+            })?;
+        let signed = SignedDescriptor { body, signature };
+        signed.check_size()?;
+        Ok(signed)
+    }
+}
+
+fn signed_message(body: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(SIGNING_CONTEXT.len() + body.len());
+    msg.extend_from_slice(SIGNING_CONTEXT);
+    msg.extend_from_slice(body);
+    msg
+}
+
+impl SignedDescriptor {
+    /// Size of [`to_bytes`](Self::to_bytes)'s output.
+    pub fn encoded_len(&self) -> usize {
+        FRAME_OVERHEAD + self.body.len() + self.signature.len()
+    }
+
+    fn check_size(&self) -> Result<(), DescriptorError> {
+        if self.signature.len() > MAX_SIGNATURE_BYTES {
+            return Err(DescriptorError::SignatureTooLong {
+                len: self.signature.len(),
+            });
+        }
+        let len = self.encoded_len();
+        if len > MAX_DESCRIPTOR_BYTES {
+            return Err(DescriptorError::TooLarge {
+                len,
+                max: MAX_DESCRIPTOR_BYTES,
+            });
+        }
+        Ok(())
+    }
+
+    /// Compact framing: `u32 BE body length | body | u16 BE signature length | signature`.
+    ///
+    /// A hand-built descriptor over the size limits encodes to bytes that
+    /// [`from_bytes`](Self::from_bytes) rejects (lengths saturate).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        let body_len = u32::try_from(self.body.len()).unwrap_or(u32::MAX);
+        let sig_len = u16::try_from(self.signature.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&body_len.to_be_bytes());
+        out.extend_from_slice(&self.body);
+        out.extend_from_slice(&sig_len.to_be_bytes());
+        out.extend_from_slice(&self.signature);
+        out
+    }
+
+    /// Decode [`to_bytes`](Self::to_bytes)'s framing. Checks sizes and
+    /// framing only; call [`verify`](Self::verify) before trusting it.
+    pub fn from_bytes(b: &[u8]) -> Result<Self, DescriptorError> {
+        if b.len() > MAX_DESCRIPTOR_BYTES {
+            return Err(DescriptorError::TooLarge {
+                len: b.len(),
+                max: MAX_DESCRIPTOR_BYTES,
+            });
+        }
+        let mut rest = b;
+        let body_len = take(&mut rest, 4, "body length")?;
+        let body_len = u32::from_be_bytes([body_len[0], body_len[1], body_len[2], body_len[3]]);
+        let body_len = usize::try_from(body_len).unwrap_or(usize::MAX);
+        let body = take(&mut rest, body_len, "body")?.to_vec();
+        let sig_len = take(&mut rest, 2, "signature length")?;
+        let sig_len = usize::from(u16::from_be_bytes([sig_len[0], sig_len[1]]));
+        if sig_len > MAX_SIGNATURE_BYTES {
+            return Err(DescriptorError::SignatureTooLong { len: sig_len });
+        }
+        let signature = take(&mut rest, sig_len, "signature")?.to_vec();
+        if !rest.is_empty() {
+            return Err(DescriptorError::TrailingBytes { extra: rest.len() });
+        }
+        Ok(SignedDescriptor { body, signature })
+    }
+
+    /// Check everything and return the descriptor.
+    ///
+    /// Checks, in order: size limits; the body parses; field limits
+    /// (addresses, family, region, version); `identity_key` decodes to an
+    /// ed25519 key whose peer id is `peer_id`; the signature; `published` at
+    /// most [`MAX_CLOCK_SKEW`] in the future and at most
+    /// [`MAX_DESCRIPTOR_AGE`] in the past; `onion_key_expires > now`.
+    pub fn verify(&self, now: u64) -> Result<Descriptor, DescriptorError> {
+        self.check_size()?;
+        let desc: Descriptor =
+            serde_json::from_slice(&self.body).map_err(|e| DescriptorError::Malformed {
+                reason: e.to_string(),
+            })?;
+        let peer = desc.peer_id;
+        desc.check_fields()?;
+        let key = PublicKey::try_decode_protobuf(&desc.identity_key).map_err(|e| {
+            DescriptorError::BadIdentityKey {
+                peer,
+                reason: e.to_string(),
+            }
+        })?;
+        if key.key_type() != KeyType::Ed25519 {
+            return Err(DescriptorError::BadIdentityKey {
+                peer,
+                reason: format!("{:?} keys are not accepted, only ed25519", key.key_type()),
+            });
+        }
+        let derived = key.to_peer_id();
+        if derived != peer {
+            return Err(DescriptorError::PeerIdMismatch {
+                claimed: peer,
+                derived: Box::new(derived),
+            });
+        }
+        if !key.verify(&signed_message(&self.body), &self.signature) {
+            return Err(DescriptorError::BadSignature { peer });
+        }
+        if desc.published > now.saturating_add(MAX_CLOCK_SKEW) {
+            return Err(DescriptorError::FromFuture {
+                peer,
+                published: desc.published,
+                now,
+            });
+        }
+        if is_too_old(desc.published, now) {
+            return Err(DescriptorError::Expired {
+                peer,
+                published: desc.published,
+                now,
+            });
+        }
+        if desc.onion_key_expires <= now {
+            return Err(DescriptorError::OnionKeyExpired {
+                peer,
+                expires: desc.onion_key_expires,
+                now,
+            });
+        }
+        Ok(desc)
+    }
+}
+
+/// Whether a descriptor published at `published` is too old at `now`.
+pub(crate) fn is_too_old(published: u64, now: u64) -> bool {
+    published < now.saturating_sub(MAX_DESCRIPTOR_AGE)
+}
+
+fn take<'a>(
+    rest: &mut &'a [u8],
+    n: usize,
+    what: &'static str,
+) -> Result<&'a [u8], DescriptorError> {
+    if rest.len() < n {
+        return Err(DescriptorError::Truncated {
+            what,
+            needed: n,
+            have: rest.len(),
+        });
+    }
+    let (head, tail) = rest.split_at(n);
+    *rest = tail;
+    Ok(head)
+}
+
+mod hex_vec {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        hex::decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+mod hex_array {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = String::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(serde::de::Error::custom)?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,14 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod descriptor;
+pub mod directory;
+pub mod path;
+
+pub use descriptor::{
+    Descriptor, DescriptorError, ErrorKind, Roles, SignedDescriptor, MAX_ADDRS, MAX_CLOCK_SKEW,
+    MAX_DESCRIPTOR_AGE, MAX_DESCRIPTOR_BYTES, MAX_FAMILY, MAX_SIGNATURE_BYTES, MAX_VERSION_LEN,
+    SIGNING_CONTEXT,
+};
+pub use directory::{Directory, Inserted, MAX_NODES};
+pub use path::{select_path, ExitTarget, GuardSet, PathError, PathRequest};

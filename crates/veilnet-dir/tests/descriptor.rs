@@ -1,0 +1,486 @@
+//! Descriptor signing, framing, verification and the directory store.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{desc, key, sign, NOW};
+use libp2p::identity::Keypair;
+use veilnet_dir::{
+    Descriptor, DescriptorError, Directory, ErrorKind, Inserted, SignedDescriptor, MAX_CLOCK_SKEW,
+    MAX_DESCRIPTOR_AGE, MAX_DESCRIPTOR_BYTES, SIGNING_CONTEXT,
+};
+use veilnet_policy::ExitPolicy;
+
+/// The fixed test-vector descriptor: ed25519 secret key = 32 bytes of 0x01.
+fn vector_descriptor() -> (Keypair, Descriptor) {
+    let key = Keypair::ed25519_from_bytes([1u8; 32]).unwrap();
+    let public = key.public();
+    let d = Descriptor {
+        peer_id: public.to_peer_id(),
+        identity_key: public.encode_protobuf(),
+        link_addrs: vec!["203.0.113.7:9001".parse().unwrap()],
+        p2p_addrs: vec!["/ip4/203.0.113.7/tcp/4001".parse().unwrap()],
+        onion_key: [0x42; 32],
+        onion_key_expires: 1_700_604_800,
+        roles: veilnet_dir::Roles {
+            relay: true,
+            exit: true,
+        },
+        exit_policy: ExitPolicy::parse_rules(&["reject 10.0.0.0/8:*", "accept *:443"]).unwrap(),
+        bandwidth: 5_000_000,
+        region: "DE".into(),
+        family: vec![],
+        version: "veilnet/0.1.0".into(),
+        seq: 7,
+        published: 1_700_000_000,
+    };
+    (key, d)
+}
+
+const VECTOR_PEER_ID: &str = "12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5";
+const VECTOR_BODY: &str = concat!(
+    r#"{"peer_id":"12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5","#,
+    r#""identity_key":"080112208a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c","#,
+    r#""link_addrs":["203.0.113.7:9001"],"p2p_addrs":["/ip4/203.0.113.7/tcp/4001"],"#,
+    r#""onion_key":"4242424242424242424242424242424242424242424242424242424242424242","#,
+    r#""onion_key_expires":1700604800,"roles":{"relay":true,"exit":true},"#,
+    r#""exit_policy":["reject 10.0.0.0/8:*","accept *:443"],"bandwidth":5000000,"#,
+    r#""region":"DE","family":[],"version":"veilnet/0.1.0","seq":7,"published":1700000000}"#
+);
+const VECTOR_SIGNATURE: &str = concat!(
+    "e42d2043cdfd55e64bf3d2663d050ad53944bdd432fd1aae2577aeed187dfd36",
+    "6bfdf204ffe23b68abdba205e0d44611c75d067cd7a5bca0635f2ef474324e00"
+);
+
+#[test]
+fn test_vector() {
+    let (key, d) = vector_descriptor();
+    let signed = d.sign(&key).unwrap();
+    assert_eq!(d.peer_id.to_string(), VECTOR_PEER_ID);
+    assert_eq!(std::str::from_utf8(&signed.body).unwrap(), VECTOR_BODY);
+    assert_eq!(hex::encode(&signed.signature), VECTOR_SIGNATURE);
+    // and the committed bytes verify on their own
+    let from_vector = SignedDescriptor {
+        body: VECTOR_BODY.as_bytes().to_vec(),
+        signature: hex::decode(VECTOR_SIGNATURE).unwrap(),
+    };
+    assert_eq!(from_vector.verify(1_700_000_000).unwrap(), d);
+    // framing
+    let bytes = from_vector.to_bytes();
+    assert_eq!(&bytes[..4], &(VECTOR_BODY.len() as u32).to_be_bytes());
+    assert_eq!(&bytes[4 + VECTOR_BODY.len()..][..2], &[0, 64]);
+    assert_eq!(bytes.len(), 4 + VECTOR_BODY.len() + 2 + 64);
+}
+
+#[test]
+fn signature_covers_context_and_body() {
+    let k = key(1);
+    let s = sign(&desc(&k, "1.2.3.4:9001"), &k);
+    let mut msg = SIGNING_CONTEXT.to_vec();
+    msg.extend_from_slice(&s.body);
+    assert!(k.public().verify(&msg, &s.signature));
+    assert!(!k.public().verify(&s.body, &s.signature));
+}
+
+#[test]
+fn sign_verify_round_trip() {
+    let k = key(1);
+    let d = desc(&k, "1.2.3.4:9001");
+    let s = sign(&d, &k);
+    assert_eq!(s.verify(NOW).unwrap(), d);
+    let back = SignedDescriptor::from_bytes(&s.to_bytes()).unwrap();
+    assert_eq!(back, s);
+    assert_eq!(back.verify(NOW).unwrap(), d);
+    // JSON form of the signed descriptor (for libp2p request-response)
+    let json = serde_json::to_string(&s).unwrap();
+    assert_eq!(serde_json::from_str::<SignedDescriptor>(&json).unwrap(), s);
+}
+
+#[test]
+fn tampered_body_is_bad_signature() {
+    let k = key(1);
+    let s = sign(&desc(&k, "1.2.3.4:9001"), &k);
+    let text = String::from_utf8(s.body.clone()).unwrap();
+    let forged = text.replace("\"bandwidth\":1000000", "\"bandwidth\":9000000000");
+    assert_ne!(forged, text);
+    let t = SignedDescriptor {
+        body: forged.into_bytes(),
+        signature: s.signature.clone(),
+    };
+    let err = t.verify(NOW).unwrap_err();
+    assert!(matches!(err, DescriptorError::BadSignature { .. }), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Invalid);
+    assert!(err
+        .to_string()
+        .contains(&k.public().to_peer_id().to_string()));
+
+    // flipped signature bit
+    let mut t = s.clone();
+    t.signature[10] ^= 1;
+    assert!(matches!(
+        t.verify(NOW),
+        Err(DescriptorError::BadSignature { .. })
+    ));
+    // empty and short signatures
+    for len in [0, 1, 63] {
+        let mut t = s.clone();
+        t.signature.truncate(len);
+        assert!(matches!(
+            t.verify(NOW),
+            Err(DescriptorError::BadSignature { .. })
+        ));
+    }
+}
+
+#[test]
+fn wrong_peer_id_for_key() {
+    let (k1, k2) = (key(1), key(2));
+    let mut d = desc(&k1, "1.2.3.4:9001");
+    // claims k2's peer id with k1's key: signing refuses
+    d.peer_id = k2.public().to_peer_id();
+    assert!(matches!(
+        d.sign(&k1),
+        Err(DescriptorError::KeyMismatch { .. })
+    ));
+    // a forger builds it by hand anyway
+    let mut msg = SIGNING_CONTEXT.to_vec();
+    let body = serde_json::to_vec(&d).unwrap();
+    msg.extend_from_slice(&body);
+    let forged = SignedDescriptor {
+        signature: k1.sign(&msg).unwrap(),
+        body,
+    };
+    let err = forged.verify(NOW).unwrap_err();
+    assert!(
+        matches!(&err, DescriptorError::PeerIdMismatch { claimed, derived }
+            if *claimed == k2.public().to_peer_id() && **derived == k1.public().to_peer_id()),
+        "{err}"
+    );
+    // signing with the wrong keypair
+    let d = desc(&k1, "1.2.3.4:9001");
+    assert!(matches!(
+        d.sign(&k2),
+        Err(DescriptorError::KeyMismatch { .. })
+    ));
+}
+
+#[test]
+fn garbage_identity_key() {
+    let k = key(1);
+    let mut d = desc(&k, "1.2.3.4:9001");
+    d.identity_key = vec![1, 2, 3];
+    let body = serde_json::to_vec(&d).unwrap();
+    let s = SignedDescriptor {
+        body,
+        signature: vec![0; 64],
+    };
+    assert!(matches!(
+        s.verify(NOW),
+        Err(DescriptorError::BadIdentityKey { .. })
+    ));
+}
+
+#[test]
+fn time_checks() {
+    let k = key(1);
+    let mut d = desc(&k, "1.2.3.4:9001");
+
+    d.published = NOW + MAX_CLOCK_SKEW;
+    assert!(sign(&d, &k).verify(NOW).is_ok(), "skew edge accepted");
+    d.published = NOW + MAX_CLOCK_SKEW + 1;
+    let err = sign(&d, &k).verify(NOW).unwrap_err();
+    assert!(matches!(err, DescriptorError::FromFuture { .. }), "{err}");
+    assert_eq!(err.kind(), ErrorKind::ClockSkew);
+
+    d.published = NOW - MAX_DESCRIPTOR_AGE;
+    assert!(sign(&d, &k).verify(NOW).is_ok(), "age edge accepted");
+    d.published = NOW - MAX_DESCRIPTOR_AGE - 1;
+    let err = sign(&d, &k).verify(NOW).unwrap_err();
+    assert!(matches!(err, DescriptorError::Expired { .. }), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Stale);
+
+    d.published = NOW;
+    d.onion_key_expires = NOW;
+    let err = sign(&d, &k).verify(NOW).unwrap_err();
+    assert!(
+        matches!(err, DescriptorError::OnionKeyExpired { .. }),
+        "{err}"
+    );
+    d.onion_key_expires = NOW + 1;
+    assert!(sign(&d, &k).verify(NOW).is_ok());
+
+    // extreme clocks do not overflow
+    d.published = u64::MAX;
+    assert!(sign(&d, &k).verify(u64::MAX).is_err()); // onion key expired
+    d.published = 0;
+    assert!(sign(&d, &k).verify(0).is_ok());
+}
+
+type Mutation = Box<dyn Fn(&mut Descriptor)>;
+
+#[test]
+fn field_limits() {
+    let k = key(1);
+    let base = desc(&k, "1.2.3.4:9001");
+    let cases: Vec<(&str, Mutation)> = vec![
+        (
+            "link_addrs",
+            Box::new(|d| d.link_addrs = vec!["1.2.3.4:1".parse().unwrap(); 9]),
+        ),
+        (
+            "link_addrs",
+            Box::new(|d| d.link_addrs = vec!["0.0.0.0:9001".parse().unwrap()]),
+        ),
+        (
+            "link_addrs",
+            Box::new(|d| d.link_addrs = vec!["1.2.3.4:0".parse().unwrap()]),
+        ),
+        (
+            "p2p_addrs",
+            Box::new(|d| d.p2p_addrs = vec!["/ip4/1.2.3.4/tcp/1".parse().unwrap(); 9]),
+        ),
+        (
+            "family",
+            Box::new(|d| d.family = vec![key(2).public().to_peer_id(); 17]),
+        ),
+        ("region", Box::new(|d| d.region = "de".into())),
+        ("region", Box::new(|d| d.region = "DEU".into())),
+        ("region", Box::new(|d| d.region = "".into())),
+        ("region", Box::new(|d| d.region = "D1".into())),
+        ("region", Box::new(|d| d.region = "ÄÖ".into())),
+        ("version", Box::new(|d| d.version = "v".repeat(65))),
+    ];
+    for (field, mutate) in cases {
+        let mut d = base.clone();
+        mutate(&mut d);
+        // sign refuses ...
+        let err = d.sign(&k).unwrap_err();
+        assert!(
+            matches!(&err, DescriptorError::BadField { field: f, .. } if *f == field),
+            "{field}: {err}"
+        );
+        // ... and verify rejects a hand-made one
+        let mut msg = SIGNING_CONTEXT.to_vec();
+        let body = serde_json::to_vec(&d).unwrap();
+        msg.extend_from_slice(&body);
+        let s = SignedDescriptor {
+            signature: k.sign(&msg).unwrap(),
+            body,
+        };
+        let err = s.verify(NOW).unwrap_err();
+        assert!(
+            matches!(&err, DescriptorError::BadField { field: f, .. } if *f == field),
+            "{field}: {err}"
+        );
+        assert!(err.to_string().contains(field));
+    }
+    // the limits themselves are fine
+    let mut d = base.clone();
+    d.link_addrs = vec!["1.2.3.4:1".parse().unwrap(); 8];
+    d.family = vec![key(2).public().to_peer_id(); 16];
+    d.version = "v".repeat(64);
+    assert!(sign(&d, &k).verify(NOW).is_ok());
+}
+
+#[test]
+fn malformed_bodies() {
+    let k = key(1);
+    let good = sign(&desc(&k, "1.2.3.4:9001"), &k);
+    let text = String::from_utf8(good.body.clone()).unwrap();
+    let bodies = [
+        String::new(),
+        "null".into(),
+        "{}".into(),
+        "[1,2]".into(),
+        text[..text.len() - 1].to_string(),
+        text.replace("\"seq\":1", "\"seq\":-1"),
+        text.replace("\"seq\":1", "\"seq\":1,\"seq\":2"),
+        text.replace("\"onion_key\":\"1111", "\"onion_key\":\"11"),
+        text.replace("\"onion_key\":\"1111", "\"onion_key\":\"zz11"),
+        text.replace("accept *:*", "accept *:99999"),
+        text.replace("1.2.3.4:9001", "not-an-addr"),
+        text.replace("/ip4/127.0.0.1/tcp/4001", "/bogus"),
+        text.replace(&k.public().to_peer_id().to_string(), "Qmnope"),
+    ];
+    for body in bodies {
+        let s = SignedDescriptor {
+            body: body.clone().into_bytes(),
+            signature: good.signature.clone(),
+        };
+        let err = s.verify(NOW).unwrap_err();
+        assert!(
+            matches!(err, DescriptorError::Malformed { .. }),
+            "{body:.60}: {err}"
+        );
+        assert_eq!(err.kind(), ErrorKind::Invalid);
+    }
+    // invalid UTF-8
+    let s = SignedDescriptor {
+        body: vec![0xff, 0xfe, b'{'],
+        signature: vec![],
+    };
+    assert!(matches!(
+        s.verify(NOW),
+        Err(DescriptorError::Malformed { .. })
+    ));
+}
+
+#[test]
+fn truncated_at_every_length() {
+    let k = key(1);
+    let bytes = sign(&desc(&k, "1.2.3.4:9001"), &k).to_bytes();
+    for len in 0..bytes.len() {
+        let err = SignedDescriptor::from_bytes(&bytes[..len]).unwrap_err();
+        assert!(
+            matches!(err, DescriptorError::Truncated { .. }),
+            "len {len}: {err}"
+        );
+    }
+    assert!(SignedDescriptor::from_bytes(&bytes).is_ok());
+    // every single-byte corruption: an error or a (differently) verified result, never a panic
+    for i in 0..bytes.len() {
+        let mut b = bytes.clone();
+        b[i] ^= 0x80;
+        if let Ok(s) = SignedDescriptor::from_bytes(&b) {
+            assert!(s.verify(NOW).is_err(), "corruption at {i} went unnoticed");
+        }
+    }
+    let mut b = bytes.clone();
+    b.push(0);
+    assert!(matches!(
+        SignedDescriptor::from_bytes(&b),
+        Err(DescriptorError::TrailingBytes { extra: 1 })
+    ));
+}
+
+#[test]
+fn oversize() {
+    let too_big = vec![0u8; MAX_DESCRIPTOR_BYTES + 1];
+    assert!(matches!(
+        SignedDescriptor::from_bytes(&too_big),
+        Err(DescriptorError::TooLarge { .. })
+    ));
+    // body length field claims 4 GiB
+    let mut b = vec![0xff, 0xff, 0xff, 0xff];
+    b.extend_from_slice(&[0; 100]);
+    assert!(matches!(
+        SignedDescriptor::from_bytes(&b),
+        Err(DescriptorError::Truncated { .. })
+    ));
+    // signature length over the limit
+    let mut b = vec![0, 0, 0, 2, b'{', b'}', 0xff, 0xff];
+    b.extend_from_slice(&[0; 100]);
+    assert!(matches!(
+        SignedDescriptor::from_bytes(&b),
+        Err(DescriptorError::SignatureTooLong { .. })
+    ));
+    // a hand-made oversize descriptor is refused by verify and by from_bytes
+    let s = SignedDescriptor {
+        body: vec![b' '; MAX_DESCRIPTOR_BYTES],
+        signature: vec![0; 64],
+    };
+    assert!(matches!(
+        s.verify(NOW),
+        Err(DescriptorError::TooLarge { .. })
+    ));
+    assert!(SignedDescriptor::from_bytes(&s.to_bytes()).is_err());
+    // sign refuses to produce one: max out every bounded field
+    let k = key(1);
+    let mut d = desc(&k, "1.2.3.4:9001");
+    let rules: Vec<String> = (0..256)
+        .map(|i| format!("reject [2001:db8:{i:x}:ffff:ffff:ffff:ffff:ffff]:10000-20000"))
+        .collect();
+    d.exit_policy = ExitPolicy::parse_rules(&rules).unwrap();
+    d.family = (100..116).map(|i| key(i).public().to_peer_id()).collect();
+    d.p2p_addrs = vec!["/ip6/2001:db8::1/tcp/65535".parse().unwrap(); 8];
+    let err = d.sign(&k).unwrap_err();
+    assert!(matches!(err, DescriptorError::TooLarge { .. }), "{err}");
+}
+
+#[test]
+fn directory_insert_replay_update() {
+    let k = key(1);
+    let peer = k.public().to_peer_id();
+    let mut dir = Directory::new(key(99).public().to_peer_id());
+    let mut d = desc(&k, "1.2.3.4:9001");
+    d.seq = 5;
+    let s5 = sign(&d, &k);
+    assert_eq!(dir.insert(&s5, NOW).unwrap(), Inserted::New);
+    assert_eq!(dir.insert(&s5, NOW).unwrap(), Inserted::Unchanged);
+    assert_eq!(dir.len(), 1);
+    assert_eq!(dir.get(&peer).unwrap().seq, 5);
+    assert_eq!(dir.signed(&peer).unwrap(), &s5);
+
+    // same seq, different bytes: replay
+    d.bandwidth += 1;
+    let err = dir.insert(&sign(&d, &k), NOW).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DescriptorError::Replayed {
+                seq: 5,
+                have: 5,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // lower seq: replay
+    d.seq = 4;
+    let err = dir.insert(&sign(&d, &k), NOW).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DescriptorError::Replayed {
+                seq: 4,
+                have: 5,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.kind(), ErrorKind::Stale);
+    assert_eq!(err.peer(), Some(peer));
+    assert!(err.to_string().contains(&peer.to_string()));
+    // higher seq: update
+    d.seq = 6;
+    let s6 = sign(&d, &k);
+    assert_eq!(dir.insert(&s6, NOW + 10).unwrap(), Inserted::Updated);
+    assert_eq!(dir.get(&peer).unwrap().seq, 6);
+    assert_eq!(dir.all_signed(), vec![s6]);
+
+    // invalid descriptors never get in
+    let mut bad = sign(&desc(&key(2), "5.6.7.8:9001"), &key(2));
+    bad.signature[0] ^= 1;
+    assert!(dir.insert(&bad, NOW).is_err());
+    assert_eq!(dir.len(), 1);
+}
+
+#[test]
+fn directory_expire() {
+    let mut dir = Directory::new(key(99).public().to_peer_id());
+    let (k1, k2, k3) = (key(1), key(2), key(3));
+    let mut d1 = desc(&k1, "1.1.1.1:1");
+    d1.published = NOW - 1000;
+    let mut d2 = desc(&k2, "2.2.2.2:1");
+    d2.published = NOW + 200; // within the allowed clock skew
+    let mut d3 = desc(&k3, "3.3.3.3:1");
+    d3.onion_key_expires = NOW + 60;
+    for (d, k) in [(&d1, &k1), (&d2, &k2), (&d3, &k3)] {
+        dir.insert(&sign(d, k), NOW).unwrap();
+    }
+    assert_eq!(dir.len(), 3);
+    assert!(dir.expire(NOW).is_empty());
+    assert_eq!(dir.expire(NOW + 60), vec![k3.public().to_peer_id()]);
+    assert!(dir.expire(NOW - 1000 + MAX_DESCRIPTOR_AGE).is_empty());
+    assert_eq!(
+        dir.expire(NOW - 1000 + MAX_DESCRIPTOR_AGE + 1),
+        vec![k1.public().to_peer_id()]
+    );
+    assert_eq!(dir.len(), 1);
+    assert!(dir.get(&k2.public().to_peer_id()).is_some());
+    assert_eq!(dir.iter().count(), 1);
+    // a stale descriptor is refused at insert time
+    let err = dir.insert(&sign(&d1, &k1), NOW - 1000 + MAX_DESCRIPTOR_AGE + 1);
+    assert!(matches!(err, Err(DescriptorError::Expired { .. })));
+}

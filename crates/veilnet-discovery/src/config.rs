@@ -1,0 +1,55 @@
+//! Configuration of a discovery node.
+
+use std::{sync::Arc, time::Duration};
+
+use libp2p::{identity::Keypair, Multiaddr, PeerId};
+
+/// Supplies the records this node currently knows (its own descriptor and verified others).
+///
+/// It is called on the swarm task for every gossip round and every inbound
+/// exchange, so it must be cheap and must not block.
+pub type RecordProvider = Arc<dyn Fn() -> Vec<Vec<u8>> + Send + Sync>;
+
+/// Configuration of a discovery node. Build one with [`DiscoveryConfig::new`]
+/// and adjust the public fields.
+#[derive(Debug, Clone)]
+pub struct DiscoveryConfig {
+    /// The node's libp2p identity.
+    pub keypair: Keypair,
+    /// Addresses to listen on, e.g. `/ip4/127.0.0.1/tcp/0`. Default: none.
+    pub listen: Vec<Multiaddr>,
+    /// Bootstrap peers; each address must end with `/p2p/<peer id>`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Peers remembered from a previous run.
+    pub known_peers: Vec<(PeerId, Multiaddr)>,
+    /// Time between two gossip rounds. Must be non-zero. Default 2 s.
+    pub exchange_interval: Duration,
+    /// Maximum number of records per message, sent or accepted. Default 2048.
+    pub max_records: usize,
+    /// Maximum length of one record in bytes; larger records are dropped
+    /// with a debug log. Default 16 KiB.
+    pub max_record_len: usize,
+}
+
+impl DiscoveryConfig {
+    /// Default time between gossip rounds.
+    pub const DEFAULT_EXCHANGE_INTERVAL: Duration = Duration::from_secs(2);
+    /// Default maximum number of records per message.
+    pub const DEFAULT_MAX_RECORDS: usize = 2048;
+    /// Default maximum record length.
+    pub const DEFAULT_MAX_RECORD_LEN: usize = 16 * 1024;
+
+    /// A configuration with the given identity, no listen address, no
+    /// bootstrap or known peers and default limits.
+    pub fn new(keypair: Keypair) -> Self {
+        Self {
+            keypair,
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            known_peers: Vec::new(),
+            exchange_interval: Self::DEFAULT_EXCHANGE_INTERVAL,
+            max_records: Self::DEFAULT_MAX_RECORDS,
+            max_record_len: Self::DEFAULT_MAX_RECORD_LEN,
+        }
+    }
+}

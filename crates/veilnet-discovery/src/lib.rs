@@ -1,0 +1,22 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod config;
+mod error;
+mod node;
+mod wire;
+
+pub use config::{DiscoveryConfig, RecordProvider};
+pub use error::{DiscoveryError, ErrorKind};
+pub use node::{spawn, DiscoveryEvent, DiscoveryHandle};
+
+/// Protocol version string announced through identify.
+pub const IDENTIFY_PROTOCOL: &str = "/veilnet/id/1.0.0";
+/// Kademlia protocol name.
+pub const KAD_PROTOCOL: &str = "/veilnet/kad/1.0.0";
+/// Record gossip (request-response) protocol name.
+pub const RECORDS_PROTOCOL: &str = "/veilnet/records/1.0.0";
+/// Hard upper bound on the encoded size of one gossip message, whatever the config says.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Maximum number of established connections a node keeps.
+pub const MAX_ESTABLISHED: u32 = 50;

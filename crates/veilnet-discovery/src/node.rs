@@ -1,0 +1,686 @@
+//! The swarm task, its handle and its events.
+
+use std::{
+    collections::{HashMap, HashSet},
+    num::NonZeroU32,
+    time::Duration,
+};
+
+use futures::StreamExt;
+use libp2p::{
+    connection_limits::{self, ConnectionLimits},
+    identify, kad,
+    multiaddr::Protocol,
+    noise, ping,
+    request_response::{self, OutboundRequestId, ProtocolSupport},
+    swarm::{
+        dial_opts::{DialOpts, PeerCondition},
+        NetworkBehaviour, SwarmEvent,
+    },
+    tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder,
+};
+use rand::seq::IteratorRandom;
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::{Instant, MissedTickBehavior},
+};
+use tracing::{debug, trace, warn};
+
+use crate::{
+    config::{DiscoveryConfig, RecordProvider},
+    error::DiscoveryError,
+    wire::{self, Limits, RecordsMessage},
+    IDENTIFY_PROTOCOL, KAD_PROTOCOL, MAX_ESTABLISHED, RECORDS_PROTOCOL,
+};
+
+/// Capacity of the event channel.
+const EVENT_CHANNEL: usize = 256;
+/// Capacity of the command channel.
+const COMMAND_CHANNEL: usize = 64;
+/// Peers contacted per gossip round.
+const GOSSIP_FANOUT: usize = 3;
+/// First random walk after start.
+const FIRST_WALK: Duration = Duration::from_secs(1);
+/// Time between random walks.
+const WALK_INTERVAL: Duration = Duration::from_secs(10);
+/// Idle connection timeout.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Timeout of one record exchange.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent record streams per connection.
+const MAX_RECORD_STREAMS: usize = 8;
+/// Addresses taken from one identify message.
+const MAX_IDENTIFY_ADDRS: usize = 8;
+/// Pending connections allowed in each direction.
+const MAX_PENDING: u32 = 32;
+/// Established connections allowed per peer.
+const MAX_PER_PEER: u32 = 2;
+/// How long [`spawn`] waits for the listeners to report their addresses.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Something the discovery node reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoveryEvent {
+    /// The node listens on a new address.
+    Listening(Multiaddr),
+    /// The first connection to a peer was established; `addr` is the remote
+    /// address of that connection.
+    PeerConnected {
+        /// The peer.
+        peer: PeerId,
+        /// Remote address of the connection.
+        addr: Multiaddr,
+    },
+    /// The last connection to a peer was closed.
+    PeerDisconnected {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// Unverified records received from a peer (never empty).
+    Records {
+        /// The peer that sent them.
+        from: PeerId,
+        /// The records, as opaque blobs.
+        records: Vec<Vec<u8>>,
+    },
+}
+
+/// Handle to a running discovery node. Cheap to clone; the node stops on
+/// [`DiscoveryHandle::shutdown`] or when the last handle is dropped.
+#[derive(Debug, Clone)]
+pub struct DiscoveryHandle {
+    local_peer_id: PeerId,
+    commands: mpsc::Sender<Command>,
+}
+
+enum Command {
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    ConnectedPeers(oneshot::Sender<Vec<(PeerId, Multiaddr)>>),
+    ExchangeNow,
+    Shutdown(oneshot::Sender<()>),
+}
+
+impl DiscoveryHandle {
+    /// The node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    /// Addresses the node currently listens on (empty once stopped).
+    pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.ask(Command::ListenAddrs).await.unwrap_or_default()
+    }
+
+    /// Connected peers with the remote address of one connection each
+    /// (empty once stopped).
+    pub async fn connected_peers(&self) -> Vec<(PeerId, Multiaddr)> {
+        self.ask(Command::ConnectedPeers).await.unwrap_or_default()
+    }
+
+    /// Triggers an immediate gossip round (e.g. after our descriptor changed).
+    pub async fn exchange_now(&self) {
+        // A stopped node has nothing to exchange.
+        let _ = self.commands.send(Command::ExchangeNow).await;
+    }
+
+    /// Stops the node and waits until its connections are dropped.
+    pub async fn shutdown(&self) {
+        // `None`: already stopped.
+        let _ = self.ask(Command::Shutdown).await;
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    limits: connection_limits::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    records: request_response::json::Behaviour<RecordsMessage, RecordsMessage>,
+}
+
+/// Starts a discovery node on the current tokio runtime.
+///
+/// Returns once every listener reports an address, so
+/// [`DiscoveryHandle::listen_addrs`] is immediately useful.
+pub async fn spawn(
+    cfg: DiscoveryConfig,
+    provider: RecordProvider,
+) -> Result<(DiscoveryHandle, mpsc::Receiver<DiscoveryEvent>), DiscoveryError> {
+    if cfg.exchange_interval.is_zero() {
+        return Err(DiscoveryError::InvalidConfig(
+            "exchange_interval must be non-zero",
+        ));
+    }
+    let mut bootstrap = Vec::with_capacity(cfg.bootstrap.len());
+    for addr in &cfg.bootstrap {
+        match addr.iter().last() {
+            Some(Protocol::P2p(peer)) => bootstrap.push((peer, addr.clone())),
+            _ => return Err(DiscoveryError::BootstrapWithoutPeerId(addr.clone())),
+        }
+    }
+    let limits = Limits::new(cfg.max_records, cfg.max_record_len);
+    let mut swarm = build_swarm(&cfg, &limits)?;
+
+    let mut pending_listeners = HashSet::new();
+    for addr in &cfg.listen {
+        let id = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| DiscoveryError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        pending_listeners.insert(id);
+    }
+
+    let local_peer_id = *swarm.local_peer_id();
+    for (peer, addr) in bootstrap.iter().chain(cfg.known_peers.iter()) {
+        if *peer != local_peer_id {
+            swarm
+                .behaviour_mut()
+                .kad
+                .add_address(peer, without_p2p(addr));
+            dial(&mut swarm, *peer, vec![addr.clone()]);
+        }
+    }
+    if let Err(e) = swarm.behaviour_mut().kad.bootstrap() {
+        debug!("kademlia bootstrap not started: {e}");
+    }
+
+    let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL);
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL);
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let node = Node {
+        swarm,
+        provider,
+        limits,
+        exchange_interval: cfg.exchange_interval,
+        events: events_tx,
+        commands: cmd_rx,
+        connected: HashMap::new(),
+        in_flight: HashMap::new(),
+        pending_listeners,
+        ready: Some(ready_tx),
+        gossip_started: false,
+    };
+    tokio::spawn(node.run());
+
+    match tokio::time::timeout(LISTEN_TIMEOUT, ready_rx).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(e),
+        // The task ended without answering: it can only do that after a
+        // listener error, which it reports; treat a silent end the same.
+        Ok(Err(_)) => {
+            return Err(DiscoveryError::Listen {
+                addr: Multiaddr::empty(),
+                reason: "discovery task stopped".into(),
+            })
+        }
+        Err(_) => {
+            // Dropping cmd_tx stops the task.
+            return Err(DiscoveryError::ListenTimeout(LISTEN_TIMEOUT));
+        }
+    }
+    Ok((
+        DiscoveryHandle {
+            local_peer_id,
+            commands: cmd_tx,
+        },
+        events_rx,
+    ))
+}
+
+fn build_swarm(cfg: &DiscoveryConfig, limits: &Limits) -> Result<Swarm<Behaviour>, DiscoveryError> {
+    let transport_err = |e: &dyn std::fmt::Display| DiscoveryError::Transport(e.to_string());
+    let swarm = SwarmBuilder::with_existing_identity(cfg.keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| transport_err(&e))?
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+
+            let limits_cfg = ConnectionLimits::default()
+                .with_max_established(Some(MAX_ESTABLISHED))
+                .with_max_established_per_peer(Some(MAX_PER_PEER))
+                .with_max_pending_incoming(Some(MAX_PENDING))
+                .with_max_pending_outgoing(Some(MAX_PENDING));
+
+            let identify = identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
+                    .with_agent_version("veilnet".to_owned()),
+            );
+
+            let mut kad_cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+            // We do not use the DHT's record store: drop inbound PUTs.
+            kad_cfg.set_record_filtering(kad::StoreInserts::FilterBoth);
+            kad_cfg.set_query_timeout(Duration::from_secs(30));
+            let mut kad = kad::Behaviour::with_config(
+                peer_id,
+                kad::store::MemoryStore::new(peer_id),
+                kad_cfg,
+            );
+            // Loopback / private addresses would otherwise keep us in client mode.
+            kad.set_mode(Some(kad::Mode::Server));
+
+            let max_msg = u64::try_from(limits.max_message_bytes).unwrap_or(u64::MAX);
+            let codec = request_response::json::codec::Codec::default()
+                .set_request_size_maximum(max_msg)
+                .set_response_size_maximum(max_msg);
+            let records = request_response::Behaviour::with_codec(
+                codec,
+                [(StreamProtocol::new(RECORDS_PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(REQUEST_TIMEOUT)
+                    .with_max_concurrent_streams(MAX_RECORD_STREAMS),
+            );
+
+            Behaviour {
+                limits: connection_limits::Behaviour::new(limits_cfg),
+                identify,
+                ping: ping::Behaviour::default(),
+                kad,
+                records,
+            }
+        })
+        .map_err(|e| transport_err(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+        .build();
+    Ok(swarm)
+}
+
+/// `addr` without its trailing `/p2p/<peer id>`, if any.
+fn without_p2p(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect()
+}
+
+fn dial(swarm: &mut Swarm<Behaviour>, peer: PeerId, addrs: Vec<Multiaddr>) {
+    let opts = DialOpts::peer_id(peer)
+        .addresses(addrs)
+        .condition(PeerCondition::DisconnectedAndNotDialing)
+        .build();
+    if let Err(e) = swarm.dial(opts) {
+        trace!(%peer, "not dialing: {e}");
+    }
+}
+
+struct PeerState {
+    addr: Multiaddr,
+    connections: NonZeroU32,
+}
+
+struct Node {
+    swarm: Swarm<Behaviour>,
+    provider: RecordProvider,
+    limits: Limits,
+    exchange_interval: Duration,
+    events: mpsc::Sender<DiscoveryEvent>,
+    commands: mpsc::Receiver<Command>,
+    connected: HashMap<PeerId, PeerState>,
+    /// Outbound record exchanges in flight, at most one per peer.
+    in_flight: HashMap<OutboundRequestId, PeerId>,
+    pending_listeners: HashSet<libp2p::core::transport::ListenerId>,
+    ready: Option<oneshot::Sender<Result<(), DiscoveryError>>>,
+    gossip_started: bool,
+}
+
+impl Node {
+    async fn run(mut self) {
+        let mut gossip = tokio::time::interval(self.exchange_interval);
+        gossip.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let walk = tokio::time::sleep(FIRST_WALK);
+        tokio::pin!(walk);
+        if self.pending_listeners.is_empty() {
+            self.signal_ready(Ok(()));
+        }
+
+        loop {
+            // `biased`: local work (commands, timers) before new peer input.
+            tokio::select! {
+                biased;
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::ListenAddrs(tx)) => {
+                        let _ = tx.send(self.swarm.listeners().cloned().collect());
+                    }
+                    Some(Command::ConnectedPeers(tx)) => {
+                        let _ = tx.send(
+                            self.connected.iter().map(|(p, s)| (*p, s.addr.clone())).collect(),
+                        );
+                    }
+                    Some(Command::ExchangeNow) => {
+                        self.gossip_round();
+                        gossip.reset();
+                    }
+                    Some(Command::Shutdown(tx)) => {
+                        debug!("discovery node shutting down");
+                        drop(self.swarm);
+                        let _ = tx.send(());
+                        return;
+                    }
+                    None => {
+                        debug!("all discovery handles dropped; stopping");
+                        return;
+                    }
+                },
+                _ = gossip.tick(), if self.gossip_started => self.gossip_round(),
+                () = &mut walk => {
+                    self.random_walk();
+                    walk.as_mut().reset(Instant::now() + WALK_INTERVAL);
+                }
+                ev = self.swarm.select_next_some() => {
+                    if self.handle_swarm_event(ev) {
+                        // First connection: run the first round right away.
+                        self.gossip_round();
+                        gossip.reset();
+                    }
+                }
+            }
+        }
+    }
+
+    fn signal_ready(&mut self, res: Result<(), DiscoveryError>) {
+        if let Some(tx) = self.ready.take() {
+            let _ = tx.send(res);
+        }
+    }
+
+    /// Sends a non-blocking event; drops it when the channel is full.
+    fn emit(&self, ev: DiscoveryEvent) {
+        match self.events.try_send(ev) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(ev)) => {
+                debug!("event channel full; dropping {}", event_name(&ev));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    fn random_walk(&mut self) {
+        trace!("random walk");
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .get_closest_peers(PeerId::random());
+    }
+
+    /// Dials `peer` if we are not connected and below the connection limit.
+    fn maybe_dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if peer == *self.swarm.local_peer_id()
+            || self.connected.contains_key(&peer)
+            || addrs.is_empty()
+        {
+            return;
+        }
+        let established = self
+            .swarm
+            .network_info()
+            .connection_counters()
+            .num_established();
+        if established >= MAX_ESTABLISHED {
+            return;
+        }
+        dial(&mut self.swarm, peer, addrs);
+    }
+
+    fn gossip_round(&mut self) {
+        self.gossip_started = true;
+        let busy: HashSet<PeerId> = self.in_flight.values().copied().collect();
+        let peers = self
+            .connected
+            .keys()
+            .filter(|p| !busy.contains(p))
+            .copied()
+            .choose_multiple(&mut rand::thread_rng(), GOSSIP_FANOUT);
+        if peers.is_empty() {
+            return;
+        }
+        let msg = self.pack();
+        for peer in peers {
+            self.send_records(peer, msg.clone());
+        }
+    }
+
+    fn send_records(&mut self, peer: PeerId, msg: RecordsMessage) {
+        if self.in_flight.values().any(|p| *p == peer) {
+            return;
+        }
+        let id = self.swarm.behaviour_mut().records.send_request(&peer, msg);
+        self.in_flight.insert(id, peer);
+    }
+
+    fn pack(&self) -> RecordsMessage {
+        let (msg, dropped) = wire::pack((self.provider)(), &self.limits, &mut rand::thread_rng());
+        if dropped.any() {
+            debug!(?dropped, "records left out of an outgoing message");
+        }
+        msg
+    }
+
+    fn deliver(&self, from: PeerId, msg: RecordsMessage) {
+        let (records, dropped) = wire::unpack(msg, &self.limits);
+        if dropped.any() {
+            debug!(%from, ?dropped, "records dropped from an incoming message");
+        }
+        if !records.is_empty() {
+            self.emit(DiscoveryEvent::Records { from, records });
+        }
+    }
+
+    /// Handles one swarm event; returns true when this was our first
+    /// connection ever (so the caller starts gossip).
+    fn handle_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) -> bool {
+        match ev {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                debug!(%address, "listening");
+                self.emit(DiscoveryEvent::Listening(address));
+                self.pending_listeners.remove(&listener_id);
+                if self.pending_listeners.is_empty() {
+                    self.signal_ready(Ok(()));
+                }
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                reason,
+            } => {
+                if let Err(e) = &reason {
+                    warn!("a listener failed: {e}");
+                }
+                if self.pending_listeners.remove(&listener_id) {
+                    self.signal_ready(Err(DiscoveryError::Listen {
+                        addr: addresses
+                            .into_iter()
+                            .next()
+                            .unwrap_or_else(Multiaddr::empty),
+                        reason: match reason {
+                            Ok(()) => "listener closed".into(),
+                            Err(e) => e.to_string(),
+                        },
+                    }));
+                }
+            }
+            SwarmEvent::ListenerError { error, .. } => warn!("listener error: {error}"),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let addr = endpoint.get_remote_address().clone();
+                let first_ever = !self.gossip_started;
+                if num_established.get() == 1 {
+                    debug!(peer = %peer_id, %addr, "peer connected");
+                    self.connected.insert(
+                        peer_id,
+                        PeerState {
+                            addr: addr.clone(),
+                            connections: num_established,
+                        },
+                    );
+                    self.emit(DiscoveryEvent::PeerConnected {
+                        peer: peer_id,
+                        addr,
+                    });
+                    if first_ever {
+                        return true;
+                    }
+                    // Exchange at once with peers we dialed (the dialer
+                    // does it, so a new link carries one exchange, not two).
+                    if endpoint.is_dialer() {
+                        let msg = self.pack();
+                        self.send_records(peer_id, msg);
+                    }
+                } else if let Some(state) = self.connected.get_mut(&peer_id) {
+                    state.connections = num_established;
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => match NonZeroU32::new(num_established) {
+                None => {
+                    debug!(peer = %peer_id, "peer disconnected");
+                    self.connected.remove(&peer_id);
+                    self.emit(DiscoveryEvent::PeerDisconnected { peer: peer_id });
+                }
+                Some(n) => {
+                    if let Some(state) = self.connected.get_mut(&peer_id) {
+                        state.connections = n;
+                    }
+                }
+            },
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                debug!(?peer_id, "dial failed: {error}");
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                debug!("incoming connection failed: {error}");
+            }
+            SwarmEvent::Behaviour(ev) => self.handle_behaviour_event(ev),
+            _ => {}
+        }
+        false
+    }
+
+    fn handle_behaviour_event(&mut self, ev: BehaviourEvent) {
+        match ev {
+            BehaviourEvent::Records(ev) => self.handle_records_event(ev),
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if info.protocol_version != IDENTIFY_PROTOCOL {
+                    debug!(peer = %peer_id, "peer is not a veilnet node; ignoring its addresses");
+                    return;
+                }
+                let kad_proto = StreamProtocol::new(KAD_PROTOCOL);
+                if !info.protocols.contains(&kad_proto) {
+                    return;
+                }
+                for addr in info.listen_addrs.into_iter().take(MAX_IDENTIFY_ADDRS) {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, without_p2p(&addr));
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer, addresses, ..
+            }) => {
+                let addrs = addresses.into_vec();
+                self.maybe_dial(peer, addrs);
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { result, .. }) => {
+                let peers = match result {
+                    kad::QueryResult::GetClosestPeers(Ok(ok)) => ok.peers,
+                    kad::QueryResult::GetClosestPeers(Err(
+                        kad::GetClosestPeersError::Timeout { peers, .. },
+                    )) => peers,
+                    kad::QueryResult::Bootstrap(Err(e)) => {
+                        debug!("kademlia bootstrap failed: {e}");
+                        return;
+                    }
+                    _ => return,
+                };
+                for p in peers {
+                    self.maybe_dial(p.peer_id, p.addrs);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_records_event(
+        &mut self,
+        ev: request_response::Event<RecordsMessage, RecordsMessage>,
+    ) {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                self.deliver(peer, request);
+                let response = self.pack();
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .records
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    debug!(%peer, "could not answer a record exchange: stream gone");
+                }
+            }
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                self.in_flight.remove(&request_id);
+                self.deliver(peer, response);
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                self.in_flight.remove(&request_id);
+                debug!(%peer, "record exchange failed: {error}");
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, "inbound record exchange failed: {error}");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+}
+
+fn event_name(ev: &DiscoveryEvent) -> &'static str {
+    match ev {
+        DiscoveryEvent::Listening(_) => "Listening",
+        DiscoveryEvent::PeerConnected { .. } => "PeerConnected",
+        DiscoveryEvent::PeerDisconnected { .. } => "PeerDisconnected",
+        DiscoveryEvent::Records { .. } => "Records",
+    }
+}

@@ -1,0 +1,81 @@
+//! Helpers shared by the integration tests: a discovery node whose provider
+//! returns its own record plus everything it has received.
+
+#![allow(dead_code)]
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use libp2p::{identity::Keypair, Multiaddr, PeerId};
+use veilnet_discovery::{spawn, DiscoveryConfig, DiscoveryEvent, DiscoveryHandle, RecordProvider};
+
+pub struct TestNode {
+    pub handle: DiscoveryHandle,
+    pub peer_id: PeerId,
+    pub known: Arc<Mutex<HashSet<Vec<u8>>>>,
+    pub addr: Multiaddr,
+    collector: tokio::task::JoinHandle<()>,
+}
+
+impl TestNode {
+    /// Starts a node on 127.0.0.1 whose provider returns `own` plus every
+    /// record received so far (if `relay`), or only `own`.
+    pub async fn start(
+        own: Vec<u8>,
+        bootstrap: Vec<Multiaddr>,
+        interval: Duration,
+        relay: bool,
+    ) -> TestNode {
+        let mut cfg = DiscoveryConfig::new(Keypair::generate_ed25519());
+        cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        cfg.bootstrap = bootstrap;
+        cfg.exchange_interval = interval;
+        let known = Arc::new(Mutex::new(HashSet::from([own.clone()])));
+        let provider: RecordProvider = if relay {
+            let k = known.clone();
+            Arc::new(move || k.lock().unwrap().iter().cloned().collect())
+        } else {
+            Arc::new(move || vec![own.clone()])
+        };
+        let (handle, mut events) = spawn(cfg, provider).await.unwrap();
+        let k = known.clone();
+        let collector = tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                if let DiscoveryEvent::Records { records, .. } = ev {
+                    k.lock().unwrap().extend(records);
+                }
+            }
+        });
+        let peer_id = handle.local_peer_id();
+        let listen = handle.listen_addrs().await;
+        assert!(!listen.is_empty(), "spawn returns once listening");
+        let addr = listen[0].clone().with_p2p(peer_id).unwrap();
+        TestNode {
+            handle,
+            peer_id,
+            known,
+            addr,
+            collector,
+        }
+    }
+
+    pub fn knows(&self, record: &[u8]) -> bool {
+        self.known.lock().unwrap().contains(record)
+    }
+
+    pub fn known_count(&self) -> usize {
+        self.known.lock().unwrap().len()
+    }
+
+    pub async fn stop(self) {
+        self.handle.shutdown().await;
+        // The event channel closes with the node, which ends the collector.
+        tokio::time::timeout(Duration::from_secs(5), self.collector)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

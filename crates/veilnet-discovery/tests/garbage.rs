@@ -1,0 +1,209 @@
+//! A misbehaving peer speaking the records protocol with raw bytes must not
+//! crash or wedge the node.
+
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
+mod common;
+
+use std::{collections::HashMap, io, time::Duration};
+
+use common::TestNode;
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::{
+    noise,
+    request_response::{self, Codec, Event, Message, OutboundRequestId, ProtocolSupport},
+    swarm::SwarmEvent,
+    tcp, yamux, StreamProtocol, SwarmBuilder,
+};
+use tokio::time::timeout;
+use veilnet_discovery::RECORDS_PROTOCOL;
+
+/// Sends and receives raw bytes, whatever they are.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut v = Vec::new();
+        io.take(8 << 20).read_to_end(&mut v).await?;
+        Ok(v)
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut v = Vec::new();
+        io.take(8 << 20).read_to_end(&mut v).await?;
+        Ok(v)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&req).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&res).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversized_records_do_not_crash_the_node() {
+    timeout(Duration::from_secs(40), async {
+        let victim = TestNode::start(
+            b"victim-record".to_vec(),
+            vec![],
+            Duration::from_millis(300),
+            false,
+        )
+        .await;
+
+        let mut attacker = SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|_| {
+                request_response::Behaviour::with_codec(
+                    RawCodec,
+                    [(StreamProtocol::new(RECORDS_PROTOCOL), ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(10)),
+                )
+            })
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+            .build();
+        attacker.dial(victim.addr.clone()).unwrap();
+
+        let oversized = vec![0x42u8; 20 * 1024]; // > 16 KiB default
+        let valid_with_bad_records = format!(
+            r#"{{"records":["{}","zz","{}","abc"]}}"#,
+            hex::encode(b"good-from-attacker"),
+            hex::encode(&oversized)
+        );
+        let requests: Vec<(&str, Vec<u8>)> = vec![
+            ("garbage", b"\x00\xffnot json at all{{{".to_vec()),
+            ("wrong shape", br#"{"records":[1,2,3]}"#.to_vec()),
+            ("over size limit", vec![b'a'; 5 << 20]),
+            ("deeply nested", vec![b'['; 100_000]),
+            ("bad records", valid_with_bad_records.into_bytes()),
+        ];
+        let total = requests.len();
+        let mut requests = Some(requests);
+        let mut labels: HashMap<OutboundRequestId, &str> = HashMap::new();
+        let mut outcomes: HashMap<&str, Result<Vec<u8>, String>> = HashMap::new();
+        let mut garbage_answers = 0;
+
+        while outcomes.len() < total || garbage_answers == 0 {
+            match attacker.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                    for (label, bytes) in requests.take().unwrap_or_default() {
+                        let id = attacker.behaviour_mut().send_request(&peer_id, bytes);
+                        labels.insert(id, label);
+                    }
+                }
+                SwarmEvent::Behaviour(Event::Message { message, .. }) => match message {
+                    // The victim gossips to us: answer with garbage.
+                    Message::Request { channel, .. } => {
+                        let _ = attacker
+                            .behaviour_mut()
+                            .send_response(channel, b"\xde\xad garbage response".to_vec());
+                        garbage_answers += 1;
+                    }
+                    Message::Response {
+                        request_id,
+                        response,
+                    } => {
+                        let label = labels[&request_id];
+                        outcomes.insert(label, Ok(response));
+                    }
+                },
+                SwarmEvent::Behaviour(Event::OutboundFailure {
+                    request_id, error, ..
+                }) => {
+                    let label = labels[&request_id];
+                    outcomes.insert(label, Err(error.to_string()));
+                }
+                _ => {}
+            }
+        }
+        for (label, outcome) in &outcomes {
+            match outcome {
+                Ok(bytes) => println!("{label}: answered with {} bytes", bytes.len()),
+                Err(e) => println!("{label}: failed: {e}"),
+            }
+        }
+
+        println!(
+            "victim's peers after the attack: {:?}, attacker connected: {}",
+            victim.handle.connected_peers().await,
+            attacker.is_connected(&victim.peer_id)
+        );
+        // The well-formed message got a proper answer carrying the victim's record.
+        let answer = outcomes["bad records"]
+            .as_ref()
+            .expect("well-formed request answered");
+        let expected = format!(r#"{{"records":["{}"]}}"#, hex::encode(b"victim-record"));
+        assert_eq!(std::str::from_utf8(answer).unwrap(), expected);
+        // Of its records only the good one got through.
+        timeout(Duration::from_secs(5), async {
+            while !victim.knows(b"good-from-attacker") {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("good record delivered");
+        assert!(!victim.knows(&oversized));
+        assert_eq!(victim.known_count(), 2, "only own + good record");
+        drop(attacker);
+
+        // The victim still works: an honest node exchanges records with it.
+        let honest = TestNode::start(
+            b"honest-record".to_vec(),
+            vec![victim.addr.clone()],
+            Duration::from_millis(300),
+            false,
+        )
+        .await;
+        timeout(Duration::from_secs(10), async {
+            while !(victim.knows(b"honest-record") && honest.knows(b"victim-record")) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("victim still gossips after the attack");
+        assert!(!victim.handle.listen_addrs().await.is_empty());
+
+        honest.stop().await;
+        victim.stop().await;
+    })
+    .await
+    .expect("test finished in time");
+}
