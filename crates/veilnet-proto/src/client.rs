@@ -1,0 +1,289 @@
+//! Client circuits: built hop by hop (telescoping), then carrying streams.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p_identity::PeerId;
+use tokio::sync::mpsc;
+use tracing::debug;
+use veilnet_cell::{
+    decode_relay, encode_relay, Cell, CellCommand, CircId, DestroyReason, RelayMsg, StreamId,
+    TargetAddr,
+};
+use veilnet_crypto::circuit::ClientHandshake;
+use veilnet_crypto::onion::{ClientBackward, ClientLayers};
+
+use crate::core::Core;
+use crate::link::Link;
+use crate::relay::CircEntry;
+use crate::stream::{CircuitTx, ClientStream, ClientTx, Endpoint, FLOW};
+use crate::ProtoError;
+
+static NEXT_CIRCUIT: AtomicU64 = AtomicU64::new(1);
+
+/// One hop of a path, as the client needs to know it.
+#[derive(Debug, Clone)]
+pub struct HopSpec {
+    /// The relay's identity.
+    pub peer: PeerId,
+    /// Where its link listener is.
+    pub addr: SocketAddr,
+    /// Its current onion key.
+    pub onion_key: [u8; 32],
+}
+
+/// A snapshot of a circuit for status displays.
+#[derive(Debug, Clone)]
+pub struct CircuitInfo {
+    /// Process-unique id.
+    pub id: u64,
+    /// The hops, first hop first.
+    pub hops: Vec<PeerId>,
+    /// Time since it was built.
+    pub age: Duration,
+    /// Open streams.
+    pub streams: usize,
+    /// False once destroyed.
+    pub open: bool,
+}
+
+/// A built client circuit.
+pub struct ClientCircuit {
+    id: u64,
+    hops: Vec<PeerId>,
+    link: Arc<Link>,
+    circ: CircId,
+    endpoint: Arc<Endpoint>,
+    built: Instant,
+    core: Arc<Core>,
+}
+
+impl std::fmt::Debug for ClientCircuit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCircuit")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCircuit {
+    /// Process-unique id of this circuit.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The hops, first hop first.
+    pub fn hops(&self) -> &[PeerId] {
+        &self.hops
+    }
+
+    /// True until the circuit is destroyed.
+    pub fn is_open(&self) -> bool {
+        !self.endpoint.is_closed() && !self.link.is_closed()
+    }
+
+    /// Time since the circuit was built.
+    pub fn age(&self) -> Duration {
+        self.built.elapsed()
+    }
+
+    /// Streams open on it.
+    pub fn stream_count(&self) -> usize {
+        self.endpoint.stream_count()
+    }
+
+    /// A snapshot for status displays.
+    pub fn info(&self) -> CircuitInfo {
+        CircuitInfo {
+            id: self.id,
+            hops: self.hops.clone(),
+            age: self.age(),
+            streams: self.stream_count(),
+            open: self.is_open(),
+        }
+    }
+
+    /// Asks the exit to open a stream to `target`; the exit resolves names.
+    pub async fn open_stream(&self, target: &TargetAddr) -> Result<ClientStream, ProtoError> {
+        self.endpoint.open(target).await
+    }
+
+    /// Destroys the circuit along its whole path.
+    pub fn close(&self) {
+        self.endpoint.close();
+        self.core
+            .teardown(&self.link, self.circ, DestroyReason::Requested, true);
+    }
+}
+
+impl Drop for ClientCircuit {
+    fn drop(&mut self) {
+        if self.is_open() {
+            self.close();
+        }
+    }
+}
+
+impl Core {
+    /// Builds a circuit through `path` (first hop first), one hop at a time.
+    pub async fn build_circuit(
+        self: &Arc<Self>,
+        path: &[HopSpec],
+    ) -> Result<ClientCircuit, ProtoError> {
+        let first = path
+            .first()
+            .ok_or_else(|| ProtoError::Invalid("empty path".into()))?;
+        if path.len() > veilnet_cell::MAX_HOPS {
+            return Err(ProtoError::Invalid(format!(
+                "{} hops is too many",
+                path.len()
+            )));
+        }
+        let link = self.link_to(first.peer, first.addr).await?;
+        let (tx, mut rx) = mpsc::channel(FLOW.circ_window + 64);
+        let circ =
+            link.alloc_circuit(CircEntry::Client(tx), self.limits().max_circuits_per_link)?;
+        let built = tokio::time::timeout(
+            self.limits().circuit_build_timeout,
+            extend_all(&link, circ, &mut rx, path),
+        )
+        .await
+        .map_err(|_| ProtoError::Timeout("circuit build"))
+        .and_then(|r| r);
+        let layers = match built {
+            Ok(l) => l,
+            Err(e) => {
+                self.teardown(&link, circ, DestroyReason::Requested, true);
+                return Err(e);
+            }
+        };
+        let (fwd, bwd) = layers.split();
+        let endpoint = Endpoint::new(
+            CircuitTx::Client(
+                Arc::new(tokio::sync::Mutex::new(ClientTx {
+                    layers: fwd,
+                    link: link.clone(),
+                    circ,
+                })),
+                circ,
+            ),
+            None,
+            self.limits().clone(),
+            None,
+        );
+        tokio::spawn(read_circuit(
+            self.clone(),
+            link.clone(),
+            circ,
+            rx,
+            bwd,
+            endpoint.clone(),
+        ));
+        Ok(ClientCircuit {
+            id: NEXT_CIRCUIT.fetch_add(1, Ordering::Relaxed),
+            hops: path.iter().map(|h| h.peer).collect(),
+            link,
+            circ,
+            endpoint,
+            built: Instant::now(),
+            core: self.clone(),
+        })
+    }
+}
+
+async fn next_cell(rx: &mut mpsc::Receiver<Cell>, want: CellCommand) -> Result<Cell, ProtoError> {
+    let cell = rx.recv().await.ok_or(ProtoError::CircuitClosed)?;
+    match cell.command()? {
+        c if c == want => Ok(cell),
+        CellCommand::Destroy => Err(ProtoError::Protocol(format!(
+            "circuit destroyed while building: {:?}",
+            cell.destroy_reason()
+        ))),
+        other => Err(ProtoError::Protocol(format!(
+            "expected {want:?}, got {other:?}"
+        ))),
+    }
+}
+
+async fn extend_all(
+    link: &Arc<Link>,
+    circ: CircId,
+    rx: &mut mpsc::Receiver<Cell>,
+    path: &[HopSpec],
+) -> Result<ClientLayers, ProtoError> {
+    let junk: [u8; 32] = rand::random();
+    let mut layers = ClientLayers::new(&junk);
+    let (hs, msg) = ClientHandshake::start(&path[0].onion_key)?;
+    link.send(Cell::handshake(circ, CellCommand::Create, &msg)?)
+        .await?;
+    let reply = next_cell(rx, CellCommand::Created).await?;
+    layers.push_hop(&hs.finish(reply.handshake_msg()?)?)?;
+    for hop in &path[1..] {
+        let (hs, msg) = ClientHandshake::start(&hop.onion_key)?;
+        let mut cell = Cell::new(circ, CellCommand::Relay);
+        let peer = hop.peer.to_bytes();
+        encode_relay(
+            cell.relay_payload_mut(),
+            StreamId(0),
+            &RelayMsg::Extend {
+                peer_id: &peer,
+                addr: hop.addr,
+                handshake: &msg,
+            },
+        )?;
+        layers.encrypt_forward(cell.body_mut())?;
+        link.send(cell).await?;
+        let mut reply = next_cell(rx, CellCommand::Relay).await?;
+        layers.decrypt_backward(reply.body_mut())?;
+        match decode_relay(reply.relay_payload())? {
+            (_, RelayMsg::Extended { handshake }) => layers.push_hop(&hs.finish(handshake)?)?,
+            (_, other) => {
+                return Err(ProtoError::Protocol(format!(
+                    "expected EXTENDED, got {other:?}"
+                )))
+            }
+        }
+    }
+    Ok(layers)
+}
+
+/// The client circuit's reader: removes the layers of incoming cells and
+/// hands the messages to the streams.
+async fn read_circuit(
+    core: Arc<Core>,
+    link: Arc<Link>,
+    circ: CircId,
+    mut rx: mpsc::Receiver<Cell>,
+    mut bwd: ClientBackward,
+    endpoint: Arc<Endpoint>,
+) {
+    let mut reason = DestroyReason::Requested;
+    while let Some(mut cell) = rx.recv().await {
+        match cell.command() {
+            Ok(CellCommand::Relay) => {
+                if let Err(e) = bwd.decrypt(cell.body_mut()) {
+                    tracing::info!("circuit {circ}: refusing a cell: {e}");
+                    reason = DestroyReason::Protocol;
+                    break;
+                }
+                if let Err(e) = endpoint.handle(cell).await {
+                    tracing::info!("circuit {circ}: {e}");
+                    reason = DestroyReason::Protocol;
+                    break;
+                }
+            }
+            Ok(CellCommand::Destroy) => {
+                debug!("circuit {circ} destroyed: {:?}", cell.destroy_reason());
+                break;
+            }
+            _ => debug!("circuit {circ}: ignoring an unexpected cell"),
+        }
+        if endpoint.is_closed() {
+            break;
+        }
+    }
+    endpoint.close();
+    core.teardown(&link, circ, reason, true);
+}

@@ -1,0 +1,234 @@
+//! The shared state of one node's protocol engine.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libp2p_identity::{Keypair, PeerId};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::timeout;
+use tracing::{debug, info};
+use veilnet_crypto::circuit::OnionKeypair;
+use veilnet_crypto::link::LinkHandshake;
+use veilnet_policy::ExitPolicy;
+
+use crate::link::{self, Link, LinkTap, HANDSHAKE_TIMEOUT};
+use crate::ProtoError;
+
+/// Resource limits: everything a peer can make us spend is bounded by these.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Cells queued for sending on one link.
+    pub link_queue: usize,
+    /// Circuits on one link.
+    pub max_circuits_per_link: usize,
+    /// Open streams on one circuit.
+    pub max_streams_per_circuit: usize,
+    /// Inbound link handshakes in progress at once.
+    pub max_pending_handshakes: usize,
+    /// Time to connect a link or an exit stream.
+    pub connect_timeout: Duration,
+    /// Time to build a whole circuit.
+    pub circuit_build_timeout: Duration,
+    /// Time for the exit to answer a stream request.
+    pub stream_open_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            link_queue: 2048,
+            max_circuits_per_link: 16_384,
+            max_streams_per_circuit: 1024,
+            max_pending_handshakes: 128,
+            connect_timeout: Duration::from_secs(10),
+            circuit_build_timeout: Duration::from_secs(20),
+            stream_open_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How this node acts as an exit.
+#[derive(Debug, Clone)]
+pub struct ExitConfig {
+    /// Which targets it connects to.
+    pub policy: ExitPolicy,
+    /// Danger: also connect to private, loopback and link-local addresses
+    /// (test networks only).
+    pub allow_private_targets: bool,
+}
+
+/// Configuration of the protocol engine.
+pub struct CoreConfig {
+    /// The node's long-term identity (its libp2p key).
+    pub identity: Keypair,
+    /// The current onion key.
+    pub onion: OnionKeypair,
+    /// The previous onion key, still accepted until it expires.
+    pub previous_onion: Option<OnionKeypair>,
+    /// Whether this node relays circuits for others.
+    pub relay: bool,
+    /// Exit settings, if this node is an exit.
+    pub exit: Option<ExitConfig>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Test hook observing all link bytes.
+    pub tap: Option<LinkTap>,
+}
+
+/// Counters of what the engine did.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Relay cells forwarded or processed by this node as a relay.
+    pub relay_cells: AtomicU64,
+    /// Circuits created through this node (CREATE accepted).
+    pub circuits_accepted: AtomicU64,
+    /// Cells refused because a check failed (bad tag, malformed).
+    pub cells_refused: AtomicU64,
+    /// Exit streams opened.
+    pub exit_streams: AtomicU64,
+}
+
+/// One node's protocol engine: its links and the circuits on them.
+pub struct Core {
+    pub(crate) cfg: CoreConfig,
+    peer_id: PeerId,
+    links: Mutex<HashMap<PeerId, Arc<Link>>>,
+    handshakes: Arc<Semaphore>,
+    /// What the engine did.
+    pub stats: Stats,
+}
+
+impl Core {
+    /// Creates the engine; nothing runs until [`Core::serve`] or a circuit is built.
+    pub fn new(cfg: CoreConfig) -> Arc<Self> {
+        Arc::new(Self {
+            peer_id: cfg.identity.public().to_peer_id(),
+            handshakes: Arc::new(Semaphore::new(cfg.limits.max_pending_handshakes)),
+            cfg,
+            links: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
+        })
+    }
+
+    /// This node's identity.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.cfg.limits
+    }
+
+    pub(crate) fn tap(&self) -> Option<LinkTap> {
+        self.cfg.tap.clone()
+    }
+
+    /// The open links.
+    pub fn links(&self) -> Vec<Arc<Link>> {
+        self.links_map().values().cloned().collect()
+    }
+
+    fn links_map(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Arc<Link>>> {
+        self.links.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Accepts inbound links until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, from) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    debug!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = self.handshakes.clone().try_acquire_owned() else {
+                debug!("too many link handshakes in progress; dropping a connection");
+                continue;
+            };
+            let core = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(e) = core.accept_link(stream).await {
+                    info!("inbound link from a peer failed: {e}");
+                    debug!(%from, "inbound link failure");
+                }
+            });
+        }
+    }
+
+    async fn accept_link(self: &Arc<Self>, mut stream: TcpStream) -> Result<(), ProtoError> {
+        let hs = LinkHandshake::responder(&self.cfg.identity)?;
+        let tap = self.tap();
+        let session = timeout(
+            HANDSHAKE_TIMEOUT,
+            link::handshake(&mut stream, hs, tap.as_ref()),
+        )
+        .await
+        .map_err(|_| ProtoError::Timeout("link handshake"))??;
+        let link = link::start(self, stream, session, false);
+        debug!(peer = %link.peer, "inbound link up");
+        self.links_map().insert(link.peer, link);
+        Ok(())
+    }
+
+    /// Returns the open link to `peer`, connecting to `addr` if there is none.
+    pub async fn link_to(
+        self: &Arc<Self>,
+        peer: PeerId,
+        addr: SocketAddr,
+    ) -> Result<Arc<Link>, ProtoError> {
+        if let Some(l) = self.links_map().get(&peer) {
+            if !l.is_closed() {
+                return Ok(l.clone());
+            }
+        }
+        if peer == self.peer_id {
+            return Err(ProtoError::Invalid("cannot link to ourselves".into()));
+        }
+        let connect = async {
+            let mut stream = TcpStream::connect(addr).await?;
+            let hs = LinkHandshake::initiator(&self.cfg.identity)?;
+            let session = link::handshake(&mut stream, hs, self.tap().as_ref()).await?;
+            Ok::<_, ProtoError>((stream, session))
+        };
+        let (stream, session) = timeout(self.cfg.limits.connect_timeout, connect)
+            .await
+            .map_err(|_| ProtoError::Timeout("link connect"))??;
+        if session.remote_peer != peer {
+            return Err(ProtoError::WrongPeer {
+                expected: peer.to_string(),
+                got: session.remote_peer.to_string(),
+            });
+        }
+        let link = link::start(self, stream, session, true);
+        debug!(peer = %peer, "outbound link up");
+        let mut links = self.links_map();
+        // Another task may have linked meanwhile; both links work, keep the newest.
+        links.insert(peer, link.clone());
+        Ok(link)
+    }
+
+    /// Forgets a closed link and tears down its circuits.
+    pub(crate) fn link_closed(self: &Arc<Self>, link: &Arc<Link>) {
+        {
+            let mut links = self.links_map();
+            if links.get(&link.peer).is_some_and(|l| l.id == link.id) {
+                links.remove(&link.peer);
+            }
+        }
+        let circs: Vec<_> = link.table().keys().copied().collect();
+        for circ in circs {
+            self.teardown(link, circ, veilnet_cell::DestroyReason::LinkFailed, false);
+        }
+    }
+
+    pub(crate) fn count(&self, c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,432 @@
+//! What a relay does with cells: CREATE, RELAY forwarding in both directions,
+//! EXTEND at the last hop, and DESTROY.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use libp2p_identity::PeerId;
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+use veilnet_cell::{
+    decode_relay, encode_relay, Cell, CellCommand, CircId, DestroyReason, RelayMsg, StreamId,
+};
+use veilnet_crypto::circuit::relay_handshake;
+use veilnet_crypto::onion::{relay_layers, RelayBackward, RelayForward};
+
+use crate::core::Core;
+use crate::link::Link;
+use crate::stream::{CircuitTx, Endpoint};
+use crate::ProtoError;
+
+/// What a link knows about one of its circuit ids.
+pub(crate) enum CircEntry {
+    /// We relay this circuit; cells arriving here travel away from the client.
+    Forward(Box<ForwardHop>),
+    /// We relay this circuit; cells arriving here (from the next hop) travel
+    /// toward the client.
+    Backward {
+        back: Arc<BackSender>,
+        prev_circ: CircId,
+    },
+    /// We are the client of this circuit; this link leads to its first hop.
+    Client(mpsc::Sender<Cell>),
+    /// We sent CREATE while extending a circuit and wait for CREATED.
+    Pending(Option<oneshot::Sender<Cell>>),
+}
+
+pub(crate) struct ForwardHop {
+    layer: RelayForward,
+    back: Arc<BackSender>,
+    next: NextHop,
+    endpoint: Option<Arc<Endpoint>>,
+}
+
+enum NextHop {
+    None,
+    Extending,
+    Link(Arc<Link>, CircId),
+}
+
+/// Sends cells toward the client on behalf of one relay hop, adding its layer.
+/// The lock keeps the layer's counter order equal to the link's send order.
+pub(crate) struct BackSender {
+    layer: tokio::sync::Mutex<RelayBackward>,
+    pub(crate) link: Arc<Link>,
+    pub(crate) circ: CircId,
+}
+
+impl BackSender {
+    async fn forward(&self, mut cell: Cell) -> Result<(), ProtoError> {
+        let mut layer = self.layer.lock().await;
+        layer.encrypt(cell.body_mut())?;
+        cell.set_circ_id(self.circ);
+        self.link.send(cell).await
+    }
+
+    pub(crate) async fn originate(&self, mut cell: Cell) -> Result<(), ProtoError> {
+        let mut layer = self.layer.lock().await;
+        layer.originate(cell.body_mut())?;
+        cell.set_circ_id(self.circ);
+        self.link.send(cell).await
+    }
+}
+
+enum Act {
+    Forward(Arc<Link>, Cell),
+    Backward(Arc<BackSender>, Cell),
+    Client(mpsc::Sender<Cell>, Cell),
+    Local(Arc<BackSender>, Cell),
+    Kill(DestroyReason, String),
+    Ignore(&'static str),
+}
+
+impl Core {
+    /// Routes one cell that arrived on `link`.
+    pub(crate) async fn handle_cell(self: &Arc<Self>, link: &Arc<Link>, cell: Cell) {
+        let cmd = match cell.validate().and_then(|_| cell.command()) {
+            Ok(c) => c,
+            Err(e) => {
+                self.count(&self.stats.cells_refused);
+                debug!(link = link.id, "dropping cell: {e}");
+                return;
+            }
+        };
+        let Some(circ) = cell.circ_id() else {
+            return; // padding
+        };
+        match cmd {
+            CellCommand::Padding => {}
+            CellCommand::Create => self.on_create(link, circ, &cell).await,
+            CellCommand::Created => self.on_created(link, circ, cell).await,
+            CellCommand::Relay => self.on_relay(link, circ, cell).await,
+            CellCommand::Destroy => self.teardown(link, circ, cell.destroy_reason(), false),
+        }
+    }
+
+    async fn on_create(self: &Arc<Self>, link: &Arc<Link>, circ: CircId, cell: &Cell) {
+        if !self.cfg.relay {
+            link.send_detached(Cell::destroy(circ, DestroyReason::ResourceLimit));
+            return;
+        }
+        let keys = cell
+            .handshake_msg()
+            .map_err(ProtoError::from)
+            .and_then(|msg| {
+                relay_handshake(&self.cfg.onion.secret, msg)
+                    .or_else(|e| match &self.cfg.previous_onion {
+                        Some(prev) => relay_handshake(&prev.secret, msg),
+                        None => Err(e),
+                    })
+                    .map_err(ProtoError::from)
+            });
+        let (reply, keys) = match keys {
+            Ok(x) => x,
+            Err(e) => {
+                self.count(&self.stats.cells_refused);
+                debug!(link = link.id, "refusing CREATE: {e}");
+                link.send_detached(Cell::destroy(circ, DestroyReason::Protocol));
+                return;
+            }
+        };
+        let (fwd, bwd) = relay_layers(&keys);
+        let back = Arc::new(BackSender {
+            layer: tokio::sync::Mutex::new(bwd),
+            link: link.clone(),
+            circ,
+        });
+        {
+            let mut table = link.table();
+            if table.len() >= self.limits().max_circuits_per_link || table.contains_key(&circ) {
+                drop(table);
+                link.send_detached(Cell::destroy(circ, DestroyReason::ResourceLimit));
+                return;
+            }
+            table.insert(
+                circ,
+                CircEntry::Forward(Box::new(ForwardHop {
+                    layer: fwd,
+                    back,
+                    next: NextHop::None,
+                    endpoint: None,
+                })),
+            );
+        }
+        self.count(&self.stats.circuits_accepted);
+        match Cell::handshake(circ, CellCommand::Created, &reply) {
+            Ok(c) => {
+                let _ = link.send(c).await;
+            }
+            Err(e) => debug!("cannot encode CREATED: {e}"),
+        }
+    }
+
+    async fn on_created(self: &Arc<Self>, link: &Arc<Link>, circ: CircId, cell: Cell) {
+        let client = {
+            let mut table = link.table();
+            match table.get_mut(&circ) {
+                Some(CircEntry::Pending(tx)) => {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(cell);
+                    }
+                    return;
+                }
+                Some(CircEntry::Client(tx)) => tx.clone(),
+                _ => {
+                    debug!(link = link.id, "unexpected CREATED for {circ}");
+                    return;
+                }
+            }
+        };
+        let _ = client.send(cell).await;
+    }
+
+    async fn on_relay(self: &Arc<Self>, link: &Arc<Link>, circ: CircId, mut cell: Cell) {
+        let act = {
+            let mut table = link.table();
+            match table.get_mut(&circ) {
+                None => Act::Ignore("RELAY on unknown circuit"),
+                Some(CircEntry::Forward(hop)) => match hop.layer.decrypt(cell.body_mut()) {
+                    Err(e) => {
+                        Act::Kill(DestroyReason::Protocol, format!("relay cell refused: {e}"))
+                    }
+                    Ok(()) => match &hop.next {
+                        NextHop::Link(next, next_circ) => {
+                            cell.set_circ_id(*next_circ);
+                            Act::Forward(next.clone(), cell)
+                        }
+                        NextHop::None => Act::Local(hop.back.clone(), cell),
+                        NextHop::Extending => {
+                            Act::Kill(DestroyReason::Protocol, "relay cell while extending".into())
+                        }
+                    },
+                },
+                Some(CircEntry::Backward { back, .. }) => Act::Backward(back.clone(), cell),
+                Some(CircEntry::Client(tx)) => Act::Client(tx.clone(), cell),
+                Some(CircEntry::Pending(_)) => {
+                    Act::Kill(DestroyReason::Protocol, "RELAY before CREATED".into())
+                }
+            }
+        };
+        match act {
+            Act::Forward(next, cell) => {
+                self.count(&self.stats.relay_cells);
+                if next.send(cell).await.is_err() {
+                    self.teardown(link, circ, DestroyReason::LinkFailed, true);
+                }
+            }
+            Act::Backward(back, cell) => {
+                self.count(&self.stats.relay_cells);
+                if back.forward(cell).await.is_err() {
+                    self.teardown(link, circ, DestroyReason::LinkFailed, true);
+                }
+            }
+            Act::Client(tx, cell) => {
+                let _ = tx.send(cell).await;
+            }
+            Act::Local(back, cell) => {
+                self.count(&self.stats.relay_cells);
+                if let Err(e) = self.on_local(link, circ, back, cell).await {
+                    self.count(&self.stats.cells_refused);
+                    tracing::info!("destroying a circuit: {e}");
+                    self.teardown(link, circ, DestroyReason::Protocol, true);
+                }
+            }
+            Act::Kill(reason, why) => {
+                self.count(&self.stats.cells_refused);
+                tracing::info!(link = link.id, "destroying a circuit: {why}");
+                self.teardown(link, circ, reason, true);
+            }
+            Act::Ignore(why) => debug!(link = link.id, "{why}"),
+        }
+    }
+
+    /// A relay cell whose last layer we removed: we are the last hop.
+    async fn on_local(
+        self: &Arc<Self>,
+        link: &Arc<Link>,
+        circ: CircId,
+        back: Arc<BackSender>,
+        cell: Cell,
+    ) -> Result<(), ProtoError> {
+        let (sid, msg) = decode_relay(cell.relay_payload())?;
+        match msg {
+            RelayMsg::Extend {
+                peer_id,
+                addr,
+                handshake,
+            } => {
+                if sid != StreamId(0) {
+                    return Err(ProtoError::Protocol("EXTEND on a stream".into()));
+                }
+                let peer = PeerId::from_bytes(peer_id)
+                    .map_err(|_| ProtoError::Protocol("EXTEND with a bad peer id".into()))?;
+                {
+                    let mut table = link.table();
+                    match table.get_mut(&circ) {
+                        Some(CircEntry::Forward(hop)) if matches!(hop.next, NextHop::None) => {
+                            if hop.endpoint.is_some() {
+                                return Err(ProtoError::Protocol("EXTEND after BEGIN".into()));
+                            }
+                            hop.next = NextHop::Extending;
+                        }
+                        _ => return Err(ProtoError::Protocol("EXTEND in wrong state".into())),
+                    }
+                }
+                let core = self.clone();
+                let link = link.clone();
+                let handshake = handshake.to_vec();
+                tokio::spawn(async move {
+                    core.extend(link, circ, back, peer, addr, handshake).await;
+                });
+                Ok(())
+            }
+            RelayMsg::Begin(_)
+            | RelayMsg::Data(_)
+            | RelayMsg::End(_)
+            | RelayMsg::Sendme
+            | RelayMsg::Drop => {
+                let endpoint = {
+                    let mut table = link.table();
+                    match table.get_mut(&circ) {
+                        Some(CircEntry::Forward(hop)) => hop
+                            .endpoint
+                            .get_or_insert_with(|| {
+                                Endpoint::new(
+                                    CircuitTx::Relay(back.clone()),
+                                    self.cfg.exit.clone(),
+                                    self.limits().clone(),
+                                    Some(self.clone()),
+                                )
+                            })
+                            .clone(),
+                        _ => return Ok(()),
+                    }
+                };
+                endpoint.handle(cell).await
+            }
+            RelayMsg::Connected | RelayMsg::Extended { .. } => Err(ProtoError::Protocol(
+                "backward-only relay message sent forward".into(),
+            )),
+        }
+    }
+
+    async fn extend(
+        self: Arc<Self>,
+        prev: Arc<Link>,
+        prev_circ: CircId,
+        back: Arc<BackSender>,
+        peer: PeerId,
+        addr: SocketAddr,
+        handshake: Vec<u8>,
+    ) {
+        let result: Result<Vec<u8>, ProtoError> = async {
+            let next = self.link_to(peer, addr).await?;
+            let (tx, rx) = oneshot::channel();
+            let next_circ = next.alloc_circuit(
+                CircEntry::Pending(Some(tx)),
+                self.limits().max_circuits_per_link,
+            )?;
+            let created = async {
+                next.send(Cell::handshake(next_circ, CellCommand::Create, &handshake)?)
+                    .await?;
+                let cell = tokio::time::timeout(self.limits().connect_timeout, rx)
+                    .await
+                    .map_err(|_| ProtoError::Timeout("CREATED"))?
+                    .map_err(|_| ProtoError::CircuitClosed)?;
+                if cell.command()? != CellCommand::Created {
+                    return Err(ProtoError::CircuitClosed);
+                }
+                Ok(cell.handshake_msg()?.to_vec())
+            }
+            .await;
+            let reply = match created {
+                Ok(r) => r,
+                Err(e) => {
+                    next.table().remove(&next_circ);
+                    next.send_detached(Cell::destroy(next_circ, DestroyReason::ExtendFailed));
+                    return Err(e);
+                }
+            };
+            next.table().insert(
+                next_circ,
+                CircEntry::Backward {
+                    back: back.clone(),
+                    prev_circ,
+                },
+            );
+            let mut table = prev.table();
+            match table.get_mut(&prev_circ) {
+                Some(CircEntry::Forward(hop)) => {
+                    hop.next = NextHop::Link(next.clone(), next_circ);
+                    Ok(reply)
+                }
+                _ => {
+                    drop(table);
+                    next.table().remove(&next_circ);
+                    next.send_detached(Cell::destroy(next_circ, DestroyReason::Requested));
+                    Err(ProtoError::CircuitClosed)
+                }
+            }
+        }
+        .await;
+        let sent = match result {
+            Ok(reply) => {
+                let mut cell = Cell::new(back.circ, CellCommand::Relay);
+                match encode_relay(
+                    cell.relay_payload_mut(),
+                    StreamId(0),
+                    &RelayMsg::Extended { handshake: &reply },
+                ) {
+                    Ok(()) => back.originate(cell).await,
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            debug!("extend failed: {e}");
+            self.teardown(&prev, prev_circ, DestroyReason::ExtendFailed, true);
+        }
+    }
+
+    /// Removes the circuit `circ` of `link` and propagates DESTROY to the
+    /// other side of this node; with `notify_sender` also back on `link`.
+    pub(crate) fn teardown(
+        self: &Arc<Self>,
+        link: &Arc<Link>,
+        circ: CircId,
+        reason: DestroyReason,
+        notify_sender: bool,
+    ) {
+        let entry = link.table().remove(&circ);
+        if notify_sender && entry.is_some() {
+            link.send_detached(Cell::destroy(circ, reason));
+        }
+        match entry {
+            Some(CircEntry::Forward(hop)) => {
+                if let NextHop::Link(next, next_circ) = hop.next {
+                    next.table().remove(&next_circ);
+                    next.send_detached(Cell::destroy(next_circ, reason));
+                }
+                if let Some(ep) = hop.endpoint {
+                    ep.close();
+                }
+            }
+            Some(CircEntry::Backward { back, prev_circ }) => {
+                let prev = back.link.clone();
+                let removed = prev.table().remove(&prev_circ);
+                if let Some(CircEntry::Forward(hop)) = removed {
+                    if let Some(ep) = hop.endpoint {
+                        ep.close();
+                    }
+                }
+                prev.send_detached(Cell::destroy(prev_circ, reason));
+            }
+            Some(CircEntry::Client(tx)) => {
+                // Tell the circuit's reader why, then let it go.
+                let _ = tx.try_send(Cell::destroy(circ, reason));
+            }
+            Some(CircEntry::Pending(_)) | None => {}
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Several engines on loopback: build circuits, carry streams, refuse bad input.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p_identity::Keypair;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use veilnet_cell::{EndReason, TargetAddr};
+use veilnet_crypto::circuit::OnionKeypair;
+use veilnet_policy::ExitPolicy;
+use veilnet_proto::{Core, CoreConfig, ExitConfig, HopSpec, Limits, ProtoError};
+
+struct Node {
+    core: Arc<Core>,
+    spec: HopSpec,
+}
+
+async fn node(exit: bool, allow_private: bool) -> Node {
+    let identity = Keypair::generate_ed25519();
+    let onion = OnionKeypair::generate().unwrap();
+    let spec_key = onion.public;
+    let core = Core::new(CoreConfig {
+        identity,
+        onion,
+        previous_onion: None,
+        relay: true,
+        exit: exit.then(|| {
+            let policy = ExitPolicy::default_exit();
+            ExitConfig {
+                policy: if allow_private {
+                    policy.with_private_targets_allowed()
+                } else {
+                    policy
+                },
+                allow_private_targets: allow_private,
+            }
+        }),
+        limits: Limits::default(),
+        tap: None,
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(core.clone().serve(listener));
+    Node {
+        spec: HopSpec {
+            peer: core.peer_id(),
+            addr,
+            onion_key: spec_key,
+        },
+        core,
+    }
+}
+
+async fn echo_server() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+async fn through(
+    client: &Arc<Core>,
+    circuit: &veilnet_proto::ClientCircuit,
+    target: TargetAddr,
+) -> TcpStream {
+    // A socket pair: the "application" end and the end the stream runs on.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (inner, _) = l.accept().await.unwrap();
+    let stream = circuit.open_stream(&target).await.unwrap();
+    let _ = client;
+    tokio::spawn(stream.run(inner, Vec::new()));
+    app
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hop_echo_and_half_close() {
+    let client = node(false, false).await;
+    let relays = [
+        node(false, false).await,
+        node(false, false).await,
+        node(true, true).await,
+    ];
+    let path: Vec<_> = relays.iter().map(|n| n.spec.clone()).collect();
+    let circuit = client.core.build_circuit(&path).await.unwrap();
+    assert_eq!(circuit.hops().len(), 3);
+    let echo = echo_server().await;
+
+    let mut app = through(&client.core, &circuit, TargetAddr::Ip(echo)).await;
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i * 7 + i / 1000) as u8)
+        .collect();
+    let (mut r, mut w) = app.split();
+    let send = async {
+        w.write_all(&data).await.unwrap();
+        w.shutdown().await.unwrap(); // half-close: the echo still answers
+    };
+    let mut got = Vec::new();
+    let recv = async {
+        tokio::time::timeout(Duration::from_secs(30), r.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+    };
+    tokio::join!(send, recv);
+    assert_eq!(got.len(), data.len());
+    assert!(got == data);
+    assert!(
+        relays[2]
+            .core
+            .stats
+            .exit_streams
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_targets_map_to_end_reasons() {
+    let client = node(false, false).await;
+    let strict_exit = node(true, false).await;
+    let path = vec![strict_exit.spec.clone()];
+    let circuit = client.core.build_circuit(&path).await.unwrap();
+    let echo = echo_server().await;
+    // Loopback is refused by the default policy.
+    match circuit.open_stream(&TargetAddr::Ip(echo)).await {
+        Err(ProtoError::StreamRefused(EndReason::ExitPolicy)) => {}
+        other => panic!("expected exit policy refusal, got {:?}", other.err()),
+    }
+    // A non-exit refuses every stream.
+    let relay = node(false, false).await;
+    let circuit = client
+        .core
+        .build_circuit(&[relay.spec.clone()])
+        .await
+        .unwrap();
+    match circuit.open_stream(&TargetAddr::Ip(echo)).await {
+        Err(ProtoError::StreamRefused(EndReason::ExitPolicy)) => {}
+        other => panic!("expected refusal, got {:?}", other.err()),
+    }
+    // A closed port on an exit that allows loopback: connection refused.
+    let exit = node(true, true).await;
+    let circuit = client
+        .core
+        .build_circuit(&[exit.spec.clone()])
+        .await
+        .unwrap();
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    match circuit.open_stream(&TargetAddr::Ip(closed)).await {
+        Err(ProtoError::StreamRefused(EndReason::ConnectRefused)) => {}
+        other => panic!("expected connection refused, got {:?}", other.err()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_onion_key_fails_build_cleanly() {
+    let client = node(false, false).await;
+    let relay = node(false, false).await;
+    let mut spec = relay.spec.clone();
+    spec.onion_key = OnionKeypair::generate().unwrap().public;
+    let err = client.core.build_circuit(&[spec]).await.unwrap_err();
+    assert!(matches!(err, ProtoError::Protocol(_)), "{err}");
+    // The relay still serves a correct build afterwards.
+    let ok = client.core.build_circuit(&[relay.spec.clone()]).await;
+    assert!(ok.is_ok());
+}
