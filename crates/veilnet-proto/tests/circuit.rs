@@ -142,7 +142,7 @@ async fn refused_targets_map_to_end_reasons() {
     let relay = node(false, false).await;
     let circuit = client
         .core
-        .build_circuit(&[relay.spec.clone()])
+        .build_circuit(std::slice::from_ref(&relay.spec))
         .await
         .unwrap();
     match circuit.open_stream(&TargetAddr::Ip(echo)).await {
@@ -153,7 +153,7 @@ async fn refused_targets_map_to_end_reasons() {
     let exit = node(true, true).await;
     let circuit = client
         .core
-        .build_circuit(&[exit.spec.clone()])
+        .build_circuit(std::slice::from_ref(&exit.spec))
         .await
         .unwrap();
     let closed = {
@@ -175,6 +175,6 @@ async fn wrong_onion_key_fails_build_cleanly() {
     let err = client.core.build_circuit(&[spec]).await.unwrap_err();
     assert!(matches!(err, ProtoError::Protocol(_)), "{err}");
     // The relay still serves a correct build afterwards.
-    let ok = client.core.build_circuit(&[relay.spec.clone()]).await;
+    let ok = client.core.build_circuit(std::slice::from_ref(&relay.spec)).await;
     assert!(ok.is_ok());
 }
