@@ -1,0 +1,205 @@
+//! The local front-ends: a SOCKS5 proxy (RFC 1928, RFC 1929) and an HTTP
+//! CONNECT proxy. Both parse with the sans-IO parsers of `veilnet-socks`, ask
+//! the circuit manager for a stream, answer, and then join the socket to the
+//! stream. Nothing about the target is logged above debug level.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::debug;
+use veilnet_cell::{EndReason, TargetAddr};
+use veilnet_socks::http_connect;
+use veilnet_socks::socks5::{self, Action, ReplyCode};
+
+use crate::circmgr::{CircuitManager, ConnectError, Isolation};
+
+/// Time a client has to finish its proxy handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Local proxy connections served at once.
+const MAX_CLIENTS: usize = 4096;
+
+fn to_cell_target(t: veilnet_socks::TargetAddr) -> TargetAddr {
+    match t {
+        veilnet_socks::TargetAddr::Ip(a) => TargetAddr::Ip(a),
+        veilnet_socks::TargetAddr::Domain(h, p) => TargetAddr::Domain(h, p),
+    }
+}
+
+fn isolation(c: Option<&veilnet_socks::Credentials>) -> Isolation {
+    c.map(|c| Isolation::from_credentials(&c.username, &c.password))
+        .unwrap_or(Isolation::NONE)
+}
+
+/// The SOCKS5 reply code for a failure (RFC 1928 section 6).
+pub fn socks_code(e: &ConnectError) -> ReplyCode {
+    match e {
+        ConnectError::NoExit => ReplyCode::NotAllowedByRuleset,
+        ConnectError::Refused(r) => match r {
+            EndReason::ExitPolicy => ReplyCode::NotAllowedByRuleset,
+            EndReason::ConnectRefused => ReplyCode::ConnectionRefused,
+            EndReason::NetUnreachable => ReplyCode::NetworkUnreachable,
+            EndReason::HostUnreachable | EndReason::ResolveFailed => ReplyCode::HostUnreachable,
+            EndReason::Timeout => ReplyCode::TtlExpired,
+            _ => ReplyCode::GeneralFailure,
+        },
+        ConnectError::NotEnoughRelays(_) | ConnectError::Circuit(_) => ReplyCode::GeneralFailure,
+    }
+}
+
+/// The HTTP status for a failure.
+pub fn http_status(e: &ConnectError) -> (u16, &'static str) {
+    match socks_code(e) {
+        ReplyCode::NotAllowedByRuleset => (403, "Forbidden by exit policy"),
+        ReplyCode::TtlExpired => (504, "Gateway Timeout"),
+        ReplyCode::HostUnreachable | ReplyCode::NetworkUnreachable => (502, "Target unreachable"),
+        ReplyCode::ConnectionRefused => (502, "Connection refused by target"),
+        _ => (503, "No circuit available"),
+    }
+}
+
+async fn accept_loop<F, Fut>(listener: TcpListener, circuits: Arc<CircuitManager>, serve: F)
+where
+    F: Fn(TcpStream, Arc<CircuitManager>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let limit = Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                debug!("proxy accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            debug!("too many proxy clients; refusing one");
+            continue;
+        };
+        let fut = serve(tcp, circuits.clone());
+        tokio::spawn(async move {
+            fut.await;
+            drop(permit);
+        });
+    }
+}
+
+/// Serves SOCKS5 clients until the listener fails.
+pub async fn serve_socks(listener: TcpListener, circuits: Arc<CircuitManager>) {
+    accept_loop(listener, circuits, socks_client).await
+}
+
+/// Serves HTTP CONNECT clients until the listener fails.
+pub async fn serve_http(listener: TcpListener, circuits: Arc<CircuitManager>) {
+    accept_loop(listener, circuits, http_client).await
+}
+
+async fn socks_client(mut tcp: TcpStream, circuits: Arc<CircuitManager>) {
+    let mut hs = socks5::Handshake::new();
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let request = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        loop {
+            let (used, action) = match hs.feed(&buf) {
+                Ok(x) => x,
+                Err(e) => {
+                    debug!("refusing a SOCKS client: {e}");
+                    if let Some(reply) = e.reply() {
+                        let _ = tcp.write_all(&reply).await;
+                    }
+                    return None;
+                }
+            };
+            buf.drain(..used);
+            match action {
+                Action::NeedMore => {
+                    let n = tcp.read(&mut chunk).await.ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.len() > socks5::MAX_MESSAGE_LEN * 2 {
+                        return None;
+                    }
+                }
+                Action::Reply(bytes) => tcp.write_all(&bytes).await.ok()?,
+                Action::Request(req) => return Some(req),
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some(req) = request else { return };
+    let iso = isolation(req.credentials.as_ref());
+    let target = to_cell_target(req.target);
+    match circuits.connect(&target, iso).await {
+        Ok(stream) => {
+            if tcp
+                .write_all(&socks5::reply_bytes(ReplyCode::Succeeded, None))
+                .await
+                .is_ok()
+            {
+                stream.run(tcp, buf).await;
+            }
+        }
+        Err(e) => {
+            debug!("SOCKS request failed: {e}");
+            let _ = tcp
+                .write_all(&socks5::reply_bytes(socks_code(&e), None))
+                .await;
+        }
+    }
+}
+
+async fn http_client(mut tcp: TcpStream, circuits: Arc<CircuitManager>) {
+    let mut buf = Vec::with_capacity(2048);
+    let mut chunk = [0u8; 2048];
+    let request = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        loop {
+            match http_connect::parse_request(&buf) {
+                Ok(Some(x)) => return Some(x),
+                Ok(None) => {}
+                Err(e) => {
+                    debug!("refusing an HTTP proxy client: {e}");
+                    let _ = tcp
+                        .write_all(&http_connect::response_bytes(e.status(), &e.to_string()))
+                        .await;
+                    return None;
+                }
+            }
+            let n = tcp.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some((head_len, req)) = request else {
+        return;
+    };
+    buf.drain(..head_len);
+    let iso = isolation(req.credentials.as_ref());
+    let target = to_cell_target(req.target);
+    match circuits.connect(&target, iso).await {
+        Ok(stream) => {
+            let ok = http_connect::response_bytes(200, "Connection established");
+            if tcp.write_all(&ok).await.is_ok() {
+                stream.run(tcp, buf).await;
+            }
+        }
+        Err(e) => {
+            debug!("HTTP CONNECT request failed: {e}");
+            let (status, reason) = http_status(&e);
+            let _ = tcp
+                .write_all(&http_connect::response_bytes(status, reason))
+                .await;
+        }
+    }
+}
