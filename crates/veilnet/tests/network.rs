@@ -1,0 +1,327 @@
+//! Whole-network tests: a real test network on loopback, used the way a user
+//! would (SOCKS5, HTTP CONNECT, the control API).
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use veilnet::control::{get_json, CircuitView, NodeView};
+use veilnet::testnet::{Testnet, TestnetOptions};
+
+const BIG: usize = 50 * 1024 * 1024;
+const MARKER: &[u8; 32] = b"VEILNET-PLAINTEXT-MARKER-0123456";
+
+/// Deterministic, incompressible-looking bytes.
+fn body_byte(i: usize) -> u8 {
+    let x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (x >> 29) as u8 ^ (i >> 13) as u8
+}
+
+/// A tiny HTTP/1.1 server: GET /big (50 MiB), GET /marker?n (n bytes of a
+/// repeated marker). One request per connection.
+async fn http_target() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut b = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut b).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    req.extend_from_slice(&b[..n]);
+                }
+                let line = String::from_utf8_lossy(&req).to_string();
+                let body: Vec<u8> = if line.starts_with("GET /big ") {
+                    (0..BIG).map(body_byte).collect()
+                } else if let Some(rest) = line.strip_prefix("GET /marker?") {
+                    let n: usize = rest.split(' ').next().unwrap().parse().unwrap();
+                    MARKER.iter().copied().cycle().take(n).collect()
+                } else {
+                    b"hello".to_vec()
+                };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                s.write_all(head.as_bytes()).await.unwrap();
+                s.write_all(&body).await.unwrap();
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Echoes everything, then closes its side after the client half-closes.
+async fn echo_target() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+async fn socks_connect(proxy: SocketAddr, target: SocketAddr, user: Option<&str>) -> TcpStream {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    match user {
+        None => {
+            s.write_all(&[5, 1, 0]).await.unwrap();
+            let mut r = [0u8; 2];
+            s.read_exact(&mut r).await.unwrap();
+            assert_eq!(r, [5, 0]);
+        }
+        Some(u) => {
+            s.write_all(&[5, 1, 2]).await.unwrap();
+            let mut r = [0u8; 2];
+            s.read_exact(&mut r).await.unwrap();
+            assert_eq!(r, [5, 2]);
+            let mut auth = vec![1, u.len() as u8];
+            auth.extend_from_slice(u.as_bytes());
+            auth.extend_from_slice(&[1, b'p']);
+            s.write_all(&auth).await.unwrap();
+            s.read_exact(&mut r).await.unwrap();
+            assert_eq!(r, [1, 0]);
+        }
+    }
+    let SocketAddr::V4(t) = target else {
+        panic!("v4 only")
+    };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&t.ip().octets());
+    req.extend_from_slice(&t.port().to_be_bytes());
+    s.write_all(&req).await.unwrap();
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).await.unwrap();
+    assert_eq!(reply[1], 0, "SOCKS reply code");
+    s
+}
+
+async fn http_connect(proxy: SocketAddr, target: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// GETs `path` over an open tunnel; returns (body length, SHA-256 of body).
+async fn get(mut s: TcpStream, path: &str) -> (usize, [u8; 32]) {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).await.unwrap();
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let body = &all[split..];
+    (body.len(), Sha256::digest(body).into())
+}
+
+struct Tap {
+    scanning: AtomicBool,
+    scanned: AtomicU64,
+    leaked: AtomicBool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_mib_through_three_hops_and_no_plaintext_on_links() {
+    let tap = Arc::new(Tap {
+        scanning: AtomicBool::new(false),
+        scanned: AtomicU64::new(0),
+        leaked: AtomicBool::new(false),
+    });
+    let t2 = tap.clone();
+    let opts = TestnetOptions {
+        nodes: 10,
+        exits: 2,
+        socks: Some("127.0.0.1:0".parse().unwrap()),
+        http_proxy: Some("127.0.0.1:0".parse().unwrap()),
+        control: Some("127.0.0.1:0".parse().unwrap()),
+        allow_private_targets: true,
+        tap: Some(Arc::new(move |bytes: &[u8]| {
+            if t2.scanning.load(Ordering::Relaxed) {
+                t2.scanned.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                if bytes.windows(MARKER.len()).any(|w| w == MARKER) {
+                    t2.leaked.store(true, Ordering::Relaxed);
+                }
+            }
+        })),
+        ..TestnetOptions::default()
+    };
+    let net = Testnet::start(opts).await.unwrap();
+    net.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let target = http_target().await;
+    let socks = net.client.socks_addr.unwrap();
+    let http = net.client.http_addr.unwrap();
+    let control = net.client.control_addr().unwrap();
+    let expected: [u8; 32] = Sha256::digest((0..BIG).map(body_byte).collect::<Vec<_>>()).into();
+
+    let run = async {
+        let t = Instant::now();
+        let (n, sum) = get(socks_connect(socks, target, None).await, "/big").await;
+        assert_eq!(n, BIG);
+        assert_eq!(sum, expected, "SOCKS5 download corrupted");
+        eprintln!("50 MiB via SOCKS5 in {:?}", t.elapsed());
+        let t = Instant::now();
+        let (n, sum) = get(http_connect(http, target).await, "/big").await;
+        assert_eq!(n, BIG);
+        assert_eq!(sum, expected, "HTTP CONNECT download corrupted");
+        eprintln!("50 MiB via HTTP CONNECT in {:?}", t.elapsed());
+
+        // The control API shows the circuits: 3 distinct hops, none of them the client.
+        let circuits: Vec<CircuitView> = get_json(control, "/v1/circuits").await.unwrap();
+        assert!(!circuits.is_empty());
+        let me = net.client.peer_id.to_string();
+        for c in &circuits {
+            assert_eq!(c.hops.len(), 3, "{c:?}");
+            let mut h = c.hops.clone();
+            h.sort();
+            h.dedup();
+            assert_eq!(h.len(), 3, "hops must be distinct: {c:?}");
+            assert!(!c.hops.contains(&me), "the client is never its own hop");
+        }
+        let relays: Vec<String> = net.relays.iter().map(|n| n.peer_id.to_string()).collect();
+        assert!(circuits
+            .iter()
+            .all(|c| c.hops.iter().all(|h| relays.contains(h))));
+        let nodes: Vec<NodeView> = get_json(control, "/v1/nodes").await.unwrap();
+        assert_eq!(nodes.len(), 11);
+        assert_eq!(nodes.iter().filter(|n| n.exit).count(), 2);
+
+        // No plaintext on any link: send a marker-filled body both ways.
+        tap.scanning.store(true, Ordering::Relaxed);
+        let (n, _) = get(socks_connect(socks, target, None).await, "/marker?2000000").await;
+        assert_eq!(n, 2_000_000);
+        let up = socks_connect(socks, echo_target().await, None).await;
+        let (mut r, mut w) = up.into_split();
+        let sent: Vec<u8> = MARKER.iter().copied().cycle().take(500_000).collect();
+        let writer = tokio::spawn(async move {
+            w.write_all(&sent).await.unwrap();
+            w.shutdown().await.unwrap();
+        });
+        let mut echoed = Vec::new();
+        r.read_to_end(&mut echoed).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(
+            echoed.len(),
+            500_000,
+            "echo through the circuit, half-closed"
+        );
+        tap.scanning.store(false, Ordering::Relaxed);
+        let scanned = tap.scanned.load(Ordering::Relaxed);
+        assert!(
+            scanned > 3 * 2_000_000,
+            "the tap must have seen the traffic ({scanned} bytes)"
+        );
+        assert!(
+            !tap.leaked.load(Ordering::Relaxed),
+            "plaintext crossed a link"
+        );
+    };
+    tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .unwrap();
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_isolation_by_socks_credentials() {
+    let opts = TestnetOptions {
+        nodes: 5,
+        exits: 2,
+        socks: Some("127.0.0.1:0".parse().unwrap()),
+        control: Some("127.0.0.1:0".parse().unwrap()),
+        allow_private_targets: true,
+        ..TestnetOptions::default()
+    };
+    let net = Testnet::start(opts).await.unwrap();
+    net.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let target = http_target().await;
+    let socks = net.client.socks_addr.unwrap();
+    let control = net.client.control_addr().unwrap();
+    let run = async {
+        let a = socks_connect(socks, target, Some("alice")).await;
+        let b = socks_connect(socks, target, Some("bob")).await;
+        let c = socks_connect(socks, target, Some("alice")).await;
+        let circuits: Vec<CircuitView> = get_json(control, "/v1/circuits").await.unwrap();
+        let used: Vec<_> = circuits.iter().filter(|c| c.streams > 0).collect();
+        // alice's two streams share one circuit; bob's is on another.
+        assert_eq!(used.len(), 2, "{circuits:?}");
+        let mut streams: Vec<_> = used.iter().map(|c| c.streams).collect();
+        streams.sort();
+        assert_eq!(streams, vec![1, 2]);
+        assert!(used.iter().all(|c| c.isolation.is_some()));
+        assert_ne!(used[0].isolation, used[1].isolation);
+        drop((a, b, c));
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap();
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_nodes_know_each_other_within_thirty_seconds() {
+    let opts = TestnetOptions {
+        nodes: 30,
+        exits: 3,
+        socks: None,
+        gossip_interval: std::time::Duration::from_secs(2),
+        ..TestnetOptions::default()
+    };
+    let start = Instant::now();
+    let net = Testnet::start(opts).await.unwrap();
+    let all = net.relays.len() + 1;
+    let need = (all * 95).div_ceil(100);
+    loop {
+        let worst = net
+            .relays
+            .iter()
+            .chain(std::iter::once(&net.client))
+            .map(|n| n.known_nodes())
+            .min()
+            .unwrap();
+        if worst >= need {
+            eprintln!(
+                "every node knows >= {worst}/{all} nodes after {:?}",
+                start.elapsed()
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "only {worst}/{all} known after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    net.shutdown().await;
+}
