@@ -232,9 +232,9 @@ impl CircuitManager {
         })?;
         path.into_iter()
             .map(|d| {
-                let addr = *d.link_addrs.first().ok_or_else(|| {
-                    ConnectError::NotEnoughRelays(PathError::NotEnoughRelays { needed: 1, have: 0 })
-                })?;
+                let addr = *d.link_addrs.first().ok_or(ConnectError::NotEnoughRelays(
+                    PathError::NotEnoughRelays { needed: 1, have: 0 },
+                ))?;
                 Ok(HopSpec {
                     peer: d.peer_id,
                     addr,
