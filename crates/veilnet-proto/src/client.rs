@@ -47,6 +47,8 @@ pub struct CircuitInfo {
     pub streams: usize,
     /// False once destroyed.
     pub open: bool,
+    /// How long building it took.
+    pub build_time: Duration,
 }
 
 /// A built client circuit.
@@ -57,6 +59,7 @@ pub struct ClientCircuit {
     circ: CircId,
     endpoint: Arc<Endpoint>,
     built: Instant,
+    build_time: Duration,
     core: Arc<Core>,
 }
 
@@ -102,6 +105,7 @@ impl ClientCircuit {
             age: self.age(),
             streams: self.stream_count(),
             open: self.is_open(),
+            build_time: self.build_time,
         }
     }
 
@@ -141,6 +145,7 @@ impl Core {
                 path.len()
             )));
         }
+        let started = Instant::now();
         let link = self.link_to(first.peer, first.addr).await?;
         let (tx, mut rx) = mpsc::channel(FLOW.circ_window + 64);
         let circ =
@@ -188,6 +193,7 @@ impl Core {
             circ,
             endpoint,
             built: Instant::now(),
+            build_time: started.elapsed(),
             core: self.clone(),
         })
     }

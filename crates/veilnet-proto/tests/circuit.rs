@@ -175,6 +175,9 @@ async fn wrong_onion_key_fails_build_cleanly() {
     let err = client.core.build_circuit(&[spec]).await.unwrap_err();
     assert!(matches!(err, ProtoError::Protocol(_)), "{err}");
     // The relay still serves a correct build afterwards.
-    let ok = client.core.build_circuit(std::slice::from_ref(&relay.spec)).await;
+    let ok = client
+        .core
+        .build_circuit(std::slice::from_ref(&relay.spec))
+        .await;
     assert!(ok.is_ok());
 }

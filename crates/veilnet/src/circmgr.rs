@@ -308,6 +308,7 @@ impl CircuitManager {
                     hops: info.hops.iter().map(|h| h.to_string()).collect(),
                     streams: info.streams,
                     isolation: p.isolation.label(),
+                    build_ms: info.build_time.as_secs_f64() * 1000.0,
                 }
             })
             .collect()

@@ -96,6 +96,9 @@ pub struct CircuitView {
     pub streams: usize,
     /// An opaque isolation group label; never the username it derives from.
     pub isolation: Option<String>,
+    /// How long building the circuit took, in milliseconds.
+    #[serde(default)]
+    pub build_ms: f64,
 }
 
 /// Summary of the running node.
@@ -872,6 +875,7 @@ mod tests {
                 hops: vec![PEER_A.into(), PEER_B.into(), PEER_C.into()],
                 streams: 2,
                 isolation: Some("iso-3".into()),
+                build_ms: 4.5,
             },
             CircuitView {
                 id: 8,
@@ -880,6 +884,7 @@ mod tests {
                 hops: vec![],
                 streams: 0,
                 isolation: None,
+                build_ms: 0.0,
             },
         ]
     }

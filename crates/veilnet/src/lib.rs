@@ -8,6 +8,7 @@
 //! and the control API (`control`), and runs local test networks (`testnet`).
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod bench;
 pub mod circmgr;
 pub mod control;
 pub mod node;

@@ -59,6 +59,33 @@ enum Command {
         #[arg(long)]
         allow_private_targets: bool,
     },
+    /// Measure a local network of node processes against direct connections.
+    Bench {
+        /// Relay processes.
+        #[arg(long, default_value_t = 10)]
+        nodes: usize,
+        /// Hops per circuit.
+        #[arg(long, default_value_t = 3)]
+        hops: u8,
+        /// MiB for the single-stream download (and in total for the aggregate one).
+        #[arg(long, default_value_t = 256)]
+        bulk_mib: usize,
+        /// Parallel streams on separate circuits.
+        #[arg(long, default_value_t = 8)]
+        streams: usize,
+        /// Sequential small requests for time to first byte.
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        /// Fresh circuits for the build-time figure.
+        #[arg(long, default_value_t = 100)]
+        circuits: usize,
+        /// Idle circuits for the memory figure.
+        #[arg(long, default_value_t = 1000)]
+        idle_circuits: usize,
+        /// Also write the figures as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Show a running node's directory and circuits.
     Status {
         /// The node's control API address.
@@ -203,6 +230,36 @@ async fn run(cli: Cli) -> Result<(), String> {
             shutdown_signal().await;
             println!("stopping the test network");
             net.shutdown().await;
+            Ok(())
+        }
+        Command::Bench {
+            nodes,
+            hops,
+            bulk_mib,
+            streams,
+            requests,
+            circuits,
+            idle_circuits,
+            json,
+        } => {
+            let exe =
+                std::env::current_exe().map_err(|e| format!("cannot find our binary: {e}"))?;
+            let report = veilnet::bench::run(veilnet::bench::BenchOptions {
+                nodes,
+                hops,
+                bulk_mib,
+                streams,
+                requests,
+                circuits,
+                idle_circuits,
+                json,
+                exe,
+            })
+            .await?;
+            print!("{}", veilnet::bench::render(&report));
+            if !report.payload_verified {
+                return Err("payload mismatch".into());
+            }
             Ok(())
         }
         Command::Status { control } => {

@@ -1,0 +1,729 @@
+//! `veilnet bench`: starts a local network of real `veilnet node` processes,
+//! a local HTTP target and a client, and measures the network side by side
+//! with direct connections to the same target, in one run.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use veilnet_config::Config;
+
+use crate::control::{get_json, CircuitView, NodeView};
+
+/// What to measure.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchOptions {
+    /// Relay processes.
+    pub nodes: usize,
+    /// Hops per circuit.
+    pub hops: u8,
+    /// MiB downloaded by the single-stream test (and in total by the aggregate test).
+    pub bulk_mib: usize,
+    /// Parallel streams, each on its own circuit.
+    pub streams: usize,
+    /// Sequential small requests for time to first byte.
+    pub requests: usize,
+    /// Fresh circuits built for the build-time figure.
+    pub circuits: usize,
+    /// Idle circuits held for the memory figure.
+    pub idle_circuits: usize,
+    /// Where to write the JSON report.
+    #[serde(skip)]
+    pub json: Option<PathBuf>,
+    /// The `veilnet` binary to start (normally this one).
+    #[serde(skip)]
+    pub exe: PathBuf,
+}
+
+/// p50 and p99 of a sample, in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+}
+
+/// Figures measured through veilnet.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct VeilnetFigures {
+    /// One stream, MB/s (10^6 bytes).
+    pub bulk_mbps: f64,
+    /// All parallel streams together, MB/s.
+    pub aggregate_mbps: f64,
+    /// Time to first byte of a small request on a new stream over a built circuit.
+    pub ttfb_ms: Percentiles,
+    /// Circuit build time.
+    pub build_ms: Percentiles,
+    /// From starting the node processes to the first carried stream.
+    pub bootstrap_s: f64,
+    /// CPU seconds of all veilnet processes per GB carried.
+    pub cpu_s_per_gb: f64,
+    /// Relay memory per idle circuit hop (RSS growth / circuit hops held).
+    pub bytes_per_idle_circuit: f64,
+    /// Relay RSS at rest, bytes (mean over relays).
+    pub relay_rss_at_rest: f64,
+}
+
+/// The same measurements made directly against the target.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct DirectFigures {
+    /// One connection, MB/s.
+    pub bulk_mbps: f64,
+    /// Parallel connections together, MB/s.
+    pub aggregate_mbps: f64,
+    /// Time to first byte of a small request on a new connection.
+    pub ttfb_ms: Percentiles,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Through veilnet.
+    pub veilnet: VeilnetFigures,
+    /// Direct.
+    pub direct: DirectFigures,
+    /// veilnet / direct.
+    pub ratios: serde_json::Value,
+    /// The parameters.
+    pub params: BenchOptions,
+    /// Every downloaded body matched its SHA-256.
+    pub payload_verified: bool,
+}
+
+// ---------------------------------------------------------------- target
+
+const BLOCK: usize = 1 << 20;
+
+fn block() -> Arc<Vec<u8>> {
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    Arc::new(
+        (0..BLOCK)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect(),
+    )
+}
+
+fn expected_sha(block: &[u8], n: usize) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(block.len());
+        h.update(&block[..k]);
+        left -= k;
+    }
+    h.finalize().into()
+}
+
+/// Serves `GET /bytes/<n>`: n bytes of the repeated block, then closes.
+async fn target(block: Arc<Vec<u8>>) -> std::io::Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let block = block.clone();
+            tokio::spawn(async move {
+                let _ = s.set_nodelay(true);
+                let mut head = Vec::with_capacity(256);
+                let mut b = [0u8; 512];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                    if head.len() > 8192 {
+                        return;
+                    }
+                }
+                let line = String::from_utf8_lossy(&head);
+                let n: usize = line
+                    .strip_prefix("GET /bytes/")
+                    .and_then(|r| r.split(' ').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                let hdr =
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n");
+                if s.write_all(hdr.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut left = n;
+                while left > 0 {
+                    let k = left.min(block.len());
+                    if s.write_all(&block[..k]).await.is_err() {
+                        return;
+                    }
+                    left -= k;
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+struct Fetched {
+    bytes: usize,
+    sha: [u8; 32],
+    ttfb: Duration,
+}
+
+/// GETs n bytes over an open connection; `start` is when the request began.
+async fn fetch(mut s: TcpStream, n: usize, start: Instant) -> Result<Fetched, String> {
+    s.write_all(format!("GET /bytes/{n} HTTP/1.1\r\nHost: target\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut head = Vec::new();
+    let mut ttfb = None;
+    let mut h = Sha256::new();
+    let mut body = 0usize;
+    loop {
+        let k = s.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
+        if k == 0 {
+            break;
+        }
+        ttfb.get_or_insert_with(|| start.elapsed());
+        if !head.ends_with(b"\r\n\r\n") && body == 0 {
+            head.extend_from_slice(&buf[..k]);
+            if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                let rest = head.split_off(p + 4);
+                h.update(&rest);
+                body += rest.len();
+            }
+            continue;
+        }
+        h.update(&buf[..k]);
+        body += k;
+    }
+    if !head.starts_with(b"HTTP/1.1 200") {
+        return Err("bad response".into());
+    }
+    Ok(Fetched {
+        bytes: body,
+        sha: h.finalize().into(),
+        ttfb: ttfb.unwrap_or_default(),
+    })
+}
+
+async fn socks(
+    proxy: SocketAddr,
+    target: SocketAddr,
+    user: Option<&str>,
+) -> Result<TcpStream, String> {
+    let mut s = TcpStream::connect(proxy)
+        .await
+        .map_err(|e| format!("socks connect: {e}"))?;
+    let _ = s.set_nodelay(true);
+    let io = |e: std::io::Error| format!("socks: {e}");
+    let mut r = [0u8; 2];
+    match user {
+        None => {
+            s.write_all(&[5, 1, 0]).await.map_err(io)?;
+            s.read_exact(&mut r).await.map_err(io)?;
+        }
+        Some(u) => {
+            s.write_all(&[5, 1, 2]).await.map_err(io)?;
+            s.read_exact(&mut r).await.map_err(io)?;
+            let mut a = vec![1, u.len() as u8];
+            a.extend_from_slice(u.as_bytes());
+            a.extend_from_slice(&[1, b'x']);
+            s.write_all(&a).await.map_err(io)?;
+            s.read_exact(&mut r).await.map_err(io)?;
+        }
+    }
+    let SocketAddr::V4(t) = target else {
+        return Err("IPv4 target expected".into());
+    };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&t.ip().octets());
+    req.extend_from_slice(&t.port().to_be_bytes());
+    s.write_all(&req).await.map_err(io)?;
+    let mut rep = [0u8; 10];
+    s.read_exact(&mut rep).await.map_err(io)?;
+    if rep[1] != 0 {
+        return Err(format!("SOCKS reply {}", rep[1]));
+    }
+    Ok(s)
+}
+
+// ---------------------------------------------------------------- processes
+
+struct Procs {
+    children: Vec<(u32, Child)>,
+    dir: PathBuf,
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// CPU seconds (user + system) of a process.
+fn cpu_secs(pid: u32, tck: f64) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces) start after ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ut: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let st: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    (ut + st) / tck
+}
+
+/// Resident set size of a process, bytes.
+fn rss_bytes(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map(|kb| kb * 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn write_config(dir: &Path, cfg: &Config) -> Result<PathBuf, String> {
+    let text = toml::to_string(cfg).map_err(|e| format!("config: {e}"))?;
+    let path = dir.join("bench.toml");
+    std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+fn spawn_node(exe: &Path, dir: &Path, config: &Path) -> Result<Child, String> {
+    let log = std::fs::File::create(dir.join("node.log")).map_err(|e| format!("log: {e}"))?;
+    Command::new(exe)
+        .arg("node")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", exe.display()))
+}
+
+fn percentiles(mut v: Vec<f64>) -> Percentiles {
+    if v.is_empty() {
+        return Percentiles {
+            p50: f64::NAN,
+            p99: f64::NAN,
+        };
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| v[(((v.len() as f64) * q).ceil() as usize).clamp(1, v.len()) - 1];
+    Percentiles {
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+fn mbps(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e6
+}
+
+fn progress(msg: &str) {
+    eprint!("\r\x1b[2K[bench] {msg}");
+}
+
+// ---------------------------------------------------------------- run
+
+/// Runs the benchmark and returns the report (also printed and, with
+/// `json`, written to a file).
+pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
+    if opts.nodes < usize::from(opts.hops) || opts.hops == 0 || opts.streams == 0 {
+        return Err("need --nodes >= --hops >= 1 and --streams >= 1".to_string());
+    }
+    let block = block();
+    let target = target(block.clone())
+        .await
+        .map_err(|e| format!("target: {e}"))?;
+    let bulk = opts.bulk_mib << 20;
+    let per_stream = bulk / opts.streams;
+    let bulk_sha = expected_sha(&block, bulk);
+    let per_sha = expected_sha(&block, per_stream);
+    let small_sha = expected_sha(&block, 1024);
+    let mut verified = true;
+
+    // Direct baseline.
+    progress("direct: bulk");
+    let t = Instant::now();
+    let s = TcpStream::connect(target)
+        .await
+        .map_err(|e| e.to_string())?;
+    let f = fetch(s, bulk, t).await?;
+    verified &= f.sha == bulk_sha && f.bytes == bulk;
+    let direct_bulk = mbps(f.bytes, t.elapsed());
+    progress("direct: aggregate");
+    let t = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..opts.streams {
+        set.spawn(async move {
+            let s = TcpStream::connect(target)
+                .await
+                .map_err(|e| e.to_string())?;
+            fetch(s, per_stream, Instant::now()).await
+        });
+    }
+    let mut total = 0;
+    while let Some(r) = set.join_next().await {
+        let f = r.map_err(|e| e.to_string())??;
+        verified &= f.sha == per_sha;
+        total += f.bytes;
+    }
+    let direct_agg = mbps(total, t.elapsed());
+    progress("direct: time to first byte");
+    let mut direct_ttfb = Vec::new();
+    for _ in 0..opts.requests {
+        let t = Instant::now();
+        let s = TcpStream::connect(target)
+            .await
+            .map_err(|e| e.to_string())?;
+        let f = fetch(s, 1024, t).await?;
+        verified &= f.sha == small_sha;
+        direct_ttfb.push(f.ttfb.as_secs_f64() * 1000.0);
+    }
+
+    // The network: separate processes of this binary.
+    progress("starting nodes");
+    let base = std::env::temp_dir().join(format!(
+        "veilnet-bench-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let mut procs = Procs {
+        children: Vec::new(),
+        dir: base.clone(),
+    };
+    let exits = (opts.nodes / 3).max(1);
+    let mut prepared = Vec::new();
+    let mut bootstrap = Vec::new();
+    for i in 0..=opts.nodes {
+        let client = i == opts.nodes;
+        let dir = base.join(if client {
+            "client".to_string()
+        } else {
+            format!("node-{i}")
+        });
+        let report = veilnet_config::init_data_dir(&dir).map_err(|e| e.to_string())?;
+        let p2p_port = free_port()?;
+        let mut c = Config {
+            data_dir: dir.clone(),
+            ..Config::default()
+        };
+        c.node.p2p_listen = vec![format!("/ip4/127.0.0.1/tcp/{p2p_port}")
+            .parse()
+            .map_err(|e| format!("{e}"))?];
+        c.node.link_listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        c.node.bootstrap = bootstrap.clone();
+        c.node.relay = !client;
+        c.client.hops = opts.hops;
+        c.client.socks = None;
+        c.client.http_proxy = None;
+        c.exit.enabled = !client && i < exits;
+        c.exit.danger_allow_private_targets = c.exit.enabled;
+        if client {
+            c.client.socks = Some(SocketAddr::from(([127, 0, 0, 1], free_port()?)));
+            c.control.listen = Some(SocketAddr::from(([127, 0, 0, 1], free_port()?)));
+        }
+        if i == 0 {
+            bootstrap = vec![
+                format!("/ip4/127.0.0.1/tcp/{p2p_port}/p2p/{}", report.peer_id)
+                    .parse()
+                    .map_err(|e| format!("{e}"))?,
+            ];
+        }
+        let path = write_config(&dir, &c)?;
+        prepared.push((dir, path, c));
+    }
+    let started = Instant::now();
+    for (dir, path, _) in &prepared {
+        let child = spawn_node(&opts.exe, dir, path)?;
+        procs.children.push((child.id(), child));
+    }
+    let client_cfg = &prepared[opts.nodes].2;
+    let socks_addr = client_cfg.client.socks.ok_or("no socks")?;
+    let control = client_cfg.control.listen.ok_or("no control")?;
+
+    progress("bootstrapping");
+    let bootstrap_s = loop {
+        let attempt = async {
+            let s = socks(socks_addr, target, None).await?;
+            fetch(s, 1024, Instant::now()).await
+        };
+        if let Ok(Ok(f)) = tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            if f.sha == small_sha {
+                break started.elapsed().as_secs_f64();
+            }
+        }
+        if started.elapsed() > Duration::from_secs(90) {
+            return Err(format!(
+                "the network did not carry a stream within 90 s (logs in {})",
+                base.display()
+            ));
+        }
+        for (_, c) in procs.children.iter_mut() {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Err(format!(
+                    "a node exited early ({st}); logs in {}",
+                    base.display()
+                ));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Let gossip finish so every relay is known before measuring.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let nodes: Vec<NodeView> = get_json(control, "/v1/nodes")
+            .await
+            .map_err(|e| e.to_string())?;
+        if nodes.len() > opts.nodes {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let relay_pids: Vec<u32> = procs.children[..opts.nodes]
+        .iter()
+        .map(|(p, _)| *p)
+        .collect();
+    let all_pids: Vec<u32> = procs.children.iter().map(|(p, _)| *p).collect();
+
+    // Memory: relays at rest, then holding idle circuits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_rest: f64 = relay_pids.iter().map(|p| rss_bytes(*p)).sum();
+    for i in 0..opts.idle_circuits {
+        if i % 50 == 0 {
+            progress(&format!(
+                "building idle circuits {i}/{}",
+                opts.idle_circuits
+            ));
+        }
+        let s = socks(socks_addr, target, Some(&format!("idle-{i}"))).await?;
+        drop(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_idle: f64 = relay_pids.iter().map(|p| rss_bytes(*p)).sum();
+    let hop_states = (opts.idle_circuits * usize::from(opts.hops)).max(1) as f64;
+    let bytes_per_idle_circuit = ((rss_idle - rss_rest) / hop_states).max(0.0);
+
+    // Circuit build times, from the client's control API.
+    let before: Vec<CircuitView> = get_json(control, "/v1/circuits")
+        .await
+        .map_err(|e| e.to_string())?;
+    let max_id = before.iter().map(|c| c.id).max().unwrap_or(0);
+    for i in 0..opts.circuits {
+        if i % 10 == 0 {
+            progress(&format!("building circuits {i}/{}", opts.circuits));
+        }
+        drop(socks(socks_addr, target, Some(&format!("build-{i}"))).await?);
+    }
+    let after: Vec<CircuitView> = get_json(control, "/v1/circuits")
+        .await
+        .map_err(|e| e.to_string())?;
+    let builds: Vec<f64> = after
+        .iter()
+        .filter(|c| c.id > max_id)
+        .map(|c| c.build_ms)
+        .collect();
+
+    // Time to first byte over the already built default circuit.
+    progress("time to first byte");
+    let mut ttfb = Vec::new();
+    for _ in 0..opts.requests {
+        let t = Instant::now();
+        let s = socks(socks_addr, target, None).await?;
+        let f = fetch(s, 1024, t).await?;
+        verified &= f.sha == small_sha;
+        ttfb.push(f.ttfb.as_secs_f64() * 1000.0);
+    }
+
+    // Throughput and CPU.
+    let tck = clk_tck();
+    let cpu0: f64 = all_pids.iter().map(|p| cpu_secs(*p, tck)).sum();
+    progress("bulk: one stream");
+    drop(socks(socks_addr, target, Some("bulk")).await?);
+    let t = Instant::now();
+    let f = fetch(socks(socks_addr, target, Some("bulk")).await?, bulk, t).await?;
+    verified &= f.sha == bulk_sha && f.bytes == bulk;
+    let bulk_mbps = mbps(f.bytes, t.elapsed());
+    let mut carried = f.bytes;
+    progress("aggregate: parallel streams on separate circuits");
+    for i in 0..opts.streams {
+        drop(socks(socks_addr, target, Some(&format!("agg-{i}"))).await?);
+    }
+    let t = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..opts.streams {
+        set.spawn(async move {
+            let s = socks(socks_addr, target, Some(&format!("agg-{i}"))).await?;
+            fetch(s, per_stream, Instant::now()).await
+        });
+    }
+    let mut total = 0;
+    while let Some(r) = set.join_next().await {
+        let f = r.map_err(|e| e.to_string())??;
+        verified &= f.sha == per_sha;
+        total += f.bytes;
+    }
+    let aggregate_mbps = mbps(total, t.elapsed());
+    carried += total;
+    let cpu1: f64 = all_pids.iter().map(|p| cpu_secs(*p, tck)).sum();
+    let cpu_s_per_gb = (cpu1 - cpu0) / (carried as f64 / 1e9);
+    eprint!("\r\x1b[2K");
+
+    let veilnet = VeilnetFigures {
+        bulk_mbps,
+        aggregate_mbps,
+        ttfb_ms: percentiles(ttfb),
+        build_ms: percentiles(builds),
+        bootstrap_s,
+        cpu_s_per_gb,
+        bytes_per_idle_circuit,
+        relay_rss_at_rest: rss_rest / opts.nodes as f64,
+    };
+    let direct = DirectFigures {
+        bulk_mbps: direct_bulk,
+        aggregate_mbps: direct_agg,
+        ttfb_ms: percentiles(direct_ttfb),
+    };
+    let ratios = serde_json::json!({
+        "bulk": veilnet.bulk_mbps / direct.bulk_mbps,
+        "aggregate": veilnet.aggregate_mbps / direct.aggregate_mbps,
+        "ttfb_p50": veilnet.ttfb_ms.p50 / direct.ttfb_ms.p50,
+        "ttfb_p99": veilnet.ttfb_ms.p99 / direct.ttfb_ms.p99,
+    });
+    let report = BenchReport {
+        veilnet,
+        direct,
+        ratios,
+        params: opts.clone(),
+        payload_verified: verified,
+    };
+    drop(procs);
+    if let Some(path) = &opts.json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(report)
+}
+
+/// The report as a table for people.
+pub fn render(r: &BenchReport) -> String {
+    let v = &r.veilnet;
+    let d = &r.direct;
+    let mut s = String::new();
+    let p = &r.params;
+    s.push_str(&format!(
+        "veilnet bench: {} relays, {} hops, bulk {} MiB, {} streams, {} requests, {} builds, {} idle circuits\n\n",
+        p.nodes, p.hops, p.bulk_mib, p.streams, p.requests, p.circuits, p.idle_circuits
+    ));
+    s.push_str(&format!(
+        "{:<34} {:>12} {:>12} {:>8}\n",
+        "figure", "veilnet", "direct", "ratio"
+    ));
+    let row = |s: &mut String, name: &str, a: f64, b: Option<f64>, unit: &str| {
+        let bs = b.map(|b| format!("{b:.2}")).unwrap_or_else(|| "-".into());
+        let ratio = b
+            .map(|b| format!("{:.2}", a / b))
+            .unwrap_or_else(|| "-".into());
+        s.push_str(&format!(
+            "{:<34} {:>12} {:>12} {:>8}\n",
+            format!("{name} ({unit})"),
+            format!("{a:.2}"),
+            bs,
+            ratio
+        ));
+    };
+    row(
+        &mut s,
+        "bulk throughput, one stream",
+        v.bulk_mbps,
+        Some(d.bulk_mbps),
+        "MB/s",
+    );
+    row(
+        &mut s,
+        "aggregate throughput",
+        v.aggregate_mbps,
+        Some(d.aggregate_mbps),
+        "MB/s",
+    );
+    row(
+        &mut s,
+        "time to first byte p50",
+        v.ttfb_ms.p50,
+        Some(d.ttfb_ms.p50),
+        "ms",
+    );
+    row(
+        &mut s,
+        "time to first byte p99",
+        v.ttfb_ms.p99,
+        Some(d.ttfb_ms.p99),
+        "ms",
+    );
+    row(&mut s, "circuit build p50", v.build_ms.p50, None, "ms");
+    row(&mut s, "circuit build p99", v.build_ms.p99, None, "ms");
+    row(&mut s, "bootstrap", v.bootstrap_s, None, "s");
+    row(&mut s, "CPU per GB carried", v.cpu_s_per_gb, None, "CPU-s");
+    row(
+        &mut s,
+        "relay memory per idle circuit",
+        v.bytes_per_idle_circuit,
+        None,
+        "bytes",
+    );
+    row(
+        &mut s,
+        "relay RSS at rest",
+        v.relay_rss_at_rest / 1e6,
+        None,
+        "MB",
+    );
+    s.push_str(&format!(
+        "\npayload {}\n",
+        if r.payload_verified {
+            "verified (SHA-256 matches)"
+        } else {
+            "MISMATCH"
+        }
+    ));
+    s
+}
