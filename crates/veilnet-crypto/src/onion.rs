@@ -166,8 +166,12 @@ impl ClientLayers {
         if self.fwd.layers.len() >= MAX_HOPS {
             return Err(CryptoError::OutOfOrder("circuit already has MAX_HOPS hops"));
         }
-        self.fwd.layers.push(DirLayer::new(&keys.fwd_data, &keys.fwd_mask));
-        self.bwd.layers.push(DirLayer::new(&keys.bwd_data, &keys.bwd_mask));
+        self.fwd
+            .layers
+            .push(DirLayer::new(&keys.fwd_data, &keys.fwd_mask));
+        self.bwd
+            .layers
+            .push(DirLayer::new(&keys.bwd_data, &keys.bwd_mask));
         Ok(())
     }
 
