@@ -121,11 +121,45 @@ pub enum CellError {
     HandshakeTooLong(usize),
 }
 
-/// One cell: exactly [`CELL_LEN`] bytes, owned in place so that crypto works
-/// on it without copies.
-#[derive(Clone)]
+/// One cell: exactly [`CELL_LEN`] bytes on the heap, so that moving a cell
+/// between tasks and queues moves a pointer, not 2 KiB. Buffers are recycled
+/// through a small per-thread pool: in the steady state no cell allocates.
 pub struct Cell {
-    buf: [u8; CELL_LEN],
+    /// Always exactly `CELL_LEN` bytes long (empty only while being dropped).
+    buf: Box<[u8]>,
+}
+
+/// Buffers kept per thread for reuse.
+const POOL_CAP: usize = 4096;
+
+thread_local! {
+    static POOL: std::cell::RefCell<Vec<Box<[u8]>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A cell-sized buffer with unspecified contents.
+fn take_buffer() -> Box<[u8]> {
+    POOL.with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0u8; CELL_LEN].into_boxed_slice())
+}
+
+impl Drop for Cell {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if buf.len() == CELL_LEN {
+            let _ = POOL.try_with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < POOL_CAP {
+                    p.push(buf);
+                }
+            });
+        }
+    }
+}
+
+impl Clone for Cell {
+    fn clone(&self) -> Self {
+        Self::from_bytes_unchecked(&self.buf)
+    }
 }
 
 impl std::fmt::Debug for Cell {
@@ -140,7 +174,8 @@ impl std::fmt::Debug for Cell {
 impl Cell {
     /// A zeroed cell with the given header.
     pub fn new(circ_id: CircId, command: CellCommand) -> Self {
-        let mut buf = [0u8; CELL_LEN];
+        let mut buf = take_buffer();
+        buf.fill(0);
         buf[..4].copy_from_slice(&circ_id.get().to_be_bytes());
         buf[4] = command as u8;
         Self { buf }
@@ -148,24 +183,32 @@ impl Cell {
 
     /// A padding cell (circuit id 0).
     pub fn padding() -> Self {
-        let mut buf = [0u8; CELL_LEN];
+        let mut buf = take_buffer();
+        buf.fill(0);
         buf[4] = CellCommand::Padding as u8;
+        Self { buf }
+    }
+
+    fn from_bytes_unchecked(bytes: &[u8]) -> Self {
+        let mut buf = take_buffer();
+        buf.copy_from_slice(bytes);
         Self { buf }
     }
 
     /// Parses and validates a cell from exactly [`CELL_LEN`] bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, CellError> {
-        let buf: [u8; CELL_LEN] = bytes
-            .try_into()
-            .map_err(|_| CellError::BadLength(bytes.len()))?;
-        let cell = Self { buf };
+        let cell = Self::from_raw(bytes)?;
         cell.validate()?;
         Ok(cell)
     }
 
-    /// Wraps raw bytes without validation; call [`Cell::validate`] before use.
-    pub fn from_raw(buf: [u8; CELL_LEN]) -> Self {
-        Self { buf }
+    /// Copies exactly [`CELL_LEN`] raw bytes into a cell without validating
+    /// the header; call [`Cell::validate`] before use.
+    pub fn from_raw(bytes: &[u8]) -> Result<Self, CellError> {
+        if bytes.len() != CELL_LEN {
+            return Err(CellError::BadLength(bytes.len()));
+        }
+        Ok(Self::from_bytes_unchecked(bytes))
     }
 
     /// Checks the header: known command, non-zero circuit id where one is needed.
@@ -211,8 +254,8 @@ impl Cell {
         &mut self.buf[CELL_HEADER_LEN..]
     }
 
-    /// The whole cell as sent on a link.
-    pub fn as_bytes(&self) -> &[u8; CELL_LEN] {
+    /// The whole cell as sent on a link ([`CELL_LEN`] bytes).
+    pub fn as_bytes(&self) -> &[u8] {
         &self.buf
     }
 
@@ -283,6 +326,19 @@ mod tests {
     }
 
     #[test]
+    fn recycled_buffers_are_cleared() {
+        let id = CircId::new(9).unwrap();
+        let mut c = Cell::new(id, CellCommand::Relay);
+        c.body_mut().fill(0xAB);
+        drop(c);
+        let fresh = Cell::new(id, CellCommand::Relay);
+        assert!(
+            fresh.body().iter().all(|b| *b == 0),
+            "no stale bytes leak into a new cell"
+        );
+    }
+
+    #[test]
     fn rejects_bad_cells() {
         assert_eq!(
             Cell::decode(&[0u8; 10]).unwrap_err(),
@@ -311,7 +367,7 @@ mod tests {
         let cell = Cell::handshake(id, CellCommand::Create, b"hello").unwrap();
         assert_eq!(cell.handshake_msg().unwrap(), b"hello");
         assert!(Cell::handshake(id, CellCommand::Create, &[0; MAX_HANDSHAKE_LEN + 1]).is_err());
-        let mut raw = *cell.as_bytes();
+        let mut raw = cell.as_bytes().to_vec();
         raw[5] = 0xff;
         raw[6] = 0xff;
         let bad = Cell::decode(&raw).unwrap();

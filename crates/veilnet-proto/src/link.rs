@@ -223,9 +223,7 @@ async fn read_loop(core: Arc<Core>, link: Arc<Link>, rd: OwnedReadHalf, mut open
             rd.read_exact(&mut body[..len]).await?;
             opener.open(hdr, &mut body[..len])?;
             for chunk in body[..n * CELL_LEN].chunks_exact(CELL_LEN) {
-                let mut raw = [0u8; CELL_LEN];
-                raw.copy_from_slice(chunk);
-                core.handle_cell(&link, Cell::from_raw(raw)).await;
+                core.handle_cell(&link, Cell::from_raw(chunk)?).await;
             }
         }
     }

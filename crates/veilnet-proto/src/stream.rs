@@ -88,8 +88,6 @@ impl CircuitTx {
     }
 }
 
-// Cells move by value so that the steady state allocates nothing per cell.
-#[allow(clippy::large_enum_variant)]
 pub(crate) enum ToApp {
     Data(Cell, usize),
     Eof,

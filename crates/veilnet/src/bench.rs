@@ -327,8 +327,11 @@ fn write_config(dir: &Path, cfg: &Config) -> Result<PathBuf, String> {
 
 fn spawn_node(exe: &Path, dir: &Path, config: &Path) -> Result<Child, String> {
     let log = std::fs::File::create(dir.join("node.log")).map_err(|e| format!("log: {e}"))?;
-    Command::new(exe)
-        .arg("node")
+    let mut cmd = Command::new(exe);
+    if let Ok(n) = std::env::var("VEILNET_BENCH_NODE_THREADS") {
+        cmd.env("TOKIO_WORKER_THREADS", n);
+    }
+    cmd.arg("node")
         .arg("--config")
         .arg(config)
         .env("RUST_LOG", "warn")
