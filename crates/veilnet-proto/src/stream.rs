@@ -44,10 +44,10 @@ pub struct Flow {
 
 /// The flow-control parameters every node uses.
 pub const FLOW: Flow = Flow {
-    stream_window: 512,
-    stream_sendme: 64,
-    circ_window: 1024,
-    circ_sendme: 128,
+    stream_window: 1024,
+    stream_sendme: 128,
+    circ_window: 2048,
+    circ_sendme: 256,
 };
 
 /// Cells read or written per socket call.
