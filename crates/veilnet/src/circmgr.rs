@@ -244,13 +244,27 @@ impl CircuitManager {
             .collect()
     }
 
+    /// Saves the guards atomically with mode 0600: the guard set can
+    /// identify a client, so it is as private as the keys.
     fn save_guards(&self, guards: &[PeerId]) {
-        if let Some(dir) = &self.state_dir {
-            if let Ok(json) = serde_json::to_vec(guards) {
-                if let Err(e) = std::fs::write(dir.join(GUARDS_FILE), json) {
-                    debug!("cannot save guards: {e}");
-                }
-            }
+        let Some(dir) = &self.state_dir else { return };
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            #[cfg(unix)]
+            use std::os::unix::fs::OpenOptionsExt;
+            let json = serde_json::to_vec(guards).map_err(std::io::Error::other)?;
+            let tmp = dir.join(format!("{GUARDS_FILE}.tmp"));
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            opts.mode(0o600);
+            let mut f = opts.open(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, dir.join(GUARDS_FILE))
+        };
+        if let Err(e) = write() {
+            tracing::warn!("cannot save guards: {e}");
         }
     }
 
