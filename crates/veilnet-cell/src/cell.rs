@@ -130,28 +130,61 @@ pub struct Cell {
 }
 
 /// Buffers kept per thread for reuse.
-const POOL_CAP: usize = 4096;
+const LOCAL_CAP: usize = 256;
+/// Buffers kept in the shared pool, for threads that free more cells than
+/// they allocate (a link reader allocates, a writer on another thread frees).
+const SHARED_CAP: usize = 4096;
+/// Buffers moved between a thread's pool and the shared pool at once.
+const BATCH: usize = LOCAL_CAP / 2;
 
 thread_local! {
-    static POOL: std::cell::RefCell<Vec<Box<[u8]>>> = const { std::cell::RefCell::new(Vec::new()) };
+    static LOCAL: std::cell::RefCell<Vec<Box<[u8]>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+static SHARED: std::sync::Mutex<Vec<Box<[u8]>>> = std::sync::Mutex::new(Vec::new());
+
+fn shared() -> std::sync::MutexGuard<'static, Vec<Box<[u8]>>> {
+    // The pool holds plain buffers; a panic elsewhere cannot leave it inconsistent.
+    SHARED.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A cell-sized buffer with unspecified contents.
 fn take_buffer() -> Box<[u8]> {
-    POOL.with(|p| p.borrow_mut().pop())
-        .unwrap_or_else(|| vec![0u8; CELL_LEN].into_boxed_slice())
+    let local = LOCAL
+        .try_with(|l| {
+            let mut l = l.borrow_mut();
+            if l.is_empty() {
+                let mut g = shared();
+                let n = g.len().min(BATCH);
+                let at = g.len() - n;
+                l.extend(g.drain(at..));
+            }
+            l.pop()
+        })
+        .ok()
+        .flatten();
+    local.unwrap_or_else(|| vec![0u8; CELL_LEN].into_boxed_slice())
+}
+
+fn recycle(buf: Box<[u8]>) {
+    let _ = LOCAL.try_with(|l| {
+        let mut l = l.borrow_mut();
+        if l.len() >= LOCAL_CAP {
+            let mut g = shared();
+            let room = SHARED_CAP.saturating_sub(g.len()).min(BATCH);
+            let at = l.len() - room;
+            g.extend(l.drain(at..));
+        }
+        if l.len() < LOCAL_CAP {
+            l.push(buf);
+        }
+    });
 }
 
 impl Drop for Cell {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.buf);
         if buf.len() == CELL_LEN {
-            let _ = POOL.try_with(|p| {
-                let mut p = p.borrow_mut();
-                if p.len() < POOL_CAP {
-                    p.push(buf);
-                }
-            });
+            recycle(buf);
         }
     }
 }

@@ -1,88 +1,16 @@
 //! Several engines on loopback: build circuits, carry streams, refuse bad input.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use libp2p_identity::Keypair;
+use common::{echo_server, node, through};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use veilnet_cell::{EndReason, TargetAddr};
 use veilnet_crypto::circuit::OnionKeypair;
-use veilnet_policy::ExitPolicy;
-use veilnet_proto::{Core, CoreConfig, ExitConfig, HopSpec, Limits, ProtoError};
-
-struct Node {
-    core: Arc<Core>,
-    spec: HopSpec,
-}
-
-async fn node(exit: bool, allow_private: bool) -> Node {
-    let identity = Keypair::generate_ed25519();
-    let onion = OnionKeypair::generate().unwrap();
-    let spec_key = onion.public;
-    let core = Core::new(CoreConfig {
-        identity,
-        onion,
-        previous_onion: None,
-        relay: true,
-        exit: exit.then(|| {
-            let policy = ExitPolicy::default_exit();
-            ExitConfig {
-                policy: if allow_private {
-                    policy.with_private_targets_allowed()
-                } else {
-                    policy
-                },
-                allow_private_targets: allow_private,
-            }
-        }),
-        limits: Limits::default(),
-        tap: None,
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(core.clone().serve(listener));
-    Node {
-        spec: HopSpec {
-            peer: core.peer_id(),
-            addr,
-            onion_key: spec_key,
-        },
-        core,
-    }
-}
-
-async fn echo_server() -> std::net::SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
-async fn through(
-    client: &Arc<Core>,
-    circuit: &veilnet_proto::ClientCircuit,
-    target: TargetAddr,
-) -> TcpStream {
-    // A socket pair: the "application" end and the end the stream runs on.
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-    let (inner, _) = l.accept().await.unwrap();
-    let stream = circuit.open_stream(&target).await.unwrap();
-    let _ = client;
-    tokio::spawn(stream.run(inner, Vec::new()));
-    app
-}
+use veilnet_proto::ProtoError;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hop_echo_and_half_close() {
@@ -97,7 +25,7 @@ async fn three_hop_echo_and_half_close() {
     assert_eq!(circuit.hops().len(), 3);
     let echo = echo_server().await;
 
-    let mut app = through(&client.core, &circuit, TargetAddr::Ip(echo)).await;
+    let mut app = through(&circuit, TargetAddr::Ip(echo)).await;
     let data: Vec<u8> = (0..3_000_000u32)
         .map(|i| (i * 7 + i / 1000) as u8)
         .collect();

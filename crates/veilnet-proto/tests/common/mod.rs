@@ -1,0 +1,79 @@
+//! Shared helpers for the engine tests: in-process nodes on loopback.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use libp2p_identity::Keypair;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use veilnet_cell::TargetAddr;
+use veilnet_crypto::circuit::OnionKeypair;
+use veilnet_policy::ExitPolicy;
+use veilnet_proto::{ClientCircuit, Core, CoreConfig, ExitConfig, HopSpec, Limits};
+
+pub struct Node {
+    pub core: Arc<Core>,
+    pub spec: HopSpec,
+}
+
+pub async fn node(exit: bool, allow_private: bool) -> Node {
+    let identity = Keypair::generate_ed25519();
+    let onion = OnionKeypair::generate().unwrap();
+    let spec_key = onion.public;
+    let core = Core::new(CoreConfig {
+        identity,
+        onion,
+        previous_onion: None,
+        relay: true,
+        exit: exit.then(|| {
+            let policy = ExitPolicy::default_exit();
+            ExitConfig {
+                policy: if allow_private {
+                    policy.with_private_targets_allowed()
+                } else {
+                    policy
+                },
+                allow_private_targets: allow_private,
+            }
+        }),
+        limits: Limits::default(),
+        tap: None,
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(core.clone().serve(listener));
+    Node {
+        spec: HopSpec {
+            peer: core.peer_id(),
+            addr,
+            onion_key: spec_key,
+        },
+        core,
+    }
+}
+
+pub async fn echo_server() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Opens a stream to `target` and returns the application's end of it.
+pub async fn through(circuit: &ClientCircuit, target: TargetAddr) -> TcpStream {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (inner, _) = l.accept().await.unwrap();
+    let stream = circuit.open_stream(&target).await.unwrap();
+    tokio::spawn(stream.run(inner, Vec::new()));
+    app
+}
