@@ -53,7 +53,7 @@ async fn no_per_cell_allocation_in_steady_state() {
         let cells = 2 * total / RELAY_DATA_MAX;
         eprintln!("{allocs} allocations for {cells} cells");
         assert!(
-            (allocs as usize) < cells / 20,
+            allocs < cells / 20,
             "{allocs} allocations for {cells} cells: the data path allocates per cell"
         );
     };
