@@ -95,6 +95,9 @@ pub struct Stats {
 /// One node's protocol engine: its links and the circuits on them.
 pub struct Core {
     pub(crate) cfg: CoreConfig,
+    /// The onion keys in use: the current one and the previous one, which is
+    /// still accepted until it expires (clients may hold an older descriptor).
+    onion_keys: std::sync::RwLock<(OnionKeypair, Option<OnionKeypair>)>,
     peer_id: PeerId,
     links: Mutex<HashMap<PeerId, Arc<Link>>>,
     handshakes: Arc<Semaphore>,
@@ -107,6 +110,7 @@ impl Core {
     pub fn new(cfg: CoreConfig) -> Arc<Self> {
         Arc::new(Self {
             peer_id: cfg.identity.public().to_peer_id(),
+            onion_keys: std::sync::RwLock::new((cfg.onion.clone(), cfg.previous_onion.clone())),
             handshakes: Arc::new(Semaphore::new(cfg.limits.max_pending_handshakes)),
             cfg,
             links: Mutex::new(HashMap::new()),
@@ -117,6 +121,33 @@ impl Core {
     /// This node's identity.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// Replaces the onion keys after a rotation; circuits built with the
+    /// previous key keep working, and new CREATEs may use either.
+    pub fn set_onion_keys(&self, current: OnionKeypair, previous: Option<OnionKeypair>) {
+        *self.onion_keys.write().unwrap_or_else(|e| e.into_inner()) = (current, previous);
+    }
+
+    /// The current onion public key.
+    pub fn onion_public(&self) -> [u8; 32] {
+        self.onion_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .public
+    }
+
+    /// Answers a circuit handshake with the current onion key, or else the previous one.
+    pub(crate) fn onion_handshake(
+        &self,
+        msg: &[u8],
+    ) -> Result<(Vec<u8>, veilnet_crypto::circuit::HopKeys), veilnet_crypto::CryptoError> {
+        let keys = self.onion_keys.read().unwrap_or_else(|e| e.into_inner());
+        veilnet_crypto::circuit::relay_handshake(&keys.0.secret, msg).or_else(|e| match &keys.1 {
+            Some(prev) => veilnet_crypto::circuit::relay_handshake(&prev.secret, msg),
+            None => Err(e),
+        })
     }
 
     pub(crate) fn limits(&self) -> &Limits {

@@ -10,7 +10,6 @@ use tracing::debug;
 use veilnet_cell::{
     decode_relay, encode_relay, Cell, CellCommand, CircId, DestroyReason, RelayMsg, StreamId,
 };
-use veilnet_crypto::circuit::relay_handshake;
 use veilnet_crypto::onion::{relay_layers, RelayBackward, RelayForward};
 
 use crate::core::Core;
@@ -111,14 +110,7 @@ impl Core {
         let keys = cell
             .handshake_msg()
             .map_err(ProtoError::from)
-            .and_then(|msg| {
-                relay_handshake(&self.cfg.onion.secret, msg)
-                    .or_else(|e| match &self.cfg.previous_onion {
-                        Some(prev) => relay_handshake(&prev.secret, msg),
-                        None => Err(e),
-                    })
-                    .map_err(ProtoError::from)
-            });
+            .and_then(|msg| self.onion_handshake(msg).map_err(ProtoError::from));
         let (reply, keys) = match keys {
             Ok(x) => x,
             Err(e) => {

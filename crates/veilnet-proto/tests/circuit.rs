@@ -109,3 +109,36 @@ async fn wrong_onion_key_fails_build_cleanly() {
         .await;
     assert!(ok.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_onion_key_keeps_the_previous_one_working() {
+    let client = node(false, false).await;
+    let relay = node(false, false).await;
+    let old = relay.spec.clone();
+    let new_key = OnionKeypair::generate().unwrap();
+    // Rotate: the relay now answers with the new key and still accepts the old one.
+    let old_pair = relay.onion.clone();
+    relay
+        .core
+        .set_onion_keys(new_key.clone(), Some(old_pair.clone()));
+    assert_eq!(relay.core.onion_public(), new_key.public);
+    assert!(client
+        .core
+        .build_circuit(std::slice::from_ref(&old))
+        .await
+        .is_ok());
+    let mut fresh = old.clone();
+    fresh.onion_key = new_key.public;
+    assert!(client
+        .core
+        .build_circuit(std::slice::from_ref(&fresh))
+        .await
+        .is_ok());
+    // Once the previous key is dropped, handshakes with it fail.
+    relay.core.set_onion_keys(new_key, None);
+    assert!(client
+        .core
+        .build_circuit(std::slice::from_ref(&old))
+        .await
+        .is_err());
+}

@@ -294,12 +294,16 @@ impl Node {
         };
 
         tasks.push(tokio::spawn(housekeeping(
-            directory.clone(),
-            own,
-            discovery.clone(),
-            circuits.clone(),
+            Housekeeping {
+                directory: directory.clone(),
+                own,
+                discovery: discovery.clone(),
+                circuits: circuits.clone(),
+                core: core.clone(),
+                key_dir: config.data_dir.clone(),
+                peers_dir: persist.then(|| config.data_dir.clone()),
+            },
             shutdown_rx.clone(),
-            persist.then(|| config.data_dir.clone()),
         )));
         let node = Arc::new(Node {
             peer_id,
@@ -407,14 +411,50 @@ async fn directory_feed(
     }
 }
 
-async fn housekeeping(
+struct Housekeeping {
     directory: Arc<Mutex<Directory>>,
     own: Arc<Mutex<OwnDescriptor>>,
     discovery: DiscoveryHandle,
     circuits: Arc<CircuitManager>,
-    mut shutdown: watch::Receiver<bool>,
-    data_dir: Option<std::path::PathBuf>,
-) {
+    core: Arc<Core>,
+    key_dir: std::path::PathBuf,
+    peers_dir: Option<std::path::PathBuf>,
+}
+
+impl Housekeeping {
+    /// Rotates the onion key when it is about to expire: the key store makes
+    /// and saves the new key, the engine accepts both, and the descriptor
+    /// announces the new one. Returns true if the key changed.
+    fn rotate_onion_key(&self, now: u64) -> bool {
+        let expires = lock(&self.own).template.onion_key_expires;
+        if expires > now + veilnet_config::ONION_KEY_ROTATE_BEFORE {
+            return false;
+        }
+        let keys = match veilnet_config::load_keys(&self.key_dir, now) {
+            Ok(k) => k,
+            Err(e) => {
+                warn!("cannot rotate the onion key: {e}");
+                return false;
+            }
+        };
+        if keys.onion.public == lock(&self.own).template.onion_key {
+            return false;
+        }
+        let pair = |k: &veilnet_config::OnionKey| OnionKeypair {
+            secret: k.secret,
+            public: k.public,
+        };
+        self.core
+            .set_onion_keys(pair(&keys.onion), keys.previous_onion.as_ref().map(pair));
+        let mut own = lock(&self.own);
+        own.template.onion_key = keys.onion.public;
+        own.template.onion_key_expires = keys.onion.expires;
+        info!("rotated the onion key");
+        true
+    }
+}
+
+async fn housekeeping(hk: Housekeeping, mut shutdown: watch::Receiver<bool>) {
     let mut last_publish = Instant::now();
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
     let mut fast = tokio::time::interval(Duration::from_secs(1));
@@ -422,29 +462,30 @@ async fn housekeeping(
         tokio::select! {
             _ = tick.tick() => {}
             _ = fast.tick() => {
-                circuits.prune();
+                hk.circuits.prune();
                 continue;
             }
             _ = shutdown.changed() => return,
         }
         let now = unix_now();
-        let expired = lock(&directory).expire(now);
+        let expired = lock(&hk.directory).expire(now);
         if !expired.is_empty() {
             info!("{} stale nodes aged out of the directory", expired.len());
         }
-        if last_publish.elapsed() >= REPUBLISH_EVERY {
-            let signed = lock(&own).sign_new();
-            match signed.map(|s| lock(&directory).insert(&s, now)) {
+        let rotated = hk.rotate_onion_key(now);
+        if rotated || last_publish.elapsed() >= REPUBLISH_EVERY {
+            let signed = lock(&hk.own).sign_new();
+            match signed.map(|s| lock(&hk.directory).insert(&s, now)) {
                 Ok(Ok(_)) => {
                     last_publish = Instant::now();
-                    discovery.exchange_now().await;
+                    hk.discovery.exchange_now().await;
                 }
                 Ok(Err(e)) => warn!("cannot store our own descriptor: {e}"),
                 Err(e) => warn!("cannot sign our descriptor: {e}"),
             }
         }
-        if let Some(dir) = &data_dir {
-            let peers = discovery.connected_peers().await;
+        if let Some(dir) = &hk.peers_dir {
+            let peers = hk.discovery.connected_peers().await;
             if !peers.is_empty() {
                 if let Err(e) = veilnet_config::save_peers(dir, &peers) {
                     debug!("cannot save known peers: {e}");

@@ -14,15 +14,17 @@ use veilnet_proto::{ClientCircuit, Core, CoreConfig, ExitConfig, HopSpec, Limits
 pub struct Node {
     pub core: Arc<Core>,
     pub spec: HopSpec,
+    pub onion: OnionKeypair,
 }
 
 pub async fn node(exit: bool, allow_private: bool) -> Node {
     let identity = Keypair::generate_ed25519();
     let onion = OnionKeypair::generate().unwrap();
     let spec_key = onion.public;
+    let onion_copy = onion.clone();
     let core = Core::new(CoreConfig {
         identity,
-        onion,
+        onion: onion.clone(),
         previous_onion: None,
         relay: true,
         exit: exit.then(|| {
@@ -43,6 +45,7 @@ pub async fn node(exit: bool, allow_private: bool) -> Node {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(core.clone().serve(listener));
     Node {
+        onion: onion_copy,
         spec: HopSpec {
             peer: core.peer_id(),
             addr,
