@@ -5,12 +5,15 @@
 //! a decoded message re-encodes with `encode_relay` (every decodable message
 //! is encodable), the re-encoding zeroes everything after the message and
 //! decodes to the same stream id and message (round trip), and encoding that
-//! again gives the same bytes (the encoding is canonical).
+//! again gives the same bytes (the encoding is canonical); a decoded BEGIN
+//! hostname passes `validate_hostname`, the check the SOCKS5 and HTTP
+//! CONNECT parsers apply.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use veilnet_cell::{
-    decode_relay, encode_relay, RelayError, RELAY_DATA_MAX, RELAY_HEADER_LEN, RELAY_PAYLOAD_LEN,
+    decode_relay, encode_relay, validate_hostname, RelayError, RelayMsg, TargetAddr,
+    RELAY_DATA_MAX, RELAY_HEADER_LEN, RELAY_PAYLOAD_LEN,
 };
 
 fn check(data: &[u8]) {
@@ -33,6 +36,9 @@ fn check(data: &[u8]) {
         }
     };
     assert_eq!(stream.0, u16::from_be_bytes([payload[1], payload[2]]));
+    if let RelayMsg::Begin(TargetAddr::Domain(name, _)) = &msg {
+        assert_eq!(validate_hostname(name.as_bytes()), Ok(()), "{name:?}");
+    }
 
     // Dirty buffer: encode_relay must overwrite or zero every byte.
     let mut again = [0xA5u8; RELAY_PAYLOAD_LEN];

@@ -3,6 +3,8 @@
 
 mod cell;
 mod relay;
+mod target;
 
 pub use cell::*;
 pub use relay::*;
+pub use target::*;

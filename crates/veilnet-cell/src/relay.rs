@@ -7,46 +7,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use thiserror::Error;
 
-use crate::RELAY_PAYLOAD_LEN;
+use crate::{validate_hostname, AddrError, TargetAddr, RELAY_PAYLOAD_LEN};
 
 /// Length of the relay message header.
 pub const RELAY_HEADER_LEN: usize = 5;
 /// Most data bytes one relay message can carry.
 pub const RELAY_DATA_MAX: usize = RELAY_PAYLOAD_LEN - RELAY_HEADER_LEN;
-/// Longest domain name in a BEGIN message.
-pub const MAX_DOMAIN_LEN: usize = 255;
 
 /// A stream id, local to one circuit. Zero means "the circuit itself".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamId(pub u16);
-
-/// Where an exit should connect: an address, or a name the exit resolves.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum TargetAddr {
-    /// A literal socket address.
-    Ip(SocketAddr),
-    /// A host name and port; the exit resolves it (the client never does).
-    Domain(String, u16),
-}
-
-impl TargetAddr {
-    /// The port.
-    pub fn port(&self) -> u16 {
-        match self {
-            Self::Ip(a) => a.port(),
-            Self::Domain(_, p) => *p,
-        }
-    }
-}
-
-impl std::fmt::Display for TargetAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Ip(a) => write!(f, "{a}"),
-            Self::Domain(h, p) => write!(f, "{h}:{p}"),
-        }
-    }
-}
 
 /// Why a stream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +156,10 @@ pub enum RelayError {
     /// Data to encode does not fit one message.
     #[error("message body of {0} bytes does not fit in {RELAY_DATA_MAX}")]
     TooLong(usize),
+    /// A target to encode holds a hostname that [`validate_hostname`] refuses
+    /// (the decoder would refuse it too).
+    #[error("invalid target: {0}")]
+    InvalidTarget(#[from] AddrError),
 }
 
 /// Decodes the message in a relay payload of exactly [`RELAY_PAYLOAD_LEN`] bytes.
@@ -357,9 +331,10 @@ impl<'a> Reader<'a> {
             3 => {
                 let name = self.bytes8()?;
                 let port = self.u16()?;
-                if name.is_empty() || !name.iter().all(|c| c.is_ascii_graphic()) {
-                    return None;
-                }
+                // The same check as the SOCKS5 and HTTP CONNECT parsers: a
+                // BEGIN never carries a name a local client could not send.
+                validate_hostname(name).ok()?;
+                // Valid hostnames are ASCII, so this never fails.
                 let name = std::str::from_utf8(name).ok()?.to_owned();
                 Some(TargetAddr::Domain(name, port))
             }
@@ -409,10 +384,10 @@ impl Writer<'_> {
                 self.put(&a.port().to_be_bytes())
             }
             TargetAddr::Domain(name, port) => {
-                let n = u8::try_from(name.len())
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or(RelayError::TooLong(name.len()))?;
+                validate_hostname(name.as_bytes())?;
+                // At most MAX_HOSTNAME_LEN (255) once validated.
+                let n =
+                    u8::try_from(name.len()).map_err(|_| AddrError::HostnameTooLong(name.len()))?;
                 self.put(&[3, n])?;
                 self.put(name.as_bytes())?;
                 self.put(&port.to_be_bytes())
@@ -475,6 +450,76 @@ mod tests {
         encode_relay(&mut p, StreamId(0x0102), &RelayMsg::Begin(t)).unwrap();
         assert_eq!(hex::encode(&p[..12]), "01010200070303612e620050");
         assert!(p[12..].iter().all(|b| *b == 0), "padding is zeroed");
+    }
+
+    /// A BEGIN whose domain is `name`, encoded by hand (bypassing the encoder).
+    fn raw_begin(name: &[u8]) -> [u8; RELAY_PAYLOAD_LEN] {
+        let mut p = [0u8; RELAY_PAYLOAD_LEN];
+        let body_len = 2 + name.len() + 2;
+        p[0] = RelayCommand::Begin as u8;
+        p[3..5].copy_from_slice(&(body_len as u16).to_be_bytes());
+        p[5] = 3;
+        p[6] = name.len() as u8;
+        p[7..7 + name.len()].copy_from_slice(name);
+        p[7 + name.len()..9 + name.len()].copy_from_slice(&443u16.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn begin_domains_are_validated() {
+        assert_eq!(
+            decode_relay(&raw_begin(b"xn--bcher-kva.example_1-2.onion")).unwrap(),
+            (
+                StreamId(0),
+                RelayMsg::Begin(TargetAddr::Domain(
+                    "xn--bcher-kva.example_1-2.onion".into(),
+                    443
+                ))
+            )
+        );
+        let max = "a".repeat(crate::MAX_HOSTNAME_LEN);
+        roundtrip(1, RelayMsg::Begin(TargetAddr::Domain(max, 1)));
+        // Printable ASCII that `validate_hostname` (and so the SOCKS5 and HTTP
+        // CONNECT parsers) refuses, and the bytes it always refused.
+        for name in [
+            &b"a:b"[..],
+            b"a/b",
+            b"a%b",
+            b"a@b",
+            b"a b",
+            b"a\0b",
+            b"",
+            "é".as_bytes(),
+        ] {
+            assert!(
+                matches!(
+                    decode_relay(&raw_begin(name)),
+                    Err(RelayError::Malformed {
+                        command: RelayCommand::Begin,
+                        ..
+                    })
+                ),
+                "{name:?} decoded"
+            );
+            let mut p = [0u8; RELAY_PAYLOAD_LEN];
+            let t = TargetAddr::Domain(String::from_utf8(name.to_vec()).unwrap(), 443);
+            assert_eq!(
+                encode_relay(&mut p, StreamId(1), &RelayMsg::Begin(t)),
+                Err(RelayError::InvalidTarget(
+                    validate_hostname(name).unwrap_err()
+                )),
+                "{name:?} encoded"
+            );
+        }
+        let long = TargetAddr::Domain("a".repeat(crate::MAX_HOSTNAME_LEN + 1), 443);
+        assert_eq!(
+            encode_relay(
+                &mut [0u8; RELAY_PAYLOAD_LEN],
+                StreamId(1),
+                &RelayMsg::Begin(long)
+            ),
+            Err(RelayError::InvalidTarget(AddrError::HostnameTooLong(256)))
+        );
     }
 
     #[test]

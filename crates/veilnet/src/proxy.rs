@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::debug;
-use veilnet_cell::{EndReason, TargetAddr};
+use veilnet_cell::EndReason;
 use veilnet_socks::http_connect;
 use veilnet_socks::socks5::{self, Action, ReplyCode};
 
@@ -20,13 +20,6 @@ use crate::circmgr::{CircuitManager, ConnectError, Isolation};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Local proxy connections served at once.
 const MAX_CLIENTS: usize = 4096;
-
-fn to_cell_target(t: veilnet_socks::TargetAddr) -> TargetAddr {
-    match t {
-        veilnet_socks::TargetAddr::Ip(a) => TargetAddr::Ip(a),
-        veilnet_socks::TargetAddr::Domain(h, p) => TargetAddr::Domain(h, p),
-    }
-}
 
 fn isolation(c: Option<&veilnet_socks::Credentials>) -> Isolation {
     c.map(|c| Isolation::from_credentials(&c.username, &c.password))
@@ -135,8 +128,7 @@ async fn socks_client(mut tcp: TcpStream, circuits: Arc<CircuitManager>) {
     .flatten();
     let Some(req) = request else { return };
     let iso = isolation(req.credentials.as_ref());
-    let target = to_cell_target(req.target);
-    match circuits.connect(&target, iso).await {
+    match circuits.connect(&req.target, iso).await {
         Ok(stream) => {
             if tcp
                 .write_all(&socks5::reply_bytes(ReplyCode::Succeeded, None))
@@ -186,8 +178,7 @@ async fn http_client(mut tcp: TcpStream, circuits: Arc<CircuitManager>) {
     };
     buf.drain(..head_len);
     let iso = isolation(req.credentials.as_ref());
-    let target = to_cell_target(req.target);
-    match circuits.connect(&target, iso).await {
+    match circuits.connect(&req.target, iso).await {
         Ok(stream) => {
             let ok = http_connect::response_bytes(200, "Connection established");
             if tcp.write_all(&ok).await.is_ok() {
