@@ -15,7 +15,7 @@ use libfuzzer_sys::fuzz_target;
 use libp2p_identity::Keypair;
 use veilnet_cell::CELL_LEN;
 use veilnet_crypto::link::{
-    LinkHandshake, RecordOpener, MAX_BATCH, MAX_HANDSHAKE_MSG, RECORD_TAG_LEN,
+    LinkHandshake, LinkKey, RecordOpener, MAX_BATCH, MAX_HANDSHAKE_MSG, RECORD_TAG_LEN,
 };
 
 fn identity() -> Keypair {
@@ -23,7 +23,9 @@ fn identity() -> Keypair {
 }
 
 fn check_handshake(data: &[u8]) {
-    let mut hs = LinkHandshake::responder(&identity()).expect("responder starts");
+    let id = identity();
+    let key = LinkKey::derive(&id).expect("ed25519 derives a link key");
+    let mut hs = LinkHandshake::responder(&id, &key).expect("responder starts");
     assert!(!hs.wants_write(), "the responder reads first");
     let mut rest = data;
     let mut accepted = 0;

@@ -121,6 +121,9 @@ pub enum RelayMsg<'a> {
         peer_id: &'a [u8],
         /// The next hop's link address.
         addr: SocketAddr,
+        /// The next hop's link key (from its descriptor): without it the next
+        /// hop does not answer a link handshake.
+        link_key: [u8; 32],
         /// The client's handshake message for the next hop.
         handshake: &'a [u8],
     },
@@ -195,10 +198,15 @@ pub fn decode_relay(payload: &[u8]) -> Result<(StreamId, RelayMsg<'_>), RelayErr
                 Some(TargetAddr::Ip(a)) => a,
                 _ => return Err(malformed("bad address")),
             };
+            let link_key: [u8; 32] = r
+                .take(32)
+                .and_then(|k| k.try_into().ok())
+                .ok_or_else(|| malformed("bad link key"))?;
             let handshake = r.bytes16().ok_or_else(|| malformed("bad handshake"))?;
             RelayMsg::Extend {
                 peer_id,
                 addr,
+                link_key,
                 handshake,
             }
         }
@@ -244,6 +252,7 @@ pub fn encode_relay(
         RelayMsg::Extend {
             peer_id,
             addr,
+            link_key,
             handshake,
         } => {
             let pid_len =
@@ -251,6 +260,7 @@ pub fn encode_relay(
             w.put(&[pid_len])?;
             w.put(peer_id)?;
             w.target(&TargetAddr::Ip(*addr))?;
+            w.put(link_key)?;
             w.bytes16(handshake)?;
             RelayCommand::Extend
         }
@@ -431,6 +441,7 @@ mod tests {
             RelayMsg::Extend {
                 peer_id: &[1, 2, 3],
                 addr: "127.0.0.1:9000".parse().unwrap(),
+                link_key: [4; 32],
                 handshake: &[9; 48],
             },
         );

@@ -1,10 +1,16 @@
 //! The link between two neighbouring nodes: handshake and record layer.
 //!
-//! **Handshake**: `Noise_XX_25519_AESGCM_SHA256`. Nothing on the wire is in the
-//! clear but the initiator's ephemeral key (32 random-looking bytes); each
-//! side's second message carries, encrypted, its libp2p identity public key
-//! and a signature binding its Noise static key to that identity. The caller
-//! checks the resulting [`PeerId`] against the one it expected.
+//! **Handshake**: `Noise_XK_25519_AESGCM_SHA256`. The initiator must already
+//! know the responder's *link key* (a static X25519 key derived from the
+//! responder's identity and published in its signed descriptor): its first
+//! message is an ephemeral key and a tag made with that key. A prober who
+//! does not know the link key cannot produce the tag, and the responder never
+//! answers it, so a scan learns nothing, not even that veilnet listens there.
+//! Nothing on the wire is in the clear but random-looking keys and
+//! ciphertext. The responder's reply and the initiator's last message carry,
+//! encrypted, each side's libp2p identity public key and a signature binding
+//! its Noise static key to that identity; the caller checks the resulting
+//! [`PeerId`] against the one it expected.
 //!
 //! Handshake messages are framed as `len: u16 | message`.
 //!
@@ -18,8 +24,10 @@ use veilnet_cell::CELL_LEN;
 use crate::aead::CounterAead;
 use crate::CryptoError;
 
-const PARAMS: &str = "Noise_XX_25519_AESGCM_SHA256";
-const PROLOGUE: &[u8] = b"veilnet-link-v1";
+const PARAMS: &str = "Noise_XK_25519_AESGCM_SHA256";
+const PROLOGUE: &[u8] = b"veilnet-link-v2";
+/// Domain of the link key derived from the identity key.
+const LINK_KEY_DOMAIN: &[u8] = b"veilnet link static key v1";
 const BINDING_CONTEXT: &[u8] = b"veilnet-link-v1 static key:";
 /// Longest handshake message we accept.
 pub const MAX_HANDSHAKE_MSG: usize = 1024;
@@ -44,6 +52,50 @@ enum Step {
     Done,
 }
 
+/// A node's static link key: derived from its identity, so it needs no
+/// storage and no rotation, and published in its descriptor.
+#[derive(Clone)]
+pub struct LinkKey {
+    secret: [u8; 32],
+    /// The public half, as published.
+    pub public: [u8; 32],
+}
+
+impl std::fmt::Debug for LinkKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "LinkKey({})",
+            self.public
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        )
+    }
+}
+
+impl LinkKey {
+    /// Derives the link key of the node with this identity.
+    pub fn derive(identity: &Keypair) -> Result<Self, CryptoError> {
+        let secret = identity
+            .derive_secret(LINK_KEY_DOMAIN)
+            .ok_or(CryptoError::BadIdentity(
+                "identity key cannot derive secrets",
+            ))?;
+        let mut dh = snow::resolvers::CryptoResolver::resolve_dh(
+            &snow::resolvers::DefaultResolver,
+            &snow::params::DHChoice::Curve25519,
+        )
+        .ok_or(CryptoError::Handshake("no X25519 implementation".into()))?;
+        dh.set(&secret);
+        let public: [u8; 32] = dh
+            .pubkey()
+            .try_into()
+            .map_err(|_| CryptoError::BadLength(dh.pubkey().len()))?;
+        Ok(Self { secret, public })
+    }
+}
+
 /// A link handshake in progress (either side).
 pub struct LinkHandshake {
     state: snow::HandshakeState,
@@ -55,35 +107,55 @@ pub struct LinkHandshake {
 }
 
 impl LinkHandshake {
-    /// The side that opened the TCP connection.
-    pub fn initiator(identity: &Keypair) -> Result<Self, CryptoError> {
-        Self::new(identity, true)
-    }
-
-    /// The side that accepted the TCP connection.
-    pub fn responder(identity: &Keypair) -> Result<Self, CryptoError> {
-        Self::new(identity, false)
-    }
-
-    fn new(identity: &Keypair, initiator: bool) -> Result<Self, CryptoError> {
-        let builder = snow::Builder::new(params());
-        let static_kp = builder.generate_keypair()?;
-        let builder = snow::Builder::new(params())
+    /// The side that opened the TCP connection, to a responder whose link
+    /// key (from its descriptor) is `responder_link_key`. The initiator's own
+    /// static key is fresh for every link.
+    pub fn initiator(
+        identity: &Keypair,
+        responder_link_key: &[u8; 32],
+    ) -> Result<Self, CryptoError> {
+        let static_kp = snow::Builder::new(params()).generate_keypair()?;
+        let state = snow::Builder::new(params())
             .prologue(PROLOGUE)?
-            .local_private_key(&static_kp.private)?;
-        let state = if initiator {
-            builder.build_initiator()?
-        } else {
-            builder.build_responder()?
-        };
-        Ok(Self {
+            .local_private_key(&static_kp.private)?
+            .remote_public_key(responder_link_key)?
+            .build_initiator()?;
+        Ok(Self::with_state(
+            state,
+            identity,
+            static_kp.public.to_vec(),
+            true,
+        ))
+    }
+
+    /// The side that accepted the TCP connection, holding its link key.
+    pub fn responder(identity: &Keypair, link_key: &LinkKey) -> Result<Self, CryptoError> {
+        let state = snow::Builder::new(params())
+            .prologue(PROLOGUE)?
+            .local_private_key(&link_key.secret)?
+            .build_responder()?;
+        Ok(Self::with_state(
+            state,
+            identity,
+            link_key.public.to_vec(),
+            false,
+        ))
+    }
+
+    fn with_state(
+        state: snow::HandshakeState,
+        identity: &Keypair,
+        static_public: Vec<u8>,
+        initiator: bool,
+    ) -> Self {
+        Self {
             state,
             identity: identity.clone(),
-            static_public: static_kp.public.to_vec(),
+            static_public,
             remote: None,
             initiator,
             messages: 0,
-        })
+        }
     }
 
     fn step(&self) -> Step {
@@ -325,12 +397,49 @@ mod tests {
         }
     }
 
+    fn pair(ka: &Keypair, kb: &Keypair) -> (LinkHandshake, LinkHandshake) {
+        let lk = LinkKey::derive(kb).unwrap();
+        (
+            LinkHandshake::initiator(ka, &lk.public).unwrap(),
+            LinkHandshake::responder(kb, &lk).unwrap(),
+        )
+    }
+
+    #[test]
+    fn link_key_is_derived_deterministically() {
+        let k = Keypair::ed25519_from_bytes([7u8; 32]).unwrap();
+        let a = LinkKey::derive(&k).unwrap();
+        let b = LinkKey::derive(&k).unwrap();
+        assert_eq!(a.public, b.public);
+        assert_ne!(
+            a.public,
+            LinkKey::derive(&Keypair::generate_ed25519())
+                .unwrap()
+                .public
+        );
+    }
+
+    #[test]
+    fn a_prober_without_the_link_key_gets_no_answer() {
+        let kb = Keypair::generate_ed25519();
+        let lk = LinkKey::derive(&kb).unwrap();
+        // The prober guesses a key: its first message does not authenticate.
+        let wrong = LinkKey::derive(&Keypair::generate_ed25519()).unwrap();
+        let mut prober =
+            LinkHandshake::initiator(&Keypair::generate_ed25519(), &wrong.public).unwrap();
+        let m1 = prober.write_message().unwrap();
+        let mut b = LinkHandshake::responder(&kb, &lk).unwrap();
+        assert!(b.read_message(&m1[2..]).is_err());
+        // Random bytes of the right length fail the same way.
+        let mut b = LinkHandshake::responder(&kb, &lk).unwrap();
+        assert!(b.read_message(&[0x5a; 48]).is_err());
+    }
+
     #[test]
     fn handshake_authenticates_both_sides() {
         let ka = Keypair::generate_ed25519();
         let kb = Keypair::generate_ed25519();
-        let mut a = LinkHandshake::initiator(&ka).unwrap();
-        let mut b = LinkHandshake::responder(&kb).unwrap();
+        let (mut a, mut b) = pair(&ka, &kb);
         run(&mut a, &mut b);
         let mut sa = a.finish().unwrap();
         let mut sb = b.finish().unwrap();
@@ -355,17 +464,17 @@ mod tests {
     #[test]
     fn first_message_has_no_identifiers() {
         let ka = Keypair::generate_ed25519();
-        let mut a = LinkHandshake::initiator(&ka).unwrap();
+        let kb = Keypair::generate_ed25519();
+        let (mut a, _) = pair(&ka, &kb);
         let m = a.write_message().unwrap();
-        assert_eq!(m.len(), 2 + 32, "only an ephemeral key");
+        assert_eq!(m.len(), 2 + 32 + 16, "only an ephemeral key and a tag");
     }
 
     #[test]
     fn records_reject_tamper_replay_and_bad_headers() {
         let ka = Keypair::generate_ed25519();
         let kb = Keypair::generate_ed25519();
-        let mut a = LinkHandshake::initiator(&ka).unwrap();
-        let mut b = LinkHandshake::responder(&kb).unwrap();
+        let (mut a, mut b) = pair(&ka, &kb);
         run(&mut a, &mut b);
         let mut sa = a.finish().unwrap();
         let mut sb = b.finish().unwrap();
@@ -389,17 +498,16 @@ mod tests {
     fn garbage_and_truncated_handshakes_fail_cleanly() {
         let kb = Keypair::generate_ed25519();
         let ka = Keypair::generate_ed25519();
-        let mut a = LinkHandshake::initiator(&ka).unwrap();
+        let (mut a, mut b) = pair(&ka, &kb);
         let m1 = a.write_message().unwrap();
-        let mut b = LinkHandshake::responder(&kb).unwrap();
         b.read_message(&m1[2..]).unwrap();
         let m2 = b.write_message().unwrap();
         for cut in 0..m2.len() - 2 {
-            let mut a2 = LinkHandshake::initiator(&ka).unwrap();
+            let (mut a2, _) = pair(&ka, &kb);
             let _ = a2.write_message().unwrap();
             assert!(a2.read_message(&m2[2..2 + cut]).is_err());
         }
-        let mut r = LinkHandshake::responder(&kb).unwrap();
+        let (_, mut r) = pair(&ka, &kb);
         assert!(r.read_message(&[0xAB; 31]).is_err());
         assert!(LinkHandshake::frame_len([0xff, 0xff]).is_err());
         assert!(r.finish().is_err());
@@ -408,7 +516,7 @@ mod tests {
     #[test]
     fn proof_for_another_static_key_is_rejected() {
         let k = Keypair::generate_ed25519();
-        let hs = LinkHandshake::initiator(&k).unwrap();
+        let (hs, _) = pair(&k, &Keypair::generate_ed25519());
         let proof = hs.identity_proof().unwrap();
         assert!(verify_proof(&proof, &hs.static_public).is_ok());
         assert!(verify_proof(&proof, &[0u8; 32]).is_err());

@@ -57,6 +57,10 @@ pub struct Descriptor {
     pub onion_key: [u8; 32],
     /// When `onion_key` stops being valid (unix seconds).
     pub onion_key_expires: u64,
+    /// X25519 public key a link initiator must know to open a link to this
+    /// node (hex in JSON): the link handshake answers nobody else.
+    #[serde(with = "hex_array")]
+    pub link_key: [u8; 32],
     /// Relay / exit roles.
     pub roles: Roles,
     /// Which targets the node connects to as an exit.

@@ -22,6 +22,7 @@ fn vector_descriptor() -> (Keypair, Descriptor) {
         p2p_addrs: vec!["/ip4/203.0.113.7/tcp/4001".parse().unwrap()],
         onion_key: [0x42; 32],
         onion_key_expires: 1_700_604_800,
+        link_key: [0x24; 32],
         roles: veilnet_dir::Roles {
             relay: true,
             exit: true,
@@ -43,13 +44,15 @@ const VECTOR_BODY: &str = concat!(
     r#""identity_key":"080112208a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c","#,
     r#""link_addrs":["203.0.113.7:9001"],"p2p_addrs":["/ip4/203.0.113.7/tcp/4001"],"#,
     r#""onion_key":"4242424242424242424242424242424242424242424242424242424242424242","#,
-    r#""onion_key_expires":1700604800,"roles":{"relay":true,"exit":true},"#,
+    r#""onion_key_expires":1700604800,"#,
+    r#""link_key":"2424242424242424242424242424242424242424242424242424242424242424","#,
+    r#""roles":{"relay":true,"exit":true},"#,
     r#""exit_policy":["reject 10.0.0.0/8:*","accept *:443"],"bandwidth":5000000,"#,
     r#""region":"DE","family":[],"version":"veilnet/0.1.0","seq":7,"published":1700000000}"#
 );
 const VECTOR_SIGNATURE: &str = concat!(
-    "e42d2043cdfd55e64bf3d2663d050ad53944bdd432fd1aae2577aeed187dfd36",
-    "6bfdf204ffe23b68abdba205e0d44611c75d067cd7a5bca0635f2ef474324e00"
+    "d4021410d5d1591137c80788da63cc3d94ee4ff7279466cc7a012bd1b0a563bc",
+    "3a9cab3bed62254a04d42395ed407351fd5f79133d9c7436d52e56a460675303"
 );
 
 #[test]

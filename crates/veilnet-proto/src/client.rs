@@ -32,6 +32,8 @@ pub struct HopSpec {
     pub addr: SocketAddr,
     /// Its current onion key.
     pub onion_key: [u8; 32],
+    /// Its link key.
+    pub link_key: [u8; 32],
 }
 
 /// A snapshot of a circuit for status displays.
@@ -146,7 +148,9 @@ impl Core {
             )));
         }
         let started = Instant::now();
-        let link = self.link_to(first.peer, first.addr).await?;
+        let link = self
+            .link_to(first.peer, first.addr, &first.link_key)
+            .await?;
         let (tx, mut rx) = mpsc::channel(FLOW.circ_window + 64);
         let circ =
             link.alloc_circuit(CircEntry::Client(tx), self.limits().max_circuits_per_link)?;
@@ -236,6 +240,7 @@ async fn extend_all(
             &RelayMsg::Extend {
                 peer_id: &peer,
                 addr: hop.addr,
+                link_key: hop.link_key,
                 handshake: &msg,
             },
         )?;

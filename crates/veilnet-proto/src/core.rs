@@ -10,9 +10,9 @@ use libp2p_identity::{Keypair, PeerId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
-use tracing::{debug, info};
+use tracing::debug;
 use veilnet_crypto::circuit::OnionKeypair;
-use veilnet_crypto::link::LinkHandshake;
+use veilnet_crypto::link::{LinkHandshake, LinkKey};
 use veilnet_policy::ExitPolicy;
 
 use crate::link::{self, Link, LinkTap, HANDSHAKE_TIMEOUT};
@@ -95,6 +95,8 @@ pub struct Stats {
 /// One node's protocol engine: its links and the circuits on them.
 pub struct Core {
     pub(crate) cfg: CoreConfig,
+    /// Our link key: initiators must know it to open a link to us.
+    link_key: LinkKey,
     /// The onion keys in use: the current one and the previous one, which is
     /// still accepted until it expires (clients may hold an older descriptor).
     onion_keys: std::sync::RwLock<(OnionKeypair, Option<OnionKeypair>)>,
@@ -107,15 +109,22 @@ pub struct Core {
 
 impl Core {
     /// Creates the engine; nothing runs until [`Core::serve`] or a circuit is built.
-    pub fn new(cfg: CoreConfig) -> Arc<Self> {
-        Arc::new(Self {
+    pub fn new(cfg: CoreConfig) -> Result<Arc<Self>, ProtoError> {
+        let link_key = LinkKey::derive(&cfg.identity)?;
+        Ok(Arc::new(Self {
+            link_key,
             peer_id: cfg.identity.public().to_peer_id(),
             onion_keys: std::sync::RwLock::new((cfg.onion.clone(), cfg.previous_onion.clone())),
             handshakes: Arc::new(Semaphore::new(cfg.limits.max_pending_handshakes)),
             cfg,
             links: Mutex::new(HashMap::new()),
             stats: Stats::default(),
-        })
+        }))
+    }
+
+    /// Our link key's public half, for the descriptor.
+    pub fn link_key(&self) -> [u8; 32] {
+        self.link_key.public
     }
 
     /// This node's identity.
@@ -185,16 +194,17 @@ impl Core {
             let core = self.clone();
             tokio::spawn(async move {
                 let _permit = permit;
+                // A failed inbound handshake is usually a scanner that does not
+                // know our link key: it gets no answer, and we log quietly.
                 if let Err(e) = core.accept_link(stream).await {
-                    info!("inbound link from a peer failed: {e}");
-                    debug!(%from, "inbound link failure");
+                    debug!(%from, "inbound link failed: {e}");
                 }
             });
         }
     }
 
     async fn accept_link(self: &Arc<Self>, mut stream: TcpStream) -> Result<(), ProtoError> {
-        let hs = LinkHandshake::responder(&self.cfg.identity)?;
+        let hs = LinkHandshake::responder(&self.cfg.identity, &self.link_key)?;
         let tap = self.tap();
         let session = timeout(
             HANDSHAKE_TIMEOUT,
@@ -208,11 +218,13 @@ impl Core {
         Ok(())
     }
 
-    /// Returns the open link to `peer`, connecting to `addr` if there is none.
+    /// Returns the open link to `peer`, connecting to `addr` with the peer's
+    /// link key if there is none.
     pub async fn link_to(
         self: &Arc<Self>,
         peer: PeerId,
         addr: SocketAddr,
+        link_key: &[u8; 32],
     ) -> Result<Arc<Link>, ProtoError> {
         if let Some(l) = self.links_map().get(&peer) {
             if !l.is_closed() {
@@ -224,7 +236,7 @@ impl Core {
         }
         let connect = async {
             let mut stream = TcpStream::connect(addr).await?;
-            let hs = LinkHandshake::initiator(&self.cfg.identity)?;
+            let hs = LinkHandshake::initiator(&self.cfg.identity, link_key)?;
             let session = link::handshake(&mut stream, hs, self.tap().as_ref()).await?;
             Ok::<_, ProtoError>((stream, session))
         };

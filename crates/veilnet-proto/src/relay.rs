@@ -245,6 +245,7 @@ impl Core {
             RelayMsg::Extend {
                 peer_id,
                 addr,
+                link_key,
                 handshake,
             } => {
                 if sid != StreamId(0) {
@@ -268,7 +269,8 @@ impl Core {
                 let link = link.clone();
                 let handshake = handshake.to_vec();
                 tokio::spawn(async move {
-                    core.extend(link, circ, back, peer, addr, handshake).await;
+                    core.extend(link, circ, back, (peer, addr, link_key), handshake)
+                        .await;
                 });
                 Ok(())
             }
@@ -307,12 +309,11 @@ impl Core {
         prev: Arc<Link>,
         prev_circ: CircId,
         back: Arc<BackSender>,
-        peer: PeerId,
-        addr: SocketAddr,
+        (peer, addr, link_key): (PeerId, SocketAddr, [u8; 32]),
         handshake: Vec<u8>,
     ) {
         let result: Result<Vec<u8>, ProtoError> = async {
-            let next = self.link_to(peer, addr).await?;
+            let next = self.link_to(peer, addr, &link_key).await?;
             let (tx, rx) = oneshot::channel();
             let next_circ = next.alloc_circuit(
                 CircEntry::Pending(Some(tx)),

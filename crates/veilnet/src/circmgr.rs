@@ -239,6 +239,7 @@ impl CircuitManager {
                     peer: d.peer_id,
                     addr,
                     onion_key: d.onion_key,
+                    link_key: d.link_key,
                 })
             })
             .collect()

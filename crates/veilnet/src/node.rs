@@ -79,6 +79,9 @@ pub enum NodeError {
     /// Bad configuration.
     #[error("config: {0}")]
     Config(#[from] veilnet_config::ConfigError),
+    /// The protocol engine could not start.
+    #[error("engine: {0}")]
+    Engine(#[from] veilnet_proto::ProtoError),
 }
 
 /// A running node. Dropping it does not stop it: call [`Node::shutdown`].
@@ -178,7 +181,7 @@ impl Node {
             exit: exit.clone(),
             limits: Limits::default(),
             tap,
-        });
+        })?;
 
         let link_listener = bind("cell links", config.node.link_listen).await?;
         let link_addr = link_listener
@@ -217,6 +220,7 @@ impl Node {
             p2p_addrs: Vec::new(),
             onion_key: keys.onion.public,
             onion_key_expires: keys.onion.expires,
+            link_key: core.link_key(),
             roles: Roles {
                 relay: config.node.relay,
                 exit: exit.is_some(),

@@ -28,6 +28,7 @@ pub fn desc(key: &Keypair, link: &str) -> Descriptor {
         p2p_addrs: vec!["/ip4/127.0.0.1/tcp/4001".parse().unwrap()],
         onion_key: [0x11; 32],
         onion_key_expires: NOW + 7 * 24 * 3600,
+        link_key: [0x24; 32],
         roles: Roles {
             relay: true,
             exit: true,

@@ -40,7 +40,8 @@ pub async fn node(exit: bool, allow_private: bool) -> Node {
         }),
         limits: Limits::default(),
         tap: None,
-    });
+    })
+    .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(core.clone().serve(listener));
@@ -50,6 +51,7 @@ pub async fn node(exit: bool, allow_private: bool) -> Node {
             peer: core.peer_id(),
             addr,
             onion_key: spec_key,
+            link_key: core.link_key(),
         },
         core,
     }
