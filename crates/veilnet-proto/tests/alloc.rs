@@ -9,7 +9,7 @@ mod common;
 use std::alloc::System;
 use std::time::Duration;
 
-use common::{echo_server, node, through};
+use common::{echo_server, three_hop, through};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use veilnet_cell::{TargetAddr, RELAY_DATA_MAX};
@@ -30,14 +30,7 @@ async fn echo_round(app: &mut tokio::net::TcpStream, chunk: &[u8], total: usize)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_per_cell_allocation_in_steady_state() {
-    let client = node(false, false).await;
-    let relays = [
-        node(false, false).await,
-        node(false, false).await,
-        node(true, true).await,
-    ];
-    let path: Vec<_> = relays.iter().map(|n| n.spec.clone()).collect();
-    let circuit = client.core.build_circuit(&path).await.unwrap();
+    let (_client, _relays, circuit) = three_hop().await;
     let echo = echo_server().await;
     let mut app = through(&circuit, TargetAddr::Ip(echo)).await;
     let chunk: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{echo_server, node, through};
+use common::{echo_server, node, three_hop, through};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use veilnet_cell::{EndReason, TargetAddr};
@@ -14,14 +14,7 @@ use veilnet_proto::ProtoError;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hop_echo_and_half_close() {
-    let client = node(false, false).await;
-    let relays = [
-        node(false, false).await,
-        node(false, false).await,
-        node(true, true).await,
-    ];
-    let path: Vec<_> = relays.iter().map(|n| n.spec.clone()).collect();
-    let circuit = client.core.build_circuit(&path).await.unwrap();
+    let (_client, relays, circuit) = three_hop().await;
     assert_eq!(circuit.hops().len(), 3);
     let echo = echo_server().await;
 

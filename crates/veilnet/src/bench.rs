@@ -16,27 +16,36 @@ use veilnet_config::Config;
 
 use crate::control::{get_json, CircuitView, NodeView};
 
-/// What to measure.
-#[derive(Debug, Clone, Serialize)]
+/// What to measure (also the `veilnet bench` command line).
+#[derive(Debug, Clone, Serialize, clap::Args)]
 pub struct BenchOptions {
     /// Relay processes.
+    #[arg(long, default_value_t = 10)]
     pub nodes: usize,
     /// Hops per circuit.
+    #[arg(long, default_value_t = 3)]
     pub hops: u8,
     /// MiB downloaded by the single-stream test (and in total by the aggregate test).
+    #[arg(long, default_value_t = 256)]
     pub bulk_mib: usize,
     /// Parallel streams, each on its own circuit.
+    #[arg(long, default_value_t = 8)]
     pub streams: usize,
     /// Sequential small requests for time to first byte.
+    #[arg(long, default_value_t = 200)]
     pub requests: usize,
     /// Fresh circuits built for the build-time figure.
+    #[arg(long, default_value_t = 100)]
     pub circuits: usize,
     /// Idle circuits held for the memory figure.
+    #[arg(long, default_value_t = 1000)]
     pub idle_circuits: usize,
-    /// Where to write the JSON report.
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
     #[serde(skip)]
     pub json: Option<PathBuf>,
     /// The `veilnet` binary to start (normally this one).
+    #[arg(skip)]
     #[serde(skip)]
     pub exe: PathBuf,
 }
@@ -357,6 +366,20 @@ fn percentiles(mut v: Vec<f64>) -> Percentiles {
     }
 }
 
+/// Waits for parallel downloads: total bytes, and whether every body matched `sha`.
+async fn join_downloads(
+    mut set: tokio::task::JoinSet<Result<Fetched, String>>,
+    sha: [u8; 32],
+) -> Result<(usize, bool), String> {
+    let (mut total, mut ok) = (0, true);
+    while let Some(r) = set.join_next().await {
+        let f = r.map_err(|e| e.to_string())??;
+        ok &= f.sha == sha;
+        total += f.bytes;
+    }
+    Ok((total, ok))
+}
+
 fn mbps(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e6
 }
@@ -404,12 +427,8 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
             fetch(s, per_stream, Instant::now()).await
         });
     }
-    let mut total = 0;
-    while let Some(r) = set.join_next().await {
-        let f = r.map_err(|e| e.to_string())??;
-        verified &= f.sha == per_sha;
-        total += f.bytes;
-    }
+    let (total, ok) = join_downloads(set, per_sha).await?;
+    verified &= ok;
     let direct_agg = mbps(total, t.elapsed());
     progress("direct: time to first byte");
     let mut direct_ttfb = Vec::new();
@@ -599,12 +618,8 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
             fetch(s, per_stream, Instant::now()).await
         });
     }
-    let mut total = 0;
-    while let Some(r) = set.join_next().await {
-        let f = r.map_err(|e| e.to_string())??;
-        verified &= f.sha == per_sha;
-        total += f.bytes;
-    }
+    let (total, ok) = join_downloads(set, per_sha).await?;
+    verified &= ok;
     let aggregate_mbps = mbps(total, t.elapsed());
     carried += total;
     let cpu1: f64 = all_pids.iter().map(|p| cpu_secs(*p, tck)).sum();

@@ -60,32 +60,7 @@ enum Command {
         allow_private_targets: bool,
     },
     /// Measure a local network of node processes against direct connections.
-    Bench {
-        /// Relay processes.
-        #[arg(long, default_value_t = 10)]
-        nodes: usize,
-        /// Hops per circuit.
-        #[arg(long, default_value_t = 3)]
-        hops: u8,
-        /// MiB for the single-stream download (and in total for the aggregate one).
-        #[arg(long, default_value_t = 256)]
-        bulk_mib: usize,
-        /// Parallel streams on separate circuits.
-        #[arg(long, default_value_t = 8)]
-        streams: usize,
-        /// Sequential small requests for time to first byte.
-        #[arg(long, default_value_t = 200)]
-        requests: usize,
-        /// Fresh circuits for the build-time figure.
-        #[arg(long, default_value_t = 100)]
-        circuits: usize,
-        /// Idle circuits for the memory figure.
-        #[arg(long, default_value_t = 1000)]
-        idle_circuits: usize,
-        /// Also write the figures as JSON to this file.
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
+    Bench(veilnet::bench::BenchOptions),
     /// Show a running node's directory and circuits.
     Status {
         /// The node's control API address.
@@ -232,30 +207,10 @@ async fn run(cli: Cli) -> Result<(), String> {
             net.shutdown().await;
             Ok(())
         }
-        Command::Bench {
-            nodes,
-            hops,
-            bulk_mib,
-            streams,
-            requests,
-            circuits,
-            idle_circuits,
-            json,
-        } => {
-            let exe =
+        Command::Bench(mut opts) => {
+            opts.exe =
                 std::env::current_exe().map_err(|e| format!("cannot find our binary: {e}"))?;
-            let report = veilnet::bench::run(veilnet::bench::BenchOptions {
-                nodes,
-                hops,
-                bulk_mib,
-                streams,
-                requests,
-                circuits,
-                idle_circuits,
-                json,
-                exe,
-            })
-            .await?;
+            let report = veilnet::bench::run(opts).await?;
             print!("{}", veilnet::bench::render(&report));
             if !report.payload_verified {
                 return Err("payload mismatch".into());

@@ -467,7 +467,11 @@ async fn garbage_and_truncated_cells_on_a_link_port() {
             s.shutdown().await.unwrap();
             let mut rest = Vec::new();
             let _ = timeout(SHORT, s.read_to_end(&mut rest)).await;
-            assert!(rest.is_empty(), "the relay answered a probe with {} bytes", rest.len());
+            assert!(
+                rest.is_empty(),
+                "the relay answered a probe with {} bytes",
+                rest.len()
+            );
         }
         assert!(
             wait_log("inbound link failed", SHORT).await,

@@ -82,3 +82,17 @@ pub async fn through(circuit: &ClientCircuit, target: TargetAddr) -> TcpStream {
     tokio::spawn(stream.run(inner, Vec::new()));
     app
 }
+
+/// A client and three relays (the last an exit that may reach loopback),
+/// with a circuit built through them.
+pub async fn three_hop() -> (Node, [Node; 3], ClientCircuit) {
+    let client = node(false, false).await;
+    let relays = [
+        node(false, false).await,
+        node(false, false).await,
+        node(true, true).await,
+    ];
+    let path: Vec<_> = relays.iter().map(|n| n.spec.clone()).collect();
+    let circuit = client.core.build_circuit(&path).await.unwrap();
+    (client, relays, circuit)
+}
