@@ -275,12 +275,12 @@ async fn read_circuit(
         match cell.command() {
             Ok(CellCommand::Relay) => {
                 if let Err(e) = bwd.decrypt(cell.body_mut()) {
-                    tracing::info!("circuit {circ}: refusing a cell: {e}");
+                    debug!("circuit {circ}: refusing a cell: {e}");
                     reason = DestroyReason::Protocol;
                     break;
                 }
                 if let Err(e) = endpoint.handle(cell).await {
-                    tracing::info!("circuit {circ}: {e}");
+                    debug!("circuit {circ}: {e}");
                     reason = DestroyReason::Protocol;
                     break;
                 }

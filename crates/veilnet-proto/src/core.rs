@@ -103,6 +103,8 @@ pub struct Core {
     peer_id: PeerId,
     links: Mutex<HashMap<PeerId, Arc<Link>>>,
     handshakes: Arc<Semaphore>,
+    /// Exit connects in progress (each holds a socket and maybe a DNS thread).
+    pub(crate) exit_connects: Arc<Semaphore>,
     /// What the engine did.
     pub stats: Stats,
 }
@@ -116,6 +118,7 @@ impl Core {
             peer_id: cfg.identity.public().to_peer_id(),
             onion_keys: std::sync::RwLock::new((cfg.onion.clone(), cfg.previous_onion.clone())),
             handshakes: Arc::new(Semaphore::new(cfg.limits.max_pending_handshakes)),
+            exit_connects: Arc::new(Semaphore::new(crate::stream::MAX_EXIT_CONNECTS)),
             cfg,
             links: Mutex::new(HashMap::new()),
             stats: Stats::default(),

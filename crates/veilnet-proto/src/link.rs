@@ -26,6 +26,10 @@ pub type LinkTap = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
 /// Time allowed for a link handshake.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A send queue that stays full this long means the peer stopped reading.
+const SEND_STALL: Duration = Duration::from_secs(10);
+/// A socket write that makes no progress this long means the same.
+const WRITE_STALL: Duration = Duration::from_secs(30);
 
 static NEXT_LINK_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -54,19 +58,36 @@ impl std::fmt::Debug for Link {
 impl Link {
     /// Queues a cell for sending; waits while the queue is full.
     pub async fn send(&self, cell: Cell) -> Result<(), ProtoError> {
+        self.reserve().await?.send(cell);
+        Ok(())
+    }
+
+    /// Waits for room in the send queue. Callers that encrypt with a counter
+    /// reserve first and encrypt after, so a cancelled wait never burns a
+    /// counter value. A queue that stays full for [`SEND_STALL`] means the
+    /// peer stopped reading: the link is closed rather than letting it stall
+    /// every other link that forwards into it.
+    pub(crate) async fn reserve(&self) -> Result<mpsc::Permit<'_, Cell>, ProtoError> {
         if self.is_closed() {
             return Err(ProtoError::LinkClosed);
         }
-        self.tx.send(cell).await.map_err(|_| ProtoError::LinkClosed)
+        match tokio::time::timeout(SEND_STALL, self.tx.reserve()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(ProtoError::LinkClosed),
+            Err(_) => {
+                debug!(link = self.id, "link send queue stalled; closing the link");
+                self.close();
+                Err(ProtoError::LinkClosed)
+            }
+        }
     }
 
     /// Sends a cell from synchronous code without waiting (teardown paths).
-    pub(crate) fn send_detached(self: &Arc<Self>, cell: Cell) {
-        if let Err(mpsc::error::TrySendError::Full(cell)) = self.tx.try_send(cell) {
-            let link = self.clone();
-            tokio::spawn(async move {
-                let _ = link.send(cell).await;
-            });
+    /// Best effort: if the queue is full the cell is dropped; the stalled
+    /// link will be closed anyway.
+    pub(crate) fn send_detached(&self, cell: Cell) {
+        if self.tx.try_send(cell).is_err() {
+            debug!(link = self.id, "send queue full; dropping a teardown cell");
         }
     }
 
@@ -200,9 +221,16 @@ async fn write_loop(
         if let Some(tap) = &tap {
             tap(&buf);
         }
-        if let Err(e) = wr.write_all(&buf).await {
-            debug!(link = link.id, "link write failed: {e}");
-            break;
+        match tokio::time::timeout(WRITE_STALL, wr.write_all(&buf)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                debug!(link = link.id, "link write failed: {e}");
+                break;
+            }
+            Err(_) => {
+                debug!(link = link.id, "link write stalled; closing the link");
+                break;
+            }
         }
     }
     link.close();
@@ -233,7 +261,7 @@ async fn read_loop(core: Arc<Core>, link: Arc<Link>, rd: OwnedReadHalf, mut open
         Err(ProtoError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             debug!(link = link.id, "link closed by peer")
         }
-        Err(e) => tracing::info!(link = link.id, peer = %link.peer, "link failed: {e}"),
+        Err(e) => debug!(link = link.id, peer = %link.peer, "link failed: {e}"),
     }
     link.close();
     core.link_closed(&link);

@@ -57,16 +57,23 @@ pub(crate) struct BackSender {
 impl BackSender {
     async fn forward(&self, mut cell: Cell) -> Result<(), ProtoError> {
         let mut layer = self.layer.lock().await;
+        let permit = self.link.reserve().await?;
         layer.encrypt(cell.body_mut())?;
         cell.set_circ_id(self.circ);
-        self.link.send(cell).await
+        permit.send(cell);
+        Ok(())
     }
 
+    /// Adds our layer to a cell we originate (we are the last hop). The
+    /// queue slot is reserved before the counter is used, so cancelling this
+    /// call can never desynchronise the layer.
     pub(crate) async fn originate(&self, mut cell: Cell) -> Result<(), ProtoError> {
         let mut layer = self.layer.lock().await;
+        let permit = self.link.reserve().await?;
         layer.originate(cell.body_mut())?;
         cell.set_circ_id(self.circ);
-        self.link.send(cell).await
+        permit.send(cell);
+        Ok(())
     }
 }
 
@@ -219,13 +226,13 @@ impl Core {
                 self.count(&self.stats.relay_cells);
                 if let Err(e) = self.on_local(link, circ, back, cell).await {
                     self.count(&self.stats.cells_refused);
-                    tracing::info!("destroying a circuit: {e}");
+                    debug!("destroying a circuit: {e}");
                     self.teardown(link, circ, DestroyReason::Protocol, true);
                 }
             }
             Act::Kill(reason, why) => {
                 self.count(&self.stats.cells_refused);
-                tracing::info!(link = link.id, "destroying a circuit: {why}");
+                debug!(link = link.id, "destroying a circuit: {why}");
                 self.teardown(link, circ, reason, true);
             }
             Act::Ignore(why) => debug!(link = link.id, "{why}"),
@@ -349,7 +356,13 @@ impl Core {
             );
             let mut table = prev.table();
             match table.get_mut(&prev_circ) {
-                Some(CircEntry::Forward(hop)) => {
+                // Only the very circuit that asked (not a newer one reusing
+                // its id) and only if the next link did not die meanwhile.
+                Some(CircEntry::Forward(hop))
+                    if matches!(hop.next, NextHop::Extending)
+                        && Arc::ptr_eq(&hop.back, &back)
+                        && !next.is_closed() =>
+                {
                     hop.next = NextHop::Link(next.clone(), next_circ);
                     Ok(reply)
                 }
@@ -407,13 +420,18 @@ impl Core {
             }
             Some(CircEntry::Backward { back, prev_circ }) => {
                 let prev = back.link.clone();
-                let removed = prev.table().remove(&prev_circ);
+                let mut table = prev.table();
+                // Only remove the circuit this backward entry belongs to.
+                let ours = matches!(table.get(&prev_circ),
+                    Some(CircEntry::Forward(hop)) if Arc::ptr_eq(&hop.back, &back));
+                let removed = if ours { table.remove(&prev_circ) } else { None };
+                drop(table);
                 if let Some(CircEntry::Forward(hop)) = removed {
                     if let Some(ep) = hop.endpoint {
                         ep.close();
                     }
+                    prev.send_detached(Cell::destroy(prev_circ, reason));
                 }
-                prev.send_detached(Cell::destroy(prev_circ, reason));
             }
             Some(CircEntry::Client(tx)) => {
                 // Tell the circuit's reader why, then let it go.

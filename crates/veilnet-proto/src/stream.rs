@@ -79,9 +79,13 @@ impl CircuitTx {
         match self {
             Self::Client(tx, _) => {
                 let mut tx = tx.lock().await;
+                let tx = &mut *tx;
+                // Reserve first: a cancelled wait must not burn a counter value.
+                let permit = tx.link.reserve().await?;
                 tx.layers.encrypt(cell.body_mut())?;
                 cell.set_circ_id(tx.circ);
-                tx.link.send(cell).await
+                permit.send(cell);
+                Ok(())
             }
             Self::Relay(back) => back.originate(cell).await,
         }
@@ -98,12 +102,15 @@ struct StreamEntry {
     to_app: mpsc::Sender<ToApp>,
     window: Arc<Semaphore>,
     connected: Option<oneshot::Sender<Result<(), EndReason>>>,
+    /// Cancels the exit's resolve-and-connect when the stream goes away first.
+    cancel: Arc<tokio::sync::Notify>,
 }
 
 struct Inner {
     streams: HashMap<StreamId, StreamEntry>,
     next_sid: u16,
-    received: usize,
+    /// DATA cells written to sockets since the last circuit SENDME.
+    delivered: usize,
 }
 
 /// One end of a circuit that carries streams: the client, or the exit.
@@ -115,7 +122,14 @@ pub(crate) struct Endpoint {
     exit: Option<ExitConfig>,
     limits: Limits,
     core: Option<Arc<Core>>,
+    /// DATA cells waiting in stream queues. Circuit credit is returned only
+    /// for cells written out (or dropped), so this never exceeds the
+    /// circuit window for a peer that follows the protocol.
+    queued: std::sync::atomic::AtomicUsize,
 }
+
+/// Exit connects in progress per node.
+pub(crate) const MAX_EXIT_CONNECTS: usize = 256;
 
 impl Endpoint {
     pub(crate) fn new(
@@ -130,12 +144,13 @@ impl Endpoint {
             inner: Mutex::new(Inner {
                 streams: HashMap::new(),
                 next_sid: 1,
-                received: 0,
+                delivered: 0,
             }),
             closed: AtomicBool::new(false),
             exit,
             limits,
             core,
+            queued: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -158,6 +173,7 @@ impl Endpoint {
         let streams: Vec<_> = self.inner().streams.drain().collect();
         for (_, s) in streams {
             s.window.close();
+            s.cancel.notify_one();
             if let Some(c) = s.connected {
                 let _ = c.send(Err(EndReason::Destroyed));
             }
@@ -165,9 +181,59 @@ impl Endpoint {
         }
     }
 
-    fn remove_stream(&self, sid: StreamId) {
-        if let Some(s) = self.inner().streams.remove(&sid) {
-            s.window.close();
+    /// Forgets a stream. With `window`, only if the entry is still the one
+    /// that window belongs to (a newer stream may reuse the id).
+    fn remove_stream(&self, sid: StreamId, window: Option<&Arc<Semaphore>>) {
+        let mut inner = self.inner();
+        let ours = match (inner.streams.get(&sid), window) {
+            (Some(s), Some(w)) => Arc::ptr_eq(&s.window, w),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if ours {
+            if let Some(s) = inner.streams.remove(&sid) {
+                s.window.close();
+                s.cancel.notify_one();
+            }
+        }
+    }
+
+    /// Records `n` DATA cells written out or discarded; `queued` says
+    /// whether they had been counted in the stream queues. Returns how many
+    /// circuit SENDMEs are now due.
+    fn delivered(&self, n: usize, queued: bool) -> usize {
+        if queued {
+            let _ = self
+                .queued
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                    Some(q.saturating_sub(n))
+                });
+        }
+        let mut inner = self.inner();
+        inner.delivered += n;
+        let due = inner.delivered / FLOW.circ_sendme;
+        inner.delivered %= FLOW.circ_sendme;
+        due
+    }
+
+    async fn send_circuit_sendmes(&self, due: usize) -> Result<(), ProtoError> {
+        for _ in 0..due {
+            self.send_msg(StreamId(0), &RelayMsg::Sendme).await?;
+        }
+        Ok(())
+    }
+
+    /// Discards what is left in a stream's queue, returning its circuit credit.
+    async fn drain(&self, rx: &mut mpsc::Receiver<ToApp>) {
+        rx.close();
+        let mut n = 0;
+        while let Ok(item) = rx.try_recv() {
+            if matches!(item, ToApp::Data(..)) {
+                n += 1;
+            }
+        }
+        if n > 0 {
+            let _ = self.send_circuit_sendmes(self.delivered(n, true)).await;
         }
     }
 
@@ -184,25 +250,30 @@ impl Endpoint {
         match msg {
             RelayMsg::Data(d) => {
                 let len = d.len();
-                let (to_app, sendme) = {
-                    let mut inner = self.inner();
-                    inner.received += 1;
-                    let sendme = inner.received >= FLOW.circ_sendme;
-                    if sendme {
-                        inner.received -= FLOW.circ_sendme;
-                    }
-                    (inner.streams.get(&sid).map(|s| s.to_app.clone()), sendme)
-                };
-                if let Some(tx) = to_app {
-                    if tx.try_send(ToApp::Data(cell, len)).is_err() {
-                        debug!("stream window exceeded; resetting the stream");
-                        self.remove_stream(sid);
-                        self.send_msg(sid, &RelayMsg::End(EndReason::Protocol))
-                            .await?;
-                    }
+                if self.queued.load(Ordering::Acquire) >= FLOW.circ_window {
+                    return Err(ProtoError::Protocol("circuit window exceeded".into()));
                 }
-                if sendme {
-                    self.send_msg(StreamId(0), &RelayMsg::Sendme).await?;
+                let to_app = self.inner().streams.get(&sid).map(|s| s.to_app.clone());
+                let accepted = match to_app {
+                    Some(tx) => match tx.try_send(ToApp::Data(cell, len)) {
+                        Ok(()) => {
+                            self.queued.fetch_add(1, Ordering::AcqRel);
+                            true
+                        }
+                        Err(_) => {
+                            debug!("stream window exceeded; resetting the stream");
+                            self.remove_stream(sid, None);
+                            self.send_msg(sid, &RelayMsg::End(EndReason::Protocol))
+                                .await?;
+                            false
+                        }
+                    },
+                    // A stream that already ended: drop the data.
+                    None => false,
+                };
+                if !accepted {
+                    // Discarded cells still return their circuit credit.
+                    self.send_circuit_sendmes(self.delivered(1, false)).await?;
                 }
             }
             RelayMsg::Sendme if sid == StreamId(0) => {
@@ -228,6 +299,7 @@ impl Endpoint {
                     }
                 } else if let Some(mut s) = inner.streams.remove(&sid) {
                     s.window.close();
+                    s.cancel.notify_one();
                     if let Some(c) = s.connected.take() {
                         let _ = c.send(Err(reason));
                     }
@@ -256,18 +328,24 @@ impl Endpoint {
         inner: &mut Inner,
         sid: StreamId,
         connected: Option<oneshot::Sender<Result<(), EndReason>>>,
-    ) -> (mpsc::Receiver<ToApp>, Arc<Semaphore>) {
+    ) -> (
+        mpsc::Receiver<ToApp>,
+        Arc<Semaphore>,
+        Arc<tokio::sync::Notify>,
+    ) {
         let (to_app, rx) = mpsc::channel(FLOW.stream_window + 4);
         let window = Arc::new(Semaphore::new(FLOW.stream_window));
+        let cancel = Arc::new(tokio::sync::Notify::new());
         inner.streams.insert(
             sid,
             StreamEntry {
                 to_app,
                 window: window.clone(),
                 connected,
+                cancel: cancel.clone(),
             },
         );
-        (rx, window)
+        (rx, window, cancel)
     }
 
     /// Exit side: a client asks for a stream.
@@ -291,24 +369,45 @@ impl Endpoint {
                 Some(self.new_stream(&mut inner, sid, None))
             }
         };
-        let Some((rx, window)) = opened else {
+        let Some((mut rx, window, cancel)) = opened else {
+            return self.send_msg(sid, &RelayMsg::End(EndReason::Misc)).await;
+        };
+        let permit = self
+            .core
+            .as_ref()
+            .and_then(|c| c.exit_connects.clone().try_acquire_owned().ok());
+        let Some(permit) = permit else {
+            self.remove_stream(sid, Some(&window));
             return self.send_msg(sid, &RelayMsg::End(EndReason::Misc)).await;
         };
         if let Some(core) = &self.core {
             core.count(&core.stats.exit_streams);
         }
         let ep = self.clone();
-        let connect_timeout = self.limits.connect_timeout;
+        // The whole resolve-and-connect stays well inside the client's stream
+        // open timeout, so the client hears the real reason.
+        let budget = self.limits.connect_timeout * 2;
+        let per_addr = self.limits.connect_timeout;
         tokio::spawn(async move {
-            match crate::exit::connect(&exit, &target, connect_timeout).await {
+            let result = tokio::select! {
+                r = tokio::time::timeout(budget, crate::exit::connect(&exit, &target, per_addr)) => {
+                    r.unwrap_or(Err(EndReason::Timeout))
+                }
+                // The stream or circuit went away first: stop here.
+                _ = cancel.notified() => Err(EndReason::Destroyed),
+            };
+            drop(permit);
+            match result {
                 Ok(tcp) => {
                     if ep.send_msg(sid, &RelayMsg::Connected).await.is_ok() {
                         pump(ep, sid, tcp, rx, window, Vec::new()).await;
                     }
                 }
+                Err(EndReason::Destroyed) => ep.drain(&mut rx).await,
                 Err(reason) => {
-                    ep.remove_stream(sid);
+                    ep.remove_stream(sid, Some(&window));
                     let _ = ep.send_msg(sid, &RelayMsg::End(reason)).await;
+                    ep.drain(&mut rx).await;
                 }
             }
         });
@@ -335,7 +434,7 @@ impl Endpoint {
                 sid = StreamId(inner.next_sid);
             }
             inner.next_sid = inner.next_sid.wrapping_add(1);
-            let (rx, window) = self.new_stream(&mut inner, sid, Some(tx));
+            let (rx, window, _) = self.new_stream(&mut inner, sid, Some(tx));
             (sid, rx, window)
         };
         let result = async {
@@ -349,31 +448,64 @@ impl Endpoint {
         }
         .await;
         if let Err(e) = result {
-            self.remove_stream(sid);
+            self.remove_stream(sid, Some(&window));
+            if !matches!(e, ProtoError::StreamRefused(_) | ProtoError::CircuitClosed) {
+                // Tell the exit to give up too, so it frees the stream.
+                let _ = self.send_msg(sid, &RelayMsg::End(EndReason::Misc)).await;
+            }
             return Err(e);
         }
         Ok(ClientStream {
-            endpoint: self.clone(),
-            sid,
-            rx,
-            window,
+            open: Some(OpenStream {
+                endpoint: self.clone(),
+                sid,
+                rx,
+                window,
+            }),
         })
     }
 }
 
-/// An open stream on a client circuit, ready to be joined to a socket.
-pub struct ClientStream {
+struct OpenStream {
     endpoint: Arc<Endpoint>,
     sid: StreamId,
     rx: mpsc::Receiver<ToApp>,
     window: Arc<Semaphore>,
 }
 
+/// An open stream on a client circuit, ready to be joined to a socket.
+/// Dropping it without [`ClientStream::run`] ends the stream at the exit.
+pub struct ClientStream {
+    open: Option<OpenStream>,
+}
+
 impl ClientStream {
     /// Carries bytes between `tcp` and the stream until both directions have
     /// ended. `initial` is sent first (bytes the application sent early).
-    pub async fn run(self, tcp: TcpStream, initial: Vec<u8>) {
-        pump(self.endpoint, self.sid, tcp, self.rx, self.window, initial).await;
+    pub async fn run(mut self, tcp: TcpStream, initial: Vec<u8>) {
+        if let Some(s) = self.open.take() {
+            pump(s.endpoint, s.sid, tcp, s.rx, s.window, initial).await;
+        }
+    }
+}
+
+impl Drop for ClientStream {
+    fn drop(&mut self) {
+        let Some(mut s) = self.open.take() else {
+            return;
+        };
+        s.endpoint.remove_stream(s.sid, Some(&s.window));
+        // Once per abandoned stream, not per cell: end it at the exit and
+        // return the credit of anything that arrived meanwhile.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = s
+                    .endpoint
+                    .send_msg(s.sid, &RelayMsg::End(EndReason::Misc))
+                    .await;
+                s.endpoint.drain(&mut s.rx).await;
+            });
+        }
     }
 }
 
@@ -387,16 +519,18 @@ async fn pump(
     initial: Vec<u8>,
 ) {
     let _ = tcp.set_nodelay(true);
+    let own_window = window.clone();
     let (rd, mut wr) = tcp.into_split();
     let up_ep = ep.clone();
     let mut up = tokio::spawn(async move { upstream(up_ep, sid, rd, window, initial).await });
-    let down = downstream(&ep, sid, &mut wr, &mut rx).await;
+    let down = downstream(&ep, sid, &own_window, &mut wr, &mut rx).await;
     if down {
         let _ = (&mut up).await;
     } else {
         up.abort();
     }
-    ep.remove_stream(sid);
+    ep.remove_stream(sid, Some(&own_window));
+    ep.drain(&mut rx).await;
 }
 
 /// Socket to circuit. Ends the stream's outbound direction with END(Done) on
@@ -421,7 +555,7 @@ async fn upstream(
                 Ok(n) => (n, false),
                 Err(e) => {
                     debug!("stream socket read failed: {e}");
-                    ep.remove_stream(sid);
+                    ep.remove_stream(sid, Some(&window));
                     let _ = ep.send_msg(sid, &RelayMsg::End(EndReason::Reset)).await;
                     return;
                 }
@@ -454,6 +588,7 @@ async fn upstream(
 async fn downstream(
     ep: &Endpoint,
     sid: StreamId,
+    window: &Arc<Semaphore>,
     wr: &mut OwnedWriteHalf,
     rx: &mut mpsc::Receiver<ToApp>,
 ) -> bool {
@@ -484,11 +619,22 @@ async fn downstream(
                 item = rx.try_recv().ok();
             }
         }
-        if !out.is_empty() {
-            if let Err(e) = wr.write_all(&out).await {
+        if cells > 0 {
+            let written = if out.is_empty() {
+                Ok(())
+            } else {
+                wr.write_all(&out).await
+            };
+            // Written or discarded, these cells return their circuit credit.
+            let due = ep.delivered(cells, true);
+            if let Err(e) = written {
                 debug!("stream socket write failed: {e}");
-                ep.remove_stream(sid);
+                ep.remove_stream(sid, Some(window));
                 let _ = ep.send_msg(sid, &RelayMsg::End(EndReason::Reset)).await;
+                let _ = ep.send_circuit_sendmes(due).await;
+                return false;
+            }
+            if ep.send_circuit_sendmes(due).await.is_err() {
                 return false;
             }
             delivered += cells;

@@ -135,3 +135,48 @@ async fn rotated_onion_key_keeps_the_previous_one_working() {
         .await
         .is_err());
 }
+
+/// Serves an endless stream of bytes to whoever connects.
+async fn firehose() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let buf = vec![0x5au8; 64 * 1024];
+                while s.write_all(&buf).await.is_ok() {}
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoning_a_busy_stream_leaves_the_circuit_working() {
+    let (_client, _relays, circuit) = common::three_hop().await;
+    let hose = firehose().await;
+    let echo = echo_server().await;
+    let run = async {
+        for round in 0..5 {
+            // A download in full flow, abandoned by the application.
+            let mut big = through(&circuit, TargetAddr::Ip(hose)).await;
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut got = 0;
+            while got < 2_000_000 {
+                got += big.read(&mut buf).await.unwrap();
+            }
+            drop(big);
+            // Another stream on the same circuit still works both ways.
+            let mut app = through(&circuit, TargetAddr::Ip(echo)).await;
+            let msg = format!("round {round}").into_bytes();
+            app.write_all(&msg).await.unwrap();
+            let mut back = vec![0u8; msg.len()];
+            app.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, msg);
+            assert!(circuit.is_open(), "the circuit survived round {round}");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap();
+}

@@ -23,6 +23,8 @@ use crate::control::CircuitView;
 
 /// Attempts to build a circuit for one request before giving up.
 const BUILD_ATTEMPTS: usize = 3;
+/// New streams go to another circuit once one carries this many.
+const MAX_STREAMS_PER_POOLED_CIRCUIT: usize = 512;
 /// Circuits kept in the pool at most.
 const MAX_POOL: usize = 4096;
 const GUARDS_FILE: &str = "guards.json";
@@ -145,7 +147,11 @@ impl CircuitManager {
                 }
                 Err(e) => {
                     debug!("stream failed on circuit {}: {e}; retrying", circuit.id());
-                    circuit.close();
+                    // A slow target or a full circuit is no reason to kill the
+                    // other streams; a broken circuit is.
+                    if !matches!(e, ProtoError::Timeout(_) | ProtoError::Limit(_)) {
+                        circuit.close();
+                    }
                     last = Some(e);
                 }
             }
@@ -164,6 +170,7 @@ impl CircuitManager {
         let entry = pool.iter_mut().find(|p| {
             p.isolation == isolation
                 && p.circuit.is_open()
+                && p.circuit.stream_count() < MAX_STREAMS_PER_POOLED_CIRCUIT
                 && p.first_used
                     .is_none_or(|t| now.duration_since(t) < self.dirtiness)
                 && dir
