@@ -62,6 +62,10 @@ pub struct NodeConfig {
     pub family: Vec<PeerId>,
     /// Whether this node relays circuits for others.
     pub relay: bool,
+    /// Danger: extend circuits to relays at private, loopback or link-local
+    /// addresses (test networks on one host or one LAN only). Off, a client
+    /// cannot use this relay to probe its local network.
+    pub danger_allow_private_links: bool,
 }
 
 /// The `[client]` section.
@@ -135,6 +139,7 @@ impl Default for NodeConfig {
             bandwidth: 10_000_000,
             family: Vec::new(),
             relay: true,
+            danger_allow_private_links: false,
         }
     }
 }

@@ -149,7 +149,7 @@ impl Core {
         }
         let started = Instant::now();
         let link = self
-            .link_to(first.peer, first.addr, &first.link_key)
+            .client_link_to(first.peer, first.addr, &first.link_key)
             .await?;
         let (tx, mut rx) = mpsc::channel(FLOW.circ_window + 64);
         let circ =

@@ -35,6 +35,8 @@ pub struct Limits {
     pub circuit_build_timeout: Duration,
     /// Time for the exit to answer a stream request.
     pub stream_open_timeout: Duration,
+    /// Open links, inbound and outbound together.
+    pub max_links: usize,
 }
 
 impl Default for Limits {
@@ -47,6 +49,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(10),
             circuit_build_timeout: Duration::from_secs(20),
             stream_open_timeout: Duration::from_secs(30),
+            max_links: 4096,
         }
     }
 }
@@ -71,6 +74,9 @@ pub struct CoreConfig {
     pub previous_onion: Option<OnionKeypair>,
     /// Whether this node relays circuits for others.
     pub relay: bool,
+    /// Danger: extend circuits to relays at private, loopback or link-local
+    /// addresses (test networks only).
+    pub allow_private_links: bool,
     /// Exit settings, if this node is an exit.
     pub exit: Option<ExitConfig>,
     /// Resource limits.
@@ -101,7 +107,13 @@ pub struct Core {
     /// still accepted until it expires (clients may hold an older descriptor).
     onion_keys: std::sync::RwLock<(OnionKeypair, Option<OnionKeypair>)>,
     peer_id: PeerId,
+    /// Links to relays, by their identity (reused for relaying and EXTEND).
     links: Mutex<HashMap<PeerId, Arc<Link>>>,
+    /// Links we opened as a client, under a throwaway identity each, so a
+    /// guard cannot tell which node (or relay) its client is.
+    client_links: Mutex<HashMap<PeerId, Arc<Link>>>,
+    /// Every open link, for the limit and for shutdown.
+    all_links: Mutex<HashMap<u64, std::sync::Weak<Link>>>,
     handshakes: Arc<Semaphore>,
     /// Exit connects in progress (each holds a socket and maybe a DNS thread).
     pub(crate) exit_connects: Arc<Semaphore>,
@@ -121,6 +133,8 @@ impl Core {
             exit_connects: Arc::new(Semaphore::new(crate::stream::MAX_EXIT_CONNECTS)),
             cfg,
             links: Mutex::new(HashMap::new()),
+            client_links: Mutex::new(HashMap::new()),
+            all_links: Mutex::new(HashMap::new()),
             stats: Stats::default(),
         }))
     }
@@ -179,6 +193,39 @@ impl Core {
         self.links.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn all_links(&self) -> std::sync::MutexGuard<'_, HashMap<u64, std::sync::Weak<Link>>> {
+        self.all_links.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of open links.
+    pub fn link_count(&self) -> usize {
+        self.all_links().len()
+    }
+
+    /// Closes every link (shutdown).
+    pub fn close_all_links(&self) {
+        let links: Vec<_> = self
+            .all_links()
+            .values()
+            .filter_map(|w| w.upgrade())
+            .collect();
+        for l in links {
+            l.close();
+        }
+    }
+
+    /// Starts an authenticated link and counts it.
+    fn register(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        session: veilnet_crypto::link::LinkSession,
+        initiator: bool,
+    ) -> Arc<Link> {
+        let link = link::start(self, stream, session, initiator);
+        self.all_links().insert(link.id, Arc::downgrade(&link));
+        link
+    }
+
     /// Accepts inbound links until the listener fails.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
@@ -190,6 +237,10 @@ impl Core {
                     continue;
                 }
             };
+            if self.link_count() >= self.cfg.limits.max_links {
+                debug!("link limit reached; dropping a connection");
+                continue;
+            }
             let Ok(permit) = self.handshakes.clone().try_acquire_owned() else {
                 debug!("too many link handshakes in progress; dropping a connection");
                 continue;
@@ -215,21 +266,48 @@ impl Core {
         )
         .await
         .map_err(|_| ProtoError::Timeout("link handshake"))??;
-        let link = link::start(self, stream, session, false);
+        let link = self.register(stream, session, false);
         debug!(peer = %link.peer, "inbound link up");
         self.links_map().insert(link.peer, link);
         Ok(())
     }
 
-    /// Returns the open link to `peer`, connecting to `addr` with the peer's
-    /// link key if there is none.
+    /// Returns the open link to relay `peer`, connecting to `addr` with the
+    /// peer's link key if there is none. We authenticate as ourselves.
     pub async fn link_to(
         self: &Arc<Self>,
         peer: PeerId,
         addr: SocketAddr,
         link_key: &[u8; 32],
     ) -> Result<Arc<Link>, ProtoError> {
-        if let Some(l) = self.links_map().get(&peer) {
+        self.get_or_connect(&self.links, &self.cfg.identity, peer, addr, link_key)
+            .await
+    }
+
+    /// Like [`Core::link_to`], for circuits we build as a client: the link
+    /// authenticates with a fresh throwaway identity and is never shared
+    /// with relayed traffic, so the guard learns nothing about who we are.
+    pub async fn client_link_to(
+        self: &Arc<Self>,
+        peer: PeerId,
+        addr: SocketAddr,
+        link_key: &[u8; 32],
+    ) -> Result<Arc<Link>, ProtoError> {
+        let throwaway = Keypair::generate_ed25519();
+        self.get_or_connect(&self.client_links, &throwaway, peer, addr, link_key)
+            .await
+    }
+
+    async fn get_or_connect(
+        self: &Arc<Self>,
+        map: &Mutex<HashMap<PeerId, Arc<Link>>>,
+        identity: &Keypair,
+        peer: PeerId,
+        addr: SocketAddr,
+        link_key: &[u8; 32],
+    ) -> Result<Arc<Link>, ProtoError> {
+        let lock = || map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = lock().get(&peer) {
             if !l.is_closed() {
                 return Ok(l.clone());
             }
@@ -237,9 +315,12 @@ impl Core {
         if peer == self.peer_id {
             return Err(ProtoError::Invalid("cannot link to ourselves".into()));
         }
+        if self.link_count() >= self.cfg.limits.max_links {
+            return Err(ProtoError::Limit("open links"));
+        }
         let connect = async {
             let mut stream = TcpStream::connect(addr).await?;
-            let hs = LinkHandshake::initiator(&self.cfg.identity, link_key)?;
+            let hs = LinkHandshake::initiator(identity, link_key)?;
             let session = link::handshake(&mut stream, hs, self.tap().as_ref()).await?;
             Ok::<_, ProtoError>((stream, session))
         };
@@ -252,22 +333,22 @@ impl Core {
                 got: session.remote_peer.to_string(),
             });
         }
-        let link = link::start(self, stream, session, true);
+        let link = self.register(stream, session, true);
         debug!(peer = %peer, "outbound link up");
-        let mut links = self.links_map();
         // Another task may have linked meanwhile; both links work, keep the newest.
-        links.insert(peer, link.clone());
+        lock().insert(peer, link.clone());
         Ok(link)
     }
 
     /// Forgets a closed link and tears down its circuits.
     pub(crate) fn link_closed(self: &Arc<Self>, link: &Arc<Link>) {
-        {
-            let mut links = self.links_map();
+        for map in [&self.links, &self.client_links] {
+            let mut links = map.lock().unwrap_or_else(|e| e.into_inner());
             if links.get(&link.peer).is_some_and(|l| l.id == link.id) {
                 links.remove(&link.peer);
             }
         }
+        self.all_links().remove(&link.id);
         let circs: Vec<_> = link.table().keys().copied().collect();
         for circ in circs {
             self.teardown(link, circ, veilnet_cell::DestroyReason::LinkFailed, false);

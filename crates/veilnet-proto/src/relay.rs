@@ -260,6 +260,13 @@ impl Core {
                 }
                 let peer = PeerId::from_bytes(peer_id)
                     .map_err(|_| ProtoError::Protocol("EXTEND with a bad peer id".into()))?;
+                if !self.cfg.allow_private_links && veilnet_policy::is_private_or_special(addr.ip())
+                {
+                    // Nobody may use us to probe our own host or network.
+                    return Err(ProtoError::Protocol(
+                        "EXTEND to a private address refused".into(),
+                    ));
+                }
                 {
                     let mut table = link.table();
                     match table.get_mut(&circ) {

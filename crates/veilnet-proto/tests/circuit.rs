@@ -180,3 +180,34 @@ async fn abandoning_a_busy_stream_leaves_the_circuit_working() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guard_never_learns_the_clients_identity() {
+    let (client, relays, _circuit) = common::three_hop().await;
+    let me = client.core.peer_id();
+    // The guard has a link from us, but under a throwaway identity.
+    assert!(!relays[0].core.links().is_empty());
+    assert!(relays[0].core.links().iter().all(|l| l.peer != me));
+    // The relays extended to each other under their real identities.
+    assert!(relays[0]
+        .core
+        .links()
+        .iter()
+        .any(|l| l.peer == relays[1].core.peer_id()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_refuse_to_extend_to_private_addresses_by_default() {
+    let client = node(false, false).await;
+    let strict = common::node_with(false, false, false).await;
+    let next = node(true, true).await;
+    let path = [strict.spec.clone(), next.spec.clone()];
+    let err = client.core.build_circuit(&path).await.unwrap_err();
+    assert!(matches!(err, ProtoError::Protocol(_)), "{err}");
+    // A one-hop circuit to the strict relay still works.
+    assert!(client
+        .core
+        .build_circuit(std::slice::from_ref(&strict.spec))
+        .await
+        .is_ok());
+}

@@ -475,6 +475,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         c.node.link_listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         c.node.bootstrap = bootstrap.clone();
         c.node.relay = !client;
+        c.node.danger_allow_private_links = true;
         c.client.hops = opts.hops;
         c.client.socks = None;
         c.client.http_proxy = None;
@@ -536,7 +537,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         let nodes: Vec<NodeView> = get_json(control, "/v1/nodes")
             .await
             .map_err(|e| e.to_string())?;
-        if nodes.len() > opts.nodes {
+        if nodes.len() >= opts.nodes {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

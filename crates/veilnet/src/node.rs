@@ -178,6 +178,7 @@ impl Node {
             onion,
             previous_onion,
             relay: config.node.relay,
+            allow_private_links: config.node.danger_allow_private_links,
             exit: exit.clone(),
             limits: Limits::default(),
             tap,
@@ -249,7 +250,16 @@ impl Node {
                 .map(SignedDescriptor::to_bytes)
                 .collect()
         });
-        let mut dcfg = DiscoveryConfig::new(keys.identity.clone());
+        // Only relays and exits publish a descriptor and take part in
+        // discovery under their identity; a pure client uses a throwaway
+        // libp2p identity and stays out of every directory.
+        let publish = config.node.relay || exit.is_some();
+        let p2p_identity = if publish {
+            keys.identity.clone()
+        } else {
+            libp2p::identity::Keypair::generate_ed25519()
+        };
+        let mut dcfg = DiscoveryConfig::new(p2p_identity);
         dcfg.listen = config.node.p2p_listen.clone();
         dcfg.bootstrap = config.node.bootstrap.clone();
         dcfg.known_peers = if persist {
@@ -266,8 +276,10 @@ impl Node {
         {
             let mut own = lock(&own);
             own.template.p2p_addrs = p2p_addrs.iter().take(8).cloned().collect();
-            let signed = own.sign_new()?;
-            lock(&directory).insert(&signed, unix_now())?;
+            if publish {
+                let signed = own.sign_new()?;
+                lock(&directory).insert(&signed, unix_now())?;
+            }
         }
         tasks.push(tokio::spawn(directory_feed(directory.clone(), events)));
 
@@ -305,6 +317,7 @@ impl Node {
                 circuits: circuits.clone(),
                 core: core.clone(),
                 key_dir: config.data_dir.clone(),
+                publish,
                 peers_dir: persist.then(|| config.data_dir.clone()),
             },
             shutdown_rx.clone(),
@@ -373,9 +386,7 @@ impl Node {
         }
         self.circuits.close_all();
         self.discovery.shutdown().await;
-        for link in self.core.links() {
-            link.close();
-        }
+        self.core.close_all_links();
         let tasks: Vec<_> = lock(&self.tasks).drain(..).collect();
         for t in tasks {
             t.abort();
@@ -422,6 +433,8 @@ struct Housekeeping {
     circuits: Arc<CircuitManager>,
     core: Arc<Core>,
     key_dir: std::path::PathBuf,
+    /// Whether we publish a descriptor (relays and exits only).
+    publish: bool,
     peers_dir: Option<std::path::PathBuf>,
 }
 
@@ -477,7 +490,7 @@ async fn housekeeping(hk: Housekeeping, mut shutdown: watch::Receiver<bool>) {
             info!("{} stale nodes aged out of the directory", expired.len());
         }
         let rotated = hk.rotate_onion_key(now);
-        if rotated || last_publish.elapsed() >= REPUBLISH_EVERY {
+        if hk.publish && (rotated || last_publish.elapsed() >= REPUBLISH_EVERY) {
             let signed = lock(&hk.own).sign_new();
             match signed.map(|s| lock(&hk.directory).insert(&s, now)) {
                 Ok(Ok(_)) => {

@@ -18,6 +18,11 @@ pub struct Node {
 }
 
 pub async fn node(exit: bool, allow_private: bool) -> Node {
+    node_with(exit, allow_private, true).await
+}
+
+/// A node; `private_links` lets it extend circuits to loopback relays.
+pub async fn node_with(exit: bool, allow_private: bool, private_links: bool) -> Node {
     let identity = Keypair::generate_ed25519();
     let onion = OnionKeypair::generate().unwrap();
     let spec_key = onion.public;
@@ -27,6 +32,7 @@ pub async fn node(exit: bool, allow_private: bool) -> Node {
         onion: onion.clone(),
         previous_onion: None,
         relay: true,
+        allow_private_links: private_links,
         exit: exit.then(|| {
             let policy = ExitPolicy::default_exit();
             ExitConfig {
