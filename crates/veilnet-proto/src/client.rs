@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use libp2p_identity::PeerId;
 use tokio::sync::mpsc;
-use tracing::debug;
 use veilnet_cell::{
     decode_relay, encode_relay, Cell, CellCommand, CircId, DestroyReason, RelayMsg, StreamId,
     TargetAddr,
@@ -18,7 +17,7 @@ use veilnet_crypto::onion::{ClientBackward, ClientLayers};
 use crate::core::Core;
 use crate::link::Link;
 use crate::relay::CircEntry;
-use crate::stream::{CircuitTx, ClientStream, ClientTx, Endpoint, FLOW};
+use crate::stream::{CircuitTx, ClientStream, ClientTx, Endpoint};
 use crate::ProtoError;
 
 static NEXT_CIRCUIT: AtomicU64 = AtomicU64::new(1);
@@ -151,7 +150,8 @@ impl Core {
         let link = self
             .client_link_to(first.peer, first.addr, &first.link_key)
             .await?;
-        let (tx, mut rx) = mpsc::channel(FLOW.circ_window + 64);
+        // Only handshake replies arrive on this channel while building.
+        let (tx, mut rx) = mpsc::channel(8);
         let circ =
             link.alloc_circuit(CircEntry::Client(tx), self.limits().max_circuits_per_link)?;
         let built = tokio::time::timeout(
@@ -182,14 +182,25 @@ impl Core {
             self.limits().clone(),
             None,
         );
-        tokio::spawn(read_circuit(
-            self.clone(),
-            link.clone(),
-            circ,
-            rx,
-            bwd,
-            endpoint.clone(),
-        ));
+        // From now on the link reader removes our layers and hands the
+        // messages to the streams itself: no extra queue or task per cell.
+        let open = {
+            let mut table = link.table();
+            match table.get_mut(&circ) {
+                Some(entry @ CircEntry::Client(_)) => {
+                    *entry = CircEntry::ClientOpen(Arc::new(ClientRx {
+                        layers: std::sync::Mutex::new(bwd),
+                        endpoint: endpoint.clone(),
+                    }));
+                    true
+                }
+                _ => false,
+            }
+        };
+        if !open {
+            endpoint.close();
+            return Err(ProtoError::CircuitClosed);
+        }
         Ok(ClientCircuit {
             id: NEXT_CIRCUIT.fetch_add(1, Ordering::Relaxed),
             hops: path.iter().map(|h| h.peer).collect(),
@@ -260,41 +271,17 @@ async fn extend_all(
     Ok(layers)
 }
 
-/// The client circuit's reader: removes the layers of incoming cells and
-/// hands the messages to the streams.
-async fn read_circuit(
-    core: Arc<Core>,
-    link: Arc<Link>,
-    circ: CircId,
-    mut rx: mpsc::Receiver<Cell>,
-    mut bwd: ClientBackward,
-    endpoint: Arc<Endpoint>,
-) {
-    let mut reason = DestroyReason::Requested;
-    while let Some(mut cell) = rx.recv().await {
-        match cell.command() {
-            Ok(CellCommand::Relay) => {
-                if let Err(e) = bwd.decrypt(cell.body_mut()) {
-                    debug!("circuit {circ}: refusing a cell: {e}");
-                    reason = DestroyReason::Protocol;
-                    break;
-                }
-                if let Err(e) = endpoint.handle(cell).await {
-                    debug!("circuit {circ}: {e}");
-                    reason = DestroyReason::Protocol;
-                    break;
-                }
-            }
-            Ok(CellCommand::Destroy) => {
-                debug!("circuit {circ} destroyed: {:?}", cell.destroy_reason());
-                break;
-            }
-            _ => debug!("circuit {circ}: ignoring an unexpected cell"),
-        }
-        if endpoint.is_closed() {
-            break;
-        }
+/// A built client circuit, as its link reader sees it.
+pub(crate) struct ClientRx {
+    layers: std::sync::Mutex<ClientBackward>,
+    pub(crate) endpoint: Arc<Endpoint>,
+}
+
+impl ClientRx {
+    /// Removes every layer from an incoming RELAY cell, verifying each tag.
+    pub(crate) fn decrypt(&self, cell: &mut Cell) -> Result<(), ProtoError> {
+        let mut layers = self.layers.lock().unwrap_or_else(|e| e.into_inner());
+        layers.decrypt(cell.body_mut())?;
+        Ok(())
     }
-    endpoint.close();
-    core.teardown(&link, circ, reason, true);
 }

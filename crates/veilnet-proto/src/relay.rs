@@ -12,6 +12,7 @@ use veilnet_cell::{
 };
 use veilnet_crypto::onion::{relay_layers, RelayBackward, RelayForward};
 
+use crate::client::ClientRx;
 use crate::core::Core;
 use crate::link::Link;
 use crate::stream::{CircuitTx, Endpoint};
@@ -27,8 +28,11 @@ pub(crate) enum CircEntry {
         back: Arc<BackSender>,
         prev_circ: CircId,
     },
-    /// We are the client of this circuit; this link leads to its first hop.
+    /// We are the client of this circuit, still building it; this link
+    /// leads to its first hop.
     Client(mpsc::Sender<Cell>),
+    /// We are the client of this built circuit.
+    ClientOpen(Arc<ClientRx>),
     /// We sent CREATE while extending a circuit and wait for CREATED.
     Pending(Option<oneshot::Sender<Cell>>),
 }
@@ -81,6 +85,7 @@ enum Act {
     Forward(Arc<Link>, Cell),
     Backward(Arc<BackSender>, Cell),
     Client(mpsc::Sender<Cell>, Cell),
+    ClientLocal(Arc<ClientRx>, Cell),
     Local(Arc<BackSender>, Cell),
     Kill(DestroyReason, String),
     Ignore(&'static str),
@@ -201,6 +206,10 @@ impl Core {
                 },
                 Some(CircEntry::Backward { back, .. }) => Act::Backward(back.clone(), cell),
                 Some(CircEntry::Client(tx)) => Act::Client(tx.clone(), cell),
+                Some(CircEntry::ClientOpen(rx)) => match rx.decrypt(&mut cell) {
+                    Ok(()) => Act::ClientLocal(rx.clone(), cell),
+                    Err(e) => Act::Kill(DestroyReason::Protocol, format!("refusing a cell: {e}")),
+                },
                 Some(CircEntry::Pending(_)) => {
                     Act::Kill(DestroyReason::Protocol, "RELAY before CREATED".into())
                 }
@@ -221,6 +230,13 @@ impl Core {
             }
             Act::Client(tx, cell) => {
                 let _ = tx.send(cell).await;
+            }
+            Act::ClientLocal(rx, cell) => {
+                if let Err(e) = rx.endpoint.handle(cell).await {
+                    self.count(&self.stats.cells_refused);
+                    debug!("destroying our circuit: {e}");
+                    self.teardown(link, circ, DestroyReason::Protocol, true);
+                }
             }
             Act::Local(back, cell) => {
                 self.count(&self.stats.relay_cells);
@@ -440,6 +456,7 @@ impl Core {
                     prev.send_detached(Cell::destroy(prev_circ, reason));
                 }
             }
+            Some(CircEntry::ClientOpen(rx)) => rx.endpoint.close(),
             Some(CircEntry::Client(tx)) => {
                 // Tell the circuit's reader why, then let it go.
                 let _ = tx.try_send(Cell::destroy(circ, reason));
