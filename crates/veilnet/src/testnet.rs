@@ -36,6 +36,8 @@ pub struct TestnetOptions {
     pub tap: Option<LinkTap>,
     /// Descriptor gossip interval.
     pub gossip_interval: Duration,
+    /// How long a circuit takes new streams (`max_circuit_dirtiness`).
+    pub max_circuit_dirtiness: Duration,
 }
 
 impl Default for TestnetOptions {
@@ -50,6 +52,7 @@ impl Default for TestnetOptions {
             allow_private_targets: false,
             tap: None,
             gossip_interval: Duration::from_millis(500),
+            max_circuit_dirtiness: Duration::from_secs(600),
         }
     }
 }
@@ -110,6 +113,7 @@ fn node_config(
     // Every node of a test network listens on loopback.
     c.node.danger_allow_private_links = true;
     c.client.hops = opts.hops;
+    c.client.max_circuit_dirtiness_secs = opts.max_circuit_dirtiness.as_secs();
     c.client.socks = if client { opts.socks } else { None };
     c.client.http_proxy = if client { opts.http_proxy } else { None };
     c.control.listen = if client { opts.control } else { None };

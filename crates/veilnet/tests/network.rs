@@ -327,3 +327,62 @@ async fn thirty_nodes_know_each_other_within_thirty_seconds() {
     }
     net.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_streams_move_to_a_new_circuit_after_max_dirtiness() {
+    let opts = TestnetOptions {
+        nodes: 5,
+        exits: 2,
+        socks: Some("127.0.0.1:0".parse().unwrap()),
+        control: Some("127.0.0.1:0".parse().unwrap()),
+        allow_private_targets: true,
+        max_circuit_dirtiness: Duration::from_secs(1),
+        ..TestnetOptions::default()
+    };
+    let net = Testnet::start(opts).await.unwrap();
+    net.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let target = http_target().await;
+    let socks = net.client.socks_addr.unwrap();
+    let control = net.client.control_addr().unwrap();
+    let run = async {
+        let used = || async {
+            let c: Vec<CircuitView> = get_json(control, "/v1/circuits").await.unwrap();
+            c.into_iter()
+                .filter(|c| c.streams > 0)
+                .map(|c| c.id)
+                .collect::<Vec<_>>()
+        };
+        let first = socks_connect(socks, target, None).await;
+        let a = used().await;
+        assert_eq!(a.len(), 1);
+        // Within the dirtiness time, a new stream shares the circuit.
+        let second = socks_connect(socks, target, None).await;
+        assert_eq!(used().await, a);
+        drop(second);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // After it, new streams get a new circuit; the old one keeps its stream.
+        let third = socks_connect(socks, target, None).await;
+        let mut b = used().await;
+        b.sort();
+        assert_eq!(b.len(), 2, "{b:?}");
+        assert!(b.contains(&a[0]));
+        drop((first, third));
+        // Once its last stream is gone, the dirty circuit is closed.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let c: Vec<CircuitView> = get_json(control, "/v1/circuits").await.unwrap();
+            if c.iter().all(|c| c.id != a[0]) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the dirty circuit was never closed"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap();
+    net.shutdown().await;
+}
