@@ -202,6 +202,24 @@ impl Core {
         self.all_links().len()
     }
 
+    /// Closes links that have carried no circuit for `limit`; call it
+    /// periodically. Returns how many were closed.
+    pub fn close_idle_links(&self, limit: Duration) -> usize {
+        let links: Vec<_> = self
+            .all_links()
+            .values()
+            .filter_map(|w| w.upgrade())
+            .collect();
+        let mut closed = 0;
+        for l in links {
+            if l.idle_for(limit) {
+                l.close();
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     /// Closes every link (shutdown).
     pub fn close_all_links(&self) {
         let links: Vec<_> = self

@@ -44,6 +44,8 @@ pub struct Link {
     circuits: Mutex<HashMap<CircId, CircEntry>>,
     closed: AtomicBool,
     shutdown: Notify,
+    /// Since when the link has carried no circuit (checked by housekeeping).
+    idle_since: Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Link {
@@ -135,6 +137,24 @@ impl Link {
     pub fn circuit_count(&self) -> usize {
         self.table().len()
     }
+
+    /// Notes whether the link carries circuits; true once it has carried
+    /// none for `limit` (the caller then closes it).
+    pub(crate) fn idle_for(&self, limit: Duration) -> bool {
+        let empty = self.circuit_count() == 0;
+        let mut since = self.idle_since.lock().unwrap_or_else(|e| e.into_inner());
+        match (*since, empty) {
+            (_, false) => {
+                *since = None;
+                false
+            }
+            (None, true) => {
+                *since = Some(std::time::Instant::now());
+                false
+            }
+            (Some(t), true) => t.elapsed() >= limit,
+        }
+    }
 }
 
 /// Runs the link handshake over any byte stream.
@@ -180,6 +200,7 @@ pub(crate) fn start(
         circuits: Mutex::new(HashMap::new()),
         closed: AtomicBool::new(false),
         shutdown: Notify::new(),
+        idle_since: Mutex::new(None),
     });
     tokio::spawn(write_loop(link.clone(), wr, rx, session.sealer, core.tap()));
     tokio::spawn(read_loop(core.clone(), link.clone(), rd, session.opener));

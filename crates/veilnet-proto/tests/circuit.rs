@@ -211,3 +211,28 @@ async fn relays_refuse_to_extend_to_private_addresses_by_default() {
         .await
         .is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_links_are_closed() {
+    let (client, relays, circuit) = common::three_hop().await;
+    let limit = Duration::from_millis(200);
+    // Links that carry a circuit stay.
+    assert_eq!(relays[1].core.close_idle_links(limit), 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(relays[1].core.close_idle_links(limit), 0);
+    circuit.close();
+    // Once empty, a link is closed after it stayed empty for the limit.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        relays[1].core.close_idle_links(limit);
+        client.core.close_idle_links(limit);
+        if relays[1].core.link_count() == 0 && client.core.link_count() == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle links stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -27,6 +27,8 @@ pub const VERSION: &str = concat!("veilnet/", env!("CARGO_PKG_VERSION"));
 /// How long a descriptor stays valid without being republished is decided by
 /// `veilnet-dir`; we republish well before that.
 const REPUBLISH_EVERY: Duration = Duration::from_secs(20 * 60);
+/// Links that carry no circuit for this long are closed.
+const IDLE_LINK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// How often the directory is pruned and known peers saved.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
 
@@ -485,6 +487,10 @@ async fn housekeeping(hk: Housekeeping, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => return,
         }
         let now = unix_now();
+        let idle = hk.core.close_idle_links(IDLE_LINK_TIMEOUT);
+        if idle > 0 {
+            debug!("closed {idle} idle links");
+        }
         let expired = lock(&hk.directory).expire(now);
         if !expired.is_empty() {
             info!("{} stale nodes aged out of the directory", expired.len());
