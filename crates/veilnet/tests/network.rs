@@ -255,14 +255,16 @@ async fn fifty_mib_through_three_hops_and_no_plaintext_on_links() {
     net.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stream_isolation_by_socks_credentials() {
+/// A ready 5-relay network with SOCKS and control ports, and a local target:
+/// (network, target, SOCKS address, control address).
+async fn small_net(dirtiness: Duration) -> (Testnet, SocketAddr, SocketAddr, SocketAddr) {
     let opts = TestnetOptions {
         nodes: 5,
         exits: 2,
         socks: Some("127.0.0.1:0".parse().unwrap()),
         control: Some("127.0.0.1:0".parse().unwrap()),
         allow_private_targets: true,
+        max_circuit_dirtiness: dirtiness,
         ..TestnetOptions::default()
     };
     let net = Testnet::start(opts).await.unwrap();
@@ -270,6 +272,12 @@ async fn stream_isolation_by_socks_credentials() {
     let target = http_target().await;
     let socks = net.client.socks_addr.unwrap();
     let control = net.client.control_addr().unwrap();
+    (net, target, socks, control)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_isolation_by_socks_credentials() {
+    let (net, target, socks, control) = small_net(Duration::from_secs(600)).await;
     let run = async {
         let a = socks_connect(socks, target, Some("alice")).await;
         let b = socks_connect(socks, target, Some("bob")).await;
@@ -330,20 +338,7 @@ async fn thirty_nodes_know_each_other_within_thirty_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_streams_move_to_a_new_circuit_after_max_dirtiness() {
-    let opts = TestnetOptions {
-        nodes: 5,
-        exits: 2,
-        socks: Some("127.0.0.1:0".parse().unwrap()),
-        control: Some("127.0.0.1:0".parse().unwrap()),
-        allow_private_targets: true,
-        max_circuit_dirtiness: Duration::from_secs(1),
-        ..TestnetOptions::default()
-    };
-    let net = Testnet::start(opts).await.unwrap();
-    net.wait_ready(Duration::from_secs(30)).await.unwrap();
-    let target = http_target().await;
-    let socks = net.client.socks_addr.unwrap();
-    let control = net.client.control_addr().unwrap();
+    let (net, target, socks, control) = small_net(Duration::from_secs(1)).await;
     let run = async {
         let used = || async {
             let c: Vec<CircuitView> = get_json(control, "/v1/circuits").await.unwrap();
