@@ -29,6 +29,8 @@ pub struct Limits {
     pub max_streams_per_circuit: usize,
     /// Inbound link handshakes in progress at once.
     pub max_pending_handshakes: usize,
+    /// Inbound link handshakes in progress from one IP address.
+    pub max_pending_handshakes_per_ip: usize,
     /// Time to connect a link or an exit stream.
     pub connect_timeout: Duration,
     /// Time to build a whole circuit.
@@ -46,6 +48,7 @@ impl Default for Limits {
             max_circuits_per_link: 16_384,
             max_streams_per_circuit: 1024,
             max_pending_handshakes: 128,
+            max_pending_handshakes_per_ip: 8,
             connect_timeout: Duration::from_secs(10),
             circuit_build_timeout: Duration::from_secs(20),
             stream_open_timeout: Duration::from_secs(30),
@@ -98,6 +101,28 @@ pub struct Stats {
     pub exit_streams: AtomicU64,
 }
 
+/// Releases a per-address handshake slot when the handshake ends.
+struct IpSlot<'a> {
+    core: &'a Core,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for IpSlot<'_> {
+    fn drop(&mut self) {
+        let mut by_ip = self
+            .core
+            .handshakes_by_ip
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// One node's protocol engine: its links and the circuits on them.
 pub struct Core {
     pub(crate) cfg: CoreConfig,
@@ -115,6 +140,9 @@ pub struct Core {
     /// Every open link, for the limit and for shutdown.
     all_links: Mutex<HashMap<u64, std::sync::Weak<Link>>>,
     handshakes: Arc<Semaphore>,
+    /// Handshakes in progress per source address, so one host cannot take
+    /// every handshake slot.
+    handshakes_by_ip: Mutex<HashMap<std::net::IpAddr, usize>>,
     /// Exit connects in progress (each holds a socket and maybe a DNS thread).
     pub(crate) exit_connects: Arc<Semaphore>,
     /// What the engine did.
@@ -130,6 +158,7 @@ impl Core {
             peer_id: cfg.identity.public().to_peer_id(),
             onion_keys: std::sync::RwLock::new((cfg.onion.clone(), cfg.previous_onion.clone())),
             handshakes: Arc::new(Semaphore::new(cfg.limits.max_pending_handshakes)),
+            handshakes_by_ip: Mutex::new(HashMap::new()),
             exit_connects: Arc::new(Semaphore::new(crate::stream::MAX_EXIT_CONNECTS)),
             cfg,
             links: Mutex::new(HashMap::new()),
@@ -263,9 +292,23 @@ impl Core {
                 debug!("too many link handshakes in progress; dropping a connection");
                 continue;
             };
+            let ip = from.ip();
+            {
+                let mut by_ip = self
+                    .handshakes_by_ip
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let n = by_ip.entry(ip).or_insert(0);
+                if *n >= self.cfg.limits.max_pending_handshakes_per_ip {
+                    debug!("too many link handshakes from one address; dropping a connection");
+                    continue;
+                }
+                *n += 1;
+            }
             let core = self.clone();
             tokio::spawn(async move {
                 let _permit = permit;
+                let _slot = IpSlot { core: &core, ip };
                 // A failed inbound handshake is usually a scanner that does not
                 // know our link key: it gets no answer, and we log quietly.
                 if let Err(e) = core.accept_link(stream).await {

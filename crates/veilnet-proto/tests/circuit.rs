@@ -236,3 +236,42 @@ async fn idle_links_are_closed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// True if the server closed the connection within `wait` (without sending).
+async fn closed_soon(s: &mut tokio::net::TcpStream, wait: Duration) -> bool {
+    let mut b = [0u8; 1];
+    matches!(
+        tokio::time::timeout(wait, s.read(&mut b)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_handshake_slot() {
+    let relay = node(false, false).await;
+    let from = |ip: [u8; 4]| async move {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind((std::net::Ipv4Addr::from(ip), 0).into()).unwrap();
+        sock.connect(relay.spec.addr).await.unwrap()
+    };
+    // Eight silent connections from one address hold its handshake slots.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(from([127, 0, 0, 1]).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut ninth = from([127, 0, 0, 1]).await;
+    assert!(
+        closed_soon(&mut ninth, Duration::from_secs(2)).await,
+        "the ninth is refused"
+    );
+    // Another address still gets a slot (its connection is not closed at once).
+    let mut other = from([127, 0, 0, 2]).await;
+    assert!(!closed_soon(&mut other, Duration::from_millis(500)).await);
+    for s in held.iter_mut() {
+        assert!(
+            !closed_soon(s, Duration::from_millis(10)).await,
+            "held slots stay open"
+        );
+    }
+}
