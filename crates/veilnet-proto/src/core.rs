@@ -123,9 +123,21 @@ impl Drop for IpSlot<'_> {
     }
 }
 
+/// The settings the engine keeps from its [`CoreConfig`]. The onion keys are
+/// not among them: they live only in `Core::onion_keys`, which rotation
+/// updates, so no stale copy of a secret stays behind.
+pub(crate) struct Settings {
+    pub(crate) identity: Keypair,
+    pub(crate) relay: bool,
+    pub(crate) allow_private_links: bool,
+    pub(crate) exit: Option<ExitConfig>,
+    pub(crate) limits: Limits,
+    pub(crate) tap: Option<LinkTap>,
+}
+
 /// One node's protocol engine: its links and the circuits on them.
 pub struct Core {
-    pub(crate) cfg: CoreConfig,
+    pub(crate) cfg: Settings,
     /// Our link key: initiators must know it to open a link to us.
     link_key: LinkKey,
     /// The onion keys in use: the current one and the previous one, which is
@@ -152,11 +164,29 @@ pub struct Core {
 impl Core {
     /// Creates the engine; nothing runs until [`Core::serve`] or a circuit is built.
     pub fn new(cfg: CoreConfig) -> Result<Arc<Self>, ProtoError> {
+        let CoreConfig {
+            identity,
+            onion,
+            previous_onion,
+            relay,
+            allow_private_links,
+            exit,
+            limits,
+            tap,
+        } = cfg;
+        let cfg = Settings {
+            identity,
+            relay,
+            allow_private_links,
+            exit,
+            limits,
+            tap,
+        };
         let link_key = LinkKey::derive(&cfg.identity)?;
         Ok(Arc::new(Self {
             link_key,
             peer_id: cfg.identity.public().to_peer_id(),
-            onion_keys: std::sync::RwLock::new((cfg.onion.clone(), cfg.previous_onion.clone())),
+            onion_keys: std::sync::RwLock::new((onion, previous_onion)),
             handshakes: Arc::new(Semaphore::new(cfg.limits.max_pending_handshakes)),
             handshakes_by_ip: Mutex::new(HashMap::new()),
             exit_connects: Arc::new(Semaphore::new(crate::stream::MAX_EXIT_CONNECTS)),
