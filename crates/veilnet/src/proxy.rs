@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::debug;
-use veilnet_cell::EndReason;
+use veilnet_cell::{EndReason, TargetAddr};
 use veilnet_socks::http_connect;
 use veilnet_socks::socks5::{self, Action, ReplyCode};
 
@@ -127,24 +127,18 @@ async fn socks_client(mut tcp: TcpStream, circuits: Arc<CircuitManager>) {
     .ok()
     .flatten();
     let Some(req) = request else { return };
-    let iso = isolation(req.credentials.as_ref());
-    match circuits.connect(&req.target, iso).await {
-        Ok(stream) => {
-            if tcp
-                .write_all(&socks5::reply_bytes(ReplyCode::Succeeded, None))
-                .await
-                .is_ok()
-            {
-                stream.run(tcp, buf).await;
-            }
-        }
-        Err(e) => {
-            debug!("SOCKS request failed: {e}");
-            let _ = tcp
-                .write_all(&socks5::reply_bytes(socks_code(&e), None))
-                .await;
-        }
-    }
+    carry(
+        tcp,
+        &circuits,
+        req.target,
+        req.credentials,
+        buf,
+        |r| match r {
+            Ok(()) => socks5::reply_bytes(ReplyCode::Succeeded, None),
+            Err(e) => socks5::reply_bytes(socks_code(e), None),
+        },
+    )
+    .await;
 }
 
 async fn http_client(mut tcp: TcpStream, circuits: Arc<CircuitManager>) {
@@ -177,20 +171,46 @@ async fn http_client(mut tcp: TcpStream, circuits: Arc<CircuitManager>) {
         return;
     };
     buf.drain(..head_len);
-    let iso = isolation(req.credentials.as_ref());
-    match circuits.connect(&req.target, iso).await {
+    carry(
+        tcp,
+        &circuits,
+        req.target,
+        req.credentials,
+        buf,
+        |r| match r {
+            Ok(()) => http_connect::response_bytes(200, "Connection established"),
+            Err(e) => {
+                let (status, reason) = http_status(e);
+                http_connect::response_bytes(status, reason)
+            }
+        },
+    )
+    .await;
+}
+
+/// Asks for a stream to `target`, answers the client in its protocol's
+/// words (`answer`), and on success joins the socket to the stream; `early`
+/// is what the client sent after its request.
+async fn carry(
+    mut tcp: TcpStream,
+    circuits: &CircuitManager,
+    target: TargetAddr,
+    credentials: Option<veilnet_socks::Credentials>,
+    early: Vec<u8>,
+    answer: impl Fn(Result<(), &ConnectError>) -> Vec<u8>,
+) {
+    match circuits
+        .connect(&target, isolation(credentials.as_ref()))
+        .await
+    {
         Ok(stream) => {
-            let ok = http_connect::response_bytes(200, "Connection established");
-            if tcp.write_all(&ok).await.is_ok() {
-                stream.run(tcp, buf).await;
+            if tcp.write_all(&answer(Ok(()))).await.is_ok() {
+                stream.run(tcp, early).await;
             }
         }
         Err(e) => {
-            debug!("HTTP CONNECT request failed: {e}");
-            let (status, reason) = http_status(&e);
-            let _ = tcp
-                .write_all(&http_connect::response_bytes(status, reason))
-                .await;
+            debug!("proxy request failed: {e}");
+            let _ = tcp.write_all(&answer(Err(&e))).await;
         }
     }
 }
