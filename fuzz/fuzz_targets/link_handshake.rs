@@ -8,14 +8,16 @@
 //! a message is accepted, writing our answer succeeds and is framed correctly;
 //! the handshake never finishes (finishing needs the initiator's encrypted
 //! identity proof). `RecordOpener::parse_header` on every 2-byte window of the
-//! input: accepts exactly `1..=MAX_BATCH` cells and sizes the rest correctly.
+//! input: accepts exactly `1..=MAX_BATCH` cells with only the KEY_UPDATE bit
+//! besides, and sizes the rest correctly.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use libp2p_identity::Keypair;
 use veilnet_cell::CELL_LEN;
 use veilnet_crypto::link::{
-    LinkHandshake, LinkKey, RecordOpener, MAX_BATCH, MAX_HANDSHAKE_MSG, RECORD_TAG_LEN,
+    LinkHandshake, LinkKey, RecordOpener, MAX_BATCH, MAX_HANDSHAKE_MSG, RECORD_KEY_UPDATE,
+    RECORD_TAG_LEN,
 };
 
 fn identity() -> Keypair {
@@ -68,7 +70,7 @@ fn check_handshake(data: &[u8]) {
 fn check_record_headers(data: &[u8]) {
     for w in data.windows(2).take(64) {
         let header = [w[0], w[1]];
-        let n = usize::from(u16::from_be_bytes(header));
+        let n = usize::from(u16::from_be_bytes(header) & !RECORD_KEY_UPDATE);
         match RecordOpener::parse_header(header) {
             Ok((cells, len)) => {
                 assert!((1..=MAX_BATCH).contains(&n));

@@ -1,25 +1,28 @@
-//! Fuzz a relay's forward onion layer.
+//! Fuzz the onion layers.
 //!
-//! A `RelayForward` is built from fixed `HopKeys`. Checks:
+//! Layers are built from fixed `HopKeys`. Checks:
 //!
-//! * The raw input, of any length, never panics `decrypt` (too short bodies
-//!   are `BadLength`).
+//! * The raw input, of any length, never panics a relay's `decrypt` or a
+//!   client's backward `decrypt` (too short bodies are `BadLength`).
 //! * The input cut into `BODY_LEN` bodies (zero-padded, at most four) is fed
 //!   to one relay in order: no panic, and every body fails authentication
-//!   unless it is exactly (tag slot and payload) what a `ClientLayers` with
-//!   the same keys produces for the decrypted payload at that position: an
-//!   `Ok` for anything else would be a forged tag.
+//!   unless it is byte for byte what a `ClientLayers` with the same keys
+//!   produces for the decrypted payload at that position: an `Ok` for
+//!   anything else would be a forged tag.
 //! * Round trip: the input as a payload, wrapped by a client for 1..=5 hops
-//!   (first byte), passes every relay and comes out unchanged; the next cell,
-//!   with one bit flipped (chosen by the input) in a hop's tag slot or in the
-//!   payload, is rejected by exactly the hop that owns the flipped region.
+//!   (first byte) whose keys ratchet every 1..=4 cells (second byte), passes
+//!   every relay and comes back through every relay unchanged; then one bit
+//!   of the body, anywhere (chosen by the input), flipped after hop k: the
+//!   next hop rejects it going forward, the client going backward.
 #![no_main]
 
+use std::time::Instant;
+
 use libfuzzer_sys::fuzz_target;
-use veilnet_cell::{BODY_LEN, MAX_HOPS, ONION_HEADER_LEN, TAG_LEN};
+use veilnet_cell::{BODY_LEN, MAX_HOPS, ONION_HEADER_LEN};
 use veilnet_crypto::circuit::HopKeys;
-use veilnet_crypto::onion::{relay_layers, ClientLayers, RelayForward};
-use veilnet_crypto::CryptoError;
+use veilnet_crypto::onion::{relay_layers, ClientLayers, RelayBackward, RelayForward, NO_REKEY};
+use veilnet_crypto::{CryptoError, RekeyPolicy};
 
 const JUNK_KEY: [u8; 32] = [0x5A; 32];
 
@@ -34,11 +37,11 @@ fn keys(hop: usize) -> HopKeys {
 }
 
 fn forward(hop: usize) -> RelayForward {
-    relay_layers(&keys(hop)).0
+    relay_layers(&keys(hop), NO_REKEY).0
 }
 
-fn client(hops: usize) -> ClientLayers {
-    let mut c = ClientLayers::new(&JUNK_KEY);
+fn client(hops: usize, policy: RekeyPolicy) -> ClientLayers {
+    let mut c = ClientLayers::new(&JUNK_KEY, policy);
     for h in 0..hops {
         c.push_hop(&keys(h)).expect("at most MAX_HOPS hops");
     }
@@ -54,101 +57,146 @@ fn body_from(bytes: &[u8]) -> Vec<u8> {
 
 /// Feeds `input` to `relay`; `shadow` is a one-hop client whose counters are
 /// in step with the relay's. Decryption must fail unless `input` is exactly
-/// (tag slot and payload) what the client produces for the plaintext.
+/// what the client produces for the plaintext.
 fn decrypt_arbitrary(relay: &mut RelayForward, shadow: &mut ClientLayers, input: &[u8]) {
+    let now = Instant::now();
     let mut body = input.to_vec();
     match relay.decrypt(&mut body) {
         Ok(()) => {
-            // Only a genuine cell may pass: re-wrap the plaintext.
             let mut genuine = vec![0u8; input.len()];
             genuine[ONION_HEADER_LEN..].copy_from_slice(&body[ONION_HEADER_LEN..]);
             shadow
-                .encrypt_forward(&mut genuine)
+                .encrypt_forward(&mut genuine, now)
                 .expect("client encrypts");
             assert!(
-                genuine[..TAG_LEN] == input[..TAG_LEN]
-                    && genuine[ONION_HEADER_LEN..] == input[ONION_HEADER_LEN..],
+                genuine == input,
                 "relay accepted a body the client never produced"
             );
         }
         Err(CryptoError::BadLength(n)) => {
             assert!(n == input.len() && n <= ONION_HEADER_LEN, "BadLength({n})");
         }
-        Err(e) => {
+        Err(_) => {
             assert!(input.len() > ONION_HEADER_LEN);
-            assert_eq!(e, CryptoError::BadTag(0));
-            // Keep the shadow's counters in step: a failed decrypt still
-            // uses a nonce.
+            // The layer is dead now: everything after fails too.
+            let mut again = vec![0u8; BODY_LEN];
             shadow
-                .encrypt_forward(&mut vec![0u8; BODY_LEN])
+                .encrypt_forward(&mut again, now)
                 .expect("client encrypts");
+            assert!(relay.decrypt(&mut again).is_err(), "a dead layer revived");
         }
     }
 }
 
-/// The raw input, then arbitrary bodies one after the other, to one relay.
+/// The raw input, then arbitrary bodies one after the other, to one relay,
+/// and the raw input to a client as a backward cell.
 fn arbitrary_bodies(data: &[u8]) {
-    decrypt_arbitrary(&mut forward(0), &mut client(1), data);
+    decrypt_arbitrary(&mut forward(0), &mut client(1, NO_REKEY), data);
+    let mut body = data.to_vec();
+    assert!(client(3, NO_REKEY).decrypt_backward(&mut body).is_err());
 
     let mut relay = forward(0);
-    let mut shadow = client(1);
+    let mut shadow = client(1, NO_REKEY);
     for chunk in data.chunks(BODY_LEN).take(4) {
         decrypt_arbitrary(&mut relay, &mut shadow, &body_from(chunk));
     }
 }
 
-/// A genuine cell passes every hop; a tampered one dies at the right hop.
+/// A genuine cell passes every hop both ways; a tampered one dies at the
+/// next hop forward and at the client backward.
 fn round_trip(data: &[u8]) {
-    let Some((&first, rest)) = data.split_first() else {
+    let [first, second, rest @ ..] = data else {
         return;
     };
-    let hops = 1 + usize::from(first) % MAX_HOPS;
-    let mut c = client(hops);
-    let mut relays: Vec<RelayForward> = (0..hops).map(forward).collect();
+    let now = Instant::now();
+    let hops = 1 + usize::from(*first) % MAX_HOPS;
+    let policy = RekeyPolicy {
+        max_uses: 1 + u64::from(*second % 4),
+        ..NO_REKEY
+    };
+    let mut c = client(hops, policy);
+    let mut fwd: Vec<RelayForward> = (0..hops).map(forward).collect();
+    let mut bwd: Vec<RelayBackward> = (0..hops)
+        .map(|h| relay_layers(&keys(h), policy).1)
+        .collect();
 
-    let mut body = vec![0u8; BODY_LEN];
+    let mut plain = vec![0u8; BODY_LEN];
     let n = rest.len().min(BODY_LEN - ONION_HEADER_LEN);
-    body[ONION_HEADER_LEN..ONION_HEADER_LEN + n].copy_from_slice(&rest[..n]);
-    let plain = body[ONION_HEADER_LEN..].to_vec();
-    c.encrypt_forward(&mut body).expect("client encrypts");
-    for (i, relay) in relays.iter_mut().enumerate() {
-        if let Err(e) = relay.decrypt(&mut body) {
-            panic!("hop {i} of {hops} rejected a genuine cell: {e}");
-        }
-    }
-    assert_eq!(body[ONION_HEADER_LEN..], plain[..], "payload changed");
-
-    // Second cell: flip one bit in a hop's tag slot or in the payload.
+    plain[ONION_HEADER_LEN..ONION_HEADER_LEN + n].copy_from_slice(&rest[..n]);
     let pick = rest.get(..4).map_or(0, |b| {
         u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize
     });
-    let region = hops * TAG_LEN + (BODY_LEN - ONION_HEADER_LEN);
-    let mut pos = (pick >> 3) % region;
-    if pos >= hops * TAG_LEN {
-        pos = ONION_HEADER_LEN + (pos - hops * TAG_LEN);
-    }
-    let owner = if pos < ONION_HEADER_LEN {
-        pos / TAG_LEN
-    } else {
-        0
-    };
-    let mut body = vec![0u8; BODY_LEN];
-    body[ONION_HEADER_LEN..].copy_from_slice(&plain);
-    c.encrypt_forward(&mut body).expect("client encrypts");
-    body[pos] ^= 1 << (pick & 7);
-    for (i, relay) in relays.iter_mut().enumerate() {
-        let r = relay.decrypt(&mut body);
-        if i < owner {
-            assert!(r.is_ok(), "hop {i} rejected a flip meant for hop {owner}");
-        } else {
+    let pos = (pick >> 3) % BODY_LEN;
+    let bit = 1u8 << (pick & 7);
+    let after = (pick >> 16) % hops;
+    // Forward, the tamperer needs a hop after it.
+    let after_fwd = (hops > 1).then(|| (pick >> 16) % (hops - 1));
+
+    // Three genuine rounds (keys ratchet along), then one tampered forward
+    // cell; a fresh circuit for the tampered backward cell.
+    for round in 0..4 {
+        let mut body = plain.clone();
+        c.encrypt_forward(&mut body, now).expect("client encrypts");
+        for (i, relay) in fwd.iter_mut().enumerate() {
+            if round == 3 && after_fwd.map(|a| a + 1) == Some(i) {
+                assert!(
+                    relay.decrypt(&mut body).is_err(),
+                    "byte {pos} flipped forward passed hop {i}"
+                );
+                break;
+            }
+            if let Err(e) = relay.decrypt(&mut body) {
+                panic!("hop {i} of {hops} rejected a genuine cell: {e}");
+            }
+            if round == 3 && after_fwd == Some(i) {
+                body[pos] ^= bit;
+            }
+        }
+        if round < 3 {
             assert_eq!(
-                r,
-                Err(CryptoError::BadTag(0)),
-                "hop {i} accepted a cell with byte {pos} flipped"
+                body[ONION_HEADER_LEN..],
+                plain[ONION_HEADER_LEN..],
+                "payload changed"
             );
-            break;
+            let mut back = plain.clone();
+            for (i, relay) in bwd.iter_mut().enumerate().rev() {
+                let r = if i == hops - 1 {
+                    relay.originate(&mut back, now)
+                } else {
+                    relay.encrypt(&mut back, now)
+                };
+                r.expect("relay encrypts");
+            }
+            c.decrypt_backward(&mut back)
+                .expect("genuine backward cell");
+            assert_eq!(
+                back[ONION_HEADER_LEN..],
+                plain[ONION_HEADER_LEN..],
+                "payload changed"
+            );
         }
     }
+
+    let mut c = client(hops, policy);
+    let mut bwd: Vec<RelayBackward> = (0..hops)
+        .map(|h| relay_layers(&keys(h), policy).1)
+        .collect();
+    let mut back = plain.clone();
+    for (i, relay) in bwd.iter_mut().enumerate().rev() {
+        let r = if i == hops - 1 {
+            relay.originate(&mut back, now)
+        } else {
+            relay.encrypt(&mut back, now)
+        };
+        r.expect("relay encrypts");
+        if i == after {
+            back[pos] ^= bit;
+        }
+    }
+    assert!(
+        c.decrypt_backward(&mut back).is_err(),
+        "byte {pos} flipped after hop {after} reached the client"
+    );
 }
 
 fn check(data: &[u8]) {

@@ -12,18 +12,26 @@ pub const BODY_LEN: usize = CELL_LEN - CELL_HEADER_LEN;
 pub const MAX_HOPS: usize = 5;
 /// Length of one authentication tag (AES-256-GCM).
 pub const TAG_LEN: usize = 16;
-/// Length of the onion header at the start of a relay cell body: one tag slot per possible hop.
-pub const ONION_HEADER_LEN: usize = MAX_HOPS * TAG_LEN;
+/// Length of one hop's slot in the onion header: its tag and one control byte.
+pub const SLOT_LEN: usize = TAG_LEN + 1;
+/// Length of the onion header at the start of a relay cell body: one slot per possible hop.
+pub const ONION_HEADER_LEN: usize = MAX_HOPS * SLOT_LEN;
 /// Length of the relay payload that follows the onion header.
 pub const RELAY_PAYLOAD_LEN: usize = BODY_LEN - ONION_HEADER_LEN;
 /// Longest handshake message a CREATE/CREATED cell can hold.
 pub const MAX_HANDSHAKE_LEN: usize = 512;
 
 /// A circuit id, local to one link. Zero is never a valid circuit id.
+///
+/// Only the node that opened a link (its initiator) creates circuits on it,
+/// and the ids it picks have [`CircId::INITIATOR_BIT`] set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CircId(u32);
 
 impl CircId {
+    /// The top bit: set in every id picked by a link's initiator.
+    pub const INITIATOR_BIT: u32 = 0x8000_0000;
+
     /// Wraps a non-zero id.
     pub fn new(id: u32) -> Option<Self> {
         (id != 0).then_some(Self(id))
@@ -31,6 +39,10 @@ impl CircId {
     /// The raw value.
     pub fn get(self) -> u32 {
         self.0
+    }
+    /// Whether the id carries [`CircId::INITIATOR_BIT`].
+    pub fn from_initiator(self) -> bool {
+        self.0 & Self::INITIATOR_BIT != 0
     }
 }
 
@@ -41,6 +53,25 @@ impl std::fmt::Display for CircId {
 }
 
 /// What a cell asks its receiver to do.
+///
+/// Command numbers (byte 4 of every cell):
+///
+/// | value | command |
+/// | --- | --- |
+/// | 0 | [`Padding`](Self::Padding) |
+/// | 1 | [`Create`](Self::Create) |
+/// | 2 | [`Created`](Self::Created) |
+/// | 3 | [`Relay`](Self::Relay) |
+/// | 4 | [`Destroy`](Self::Destroy) |
+/// | 5 | [`RelayEarly`](Self::RelayEarly) |
+/// | 6..=127 | reserved for future circuit commands |
+/// | 128..=255 | reserved for future link-level commands (not tied to a circuit) |
+///
+/// A receiver ignores a cell whose command it does not know (it counts and
+/// logs it), so new commands can be deployed without breaking older nodes.
+/// A new command that carries onion-encrypted bytes must only be sent to
+/// hops known to understand it: a hop that drops it does not advance its
+/// layer's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum CellCommand {
@@ -54,18 +85,33 @@ pub enum CellCommand {
     Relay = 3,
     /// Tears the circuit down; body byte 0 is a [`DestroyReason`].
     Destroy = 4,
+    /// A [`Relay`](Self::Relay) cell from the client's extend budget (Tor's
+    /// RELAY_EARLY, proposal 110): every EXTEND travels in one. Relays
+    /// forward it as it came, count it, and destroy a circuit that sends more
+    /// than `MAX_HOPS - 1` of them or that sends one toward the client; an
+    /// EXTEND in a plain RELAY cell is refused. Otherwise it is handled
+    /// exactly like a RELAY cell.
+    RelayEarly = 5,
 }
 
 impl CellCommand {
-    fn from_u8(b: u8) -> Option<Self> {
+    /// Decodes a command byte; `None` for a command this version does not know.
+    pub fn from_u8(b: u8) -> Option<Self> {
         Some(match b {
             0 => Self::Padding,
             1 => Self::Create,
             2 => Self::Created,
             3 => Self::Relay,
             4 => Self::Destroy,
+            5 => Self::RelayEarly,
             _ => return None,
         })
+    }
+
+    /// True for the commands that carry an onion-encrypted relay payload
+    /// ([`Relay`](Self::Relay) and [`RelayEarly`](Self::RelayEarly)).
+    pub fn is_relay(self) -> bool {
+        matches!(self, Self::Relay | Self::RelayEarly)
     }
 }
 
@@ -344,7 +390,7 @@ mod tests {
     #[test]
     fn layout_constants() {
         assert_eq!(BODY_LEN, 2043);
-        assert_eq!(RELAY_PAYLOAD_LEN, 1963);
+        assert_eq!(RELAY_PAYLOAD_LEN, 1958);
     }
 
     #[test]
@@ -356,6 +402,34 @@ mod tests {
         assert_eq!(back.circ_id(), Some(id));
         assert_eq!(back.command().unwrap(), CellCommand::Destroy);
         assert_eq!(back.destroy_reason(), DestroyReason::Requested);
+    }
+
+    #[test]
+    fn command_numbers() {
+        for b in 0..=u8::MAX {
+            match CellCommand::from_u8(b) {
+                Some(c) => {
+                    assert!(b <= 5, "{b} is reserved");
+                    assert_eq!(c as u8, b);
+                }
+                None => assert!(b > 5, "{b} is assigned"),
+            }
+        }
+        assert!(CellCommand::Relay.is_relay() && CellCommand::RelayEarly.is_relay());
+        assert!(!CellCommand::Create.is_relay());
+        let id = CircId::new(0x8000_0002).unwrap();
+        assert!(id.from_initiator());
+        assert!(!CircId::new(2).unwrap().from_initiator());
+        let early = Cell::new(id, CellCommand::RelayEarly);
+        assert_eq!(hex::encode(&early.as_bytes()[..5]), "8000000205");
+        let back = Cell::decode(early.as_bytes()).unwrap();
+        assert_eq!(back.command().unwrap(), CellCommand::RelayEarly);
+        let mut raw = early.as_bytes().to_vec();
+        raw[4] = 6;
+        assert_eq!(
+            Cell::decode(&raw).unwrap_err(),
+            CellError::UnknownCommand(6)
+        );
     }
 
     #[test]

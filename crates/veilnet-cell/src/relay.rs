@@ -64,7 +64,14 @@ impl EndReason {
     }
 }
 
-/// Relay message commands.
+/// Relay message commands (byte 0 of a relay payload).
+///
+/// Numbers 1 to 8 are assigned below; 0 is reserved (never assigned, so an
+/// all-zero payload is never a message), 9..=127 are reserved for future
+/// messages, 128..=255 for experiments between consenting endpoints.
+/// [`decode_relay`] returns [`RelayError::UnknownCommand`] for any of them;
+/// the engine counts and ignores such a message (it does not destroy the
+/// circuit), so new messages can be deployed without breaking older nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum RelayCommand {

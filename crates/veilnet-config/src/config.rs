@@ -98,6 +98,12 @@ pub struct ExitConfig {
     /// Test networks only. Also accepted as `allow_private_targets`.
     #[serde(alias = "allow_private_targets")]
     pub danger_allow_private_targets: bool,
+    /// Open streams on one-hop circuits (circuits whose CREATE came straight
+    /// from a client rather than from a relay of the directory). Test
+    /// networks that build one-hop circuits only: such an exit is a
+    /// single-hop proxy. Also accepted as `allow_one_hop_exits`.
+    #[serde(alias = "allow_one_hop_exits")]
+    pub danger_allow_one_hop_exits: bool,
     /// Exit policy rule strings such as `"accept *:443"`; empty = the default
     /// exit policy. Checked on load; see [`Config::exit_policy`].
     pub policy: Vec<String>,
@@ -325,6 +331,12 @@ impl Config {
         if self.exit.danger_allow_private_targets {
             w.push(
                 "exit.danger_allow_private_targets is set: this exit will connect to private and loopback addresses"
+                    .to_owned(),
+            );
+        }
+        if self.exit.danger_allow_one_hop_exits {
+            w.push(
+                "exit.danger_allow_one_hop_exits is set: clients can use this exit as a single-hop proxy"
                     .to_owned(),
             );
         }

@@ -206,6 +206,11 @@ fn exit_section() {
     let c = parse("[exit]\nallow_private_targets = true").unwrap();
     assert!(c.exit.danger_allow_private_targets);
     assert_eq!(c.warnings().len(), 1);
+    // One-hop exits: off by default, a warned danger, and the short name works.
+    assert!(!Config::default().exit.danger_allow_one_hop_exits);
+    let c = parse("[exit]\nallow_one_hop_exits = true").unwrap();
+    assert!(c.exit.danger_allow_one_hop_exits);
+    assert_eq!(c.warnings().len(), 1);
     assert_eq!(invalid_field("[exit]\npolicy = [\" \"]"), "exit.policy");
     let err = parse("[exit]\npolicy = [\"accept *:443\", \"allow everything\"]").unwrap_err();
     let msg = err.to_string();

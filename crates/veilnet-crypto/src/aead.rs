@@ -12,6 +12,10 @@ pub enum CryptoError {
     /// A counter would wrap; the key must not be used again.
     #[error("nonce counter exhausted")]
     CounterExhausted,
+    /// The peer went on using one key for this many records (or cells)
+    /// without the key update that must come by then.
+    #[error("peer used one key {0} times without a key update")]
+    KeyUpdateOverdue(u64),
     /// A handshake message was malformed or failed.
     #[error("handshake failed: {0}")]
     Handshake(String),

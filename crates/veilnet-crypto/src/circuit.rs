@@ -53,8 +53,12 @@ impl hkdf::KeyType for Len {
 }
 
 impl HopKeys {
-    /// Derives the hop keys from the Noise split keys.
-    fn derive(i2r: &[u8; 32], r2i: &[u8; 32]) -> Self {
+    /// Derives the hop keys from the Noise split keys (initiator-to-responder
+    /// and responder-to-initiator): HKDF-SHA256 with salt
+    /// `veilnet-onion-keys-v1`, input `i2r | r2i`, info `hop keys`, 128 bytes
+    /// cut into forward data, forward mask, backward data, backward mask.
+    /// Public for known-answer tests.
+    pub fn derive(i2r: &[u8; 32], r2i: &[u8; 32]) -> Self {
         let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"veilnet-onion-keys-v1");
         let mut ikm = [0u8; 64];
         ikm[..32].copy_from_slice(i2r);

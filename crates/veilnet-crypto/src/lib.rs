@@ -4,7 +4,9 @@
 pub mod circuit;
 pub mod link;
 pub mod onion;
+pub mod rekey;
 
 mod aead;
 
 pub use aead::CryptoError;
+pub use rekey::RekeyPolicy;

@@ -14,14 +14,26 @@
 //!
 //! Handshake messages are framed as `len: u16 | message`.
 //!
-//! **Records**: `n_cells: u16 | AES-256-GCM(n_cells * CELL_LEN bytes) | tag`,
+//! **Records**: `header: u16 | AES-256-GCM(n_cells * CELL_LEN bytes) | tag`,
 //! the header authenticated as associated data, nonces counting up from 0 in
 //! each direction, so a dropped, replayed or reordered record breaks the link.
+//! The header is `KEY_UPDATE` ([`RECORD_KEY_UPDATE`], the top bit) `| n_cells`
+//! (`1..=MAX_BATCH`, every other bit zero).
+//!
+//! **Rekeying**: a record with `KEY_UPDATE` is the last sealed under its key;
+//! after it both ends of that direction replace the key by
+//! [`next_key`](crate::rekey::next_key) of it and restart the nonce counter
+//! at 0, dropping the old key. The sender sets the flag as its
+//! [`RekeyPolicy`] says (uses or age, the time passed in by the caller); the
+//! receiver refuses a key used for [`MAX_USES_PER_KEY`] records without it.
+
+use std::time::Instant;
 
 use libp2p_identity::{Keypair, PeerId, PublicKey};
 use veilnet_cell::CELL_LEN;
 
 use crate::aead::CounterAead;
+use crate::rekey::{next_key, RekeyPolicy, MAX_USES_PER_KEY};
 use crate::CryptoError;
 
 const PARAMS: &str = "Noise_XK_25519_AESGCM_SHA256";
@@ -37,6 +49,9 @@ pub const MAX_BATCH: usize = 32;
 pub const RECORD_HEADER_LEN: usize = 2;
 /// Length of a record's tag.
 pub const RECORD_TAG_LEN: usize = 16;
+/// Header bit: this record is the last under the current key of its
+/// direction; both ends ratchet after it.
+pub const RECORD_KEY_UPDATE: u16 = 0x8000;
 
 fn params() -> snow::params::NoiseParams {
     PARAMS
@@ -267,12 +282,8 @@ impl LinkHandshake {
         Ok(LinkSession {
             remote_peer: remote.to_peer_id(),
             remote,
-            sealer: RecordSealer {
-                aead: CounterAead::new(&send),
-            },
-            opener: RecordOpener {
-                aead: CounterAead::new(&recv),
-            },
+            sealer: RecordSealer::from_key(send),
+            opener: RecordOpener::from_key(recv),
         })
     }
 }
@@ -314,20 +325,48 @@ pub struct LinkSession {
     pub opener: RecordOpener,
 }
 
-/// Seals outgoing records.
+/// Seals outgoing records, ratcheting its key as its [`RekeyPolicy`] says
+/// (the default one until [`RecordSealer::set_rekey_policy`]).
 pub struct RecordSealer {
+    key: [u8; 32],
     aead: CounterAead,
+    policy: RekeyPolicy,
+    /// Records sealed under the current key.
+    uses: u64,
+    /// When the current key started: the ratchet that made it, or the
+    /// first record sealed under the handshake's key.
+    started: Option<Instant>,
 }
 
 impl RecordSealer {
+    /// A sealer on a fixed key, for test vectors and fuzzing only: real
+    /// sealers come from [`LinkHandshake::finish`].
+    #[doc(hidden)]
+    pub fn from_key(key: [u8; 32]) -> Self {
+        Self {
+            aead: CounterAead::new(&key),
+            key,
+            policy: RekeyPolicy::default(),
+            uses: 0,
+            started: None,
+        }
+    }
+
+    /// Sets when the sealer retires its key (applies to the current key too).
+    pub fn set_rekey_policy(&mut self, policy: RekeyPolicy) {
+        self.policy = policy;
+    }
+
     /// Total record length for `n` cells.
     pub fn record_len(n: usize) -> usize {
         RECORD_HEADER_LEN + n * CELL_LEN + RECORD_TAG_LEN
     }
 
-    /// Seals a record in place. `record` is `header space | n cells | tag space`,
-    /// exactly [`RecordSealer::record_len`]`(n)` bytes with `1 <= n <= MAX_BATCH`.
-    pub fn seal(&mut self, record: &mut [u8]) -> Result<(), CryptoError> {
+    /// Seals a record in place at time `now`. `record` is `header space | n
+    /// cells | tag space`, exactly [`RecordSealer::record_len`]`(n)` bytes with
+    /// `1 <= n <= MAX_BATCH`. If the policy says the key is due, the record
+    /// carries [`RECORD_KEY_UPDATE`] and the sealer ratchets after it.
+    pub fn seal(&mut self, record: &mut [u8], now: Instant) -> Result<(), CryptoError> {
         let body_len = record
             .len()
             .checked_sub(RECORD_HEADER_LEN + RECORD_TAG_LEN)
@@ -336,25 +375,63 @@ impl RecordSealer {
         if body_len % CELL_LEN != 0 || n == 0 || n > MAX_BATCH {
             return Err(CryptoError::BadLength(record.len()));
         }
+        // At most MAX_USES_PER_KEY: the policy retires the key there.
+        let uses = self.uses + 1;
+        let started = *self.started.get_or_insert(now);
+        let update = self
+            .policy
+            .is_due(uses, now.saturating_duration_since(started));
+        let flag = if update { RECORD_KEY_UPDATE } else { 0 };
         let (header, rest) = record.split_at_mut(RECORD_HEADER_LEN);
-        header.copy_from_slice(&(n as u16).to_be_bytes());
+        // n <= MAX_BATCH, so it fits the low bits.
+        header.copy_from_slice(&(n as u16 | flag).to_be_bytes());
         let (body, tag_space) = rest.split_at_mut(body_len);
         let tag = self.aead.seal(header, body)?;
         tag_space.copy_from_slice(&tag);
+        if update {
+            self.key = next_key(&self.key);
+            self.aead = CounterAead::new(&self.key);
+            self.uses = 0;
+            self.started = Some(now);
+        } else {
+            self.uses = uses;
+        }
         Ok(())
     }
 }
 
-/// Opens incoming records.
+/// Opens incoming records, ratcheting its key after each record that
+/// carries [`RECORD_KEY_UPDATE`].
 pub struct RecordOpener {
+    key: [u8; 32],
     aead: CounterAead,
+    /// Records opened (or tried) under the current key.
+    uses: u64,
+    /// Most records under one key; the last of them must carry the update.
+    limit: u64,
 }
 
 impl RecordOpener {
+    /// An opener on a fixed key, for test vectors and fuzzing only: real
+    /// openers come from [`LinkHandshake::finish`].
+    #[doc(hidden)]
+    pub fn from_key(key: [u8; 32]) -> Self {
+        Self::with_limit(key, MAX_USES_PER_KEY)
+    }
+
+    pub(crate) fn with_limit(key: [u8; 32], limit: u64) -> Self {
+        Self {
+            aead: CounterAead::new(&key),
+            key,
+            uses: 0,
+            limit,
+        }
+    }
+
     /// Validates a record header; returns the number of cells and how many
     /// bytes follow it (cells and tag).
     pub fn parse_header(header: [u8; RECORD_HEADER_LEN]) -> Result<(usize, usize), CryptoError> {
-        let n = u16::from_be_bytes(header) as usize;
+        let n = usize::from(u16::from_be_bytes(header) & !RECORD_KEY_UPDATE);
         if n == 0 || n > MAX_BATCH {
             return Err(CryptoError::BadLength(n));
         }
@@ -362,7 +439,10 @@ impl RecordOpener {
     }
 
     /// Verifies and decrypts a record body (cells and tag) in place; on success
-    /// the first `n * CELL_LEN` bytes are the cells.
+    /// the first `n * CELL_LEN` bytes are the cells. A record carrying
+    /// [`RECORD_KEY_UPDATE`] is opened under the current key, then the key
+    /// ratchets. Any error is fatal: the state has moved on and the link
+    /// must be closed.
     pub fn open(
         &mut self,
         header: [u8; RECORD_HEADER_LEN],
@@ -372,10 +452,21 @@ impl RecordOpener {
         if body.len() != len {
             return Err(CryptoError::BadLength(body.len()));
         }
+        let update = u16::from_be_bytes(header) & RECORD_KEY_UPDATE != 0;
+        self.uses = self.uses.saturating_add(1);
+        if self.uses >= self.limit && !update {
+            return Err(CryptoError::KeyUpdateOverdue(self.limit));
+        }
         let (cells, tag) = body.split_at_mut(len - RECORD_TAG_LEN);
         let mut t = [0u8; RECORD_TAG_LEN];
         t.copy_from_slice(tag);
-        self.aead.open(&header, cells, &t, 0)
+        self.aead.open(&header, cells, &t, 0)?;
+        if update {
+            self.key = next_key(&self.key);
+            self.aead = CounterAead::new(&self.key);
+            self.uses = 0;
+        }
+        Ok(())
     }
 }
 
@@ -452,7 +543,7 @@ mod tests {
                 *b = i as u8;
             }
             let plain = rec.clone();
-            sa.sealer.seal(&mut rec).unwrap();
+            sa.sealer.seal(&mut rec, Instant::now()).unwrap();
             assert_ne!(rec[2..10], plain[2..10]);
             let hdr = [rec[0], rec[1]];
             assert_eq!(RecordOpener::parse_header(hdr).unwrap().0, n);
@@ -479,7 +570,7 @@ mod tests {
         let mut sa = a.finish().unwrap();
         let mut sb = b.finish().unwrap();
         let mut rec = vec![0u8; RecordSealer::record_len(1)];
-        sa.sealer.seal(&mut rec).unwrap();
+        sa.sealer.seal(&mut rec, Instant::now()).unwrap();
         let copy = rec.clone();
         rec[100] ^= 1;
         assert!(sb.opener.open([rec[0], rec[1]], &mut rec[2..]).is_err());
@@ -491,7 +582,14 @@ mod tests {
             .is_err());
         assert!(RecordOpener::parse_header([0, 0]).is_err());
         assert!(RecordOpener::parse_header([0, 33]).is_err());
-        assert!(sa.sealer.seal(&mut [0u8; 17]).is_err());
+        // The key-update bit is not part of the count; no other bit may be set.
+        assert_eq!(RecordOpener::parse_header([0x80, 1]).unwrap().0, 1);
+        assert_eq!(RecordOpener::parse_header([0x80, 32]).unwrap().0, 32);
+        assert!(RecordOpener::parse_header([0x80, 0]).is_err());
+        assert!(RecordOpener::parse_header([0x80, 33]).is_err());
+        assert!(RecordOpener::parse_header([0x40, 1]).is_err());
+        assert!(RecordOpener::parse_header([0x01, 1]).is_err());
+        assert!(sa.sealer.seal(&mut [0u8; 17], Instant::now()).is_err());
     }
 
     #[test]
@@ -521,5 +619,208 @@ mod tests {
         assert!(verify_proof(&proof, &hs.static_public).is_ok());
         assert!(verify_proof(&proof, &[0u8; 32]).is_err());
         assert!(verify_proof(&proof[..proof.len() - 1], &hs.static_public).is_err());
+    }
+    use std::time::Duration;
+
+    const KEY: [u8; 32] = [0x42; 32];
+
+    fn sessions() -> (LinkSession, LinkSession) {
+        let ka = Keypair::generate_ed25519();
+        let kb = Keypair::generate_ed25519();
+        let (mut a, mut b) = pair(&ka, &kb);
+        run(&mut a, &mut b);
+        (a.finish().unwrap(), b.finish().unwrap())
+    }
+
+    fn policy(max_uses: u64, max_age: Duration) -> RekeyPolicy {
+        RekeyPolicy { max_uses, max_age }
+    }
+
+    /// An unsealed record of `n` cells whose bytes depend on `seq`.
+    fn plain(n: usize, seq: u8) -> Vec<u8> {
+        let mut rec = vec![0u8; RecordSealer::record_len(n)];
+        let end = RECORD_HEADER_LEN + n * CELL_LEN;
+        for (i, b) in rec[RECORD_HEADER_LEN..end].iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(7) ^ seq;
+        }
+        rec
+    }
+
+    fn cells(rec: &[u8]) -> &[u8] {
+        &rec[RECORD_HEADER_LEN..rec.len() - RECORD_TAG_LEN]
+    }
+
+    fn is_update(rec: &[u8]) -> bool {
+        u16::from_be_bytes([rec[0], rec[1]]) & RECORD_KEY_UPDATE != 0
+    }
+
+    fn open(o: &mut RecordOpener, rec: &mut [u8]) -> Result<(), CryptoError> {
+        let (hdr, body) = rec.split_at_mut(RECORD_HEADER_LEN);
+        o.open([hdr[0], hdr[1]], body)
+    }
+
+    fn sealed(s: &mut RecordSealer, seq: u8, now: Instant) -> Vec<u8> {
+        let mut rec = plain(1, seq);
+        s.seal(&mut rec, now).unwrap();
+        rec
+    }
+
+    #[test]
+    fn records_cross_several_rekeys_by_count() {
+        let (mut sa, mut sb) = sessions();
+        assert_eq!(sb.opener.limit, MAX_USES_PER_KEY);
+        sa.sealer.set_rekey_policy(policy(3, Duration::MAX));
+        let now = Instant::now();
+        let mut updates = Vec::new();
+        for seq in 0..10u8 {
+            let n = [1, 5, MAX_BATCH][usize::from(seq) % 3];
+            let p = plain(n, seq);
+            let mut rec = p.clone();
+            sa.sealer.seal(&mut rec, now).unwrap();
+            assert_ne!(cells(&rec), cells(&p));
+            assert_eq!(RecordOpener::parse_header([rec[0], rec[1]]).unwrap().0, n);
+            updates.push(is_update(&rec));
+            open(&mut sb.opener, &mut rec).unwrap();
+            assert_eq!(cells(&rec), cells(&p), "record {seq}");
+        }
+        let every_third: Vec<bool> = (1..=10).map(|i| i % 3 == 0).collect();
+        assert_eq!(updates, every_third);
+        // The other direction is independent: still on its first key.
+        for seq in 0..4 {
+            let mut rec = sealed(&mut sb.sealer, seq, now);
+            assert!(!is_update(&rec));
+            open(&mut sa.opener, &mut rec).unwrap();
+        }
+    }
+
+    #[test]
+    fn records_rekey_by_age_with_the_time_passed_in() {
+        let mut s = RecordSealer::from_key(KEY);
+        s.set_rekey_policy(policy(u64::MAX, Duration::from_secs(10)));
+        let mut o = RecordOpener::from_key(KEY);
+        let t0 = Instant::now();
+        // (seconds after t0, whether the record is the last under its key):
+        // the first key starts with the first record, each next key with the
+        // record that retired its predecessor.
+        let script = [
+            (0, false),
+            (5, false),
+            (9, false),
+            (10, true),
+            (10, false),
+            (19, false),
+            (20, true),
+            (45, true),
+            (46, false),
+        ];
+        for (seq, &(secs, last)) in script.iter().enumerate() {
+            let p = plain(2, seq as u8);
+            let mut rec = p.clone();
+            s.seal(&mut rec, t0 + Duration::from_secs(secs)).unwrap();
+            assert_eq!(is_update(&rec), last, "record {seq} at {secs} s");
+            open(&mut o, &mut rec).unwrap();
+            assert_eq!(cells(&rec), cells(&p), "record {seq}");
+        }
+        assert_eq!(s.key, next_key(&next_key(&next_key(&KEY))));
+        assert_eq!(o.key, s.key);
+    }
+
+    #[test]
+    fn a_flipped_key_update_bit_fails_to_open() {
+        // max_uses 1: the record carries the flag and loses it; 2: it gains it.
+        for max_uses in [1, 2] {
+            let mut s = RecordSealer::from_key(KEY);
+            s.set_rekey_policy(policy(max_uses, Duration::MAX));
+            let mut rec = sealed(&mut s, 0, Instant::now());
+            assert_eq!(is_update(&rec), max_uses == 1);
+            let mut good = rec.clone();
+            rec[0] ^= 0x80;
+            // The header still parses: only the tag catches the change.
+            assert!(RecordOpener::parse_header([rec[0], rec[1]]).is_ok());
+            let mut o = RecordOpener::from_key(KEY);
+            assert_eq!(open(&mut o, &mut rec), Err(CryptoError::BadTag(0)));
+            assert_eq!(o.key, KEY, "a forged flag must not ratchet");
+            open(&mut RecordOpener::from_key(KEY), &mut good).unwrap();
+        }
+    }
+
+    #[test]
+    fn records_from_before_a_rekey_do_not_open_after_it() {
+        let mut s = RecordSealer::from_key(KEY);
+        s.set_rekey_policy(policy(2, Duration::MAX));
+        let now = Instant::now();
+        let recs: Vec<Vec<u8>> = (0..4).map(|i| sealed(&mut s, i, now)).collect();
+        let flags: Vec<bool> = recs.iter().map(|r| is_update(r)).collect();
+        assert_eq!(flags, [false, true, false, true]);
+        // The sealer dropped the old keys.
+        assert_eq!(s.key, next_key(&next_key(&KEY)));
+        // Record 2 is the first under the new key, at nonce 0 again: an
+        // opener still on the old key at nonce 0 cannot open it.
+        let mut stale = RecordOpener::from_key(KEY);
+        assert_eq!(
+            open(&mut stale, &mut recs[2].clone()),
+            Err(CryptoError::BadTag(0))
+        );
+        // A record from before the rekey, replayed after it, fails.
+        for replayed in 0..2 {
+            let mut o = RecordOpener::from_key(KEY);
+            open(&mut o, &mut recs[0].clone()).unwrap();
+            open(&mut o, &mut recs[1].clone()).unwrap();
+            assert!(open(&mut o, &mut recs[replayed].clone()).is_err());
+        }
+        // In order, all of them open.
+        let mut o = RecordOpener::from_key(KEY);
+        for (i, r) in recs.iter().enumerate() {
+            let mut r = r.clone();
+            open(&mut o, &mut r).unwrap();
+            assert_eq!(cells(&r), cells(&plain(1, i as u8)));
+        }
+    }
+
+    #[test]
+    fn an_opener_refuses_a_key_used_past_its_limit() {
+        let now = Instant::now();
+        // A peer that never rekeys (within 4 records).
+        let mut s = RecordSealer::from_key(KEY);
+        s.set_rekey_policy(policy(u64::MAX, Duration::MAX));
+        let mut o = RecordOpener::with_limit(KEY, 4);
+        for i in 0..3 {
+            open(&mut o, &mut sealed(&mut s, i, now)).unwrap();
+        }
+        // The 4th record is the last one the key may open: it must carry the update.
+        assert_eq!(
+            open(&mut o, &mut sealed(&mut s, 3, now)),
+            Err(CryptoError::KeyUpdateOverdue(4))
+        );
+        assert!(open(&mut o, &mut sealed(&mut s, 4, now)).is_err());
+        // A peer that rekeys by then passes the limit many times over.
+        let mut s = RecordSealer::from_key(KEY);
+        s.set_rekey_policy(policy(4, Duration::MAX));
+        let mut o = RecordOpener::with_limit(KEY, 4);
+        for i in 0..20 {
+            open(&mut o, &mut sealed(&mut s, i, now)).unwrap();
+        }
+    }
+
+    #[test]
+    fn hard_limit_is_two_to_the_32_records_per_key() {
+        assert_eq!(MAX_USES_PER_KEY, 1 << 32);
+        let now = Instant::now();
+        // Whatever the policy, a sealer retires its key at record 2^32.
+        let mut s = RecordSealer::from_key(KEY);
+        s.set_rekey_policy(policy(u64::MAX, Duration::MAX));
+        s.uses = MAX_USES_PER_KEY - 2;
+        assert!(!is_update(&sealed(&mut s, 0, now)));
+        assert!(is_update(&sealed(&mut s, 0, now)));
+        assert_eq!((s.uses, s.key), (0, next_key(&KEY)));
+        // An opener refuses record 2^32 of one key without the update
+        // (checked before any decryption).
+        let mut o = RecordOpener::from_key(KEY);
+        o.uses = MAX_USES_PER_KEY - 1;
+        let mut rec = sealed(&mut RecordSealer::from_key(KEY), 0, now);
+        assert_eq!(
+            open(&mut o, &mut rec),
+            Err(CryptoError::KeyUpdateOverdue(MAX_USES_PER_KEY))
+        );
     }
 }

@@ -1,50 +1,139 @@
-//! Layered relay-cell crypto.
+//! Layered relay-cell crypto, Sphinx-style: every byte of a relay cell body
+//! is authenticated by the next hop that processes it.
 //!
-//! A relay cell body is `onion header (MAX_HOPS tag slots) | payload`. Each hop
-//! has its own AES-256-GCM keys per direction; the payload is encrypted once per
-//! hop, and each hop's tag travels in the header.
+//! A relay cell body is `onion header | payload`. The header has
+//! [`MAX_HOPS`] slots of [`SLOT_LEN`] bytes: a hop's AES-256-GCM tag and one
+//! control byte ([`CTL_KEY_UPDATE`]). Each hop has its own keys per
+//! direction: a data key (the payload AEAD) and a mask key (a keystream that
+//! hides the header from the other hops). Slot 0 always belongs to the hop
+//! processing the cell.
 //!
-//! **Forward** (client to exit), at every hop: take the tag from slot 0, verify
-//! and decrypt the payload, then shift the header one slot left, XOR a keystream
-//! (from the hop's mask key) into the shifted slots and fill the last slot with
-//! keystream. The client precomputes the header so that each hop finds its own
-//! tag in slot 0.
+//! **Forward** (client to exit), at every hop: the tag in slot 0 verifies the
+//! payload *and*, as associated data, the rest of the header (the control
+//! byte and slots 1..): a hop that changes any byte of a cell it passes on
+//! has it rejected by the next hop. Then the hop decrypts the payload,
+//! shifts the header one slot toward the front, XORs its keystream into the
+//! shifted slots and fills the freed last slot with keystream (the filler).
+//! The client knows every hop's keys, so it computes what each hop will see,
+//! fillers included, from the last hop back to the first, and seals each
+//! layer over exactly that view (Sphinx's header construction).
 //!
-//! **Backward** (exit to client), at every hop: encrypt the payload, shift the
-//! header one slot right, XOR keystream into the shifted slots and put the new
-//! tag in slot 0. The client peels the layers in order, verifying every tag.
+//! **Backward** (exit to client), at every hop: the hop seals the payload
+//! with the whole header it received (and its control byte) as associated
+//! data, shifts the header one slot toward the back (the last slot drops
+//! out), XORs its keystream into the shifted slots and puts its tag in slot
+//! 0. The last hop starts from an all-zero header, so everything a hop
+//! drops is keystream the client can predict. The client peels the layers in
+//! order and verifies each one over the header that hop received, which it
+//! rebuilds; a change anywhere is caught by the client.
 //!
-//! So every hop authenticates its layer (a modified cell dies at the next hop
-//! that checks it, and a mark can't ride through), every cell has the same size
-//! at every position, header slots look random at every position, and the
-//! nonce counters make a replayed or reordered cell fail.
+//! So every cell is the same size everywhere, header slots look random at
+//! every position, counter nonces make a replayed or reordered cell fail,
+//! and a layer that rejected one cell rejects every cell after it (the
+//! circuit is dead). Keys ratchet ([`crate::rekey`]): the sender of a cell
+//! sets [`CTL_KEY_UPDATE`] in a hop's control byte when its policy retires
+//! that hop's keys; both ends replace them after that cell.
 
-use veilnet_cell::{MAX_HOPS, ONION_HEADER_LEN, TAG_LEN};
+use std::time::{Duration, Instant};
+
+use veilnet_cell::{MAX_HOPS, ONION_HEADER_LEN, SLOT_LEN, TAG_LEN};
 
 use crate::aead::CounterAead;
 use crate::circuit::HopKeys;
+use crate::rekey::{next_key, RekeyPolicy, MAX_USES_PER_KEY};
 use crate::CryptoError;
 
-const SHIFT_LEN: usize = ONION_HEADER_LEN - TAG_LEN;
+/// Control-byte flag: this cell is the last under this hop's current keys
+/// in this direction; both ends ratchet them after it. Other bits are
+/// reserved: senders set them to zero and receivers ignore them.
+pub const CTL_KEY_UPDATE: u8 = 0x01;
 
-/// One direction of one hop's layer.
+/// Header bytes that move one slot at each hop.
+const SHIFT_LEN: usize = ONION_HEADER_LEN - SLOT_LEN;
+/// Associated data of a backward layer: the control byte and the header the
+/// hop received.
+const BACK_AAD_LEN: usize = 1 + ONION_HEADER_LEN;
+
+type Header = [u8; ONION_HEADER_LEN];
+
+/// One direction of one hop's layer: its two keys, how long they have been
+/// in use, and whether a failed check killed it.
 struct DirLayer {
+    data_key: [u8; 32],
+    mask_key: [u8; 32],
     data: CounterAead,
     mask: CounterAead,
+    /// Cells processed under the current keys.
+    uses: u64,
+    /// When the current keys first sealed a cell (the sender's clock).
+    since: Option<Instant>,
+    dead: bool,
 }
 
 impl DirLayer {
-    fn new(data: &[u8; 32], mask: &[u8; 32]) -> Self {
+    fn new(data_key: &[u8; 32], mask_key: &[u8; 32]) -> Self {
         Self {
-            data: CounterAead::new(data),
-            mask: CounterAead::new(mask),
+            data_key: *data_key,
+            mask_key: *mask_key,
+            data: CounterAead::new(data_key),
+            mask: CounterAead::new(mask_key),
+            uses: 0,
+            since: None,
+            dead: false,
         }
     }
 
-    fn mask(&mut self) -> Result<[u8; ONION_HEADER_LEN], CryptoError> {
+    fn alive(&self) -> Result<(), CryptoError> {
+        if self.dead {
+            return Err(CryptoError::OutOfOrder("layer closed after a failed check"));
+        }
+        Ok(())
+    }
+
+    /// This cell's header keystream (every hop computes one per cell).
+    fn mask(&mut self) -> Result<Header, CryptoError> {
         let mut m = [0u8; ONION_HEADER_LEN];
         self.mask.keystream(&mut m)?;
         Ok(m)
+    }
+
+    /// Whether the sender retires these keys after the cell it is sealing.
+    fn due(&mut self, policy: &RekeyPolicy, now: Instant) -> bool {
+        let since = *self.since.get_or_insert(now);
+        policy.is_due(self.uses + 1, now.saturating_duration_since(since))
+    }
+
+    /// Accounts for one processed cell: ratchets if it carried the key
+    /// update, and refuses a peer that overran the hard limit.
+    fn used(&mut self, key_update: bool) -> Result<(), CryptoError> {
+        if key_update {
+            self.data_key = next_key(&self.data_key);
+            self.mask_key = next_key(&self.mask_key);
+            self.data = CounterAead::new(&self.data_key);
+            self.mask = CounterAead::new(&self.mask_key);
+            self.uses = 0;
+            self.since = None;
+            return Ok(());
+        }
+        self.uses += 1;
+        if self.uses >= MAX_USES_PER_KEY {
+            self.dead = true;
+            return Err(CryptoError::KeyUpdateOverdue(self.uses));
+        }
+        Ok(())
+    }
+
+    /// Runs `f`; any error kills the layer.
+    fn guard<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, CryptoError>,
+    ) -> Result<T, CryptoError> {
+        self.alive()?;
+        let r = f(self);
+        if r.is_err() {
+            self.dead = true;
+        }
+        r
     }
 }
 
@@ -55,10 +144,45 @@ fn split(body: &mut [u8]) -> Result<(&mut [u8], &mut [u8]), CryptoError> {
     Ok(body.split_at_mut(ONION_HEADER_LEN))
 }
 
-fn tag_of(header: &[u8]) -> [u8; TAG_LEN] {
+fn header_of(bytes: &[u8]) -> Header {
+    let mut h = [0u8; ONION_HEADER_LEN];
+    h.copy_from_slice(&bytes[..ONION_HEADER_LEN]);
+    h
+}
+
+fn tag_of(header: &Header) -> [u8; TAG_LEN] {
     let mut t = [0u8; TAG_LEN];
     t.copy_from_slice(&header[..TAG_LEN]);
     t
+}
+
+/// What the next hop sees forward: the header shifted one slot toward the
+/// front under `mask`, with the filler in the freed last slot.
+fn shift_forward(header: &Header, mask: &Header) -> Header {
+    let mut out = [0u8; ONION_HEADER_LEN];
+    for i in 0..SHIFT_LEN {
+        out[i] = header[SLOT_LEN + i] ^ mask[i];
+    }
+    out[SHIFT_LEN..].copy_from_slice(&mask[SHIFT_LEN..]);
+    out
+}
+
+/// What a hop sends backward: `slot0`, then the received header shifted one
+/// slot toward the back under `mask` (its last slot drops out).
+fn shift_backward(slot0: &[u8; SLOT_LEN], header: &Header, mask: &Header) -> Header {
+    let mut out = [0u8; ONION_HEADER_LEN];
+    out[..SLOT_LEN].copy_from_slice(slot0);
+    for i in 0..SHIFT_LEN {
+        out[SLOT_LEN + i] = header[i] ^ mask[i];
+    }
+    out
+}
+
+fn slot(tag: &[u8; TAG_LEN], ctl: u8) -> [u8; SLOT_LEN] {
+    let mut s = [0u8; SLOT_LEN];
+    s[..TAG_LEN].copy_from_slice(tag);
+    s[TAG_LEN] = ctl;
+    s
 }
 
 /// A relay's layer for one circuit, forward half: verifies and removes the
@@ -71,17 +195,21 @@ pub struct RelayForward {
 /// travelling toward the client.
 pub struct RelayBackward {
     layer: DirLayer,
+    policy: RekeyPolicy,
 }
 
-/// Creates a relay's two layer halves from the hop keys. The halves are
-/// independent so that each direction can be processed by its own task.
-pub fn relay_layers(keys: &HopKeys) -> (RelayForward, RelayBackward) {
+/// Creates a relay's two layer halves from the hop keys; `policy` says when
+/// the relay retires its backward keys (the client decides for forward).
+/// The halves are independent so that each direction can be processed by
+/// its own task.
+pub fn relay_layers(keys: &HopKeys, policy: RekeyPolicy) -> (RelayForward, RelayBackward) {
     (
         RelayForward {
             layer: DirLayer::new(&keys.fwd_data, &keys.fwd_mask),
         },
         RelayBackward {
             layer: DirLayer::new(&keys.bwd_data, &keys.bwd_mask),
+            policy,
         },
     )
 }
@@ -89,41 +217,48 @@ pub fn relay_layers(keys: &HopKeys) -> (RelayForward, RelayBackward) {
 impl RelayForward {
     /// Verifies and removes this hop's layer in place. Afterwards the payload is
     /// either the next hop's ciphertext or, at the last hop, the relay message.
+    /// After an error the layer refuses every further cell.
     pub fn decrypt(&mut self, body: &mut [u8]) -> Result<(), CryptoError> {
         let (header, payload) = split(body)?;
-        let tag = tag_of(header);
-        let mask = self.layer.mask()?;
-        self.layer.data.open(&[], payload, &tag, 0)?;
-        let mut shifted = [0u8; ONION_HEADER_LEN];
-        for i in 0..SHIFT_LEN {
-            shifted[i] = header[TAG_LEN + i] ^ mask[i];
-        }
-        shifted[SHIFT_LEN..].copy_from_slice(&mask[SHIFT_LEN..]);
-        header.copy_from_slice(&shifted);
-        Ok(())
+        self.layer.guard(|layer| {
+            let view = header_of(header);
+            let mask = layer.mask()?;
+            layer
+                .data
+                .open(&view[TAG_LEN..], payload, &tag_of(&view), 0)?;
+            header.copy_from_slice(&shift_forward(&view, &mask));
+            layer.used(view[TAG_LEN] & CTL_KEY_UPDATE != 0)
+        })
     }
 }
 
 impl RelayBackward {
     /// Adds this hop's layer in place to a cell coming from the next hop.
-    pub fn encrypt(&mut self, body: &mut [u8]) -> Result<(), CryptoError> {
+    pub fn encrypt(&mut self, body: &mut [u8], now: Instant) -> Result<(), CryptoError> {
         let (header, payload) = split(body)?;
-        let mask = self.layer.mask()?;
-        let tag = self.layer.data.seal(&[], payload)?;
-        let mut shifted = [0u8; ONION_HEADER_LEN];
-        shifted[..TAG_LEN].copy_from_slice(&tag);
-        for i in 0..SHIFT_LEN {
-            shifted[TAG_LEN + i] = header[i] ^ mask[i];
-        }
-        header.copy_from_slice(&shifted);
-        Ok(())
+        let policy = self.policy;
+        self.layer.guard(|layer| {
+            let received = header_of(header);
+            let mask = layer.mask()?;
+            let ctl = if layer.due(&policy, now) {
+                CTL_KEY_UPDATE
+            } else {
+                0
+            };
+            let mut aad = [0u8; BACK_AAD_LEN];
+            aad[0] = ctl;
+            aad[1..].copy_from_slice(&received);
+            let tag = layer.data.seal(&aad, payload)?;
+            header.copy_from_slice(&shift_backward(&slot(&tag, ctl), &received, &mask));
+            layer.used(ctl != 0)
+        })
     }
 
     /// Originates a cell at this hop (it is the last hop): the payload holds a
     /// relay message; the header is overwritten.
-    pub fn originate(&mut self, body: &mut [u8]) -> Result<(), CryptoError> {
+    pub fn originate(&mut self, body: &mut [u8], now: Instant) -> Result<(), CryptoError> {
         split(body)?.0.fill(0);
-        self.encrypt(body)
+        self.encrypt(body, now)
     }
 }
 
@@ -139,6 +274,7 @@ pub struct ClientLayers {
 pub struct ClientForward {
     layers: Vec<DirLayer>,
     junk: CounterAead,
+    policy: RekeyPolicy,
 }
 
 /// The client's backward (toward the client) half.
@@ -148,12 +284,14 @@ pub struct ClientBackward {
 
 impl ClientLayers {
     /// No hops yet; `junk_key` must be random and fresh for this circuit (it
-    /// fills the unused header slots).
-    pub fn new(junk_key: &[u8; 32]) -> Self {
+    /// fills the unused header slots); `policy` says when the client retires
+    /// each hop's forward keys (each relay decides for its backward keys).
+    pub fn new(junk_key: &[u8; 32], policy: RekeyPolicy) -> Self {
         Self {
             fwd: ClientForward {
                 layers: Vec::with_capacity(MAX_HOPS),
                 junk: CounterAead::new(junk_key),
+                policy,
             },
             bwd: ClientBackward {
                 layers: Vec::with_capacity(MAX_HOPS),
@@ -181,8 +319,8 @@ impl ClientLayers {
     }
 
     /// See [`ClientForward::encrypt`].
-    pub fn encrypt_forward(&mut self, body: &mut [u8]) -> Result<(), CryptoError> {
-        self.fwd.encrypt(body)
+    pub fn encrypt_forward(&mut self, body: &mut [u8], now: Instant) -> Result<(), CryptoError> {
+        self.fwd.encrypt(body, now)
     }
 
     /// See [`ClientBackward::decrypt`].
@@ -196,65 +334,119 @@ impl ClientLayers {
     }
 }
 
+/// Runs `f` over a client's layers; any error kills them all (the circuit).
+fn guard_all<T>(
+    layers: &mut [DirLayer],
+    f: impl FnOnce(&mut [DirLayer]) -> Result<T, CryptoError>,
+) -> Result<T, CryptoError> {
+    if layers.is_empty() {
+        return Err(CryptoError::OutOfOrder("no hops"));
+    }
+    layers.iter().try_for_each(DirLayer::alive)?;
+    let r = f(layers);
+    if r.is_err() {
+        layers.iter_mut().for_each(|l| l.dead = true);
+    }
+    r
+}
+
 impl ClientForward {
     /// Wraps a cell body whose payload holds a relay message for the last hop.
-    pub fn encrypt(&mut self, body: &mut [u8]) -> Result<(), CryptoError> {
-        let hops = self.layers.len();
-        if hops == 0 {
-            return Err(CryptoError::OutOfOrder("no hops"));
-        }
+    pub fn encrypt(&mut self, body: &mut [u8], now: Instant) -> Result<(), CryptoError> {
         let (header, payload) = split(body)?;
-        let mut tags = [[0u8; TAG_LEN]; MAX_HOPS];
-        for j in (0..hops).rev() {
-            tags[j] = self.layers[j].data.seal(&[], payload)?;
-        }
-        // What the last hop sees: its tag, then junk.
-        let mut slots = [0u8; ONION_HEADER_LEN];
-        self.junk.keystream(&mut slots)?;
-        slots[..TAG_LEN].copy_from_slice(&tags[hops - 1]);
-        // Walk back toward the first hop, undoing each hop's shift-and-mask.
-        let mut masks = [[0u8; ONION_HEADER_LEN]; MAX_HOPS];
-        for (j, m) in masks.iter_mut().enumerate().take(hops - 1) {
-            *m = self.layers[j].mask()?;
-        }
-        for j in (0..hops - 1).rev() {
-            let mut prev = [0u8; ONION_HEADER_LEN];
-            prev[..TAG_LEN].copy_from_slice(&tags[j]);
-            for i in 0..SHIFT_LEN {
-                prev[TAG_LEN + i] = slots[i] ^ masks[j][i];
+        let Self {
+            layers,
+            junk,
+            policy,
+        } = self;
+        guard_all(layers, |layers| {
+            let hops = layers.len();
+            let mut masks = [[0u8; ONION_HEADER_LEN]; MAX_HOPS];
+            let mut ctl = [0u8; MAX_HOPS];
+            for (j, layer) in layers.iter_mut().enumerate() {
+                masks[j] = layer.mask()?;
+                if layer.due(policy, now) {
+                    ctl[j] = CTL_KEY_UPDATE;
+                }
             }
-            slots = prev;
-        }
-        // The last hop's mask counter must advance like the relay's does.
-        self.layers[hops - 1].mask()?;
-        header.copy_from_slice(&slots);
-        Ok(())
+            // The last hop's view: the first hop's view is junk beyond the
+            // tag slots; pushing it through the earlier hops' shifts gives
+            // the last hop's slots 1.. (junk and fillers).
+            let mut view = [0u8; ONION_HEADER_LEN];
+            junk.keystream(&mut view)?;
+            for mask in &masks[..hops - 1] {
+                view = shift_forward(&view, mask);
+            }
+            // Seal from the last hop back to the first; each layer covers
+            // exactly the header its hop will see.
+            for j in (0..hops).rev() {
+                if j < hops - 1 {
+                    let mut prev = [0u8; ONION_HEADER_LEN];
+                    for i in 0..SHIFT_LEN {
+                        prev[SLOT_LEN + i] = view[i] ^ masks[j][i];
+                    }
+                    view = prev;
+                }
+                view[TAG_LEN] = ctl[j];
+                let tag = layers[j].data.seal(&view[TAG_LEN..], payload)?;
+                view[..TAG_LEN].copy_from_slice(&tag);
+            }
+            header.copy_from_slice(&view);
+            for (layer, c) in layers.iter_mut().zip(ctl) {
+                layer.used(c != 0)?;
+            }
+            Ok(())
+        })
     }
 }
 
 impl ClientBackward {
     /// Removes every layer from a cell the last hop originated, verifying each
-    /// hop's tag. On success the payload holds the relay message.
+    /// hop's tag over the header that hop received. On success the payload
+    /// holds the relay message. After an error every layer refuses every
+    /// further cell.
     pub fn decrypt(&mut self, body: &mut [u8]) -> Result<(), CryptoError> {
-        if self.layers.is_empty() {
-            return Err(CryptoError::OutOfOrder("no hops"));
-        }
         let (header, payload) = split(body)?;
-        let mut slots = [0u8; ONION_HEADER_LEN];
-        slots.copy_from_slice(header);
-        for (j, layer) in self.layers.iter_mut().enumerate() {
-            let tag = tag_of(&slots);
-            let mask = layer.mask()?;
-            layer.data.open(&[], payload, &tag, j)?;
-            let mut next = [0u8; ONION_HEADER_LEN];
-            for i in 0..SHIFT_LEN {
-                next[i] = slots[TAG_LEN + i] ^ mask[i];
+        guard_all(&mut self.layers, |layers| {
+            let hops = layers.len();
+            let mut masks = [[0u8; ONION_HEADER_LEN]; MAX_HOPS];
+            for (m, layer) in masks.iter_mut().zip(layers.iter_mut()) {
+                *m = layer.mask()?;
             }
-            slots = next;
-        }
-        Ok(())
+            // The slot each hop dropped: keystream only, because the last hop
+            // starts from zeros and no tag travels far enough to drop out.
+            let mut dropped = [[0u8; SLOT_LEN]; MAX_HOPS];
+            let mut received = [0u8; ONION_HEADER_LEN];
+            for j in (0..hops).rev() {
+                dropped[j].copy_from_slice(&received[SHIFT_LEN..]);
+                received = shift_backward(&[0; SLOT_LEN], &received, &masks[j]);
+            }
+            let mut view = header_of(header);
+            let mut ctl = [0u8; MAX_HOPS];
+            for (j, layer) in layers.iter_mut().enumerate() {
+                ctl[j] = view[TAG_LEN];
+                let mut aad = [0u8; BACK_AAD_LEN];
+                aad[0] = ctl[j];
+                for i in 0..SHIFT_LEN {
+                    aad[1 + i] = view[SLOT_LEN + i] ^ masks[j][i];
+                }
+                aad[1 + SHIFT_LEN..].copy_from_slice(&dropped[j]);
+                layer.data.open(&aad, payload, &tag_of(&view), j)?;
+                view = header_of(&aad[1..]);
+            }
+            for (layer, c) in layers.iter_mut().zip(ctl) {
+                layer.used(c & CTL_KEY_UPDATE != 0)?;
+            }
+            Ok(())
+        })
     }
 }
+
+/// A policy that never retires keys before the hard limit (tests, vectors).
+pub const NO_REKEY: RekeyPolicy = RekeyPolicy {
+    max_uses: u64::MAX,
+    max_age: Duration::MAX,
+};
 
 #[cfg(test)]
 mod tests {
@@ -275,13 +467,13 @@ mod tests {
         relays: Vec<(RelayForward, RelayBackward)>,
     }
 
-    fn net(hops: usize) -> Net {
-        let mut client = ClientLayers::new(&[99; 32]);
+    fn net(hops: usize, policy: RekeyPolicy) -> Net {
+        let mut client = ClientLayers::new(&[99; 32], policy);
         let mut relays = Vec::new();
         for h in 0..hops {
             let k = keys(h as u8 * 10);
             client.push_hop(&k).unwrap();
-            relays.push(relay_layers(&k));
+            relays.push(relay_layers(&k, policy));
         }
         Net { client, relays }
     }
@@ -292,60 +484,83 @@ mod tests {
         b
     }
 
+    fn round_trip(n: &mut Net, round: u8, now: Instant) {
+        let msg = [round, 1, 2, 3, 4, 5];
+        let mut b = body_with(&msg);
+        n.client.encrypt_forward(&mut b, now).unwrap();
+        for (fwd, _) in n.relays.iter_mut() {
+            assert_ne!(&b[ONION_HEADER_LEN..ONION_HEADER_LEN + 6], &msg);
+            fwd.decrypt(&mut b).unwrap();
+        }
+        assert_eq!(&b[ONION_HEADER_LEN..ONION_HEADER_LEN + 6], &msg);
+
+        let reply = [round, 9, 8, 7];
+        let mut b = body_with(&reply);
+        let last = n.relays.len() - 1;
+        n.relays[last].1.originate(&mut b, now).unwrap();
+        for (_, bwd) in n.relays.iter_mut().rev().skip(1) {
+            bwd.encrypt(&mut b, now).unwrap();
+        }
+        n.client.decrypt_backward(&mut b).unwrap();
+        assert_eq!(&b[ONION_HEADER_LEN..ONION_HEADER_LEN + 4], &reply);
+    }
+
     #[test]
     fn forward_and_backward_all_lengths() {
+        let now = Instant::now();
         for hops in 1..=MAX_HOPS {
-            let mut n = net(hops);
+            let mut n = net(hops, NO_REKEY);
             for round in 0..3u8 {
-                let msg = [round, 1, 2, 3, 4, 5];
-                let mut b = body_with(&msg);
-                n.client.encrypt_forward(&mut b).unwrap();
-                for (fwd, _) in n.relays.iter_mut() {
-                    assert_ne!(&b[ONION_HEADER_LEN..ONION_HEADER_LEN + 6], &msg);
-                    fwd.decrypt(&mut b).unwrap();
-                }
-                assert_eq!(&b[ONION_HEADER_LEN..ONION_HEADER_LEN + 6], &msg);
-
-                let reply = [round, 9, 8, 7];
-                let mut b = body_with(&reply);
-                let last = n.relays.len() - 1;
-                n.relays[last].1.originate(&mut b).unwrap();
-                for (_, bwd) in n.relays.iter_mut().rev().skip(1) {
-                    bwd.encrypt(&mut b).unwrap();
-                }
-                n.client.decrypt_backward(&mut b).unwrap();
-                assert_eq!(&b[ONION_HEADER_LEN..ONION_HEADER_LEN + 4], &reply);
+                round_trip(&mut n, round, now);
             }
         }
     }
 
     #[test]
-    fn any_bit_flip_in_payload_is_caught_by_next_hop() {
-        let mut n = net(3);
-        let mut b = body_with(b"hello");
-        n.client.encrypt_forward(&mut b).unwrap();
-        n.relays[0].0.decrypt(&mut b).unwrap();
-        // A malicious first hop marks the cell.
-        b[ONION_HEADER_LEN + 100] ^= 0x80;
-        assert_eq!(n.relays[1].0.decrypt(&mut b), Err(CryptoError::BadTag(0)));
+    fn keys_ratchet_by_count_and_by_age_in_both_directions() {
+        let start = Instant::now();
+        let by_count = RekeyPolicy {
+            max_uses: 3,
+            max_age: Duration::MAX,
+        };
+        let by_age = RekeyPolicy {
+            max_uses: u64::MAX,
+            max_age: Duration::from_secs(5),
+        };
+        for policy in [by_count, by_age] {
+            for hops in [1, 3, 5] {
+                let mut n = net(hops, policy);
+                for round in 0..20u8 {
+                    round_trip(&mut n, round, start + Duration::from_secs(round as u64));
+                }
+                // The keys moved: a fresh layer with the original keys no
+                // longer opens what the ratcheted client sends.
+                let mut b = body_with(b"after");
+                n.client
+                    .encrypt_forward(&mut b, start + Duration::from_secs(30))
+                    .unwrap();
+                let (mut stale, _) = relay_layers(&keys(0), NO_REKEY);
+                assert!(stale.decrypt(&mut b).is_err());
+            }
+        }
     }
 
     #[test]
-    fn header_tamper_is_caught() {
-        let mut n = net(3);
-        let mut b = body_with(b"hello");
-        n.client.encrypt_forward(&mut b).unwrap();
-        b[TAG_LEN * 2] ^= 1; // the exit's tag, as seen by hop 1
-        n.relays[0].0.decrypt(&mut b).unwrap();
-        n.relays[1].0.decrypt(&mut b).unwrap();
-        assert!(n.relays[2].0.decrypt(&mut b).is_err());
+    fn a_flipped_key_update_flag_is_caught() {
+        let now = Instant::now();
+        let mut n = net(3, NO_REKEY);
+        let mut b = body_with(b"x");
+        n.client.encrypt_forward(&mut b, now).unwrap();
+        b[TAG_LEN] ^= CTL_KEY_UPDATE;
+        assert_eq!(n.relays[0].0.decrypt(&mut b), Err(CryptoError::BadTag(0)));
     }
 
     #[test]
     fn replay_is_rejected() {
-        let mut n = net(2);
+        let now = Instant::now();
+        let mut n = net(2, NO_REKEY);
         let mut b = body_with(b"once");
-        n.client.encrypt_forward(&mut b).unwrap();
+        n.client.encrypt_forward(&mut b, now).unwrap();
         let copy = b.clone();
         n.relays[0].0.decrypt(&mut b).unwrap();
         let mut again = copy;
@@ -353,25 +568,28 @@ mod tests {
     }
 
     #[test]
-    fn backward_tamper_detected_at_client() {
-        let mut n = net(3);
-        let mut b = body_with(b"data");
-        n.relays[2].1.originate(&mut b).unwrap();
-        n.relays[1].1.encrypt(&mut b).unwrap();
+    fn a_dead_layer_refuses_everything() {
+        let now = Instant::now();
+        let mut n = net(2, NO_REKEY);
+        let mut b = body_with(b"x");
+        n.client.encrypt_forward(&mut b, now).unwrap();
         b[ONION_HEADER_LEN] ^= 1;
-        n.relays[0].1.encrypt(&mut b).unwrap();
+        assert!(n.relays[0].0.decrypt(&mut b).is_err());
+        let mut b = body_with(b"y");
+        n.client.encrypt_forward(&mut b, now).unwrap();
         assert_eq!(
-            n.client.decrypt_backward(&mut b),
-            Err(CryptoError::BadTag(1))
+            n.relays[0].0.decrypt(&mut b),
+            Err(CryptoError::OutOfOrder("layer closed after a failed check"))
         );
     }
 
     #[test]
     fn plaintext_never_visible_before_last_hop() {
-        let mut n = net(3);
+        let now = Instant::now();
+        let mut n = net(3, NO_REKEY);
         let secret = b"SECRET-PAYLOAD-MARKER";
         let mut b = body_with(secret);
-        n.client.encrypt_forward(&mut b).unwrap();
+        n.client.encrypt_forward(&mut b, now).unwrap();
         for (i, (fwd, _)) in n.relays.iter_mut().enumerate() {
             let found = b.windows(secret.len()).any(|w| w == secret);
             assert!(!found, "plaintext visible to hop {i}");

@@ -9,6 +9,9 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// SMTP, refused by [`ExitPolicy::default_exit`].
+const SMTP_PORT: u16 = 25;
+
 /// Maximum number of rules an [`ExitPolicy`] may hold.
 pub const MAX_RULES: usize = 256;
 
@@ -497,7 +500,9 @@ impl ExitPolicy {
     }
 
     /// The default exit policy: reject the private and special networks
-    /// (see [`is_private_or_special`]) on every port, then `accept *:*`.
+    /// (see [`is_private_or_special`]) on every port, then `reject *:25`
+    /// (SMTP: an open exit on port 25 is a spam relay, so Tor's default
+    /// policy refuses it too), then `accept *:*`.
     pub fn default_exit() -> Self {
         let mut rules: Vec<Rule> = PRIVATE_NETS
             .iter()
@@ -507,6 +512,11 @@ impl ExitPolicy {
                 ports: PortRange::ALL,
             })
             .collect();
+        rules.push(Rule {
+            action: Action::Reject,
+            addr: AddrPattern::Any,
+            ports: PortRange::single(SMTP_PORT),
+        });
         rules.push(Rule {
             action: Action::Accept,
             addr: AddrPattern::Any,
@@ -530,7 +540,8 @@ impl ExitPolicy {
     /// `reject NET:*` for one of the built-in private/special networks.
     ///
     /// Meant for test networks (`allow_private_targets`). Rules that only
-    /// partly overlap a private network (other ports, other prefixes) stay.
+    /// partly overlap a private network (other ports, other prefixes) stay,
+    /// and so does the default policy's `reject *:25`.
     pub fn with_private_targets_allowed(mut self) -> Self {
         self.rules.retain(|r| {
             !(r.action == Action::Reject

@@ -335,7 +335,7 @@ fn default_exit_rejects_private_accepts_public() {
     }
     for a in PUBLIC {
         assert!(!is_private_or_special(ip(a)), "{a} must be public");
-        for port in [0, 22, 80, 443, 65535] {
+        for port in [0, 22, 24, 26, 80, 443, 465, 587, 65535] {
             assert!(p.allows(ip(a), port), "default_exit must accept {a}:{port}");
         }
     }
@@ -343,13 +343,32 @@ fn default_exit_rejects_private_accepts_public() {
     assert!(p
         .to_strings()
         .contains(&"reject 172.16.0.0/12:*".to_owned()));
+    assert!(p.to_strings().contains(&"reject *:25".to_owned()));
     assert!(p.to_strings().contains(&"reject [fe80::]/10:*".to_owned()));
+}
+
+#[test]
+fn default_exit_rejects_smtp() {
+    let p = ExitPolicy::default_exit();
+    for a in PUBLIC.iter().chain(PRIVATE) {
+        assert!(!p.allows(ip(a), 25), "default_exit must reject {a}:25");
+    }
+    // A name on port 25 is refused before it is resolved.
+    assert!(!p.may_allow_port(25));
+    assert!(p.may_allow_port(24) && p.may_allow_port(26));
+    // Test networks drop the private rejections, not the SMTP one.
+    let p = p.with_private_targets_allowed();
+    for a in PUBLIC.iter().chain(PRIVATE) {
+        assert!(!p.allows(ip(a), 25), "{a}:25 allowed with private targets");
+        assert!(p.allows(ip(a), 26), "{a}:26");
+    }
+    assert!(!p.may_allow_port(25));
 }
 
 #[test]
 fn private_targets_allowed() {
     let p = ExitPolicy::default_exit().with_private_targets_allowed();
-    assert_eq!(p.to_strings(), vec!["accept *:*"]);
+    assert_eq!(p.to_strings(), vec!["reject *:25", "accept *:*"]);
     for a in PRIVATE.iter().chain(PUBLIC) {
         assert!(p.allows(ip(a), 80), "{a}");
     }
@@ -364,7 +383,12 @@ fn private_targets_allowed() {
         .with_private_targets_allowed();
     assert_eq!(
         p.to_strings(),
-        vec!["reject 10.0.0.0/8:25", "reject 10.0.0.0/9:*", "accept *:*"]
+        vec![
+            "reject 10.0.0.0/8:25",
+            "reject 10.0.0.0/9:*",
+            "reject *:25",
+            "accept *:*"
+        ]
     );
     assert!(!p.allows(ip("10.1.1.1"), 80));
     assert!(p.allows(ip("10.200.1.1"), 80));

@@ -7,14 +7,15 @@ use std::time::{Duration, Instant};
 
 use libp2p_identity::PeerId;
 use tokio::sync::mpsc;
+use tracing::debug;
 use veilnet_cell::{
-    decode_relay, encode_relay, Cell, CellCommand, CircId, DestroyReason, RelayMsg, StreamId,
-    TargetAddr,
+    decode_relay, encode_relay, Cell, CellCommand, CircId, DestroyReason, RelayError, RelayMsg,
+    StreamId, TargetAddr,
 };
 use veilnet_crypto::circuit::ClientHandshake;
 use veilnet_crypto::onion::{ClientBackward, ClientLayers};
 
-use crate::core::Core;
+use crate::core::{Core, Stats};
 use crate::link::Link;
 use crate::relay::CircEntry;
 use crate::stream::{CircuitTx, ClientStream, ClientTx, Endpoint};
@@ -156,7 +157,14 @@ impl Core {
             link.alloc_circuit(CircEntry::Client(tx), self.limits().max_circuits_per_link)?;
         let built = tokio::time::timeout(
             self.limits().circuit_build_timeout,
-            extend_all(&link, circ, &mut rx, path),
+            extend_all(
+                &link,
+                circ,
+                &mut rx,
+                path,
+                self.limits().layer_rekey,
+                &self.stats,
+            ),
         )
         .await
         .map_err(|_| ProtoError::Timeout("circuit build"))
@@ -233,9 +241,11 @@ async fn extend_all(
     circ: CircId,
     rx: &mut mpsc::Receiver<Cell>,
     path: &[HopSpec],
+    rekey: veilnet_crypto::RekeyPolicy,
+    stats: &Stats,
 ) -> Result<ClientLayers, ProtoError> {
     let junk: [u8; 32] = rand::random();
-    let mut layers = ClientLayers::new(&junk);
+    let mut layers = ClientLayers::new(&junk, rekey);
     let (hs, msg) = ClientHandshake::start(&path[0].onion_key)?;
     link.send(Cell::handshake(circ, CellCommand::Create, &msg)?)
         .await?;
@@ -243,7 +253,8 @@ async fn extend_all(
     layers.push_hop(&hs.finish(reply.handshake_msg()?)?)?;
     for hop in &path[1..] {
         let (hs, msg) = ClientHandshake::start(&hop.onion_key)?;
-        let mut cell = Cell::new(circ, CellCommand::Relay);
+        // Every EXTEND spends one RELAY_EARLY cell of the circuit's budget.
+        let mut cell = Cell::new(circ, CellCommand::RelayEarly);
         let peer = hop.peer.to_bytes();
         encode_relay(
             cell.relay_payload_mut(),
@@ -255,16 +266,26 @@ async fn extend_all(
                 handshake: &msg,
             },
         )?;
-        layers.encrypt_forward(cell.body_mut())?;
+        layers.encrypt_forward(cell.body_mut(), Instant::now())?;
         link.send(cell).await?;
-        let mut reply = next_cell(rx, CellCommand::Relay).await?;
-        layers.decrypt_backward(reply.body_mut())?;
-        match decode_relay(reply.relay_payload())? {
-            (_, RelayMsg::Extended { handshake }) => layers.push_hop(&hs.finish(handshake)?)?,
-            (_, other) => {
-                return Err(ProtoError::Protocol(format!(
-                    "expected EXTENDED, got {other:?}"
-                )))
+        loop {
+            let mut reply = next_cell(rx, CellCommand::Relay).await?;
+            layers.decrypt_backward(reply.body_mut())?;
+            match decode_relay(reply.relay_payload()) {
+                Ok((_, RelayMsg::Extended { handshake })) => {
+                    layers.push_hop(&hs.finish(handshake)?)?;
+                    break;
+                }
+                Err(RelayError::UnknownCommand(c)) => {
+                    stats.unknown_relay_commands.fetch_add(1, Ordering::Relaxed);
+                    debug!("ignoring a relay message with unknown command {c}");
+                }
+                Ok((_, other)) => {
+                    return Err(ProtoError::Protocol(format!(
+                        "expected EXTENDED, got {other:?}"
+                    )))
+                }
+                Err(e) => return Err(e.into()),
             }
         }
     }

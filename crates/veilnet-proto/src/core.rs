@@ -13,9 +13,9 @@ use tokio::time::timeout;
 use tracing::debug;
 use veilnet_crypto::circuit::OnionKeypair;
 use veilnet_crypto::link::{LinkHandshake, LinkKey};
-use veilnet_policy::ExitPolicy;
 
 use crate::link::{self, Link, LinkTap, HANDSHAKE_TIMEOUT};
+use crate::policy::RelayPolicy;
 use crate::ProtoError;
 
 /// Resource limits: everything a peer can make us spend is bounded by these.
@@ -39,6 +39,17 @@ pub struct Limits {
     pub stream_open_timeout: Duration,
     /// Open links, inbound and outbound together.
     pub max_links: usize,
+    /// When a link retires the key of the records it sends (the peer's
+    /// opener follows its KEY_UPDATE flag, and refuses a key used for
+    /// `2^32` records without one). Default: after `2^31` records or
+    /// 120 s, whichever comes first.
+    pub link_rekey: veilnet_crypto::RekeyPolicy,
+    /// When this node retires the onion-layer keys of the cells it sends:
+    /// as a client each hop's forward keys, as a relay its backward keys
+    /// (the other end follows the KEY_UPDATE control byte, and refuses keys
+    /// used for `2^32` cells without one). Default: after `2^31` cells or
+    /// 120 s, whichever comes first.
+    pub layer_rekey: veilnet_crypto::RekeyPolicy,
 }
 
 impl Default for Limits {
@@ -53,18 +64,10 @@ impl Default for Limits {
             circuit_build_timeout: Duration::from_secs(20),
             stream_open_timeout: Duration::from_secs(30),
             max_links: 4096,
+            link_rekey: veilnet_crypto::RekeyPolicy::default(),
+            layer_rekey: veilnet_crypto::RekeyPolicy::default(),
         }
     }
-}
-
-/// How this node acts as an exit.
-#[derive(Debug, Clone)]
-pub struct ExitConfig {
-    /// Which targets it connects to.
-    pub policy: ExitPolicy,
-    /// Danger: also connect to private, loopback and link-local addresses
-    /// (test networks only).
-    pub allow_private_targets: bool,
 }
 
 /// Configuration of the protocol engine.
@@ -77,11 +80,9 @@ pub struct CoreConfig {
     pub previous_onion: Option<OnionKeypair>,
     /// Whether this node relays circuits for others.
     pub relay: bool,
-    /// Danger: extend circuits to relays at private, loopback or link-local
-    /// addresses (test networks only).
-    pub allow_private_links: bool,
-    /// Exit settings, if this node is an exit.
-    pub exit: Option<ExitConfig>,
+    /// Which circuits, extensions and streams this node admits, including
+    /// whether it is an exit at all (see [`DefaultRelayPolicy`](crate::DefaultRelayPolicy)).
+    pub policy: Arc<dyn RelayPolicy>,
     /// Resource limits.
     pub limits: Limits,
     /// Test hook observing all link bytes.
@@ -99,6 +100,12 @@ pub struct Stats {
     pub cells_refused: AtomicU64,
     /// Exit streams opened.
     pub exit_streams: AtomicU64,
+    /// BEGINs the policy refused (not an exit, one-hop circuit, ...).
+    pub streams_refused: AtomicU64,
+    /// Cells with a command this version does not know (ignored).
+    pub unknown_cell_commands: AtomicU64,
+    /// Relay messages with a command this version does not know (ignored).
+    pub unknown_relay_commands: AtomicU64,
 }
 
 /// Releases a per-address handshake slot when the handshake ends.
@@ -129,8 +136,7 @@ impl Drop for IpSlot<'_> {
 pub(crate) struct Settings {
     pub(crate) identity: Keypair,
     pub(crate) relay: bool,
-    pub(crate) allow_private_links: bool,
-    pub(crate) exit: Option<ExitConfig>,
+    pub(crate) policy: Arc<dyn RelayPolicy>,
     pub(crate) limits: Limits,
     pub(crate) tap: Option<LinkTap>,
 }
@@ -144,7 +150,10 @@ pub struct Core {
     /// still accepted until it expires (clients may hold an older descriptor).
     onion_keys: std::sync::RwLock<(OnionKeypair, Option<OnionKeypair>)>,
     peer_id: PeerId,
-    /// Links to relays, by their identity (reused for relaying and EXTEND).
+    /// Links we opened to relays under our own identity, by the relay's
+    /// identity (reused for EXTEND). Links the peer opened are not here:
+    /// only a link's initiator creates circuits on it, so extending over an
+    /// inbound link would be refused.
     links: Mutex<HashMap<PeerId, Arc<Link>>>,
     /// Links we opened as a client, under a throwaway identity each, so a
     /// guard cannot tell which node (or relay) its client is.
@@ -169,16 +178,14 @@ impl Core {
             onion,
             previous_onion,
             relay,
-            allow_private_links,
-            exit,
+            policy,
             limits,
             tap,
         } = cfg;
         let cfg = Settings {
             identity,
             relay,
-            allow_private_links,
-            exit,
+            policy,
             limits,
             tap,
         };
@@ -243,13 +250,13 @@ impl Core {
         self.cfg.tap.clone()
     }
 
-    /// The open links.
+    /// The open links, inbound and outbound.
     pub fn links(&self) -> Vec<Arc<Link>> {
-        self.links_map().values().cloned().collect()
-    }
-
-    fn links_map(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Arc<Link>>> {
-        self.links.lock().unwrap_or_else(|e| e.into_inner())
+        self.all_links()
+            .values()
+            .filter_map(|w| w.upgrade())
+            .filter(|l| !l.is_closed())
+            .collect()
     }
 
     fn all_links(&self) -> std::sync::MutexGuard<'_, HashMap<u64, std::sync::Weak<Link>>> {
@@ -357,9 +364,10 @@ impl Core {
         )
         .await
         .map_err(|_| ProtoError::Timeout("link handshake"))??;
+        // Registered (and kept alive by its tasks), but not offered for
+        // EXTEND: see the `links` field.
         let link = self.register(stream, session, false);
         debug!(peer = %link.peer, "inbound link up");
-        self.links_map().insert(link.peer, link);
         Ok(())
     }
 

@@ -1,23 +1,20 @@
-//! The exit's side of a stream: resolve, check the exit policy, connect.
+//! The exit's side of a stream: resolve, ask the policy about each address,
+//! connect.
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use libp2p_identity::PeerId;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tracing::debug;
 use veilnet_cell::{EndReason, TargetAddr};
-use veilnet_policy::is_private_or_special;
 
-use crate::core::ExitConfig;
+use crate::policy::{ConnectRequest, RelayPolicy};
 
 /// Most addresses tried for one name.
 const MAX_ADDRS: usize = 8;
-
-fn allowed(cfg: &ExitConfig, addr: &SocketAddr) -> bool {
-    cfg.policy.allows(addr.ip(), addr.port())
-        && (cfg.allow_private_targets || !is_private_or_special(addr.ip()))
-}
 
 fn end_reason(e: &std::io::Error) -> EndReason {
     match e.kind() {
@@ -31,18 +28,17 @@ fn end_reason(e: &std::io::Error) -> EndReason {
 }
 
 /// Resolves `target` (the exit resolves names, never the client), keeps the
-/// addresses the policy allows, and connects to the first that answers.
+/// addresses the policy admits, and connects to the first that answers. The
+/// policy has already admitted the BEGIN itself (`RelayPolicy::admit_begin`).
 pub(crate) async fn connect(
-    cfg: &ExitConfig,
+    policy: &dyn RelayPolicy,
+    prev_peer: PeerId,
     target: &TargetAddr,
     connect_timeout: Duration,
 ) -> Result<TcpStream, EndReason> {
     let addrs: Vec<SocketAddr> = match target {
         TargetAddr::Ip(a) => vec![*a],
         TargetAddr::Domain(host, port) => {
-            if !cfg.policy.may_allow_port(*port) {
-                return Err(EndReason::ExitPolicy);
-            }
             match timeout(
                 connect_timeout,
                 tokio::net::lookup_host((host.as_str(), *port)),
@@ -57,9 +53,28 @@ pub(crate) async fn connect(
     if addrs.is_empty() {
         return Err(EndReason::ResolveFailed);
     }
-    let permitted: Vec<_> = addrs.iter().filter(|a| allowed(cfg, a)).collect();
+    let mut refused = None;
+    let permitted: Vec<_> = addrs
+        .iter()
+        .filter(|&&addr| {
+            let req = ConnectRequest {
+                prev_peer,
+                target,
+                addr,
+            };
+            match policy.admit_connect(&req) {
+                Ok(()) => true,
+                Err(r) => {
+                    refused = Some(r);
+                    false
+                }
+            }
+        })
+        .collect();
     if permitted.is_empty() {
-        return Err(EndReason::ExitPolicy);
+        let reason = refused.map_or(EndReason::ExitPolicy, |r| r.end_reason());
+        debug!("no address of a stream target admitted: {refused:?}");
+        return Err(reason);
     }
     let mut last = EndReason::Misc;
     for addr in permitted {

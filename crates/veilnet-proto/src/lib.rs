@@ -6,10 +6,15 @@ mod core;
 mod error;
 mod exit;
 mod link;
+mod policy;
 mod relay;
 mod stream;
 
-pub use crate::core::{Core, CoreConfig, ExitConfig, Limits, Stats};
+pub use crate::core::{Core, CoreConfig, Limits, Stats};
+pub use crate::policy::{
+    BeginRequest, ConnectRequest, CreateRequest, DefaultRelayPolicy, ExitConfig, ExtendRequest,
+    KnownRelays, Refusal, RelayPolicy,
+};
 pub use client::{CircuitInfo, ClientCircuit, HopSpec};
 pub use error::ProtoError;
 pub use link::{Link, LinkTap};

@@ -110,6 +110,12 @@ impl Link {
         self.circuits.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// True if we opened this link. Only a link's initiator creates
+    /// circuits on it; see `Core::on_create`.
+    pub(crate) fn we_initiated(&self) -> bool {
+        self.initiator
+    }
+
     /// Picks a free circuit id (the link initiator's ids have the top bit set)
     /// and installs `entry` under it.
     pub(crate) fn alloc_circuit(&self, entry: CircEntry, max: usize) -> Result<CircId, ProtoError> {
@@ -202,7 +208,9 @@ pub(crate) fn start(
         shutdown: Notify::new(),
         idle_since: Mutex::new(None),
     });
-    tokio::spawn(write_loop(link.clone(), wr, rx, session.sealer, core.tap()));
+    let mut sealer = session.sealer;
+    sealer.set_rekey_policy(core.limits().link_rekey);
+    tokio::spawn(write_loop(link.clone(), wr, rx, sealer, core.tap()));
     tokio::spawn(read_loop(core.clone(), link.clone(), rd, session.opener));
     link
 }
@@ -240,7 +248,9 @@ async fn write_loop(
             }
         }
         buf.extend_from_slice(&[0u8; 16]);
-        if let Err(e) = sealer.seal(&mut buf) {
+        // tokio's clock (the real one outside paused-time tests) drives
+        // the sealer's key age.
+        if let Err(e) = sealer.seal(&mut buf, tokio::time::Instant::now().into_std()) {
             debug!(link = link.id, "cannot seal record: {e}");
             break;
         }

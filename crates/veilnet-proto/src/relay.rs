@@ -3,20 +3,28 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use libp2p_identity::PeerId;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 use veilnet_cell::{
-    decode_relay, encode_relay, Cell, CellCommand, CircId, DestroyReason, RelayMsg, StreamId,
+    decode_relay, encode_relay, Cell, CellCommand, CellError, CircId, DestroyReason, RelayError,
+    RelayMsg, StreamId, MAX_HOPS,
 };
 use veilnet_crypto::onion::{relay_layers, RelayBackward, RelayForward};
 
 use crate::client::ClientRx;
 use crate::core::Core;
 use crate::link::Link;
+use crate::policy::{CreateRequest, ExtendRequest};
 use crate::stream::{CircuitTx, Endpoint};
 use crate::ProtoError;
+
+/// RELAY_EARLY cells a circuit may send through a relay: one per EXTEND of
+/// the longest circuit, so no circuit grows past [`MAX_HOPS`] hops, whatever
+/// its client sends (Tor's proposal 110).
+pub(crate) const MAX_RELAY_EARLY: u8 = (MAX_HOPS - 1) as u8;
 
 /// What a link knows about one of its circuit ids.
 pub(crate) enum CircEntry {
@@ -42,6 +50,8 @@ pub(crate) struct ForwardHop {
     back: Arc<BackSender>,
     next: NextHop,
     endpoint: Option<Arc<Endpoint>>,
+    /// RELAY_EARLY cells seen on this circuit (at most [`MAX_RELAY_EARLY`]).
+    early: u8,
 }
 
 enum NextHop {
@@ -62,7 +72,7 @@ impl BackSender {
     async fn forward(&self, mut cell: Cell) -> Result<(), ProtoError> {
         let mut layer = self.layer.lock().await;
         let permit = self.link.reserve().await?;
-        layer.encrypt(cell.body_mut())?;
+        layer.encrypt(cell.body_mut(), Instant::now())?;
         cell.set_circ_id(self.circ);
         permit.send(cell);
         Ok(())
@@ -74,7 +84,7 @@ impl BackSender {
     pub(crate) async fn originate(&self, mut cell: Cell) -> Result<(), ProtoError> {
         let mut layer = self.layer.lock().await;
         let permit = self.link.reserve().await?;
-        layer.originate(cell.body_mut())?;
+        layer.originate(cell.body_mut(), Instant::now())?;
         cell.set_circ_id(self.circ);
         permit.send(cell);
         Ok(())
@@ -86,7 +96,8 @@ enum Act {
     Backward(Arc<BackSender>, Cell),
     Client(mpsc::Sender<Cell>, Cell),
     ClientLocal(Arc<ClientRx>, Cell),
-    Local(Arc<BackSender>, Cell),
+    /// We are the last hop; the flag says whether the cell came as RELAY_EARLY.
+    Local(Arc<BackSender>, Cell, bool),
     Kill(DestroyReason, String),
     Ignore(&'static str),
 }
@@ -96,6 +107,12 @@ impl Core {
     pub(crate) async fn handle_cell(self: &Arc<Self>, link: &Arc<Link>, cell: Cell) {
         let cmd = match cell.validate().and_then(|_| cell.command()) {
             Ok(c) => c,
+            Err(CellError::UnknownCommand(c)) => {
+                // Open command space: a newer peer's command is not an error.
+                self.count(&self.stats.unknown_cell_commands);
+                debug!(link = link.id, "ignoring a cell with unknown command {c}");
+                return;
+            }
             Err(e) => {
                 self.count(&self.stats.cells_refused);
                 debug!(link = link.id, "dropping cell: {e}");
@@ -109,13 +126,44 @@ impl Core {
             CellCommand::Padding => {}
             CellCommand::Create => self.on_create(link, circ, &cell).await,
             CellCommand::Created => self.on_created(link, circ, cell).await,
-            CellCommand::Relay => self.on_relay(link, circ, cell).await,
+            CellCommand::Relay => self.on_relay(link, circ, cell, false).await,
+            CellCommand::RelayEarly => self.on_relay(link, circ, cell, true).await,
             CellCommand::Destroy => self.teardown(link, circ, cell.destroy_reason(), false),
         }
     }
 
     async fn on_create(self: &Arc<Self>, link: &Arc<Link>, circ: CircId, cell: &Cell) {
+        if link.we_initiated() {
+            // Only a link's initiator creates circuits on it. On a link we
+            // opened (a client link under a throwaway identity, or a relay
+            // link of ours) every CREATE gets this same answer, whatever it
+            // holds and whatever our role, before any key is touched: the
+            // guard of our client circuits must not learn whether we are a
+            // relay or which onion key we hold. DESTROY rather than silence:
+            // the peer already knows it talks to veilnet, so silence would
+            // hide nothing, and an honest but confused peer learns at once
+            // instead of after a timeout.
+            self.count(&self.stats.cells_refused);
+            debug!(link = link.id, "refusing CREATE on a link we opened");
+            link.send_detached(Cell::destroy(circ, DestroyReason::Protocol));
+            return;
+        }
+        if !circ.from_initiator() {
+            // The link's initiator (our peer) picks ids with the top bit set.
+            self.count(&self.stats.cells_refused);
+            debug!(link = link.id, "refusing CREATE without the initiator bit");
+            link.send_detached(Cell::destroy(circ, DestroyReason::Protocol));
+            return;
+        }
         if !self.cfg.relay {
+            link.send_detached(Cell::destroy(circ, DestroyReason::ResourceLimit));
+            return;
+        }
+        if let Err(refusal) = self.cfg.policy.admit_create(&CreateRequest {
+            prev_peer: link.peer,
+        }) {
+            self.count(&self.stats.cells_refused);
+            debug!(link = link.id, "refusing CREATE: {refusal}");
             link.send_detached(Cell::destroy(circ, DestroyReason::ResourceLimit));
             return;
         }
@@ -132,7 +180,7 @@ impl Core {
                 return;
             }
         };
-        let (fwd, bwd) = relay_layers(&keys);
+        let (fwd, bwd) = relay_layers(&keys, self.limits().layer_rekey);
         let back = Arc::new(BackSender {
             layer: tokio::sync::Mutex::new(bwd),
             link: link.clone(),
@@ -152,6 +200,7 @@ impl Core {
                     back,
                     next: NextHop::None,
                     endpoint: None,
+                    early: 0,
                 })),
             );
         }
@@ -184,26 +233,52 @@ impl Core {
         let _ = client.send(cell).await;
     }
 
-    async fn on_relay(self: &Arc<Self>, link: &Arc<Link>, circ: CircId, mut cell: Cell) {
+    /// A RELAY cell, or with `early` a RELAY_EARLY cell: the same but for
+    /// the extend budget, counted here and forwarded as it came.
+    async fn on_relay(
+        self: &Arc<Self>,
+        link: &Arc<Link>,
+        circ: CircId,
+        mut cell: Cell,
+        early: bool,
+    ) {
         let act = {
             let mut table = link.table();
             match table.get_mut(&circ) {
                 None => Act::Ignore("RELAY on unknown circuit"),
-                Some(CircEntry::Forward(hop)) => match hop.layer.decrypt(cell.body_mut()) {
-                    Err(e) => {
-                        Act::Kill(DestroyReason::Protocol, format!("relay cell refused: {e}"))
+                Some(CircEntry::Forward(hop)) if early && hop.early >= MAX_RELAY_EARLY => {
+                    Act::Kill(
+                        DestroyReason::Protocol,
+                        "too many RELAY_EARLY cells on one circuit".into(),
+                    )
+                }
+                // Early cells only travel away from the client (Tor's rule).
+                Some(
+                    CircEntry::Backward { .. } | CircEntry::Client(_) | CircEntry::ClientOpen(_),
+                ) if early => Act::Kill(
+                    DestroyReason::Protocol,
+                    "RELAY_EARLY toward the client".into(),
+                ),
+                Some(CircEntry::Forward(hop)) => {
+                    hop.early += u8::from(early);
+                    match hop.layer.decrypt(cell.body_mut()) {
+                        Err(e) => {
+                            Act::Kill(DestroyReason::Protocol, format!("relay cell refused: {e}"))
+                        }
+                        // Forwarded with its command: still RELAY_EARLY if it came so.
+                        Ok(()) => match &hop.next {
+                            NextHop::Link(next, next_circ) => {
+                                cell.set_circ_id(*next_circ);
+                                Act::Forward(next.clone(), cell)
+                            }
+                            NextHop::None => Act::Local(hop.back.clone(), cell, early),
+                            NextHop::Extending => Act::Kill(
+                                DestroyReason::Protocol,
+                                "relay cell while extending".into(),
+                            ),
+                        },
                     }
-                    Ok(()) => match &hop.next {
-                        NextHop::Link(next, next_circ) => {
-                            cell.set_circ_id(*next_circ);
-                            Act::Forward(next.clone(), cell)
-                        }
-                        NextHop::None => Act::Local(hop.back.clone(), cell),
-                        NextHop::Extending => {
-                            Act::Kill(DestroyReason::Protocol, "relay cell while extending".into())
-                        }
-                    },
-                },
+                }
                 Some(CircEntry::Backward { back, .. }) => Act::Backward(back.clone(), cell),
                 Some(CircEntry::Client(tx)) => Act::Client(tx.clone(), cell),
                 Some(CircEntry::ClientOpen(rx)) => match rx.decrypt(&mut cell) {
@@ -231,16 +306,20 @@ impl Core {
             Act::Client(tx, cell) => {
                 let _ = tx.send(cell).await;
             }
-            Act::ClientLocal(rx, cell) => {
-                if let Err(e) = rx.endpoint.handle(cell).await {
+            Act::ClientLocal(rx, cell) => match rx.endpoint.handle(cell).await {
+                Ok(()) => {}
+                Err(ProtoError::Relay(RelayError::UnknownCommand(c))) => {
+                    self.unknown_relay_command(link, c)
+                }
+                Err(e) => {
                     self.count(&self.stats.cells_refused);
                     debug!("destroying our circuit: {e}");
                     self.teardown(link, circ, DestroyReason::Protocol, true);
                 }
-            }
-            Act::Local(back, cell) => {
+            },
+            Act::Local(back, cell, early) => {
                 self.count(&self.stats.relay_cells);
-                if let Err(e) = self.on_local(link, circ, back, cell).await {
+                if let Err(e) = self.on_local(link, circ, back, cell, early).await {
                     self.count(&self.stats.cells_refused);
                     debug!("destroying a circuit: {e}");
                     self.teardown(link, circ, DestroyReason::Protocol, true);
@@ -262,8 +341,16 @@ impl Core {
         circ: CircId,
         back: Arc<BackSender>,
         cell: Cell,
+        early: bool,
     ) -> Result<(), ProtoError> {
-        let (sid, msg) = decode_relay(cell.relay_payload())?;
+        let (sid, msg) = match decode_relay(cell.relay_payload()) {
+            Ok(m) => m,
+            Err(RelayError::UnknownCommand(c)) => {
+                self.unknown_relay_command(link, c);
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         match msg {
             RelayMsg::Extend {
                 peer_id,
@@ -271,17 +358,26 @@ impl Core {
                 link_key,
                 handshake,
             } => {
+                if !early {
+                    // Every EXTEND spends the extend budget, so relays, not
+                    // the client, bound the length of a circuit.
+                    return Err(ProtoError::Protocol(
+                        "EXTEND outside a RELAY_EARLY cell".into(),
+                    ));
+                }
                 if sid != StreamId(0) {
                     return Err(ProtoError::Protocol("EXTEND on a stream".into()));
                 }
                 let peer = PeerId::from_bytes(peer_id)
                     .map_err(|_| ProtoError::Protocol("EXTEND with a bad peer id".into()))?;
-                if !self.cfg.allow_private_links && veilnet_policy::is_private_or_special(addr.ip())
-                {
-                    // Nobody may use us to probe our own host or network.
-                    return Err(ProtoError::Protocol(
-                        "EXTEND to a private address refused".into(),
-                    ));
+                let admitted = self.cfg.policy.admit_extend(&ExtendRequest {
+                    prev_peer: link.peer,
+                    next_peer: peer,
+                    next_addr: addr,
+                });
+                if let Err(refusal) = admitted {
+                    // E.g. nobody may use us to probe our own host or network.
+                    return Err(ProtoError::Protocol(format!("EXTEND refused: {refusal}")));
                 }
                 {
                     let mut table = link.table();
@@ -317,7 +413,7 @@ impl Core {
                             .get_or_insert_with(|| {
                                 Endpoint::new(
                                     CircuitTx::Relay(back.clone()),
-                                    self.cfg.exit.clone(),
+                                    Some(self.cfg.policy.clone()),
                                     self.limits().clone(),
                                     Some(self.clone()),
                                 )
@@ -332,6 +428,16 @@ impl Core {
                 "backward-only relay message sent forward".into(),
             )),
         }
+    }
+
+    /// A relay message with a command this version does not know: counted
+    /// and ignored, so newer peers can add messages (see `RelayCommand`).
+    fn unknown_relay_command(&self, link: &Link, command: u8) {
+        self.count(&self.stats.unknown_relay_commands);
+        debug!(
+            link = link.id,
+            "ignoring a relay message with unknown command {command}"
+        );
     }
 
     async fn extend(

@@ -24,8 +24,9 @@ use veilnet_cell::{
 };
 use veilnet_crypto::onion::ClientForward;
 
-use crate::core::{Core, ExitConfig, Limits};
+use crate::core::{Core, Limits};
 use crate::link::Link;
+use crate::policy::{BeginRequest, RelayPolicy};
 use crate::relay::BackSender;
 use crate::ProtoError;
 
@@ -82,7 +83,8 @@ impl CircuitTx {
                 let tx = &mut *tx;
                 // Reserve first: a cancelled wait must not burn a counter value.
                 let permit = tx.link.reserve().await?;
-                tx.layers.encrypt(cell.body_mut())?;
+                tx.layers
+                    .encrypt(cell.body_mut(), std::time::Instant::now())?;
                 cell.set_circ_id(tx.circ);
                 permit.send(cell);
                 Ok(())
@@ -119,7 +121,9 @@ pub(crate) struct Endpoint {
     circ_window: Arc<Semaphore>,
     inner: Mutex<Inner>,
     closed: AtomicBool,
-    exit: Option<ExitConfig>,
+    /// The node's admission policy at a relay's endpoint (which may be an
+    /// exit); `None` at the client, which refuses every BEGIN.
+    policy: Option<Arc<dyn RelayPolicy>>,
     limits: Limits,
     core: Option<Arc<Core>>,
     /// DATA cells waiting in stream queues. Circuit credit is returned only
@@ -134,7 +138,7 @@ pub(crate) const MAX_EXIT_CONNECTS: usize = 256;
 impl Endpoint {
     pub(crate) fn new(
         tx: CircuitTx,
-        exit: Option<ExitConfig>,
+        policy: Option<Arc<dyn RelayPolicy>>,
         limits: Limits,
         core: Option<Arc<Core>>,
     ) -> Arc<Self> {
@@ -147,7 +151,7 @@ impl Endpoint {
                 delivered: 0,
             }),
             closed: AtomicBool::new(false),
-            exit,
+            policy,
             limits,
             core,
             queued: std::sync::atomic::AtomicUsize::new(0),
@@ -353,11 +357,27 @@ impl Endpoint {
         if sid == StreamId(0) {
             return Err(ProtoError::Protocol("BEGIN on stream 0".into()));
         }
-        let Some(exit) = self.exit.clone() else {
+        // The neighbour that sent this circuit's CREATE: the link our
+        // layer sends back on.
+        let (Some(policy), CircuitTx::Relay(back)) = (self.policy.clone(), &self.tx) else {
             return self
                 .send_msg(sid, &RelayMsg::End(EndReason::ExitPolicy))
                 .await;
         };
+        let prev_peer = back.link.peer;
+        let admitted = policy.admit_begin(&BeginRequest {
+            prev_peer,
+            target: &target,
+        });
+        if let Err(refusal) = admitted {
+            debug!("refusing a BEGIN: {refusal}");
+            if let Some(core) = &self.core {
+                core.count(&core.stats.streams_refused);
+            }
+            return self
+                .send_msg(sid, &RelayMsg::End(refusal.end_reason()))
+                .await;
+        }
         let opened = {
             let mut inner = self.inner();
             if inner.streams.contains_key(&sid) {
@@ -390,7 +410,10 @@ impl Endpoint {
         let per_addr = self.limits.connect_timeout;
         tokio::spawn(async move {
             let result = tokio::select! {
-                r = tokio::time::timeout(budget, crate::exit::connect(&exit, &target, per_addr)) => {
+                r = tokio::time::timeout(
+                    budget,
+                    crate::exit::connect(&*policy, prev_peer, &target, per_addr),
+                ) => {
                     r.unwrap_or(Err(EndReason::Timeout))
                 }
                 // The stream or circuit went away first: stop here.

@@ -49,9 +49,11 @@ async fn three_hop_echo_and_half_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_targets_map_to_end_reasons() {
+    // Two-hop circuits: exits refuse every stream of a one-hop circuit.
     let client = node(false, false).await;
+    let middle = node(false, false).await;
     let strict_exit = node(true, false).await;
-    let path = vec![strict_exit.spec.clone()];
+    let path = vec![middle.spec.clone(), strict_exit.spec.clone()];
     let circuit = client.core.build_circuit(&path).await.unwrap();
     let echo = echo_server().await;
     // Loopback is refused by the default policy.
@@ -63,7 +65,7 @@ async fn refused_targets_map_to_end_reasons() {
     let relay = node(false, false).await;
     let circuit = client
         .core
-        .build_circuit(std::slice::from_ref(&relay.spec))
+        .build_circuit(&[middle.spec.clone(), relay.spec.clone()])
         .await
         .unwrap();
     match circuit.open_stream(&TargetAddr::Ip(echo)).await {
@@ -74,7 +76,7 @@ async fn refused_targets_map_to_end_reasons() {
     let exit = node(true, true).await;
     let circuit = client
         .core
-        .build_circuit(std::slice::from_ref(&exit.spec))
+        .build_circuit(&[middle.spec.clone(), exit.spec.clone()])
         .await
         .unwrap();
     let closed = {

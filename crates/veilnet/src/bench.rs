@@ -481,6 +481,8 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         c.client.http_proxy = None;
         c.exit.enabled = !client && i < exits;
         c.exit.danger_allow_private_targets = c.exit.enabled;
+        // Exits refuse one-hop circuits unless the bench builds only those.
+        c.exit.danger_allow_one_hop_exits = c.exit.enabled && opts.hops == 1;
         if client {
             c.client.socks = Some(SocketAddr::from(([127, 0, 0, 1], free_port()?)));
             c.control.listen = Some(SocketAddr::from(([127, 0, 0, 1], free_port()?)));

@@ -14,7 +14,7 @@ use veilnet_config::{Config, NodeKeys};
 use veilnet_crypto::circuit::OnionKeypair;
 use veilnet_dir::{Descriptor, Directory, ErrorKind, Inserted, Roles, SignedDescriptor};
 use veilnet_discovery::{DiscoveryConfig, DiscoveryEvent, DiscoveryHandle};
-use veilnet_proto::{Core, CoreConfig, Limits, LinkTap};
+use veilnet_proto::{Core, CoreConfig, DefaultRelayPolicy, ExitConfig, Limits, LinkTap};
 
 use crate::circmgr::CircuitManager;
 use crate::control::{self, CircuitView, ControlSource, NodeView, StatusView};
@@ -160,13 +160,24 @@ impl Node {
         }
         let peer_id = keys.identity.public().to_peer_id();
         let exit = if config.exit.enabled {
-            Some(veilnet_proto::ExitConfig {
-                policy: config.exit_policy()?,
-                allow_private_targets: config.exit.danger_allow_private_targets,
-            })
+            let mut exit = ExitConfig::new(config.exit_policy()?);
+            exit.allow_private_targets = config.exit.danger_allow_private_targets;
+            exit.allow_one_hop_exits = config.exit.danger_allow_one_hop_exits;
+            exit.own_addrs = own_addresses(&config);
+            Some(exit)
         } else {
             None
         };
+        let directory = Arc::new(Mutex::new(Directory::new(peer_id)));
+        // The one-hop rule: a circuit whose CREATE came from a peer that is
+        // not a relay in our directory came straight from its client.
+        let relays = {
+            let dir = directory.clone();
+            move |peer: &PeerId| lock(&dir).get(peer).is_some_and(|d| d.roles.relay)
+        };
+        let mut policy = DefaultRelayPolicy::new(Arc::new(relays));
+        policy.allow_private_links = config.node.danger_allow_private_links;
+        policy.exit = exit.clone();
         let onion = OnionKeypair {
             secret: keys.onion.secret,
             public: keys.onion.public,
@@ -180,8 +191,7 @@ impl Node {
             onion,
             previous_onion,
             relay: config.node.relay,
-            allow_private_links: config.node.danger_allow_private_links,
-            exit: exit.clone(),
+            policy: Arc::new(policy),
             limits: Limits::default(),
             tap,
         })?;
@@ -214,7 +224,6 @@ impl Node {
             config.node.advertise.clone()
         };
 
-        let directory = Arc::new(Mutex::new(Directory::new(peer_id)));
         let now = unix_now();
         let template = Descriptor {
             peer_id,
@@ -396,6 +405,28 @@ impl Node {
     }
 }
 
+/// The addresses the configuration says this node is reachable at (its
+/// advertised and listen addresses, link and p2p). An exit never connects
+/// to the public ones (Tor's ExitPolicyRejectMyAddresses), so a circuit
+/// cannot reach services bound to the exit's own host.
+fn own_addresses(config: &Config) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = config.node.advertise.iter().map(|a| a.ip()).collect();
+    ips.push(config.node.link_listen.ip());
+    for addr in &config.node.p2p_listen {
+        for proto in addr.iter() {
+            match proto {
+                libp2p::multiaddr::Protocol::Ip4(ip) => ips.push(ip.into()),
+                libp2p::multiaddr::Protocol::Ip6(ip) => ips.push(ip.into()),
+                _ => {}
+            }
+        }
+    }
+    ips.retain(|ip| !ip.is_unspecified());
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
 /// Verifies and stores descriptors arriving from discovery.
 async fn directory_feed(
     directory: Arc<Mutex<Directory>>,
@@ -571,5 +602,28 @@ impl ControlSource for NodeControl {
             .upgrade()
             .map(|n| n.circuits.views())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_addresses_come_from_the_config() {
+        let mut c = Config::default();
+        // Wildcard listeners say nothing about our addresses.
+        assert!(own_addresses(&c).is_empty());
+        c.node.advertise = vec!["198.51.100.7:9201".parse().unwrap()];
+        c.node.link_listen = "192.0.2.1:9201".parse().unwrap();
+        c.node.p2p_listen = vec![
+            "/ip6/2001:db8::7/tcp/9200".parse().unwrap(),
+            "/ip4/198.51.100.7/tcp/9200".parse().unwrap(),
+        ];
+        let want: Vec<IpAddr> = ["192.0.2.1", "198.51.100.7", "2001:db8::7"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(own_addresses(&c), want);
     }
 }

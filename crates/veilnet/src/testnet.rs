@@ -119,6 +119,8 @@ fn node_config(
     c.control.listen = if client { opts.control } else { None };
     c.exit.enabled = exit;
     c.exit.danger_allow_private_targets = exit && opts.allow_private_targets;
+    // Exits refuse one-hop circuits; a network that builds only those needs them.
+    c.exit.danger_allow_one_hop_exits = exit && opts.hops == 1;
     c
 }
 
@@ -185,20 +187,24 @@ impl Testnet {
         Err(TestnetError::Invalid("no client started".into()))
     }
 
-    /// Waits until the client knows every relay and has built a circuit.
+    /// Waits until the client and every relay know every relay, and the
+    /// client has built a circuit. (Exits serve streams only on circuits
+    /// whose previous hop is a relay they know.)
     pub async fn wait_ready(&self, limit: Duration) -> Result<(), TestnetError> {
         let start = Instant::now();
         // The client publishes nothing: it knows the relays only.
         let want = self.relays.len();
-        while self.client.known_nodes() < want {
+        let lagging = || {
+            std::iter::once(&self.client)
+                .chain(&self.relays)
+                .map(|n| n.known_nodes())
+                .find(|&known| known < want)
+        };
+        while let Some(known) = lagging() {
             if start.elapsed() > limit {
                 return Err(TestnetError::NotReady(
                     limit,
-                    format!(
-                        "the client knows {} of {} nodes",
-                        self.client.known_nodes(),
-                        want
-                    ),
+                    format!("a node knows {known} of {want} nodes"),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -300,6 +300,34 @@ async fn stream_isolation_by_socks_credentials() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_hop_test_networks_still_carry_streams() {
+    // Exits refuse one-hop circuits by default; a test network that builds
+    // only those turns the refusal off for its exits.
+    let opts = TestnetOptions {
+        nodes: 2,
+        exits: 1,
+        hops: 1,
+        socks: Some("127.0.0.1:0".parse().unwrap()),
+        allow_private_targets: true,
+        ..TestnetOptions::default()
+    };
+    let net = Testnet::start(opts).await.unwrap();
+    let run = async {
+        net.wait_ready(Duration::from_secs(30)).await.unwrap();
+        let echo = echo_target().await;
+        let mut s = socks_connect(net.client.socks_addr.unwrap(), echo, None).await;
+        s.write_all(b"one hop").await.unwrap();
+        let mut back = [0u8; 7];
+        s.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"one hop");
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap();
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_nodes_know_each_other_within_thirty_seconds() {
     let opts = TestnetOptions {
         nodes: 30,

@@ -1,20 +1,60 @@
 //! Shared helpers for the engine tests: in-process nodes on loopback.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::sync::Arc;
+pub mod raw;
 
-use libp2p_identity::Keypair;
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock, RwLock};
+
+use libp2p_identity::{Keypair, PeerId};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use veilnet_cell::TargetAddr;
 use veilnet_crypto::circuit::OnionKeypair;
 use veilnet_policy::ExitPolicy;
-use veilnet_proto::{ClientCircuit, Core, CoreConfig, ExitConfig, HopSpec, Limits};
+use veilnet_proto::{
+    ClientCircuit, Core, CoreConfig, DefaultRelayPolicy, ExitConfig, HopSpec, KnownRelays, Limits,
+};
+
+/// The directory every test node shares: each node registers itself (they
+/// are all relays), so exits know the middles that extend to them.
+static RELAYS: LazyLock<RwLock<HashSet<PeerId>>> = LazyLock::new(Default::default);
+
+pub fn known_relays() -> Arc<dyn KnownRelays> {
+    Arc::new(|p: &PeerId| RELAYS.read().unwrap().contains(p))
+}
 
 pub struct Node {
     pub core: Arc<Core>,
     pub spec: HopSpec,
     pub onion: OnionKeypair,
+}
+
+/// How a test node is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct Opts {
+    /// An exit under the default exit policy.
+    pub exit: bool,
+    /// The exit may reach loopback targets.
+    pub allow_private_targets: bool,
+    /// The relay may extend circuits to loopback relays.
+    pub private_links: bool,
+    /// The exit serves one-hop circuits.
+    pub one_hop_exits: bool,
+    /// The node relays circuits for others (and is in the shared directory).
+    pub relay: bool,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            exit: false,
+            allow_private_targets: false,
+            private_links: true,
+            one_hop_exits: false,
+            relay: true,
+        }
+    }
 }
 
 pub async fn node(exit: bool, allow_private: bool) -> Node {
@@ -23,27 +63,45 @@ pub async fn node(exit: bool, allow_private: bool) -> Node {
 
 /// A node; `private_links` lets it extend circuits to loopback relays.
 pub async fn node_with(exit: bool, allow_private: bool, private_links: bool) -> Node {
+    node_opts(Opts {
+        exit,
+        allow_private_targets: allow_private,
+        private_links,
+        ..Opts::default()
+    })
+    .await
+}
+
+pub async fn node_opts(opts: Opts) -> Node {
     let identity = Keypair::generate_ed25519();
     let onion = OnionKeypair::generate().unwrap();
     let spec_key = onion.public;
     let onion_copy = onion.clone();
+    let mut policy = DefaultRelayPolicy::new(known_relays());
+    policy.allow_private_links = opts.private_links;
+    policy.exit = opts.exit.then(|| {
+        let rules = ExitPolicy::default_exit();
+        let mut exit = ExitConfig::new(if opts.allow_private_targets {
+            rules.with_private_targets_allowed()
+        } else {
+            rules
+        });
+        exit.allow_private_targets = opts.allow_private_targets;
+        exit.allow_one_hop_exits = opts.one_hop_exits;
+        exit
+    });
+    if opts.relay {
+        RELAYS
+            .write()
+            .unwrap()
+            .insert(identity.public().to_peer_id());
+    }
     let core = Core::new(CoreConfig {
         identity,
         onion: onion.clone(),
         previous_onion: None,
-        relay: true,
-        allow_private_links: private_links,
-        exit: exit.then(|| {
-            let policy = ExitPolicy::default_exit();
-            ExitConfig {
-                policy: if allow_private {
-                    policy.with_private_targets_allowed()
-                } else {
-                    policy
-                },
-                allow_private_targets: allow_private,
-            }
-        }),
+        relay: opts.relay,
+        policy: Arc::new(policy),
         limits: Limits::default(),
         tap: None,
     })
