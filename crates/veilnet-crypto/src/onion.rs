@@ -67,6 +67,8 @@ struct DirLayer {
     uses: u64,
     /// When the current keys first sealed a cell (the sender's clock).
     since: Option<Instant>,
+    /// Key updates so far.
+    updates: u64,
     dead: bool,
 }
 
@@ -79,6 +81,7 @@ impl DirLayer {
             mask: CounterAead::new(mask_key),
             uses: 0,
             since: None,
+            updates: 0,
             dead: false,
         }
     }
@@ -113,6 +116,7 @@ impl DirLayer {
             self.mask = CounterAead::new(&self.mask_key);
             self.uses = 0;
             self.since = None;
+            self.updates += 1;
             return Ok(());
         }
         self.uses += 1;
@@ -350,7 +354,17 @@ fn guard_all<T>(
     r
 }
 
+/// Key updates over all of a client's layers in one direction.
+fn updates(layers: &[DirLayer]) -> u64 {
+    layers.iter().map(|l| l.updates).sum()
+}
+
 impl ClientForward {
+    /// How many times the client has retired a hop's forward keys.
+    pub fn key_updates(&self) -> u64 {
+        updates(&self.layers)
+    }
+
     /// Wraps a cell body whose payload holds a relay message for the last hop.
     pub fn encrypt(&mut self, body: &mut [u8], now: Instant) -> Result<(), CryptoError> {
         let (header, payload) = split(body)?;
@@ -401,6 +415,11 @@ impl ClientForward {
 }
 
 impl ClientBackward {
+    /// How many times the hops have retired their backward keys.
+    pub fn key_updates(&self) -> u64 {
+        updates(&self.layers)
+    }
+
     /// Removes every layer from a cell the last hop originated, verifying each
     /// hop's tag over the header that hop received. On success the payload
     /// holds the relay message. After an error every layer refuses every

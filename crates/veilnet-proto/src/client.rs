@@ -60,6 +60,10 @@ pub struct ClientCircuit {
     link: Arc<Link>,
     circ: CircId,
     endpoint: Arc<Endpoint>,
+    /// Our layers, forward (the endpoint's sender) and backward (the link
+    /// reader's), kept here for status figures.
+    tx: Arc<tokio::sync::Mutex<ClientTx>>,
+    rx: Arc<ClientRx>,
     built: Instant,
     build_time: Duration,
     core: Arc<Core>,
@@ -97,6 +101,19 @@ impl ClientCircuit {
     /// Streams open on it.
     pub fn stream_count(&self) -> usize {
         self.endpoint.stream_count()
+    }
+
+    /// Onion-layer key updates so far: the hops' forward keys we retired,
+    /// and the backward keys the hops retired (and we followed).
+    pub async fn key_updates(&self) -> (u64, u64) {
+        let fwd = self.tx.lock().await.layers.key_updates();
+        let bwd = self
+            .rx
+            .layers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .key_updates();
+        (fwd, bwd)
     }
 
     /// A snapshot for status displays.
@@ -177,29 +194,28 @@ impl Core {
             }
         };
         let (fwd, bwd) = layers.split();
+        let tx = Arc::new(tokio::sync::Mutex::new(ClientTx {
+            layers: fwd,
+            link: link.clone(),
+            circ,
+        }));
         let endpoint = Endpoint::new(
-            CircuitTx::Client(
-                Arc::new(tokio::sync::Mutex::new(ClientTx {
-                    layers: fwd,
-                    link: link.clone(),
-                    circ,
-                })),
-                circ,
-            ),
+            CircuitTx::Client(tx.clone(), circ),
             None,
             self.limits().clone(),
             None,
         );
+        let rx = Arc::new(ClientRx {
+            layers: std::sync::Mutex::new(bwd),
+            endpoint: endpoint.clone(),
+        });
         // From now on the link reader removes our layers and hands the
         // messages to the streams itself: no extra queue or task per cell.
         let open = {
             let mut table = link.table();
             match table.get_mut(&circ) {
                 Some(entry @ CircEntry::Client(_)) => {
-                    *entry = CircEntry::ClientOpen(Arc::new(ClientRx {
-                        layers: std::sync::Mutex::new(bwd),
-                        endpoint: endpoint.clone(),
-                    }));
+                    *entry = CircEntry::ClientOpen(rx.clone());
                     true
                 }
                 _ => false,
@@ -215,6 +231,8 @@ impl Core {
             link,
             circ,
             endpoint,
+            tx,
+            rx,
             built: Instant::now(),
             build_time: started.elapsed(),
             core: self.clone(),

@@ -14,6 +14,7 @@ use veilnet_crypto::circuit::OnionKeypair;
 use veilnet_policy::ExitPolicy;
 use veilnet_proto::{
     ClientCircuit, Core, CoreConfig, DefaultRelayPolicy, ExitConfig, HopSpec, KnownRelays, Limits,
+    LinkTap,
 };
 
 /// The directory every test node shares: each node registers itself (they
@@ -31,7 +32,7 @@ pub struct Node {
 }
 
 /// How a test node is set up.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Opts {
     /// An exit under the default exit policy.
     pub exit: bool,
@@ -43,6 +44,10 @@ pub struct Opts {
     pub one_hop_exits: bool,
     /// The node relays circuits for others (and is in the shared directory).
     pub relay: bool,
+    /// Resource limits and key-update policies.
+    pub limits: Limits,
+    /// Observes every byte the node's links write.
+    pub tap: Option<LinkTap>,
 }
 
 impl Default for Opts {
@@ -53,6 +58,8 @@ impl Default for Opts {
             private_links: true,
             one_hop_exits: false,
             relay: true,
+            limits: Limits::default(),
+            tap: None,
         }
     }
 }
@@ -102,8 +109,8 @@ pub async fn node_opts(opts: Opts) -> Node {
         previous_onion: None,
         relay: opts.relay,
         policy: Arc::new(policy),
-        limits: Limits::default(),
-        tap: None,
+        limits: opts.limits,
+        tap: opts.tap,
     })
     .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,0 +1,85 @@
+//! Key updates under load: a stream crosses many link-record and onion-layer
+//! key updates and arrives byte-exact.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{echo_server, node_opts, through, Opts};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use veilnet_cell::TargetAddr;
+use veilnet_crypto::link::RECORD_KEY_UPDATE;
+use veilnet_crypto::RekeyPolicy;
+use veilnet_proto::{Limits, LinkTap};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_and_layers_rekey() {
+    // Retire every layer key after 16 cells and every link key after 4
+    // records (a record carries up to 32 cells), or either after 50 ms.
+    let tiny = |max_uses| RekeyPolicy {
+        max_uses,
+        max_age: Duration::from_millis(50),
+    };
+    let limits = Limits {
+        link_rekey: tiny(4),
+        layer_rekey: tiny(16),
+        ..Limits::default()
+    };
+    // Link records whose header carries the key-update flag (handshake
+    // frames are shorter than 0x8000 bytes, so their prefix never has it).
+    let link_updates = Arc::new(AtomicU64::new(0));
+    let seen = link_updates.clone();
+    let tap: LinkTap = Arc::new(move |bytes: &[u8]| {
+        if bytes.len() >= 2 && u16::from_be_bytes([bytes[0], bytes[1]]) & RECORD_KEY_UPDATE != 0 {
+            seen.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let opts = |exit: bool| Opts {
+        exit,
+        allow_private_targets: exit,
+        limits: limits.clone(),
+        tap: Some(tap.clone()),
+        ..Opts::default()
+    };
+    let client = node_opts(opts(false)).await;
+    let relays = [
+        node_opts(opts(false)).await,
+        node_opts(opts(false)).await,
+        node_opts(opts(true)).await,
+    ];
+    let path: Vec<_> = relays.iter().map(|n| n.spec.clone()).collect();
+    let circuit = client.core.build_circuit(&path).await.unwrap();
+    let echo = echo_server().await;
+
+    let mut app = through(&circuit, TargetAddr::Ip(echo)).await;
+    let data: Vec<u8> = (0..2_000_000u32)
+        .map(|i| (i * 13 + i / 977) as u8)
+        .collect();
+    let (mut r, mut w) = app.split();
+    let send = async {
+        w.write_all(&data).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut got = Vec::new();
+    let recv = async {
+        tokio::time::timeout(Duration::from_secs(60), r.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+    };
+    tokio::join!(send, recv);
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "the echo differs from what was sent");
+
+    // About 1000 cells each way: every hop's layer keys moved dozens of
+    // times in both directions, and so did the link keys.
+    let (fwd, bwd) = circuit.key_updates().await;
+    assert!(fwd >= 3 * 30, "forward layer key updates: {fwd}");
+    assert!(bwd >= 3 * 30, "backward layer key updates: {bwd}");
+    let links = link_updates.load(Ordering::Relaxed);
+    assert!(links >= 30, "link key updates: {links}");
+    assert!(circuit.is_open());
+}
