@@ -10,7 +10,7 @@
 //!   produces for the decrypted payload at that position: an `Ok` for
 //!   anything else would be a forged tag.
 //! * Round trip: the input as a payload, wrapped by a client for 1..=5 hops
-//!   (first byte) whose keys ratchet every 1..=4 cells (second byte), passes
+//!   (first byte) whose keys ratchet every 16..=19 cells (second byte), passes
 //!   every relay and comes back through every relay unchanged; then one bit
 //!   of the body, anywhere (chosen by the input), flipped after hop k: the
 //!   next hop rejects it going forward, the client going backward.
@@ -19,12 +19,14 @@
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
-use veilnet_cell::{BODY_LEN, MAX_HOPS, ONION_HEADER_LEN};
+use veilnet_cell::{CellCommand, BODY_LEN, MAX_HOPS, ONION_HEADER_LEN};
 use veilnet_crypto::circuit::HopKeys;
 use veilnet_crypto::onion::{relay_layers, ClientLayers, RelayBackward, RelayForward, NO_REKEY};
+use veilnet_crypto::rekey::MIN_USES_PER_KEY;
 use veilnet_crypto::{CryptoError, RekeyPolicy};
 
 const JUNK_KEY: [u8; 32] = [0x5A; 32];
+const R: CellCommand = CellCommand::Relay;
 
 fn keys(hop: usize) -> HopKeys {
     let seed = (hop as u8).wrapping_mul(16).wrapping_add(1);
@@ -61,12 +63,12 @@ fn body_from(bytes: &[u8]) -> Vec<u8> {
 fn decrypt_arbitrary(relay: &mut RelayForward, shadow: &mut ClientLayers, input: &[u8]) {
     let now = Instant::now();
     let mut body = input.to_vec();
-    match relay.decrypt(&mut body) {
+    match relay.decrypt(&mut body, R) {
         Ok(()) => {
             let mut genuine = vec![0u8; input.len()];
             genuine[ONION_HEADER_LEN..].copy_from_slice(&body[ONION_HEADER_LEN..]);
             shadow
-                .encrypt_forward(&mut genuine, now)
+                .encrypt_forward(&mut genuine, R, now)
                 .expect("client encrypts");
             assert!(
                 genuine == input,
@@ -81,9 +83,12 @@ fn decrypt_arbitrary(relay: &mut RelayForward, shadow: &mut ClientLayers, input:
             // The layer is dead now: everything after fails too.
             let mut again = vec![0u8; BODY_LEN];
             shadow
-                .encrypt_forward(&mut again, now)
+                .encrypt_forward(&mut again, R, now)
                 .expect("client encrypts");
-            assert!(relay.decrypt(&mut again).is_err(), "a dead layer revived");
+            assert!(
+                relay.decrypt(&mut again, R).is_err(),
+                "a dead layer revived"
+            );
         }
     }
 }
@@ -93,7 +98,7 @@ fn decrypt_arbitrary(relay: &mut RelayForward, shadow: &mut ClientLayers, input:
 fn arbitrary_bodies(data: &[u8]) {
     decrypt_arbitrary(&mut forward(0), &mut client(1, NO_REKEY), data);
     let mut body = data.to_vec();
-    assert!(client(3, NO_REKEY).decrypt_backward(&mut body).is_err());
+    assert!(client(3, NO_REKEY).decrypt_backward(&mut body, R).is_err());
 
     let mut relay = forward(0);
     let mut shadow = client(1, NO_REKEY);
@@ -111,7 +116,7 @@ fn round_trip(data: &[u8]) {
     let now = Instant::now();
     let hops = 1 + usize::from(*first) % MAX_HOPS;
     let policy = RekeyPolicy {
-        max_uses: 1 + u64::from(*second % 4),
+        max_uses: MIN_USES_PER_KEY + u64::from(*second % 4),
         ..NO_REKEY
     };
     let mut c = client(hops, policy);
@@ -132,27 +137,34 @@ fn round_trip(data: &[u8]) {
     // Forward, the tamperer needs a hop after it.
     let after_fwd = (hops > 1).then(|| (pick >> 16) % (hops - 1));
 
-    // Three genuine rounds (keys ratchet along), then one tampered forward
+    // Genuine rounds (keys ratchet along), then one tampered forward
     // cell; a fresh circuit for the tampered backward cell.
-    for round in 0..4 {
+    // Some inputs run long enough for keys to ratchet twice.
+    let genuine = if *second & 0x80 != 0 {
+        2 * MIN_USES_PER_KEY as usize + 2
+    } else {
+        3
+    };
+    for round in 0..=genuine {
         let mut body = plain.clone();
-        c.encrypt_forward(&mut body, now).expect("client encrypts");
+        c.encrypt_forward(&mut body, R, now)
+            .expect("client encrypts");
         for (i, relay) in fwd.iter_mut().enumerate() {
-            if round == 3 && after_fwd.map(|a| a + 1) == Some(i) {
+            if round == genuine && after_fwd.map(|a| a + 1) == Some(i) {
                 assert!(
-                    relay.decrypt(&mut body).is_err(),
+                    relay.decrypt(&mut body, R).is_err(),
                     "byte {pos} flipped forward passed hop {i}"
                 );
                 break;
             }
-            if let Err(e) = relay.decrypt(&mut body) {
+            if let Err(e) = relay.decrypt(&mut body, R) {
                 panic!("hop {i} of {hops} rejected a genuine cell: {e}");
             }
-            if round == 3 && after_fwd == Some(i) {
+            if round == genuine && after_fwd == Some(i) {
                 body[pos] ^= bit;
             }
         }
-        if round < 3 {
+        if round < genuine {
             assert_eq!(
                 body[ONION_HEADER_LEN..],
                 plain[ONION_HEADER_LEN..],
@@ -161,13 +173,13 @@ fn round_trip(data: &[u8]) {
             let mut back = plain.clone();
             for (i, relay) in bwd.iter_mut().enumerate().rev() {
                 let r = if i == hops - 1 {
-                    relay.originate(&mut back, now)
+                    relay.originate(&mut back, R, now)
                 } else {
-                    relay.encrypt(&mut back, now)
+                    relay.encrypt(&mut back, R, now)
                 };
                 r.expect("relay encrypts");
             }
-            c.decrypt_backward(&mut back)
+            c.decrypt_backward(&mut back, R)
                 .expect("genuine backward cell");
             assert_eq!(
                 back[ONION_HEADER_LEN..],
@@ -184,9 +196,9 @@ fn round_trip(data: &[u8]) {
     let mut back = plain.clone();
     for (i, relay) in bwd.iter_mut().enumerate().rev() {
         let r = if i == hops - 1 {
-            relay.originate(&mut back, now)
+            relay.originate(&mut back, R, now)
         } else {
-            relay.encrypt(&mut back, now)
+            relay.encrypt(&mut back, R, now)
         };
         r.expect("relay encrypts");
         if i == after {
@@ -194,7 +206,7 @@ fn round_trip(data: &[u8]) {
         }
     }
     assert!(
-        c.decrypt_backward(&mut back).is_err(),
+        c.decrypt_backward(&mut back, R).is_err(),
         "byte {pos} flipped after hop {after} reached the client"
     );
 }

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
-use veilnet_policy::ExitPolicy;
+use veilnet_cell::MAX_HOPS;
+use veilnet_policy::ExitConfig;
 
 use crate::fsutil;
 use crate::ConfigError;
@@ -16,9 +17,6 @@ const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 /// Text of the default configuration file; see [`Config::default_toml`].
 const DEFAULT_TOML: &str = include_str!("default_config.toml");
-
-/// Largest allowed `client.hops`.
-pub const MAX_HOPS: u8 = 5;
 
 /// The whole node configuration, as read from `config.toml`.
 ///
@@ -35,7 +33,8 @@ pub struct Config {
     pub node: NodeConfig,
     /// `[client]`: the local proxies and how circuits are built for them.
     pub client: ClientConfig,
-    /// `[exit]`: whether and where this node lets circuits leave the network.
+    /// `[exit]`: whether and where this node lets circuits leave the network
+    /// (the engine's own type; its policy rules are parsed on load).
     pub exit: ExitConfig,
     /// `[control]`: the local control API.
     pub control: ControlConfig,
@@ -86,27 +85,6 @@ pub struct ClientConfig {
     pub num_guards: usize,
     /// Allow `socks` and `http_proxy` on non-loopback addresses.
     pub danger_allow_remote: bool,
-}
-
-/// The `[exit]` section.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ExitConfig {
-    /// Whether this node is an exit.
-    pub enabled: bool,
-    /// Let this exit reach private, loopback and other non-public addresses.
-    /// Test networks only. Also accepted as `allow_private_targets`.
-    #[serde(alias = "allow_private_targets")]
-    pub danger_allow_private_targets: bool,
-    /// Open streams on one-hop circuits (circuits whose CREATE came straight
-    /// from a client rather than from a relay of the directory). Test
-    /// networks that build one-hop circuits only: such an exit is a
-    /// single-hop proxy. Also accepted as `allow_one_hop_exits`.
-    #[serde(alias = "allow_one_hop_exits")]
-    pub danger_allow_one_hop_exits: bool,
-    /// Exit policy rule strings such as `"accept *:443"`; empty = the default
-    /// exit policy. Checked on load; see [`Config::exit_policy`].
-    pub policy: Vec<String>,
 }
 
 /// The `[control]` section.
@@ -225,11 +203,12 @@ impl Config {
     /// addresses without `/p2p/<peer id>`; unspecified or port-0 advertise
     /// addresses; non-loopback proxy listeners unless
     /// `client.danger_allow_remote`; a non-loopback control listener unless
-    /// `control.danger_allow_remote`; two listeners on the same address;
-    /// exit policy rules that `veilnet-policy` cannot parse.
+    /// `control.danger_allow_remote`; two listeners on the same address.
+    /// (Exit policy rules that `veilnet-policy` cannot parse never get this
+    /// far: they fail the parse.)
     pub fn validate(&self) -> Result<(), ConfigError> {
         let c = &self.client;
-        if !(1..=MAX_HOPS).contains(&c.hops) {
+        if !(1..=MAX_HOPS).contains(&usize::from(c.hops)) {
             return Err(ConfigError::invalid(
                 "client.hops",
                 format!("{} is not between 1 and {MAX_HOPS}", c.hops),
@@ -304,17 +283,6 @@ impl Config {
                 }
             }
         }
-
-        if self.exit.policy.iter().any(|r| r.trim().is_empty()) {
-            return Err(ConfigError::invalid(
-                "exit.policy",
-                "contains an empty rule",
-            ));
-        }
-        if !self.exit.policy.is_empty() {
-            ExitPolicy::parse_rules(&self.exit.policy)
-                .map_err(|e| ConfigError::invalid("exit.policy", e.to_string()))?;
-        }
         Ok(())
     }
 
@@ -351,36 +319,6 @@ impl Config {
             w.push("the control API listens on a non-loopback address".to_owned());
         }
         w
-    }
-
-    /// The exit policy this node enforces: [`ExitPolicy::reject_all`] unless
-    /// `exit.enabled`; otherwise `exit.policy` (or the default exit policy if
-    /// empty), without the built-in private-network rejections if
-    /// `exit.danger_allow_private_targets` is set.
-    pub fn exit_policy(&self) -> Result<ExitPolicy, ConfigError> {
-        if !self.exit.enabled {
-            return Ok(ExitPolicy::reject_all());
-        }
-        let policy = match self.exit_policy_rules() {
-            None => ExitPolicy::default_exit(),
-            Some(rules) => ExitPolicy::parse_rules(rules)
-                .map_err(|e| ConfigError::invalid("exit.policy", e.to_string()))?,
-        };
-        Ok(if self.exit.danger_allow_private_targets {
-            policy.with_private_targets_allowed()
-        } else {
-            policy
-        })
-    }
-
-    /// The configured exit policy rules, or `None` to use the default exit
-    /// policy (`veilnet_policy::ExitPolicy::default_exit()`).
-    pub fn exit_policy_rules(&self) -> Option<&[String]> {
-        if self.exit.policy.is_empty() {
-            None
-        } else {
-            Some(&self.exit.policy)
-        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use libp2p::identity::{KeyType, Keypair, PublicKey};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
+use veilnet_crypto::circuit::OnionKeypair;
 
 use crate::fsutil::{self, PRIVATE_FILE_MODE};
 use crate::{Config, ConfigError};
@@ -30,21 +31,15 @@ pub const ONION_KEY_ROTATE_BEFORE: u64 = 24 * 60 * 60;
 /// Domain separator of the identity signature over an onion key.
 pub const ONION_KEY_SIGNATURE_CONTEXT: &[u8] = b"veilnet-onion-key-v1\0";
 
-/// Noise pattern whose DH the onion key is generated for, so that the key
-/// is exactly what the circuit handshake uses.
-const NOISE_PARAMS: &str = "Noise_NK_25519_AESGCM_SHA256";
-
 /// Largest key file read.
 const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
 
-/// A medium-term X25519 key for circuit handshakes, signed by the identity
-/// key.
+/// A medium-term X25519 key for circuit handshakes, as the key store keeps
+/// it: the key pair the engine uses, its expiry and the identity's signature.
 #[derive(Clone, PartialEq, Eq)]
 pub struct OnionKey {
-    /// X25519 secret key.
-    pub secret: [u8; 32],
-    /// X25519 public key.
-    pub public: [u8; 32],
+    /// The X25519 key pair.
+    pub keypair: OnionKeypair,
     /// Expiry, unix seconds.
     pub expires: u64,
     /// Identity signature over [`onion_key_signing_message`]`(public, expires)`.
@@ -55,7 +50,7 @@ impl fmt::Debug for OnionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OnionKey")
             .field("secret", &"<redacted>")
-            .field("public", &hex::encode(self.public))
+            .field("public", &hex::encode(self.keypair.public))
             .field("expires", &self.expires)
             .finish_non_exhaustive()
     }
@@ -66,26 +61,12 @@ impl OnionKey {
     /// with `identity`.
     pub fn generate(identity: &Keypair, expires: u64) -> Result<OnionKey, ConfigError> {
         let gen_err = |e: &dyn fmt::Display| ConfigError::KeyGeneration(e.to_string());
-        let params: snow::params::NoiseParams = NOISE_PARAMS.parse().map_err(|e| gen_err(&e))?;
-        let pair = snow::Builder::new(params)
-            .generate_keypair()
-            .map_err(|e| gen_err(&e))?;
-        let secret: [u8; 32] = pair
-            .private
-            .as_slice()
-            .try_into()
-            .map_err(|_| gen_err(&"X25519 secret key is not 32 bytes"))?;
-        let public: [u8; 32] = pair
-            .public
-            .as_slice()
-            .try_into()
-            .map_err(|_| gen_err(&"X25519 public key is not 32 bytes"))?;
+        let keypair = OnionKeypair::generate().map_err(|e| gen_err(&e))?;
         let signature = identity
-            .sign(&onion_key_signing_message(&public, expires))
+            .sign(&onion_key_signing_message(&keypair.public, expires))
             .map_err(|e| gen_err(&e))?;
         Ok(OnionKey {
-            secret,
-            public,
+            keypair,
             expires,
             signature,
         })
@@ -93,7 +74,12 @@ impl OnionKey {
 
     /// Whether the signature is a valid signature by `identity`.
     pub fn verify(&self, identity: &PublicKey) -> bool {
-        verify_onion_key(identity, &self.public, self.expires, &self.signature)
+        verify_onion_key(
+            identity,
+            &self.keypair.public,
+            self.expires,
+            &self.signature,
+        )
     }
 
     /// Whether the key has expired at `now` (unix seconds).
@@ -275,8 +261,9 @@ pub fn load_keys(dir: &Path, now: u64) -> Result<NodeKeys, ConfigError> {
         }
     };
 
-    let previous_onion =
-        previous.filter(|k| !k.is_expired(now) && k.public != onion.public && k.verify(&public));
+    let previous_onion = previous.filter(|k| {
+        !k.is_expired(now) && k.keypair.public != onion.keypair.public && k.verify(&public)
+    });
     if previous_onion.is_none() {
         remove_if_present(&prev_path)?;
     }
@@ -301,8 +288,8 @@ struct OnionKeyFile {
 fn save_onion_key(path: &Path, key: &OnionKey) -> Result<(), ConfigError> {
     let file = OnionKeyFile {
         version: 1,
-        secret: hex::encode(key.secret),
-        public: hex::encode(key.public),
+        secret: hex::encode(key.keypair.secret),
+        public: hex::encode(key.keypair.public),
         expires: key.expires,
         signature: hex::encode(&key.signature),
     };
@@ -328,25 +315,16 @@ fn read_onion_key(path: &Path) -> Result<Option<OnionKey>, ConfigError> {
     };
     let secret = key32("secret", &file.secret)?;
     let public = key32("public", &file.public)?;
-    if x25519_public(&secret) != Some(public) {
+    let keypair = OnionKeypair::from_secret(secret).map_err(|e| corrupt(e.to_string()))?;
+    if keypair.public != public {
         return Err(corrupt("`public` does not match `secret`".to_owned()));
     }
     Ok(Some(OnionKey {
-        secret,
-        public,
+        keypair,
         expires: file.expires,
         signature: hex::decode(&file.signature)
             .map_err(|e| corrupt(format!("`signature` is not hex: {e}")))?,
     }))
-}
-
-/// The X25519 public key of `secret`, computed by the same DH
-/// implementation the Noise handshake uses.
-fn x25519_public(secret: &[u8; 32]) -> Option<[u8; 32]> {
-    use snow::resolvers::{CryptoResolver, DefaultResolver};
-    let mut dh = DefaultResolver.resolve_dh(&snow::params::DHChoice::Curve25519)?;
-    dh.set(secret);
-    dh.pubkey().try_into().ok()
 }
 
 fn remove_if_present(path: &Path) -> Result<(), ConfigError> {
@@ -357,7 +335,10 @@ fn remove_if_present(path: &Path) -> Result<(), ConfigError> {
     }
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch by the system clock (0 if the clock is
+/// before 1970): the clock of the key store, and of every caller that
+/// passes a `now` to it or to the directory.
+pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -7,8 +7,9 @@ mod fsutil;
 mod keys;
 mod peers;
 
-pub use config::{ClientConfig, Config, ControlConfig, ExitConfig, NodeConfig, MAX_HOPS};
+pub use config::{ClientConfig, Config, ControlConfig, NodeConfig};
 pub use error::{ConfigError, ErrorKind};
+pub use keys::unix_now;
 pub use keys::{
     init_data_dir, init_data_dir_at, load_keys, onion_key_signing_message, verify_onion_key,
     InitReport, NodeKeys, OnionKey, CONFIG_FILE, IDENTITY_KEY_FILE, ONION_KEY_FILE,

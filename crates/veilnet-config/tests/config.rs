@@ -67,7 +67,8 @@ fn serialize_round_trip() {
     c.node.family = vec![libp2p::identity::Keypair::generate_ed25519()
         .public()
         .to_peer_id()];
-    c.exit.policy = vec!["accept *:443".into(), "reject *:*".into()];
+    c.exit.policy =
+        veilnet_policy::ExitPolicy::parse_rules(&["accept *:443", "reject *:*"]).unwrap();
     let text = toml::to_string(&c).unwrap();
     assert!(text.contains("socks = \"\""), "{text}");
     assert_eq!(Config::from_toml_str(&text, Path::new(".")).unwrap(), c);
@@ -197,11 +198,15 @@ fn duplicate_listeners_rejected() {
 fn exit_section() {
     let c = parse("[exit]\nenabled = true\npolicy = [\"accept *:443\"]").unwrap();
     assert!(c.exit.enabled);
+    assert_eq!(c.exit.policy.to_strings(), ["accept *:443"]);
+    // No rules: the default exit policy (and it is written back as none).
     assert_eq!(
-        c.exit_policy_rules(),
-        Some(&["accept *:443".to_owned()][..])
+        Config::default().exit.policy,
+        veilnet_policy::ExitPolicy::default_exit()
     );
-    assert_eq!(Config::default().exit_policy_rules(), None);
+    assert!(toml::to_string(&Config::default())
+        .unwrap()
+        .contains("policy = []"));
     // The name from the original spec is accepted as an alias.
     let c = parse("[exit]\nallow_private_targets = true").unwrap();
     assert!(c.exit.danger_allow_private_targets);
@@ -211,13 +216,19 @@ fn exit_section() {
     let c = parse("[exit]\nallow_one_hop_exits = true").unwrap();
     assert!(c.exit.danger_allow_one_hop_exits);
     assert_eq!(c.warnings().len(), 1);
-    assert_eq!(invalid_field("[exit]\npolicy = [\" \"]"), "exit.policy");
-    let err = parse("[exit]\npolicy = [\"accept *:443\", \"allow everything\"]").unwrap_err();
-    let msg = err.to_string();
-    assert!(
-        msg.contains("exit.policy") && msg.contains("allow everything"),
-        "{msg}"
-    );
+    // Bad rules fail the parse, naming the rule.
+    for (text, rule) in [
+        ("[exit]\npolicy = [\" \"]", "#0"),
+        (
+            "[exit]\npolicy = [\"accept *:443\", \"allow everything\"]",
+            "allow everything",
+        ),
+    ] {
+        let err = parse(text).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ConfigError::Toml { .. }), "{msg}");
+        assert!(msg.contains("policy") && msg.contains(rule), "{msg}");
+    }
 }
 
 #[test]
@@ -229,20 +240,20 @@ fn exit_policy_conversion() {
 
     // Not an exit: rejects everything.
     assert_eq!(
-        Config::default().exit_policy().unwrap(),
+        Config::default().exit.enforced_policy(),
         ExitPolicy::reject_all()
     );
 
     let c = parse("[exit]\nenabled = true").unwrap();
-    let p = c.exit_policy().unwrap();
+    let p = c.exit.enforced_policy();
     assert_eq!(p, ExitPolicy::default_exit());
     assert!(p.allows(public, 443) && !p.allows(lan, 80));
 
     let c = parse("[exit]\nenabled = true\ndanger_allow_private_targets = true").unwrap();
-    assert!(c.exit_policy().unwrap().allows(lan, 80));
+    assert!(c.exit.enforced_policy().allows(lan, 80));
 
     let c = parse("[exit]\nenabled = true\npolicy = [\"accept *:443\"]").unwrap();
-    let p = c.exit_policy().unwrap();
+    let p = c.exit.enforced_policy();
     assert!(p.allows(public, 443) && !p.allows(public, 80));
 }
 

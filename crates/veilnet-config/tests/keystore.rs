@@ -99,7 +99,7 @@ fn keys_round_trip() {
     assert!(a.previous_onion.is_none());
     // The secret is not in the Debug output.
     let dbg = format!("{a:?}");
-    assert!(!dbg.contains(&hex::encode(a.onion.secret)), "{dbg}");
+    assert!(!dbg.contains(&hex::encode(a.onion.keypair.secret)), "{dbg}");
 }
 
 #[test]
@@ -115,11 +115,11 @@ fn onion_key_rotates_near_expiry() {
     // Less than a day before expiry: rotated, old one kept as previous.
     let t = first.onion.expires - DAY / 2;
     let second = load_keys(tmp.path(), t).unwrap();
-    assert_ne!(second.onion.public, first.onion.public);
+    assert_ne!(second.onion.keypair.public, first.onion.keypair.public);
     assert_eq!(second.onion.expires, t + ONION_KEY_LIFETIME);
     assert!(verify_onion_key(
         &second.identity.public(),
-        &second.onion.public,
+        &second.onion.keypair.public,
         second.onion.expires,
         &second.onion.signature
     ));
@@ -156,28 +156,38 @@ fn signature_covers_public_key_and_expiry() {
     let k = load_keys(tmp.path(), NOW).unwrap();
     let id = k.identity.public();
     let o = &k.onion;
-    assert!(verify_onion_key(&id, &o.public, o.expires, &o.signature));
+    assert!(verify_onion_key(
+        &id,
+        &o.keypair.public,
+        o.expires,
+        &o.signature
+    ));
     assert!(!verify_onion_key(
         &id,
-        &o.public,
+        &o.keypair.public,
         o.expires + 1,
         &o.signature
     ));
-    let mut other = o.public;
+    let mut other = o.keypair.public;
     other[0] ^= 1;
     assert!(!verify_onion_key(&id, &other, o.expires, &o.signature));
     let stranger = libp2p::identity::Keypair::generate_ed25519().public();
     assert!(!verify_onion_key(
         &stranger,
-        &o.public,
+        &o.keypair.public,
         o.expires,
         &o.signature
     ));
-    assert!(!verify_onion_key(&id, &o.public, o.expires, b"short"));
+    assert!(!verify_onion_key(
+        &id,
+        &o.keypair.public,
+        o.expires,
+        b"short"
+    ));
 
-    let msg = onion_key_signing_message(&o.public, o.expires);
+    let msg = onion_key_signing_message(&o.keypair.public, o.expires);
     assert!(msg.starts_with(b"veilnet-onion-key-v1\0"));
-    assert_eq!(&msg[21..53], &o.public);
+    assert_eq!(&msg[21..53], &o.keypair.public);
     assert_eq!(&msg[53..], &o.expires.to_be_bytes());
 }
 
@@ -190,12 +200,12 @@ fn onion_key_works_for_noise_nk() {
     let k = load_keys(tmp.path(), NOW).unwrap();
     let params: snow::params::NoiseParams = "Noise_NK_25519_AESGCM_SHA256".parse().unwrap();
     let mut init = snow::Builder::new(params.clone())
-        .remote_public_key(&k.onion.public)
+        .remote_public_key(&k.onion.keypair.public)
         .unwrap()
         .build_initiator()
         .unwrap();
     let mut resp = snow::Builder::new(params)
-        .local_private_key(&k.onion.secret)
+        .local_private_key(&k.onion.keypair.secret)
         .unwrap()
         .build_responder()
         .unwrap();

@@ -4,7 +4,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use thiserror::Error;
 
 /// Errors from the crypto state machines.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum CryptoError {
     /// An authentication tag did not verify (tampered, replayed or reordered data).
     #[error("authentication failed at layer {0}")]
@@ -16,6 +16,10 @@ pub enum CryptoError {
     /// without the key update that must come by then.
     #[error("peer used one key {0} times without a key update")]
     KeyUpdateOverdue(u64),
+    /// The peer asked for a key update after only this many uses of the
+    /// key (fewer than `rekey::MIN_USES_PER_KEY`).
+    #[error("peer asked for a key update after only {0} uses")]
+    KeyUpdateTooSoon(u64),
     /// A handshake message was malformed or failed.
     #[error("handshake failed: {0}")]
     Handshake(String),

@@ -83,13 +83,23 @@ impl HopKeys {
     }
 }
 
-/// An X25519 onion key pair.
-#[derive(Clone)]
+/// An X25519 onion key pair: the key a relay's circuit handshakes answer to.
+/// (The key store in `veilnet-config` adds its expiry and identity signature.)
+#[derive(Clone, PartialEq, Eq)]
 pub struct OnionKeypair {
     /// Secret scalar.
     pub secret: [u8; 32],
     /// Public key, published in the descriptor.
     pub public: [u8; 32],
+}
+
+impl std::fmt::Debug for OnionKeypair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnionKeypair")
+            .field("secret", &"<redacted>")
+            .field("public", &self.public)
+            .finish()
+    }
 }
 
 impl OnionKeypair {
@@ -104,6 +114,15 @@ impl OnionKeypair {
         secret.copy_from_slice(&kp.private);
         public.copy_from_slice(&kp.public);
         Ok(Self { secret, public })
+    }
+
+    /// The key pair of `secret`, its public key computed by the DH the
+    /// handshake uses.
+    pub fn from_secret(secret: [u8; 32]) -> Result<Self, CryptoError> {
+        Ok(Self {
+            public: crate::x25519_public(&secret)?,
+            secret,
+        })
     }
 }
 

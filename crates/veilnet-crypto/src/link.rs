@@ -33,7 +33,7 @@ use libp2p_identity::{Keypair, PeerId, PublicKey};
 use veilnet_cell::CELL_LEN;
 
 use crate::aead::CounterAead;
-use crate::rekey::{next_key, RekeyPolicy, MAX_USES_PER_KEY};
+use crate::rekey::{next_key, RekeyPolicy, MAX_USES_PER_KEY, MIN_USES_PER_KEY};
 use crate::CryptoError;
 
 const PARAMS: &str = "Noise_XK_25519_AESGCM_SHA256";
@@ -97,17 +97,10 @@ impl LinkKey {
             .ok_or(CryptoError::BadIdentity(
                 "identity key cannot derive secrets",
             ))?;
-        let mut dh = snow::resolvers::CryptoResolver::resolve_dh(
-            &snow::resolvers::DefaultResolver,
-            &snow::params::DHChoice::Curve25519,
-        )
-        .ok_or(CryptoError::Handshake("no X25519 implementation".into()))?;
-        dh.set(&secret);
-        let public: [u8; 32] = dh
-            .pubkey()
-            .try_into()
-            .map_err(|_| CryptoError::BadLength(dh.pubkey().len()))?;
-        Ok(Self { secret, public })
+        Ok(Self {
+            public: crate::x25519_public(&secret)?,
+            secret,
+        })
     }
 }
 
@@ -457,6 +450,10 @@ impl RecordOpener {
         if self.uses >= self.limit && !update {
             return Err(CryptoError::KeyUpdateOverdue(self.limit));
         }
+        if update && self.uses < MIN_USES_PER_KEY {
+            // A peer must not make us derive a key for every record.
+            return Err(CryptoError::KeyUpdateTooSoon(self.uses));
+        }
         let (cells, tag) = body.split_at_mut(len - RECORD_TAG_LEN);
         let mut t = [0u8; RECORD_TAG_LEN];
         t.copy_from_slice(tag);
@@ -669,10 +666,11 @@ mod tests {
     fn records_cross_several_rekeys_by_count() {
         let (mut sa, mut sb) = sessions();
         assert_eq!(sb.opener.limit, MAX_USES_PER_KEY);
-        sa.sealer.set_rekey_policy(policy(3, Duration::MAX));
+        sa.sealer
+            .set_rekey_policy(policy(MIN_USES_PER_KEY, Duration::MAX));
         let now = Instant::now();
         let mut updates = Vec::new();
-        for seq in 0..10u8 {
+        for seq in 0..50u8 {
             let n = [1, 5, MAX_BATCH][usize::from(seq) % 3];
             let p = plain(n, seq);
             let mut rec = p.clone();
@@ -683,8 +681,8 @@ mod tests {
             open(&mut sb.opener, &mut rec).unwrap();
             assert_eq!(cells(&rec), cells(&p), "record {seq}");
         }
-        let every_third: Vec<bool> = (1..=10).map(|i| i % 3 == 0).collect();
-        assert_eq!(updates, every_third);
+        let every_16th: Vec<bool> = (1..=50).map(|i| i % MIN_USES_PER_KEY == 0).collect();
+        assert_eq!(updates, every_16th);
         // The other direction is independent: still on its first key.
         for seq in 0..4 {
             let mut rec = sealed(&mut sb.sealer, seq, now);
@@ -699,73 +697,104 @@ mod tests {
         s.set_rekey_policy(policy(u64::MAX, Duration::from_secs(10)));
         let mut o = RecordOpener::from_key(KEY);
         let t0 = Instant::now();
-        // (seconds after t0, whether the record is the last under its key):
-        // the first key starts with the first record, each next key with the
-        // record that retired its predecessor.
-        let script = [
-            (0, false),
-            (5, false),
-            (9, false),
-            (10, true),
-            (10, false),
-            (19, false),
-            (20, true),
-            (45, true),
-            (46, false),
-        ];
-        for (seq, &(secs, last)) in script.iter().enumerate() {
-            let p = plain(2, seq as u8);
-            let mut rec = p.clone();
-            s.seal(&mut rec, t0 + Duration::from_secs(secs)).unwrap();
-            assert_eq!(is_update(&rec), last, "record {seq} at {secs} s");
-            open(&mut o, &mut rec).unwrap();
-            assert_eq!(cells(&rec), cells(&p), "record {seq}");
-        }
-        assert_eq!(s.key, next_key(&next_key(&next_key(&KEY))));
+        let mut seq = 0u8;
+        let mut flags = |secs: u64, n: u64| -> Vec<bool> {
+            (0..n)
+                .map(|_| {
+                    seq = seq.wrapping_add(1);
+                    let p = plain(2, seq);
+                    let mut rec = p.clone();
+                    s.seal(&mut rec, t0 + Duration::from_secs(secs)).unwrap();
+                    let last = is_update(&rec);
+                    open(&mut o, &mut rec).unwrap();
+                    assert_eq!(cells(&rec), cells(&p), "record {seq}");
+                    last
+                })
+                .collect()
+        };
+        let min = MIN_USES_PER_KEY;
+        // The first key starts with its first record; the first record at
+        // or after 10 s is its last, once it has been used `min` times.
+        assert!(flags(0, min - 1).iter().all(|f| !f));
+        assert_eq!(flags(9, 1), [false]);
+        assert_eq!(flags(10, 1), [true]);
+        // The next key started at 10 s: old enough at 30 s, but it retires
+        // only at its `min`-th record.
+        let second = flags(30, min);
+        assert!(second[..(min - 1) as usize].iter().all(|f| !f));
+        assert_eq!(second.last(), Some(&true));
+        assert_eq!(flags(31, 3), [false; 3]);
+        assert_eq!(s.key, next_key(&next_key(&KEY)));
         assert_eq!(o.key, s.key);
     }
 
     #[test]
     fn a_flipped_key_update_bit_fails_to_open() {
-        // max_uses 1: the record carries the flag and loses it; 2: it gains it.
-        for max_uses in [1, 2] {
+        // The MIN-th record of a key: with max_uses MIN it carries the flag
+        // and loses it; with MIN + 1 it gains it.
+        for max_uses in [MIN_USES_PER_KEY, MIN_USES_PER_KEY + 1] {
             let mut s = RecordSealer::from_key(KEY);
             s.set_rekey_policy(policy(max_uses, Duration::MAX));
-            let mut rec = sealed(&mut s, 0, Instant::now());
-            assert_eq!(is_update(&rec), max_uses == 1);
-            let mut good = rec.clone();
+            let mut o = RecordOpener::from_key(KEY);
+            let now = Instant::now();
+            for i in 0..MIN_USES_PER_KEY - 1 {
+                open(&mut o, &mut sealed(&mut s, i as u8, now)).unwrap();
+            }
+            let mut rec = sealed(&mut s, 0, now);
+            assert_eq!(is_update(&rec), max_uses == MIN_USES_PER_KEY);
             rec[0] ^= 0x80;
             // The header still parses: only the tag catches the change.
             assert!(RecordOpener::parse_header([rec[0], rec[1]]).is_ok());
-            let mut o = RecordOpener::from_key(KEY);
             assert_eq!(open(&mut o, &mut rec), Err(CryptoError::BadTag(0)));
             assert_eq!(o.key, KEY, "a forged flag must not ratchet");
-            open(&mut RecordOpener::from_key(KEY), &mut good).unwrap();
         }
+    }
+
+    #[test]
+    fn a_key_update_too_soon_is_refused() {
+        // A peer that flags its first record: we would derive a key per
+        // record for it. Sealed by hand, as our sealer never does this.
+        let mut aead = CounterAead::new(&KEY);
+        let mut rec = plain(1, 0);
+        let header = (1u16 | RECORD_KEY_UPDATE).to_be_bytes();
+        rec[..RECORD_HEADER_LEN].copy_from_slice(&header);
+        let end = rec.len() - RECORD_TAG_LEN;
+        let tag = aead
+            .seal(&header, &mut rec[RECORD_HEADER_LEN..end])
+            .unwrap();
+        rec[end..].copy_from_slice(&tag);
+        let mut o = RecordOpener::from_key(KEY);
+        assert_eq!(
+            open(&mut o, &mut rec),
+            Err(CryptoError::KeyUpdateTooSoon(1))
+        );
     }
 
     #[test]
     fn records_from_before_a_rekey_do_not_open_after_it() {
         let mut s = RecordSealer::from_key(KEY);
-        s.set_rekey_policy(policy(2, Duration::MAX));
+        let min = MIN_USES_PER_KEY as usize;
+        s.set_rekey_policy(policy(MIN_USES_PER_KEY, Duration::MAX));
         let now = Instant::now();
-        let recs: Vec<Vec<u8>> = (0..4).map(|i| sealed(&mut s, i, now)).collect();
+        let recs: Vec<Vec<u8>> = (0..2 * min).map(|i| sealed(&mut s, i as u8, now)).collect();
         let flags: Vec<bool> = recs.iter().map(|r| is_update(r)).collect();
-        assert_eq!(flags, [false, true, false, true]);
+        let expected: Vec<bool> = (1..=2 * min).map(|i| i % min == 0).collect();
+        assert_eq!(flags, expected);
         // The sealer dropped the old keys.
         assert_eq!(s.key, next_key(&next_key(&KEY)));
-        // Record 2 is the first under the new key, at nonce 0 again: an
+        // Record `min` is the first under the new key, at nonce 0 again: an
         // opener still on the old key at nonce 0 cannot open it.
         let mut stale = RecordOpener::from_key(KEY);
         assert_eq!(
-            open(&mut stale, &mut recs[2].clone()),
+            open(&mut stale, &mut recs[min].clone()),
             Err(CryptoError::BadTag(0))
         );
         // A record from before the rekey, replayed after it, fails.
-        for replayed in 0..2 {
+        for replayed in [0, 1, min - 1] {
             let mut o = RecordOpener::from_key(KEY);
-            open(&mut o, &mut recs[0].clone()).unwrap();
-            open(&mut o, &mut recs[1].clone()).unwrap();
+            for r in &recs[..min] {
+                open(&mut o, &mut r.clone()).unwrap();
+            }
             assert!(open(&mut o, &mut recs[replayed].clone()).is_err());
         }
         // In order, all of them open.
@@ -780,25 +809,27 @@ mod tests {
     #[test]
     fn an_opener_refuses_a_key_used_past_its_limit() {
         let now = Instant::now();
-        // A peer that never rekeys (within 4 records).
+        const LIMIT: u64 = 20;
+        // A peer that never rekeys (within LIMIT records).
         let mut s = RecordSealer::from_key(KEY);
         s.set_rekey_policy(policy(u64::MAX, Duration::MAX));
-        let mut o = RecordOpener::with_limit(KEY, 4);
-        for i in 0..3 {
-            open(&mut o, &mut sealed(&mut s, i, now)).unwrap();
+        let mut o = RecordOpener::with_limit(KEY, LIMIT);
+        for i in 0..LIMIT - 1 {
+            open(&mut o, &mut sealed(&mut s, i as u8, now)).unwrap();
         }
-        // The 4th record is the last one the key may open: it must carry the update.
+        // The LIMIT-th record is the last one the key may open: it must
+        // carry the update.
         assert_eq!(
-            open(&mut o, &mut sealed(&mut s, 3, now)),
-            Err(CryptoError::KeyUpdateOverdue(4))
+            open(&mut o, &mut sealed(&mut s, 0, now)),
+            Err(CryptoError::KeyUpdateOverdue(LIMIT))
         );
-        assert!(open(&mut o, &mut sealed(&mut s, 4, now)).is_err());
+        assert!(open(&mut o, &mut sealed(&mut s, 1, now)).is_err());
         // A peer that rekeys by then passes the limit many times over.
         let mut s = RecordSealer::from_key(KEY);
-        s.set_rekey_policy(policy(4, Duration::MAX));
-        let mut o = RecordOpener::with_limit(KEY, 4);
-        for i in 0..20 {
-            open(&mut o, &mut sealed(&mut s, i, now)).unwrap();
+        s.set_rekey_policy(policy(LIMIT, Duration::MAX));
+        let mut o = RecordOpener::with_limit(KEY, LIMIT);
+        for i in 0..5 * LIMIT {
+            open(&mut o, &mut sealed(&mut s, i as u8, now)).unwrap();
         }
     }
 

@@ -9,8 +9,9 @@
 //! processing the cell.
 //!
 //! **Forward** (client to exit), at every hop: the tag in slot 0 verifies the
-//! payload *and*, as associated data, the rest of the header (the control
-//! byte and slots 1..): a hop that changes any byte of a cell it passes on
+//! payload *and*, as associated data, the cell's command (RELAY or
+//! RELAY_EARLY) and the rest of the header (the control byte and slots 1..):
+//! a hop that changes any byte of a cell it passes on, its command included,
 //! has it rejected by the next hop. Then the hop decrypts the payload,
 //! shifts the header one slot toward the front, XORs its keystream into the
 //! shifted slots and fills the freed last slot with keystream (the filler).
@@ -19,8 +20,8 @@
 //! layer over exactly that view (Sphinx's header construction).
 //!
 //! **Backward** (exit to client), at every hop: the hop seals the payload
-//! with the whole header it received (and its control byte) as associated
-//! data, shifts the header one slot toward the back (the last slot drops
+//! with the cell's command, its control byte and the whole header it
+//! received as associated data, shifts the header one slot toward the back (the last slot drops
 //! out), XORs its keystream into the shifted slots and puts its tag in slot
 //! 0. The last hop starts from an all-zero header, so everything a hop
 //! drops is keystream the client can predict. The client peels the layers in
@@ -36,11 +37,11 @@
 
 use std::time::{Duration, Instant};
 
-use veilnet_cell::{MAX_HOPS, ONION_HEADER_LEN, SLOT_LEN, TAG_LEN};
+use veilnet_cell::{CellCommand, MAX_HOPS, ONION_HEADER_LEN, SLOT_LEN, TAG_LEN};
 
 use crate::aead::CounterAead;
 use crate::circuit::HopKeys;
-use crate::rekey::{next_key, RekeyPolicy, MAX_USES_PER_KEY};
+use crate::rekey::{next_key, RekeyPolicy, MAX_USES_PER_KEY, MIN_USES_PER_KEY};
 use crate::CryptoError;
 
 /// Control-byte flag: this cell is the last under this hop's current keys
@@ -50,9 +51,20 @@ pub const CTL_KEY_UPDATE: u8 = 0x01;
 
 /// Header bytes that move one slot at each hop.
 const SHIFT_LEN: usize = ONION_HEADER_LEN - SLOT_LEN;
-/// Associated data of a backward layer: the control byte and the header the
-/// hop received.
-const BACK_AAD_LEN: usize = 1 + ONION_HEADER_LEN;
+/// Associated data of a forward layer: the cell command and the header the
+/// hop received, but for its tag.
+const FWD_AAD_LEN: usize = 1 + ONION_HEADER_LEN - TAG_LEN;
+/// Associated data of a backward layer: the cell command, the control byte
+/// and the header the hop received.
+const BACK_AAD_LEN: usize = 2 + ONION_HEADER_LEN;
+
+/// The forward associated data: `command | view[TAG_LEN..]`.
+fn forward_aad(command: CellCommand, view: &Header) -> [u8; FWD_AAD_LEN] {
+    let mut aad = [0u8; FWD_AAD_LEN];
+    aad[0] = command as u8;
+    aad[1..].copy_from_slice(&view[TAG_LEN..]);
+    aad
+}
 
 type Header = [u8; ONION_HEADER_LEN];
 
@@ -109,6 +121,10 @@ impl DirLayer {
     /// Accounts for one processed cell: ratchets if it carried the key
     /// update, and refuses a peer that overran the hard limit.
     fn used(&mut self, key_update: bool) -> Result<(), CryptoError> {
+        if key_update && self.uses + 1 < MIN_USES_PER_KEY {
+            self.dead = true;
+            return Err(CryptoError::KeyUpdateTooSoon(self.uses + 1));
+        }
         if key_update {
             self.data_key = next_key(&self.data_key);
             self.mask_key = next_key(&self.mask_key);
@@ -222,14 +238,16 @@ impl RelayForward {
     /// Verifies and removes this hop's layer in place. Afterwards the payload is
     /// either the next hop's ciphertext or, at the last hop, the relay message.
     /// After an error the layer refuses every further cell.
-    pub fn decrypt(&mut self, body: &mut [u8]) -> Result<(), CryptoError> {
+    /// `command` is the cell's command as it arrived (RELAY or RELAY_EARLY):
+    /// it is authenticated too, so no hop can change it undetected.
+    pub fn decrypt(&mut self, body: &mut [u8], command: CellCommand) -> Result<(), CryptoError> {
         let (header, payload) = split(body)?;
         self.layer.guard(|layer| {
             let view = header_of(header);
             let mask = layer.mask()?;
             layer
                 .data
-                .open(&view[TAG_LEN..], payload, &tag_of(&view), 0)?;
+                .open(&forward_aad(command, &view), payload, &tag_of(&view), 0)?;
             header.copy_from_slice(&shift_forward(&view, &mask));
             layer.used(view[TAG_LEN] & CTL_KEY_UPDATE != 0)
         })
@@ -237,8 +255,14 @@ impl RelayForward {
 }
 
 impl RelayBackward {
-    /// Adds this hop's layer in place to a cell coming from the next hop.
-    pub fn encrypt(&mut self, body: &mut [u8], now: Instant) -> Result<(), CryptoError> {
+    /// Adds this hop's layer in place to a cell coming from the next hop;
+    /// `command` is the cell's command (bound into the layer).
+    pub fn encrypt(
+        &mut self,
+        body: &mut [u8],
+        command: CellCommand,
+        now: Instant,
+    ) -> Result<(), CryptoError> {
         let (header, payload) = split(body)?;
         let policy = self.policy;
         self.layer.guard(|layer| {
@@ -250,8 +274,9 @@ impl RelayBackward {
                 0
             };
             let mut aad = [0u8; BACK_AAD_LEN];
-            aad[0] = ctl;
-            aad[1..].copy_from_slice(&received);
+            aad[0] = command as u8;
+            aad[1] = ctl;
+            aad[2..].copy_from_slice(&received);
             let tag = layer.data.seal(&aad, payload)?;
             header.copy_from_slice(&shift_backward(&slot(&tag, ctl), &received, &mask));
             layer.used(ctl != 0)
@@ -260,9 +285,14 @@ impl RelayBackward {
 
     /// Originates a cell at this hop (it is the last hop): the payload holds a
     /// relay message; the header is overwritten.
-    pub fn originate(&mut self, body: &mut [u8], now: Instant) -> Result<(), CryptoError> {
+    pub fn originate(
+        &mut self,
+        body: &mut [u8],
+        command: CellCommand,
+        now: Instant,
+    ) -> Result<(), CryptoError> {
         split(body)?.0.fill(0);
-        self.encrypt(body, now)
+        self.encrypt(body, command, now)
     }
 }
 
@@ -323,13 +353,22 @@ impl ClientLayers {
     }
 
     /// See [`ClientForward::encrypt`].
-    pub fn encrypt_forward(&mut self, body: &mut [u8], now: Instant) -> Result<(), CryptoError> {
-        self.fwd.encrypt(body, now)
+    pub fn encrypt_forward(
+        &mut self,
+        body: &mut [u8],
+        command: CellCommand,
+        now: Instant,
+    ) -> Result<(), CryptoError> {
+        self.fwd.encrypt(body, command, now)
     }
 
     /// See [`ClientBackward::decrypt`].
-    pub fn decrypt_backward(&mut self, body: &mut [u8]) -> Result<(), CryptoError> {
-        self.bwd.decrypt(body)
+    pub fn decrypt_backward(
+        &mut self,
+        body: &mut [u8],
+        command: CellCommand,
+    ) -> Result<(), CryptoError> {
+        self.bwd.decrypt(body, command)
     }
 
     /// Splits into the two directions.
@@ -365,8 +404,15 @@ impl ClientForward {
         updates(&self.layers)
     }
 
-    /// Wraps a cell body whose payload holds a relay message for the last hop.
-    pub fn encrypt(&mut self, body: &mut [u8], now: Instant) -> Result<(), CryptoError> {
+    /// Wraps a cell body whose payload holds a relay message for the last
+    /// hop. `command` is the command the cell travels with (every hop sees
+    /// the same one, and each layer authenticates it).
+    pub fn encrypt(
+        &mut self,
+        body: &mut [u8],
+        command: CellCommand,
+        now: Instant,
+    ) -> Result<(), CryptoError> {
         let (header, payload) = split(body)?;
         let Self {
             layers,
@@ -402,7 +448,7 @@ impl ClientForward {
                     view = prev;
                 }
                 view[TAG_LEN] = ctl[j];
-                let tag = layers[j].data.seal(&view[TAG_LEN..], payload)?;
+                let tag = layers[j].data.seal(&forward_aad(command, &view), payload)?;
                 view[..TAG_LEN].copy_from_slice(&tag);
             }
             header.copy_from_slice(&view);
@@ -423,8 +469,8 @@ impl ClientBackward {
     /// Removes every layer from a cell the last hop originated, verifying each
     /// hop's tag over the header that hop received. On success the payload
     /// holds the relay message. After an error every layer refuses every
-    /// further cell.
-    pub fn decrypt(&mut self, body: &mut [u8]) -> Result<(), CryptoError> {
+    /// further cell. `command` is the cell's command as it arrived.
+    pub fn decrypt(&mut self, body: &mut [u8], command: CellCommand) -> Result<(), CryptoError> {
         let (header, payload) = split(body)?;
         guard_all(&mut self.layers, |layers| {
             let hops = layers.len();
@@ -445,13 +491,18 @@ impl ClientBackward {
             for (j, layer) in layers.iter_mut().enumerate() {
                 ctl[j] = view[TAG_LEN];
                 let mut aad = [0u8; BACK_AAD_LEN];
-                aad[0] = ctl[j];
+                aad[0] = command as u8;
+                aad[1] = ctl[j];
                 for i in 0..SHIFT_LEN {
-                    aad[1 + i] = view[SLOT_LEN + i] ^ masks[j][i];
+                    aad[2 + i] = view[SLOT_LEN + i] ^ masks[j][i];
                 }
-                aad[1 + SHIFT_LEN..].copy_from_slice(&dropped[j]);
+                aad[2 + SHIFT_LEN..].copy_from_slice(&dropped[j]);
                 layer.data.open(&aad, payload, &tag_of(&view), j)?;
-                view = header_of(&aad[1..]);
+                view = header_of(&aad[2..]);
+            }
+            // What the last hop started from must be the all-zero header.
+            if view != [0u8; ONION_HEADER_LEN] {
+                return Err(CryptoError::BadTag(hops - 1));
             }
             for (layer, c) in layers.iter_mut().zip(ctl) {
                 layer.used(c & CTL_KEY_UPDATE != 0)?;
@@ -471,6 +522,8 @@ pub const NO_REKEY: RekeyPolicy = RekeyPolicy {
 mod tests {
     use super::*;
     use veilnet_cell::BODY_LEN;
+
+    const R: CellCommand = CellCommand::Relay;
 
     fn keys(seed: u8) -> HopKeys {
         HopKeys {
@@ -506,21 +559,21 @@ mod tests {
     fn round_trip(n: &mut Net, round: u8, now: Instant) {
         let msg = [round, 1, 2, 3, 4, 5];
         let mut b = body_with(&msg);
-        n.client.encrypt_forward(&mut b, now).unwrap();
+        n.client.encrypt_forward(&mut b, R, now).unwrap();
         for (fwd, _) in n.relays.iter_mut() {
             assert_ne!(&b[ONION_HEADER_LEN..ONION_HEADER_LEN + 6], &msg);
-            fwd.decrypt(&mut b).unwrap();
+            fwd.decrypt(&mut b, R).unwrap();
         }
         assert_eq!(&b[ONION_HEADER_LEN..ONION_HEADER_LEN + 6], &msg);
 
         let reply = [round, 9, 8, 7];
         let mut b = body_with(&reply);
         let last = n.relays.len() - 1;
-        n.relays[last].1.originate(&mut b, now).unwrap();
+        n.relays[last].1.originate(&mut b, R, now).unwrap();
         for (_, bwd) in n.relays.iter_mut().rev().skip(1) {
-            bwd.encrypt(&mut b, now).unwrap();
+            bwd.encrypt(&mut b, R, now).unwrap();
         }
-        n.client.decrypt_backward(&mut b).unwrap();
+        n.client.decrypt_backward(&mut b, R).unwrap();
         assert_eq!(&b[ONION_HEADER_LEN..ONION_HEADER_LEN + 4], &reply);
     }
 
@@ -549,17 +602,17 @@ mod tests {
         for policy in [by_count, by_age] {
             for hops in [1, 3, 5] {
                 let mut n = net(hops, policy);
-                for round in 0..20u8 {
+                for round in 0..40u8 {
                     round_trip(&mut n, round, start + Duration::from_secs(round as u64));
                 }
                 // The keys moved: a fresh layer with the original keys no
                 // longer opens what the ratcheted client sends.
                 let mut b = body_with(b"after");
                 n.client
-                    .encrypt_forward(&mut b, start + Duration::from_secs(30))
+                    .encrypt_forward(&mut b, R, start + Duration::from_secs(30))
                     .unwrap();
                 let (mut stale, _) = relay_layers(&keys(0), NO_REKEY);
-                assert!(stale.decrypt(&mut b).is_err());
+                assert!(stale.decrypt(&mut b, R).is_err());
             }
         }
     }
@@ -569,9 +622,66 @@ mod tests {
         let now = Instant::now();
         let mut n = net(3, NO_REKEY);
         let mut b = body_with(b"x");
-        n.client.encrypt_forward(&mut b, now).unwrap();
+        n.client.encrypt_forward(&mut b, R, now).unwrap();
         b[TAG_LEN] ^= CTL_KEY_UPDATE;
-        assert_eq!(n.relays[0].0.decrypt(&mut b), Err(CryptoError::BadTag(0)));
+        assert_eq!(
+            n.relays[0].0.decrypt(&mut b, R),
+            Err(CryptoError::BadTag(0))
+        );
+    }
+
+    #[test]
+    fn a_changed_command_is_caught() {
+        let now = Instant::now();
+        let mut n = net(3, NO_REKEY);
+        let mut b = body_with(b"x");
+        n.client.encrypt_forward(&mut b, R, now).unwrap();
+        n.relays[0].0.decrypt(&mut b, R).unwrap();
+        // The guard upgrades the cell to RELAY_EARLY on its way on.
+        assert_eq!(
+            n.relays[1].0.decrypt(&mut b, CellCommand::RelayEarly),
+            Err(CryptoError::BadTag(0))
+        );
+        let mut b = body_with(b"y");
+        n.relays[2].1.originate(&mut b, R, now).unwrap();
+        n.relays[1].1.encrypt(&mut b, R, now).unwrap();
+        n.relays[0].1.encrypt(&mut b, R, now).unwrap();
+        assert!(n
+            .client
+            .decrypt_backward(&mut b, CellCommand::RelayEarly)
+            .is_err());
+    }
+
+    #[test]
+    fn a_last_hop_that_starts_from_a_chosen_header_is_caught() {
+        let now = Instant::now();
+        let mut n = net(3, NO_REKEY);
+        let mut b = body_with(b"x");
+        // The exit seals over a header of its choosing instead of zeros, in
+        // the part no hop drops on a 3-hop circuit (the dropped slots are
+        // checked by the layers that drop them).
+        b[..2 * SLOT_LEN].fill(0xAB);
+        n.relays[2].1.encrypt(&mut b, R, now).unwrap();
+        n.relays[1].1.encrypt(&mut b, R, now).unwrap();
+        n.relays[0].1.encrypt(&mut b, R, now).unwrap();
+        assert_eq!(
+            n.client.decrypt_backward(&mut b, R),
+            Err(CryptoError::BadTag(2))
+        );
+    }
+
+    #[test]
+    fn a_key_update_too_soon_is_refused() {
+        // A peer flagging its first cells would make us derive keys per cell.
+        let mut layer = DirLayer::new(&[1; 32], &[2; 32]);
+        assert_eq!(layer.used(true), Err(CryptoError::KeyUpdateTooSoon(1)));
+        assert!(layer.alive().is_err());
+        let mut layer = DirLayer::new(&[1; 32], &[2; 32]);
+        for _ in 0..MIN_USES_PER_KEY - 1 {
+            layer.used(false).unwrap();
+        }
+        layer.used(true).unwrap();
+        assert_eq!(layer.updates, 1);
     }
 
     #[test]
@@ -579,11 +689,11 @@ mod tests {
         let now = Instant::now();
         let mut n = net(2, NO_REKEY);
         let mut b = body_with(b"once");
-        n.client.encrypt_forward(&mut b, now).unwrap();
+        n.client.encrypt_forward(&mut b, R, now).unwrap();
         let copy = b.clone();
-        n.relays[0].0.decrypt(&mut b).unwrap();
+        n.relays[0].0.decrypt(&mut b, R).unwrap();
         let mut again = copy;
-        assert!(n.relays[0].0.decrypt(&mut again).is_err());
+        assert!(n.relays[0].0.decrypt(&mut again, R).is_err());
     }
 
     #[test]
@@ -591,13 +701,13 @@ mod tests {
         let now = Instant::now();
         let mut n = net(2, NO_REKEY);
         let mut b = body_with(b"x");
-        n.client.encrypt_forward(&mut b, now).unwrap();
+        n.client.encrypt_forward(&mut b, R, now).unwrap();
         b[ONION_HEADER_LEN] ^= 1;
-        assert!(n.relays[0].0.decrypt(&mut b).is_err());
+        assert!(n.relays[0].0.decrypt(&mut b, R).is_err());
         let mut b = body_with(b"y");
-        n.client.encrypt_forward(&mut b, now).unwrap();
+        n.client.encrypt_forward(&mut b, R, now).unwrap();
         assert_eq!(
-            n.relays[0].0.decrypt(&mut b),
+            n.relays[0].0.decrypt(&mut b, R),
             Err(CryptoError::OutOfOrder("layer closed after a failed check"))
         );
     }
@@ -608,11 +718,11 @@ mod tests {
         let mut n = net(3, NO_REKEY);
         let secret = b"SECRET-PAYLOAD-MARKER";
         let mut b = body_with(secret);
-        n.client.encrypt_forward(&mut b, now).unwrap();
+        n.client.encrypt_forward(&mut b, R, now).unwrap();
         for (i, (fwd, _)) in n.relays.iter_mut().enumerate() {
             let found = b.windows(secret.len()).any(|w| w == secret);
             assert!(!found, "plaintext visible to hop {i}");
-            fwd.decrypt(&mut b).unwrap();
+            fwd.decrypt(&mut b, R).unwrap();
         }
         assert!(b.windows(secret.len()).any(|w| w == secret));
     }

@@ -17,6 +17,13 @@ const REKEY_LABEL: &[u8] = b"veilnet rekey v1";
 /// peer that goes past it without a key update loses the channel.
 pub const MAX_USES_PER_KEY: u64 = 1 << 32;
 
+/// Fewest uses of one key before a key update: a receiver refuses an update
+/// that comes sooner, so a peer cannot make us derive keys on every cell or
+/// record (each update costs two HKDF runs and an AES key schedule, several
+/// times the cost of sealing a cell). A sender's policy never retires a key
+/// sooner, whatever it says.
+pub const MIN_USES_PER_KEY: u64 = 16;
+
 /// When a sender retires its current key. Mechanism, not policy: the engine
 /// chooses the values (WireGuard rekeys every 2 minutes; TLS 1.3 leaves it to
 /// the application through KeyUpdate).
@@ -42,10 +49,12 @@ impl Default for RekeyPolicy {
 
 impl RekeyPolicy {
     /// True when a key used `uses` times (counting this use) and started
-    /// `age` ago must be retired after this use.
+    /// `age` ago must be retired after this use: never before
+    /// [`MIN_USES_PER_KEY`] uses, always at [`MAX_USES_PER_KEY`].
     #[inline]
     pub fn is_due(&self, uses: u64, age: Duration) -> bool {
-        uses >= self.max_uses.min(MAX_USES_PER_KEY) || age >= self.max_age
+        uses >= MIN_USES_PER_KEY
+            && (uses >= self.max_uses.min(MAX_USES_PER_KEY) || age >= self.max_age)
     }
 }
 
@@ -79,9 +88,17 @@ mod tests {
             max_uses: 3,
             max_age: Duration::from_secs(10),
         };
-        assert!(!p.is_due(2, Duration::from_secs(9)));
-        assert!(p.is_due(3, Duration::ZERO));
-        assert!(p.is_due(1, Duration::from_secs(10)));
+        // Never before MIN_USES_PER_KEY uses, whatever the policy says.
+        assert!(!p.is_due(3, Duration::ZERO));
+        assert!(!p.is_due(MIN_USES_PER_KEY - 1, Duration::from_secs(10)));
+        assert!(p.is_due(MIN_USES_PER_KEY, Duration::ZERO));
+        let p = RekeyPolicy {
+            max_uses: 100,
+            max_age: Duration::from_secs(10),
+        };
+        assert!(!p.is_due(99, Duration::from_secs(9)));
+        assert!(p.is_due(100, Duration::ZERO));
+        assert!(p.is_due(MIN_USES_PER_KEY, Duration::from_secs(10)));
         let unbounded = RekeyPolicy {
             max_uses: u64::MAX,
             max_age: Duration::MAX,

@@ -10,7 +10,7 @@ use veilnet_cell::CELL_LEN;
 use veilnet_crypto::link::{
     RecordOpener, RecordSealer, RECORD_HEADER_LEN, RECORD_KEY_UPDATE, RECORD_TAG_LEN,
 };
-use veilnet_crypto::rekey::next_key;
+use veilnet_crypto::rekey::{next_key, MIN_USES_PER_KEY};
 use veilnet_crypto::{CryptoError, RekeyPolicy};
 
 /// `next_key([0x11; 32])`: HKDF-SHA256, empty salt, info `"veilnet rekey v1"`.
@@ -22,53 +22,54 @@ const NEXT_KEY_22: &str = "fa47796674a0e0d51a51e9c63c1fabbed0072a319a4bcd174c3ab
 /// The session key of the vectors' sending direction.
 const KEY: [u8; 32] = [0x22; 32];
 
-/// Record A: the first record under [`KEY`], one cell of bytes `i as u8`,
-/// carrying KEY_UPDATE (header `8001`).
+/// Record A: the 16th record under [`KEY`] (nonce 15: a key serves at least
+/// `MIN_USES_PER_KEY` records), one cell of bytes `i as u8`, carrying
+/// KEY_UPDATE (header `8001`). The 15 records before it are [`prefix`].
 const RECORD_A: &str = concat!(
-    "8001c8f1d617ab6c990ca87c5f9d4ed3deaaca189e709aa6c4a7a0c6c48d7806b3603adfd81ff52c588b17187b8707a7",
-    "4766744b1a64091c6b1c35dce94267dc92fdbc97d456b0b2479a8e872cb7132148e012b32df5060cc15e73c5432702db",
-    "d8aaa963c9969ffea491fb5566e0e52bcd439e3713bf58b6102c11b5ad83c59fefadf82e3255be2eff44a254ca20de2d",
-    "050ab26bcbcf1d04c8c535bc9bf2b07ab6736c4abb15a1d3045d5187373a91a0176d8fd4a9853df3c64a59060fd07bfc",
-    "328489470a8295e0f77714dde861aa5bb2fa3b807d75b32252fbffe50c8e41c472638408bfebf2e85db9360bccf349c8",
-    "49fec049b23fab277e52e1e95b9f0debf89684a91f3c1ce046cf0e6711c49847dff2c3ef976e810c53d10f5906540478",
-    "d6bfce611ba19f6c8d6f8b64396300887671b4d00872e55fc69a16712c1257c12981f768259264132db0beb1f435eef1",
-    "7c07391ff6ea3e6188c7554a2dd00144debdc28c2ed9a4c452f9e3a78ab1314a1041705add6af2aeff71d79c58a1cb2d",
-    "97ad77cff85849d7fb9b4a3ec2e6fe46eace8b6e02f00c383c73aa75438037b2d1f8d397b40ac22e494a5e4047c89794",
-    "6c2063cf51035487eff151ed22a65c860ac60bf47384a3afabe200c3216bf5e7c10faa32333f0ebf1fb528266e08f82e",
-    "0a5a0bcf2b9bc10b1bfbeac4341db3591c564bc7dceaa34ca4523fa227656aa2a0e209e1aeba0d1d5ba7a7c149d47aa7",
-    "98ff7a8d411938e17792e5b352f07fa1de7827d70c278bc037dcb2d1c8ee13a065ee1dfd1cac4dbcb9d15667c0e955ae",
-    "7eeb95dcb8b7b553fbb3c343606071fa180c6dbc0c89b3d3489f7d0df47685e63adff2f8ba09b54380fad038ff9f3b82",
-    "82b2474bc8b2344abc41ce32413d712dd735c17d6197305aa2054aec029997a7454836f859e319b3bc12782638fdd680",
-    "a32db71c1a2e185541a100bb9d5281d8812ab2730b89f492ccfe3ef449a2397020a5f29b63e16588f753590c7722c57a",
-    "2ab1d240d19ecece7884698a7da0ef361e68465d96716dee3d374230a876cb83e9bf6c6efb0d41e45b07ae28fe5781a9",
-    "a2d8062bdf706ec20c249bfc6ff6ca3e1efb6dcee83b2b822f32a088c41e114d704134aa0debe10fc02e3764531cb3b2",
-    "a52aadcc6ca6ac9f0022af0c46ab1ff827f0e31c6a088f239d06b2e8cc2a3550830ae9f963c898d8f26c97feed059890",
-    "f290654affb411f23e535d11e2a851450a2dde370316c49a0f8e89ecf26e6db304b52d94d8e3a32f9aaf73cf747b9d5c",
-    "a15fb93dd01df6da5277da137a47e7c178cb0acb8bd50a6167e75ae862f425461d3aaaec0a8101a3168a65d34673dba7",
-    "aaf7f0529110d5d2ecaa3511c2e566965d67c252d060930c664288d93818b442ad9de7003df8122fc373b4b4c22de752",
-    "3cc21a6140f104f093204ea264f918e7d5261f356015fd047daa4c047e3dfcf4d121502e51071d97c36ce2dec19427c0",
-    "971024d7703151044d9accdaa6065917e0fab594fc0185653466fec216ab28fb100414a457402f58eb0139449152e32f",
-    "803cf3f02d5a4b736c70f792e3aa4c0f3da897c1b9ff4bbfae3c0c94493ebb2a797591ec0309e3c9f4137d7d3e1187f3",
-    "5deb5ed88632399dee1d8e47f449655ffeedea99a1147bbf45050a3fb65a76fb03cc2f8ff74758ffd42b001e703ff6e3",
-    "c637d73a44c7f316fe65f25113ac0ffe8c99ebc93259cbdadd39d7fc5505bb237605905d8c0ae6891a0fede60b444333",
-    "f06656a395ecdeb4c3cdb9ddd58fe584b5438c2a012599c9105b3efe0f2011b90fefea09a684bf150b263a516b06b6e1",
-    "202f25361c89a7f96ad072aa5f6e4609f02bd96c3721dd9b4cd0aeec5392bc327e01eeb7f5e345fea2cad125d9eed5c6",
-    "3fd2797c4c6cc521d98c430ba8ba683486cb2a51dbc54f3f2f2bc219a8e34ae5b2216e165da489ddee3aef4b230f6837",
-    "4808fa1d04ef22237317db4f3d701f7f8914797d8e32f391927530a145b64246a248a599ce100a966c228ae8a661f539",
-    "3fafc9e88be163770215d43cce235415f6e5ec1ce197c95aa40b965123ce2f093536ce5e2f69a4d806f0c3b8b16d8e8f",
-    "722961c13c9436da1d4bbe1ce490bc157f34342216c54bcd727aecd6568a26238f3e06fe73a4fc536c7a168792b0c686",
-    "1104c79f1d38e94d74b422c554a5cb227d479ff7e029fc001812f68a5462711e1152be1483d2461673f6754c3ce3ab70",
-    "610eaab833a960cec34eb00d3e675f27d0f3ad5c58279993ddec418fcaed9235b8c6ca1c05f8e4841ba383e83af47df2",
-    "ada36dc4b821cd89fea0ac49f8dd169ff3de4058925a276d50f166bcf7ecd563aba4d6902a02ea3b13debb07e0fa633d",
-    "76628412186b90f75f2f5d18c1b4deb8824e632776e1faa7be4ac7956acf06dbd4737ed5be7cf1882154581e60d4ebb1",
-    "b46a7683a98fad66c40c3b7140cd031b581fe268bdc1a243fc4e0057138d4722321ce81ef4ef5d21387c65ea78be1d67",
-    "e5c8d831b4aca969f677ec27a108aacc678bf4f4321ab863d7c50b55c656d4c9876ed8b93435e72e520325290aa288f5",
-    "56f9a984763df7aaf0d3bb776af75531c0f3f14567dd4ce051a32c12e02c84621c5d8dbe0e4f80040bd77fe7e8ee0f3c",
-    "ea17f6ddf1b26b98ef6e25bfaaff901a243c35ec526ec51cd17e8e4dcda202ff8f8ea0407d9905d04c00f2fc5cb6fa10",
-    "41a4249fb442b85fe0868f3ad43adf314728651813739338ed9351164b34c566f8cd6d511755fa97fa30acb818a49f6a",
-    "cc2fd27eb2fb49f41cb9df061c21af970262e0cc875c51daa7fab6bfa38abe626398ca4b6f917e85be6ad70f6a2e1b55",
-    "c6d9d59d21a8011e55fdc81988d67cfb726fe025bd72c49bb4844bc8d7e9779882d84d49b1c80a402b5a8054c6af9f38",
-    "94f1",
+    "8001f615348d3851cb67cdee95caf254b7532635b7086538955a7509b25f541dd19f3c49bf54490d31a53d4f64aab347",
+    "5beccbc2c254f0d2ccaa8804c8f9f27f4e720d14f8eafb4708ec341878750819bed362b7686cc39c3d4fb73df75e8fc8",
+    "8a39115af744b65960379caf8eb4b16ad63f27e29f633c508395423b137a4ec79ae3a72cdd50529701d829c64142b744",
+    "be7c1c7323e1b9af668f9cca16efc1f78f3d1cc097e95f8472d7224e339ffafd88088a6be4a80c81b327285ddb53c906",
+    "33c9ef755a95fc5c578efd25b6c8452078c65ab657f67efa740a009cad4d71cdc4cb6a474ac7fb5fb6a58817092f6b51",
+    "edb8b1313a0621ee255a45e095e50b5f6ae58a87ecea44038435ac952ec59d1ab45b5bd80abea006c2a1931f62e7b92b",
+    "e249e3ac0a18b7e85799e570aa474494077eeb220c9ff5421dd6fd4b38614f26bdbec0cabc7031b4afe4f3f951b85f3d",
+    "9d2ed9c7d098cd0d6e222a4cfb48f90bcd8fd7efbfd791f7778a7a4448eb80fdf2c83d0a14cf8deb433d05ce0b3bb74d",
+    "93faf0deb9d94bc4fb5d665db9119bfd4082ec0064fcd47f1433b3ee8184b47ff47b9f787f3e088ec194080927e4e0d2",
+    "2892b1db3061629b1f016aef8c9611737df1ef8521ffe3b24e88ff966b24dd5141f1346b2d7a3bf2ac9d2d18564277f4",
+    "cf7e50e48b80afac2d81bd759ed13214c266de815e32d0fe469249e8ad9dca73923b0f0f81852fb1364e986ca00f08c3",
+    "3e2aa83ad7bc05023e0b7991448f52ee1a73492c47a2711b2463e135c4c48e90a0b046cde521e5d61110a59c45f9751d",
+    "51001d198836af0809bbb76bc327922fc7c302f3d14dbde02e808156a64ae232ca04d8cda4d3f88a604dedf741539b71",
+    "284ad2f483bf05fff3b06e46fffe6ff49f5d3c2795f9718eb9a419e9a6d14e98ea660aa1111ac6e4af670d029323c487",
+    "851e1b8af34a1d5b3468514e21413bd9bfb11c9691310a174f80b080b1425a34b8a02c147f7d8909e9d04f8bfc2c1453",
+    "48873cbd680666c3744e44afcb5a2cb9a68dbf2869aa88672f9982640badcd807d742adb66dbf31234b57e623b195b52",
+    "28ca909e8e7121e2ab0755ad25d0176ce374f385c82bf169367ab16cd7886aa9340dcd1ca3da8cad8bb9ed32579c4da3",
+    "5a2f2e484410722ab18fa07953261a2e994c9b0a63b3d3235eb134022c214368f311821a126c49cd9089594dca137c04",
+    "1e2039ba414abf499353f6529af28cd1c0920de3dd108aaa68a3ac6c6fb68ff69b68961a55ea62c0626c7b682160ed97",
+    "78f06ed8a64341802f9ee6fdba511537d3c67056cc095d04669f931e86a128f7d3f77f4dae82ed1548eb1aabb86eea9a",
+    "2cb7692d9493f53becef9863091d013d42fdc09c5ac3990cbd51f7d2678318097420c0873e6972e28e0ffe4a6099bf38",
+    "f4dacf45a35daaf74c6ac82699894ae411c29298d53af30cf6ed3e4b83f7ece9159a2df4dde8b7dfbee19c0b0ebc3de6",
+    "41b570bfd07c81121e1f7e6f42c8ddfed1586483462d65aaca7bf21b6442573d31d4b5b709967a83b51de6de5490e913",
+    "0773402fc089b0821fba7aa4a8e505dbb98da57dffad5ae244ca20284b2c75fe65b625f90ba1d5a232498e9ee4d9b014",
+    "23b4c3802cca905533f57223b392abb630311856d7fa6fa6792d9ccbeca931e5a1a721564f50a65ba94ab561caa2878a",
+    "7adb4b9e68aadb380a7599855553910025daca60547fce8b2e8f2989db215dd74959893c1c566c75575457ff9c03dd2a",
+    "aa725490a14e08fc1b889a58bb9eb13e87f8d8f8bdbbc5dcb408fefb0a8ea868ff74b5c55a7da758811f76ee5e39c385",
+    "4f788315cf0d83dd9a45e32b2d55bc086059d9b3ed8d760ce27fcda2d439eb0ac5cd7258b3eed667be4aff01f1303185",
+    "ab467d901ab570a4db443892d1b9958c174882a9bd013f37a29424a364fedc27dd0c09cf06a47d320e1f63f1d812b8d1",
+    "dd0fed61f1d2d2a8b8f8a91f71e92142aabb33a928da4a1508c1e4783e32954dcd3de685bb0e95df4397ed435f64a443",
+    "a1e165222ca22542a921d0aa6a615a05f4feb0d54de9b828eb596e2f02c26efc53a72740d425babfb21b7dcc71b01a59",
+    "893200eaa89591118aa10ccaedbc8070e0f2a80fab7b2d97f77c107d04b742329767d5e8a6611f8879701133fa5ffc81",
+    "944a5f9d747edc88b4bd1c7b6ea4d22d5e9953659077d59aa6e002aa7e90f643e6ee19c07c10424a06ce98d798211621",
+    "bd59dfcacfa72d38bda4628ca424fae341d61adae19dd1cbaf5eb228a543b4efce311ef1d238a260cc4b69fc8499bcdb",
+    "320296d34908a67e472a14276c34abb16c09d7564806c7e78847498af591f53095258b90bcc094f1409679de43c4335e",
+    "0e4009d4f8e150c1198fdb9c31bb042b6c1d54a9d4cf830e8aeb5bdaaf7746e691b50360f1f33c5804ff1d11cb427b7b",
+    "88fa5ea2dd4b2991467c3f3ab5b5cc28f6656e60e24a9915056e99a8afb06932f03006074c30d48e90b643fbc4127d38",
+    "ad8c3092db35726cec97de546ff28683bef8a3c2c5786b8fdc810f050b720c5f368494f306025f15fd87d7b7bf045147",
+    "de89f6db7865c75270b2aeaa07cc7114685e76ecde5ab13624ba2a76da9eb5739888a12b92e008201550c57b9476d4c4",
+    "df52f701e6810197370876c361069316125b21585d50de8300df1b6ca4cd5e1757e3028bf5368700217bf470534b430e",
+    "a334006d192c0d221c2ebc815b7acbbd56b3eb3419ad2d4ee9bab099a81b995798920a02d2721c6ce2b3f7024c85e617",
+    "369639add2269ea0e128486d9fec9ab913a92cfde6823db422c7be9be6f54d0a2a424f1bdc252c4d7096d32b9e7b1b53",
+    "09098978539987eac4360d537ddd792e2c37a3f4ac1fa0b8fecc9bcf873ac041d09db9525f47f3f748aaad8ed0dea260",
+    "26f6",
 );
 
 /// Record B: the first record under `next_key(KEY)` (nonce 0 again), one
@@ -134,6 +135,26 @@ fn unsealed(cell: &[u8]) -> Vec<u8> {
     rec
 }
 
+/// The records before A: `MIN_USES_PER_KEY - 1` records of one zero cell.
+fn prefix(s: &mut RecordSealer, now: Instant) -> Vec<Vec<u8>> {
+    (1..MIN_USES_PER_KEY)
+        .map(|_| {
+            let mut r = unsealed(&[0u8; CELL_LEN]);
+            s.seal(&mut r, now).unwrap();
+            r
+        })
+        .collect()
+}
+
+/// An opener of [`KEY`] that has opened the records before A.
+fn opener_at_a() -> RecordOpener {
+    let mut o = RecordOpener::from_key(KEY);
+    for mut r in prefix(&mut RecordSealer::from_key(KEY), Instant::now()) {
+        open(&mut o, &mut r).unwrap();
+    }
+    o
+}
+
 fn open(o: &mut RecordOpener, rec: &mut [u8]) -> Result<(), CryptoError> {
     let (hdr, body) = rec.split_at_mut(RECORD_HEADER_LEN);
     let hdr = [hdr[0], hdr[1]];
@@ -152,11 +173,12 @@ fn next_key_vectors() {
 fn sealing_reproduces_the_records() {
     let mut s = RecordSealer::from_key(KEY);
     let now = Instant::now();
-    // Retire the key after one record, then keep the next one.
+    // Retire the key after its 16th record, then keep the next one.
     s.set_rekey_policy(RekeyPolicy {
-        max_uses: 1,
+        max_uses: MIN_USES_PER_KEY,
         max_age: Duration::MAX,
     });
+    prefix(&mut s, now);
     let mut a = unsealed(&cell_a());
     s.seal(&mut a, now).unwrap();
     assert_eq!(hex::encode(&a), RECORD_A);
@@ -172,7 +194,7 @@ fn the_records_decode() {
     let mut b = hex::decode(RECORD_B).unwrap();
     assert_eq!(u16::from_be_bytes([a[0], a[1]]), RECORD_KEY_UPDATE | 1);
     assert_eq!(u16::from_be_bytes([b[0], b[1]]), 1);
-    let mut o = RecordOpener::from_key(KEY);
+    let mut o = opener_at_a();
     open(&mut o, &mut a).unwrap();
     assert_eq!(
         &a[RECORD_HEADER_LEN..RECORD_HEADER_LEN + CELL_LEN],
@@ -207,7 +229,7 @@ fn a_record_a_without_its_flag_does_not_open() {
     let mut a = hex::decode(RECORD_A).unwrap();
     a[0] &= 0x7f;
     assert_eq!(
-        open(&mut RecordOpener::from_key(KEY), &mut a),
+        open(&mut opener_at_a(), &mut a),
         Err(CryptoError::BadTag(0))
     );
 }

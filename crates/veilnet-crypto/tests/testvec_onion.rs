@@ -6,9 +6,10 @@
 use std::time::Instant;
 
 use sha2::{Digest, Sha256};
-use veilnet_cell::{BODY_LEN, ONION_HEADER_LEN};
+use veilnet_cell::{CellCommand, BODY_LEN, ONION_HEADER_LEN};
 use veilnet_crypto::circuit::HopKeys;
 use veilnet_crypto::onion::{relay_layers, ClientLayers, NO_REKEY};
+use veilnet_crypto::rekey::MIN_USES_PER_KEY;
 use veilnet_crypto::RekeyPolicy;
 
 /// Hop `h`'s keys: derived from fixed Noise split keys.
@@ -17,6 +18,7 @@ fn hop_keys(h: u8) -> HopKeys {
 }
 
 const JUNK_KEY: [u8; 32] = [0x5A; 32];
+const R: CellCommand = CellCommand::Relay;
 
 /// A fixed relay payload: a recognisable pattern.
 fn plaintext() -> Vec<u8> {
@@ -67,21 +69,21 @@ fn testvec_three_hop_forward_cell() {
         .collect();
     let plain = plaintext();
     let mut body = plain.clone();
-    client.encrypt_forward(&mut body, now).unwrap();
+    client.encrypt_forward(&mut body, R, now).unwrap();
     assert_eq!(
         summary(&body),
         (
             concat!(
-                "a117ab19c3d10e1ded0792616c66cb6c0007c1c0b61310858f5058b0425600bf",
-                "9f67b09843833b16355124e9e67286351ffc04a1eaacb2ede003971b2279d21e",
+                "b2c62abaac9cf6307e3b61b06512501d002e33bb7a9bac2ee1ce2cc1d360795d",
+                "0e676c82175a1a9fc75a3f04a1883d3939c504a1eaacb2ede003971b2279d21e",
                 "d1b00e37aa72e5523ed2259aa83fb1f2bc11b0c1a65ef1baa2e2f8a734151e7cbbfb98f460"
             )
             .to_string(),
-            "6ff70aaf816c76b345af710147fb7ee1f3c1e739ab1d62c225c27880f2bb9971".to_string()
+            "80a300ff025ab92f5e19906393c72c734460e683b8b9a1114958e07ab0ade90c".to_string()
         )
     );
     for r in &mut relays {
-        r.decrypt(&mut body).unwrap();
+        r.decrypt(&mut body, R).unwrap();
     }
     assert_eq!(body[ONION_HEADER_LEN..], plain[ONION_HEADER_LEN..]);
 }
@@ -98,31 +100,31 @@ fn testvec_three_hop_backward_cell() {
         .collect();
     let plain = plaintext();
     let mut body = plain.clone();
-    relays[2].originate(&mut body, now).unwrap();
-    relays[1].encrypt(&mut body, now).unwrap();
-    relays[0].encrypt(&mut body, now).unwrap();
+    relays[2].originate(&mut body, R, now).unwrap();
+    relays[1].encrypt(&mut body, R, now).unwrap();
+    relays[0].encrypt(&mut body, R, now).unwrap();
     assert_eq!(
         summary(&body),
         (
             concat!(
-                "b239afd87e99ed2dfdd64f8f5a8b161800d671c5c607665d5cc3de225cb6446d",
-                "2189b418c0623463ea6da62a6fd422d642409137f530737c2a6eb2026d830f9b",
+                "75ecf720edbc99f290e401c355a593ae0042f57e8664d9692f250cf64710ee9f",
+                "06890d28ed2b60ec7afd27f6ab29a68095389137f530737c2a6eb2026d830f9b",
                 "30a0d5ca7bee0bd08c698076f3ff69f822ed829113171c1319e1f8b9dbc39e528389c8013f"
             )
             .to_string(),
-            "0777b1c020564686bd6a5d4a84bea740c66fba2c235c6ec0aa8f58b14313a5be".to_string()
+            "18c087711bf6e2a9c8b902cecc3972b93d568c8044bc94d9a7b345aa4f3013d6".to_string()
         )
     );
-    client.decrypt_backward(&mut body).unwrap();
+    client.decrypt_backward(&mut body, R).unwrap();
     assert_eq!(body[ONION_HEADER_LEN..], plain[ONION_HEADER_LEN..]);
 }
 
 #[test]
 fn testvec_forward_cell_after_key_update() {
-    // Every key retires after one cell: the second cell is sealed under the
-    // ratcheted keys of all three hops.
+    // Every key retires after MIN_USES_PER_KEY cells: the next cell is
+    // sealed under the ratcheted keys of all three hops.
     let policy = RekeyPolicy {
-        max_uses: 1,
+        max_uses: MIN_USES_PER_KEY,
         ..NO_REKEY
     };
     let now = Instant::now();
@@ -134,25 +136,25 @@ fn testvec_forward_cell_after_key_update() {
         })
         .collect();
     let plain = plaintext();
-    for round in 0..2 {
+    for round in 0..=MIN_USES_PER_KEY {
         let mut body = plain.clone();
-        client.encrypt_forward(&mut body, now).unwrap();
-        if round == 1 {
+        client.encrypt_forward(&mut body, R, now).unwrap();
+        if round == MIN_USES_PER_KEY {
             assert_eq!(
                 summary(&body),
                 (
                     concat!(
-                    "8cfa7f39d2dea11f07d62dcabe210202017c55d6620de303e47dcacb5456b2af",
-                    "d8900244477d054eab0580619e713470da76791efc3538d763d55066ba6aeb15",
-                    "1c75ca69916f116da49f3efe0990a1a8ff6fba145228f6e6127c51e90fd19529e403018ce9"
-                )
+"dc8894a304cb5182b419e0cd5306eba0001da9f33a248f817193852fc31c7dca",
+"d791b81ce98daed3ac8bbc800f93973eec1e78db231501b1dc90e707ea139995",
+"775fb49d69bf83deff26a622e97ba76bbac3d900ed28f6e6127c51e90fd19529e403018ce9"
+)
                     .to_string(),
-                    "18aa24ad467761e68d53398a7ff9821121dc00a19cfcaa4a21433aac7075a7f9".to_string()
+                    "23cb242ff29232fc8c10d51423f36963121c37c3de8e9251276c32ddbadf44b0".to_string()
                 )
             );
         }
         for r in &mut relays {
-            r.decrypt(&mut body).unwrap();
+            r.decrypt(&mut body, R).unwrap();
         }
         assert_eq!(body[ONION_HEADER_LEN..], plain[ONION_HEADER_LEN..]);
     }

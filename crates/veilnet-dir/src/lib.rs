@@ -11,4 +11,4 @@ pub use descriptor::{
     SIGNING_CONTEXT,
 };
 pub use directory::{Directory, Inserted, MAX_NODES};
-pub use path::{select_path, ExitTarget, GuardSet, PathError, PathRequest};
+pub use path::{select_path, GuardSet, PathError, PathRequest};

@@ -4,19 +4,18 @@
 //! All choices are bandwidth-weighted random draws from the caller's RNG;
 //! nothing here reads the clock or touches the network.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use libp2p::PeerId;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use veilnet_cell::{TargetAddr, MAX_HOPS};
 
 use crate::descriptor::Descriptor;
 use crate::directory::Directory;
 
 /// Fewest hops a path may have.
 pub const MIN_HOPS: usize = 1;
-/// Most hops a path may have.
-pub const MAX_HOPS: usize = 5;
 /// Lower clamp of a node's selection weight (bytes/s): 1 KB/s.
 pub const MIN_WEIGHT: u64 = 1_000;
 /// Upper clamp of a node's selection weight (bytes/s): 10 GB/s.
@@ -26,26 +25,16 @@ pub const MAX_GUARDS: usize = 16;
 /// Random restarts before giving up on a path that may exist.
 const ATTEMPTS: usize = 16;
 
-/// What the circuit's exit will connect to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ExitTarget {
-    /// A known address: the exit's policy must allow it.
-    Ip(SocketAddr),
-    /// A domain name on this port, resolved by the exit: the exit's policy
-    /// must possibly allow the port.
-    Domain(u16),
-    /// No particular target (e.g. a pre-built circuit): any exit node.
-    Any,
-}
-
 /// A request for a path.
 #[derive(Debug, Clone, Copy)]
 pub struct PathRequest<'a> {
     /// Number of hops, [`MIN_HOPS`]`..=`[`MAX_HOPS`]. With one hop, that hop
     /// is the exit.
     pub hops: usize,
-    /// What the exit must be willing to connect to.
-    pub exit_target: ExitTarget,
+    /// What the exit must be willing to connect to: an address its policy
+    /// allows, or a name on a port its policy may allow (the exit resolves
+    /// it); `None` for no particular target (a pre-built circuit): any exit.
+    pub exit_target: Option<&'a TargetAddr>,
     /// Peers never to choose (the directory's own peer is always excluded).
     pub exclude: &'a [PeerId],
     /// Preferred first hops; see [`select_path`].
@@ -86,13 +75,14 @@ pub fn is_usable_relay(d: &Descriptor) -> bool {
     d.roles.relay && !d.link_addrs.is_empty()
 }
 
-/// Whether `d` is an exit node whose policy allows `target`.
-pub fn allows_target(d: &Descriptor, target: ExitTarget) -> bool {
+/// Whether `d` is an exit node whose policy allows `target` (any target if
+/// `None`). A name is resolved by the exit, so only its port is checked.
+pub fn allows_target(d: &Descriptor, target: Option<&TargetAddr>) -> bool {
     d.roles.exit
         && match target {
-            ExitTarget::Ip(sa) => d.exit_policy.allows(sa.ip(), sa.port()),
-            ExitTarget::Domain(port) => d.exit_policy.may_allow_port(port),
-            ExitTarget::Any => true,
+            Some(TargetAddr::Ip(sa)) => d.exit_policy.allows(sa.ip(), sa.port()),
+            Some(TargetAddr::Domain(_, port)) => d.exit_policy.may_allow_port(*port),
+            None => true,
         }
 }
 
@@ -171,7 +161,7 @@ fn fits(d: &Descriptor, chosen: &[&Descriptor]) -> bool {
 /// * only nodes with the relay role and at least one link address; never the
 ///   directory's own peer, never a peer in `req.exclude`, no duplicates;
 /// * the exit (last hop) is chosen first, among exit nodes whose policy
-///   allows the target ([`ExitTarget`]);
+///   allows the target ([`allows_target`]);
 /// * the first hop comes from `req.guards` (those in the directory and
 ///   usable); only if no guard is usable, or no usable guard can be combined
 ///   with any suitable exit, is any relay used;

@@ -9,10 +9,9 @@ use common::{desc, key, sign, NOW};
 use libp2p::PeerId;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use veilnet_cell::TargetAddr;
 use veilnet_dir::path::{share_subnet, weight, MAX_WEIGHT, MIN_WEIGHT};
-use veilnet_dir::{
-    select_path, Descriptor, Directory, ExitTarget, GuardSet, PathError, PathRequest, Roles,
-};
+use veilnet_dir::{select_path, Descriptor, Directory, GuardSet, PathError, PathRequest, Roles};
 use veilnet_policy::ExitPolicy;
 
 fn own() -> PeerId {
@@ -54,7 +53,7 @@ fn spread(n: u32) -> (Directory, Vec<PeerId>) {
     dir_of(nodes)
 }
 
-fn req(hops: usize, target: ExitTarget) -> PathRequest<'static> {
+fn req(hops: usize, target: Option<&TargetAddr>) -> PathRequest<'_> {
     PathRequest {
         hops,
         exit_target: target,
@@ -83,11 +82,11 @@ fn three_distinct_hops() {
     let (dir, _) = spread(10);
     let mut rng = StdRng::seed_from_u64(1);
     for _ in 0..200 {
-        let path = select_path(&dir, &req(3, ExitTarget::Any), &mut rng).unwrap();
+        let path = select_path(&dir, &req(3, None), &mut rng).unwrap();
         assert_valid(&path, 3);
     }
     for hops in 1..=5 {
-        let path = select_path(&dir, &req(hops, ExitTarget::Any), &mut rng).unwrap();
+        let path = select_path(&dir, &req(hops, None), &mut rng).unwrap();
         assert_valid(&path, hops);
     }
 }
@@ -98,7 +97,7 @@ fn bad_hop_counts() {
     let mut rng = StdRng::seed_from_u64(1);
     for hops in [0, 6, 100] {
         assert_eq!(
-            select_path(&dir, &req(hops, ExitTarget::Any), &mut rng),
+            select_path(&dir, &req(hops, None), &mut rng),
             Err(PathError::BadHopCount { hops })
         );
     }
@@ -125,14 +124,15 @@ fn exit_policy_respected() {
         (6, "6.6.0.1:1", &no80),
     ]);
     let mut rng = StdRng::seed_from_u64(2);
-    let target80 = ExitTarget::Ip("93.184.216.34:80".parse().unwrap());
+    let target80 = TargetAddr::Ip("93.184.216.34:80".parse().unwrap());
+    let domain = |port| TargetAddr::Domain("example.com".into(), port);
     for _ in 0..300 {
-        let path = select_path(&dir, &req(3, target80), &mut rng).unwrap();
+        let path = select_path(&dir, &req(3, Some(&target80)), &mut rng).unwrap();
         assert_valid(&path, 3);
         assert_eq!(path[2].peer_id, ids_[2], "only node 3 exits to :80");
-        let path = select_path(&dir, &req(3, ExitTarget::Domain(80)), &mut rng).unwrap();
+        let path = select_path(&dir, &req(3, Some(&domain(80))), &mut rng).unwrap();
         assert_eq!(path[2].peer_id, ids_[2]);
-        let path = select_path(&dir, &req(3, ExitTarget::Domain(443)), &mut rng).unwrap();
+        let path = select_path(&dir, &req(3, Some(&domain(443))), &mut rng).unwrap();
         assert!([ids_[0], ids_[1], ids_[5]].contains(&path[2].peer_id));
     }
     // no exit for this target: only nodes that reject port 80
@@ -142,13 +142,13 @@ fn exit_policy_respected() {
         (4, "4.4.0.1:1", &non_exit),
         (6, "6.6.0.1:1", &no80),
     ]);
-    for target in [target80, ExitTarget::Domain(80)] {
+    for target in [target80.clone(), domain(80)] {
         assert_eq!(
-            select_path(&dir, &req(3, target), &mut rng),
+            select_path(&dir, &req(3, Some(&target)), &mut rng),
             Err(PathError::NoExitForTarget)
         );
     }
-    assert!(select_path(&dir, &req(3, ExitTarget::Domain(81)), &mut rng).is_ok());
+    assert!(select_path(&dir, &req(3, Some(&domain(81))), &mut rng).is_ok());
     // ... and the error message does not leak the target
     assert!(!PathError::NoExitForTarget.to_string().contains("10.0.0.1"));
 }
@@ -163,7 +163,7 @@ fn one_hop_is_the_exit() {
     ]);
     let mut rng = StdRng::seed_from_u64(3);
     for _ in 0..50 {
-        let path = select_path(&dir, &req(1, ExitTarget::Any), &mut rng).unwrap();
+        let path = select_path(&dir, &req(1, None), &mut rng).unwrap();
         assert_eq!(ids(&path), vec![ids_[0]]);
     }
 }
@@ -190,7 +190,7 @@ fn subnet_diversity() {
     let (dir, _) = dir_of(nodes);
     let mut rng = StdRng::seed_from_u64(4);
     for _ in 0..300 {
-        let path = select_path(&dir, &req(3, ExitTarget::Any), &mut rng).unwrap();
+        let path = select_path(&dir, &req(3, None), &mut rng).unwrap();
         assert_valid(&path, 3);
         let groups: HashSet<String> = path
             .iter()
@@ -203,7 +203,7 @@ fn subnet_diversity() {
     }
     // four hops cannot be built from three subnets
     assert_eq!(
-        select_path(&dir, &req(4, ExitTarget::Any), &mut rng),
+        select_path(&dir, &req(4, None), &mut rng),
         Err(PathError::NotEnoughRelays { needed: 4, have: 9 })
     );
 }
@@ -225,7 +225,7 @@ fn subnet_rule_checks_every_link_addr_and_mapped() {
     }
     let mut rng = StdRng::seed_from_u64(5);
     assert!(matches!(
-        select_path(&dir, &req(2, ExitTarget::Any), &mut rng),
+        select_path(&dir, &req(2, None), &mut rng),
         Err(PathError::NotEnoughRelays { .. })
     ));
 }
@@ -241,7 +241,7 @@ fn loopback_exempt_from_subnet_rule() {
     ]);
     let mut rng = StdRng::seed_from_u64(6);
     for _ in 0..50 {
-        let path = select_path(&dir, &req(5, ExitTarget::Any), &mut rng).unwrap();
+        let path = select_path(&dir, &req(5, None), &mut rng).unwrap();
         assert_valid(&path, 5);
     }
 }
@@ -263,7 +263,7 @@ fn family_rule_needs_mutual_declaration() {
     let mut rng = StdRng::seed_from_u64(7);
     let mut saw_3_and_4 = false;
     for _ in 0..500 {
-        let path = select_path(&dir, &req(3, ExitTarget::Any), &mut rng).unwrap();
+        let path = select_path(&dir, &req(3, None), &mut rng).unwrap();
         let set: HashSet<PeerId> = ids(&path).into_iter().collect();
         assert!(
             !(set.contains(&ids_[0]) && set.contains(&ids_[1])),
@@ -274,7 +274,7 @@ fn family_rule_needs_mutual_declaration() {
     assert!(saw_3_and_4, "one-sided family claims do not count");
     // with a 4-hop path, 1 and 2 can never both fit
     assert!(matches!(
-        select_path(&dir, &req(4, ExitTarget::Any), &mut rng),
+        select_path(&dir, &req(4, None), &mut rng),
         Err(PathError::NotEnoughRelays { .. })
     ));
 }
@@ -288,7 +288,7 @@ fn guards_used_as_first_hop() {
     for _ in 0..300 {
         let r = PathRequest {
             hops: 3,
-            exit_target: ExitTarget::Any,
+            exit_target: None,
             exclude: &[],
             guards: &guards,
         };
@@ -302,7 +302,7 @@ fn guards_used_as_first_hop() {
     let gone = [key(5000).public().to_peer_id()];
     let r = PathRequest {
         hops: 3,
-        exit_target: ExitTarget::Any,
+        exit_target: None,
         exclude: &[],
         guards: &gone,
     };
@@ -310,7 +310,7 @@ fn guards_used_as_first_hop() {
     // an excluded guard is not used
     let r = PathRequest {
         hops: 3,
-        exit_target: ExitTarget::Any,
+        exit_target: None,
         exclude: &[all[3]],
         guards: &guards,
     };
@@ -340,7 +340,7 @@ fn unusable_nodes_and_exclusions_never_chosen() {
     let excluded = [ids_[0]];
     let r = PathRequest {
         hops: 3,
-        exit_target: ExitTarget::Any,
+        exit_target: None,
         exclude: &excluded,
         guards: &[],
     };
@@ -363,14 +363,14 @@ fn errors_when_not_enough_nodes() {
     let mut rng = StdRng::seed_from_u64(10);
     let empty = Directory::new(own());
     assert_eq!(
-        select_path(&empty, &req(3, ExitTarget::Any), &mut rng),
+        select_path(&empty, &req(3, None), &mut rng),
         Err(PathError::NoExitForTarget)
     );
     let (dir, _) = spread(2);
-    let err = select_path(&dir, &req(3, ExitTarget::Any), &mut rng).unwrap_err();
+    let err = select_path(&dir, &req(3, None), &mut rng).unwrap_err();
     assert_eq!(err, PathError::NotEnoughRelays { needed: 3, have: 2 });
     assert!(err.to_string().contains('3') && err.to_string().contains('2'));
-    assert!(select_path(&dir, &req(2, ExitTarget::Any), &mut rng).is_ok());
+    assert!(select_path(&dir, &req(2, None), &mut rng).is_ok());
 }
 
 #[test]
@@ -387,7 +387,7 @@ fn bandwidth_weighting() {
     let mut counts: HashMap<PeerId, u32> = HashMap::new();
     let draws = 5000;
     for _ in 0..draws {
-        let path = select_path(&dir, &req(1, ExitTarget::Any), &mut rng).unwrap();
+        let path = select_path(&dir, &req(1, None), &mut rng).unwrap();
         *counts.entry(path[0].peer_id).or_default() += 1;
     }
     let frac = |i: usize| f64::from(counts[&ids_[i]]) / f64::from(draws);
@@ -414,11 +414,11 @@ fn weight_clamped() {
     let mut rng = StdRng::seed_from_u64(12);
     // P(pick zero) = 1e3 / (1e10 + 1e3) ~ 1e-7; just check no overflow/panic
     for _ in 0..1000 {
-        let p = select_path(&dir, &req(1, ExitTarget::Any), &mut rng).unwrap();
+        let p = select_path(&dir, &req(1, None), &mut rng).unwrap();
         assert_eq!(p[0].peer_id, ids_[1]);
     }
     // in a 2-hop path both must be used
-    let p = select_path(&dir, &req(2, ExitTarget::Any), &mut rng).unwrap();
+    let p = select_path(&dir, &req(2, None), &mut rng).unwrap();
     assert_eq!(p.len(), 2);
 }
 
@@ -428,7 +428,7 @@ fn seeded_selection_is_reproducible() {
     let run = || {
         let mut rng = StdRng::seed_from_u64(13);
         (0..20)
-            .map(|_| ids(&select_path(&dir, &req(3, ExitTarget::Any), &mut rng).unwrap()))
+            .map(|_| ids(&select_path(&dir, &req(3, None), &mut rng).unwrap()))
             .collect::<Vec<_>>()
     };
     assert_eq!(run(), run());

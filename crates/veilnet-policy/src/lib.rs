@@ -9,6 +9,10 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod exit_config;
+
+pub use exit_config::ExitConfig;
+
 /// SMTP, refused by [`ExitPolicy::default_exit`].
 const SMTP_PORT: u16 = 25;
 

@@ -1,6 +1,5 @@
 //! Client circuits: built hop by hop (telescoping), then carrying streams.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,11 +7,8 @@ use std::time::{Duration, Instant};
 use libp2p_identity::PeerId;
 use tokio::sync::mpsc;
 use tracing::debug;
-use veilnet_cell::{
-    decode_relay, encode_relay, Cell, CellCommand, CircId, DestroyReason, RelayError, RelayMsg,
-    StreamId, TargetAddr,
-};
-use veilnet_crypto::circuit::ClientHandshake;
+use veilnet_cell::{Cell, CircId, DestroyReason, TargetAddr};
+use veilnet_circuit::{CircuitBuilder, HopSpec, Step};
 use veilnet_crypto::onion::{ClientBackward, ClientLayers};
 
 use crate::core::{Core, Stats};
@@ -22,19 +18,6 @@ use crate::stream::{CircuitTx, ClientStream, ClientTx, Endpoint};
 use crate::ProtoError;
 
 static NEXT_CIRCUIT: AtomicU64 = AtomicU64::new(1);
-
-/// One hop of a path, as the client needs to know it.
-#[derive(Debug, Clone)]
-pub struct HopSpec {
-    /// The relay's identity.
-    pub peer: PeerId,
-    /// Where its link listener is.
-    pub addr: SocketAddr,
-    /// Its current onion key.
-    pub onion_key: [u8; 32],
-    /// Its link key.
-    pub link_key: [u8; 32],
-}
 
 /// A snapshot of a circuit for status displays.
 #[derive(Debug, Clone)]
@@ -240,20 +223,8 @@ impl Core {
     }
 }
 
-async fn next_cell(rx: &mut mpsc::Receiver<Cell>, want: CellCommand) -> Result<Cell, ProtoError> {
-    let cell = rx.recv().await.ok_or(ProtoError::CircuitClosed)?;
-    match cell.command()? {
-        c if c == want => Ok(cell),
-        CellCommand::Destroy => Err(ProtoError::Protocol(format!(
-            "circuit destroyed while building: {:?}",
-            cell.destroy_reason()
-        ))),
-        other => Err(ProtoError::Protocol(format!(
-            "expected {want:?}, got {other:?}"
-        ))),
-    }
-}
-
+/// Runs the build state machine over the link: every cell that arrives for
+/// the circuit goes in, every cell it asks for goes out.
 async fn extend_all(
     link: &Arc<Link>,
     circ: CircId,
@@ -263,51 +234,19 @@ async fn extend_all(
     stats: &Stats,
 ) -> Result<ClientLayers, ProtoError> {
     let junk: [u8; 32] = rand::random();
-    let mut layers = ClientLayers::new(&junk, rekey);
-    let (hs, msg) = ClientHandshake::start(&path[0].onion_key)?;
-    link.send(Cell::handshake(circ, CellCommand::Create, &msg)?)
-        .await?;
-    let reply = next_cell(rx, CellCommand::Created).await?;
-    layers.push_hop(&hs.finish(reply.handshake_msg()?)?)?;
-    for hop in &path[1..] {
-        let (hs, msg) = ClientHandshake::start(&hop.onion_key)?;
-        // Every EXTEND spends one RELAY_EARLY cell of the circuit's budget.
-        let mut cell = Cell::new(circ, CellCommand::RelayEarly);
-        let peer = hop.peer.to_bytes();
-        encode_relay(
-            cell.relay_payload_mut(),
-            StreamId(0),
-            &RelayMsg::Extend {
-                peer_id: &peer,
-                addr: hop.addr,
-                link_key: hop.link_key,
-                handshake: &msg,
-            },
-        )?;
-        layers.encrypt_forward(cell.body_mut(), Instant::now())?;
-        link.send(cell).await?;
-        loop {
-            let mut reply = next_cell(rx, CellCommand::Relay).await?;
-            layers.decrypt_backward(reply.body_mut())?;
-            match decode_relay(reply.relay_payload()) {
-                Ok((_, RelayMsg::Extended { handshake })) => {
-                    layers.push_hop(&hs.finish(handshake)?)?;
-                    break;
-                }
-                Err(RelayError::UnknownCommand(c)) => {
-                    stats.unknown_relay_commands.fetch_add(1, Ordering::Relaxed);
-                    debug!("ignoring a relay message with unknown command {c}");
-                }
-                Ok((_, other)) => {
-                    return Err(ProtoError::Protocol(format!(
-                        "expected EXTENDED, got {other:?}"
-                    )))
-                }
-                Err(e) => return Err(e.into()),
+    let (mut builder, create) = CircuitBuilder::start(circ, path.to_vec(), &junk, rekey)?;
+    link.send(create).await?;
+    loop {
+        let mut cell = rx.recv().await.ok_or(ProtoError::CircuitClosed)?;
+        match builder.handle(&mut cell, Instant::now())? {
+            Step::Send(next) => link.send(next).await?,
+            Step::IgnoredUnknown(c) => {
+                stats.unknown_relay_commands.fetch_add(1, Ordering::Relaxed);
+                debug!("ignoring a relay message with unknown command {c}");
             }
+            Step::Done => return Ok(builder.finish()?),
         }
     }
-    Ok(layers)
 }
 
 /// A built client circuit, as its link reader sees it.
@@ -320,7 +259,8 @@ impl ClientRx {
     /// Removes every layer from an incoming RELAY cell, verifying each tag.
     pub(crate) fn decrypt(&self, cell: &mut Cell) -> Result<(), ProtoError> {
         let mut layers = self.layers.lock().unwrap_or_else(|e| e.into_inner());
-        layers.decrypt(cell.body_mut())?;
+        let command = cell.command()?;
+        layers.decrypt(cell.body_mut(), command)?;
         Ok(())
     }
 }

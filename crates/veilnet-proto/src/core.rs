@@ -15,8 +15,8 @@ use veilnet_crypto::circuit::OnionKeypair;
 use veilnet_crypto::link::{LinkHandshake, LinkKey};
 
 use crate::link::{self, Link, LinkTap, HANDSHAKE_TIMEOUT};
-use crate::policy::RelayPolicy;
 use crate::ProtoError;
+use veilnet_circuit::policy::RelayPolicy;
 
 /// Resource limits: everything a peer can make us spend is bounded by these.
 #[derive(Debug, Clone)]
@@ -50,6 +50,10 @@ pub struct Limits {
     /// used for `2^32` cells without one). Default: after `2^31` cells or
     /// 120 s, whichever comes first.
     pub layer_rekey: veilnet_crypto::RekeyPolicy,
+    /// Flow-control windows of the circuits this node ends (as client or
+    /// exit): each circuit gets its own copy. Default: 1024 cells per
+    /// stream and 2048 per circuit.
+    pub flow: veilnet_circuit::FlowParams,
 }
 
 impl Default for Limits {
@@ -66,6 +70,7 @@ impl Default for Limits {
             max_links: 4096,
             link_rekey: veilnet_crypto::RekeyPolicy::default(),
             layer_rekey: veilnet_crypto::RekeyPolicy::default(),
+            flow: veilnet_circuit::FlowParams::default(),
         }
     }
 }

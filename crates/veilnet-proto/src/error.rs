@@ -44,6 +44,9 @@ pub enum ProtoError {
     /// The exit refused or failed to open the stream.
     #[error("stream refused by exit: {0:?}")]
     StreamRefused(EndReason),
+    /// The circuit protocol failed; the error says who did what.
+    #[error("circuit: {0}")]
+    Circuit(#[from] veilnet_circuit::CircuitError),
     /// Bad arguments from the caller.
     #[error("invalid request: {0}")]
     Invalid(String),

@@ -11,7 +11,7 @@ use tokio::time::timeout;
 use tracing::debug;
 use veilnet_cell::{EndReason, TargetAddr};
 
-use crate::policy::{ConnectRequest, RelayPolicy};
+use veilnet_circuit::policy::{ConnectRequest, RelayPolicy};
 
 /// Most addresses tried for one name.
 const MAX_ADDRS: usize = 8;

@@ -6,16 +6,16 @@ mod core;
 mod error;
 mod exit;
 mod link;
-mod policy;
 mod relay;
 mod stream;
 
 pub use crate::core::{Core, CoreConfig, Limits, Stats};
-pub use crate::policy::{
+pub use client::{CircuitInfo, ClientCircuit};
+pub use error::ProtoError;
+pub use link::{Link, LinkTap};
+pub use stream::ClientStream;
+pub use veilnet_circuit::policy::{
     BeginRequest, ConnectRequest, CreateRequest, DefaultRelayPolicy, ExitConfig, ExtendRequest,
     KnownRelays, Refusal, RelayPolicy,
 };
-pub use client::{CircuitInfo, ClientCircuit, HopSpec};
-pub use error::ProtoError;
-pub use link::{Link, LinkTap};
-pub use stream::{ClientStream, FLOW};
+pub use veilnet_circuit::{CircuitError, ErrorKind, FlowParams, HopSpec, PeerMisbehaved};

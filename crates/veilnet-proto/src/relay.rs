@@ -10,21 +10,17 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 use veilnet_cell::{
     decode_relay, encode_relay, Cell, CellCommand, CellError, CircId, DestroyReason, RelayError,
-    RelayMsg, StreamId, MAX_HOPS,
+    RelayMsg, StreamId,
 };
-use veilnet_crypto::onion::{relay_layers, RelayBackward, RelayForward};
+use veilnet_circuit::relay::{Forward, Local, NextHop, RelayHop};
+use veilnet_crypto::onion::{relay_layers, RelayBackward};
 
 use crate::client::ClientRx;
 use crate::core::Core;
 use crate::link::Link;
-use crate::policy::{CreateRequest, ExtendRequest};
 use crate::stream::{CircuitTx, Endpoint};
 use crate::ProtoError;
-
-/// RELAY_EARLY cells a circuit may send through a relay: one per EXTEND of
-/// the longest circuit, so no circuit grows past [`MAX_HOPS`] hops, whatever
-/// its client sends (Tor's proposal 110).
-pub(crate) const MAX_RELAY_EARLY: u8 = (MAX_HOPS - 1) as u8;
+use veilnet_circuit::policy::CreateRequest;
 
 /// What a link knows about one of its circuit ids.
 pub(crate) enum CircEntry {
@@ -45,19 +41,11 @@ pub(crate) enum CircEntry {
     Pending(Option<oneshot::Sender<Cell>>),
 }
 
+/// A circuit we relay, as the link it came from sees it: the circuit's
+/// state machine and the sender of our backward layer.
 pub(crate) struct ForwardHop {
-    layer: RelayForward,
+    hop: RelayHop<Arc<Link>, Arc<Endpoint>>,
     back: Arc<BackSender>,
-    next: NextHop,
-    endpoint: Option<Arc<Endpoint>>,
-    /// RELAY_EARLY cells seen on this circuit (at most [`MAX_RELAY_EARLY`]).
-    early: u8,
-}
-
-enum NextHop {
-    None,
-    Extending,
-    Link(Arc<Link>, CircId),
 }
 
 /// Sends cells toward the client on behalf of one relay hop, adding its layer.
@@ -72,7 +60,8 @@ impl BackSender {
     async fn forward(&self, mut cell: Cell) -> Result<(), ProtoError> {
         let mut layer = self.layer.lock().await;
         let permit = self.link.reserve().await?;
-        layer.encrypt(cell.body_mut(), Instant::now())?;
+        let command = cell.command()?;
+        layer.encrypt(cell.body_mut(), command, Instant::now())?;
         cell.set_circ_id(self.circ);
         permit.send(cell);
         Ok(())
@@ -84,7 +73,8 @@ impl BackSender {
     pub(crate) async fn originate(&self, mut cell: Cell) -> Result<(), ProtoError> {
         let mut layer = self.layer.lock().await;
         let permit = self.link.reserve().await?;
-        layer.originate(cell.body_mut(), Instant::now())?;
+        let command = cell.command()?;
+        layer.originate(cell.body_mut(), command, Instant::now())?;
         cell.set_circ_id(self.circ);
         permit.send(cell);
         Ok(())
@@ -196,11 +186,8 @@ impl Core {
             table.insert(
                 circ,
                 CircEntry::Forward(Box::new(ForwardHop {
-                    layer: fwd,
+                    hop: RelayHop::new(fwd, link.peer),
                     back,
-                    next: NextHop::None,
-                    endpoint: None,
-                    early: 0,
                 })),
             );
         }
@@ -246,12 +233,6 @@ impl Core {
             let mut table = link.table();
             match table.get_mut(&circ) {
                 None => Act::Ignore("RELAY on unknown circuit"),
-                Some(CircEntry::Forward(hop)) if early && hop.early >= MAX_RELAY_EARLY => {
-                    Act::Kill(
-                        DestroyReason::Protocol,
-                        "too many RELAY_EARLY cells on one circuit".into(),
-                    )
-                }
                 // Early cells only travel away from the client (Tor's rule).
                 Some(
                     CircEntry::Backward { .. } | CircEntry::Client(_) | CircEntry::ClientOpen(_),
@@ -259,26 +240,15 @@ impl Core {
                     DestroyReason::Protocol,
                     "RELAY_EARLY toward the client".into(),
                 ),
-                Some(CircEntry::Forward(hop)) => {
-                    hop.early += u8::from(early);
-                    match hop.layer.decrypt(cell.body_mut()) {
-                        Err(e) => {
-                            Act::Kill(DestroyReason::Protocol, format!("relay cell refused: {e}"))
-                        }
-                        // Forwarded with its command: still RELAY_EARLY if it came so.
-                        Ok(()) => match &hop.next {
-                            NextHop::Link(next, next_circ) => {
-                                cell.set_circ_id(*next_circ);
-                                Act::Forward(next.clone(), cell)
-                            }
-                            NextHop::None => Act::Local(hop.back.clone(), cell, early),
-                            NextHop::Extending => Act::Kill(
-                                DestroyReason::Protocol,
-                                "relay cell while extending".into(),
-                            ),
-                        },
+                Some(CircEntry::Forward(fwd)) => match fwd.hop.handle_relay(&mut cell, early) {
+                    Err(e) => Act::Kill(DestroyReason::Protocol, e.to_string()),
+                    // Forwarded with its command: still RELAY_EARLY if it came so.
+                    Ok(Forward::Pass(next, next_circ)) => {
+                        cell.set_circ_id(next_circ);
+                        Act::Forward(next.clone(), cell)
                     }
-                }
+                    Ok(Forward::Deliver) => Act::Local(fwd.back.clone(), cell, early),
+                },
                 Some(CircEntry::Backward { back, .. }) => Act::Backward(back.clone(), cell),
                 Some(CircEntry::Client(tx)) => Act::Client(tx.clone(), cell),
                 Some(CircEntry::ClientOpen(rx)) => match rx.decrypt(&mut cell) {
@@ -351,83 +321,42 @@ impl Core {
             }
             Err(e) => return Err(e.into()),
         };
-        match msg {
-            RelayMsg::Extend {
-                peer_id,
-                addr,
-                link_key,
-                handshake,
-            } => {
-                if !early {
-                    // Every EXTEND spends the extend budget, so relays, not
-                    // the client, bound the length of a circuit.
-                    return Err(ProtoError::Protocol(
-                        "EXTEND outside a RELAY_EARLY cell".into(),
-                    ));
+        let local = {
+            let mut table = link.table();
+            let Some(CircEntry::Forward(fwd)) = table.get_mut(&circ) else {
+                return Ok(()); // torn down meanwhile
+            };
+            match fwd.hop.on_message(sid, &msg, early, &*self.cfg.policy)? {
+                Local::Extend {
+                    peer,
+                    addr,
+                    link_key,
+                    handshake,
+                } => {
+                    let core = self.clone();
+                    let link = link.clone();
+                    let handshake = handshake.to_vec();
+                    tokio::spawn(async move {
+                        core.extend(link, circ, back, (peer, addr, link_key), handshake)
+                            .await;
+                    });
+                    return Ok(());
                 }
-                if sid != StreamId(0) {
-                    return Err(ProtoError::Protocol("EXTEND on a stream".into()));
-                }
-                let peer = PeerId::from_bytes(peer_id)
-                    .map_err(|_| ProtoError::Protocol("EXTEND with a bad peer id".into()))?;
-                let admitted = self.cfg.policy.admit_extend(&ExtendRequest {
-                    prev_peer: link.peer,
-                    next_peer: peer,
-                    next_addr: addr,
-                });
-                if let Err(refusal) = admitted {
-                    // E.g. nobody may use us to probe our own host or network.
-                    return Err(ProtoError::Protocol(format!("EXTEND refused: {refusal}")));
-                }
-                {
-                    let mut table = link.table();
-                    match table.get_mut(&circ) {
-                        Some(CircEntry::Forward(hop)) if matches!(hop.next, NextHop::None) => {
-                            if hop.endpoint.is_some() {
-                                return Err(ProtoError::Protocol("EXTEND after BEGIN".into()));
-                            }
-                            hop.next = NextHop::Extending;
-                        }
-                        _ => return Err(ProtoError::Protocol("EXTEND in wrong state".into())),
-                    }
-                }
-                let core = self.clone();
-                let link = link.clone();
-                let handshake = handshake.to_vec();
-                tokio::spawn(async move {
-                    core.extend(link, circ, back, (peer, addr, link_key), handshake)
-                        .await;
-                });
-                Ok(())
+                Local::Nothing => return Ok(()),
+                Local::Stream => fwd
+                    .hop
+                    .endpoint_or_insert_with(|| {
+                        Endpoint::new(
+                            CircuitTx::Relay(back.clone()),
+                            Some(self.cfg.policy.clone()),
+                            self.limits().clone(),
+                            Some(self.clone()),
+                        )
+                    })
+                    .clone(),
             }
-            RelayMsg::Begin(_)
-            | RelayMsg::Data(_)
-            | RelayMsg::End(_)
-            | RelayMsg::Sendme
-            | RelayMsg::Drop => {
-                let endpoint = {
-                    let mut table = link.table();
-                    match table.get_mut(&circ) {
-                        Some(CircEntry::Forward(hop)) => hop
-                            .endpoint
-                            .get_or_insert_with(|| {
-                                Endpoint::new(
-                                    CircuitTx::Relay(back.clone()),
-                                    Some(self.cfg.policy.clone()),
-                                    self.limits().clone(),
-                                    Some(self.clone()),
-                                )
-                            })
-                            .clone(),
-                        _ => return Ok(()),
-                    }
-                };
-                endpoint.handle(cell).await
-            }
-            RelayMsg::Connected | RelayMsg::Extended { .. } => Err(ProtoError::Protocol(
-                "backward-only relay message sent forward".into(),
-            )),
-        }
+        };
+        local.handle(cell).await
     }
 
     /// A relay message with a command this version does not know: counted
@@ -487,12 +416,12 @@ impl Core {
             match table.get_mut(&prev_circ) {
                 // Only the very circuit that asked (not a newer one reusing
                 // its id) and only if the next link did not die meanwhile.
-                Some(CircEntry::Forward(hop))
-                    if matches!(hop.next, NextHop::Extending)
-                        && Arc::ptr_eq(&hop.back, &back)
-                        && !next.is_closed() =>
+                Some(CircEntry::Forward(fwd))
+                    if Arc::ptr_eq(&fwd.back, &back)
+                        && !next.is_closed()
+                        && fwd.hop.is_extending() =>
                 {
-                    hop.next = NextHop::Link(next.clone(), next_circ);
+                    fwd.hop.extended(next.clone(), next_circ);
                     Ok(reply)
                 }
                 _ => {
@@ -538,12 +467,13 @@ impl Core {
             link.send_detached(Cell::destroy(circ, reason));
         }
         match entry {
-            Some(CircEntry::Forward(hop)) => {
-                if let NextHop::Link(next, next_circ) = hop.next {
+            Some(CircEntry::Forward(fwd)) => {
+                let (next, endpoint) = fwd.hop.into_parts();
+                if let NextHop::Link(next, next_circ) = next {
                     next.table().remove(&next_circ);
                     next.send_detached(Cell::destroy(next_circ, reason));
                 }
-                if let Some(ep) = hop.endpoint {
+                if let Some(ep) = endpoint {
                     ep.close();
                 }
             }
@@ -552,11 +482,11 @@ impl Core {
                 let mut table = prev.table();
                 // Only remove the circuit this backward entry belongs to.
                 let ours = matches!(table.get(&prev_circ),
-                    Some(CircEntry::Forward(hop)) if Arc::ptr_eq(&hop.back, &back));
+                    Some(CircEntry::Forward(fwd)) if Arc::ptr_eq(&fwd.back, &back));
                 let removed = if ours { table.remove(&prev_circ) } else { None };
                 drop(table);
-                if let Some(CircEntry::Forward(hop)) = removed {
-                    if let Some(ep) = hop.endpoint {
+                if let Some(CircEntry::Forward(fwd)) = removed {
+                    if let Some(ep) = fwd.hop.into_parts().1 {
                         ep.close();
                     }
                     prev.send_detached(Cell::destroy(prev_circ, reason));

@@ -1,13 +1,14 @@
 //! Streams: the endpoint shared by the client and the exit, flow control and
 //! the pumps between a TCP socket and cells.
 //!
-//! Flow control is by credit, as in Tor: a sender may have at most
-//! `stream_window` unacknowledged DATA cells per stream and `circ_window` per
-//! circuit. The receiver returns `stream_sendme` credits once it has *written*
-//! that many cells to the application socket (so a slow reader stalls its
-//! sender instead of growing our memory) and `circ_window` credits once it has
-//! received `circ_sendme` cells. A peer that sends beyond its window breaks
-//! the protocol and loses the stream.
+//! Flow control is by credit, as in Tor, with the windows of
+//! `veilnet-circuit::flow` (parameters per circuit, [`FlowParams`]): a sender
+//! may have at most `stream_window` unacknowledged DATA cells per stream and
+//! `circ_window` per circuit. The receiver returns credit once cells are
+//! *written* to the application socket or discarded (so a slow reader
+//! stalls its sender instead of growing our memory). A peer that sends
+//! beyond a window, or returns more credit than it was owed, breaks the
+//! protocol and loses the circuit.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::debug;
 use veilnet_cell::{
     decode_relay, encode_data_in_place, encode_relay, Cell, CellCommand, CircId, EndReason,
@@ -26,30 +27,10 @@ use veilnet_crypto::onion::ClientForward;
 
 use crate::core::{Core, Limits};
 use crate::link::Link;
-use crate::policy::{BeginRequest, RelayPolicy};
 use crate::relay::BackSender;
 use crate::ProtoError;
-
-/// Flow-control parameters, in cells.
-#[derive(Debug, Clone, Copy)]
-pub struct Flow {
-    /// Unacknowledged DATA cells allowed per stream.
-    pub stream_window: usize,
-    /// Cells acknowledged by one stream SENDME.
-    pub stream_sendme: usize,
-    /// Unacknowledged DATA cells allowed per circuit.
-    pub circ_window: usize,
-    /// Cells acknowledged by one circuit SENDME.
-    pub circ_sendme: usize,
-}
-
-/// The flow-control parameters every node uses.
-pub const FLOW: Flow = Flow {
-    stream_window: 1024,
-    stream_sendme: 128,
-    circ_window: 2048,
-    circ_sendme: 256,
-};
+use veilnet_circuit::policy::{BeginRequest, RelayPolicy};
+use veilnet_circuit::{CircuitError, FlowParams, RecvWindow, SendWindow};
 
 /// Cells read or written per socket call.
 const IO_BATCH: usize = 32;
@@ -82,9 +63,10 @@ impl CircuitTx {
                 let mut tx = tx.lock().await;
                 let tx = &mut *tx;
                 // Reserve first: a cancelled wait must not burn a counter value.
+                let command = cell.command()?;
                 let permit = tx.link.reserve().await?;
                 tx.layers
-                    .encrypt(cell.body_mut(), std::time::Instant::now())?;
+                    .encrypt(cell.body_mut(), command, std::time::Instant::now())?;
                 cell.set_circ_id(tx.circ);
                 permit.send(cell);
                 Ok(())
@@ -100,9 +82,18 @@ pub(crate) enum ToApp {
     Reset(EndReason),
 }
 
+/// What a stream's pumps share with the endpoint: the stream's identity
+/// (a newer stream may reuse the id; `Arc::ptr_eq` tells them apart) and
+/// the wakeup for send credit.
+pub(crate) struct StreamShared {
+    credit: Notify,
+}
+
 struct StreamEntry {
     to_app: mpsc::Sender<ToApp>,
-    window: Arc<Semaphore>,
+    shared: Arc<StreamShared>,
+    send: SendWindow,
+    recv: RecvWindow,
     connected: Option<oneshot::Sender<Result<(), EndReason>>>,
     /// Cancels the exit's resolve-and-connect when the stream goes away first.
     cancel: Arc<tokio::sync::Notify>,
@@ -111,25 +102,30 @@ struct StreamEntry {
 struct Inner {
     streams: HashMap<StreamId, StreamEntry>,
     next_sid: u16,
-    /// DATA cells written to sockets since the last circuit SENDME.
-    delivered: usize,
+    circ_send: SendWindow,
+    circ_recv: RecvWindow,
+}
+
+/// What the upstream pump may do with its next cell.
+enum Credit {
+    Taken,
+    Wait,
+    Gone,
 }
 
 /// One end of a circuit that carries streams: the client, or the exit.
 pub(crate) struct Endpoint {
     tx: CircuitTx,
-    circ_window: Arc<Semaphore>,
     inner: Mutex<Inner>,
+    /// Wakes upstream pumps waiting for circuit credit.
+    circ_credit: Notify,
+    flow: FlowParams,
     closed: AtomicBool,
     /// The node's admission policy at a relay's endpoint (which may be an
     /// exit); `None` at the client, which refuses every BEGIN.
     policy: Option<Arc<dyn RelayPolicy>>,
     limits: Limits,
     core: Option<Arc<Core>>,
-    /// DATA cells waiting in stream queues. Circuit credit is returned only
-    /// for cells written out (or dropped), so this never exceeds the
-    /// circuit window for a peer that follows the protocol.
-    queued: std::sync::atomic::AtomicUsize,
 }
 
 /// Exit connects in progress per node.
@@ -142,19 +138,21 @@ impl Endpoint {
         limits: Limits,
         core: Option<Arc<Core>>,
     ) -> Arc<Self> {
+        let flow = limits.flow;
         Arc::new(Self {
             tx,
-            circ_window: Arc::new(Semaphore::new(FLOW.circ_window)),
             inner: Mutex::new(Inner {
                 streams: HashMap::new(),
                 next_sid: 1,
-                delivered: 0,
+                circ_send: flow.circ_send(),
+                circ_recv: flow.circ_recv(),
             }),
+            circ_credit: Notify::new(),
+            flow,
             closed: AtomicBool::new(false),
             policy,
             limits,
             core,
-            queued: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -173,10 +171,10 @@ impl Endpoint {
     /// Closes every stream; the circuit is gone.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        self.circ_window.close();
+        self.circ_credit.notify_waiters();
         let streams: Vec<_> = self.inner().streams.drain().collect();
         for (_, s) in streams {
-            s.window.close();
+            s.shared.credit.notify_one();
             s.cancel.notify_one();
             if let Some(c) = s.connected {
                 let _ = c.send(Err(EndReason::Destroyed));
@@ -185,46 +183,103 @@ impl Endpoint {
         }
     }
 
-    /// Forgets a stream. With `window`, only if the entry is still the one
-    /// that window belongs to (a newer stream may reuse the id).
-    fn remove_stream(&self, sid: StreamId, window: Option<&Arc<Semaphore>>) {
+    /// Forgets a stream. With `shared`, only if the entry is still the one
+    /// those pumps belong to (a newer stream may reuse the id).
+    fn remove_stream(&self, sid: StreamId, shared: Option<&Arc<StreamShared>>) {
         let mut inner = self.inner();
-        let ours = match (inner.streams.get(&sid), window) {
-            (Some(s), Some(w)) => Arc::ptr_eq(&s.window, w),
+        let ours = match (inner.streams.get(&sid), shared) {
+            (Some(s), Some(w)) => Arc::ptr_eq(&s.shared, w),
             (Some(_), None) => true,
             (None, _) => false,
         };
         if ours {
             if let Some(s) = inner.streams.remove(&sid) {
-                s.window.close();
+                s.shared.credit.notify_one();
                 s.cancel.notify_one();
             }
         }
     }
 
-    /// Records `n` DATA cells written out or discarded; `queued` says
-    /// whether they had been counted in the stream queues. Returns how many
-    /// circuit SENDMEs are now due.
-    fn delivered(&self, n: usize, queued: bool) -> usize {
-        if queued {
-            let _ = self
-                .queued
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                    Some(q.saturating_sub(n))
-                });
-        }
+    /// Records `n` DATA cells written out or discarded, of stream `sid`
+    /// (still the one `shared` belongs to) or of no stream. Returns how many
+    /// stream and circuit SENDMEs are now due.
+    fn delivered(&self, stream: Option<(StreamId, &Arc<StreamShared>)>, n: u32) -> (u32, u32) {
         let mut inner = self.inner();
-        inner.delivered += n;
-        let due = inner.delivered / FLOW.circ_sendme;
-        inner.delivered %= FLOW.circ_sendme;
-        due
+        let circ = inner.circ_recv.delivered(n);
+        let stream = stream
+            .and_then(|(sid, shared)| {
+                inner
+                    .streams
+                    .get_mut(&sid)
+                    .filter(|s| Arc::ptr_eq(&s.shared, shared))
+            })
+            .map_or(0, |s| s.recv.delivered(n));
+        (stream, circ)
     }
 
-    async fn send_circuit_sendmes(&self, due: usize) -> Result<(), ProtoError> {
-        for _ in 0..due {
+    /// Sends the SENDMEs `delivered` said are due.
+    async fn send_sendmes(
+        &self,
+        sid: StreamId,
+        (stream, circ): (u32, u32),
+    ) -> Result<(), ProtoError> {
+        for _ in 0..circ {
             self.send_msg(StreamId(0), &RelayMsg::Sendme).await?;
         }
+        for _ in 0..stream {
+            self.send_msg(sid, &RelayMsg::Sendme).await?;
+        }
         Ok(())
+    }
+
+    /// One cell of send credit from both the stream's and the circuit's
+    /// window.
+    fn try_take_credit(&self, sid: StreamId, shared: &Arc<StreamShared>) -> Credit {
+        let mut inner = self.inner();
+        let Inner {
+            streams, circ_send, ..
+        } = &mut *inner;
+        match streams
+            .get_mut(&sid)
+            .filter(|s| Arc::ptr_eq(&s.shared, shared))
+        {
+            _ if self.is_closed() => Credit::Gone,
+            None => Credit::Gone,
+            Some(s) if s.send.available() > 0 && circ_send.available() > 0 => {
+                s.send.try_take();
+                circ_send.try_take();
+                Credit::Taken
+            }
+            Some(_) => Credit::Wait,
+        }
+    }
+
+    /// Waits for one cell of send credit; false once the stream or the
+    /// circuit is gone.
+    async fn take_credit(&self, sid: StreamId, shared: &Arc<StreamShared>) -> bool {
+        loop {
+            match self.try_take_credit(sid, shared) {
+                Credit::Taken => return true,
+                Credit::Gone => return false,
+                Credit::Wait => {}
+            }
+            // Register for both wakeups, then look again: a SENDME that came
+            // in between is not missed.
+            let circ = self.circ_credit.notified();
+            let stream = shared.credit.notified();
+            tokio::pin!(circ, stream);
+            circ.as_mut().enable();
+            stream.as_mut().enable();
+            match self.try_take_credit(sid, shared) {
+                Credit::Taken => return true,
+                Credit::Gone => return false,
+                Credit::Wait => {}
+            }
+            tokio::select! {
+                _ = circ => {}
+                _ = stream => {}
+            }
+        }
     }
 
     /// Discards what is left in a stream's queue, returning its circuit credit.
@@ -237,7 +292,8 @@ impl Endpoint {
             }
         }
         if n > 0 {
-            let _ = self.send_circuit_sendmes(self.delivered(n, true)).await;
+            let due = self.delivered(None, n);
+            let _ = self.send_sendmes(StreamId(0), due).await;
         }
     }
 
@@ -254,45 +310,44 @@ impl Endpoint {
         match msg {
             RelayMsg::Data(d) => {
                 let len = d.len();
-                if self.queued.load(Ordering::Acquire) >= FLOW.circ_window {
-                    return Err(ProtoError::Protocol("circuit window exceeded".into()));
-                }
-                let to_app = self.inner().streams.get(&sid).map(|s| s.to_app.clone());
+                // The circuit window first: a peer beyond it loses the circuit.
+                let to_app = {
+                    let mut inner = self.inner();
+                    inner.circ_recv.take().map_err(CircuitError::from)?;
+                    inner
+                        .streams
+                        .get_mut(&sid)
+                        .map(|s| s.recv.take().map(|()| s.to_app.clone()))
+                };
                 let accepted = match to_app {
-                    Some(tx) => match tx.try_send(ToApp::Data(cell, len)) {
-                        Ok(()) => {
-                            self.queued.fetch_add(1, Ordering::AcqRel);
-                            true
-                        }
-                        Err(_) => {
-                            debug!("stream window exceeded; resetting the stream");
-                            self.remove_stream(sid, None);
-                            self.send_msg(sid, &RelayMsg::End(EndReason::Protocol))
-                                .await?;
-                            false
-                        }
-                    },
+                    // The stream queue holds a whole stream window, so only
+                    // a stream whose pump already ended refuses the cell.
+                    Some(Ok(tx)) => tx.try_send(ToApp::Data(cell, len)).is_ok(),
+                    Some(Err(e)) => {
+                        debug!("resetting a stream: {e}");
+                        self.remove_stream(sid, None);
+                        self.send_msg(sid, &RelayMsg::End(EndReason::Protocol))
+                            .await?;
+                        false
+                    }
                     // A stream that already ended: drop the data.
                     None => false,
                 };
                 if !accepted {
                     // Discarded cells still return their circuit credit.
-                    self.send_circuit_sendmes(self.delivered(1, false)).await?;
+                    let due = self.delivered(None, 1);
+                    self.send_sendmes(sid, due).await?;
                 }
             }
             RelayMsg::Sendme if sid == StreamId(0) => {
-                if self.circ_window.available_permits() + FLOW.circ_sendme > FLOW.circ_window {
-                    return Err(ProtoError::Protocol("circuit SENDME beyond window".into()));
-                }
-                self.circ_window.add_permits(FLOW.circ_sendme);
+                self.inner().circ_send.put().map_err(CircuitError::from)?;
+                self.circ_credit.notify_waiters();
             }
             RelayMsg::Sendme => {
-                let window = self.inner().streams.get(&sid).map(|s| s.window.clone());
-                if let Some(w) = window {
-                    if w.available_permits() + FLOW.stream_sendme > FLOW.stream_window {
-                        return Err(ProtoError::Protocol("stream SENDME beyond window".into()));
-                    }
-                    w.add_permits(FLOW.stream_sendme);
+                let mut inner = self.inner();
+                if let Some(s) = inner.streams.get_mut(&sid) {
+                    s.send.put().map_err(CircuitError::from)?;
+                    s.shared.credit.notify_one();
                 }
             }
             RelayMsg::End(reason) => {
@@ -302,7 +357,7 @@ impl Endpoint {
                         let _ = s.to_app.try_send(ToApp::Eof);
                     }
                 } else if let Some(mut s) = inner.streams.remove(&sid) {
-                    s.window.close();
+                    s.shared.credit.notify_one();
                     s.cancel.notify_one();
                     if let Some(c) = s.connected.take() {
                         let _ = c.send(Err(reason));
@@ -334,22 +389,28 @@ impl Endpoint {
         connected: Option<oneshot::Sender<Result<(), EndReason>>>,
     ) -> (
         mpsc::Receiver<ToApp>,
-        Arc<Semaphore>,
+        Arc<StreamShared>,
         Arc<tokio::sync::Notify>,
     ) {
-        let (to_app, rx) = mpsc::channel(FLOW.stream_window + 4);
-        let window = Arc::new(Semaphore::new(FLOW.stream_window));
+        // Room for a whole stream window and the END after it: the receive
+        // window, not the queue, is what refuses a peer that sends too much.
+        let (to_app, rx) = mpsc::channel(self.flow.stream_window as usize + 4);
+        let shared = Arc::new(StreamShared {
+            credit: Notify::new(),
+        });
         let cancel = Arc::new(tokio::sync::Notify::new());
         inner.streams.insert(
             sid,
             StreamEntry {
                 to_app,
-                window: window.clone(),
+                shared: shared.clone(),
+                send: self.flow.stream_send(),
+                recv: self.flow.stream_recv(),
                 connected,
                 cancel: cancel.clone(),
             },
         );
-        (rx, window, cancel)
+        (rx, shared, cancel)
     }
 
     /// Exit side: a client asks for a stream.
@@ -389,7 +450,7 @@ impl Endpoint {
                 Some(self.new_stream(&mut inner, sid, None))
             }
         };
-        let Some((mut rx, window, cancel)) = opened else {
+        let Some((mut rx, shared, cancel)) = opened else {
             return self.send_msg(sid, &RelayMsg::End(EndReason::Misc)).await;
         };
         let permit = self
@@ -397,7 +458,7 @@ impl Endpoint {
             .as_ref()
             .and_then(|c| c.exit_connects.clone().try_acquire_owned().ok());
         let Some(permit) = permit else {
-            self.remove_stream(sid, Some(&window));
+            self.remove_stream(sid, Some(&shared));
             return self.send_msg(sid, &RelayMsg::End(EndReason::Misc)).await;
         };
         if let Some(core) = &self.core {
@@ -423,12 +484,12 @@ impl Endpoint {
             match result {
                 Ok(tcp) => {
                     if ep.send_msg(sid, &RelayMsg::Connected).await.is_ok() {
-                        pump(ep, sid, tcp, rx, window, Vec::new()).await;
+                        pump(ep, sid, tcp, rx, shared, Vec::new()).await;
                     }
                 }
                 Err(EndReason::Destroyed) => ep.drain(&mut rx).await,
                 Err(reason) => {
-                    ep.remove_stream(sid, Some(&window));
+                    ep.remove_stream(sid, Some(&shared));
                     let _ = ep.send_msg(sid, &RelayMsg::End(reason)).await;
                     ep.drain(&mut rx).await;
                 }
@@ -446,7 +507,7 @@ impl Endpoint {
             return Err(ProtoError::CircuitClosed);
         }
         let (tx, rx_connected) = oneshot::channel();
-        let (sid, rx, window) = {
+        let (sid, rx, shared) = {
             let mut inner = self.inner();
             if inner.streams.len() >= self.limits.max_streams_per_circuit {
                 return Err(ProtoError::Limit("streams per circuit"));
@@ -457,8 +518,8 @@ impl Endpoint {
                 sid = StreamId(inner.next_sid);
             }
             inner.next_sid = inner.next_sid.wrapping_add(1);
-            let (rx, window, _) = self.new_stream(&mut inner, sid, Some(tx));
-            (sid, rx, window)
+            let (rx, shared, _) = self.new_stream(&mut inner, sid, Some(tx));
+            (sid, rx, shared)
         };
         let result = async {
             self.send_msg(sid, &RelayMsg::Begin(target.clone())).await?;
@@ -471,7 +532,7 @@ impl Endpoint {
         }
         .await;
         if let Err(e) = result {
-            self.remove_stream(sid, Some(&window));
+            self.remove_stream(sid, Some(&shared));
             if !matches!(e, ProtoError::StreamRefused(_) | ProtoError::CircuitClosed) {
                 // Tell the exit to give up too, so it frees the stream.
                 let _ = self.send_msg(sid, &RelayMsg::End(EndReason::Misc)).await;
@@ -483,7 +544,7 @@ impl Endpoint {
                 endpoint: self.clone(),
                 sid,
                 rx,
-                window,
+                shared,
             }),
         })
     }
@@ -493,7 +554,7 @@ struct OpenStream {
     endpoint: Arc<Endpoint>,
     sid: StreamId,
     rx: mpsc::Receiver<ToApp>,
-    window: Arc<Semaphore>,
+    shared: Arc<StreamShared>,
 }
 
 /// An open stream on a client circuit, ready to be joined to a socket.
@@ -507,7 +568,7 @@ impl ClientStream {
     /// ended. `initial` is sent first (bytes the application sent early).
     pub async fn run(mut self, tcp: TcpStream, initial: Vec<u8>) {
         if let Some(s) = self.open.take() {
-            pump(s.endpoint, s.sid, tcp, s.rx, s.window, initial).await;
+            pump(s.endpoint, s.sid, tcp, s.rx, s.shared, initial).await;
         }
     }
 }
@@ -517,7 +578,7 @@ impl Drop for ClientStream {
         let Some(mut s) = self.open.take() else {
             return;
         };
-        s.endpoint.remove_stream(s.sid, Some(&s.window));
+        s.endpoint.remove_stream(s.sid, Some(&s.shared));
         // Once per abandoned stream, not per cell: end it at the exit and
         // return the credit of anything that arrived meanwhile.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -538,21 +599,21 @@ async fn pump(
     sid: StreamId,
     tcp: TcpStream,
     mut rx: mpsc::Receiver<ToApp>,
-    window: Arc<Semaphore>,
+    shared: Arc<StreamShared>,
     initial: Vec<u8>,
 ) {
     let _ = tcp.set_nodelay(true);
-    let own_window = window.clone();
+    let own = shared.clone();
     let (rd, mut wr) = tcp.into_split();
     let up_ep = ep.clone();
-    let mut up = tokio::spawn(async move { upstream(up_ep, sid, rd, window, initial).await });
-    let down = downstream(&ep, sid, &own_window, &mut wr, &mut rx).await;
+    let mut up = tokio::spawn(async move { upstream(up_ep, sid, rd, shared, initial).await });
+    let down = downstream(&ep, sid, &own, &mut wr, &mut rx).await;
     if down {
         let _ = (&mut up).await;
     } else {
         up.abort();
     }
-    ep.remove_stream(sid, Some(&own_window));
+    ep.remove_stream(sid, Some(&own));
     ep.drain(&mut rx).await;
 }
 
@@ -562,7 +623,7 @@ async fn upstream(
     ep: Arc<Endpoint>,
     sid: StreamId,
     mut rd: OwnedReadHalf,
-    window: Arc<Semaphore>,
+    shared: Arc<StreamShared>,
     initial: Vec<u8>,
 ) {
     let mut buf = vec![0u8; IO_BATCH * RELAY_DATA_MAX];
@@ -578,7 +639,7 @@ async fn upstream(
                 Ok(n) => (n, false),
                 Err(e) => {
                     debug!("stream socket read failed: {e}");
-                    ep.remove_stream(sid, Some(&window));
+                    ep.remove_stream(sid, Some(&shared));
                     let _ = ep.send_msg(sid, &RelayMsg::End(EndReason::Reset)).await;
                     return;
                 }
@@ -589,11 +650,9 @@ async fn upstream(
             return;
         }
         for chunk in buf[..n].chunks(RELAY_DATA_MAX) {
-            let (Ok(w), Ok(c)) = (window.acquire().await, ep.circ_window.acquire().await) else {
+            if !ep.take_credit(sid, &shared).await {
                 return; // stream or circuit closed
-            };
-            w.forget();
-            c.forget();
+            }
             let mut cell = Cell::new(ep.tx.circ(), CellCommand::Relay);
             let payload = cell.relay_payload_mut();
             payload[RELAY_HEADER_LEN..RELAY_HEADER_LEN + chunk.len()].copy_from_slice(chunk);
@@ -611,12 +670,11 @@ async fn upstream(
 async fn downstream(
     ep: &Endpoint,
     sid: StreamId,
-    window: &Arc<Semaphore>,
+    shared: &Arc<StreamShared>,
     wr: &mut OwnedWriteHalf,
     rx: &mut mpsc::Receiver<ToApp>,
 ) -> bool {
     let mut out = Vec::with_capacity(IO_BATCH * RELAY_DATA_MAX);
-    let mut delivered = 0usize;
     loop {
         let Some(first) = rx.recv().await else {
             return false;
@@ -648,24 +706,19 @@ async fn downstream(
             } else {
                 wr.write_all(&out).await
             };
-            // Written or discarded, these cells return their circuit credit.
-            let due = ep.delivered(cells, true);
             if let Err(e) = written {
                 debug!("stream socket write failed: {e}");
-                ep.remove_stream(sid, Some(window));
+                ep.remove_stream(sid, Some(shared));
                 let _ = ep.send_msg(sid, &RelayMsg::End(EndReason::Reset)).await;
-                let _ = ep.send_circuit_sendmes(due).await;
+                // Discarded, these cells still return their circuit credit.
+                let due = ep.delivered(None, cells as u32);
+                let _ = ep.send_sendmes(sid, due).await;
                 return false;
             }
-            if ep.send_circuit_sendmes(due).await.is_err() {
+            // Written out: the stream's and the circuit's credit come back.
+            let due = ep.delivered(Some((sid, shared)), cells as u32);
+            if ep.send_sendmes(sid, due).await.is_err() {
                 return false;
-            }
-            delivered += cells;
-            while delivered >= FLOW.stream_sendme {
-                delivered -= FLOW.stream_sendme;
-                if ep.send_msg(sid, &RelayMsg::Sendme).await.is_err() {
-                    return false;
-                }
             }
         }
         match end {

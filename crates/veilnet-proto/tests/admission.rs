@@ -24,19 +24,24 @@ const TEST_LIMIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_refuses_circuits_longer_than_limit() {
-    let a = node(false, false).await;
-    let b = node(false, false).await;
+    let mut relays = Vec::new();
+    for _ in 0..6 {
+        relays.push(node(false, false).await);
+    }
+    let (a, b) = (&relays[0], &relays[1]);
     let run = async {
-        // A loop A→B→A→B→A: five hops, four EXTENDs, all in RELAY_EARLY.
+        // Five hops, four EXTENDs, all in RELAY_EARLY.
         let mut raw = RawLink::connect(&a.spec).await;
         let mut c = raw.create_ok(&a.spec).await;
-        for hop in [&b, &a, &b, &a] {
+        for hop in &relays[1..5] {
             let answer = raw.extend(&mut c, &hop.spec, CellCommand::RelayEarly).await;
             assert_eq!(answer, Answer::Grew, "EXTEND to hop {}", c.hops() + 1);
         }
         assert_eq!(c.hops(), MAX_HOPS);
         // A sixth hop: the guard has seen MAX_HOPS - 1 early cells already.
-        let answer = raw.extend(&mut c, &b.spec, CellCommand::RelayEarly).await;
+        let answer = raw
+            .extend(&mut c, &relays[5].spec, CellCommand::RelayEarly)
+            .await;
         assert_eq!(
             answer,
             Answer::Destroyed(DestroyReason::Protocol),
@@ -52,6 +57,10 @@ async fn relay_refuses_circuits_longer_than_limit() {
         let mut c = raw.create_ok(&a.spec).await;
         let answer = raw.extend(&mut c, &b.spec, CellCommand::RelayEarly).await;
         assert_eq!(answer, Answer::Grew);
+
+        // A loop back to the previous hop (A→B→A) is refused by B.
+        let answer = raw.extend(&mut c, &a.spec, CellCommand::RelayEarly).await;
+        assert_eq!(answer, Answer::Destroyed(DestroyReason::Protocol));
     };
     timeout(TEST_LIMIT, run).await.expect("test timed out");
 }
@@ -170,8 +179,12 @@ async fn relay_early_toward_the_client_closes_the_circuit() {
             &RelayMsg::Drop,
         )
         .unwrap();
-        back.originate(cell.body_mut(), std::time::Instant::now())
-            .unwrap();
+        back.originate(
+            cell.body_mut(),
+            CellCommand::Relay,
+            std::time::Instant::now(),
+        )
+        .unwrap();
         f_link.send(&cell).await;
         let to_client = raw.recv_for(c.circ).await.map(|c| c.command().unwrap());
         assert_eq!(
@@ -198,8 +211,12 @@ async fn relay_early_toward_the_client_closes_the_circuit() {
             &RelayMsg::Drop,
         )
         .unwrap();
-        back.originate(cell.body_mut(), std::time::Instant::now())
-            .unwrap();
+        back.originate(
+            cell.body_mut(),
+            CellCommand::Relay,
+            std::time::Instant::now(),
+        )
+        .unwrap();
         g_link.send(&cell).await;
         let reply = g_link.recv_for(g_circ).await.map(|c| c.destroy_reason());
         assert_eq!(

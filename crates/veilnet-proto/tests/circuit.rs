@@ -8,9 +8,9 @@ use std::time::Duration;
 use common::{echo_server, node, three_hop, through};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use veilnet_cell::{EndReason, TargetAddr};
+use veilnet_cell::{DestroyReason, EndReason, TargetAddr};
 use veilnet_crypto::circuit::OnionKeypair;
-use veilnet_proto::ProtoError;
+use veilnet_proto::{CircuitError, ProtoError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hop_echo_and_half_close() {
@@ -96,7 +96,13 @@ async fn wrong_onion_key_fails_build_cleanly() {
     let mut spec = relay.spec.clone();
     spec.onion_key = OnionKeypair::generate().unwrap().public;
     let err = client.core.build_circuit(&[spec]).await.unwrap_err();
-    assert!(matches!(err, ProtoError::Protocol(_)), "{err}");
+    assert!(
+        matches!(
+            err,
+            ProtoError::Circuit(CircuitError::Destroyed(DestroyReason::Protocol))
+        ),
+        "{err}"
+    );
     // The relay still serves a correct build afterwards.
     let ok = client
         .core
@@ -205,7 +211,13 @@ async fn relays_refuse_to_extend_to_private_addresses_by_default() {
     let next = node(true, true).await;
     let path = [strict.spec.clone(), next.spec.clone()];
     let err = client.core.build_circuit(&path).await.unwrap_err();
-    assert!(matches!(err, ProtoError::Protocol(_)), "{err}");
+    assert!(
+        matches!(
+            err,
+            ProtoError::Circuit(CircuitError::Destroyed(DestroyReason::Protocol))
+        ),
+        "{err}"
+    );
     // A one-hop circuit to the strict relay still works.
     assert!(client
         .core

@@ -1,4 +1,4 @@
-//! The `veilnet` command.
+#![doc = include_str!("../README.md")]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tracing::{error, info};
-use veilnet::node::{Node, NodeOptions};
-use veilnet::testnet::{Testnet, TestnetOptions};
+use veilnet_node::{Node, NodeOptions};
+use veilnet_testnet::{Testnet, TestnetOptions};
 
 #[derive(Parser)]
 #[command(
@@ -60,7 +60,7 @@ enum Command {
         allow_private_targets: bool,
     },
     /// Measure a local network of node processes against direct connections.
-    Bench(veilnet::bench::BenchOptions),
+    Bench(veilnet_bench::BenchOptions),
     /// Show a running node's directory and circuits.
     Status {
         /// The node's control API address.
@@ -121,7 +121,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Node { config } => {
             let cfg = veilnet_config::Config::load(&config).map_err(|e| e.to_string())?;
-            let keys = veilnet_config::load_keys(&cfg.data_dir, veilnet::unix_now())
+            let keys = veilnet_config::load_keys(&cfg.data_dir, veilnet_config::unix_now())
                 .map_err(|e| e.to_string())?;
             let node = Node::start(NodeOptions::new(cfg, keys))
                 .await
@@ -210,15 +210,15 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Bench(mut opts) => {
             opts.exe =
                 std::env::current_exe().map_err(|e| format!("cannot find our binary: {e}"))?;
-            let report = veilnet::bench::run(opts).await?;
-            print!("{}", veilnet::bench::render(&report));
+            let report = veilnet_bench::run(opts).await?;
+            print!("{}", veilnet_bench::render(&report));
             if !report.payload_verified {
                 return Err("payload mismatch".into());
             }
             Ok(())
         }
         Command::Status { control } => {
-            let report = veilnet::control::status_report(control)
+            let report = veilnet_control::status_report(control)
                 .await
                 .map_err(|e| e.to_string())?;
             print!("{report}");

@@ -3,24 +3,21 @@
 //! the client's SOCKS5 port and control API, and stopped with SIGTERM.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::time::timeout;
-use veilnet::control::{get_json, CircuitView, NodeView};
-
-use common::{download_ok, http_target};
+use veilnet_control::{get_json, CircuitView, NodeView};
+use veilnet_testnet::http;
 
 const BIN: &str = env!("CARGO_BIN_EXE_veilnet");
 const NODES: usize = 5;
 /// Node 4 is the user's client; nodes 1 and 2 are exits.
 const CLIENT: usize = 4;
 const EXITS: [usize; 2] = [1, 2];
-const MIB: usize = 1024 * 1024;
+const MIB: u64 = 1024 * 1024;
 
 /// A child process that is killed (and reaped) when dropped.
 struct ChildGuard {
@@ -278,8 +275,10 @@ async fn five_node_processes_carry_a_download_and_stop_on_sigterm() {
         }
 
         // 1 MiB through three hops, retried while circuits are being built.
-        let target = http_target().await;
-        download_ok(socks, target, MIB, Duration::from_secs(20)).await;
+        let target = http::target().await.unwrap();
+        http::download(socks, target, MIB, Duration::from_secs(20))
+            .await
+            .unwrap();
 
         // The control API shows a 3-hop circuit of distinct relays, not the client.
         let circuits: Vec<CircuitView> = get_json(control, "/v1/circuits").await.unwrap();

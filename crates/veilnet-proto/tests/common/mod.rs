@@ -21,6 +21,11 @@ use veilnet_proto::{
 /// are all relays), so exits know the middles that extend to them.
 static RELAYS: LazyLock<RwLock<HashSet<PeerId>>> = LazyLock::new(Default::default);
 
+/// Puts `peer` in the shared directory (fake relays of the raw tests).
+pub fn register_relay(peer: PeerId) {
+    RELAYS.write().unwrap().insert(peer);
+}
+
 pub fn known_relays() -> Arc<dyn KnownRelays> {
     Arc::new(|p: &PeerId| RELAYS.read().unwrap().contains(p))
 }
@@ -87,21 +92,13 @@ pub async fn node_opts(opts: Opts) -> Node {
     let mut policy = DefaultRelayPolicy::new(known_relays());
     policy.allow_private_links = opts.private_links;
     policy.exit = opts.exit.then(|| {
-        let rules = ExitPolicy::default_exit();
-        let mut exit = ExitConfig::new(if opts.allow_private_targets {
-            rules.with_private_targets_allowed()
-        } else {
-            rules
-        });
-        exit.allow_private_targets = opts.allow_private_targets;
-        exit.allow_one_hop_exits = opts.one_hop_exits;
+        let mut exit = ExitConfig::new(ExitPolicy::default_exit());
+        exit.danger_allow_private_targets = opts.allow_private_targets;
+        exit.danger_allow_one_hop_exits = opts.one_hop_exits;
         exit
     });
     if opts.relay {
-        RELAYS
-            .write()
-            .unwrap()
-            .insert(identity.public().to_peer_id());
+        register_relay(identity.public().to_peer_id());
     }
     let core = Core::new(CoreConfig {
         identity,

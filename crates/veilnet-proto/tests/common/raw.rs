@@ -274,8 +274,9 @@ impl RawLink {
 
     /// Adds every layer of `c` to `cell` (its payload already written) and sends it.
     pub async fn send_onion(&mut self, c: &mut RawCircuit, mut cell: Cell) {
+        let command = cell.command().unwrap();
         c.layers
-            .encrypt_forward(cell.body_mut(), Instant::now())
+            .encrypt_forward(cell.body_mut(), command, Instant::now())
             .unwrap();
         self.send(&cell).await;
     }
@@ -302,7 +303,9 @@ impl RawLink {
         if reply.command() != Ok(CellCommand::Relay) {
             return destroyed_or_other(&reply);
         }
-        c.layers.decrypt_backward(reply.body_mut()).unwrap();
+        c.layers
+            .decrypt_backward(reply.body_mut(), CellCommand::Relay)
+            .unwrap();
         match decode_relay(reply.relay_payload()).unwrap() {
             (_, RelayMsg::Extended { handshake }) => {
                 let keys = hs.finish(handshake).unwrap();
@@ -336,6 +339,8 @@ impl FakeRelay {
             onion_key: onion.public,
             link_key: LinkKey::derive(&identity).unwrap().public,
         };
+        // Real relays extend only to relays in their directory.
+        super::register_relay(spec.peer);
         FakeRelay {
             identity,
             onion,

@@ -1,19 +1,21 @@
-//! A local test network: N real nodes on loopback plus the user's client,
-//! each with its own keys and data directory, talking over real sockets with
-//! the same code as `veilnet node`.
+#![doc = include_str!("../README.md")]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod http;
+mod local;
+pub mod socks5;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use veilnet_config::Config;
-use veilnet_dir::path::ExitTarget;
+use veilnet_circmgr::Isolation;
+use veilnet_config::unix_now;
+use veilnet_node::{Node, NodeError, NodeOptions};
 use veilnet_proto::LinkTap;
 
-use crate::circmgr::Isolation;
-use crate::node::{Node, NodeError, NodeOptions};
-use crate::unix_now;
+pub use local::{LocalNetwork, LocalRole};
 
 /// What to start.
 #[derive(Clone)]
@@ -93,37 +95,6 @@ pub struct Testnet {
     base: PathBuf,
 }
 
-fn node_config(
-    opts: &TestnetOptions,
-    dir: PathBuf,
-    bootstrap: Vec<libp2p::Multiaddr>,
-    exit: bool,
-    client: bool,
-) -> Config {
-    let mut c = Config {
-        data_dir: dir,
-        ..Config::default()
-    };
-    c.node.p2p_listen = vec!["/ip4/127.0.0.1/tcp/0"
-        .parse()
-        .unwrap_or_else(|_| libp2p::Multiaddr::empty())];
-    c.node.link_listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    c.node.bootstrap = bootstrap;
-    c.node.relay = !client;
-    // Every node of a test network listens on loopback.
-    c.node.danger_allow_private_links = true;
-    c.client.hops = opts.hops;
-    c.client.max_circuit_dirtiness_secs = opts.max_circuit_dirtiness.as_secs();
-    c.client.socks = if client { opts.socks } else { None };
-    c.client.http_proxy = if client { opts.http_proxy } else { None };
-    c.control.listen = if client { opts.control } else { None };
-    c.exit.enabled = exit;
-    c.exit.danger_allow_private_targets = exit && opts.allow_private_targets;
-    // Exits refuse one-hop circuits; a network that builds only those needs them.
-    c.exit.danger_allow_one_hop_exits = exit && opts.hops == 1;
-    c
-}
-
 impl Testnet {
     /// Starts the relays, then the client; does not wait for readiness.
     pub async fn start(opts: TestnetOptions) -> Result<Testnet, TestnetError> {
@@ -138,26 +109,27 @@ impl Testnet {
             std::process::id(),
             rand::random::<u32>()
         ));
+        let local = LocalNetwork {
+            hops: opts.hops,
+            allow_private_targets: opts.allow_private_targets,
+            max_circuit_dirtiness: opts.max_circuit_dirtiness,
+        };
         let mut relays = Vec::with_capacity(opts.nodes);
         let mut bootstrap = Vec::new();
         for index in 0..=opts.nodes {
-            let is_client = index == opts.nodes;
-            let dir = base.join(if is_client {
-                "client".into()
-            } else {
-                format!("node-{index}")
-            });
+            let role = LocalRole::of(index, opts.nodes, opts.exits);
+            let dir = LocalNetwork::data_dir(&base, index, role);
             veilnet_config::init_data_dir(&dir)
                 .map_err(|source| TestnetError::Config { index, source })?;
             let keys = veilnet_config::load_keys(&dir, unix_now())
                 .map_err(|source| TestnetError::Config { index, source })?;
-            let config = node_config(
-                &opts,
-                dir,
-                bootstrap.clone(),
-                !is_client && index < opts.exits,
-                is_client,
-            );
+            let mut config = local.config(role, dir, 0, 0, bootstrap.clone());
+            let is_client = role == LocalRole::Client;
+            if is_client {
+                config.client.socks = opts.socks;
+                config.client.http_proxy = opts.http_proxy;
+                config.control.listen = opts.control;
+            }
             let mut nopts = NodeOptions::new(config, keys);
             nopts.gossip_interval = opts.gossip_interval;
             nopts.tap = opts.tap.clone();
@@ -169,10 +141,7 @@ impl Testnet {
                 bootstrap = node
                     .p2p_addrs
                     .iter()
-                    .map(|a| {
-                        a.clone()
-                            .with(libp2p::multiaddr::Protocol::P2p(node.peer_id))
-                    })
+                    .map(|a| LocalNetwork::bootstrap_addr(a, node.peer_id))
                     .collect();
             }
             if is_client {
@@ -210,12 +179,7 @@ impl Testnet {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         loop {
-            match self
-                .client
-                .circuits
-                .build(ExitTarget::Any, Isolation::NONE)
-                .await
-            {
+            match self.client.circuits.build(None, Isolation::NONE).await {
                 Ok(_) => return Ok(()),
                 Err(e) if start.elapsed() > limit => {
                     return Err(TestnetError::NotReady(limit, e.to_string()))

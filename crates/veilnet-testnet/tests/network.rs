@@ -7,62 +7,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use veilnet::control::{get_json, CircuitView, NodeView};
-use veilnet::testnet::{Testnet, TestnetOptions};
+use veilnet_cell::TargetAddr;
+use veilnet_control::{get_json, CircuitView, NodeView};
+use veilnet_testnet::http::{self, MARKER};
+use veilnet_testnet::socks5::{self, Credentials};
+use veilnet_testnet::{Testnet, TestnetOptions};
 
-const BIG: usize = 50 * 1024 * 1024;
-const MARKER: &[u8; 32] = b"VEILNET-PLAINTEXT-MARKER-0123456";
-
-/// Deterministic, incompressible-looking bytes.
-fn body_byte(i: usize) -> u8 {
-    let x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (x >> 29) as u8 ^ (i >> 13) as u8
-}
-
-/// A tiny HTTP/1.1 server: GET /big (50 MiB), GET /marker?n (n bytes of a
-/// repeated marker). One request per connection.
-async fn http_target() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut req = Vec::new();
-                let mut b = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let n = s.read(&mut b).await.unwrap();
-                    if n == 0 {
-                        return;
-                    }
-                    req.extend_from_slice(&b[..n]);
-                }
-                let line = String::from_utf8_lossy(&req).to_string();
-                let body: Vec<u8> = if line.starts_with("GET /big ") {
-                    (0..BIG).map(body_byte).collect()
-                } else if let Some(rest) = line.strip_prefix("GET /marker?") {
-                    let n: usize = rest.split(' ').next().unwrap().parse().unwrap();
-                    MARKER.iter().copied().cycle().take(n).collect()
-                } else {
-                    b"hello".to_vec()
-                };
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                s.write_all(head.as_bytes()).await.unwrap();
-                s.write_all(&body).await.unwrap();
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    addr
-}
+const BIG: u64 = 50 * 1024 * 1024;
 
 /// Echoes everything, then closes its side after the client half-closes.
 async fn echo_target() -> SocketAddr {
@@ -80,70 +33,22 @@ async fn echo_target() -> SocketAddr {
     addr
 }
 
+/// A SOCKS5 stream to `target`, with the credentials of `user` if given.
 async fn socks_connect(proxy: SocketAddr, target: SocketAddr, user: Option<&str>) -> TcpStream {
-    let mut s = TcpStream::connect(proxy).await.unwrap();
-    match user {
-        None => {
-            s.write_all(&[5, 1, 0]).await.unwrap();
-            let mut r = [0u8; 2];
-            s.read_exact(&mut r).await.unwrap();
-            assert_eq!(r, [5, 0]);
-        }
-        Some(u) => {
-            s.write_all(&[5, 1, 2]).await.unwrap();
-            let mut r = [0u8; 2];
-            s.read_exact(&mut r).await.unwrap();
-            assert_eq!(r, [5, 2]);
-            let mut auth = vec![1, u.len() as u8];
-            auth.extend_from_slice(u.as_bytes());
-            auth.extend_from_slice(&[1, b'p']);
-            s.write_all(&auth).await.unwrap();
-            s.read_exact(&mut r).await.unwrap();
-            assert_eq!(r, [1, 0]);
-        }
-    }
-    let SocketAddr::V4(t) = target else {
-        panic!("v4 only")
-    };
-    let mut req = vec![5, 1, 0, 1];
-    req.extend_from_slice(&t.ip().octets());
-    req.extend_from_slice(&t.port().to_be_bytes());
-    s.write_all(&req).await.unwrap();
-    let mut reply = [0u8; 10];
-    s.read_exact(&mut reply).await.unwrap();
-    assert_eq!(reply[1], 0, "SOCKS reply code");
-    s
-}
-
-async fn http_connect(proxy: SocketAddr, target: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+    let credentials = user.map(|user| Credentials { user, pass: "p" });
+    socks5::open(proxy, &TargetAddr::Ip(target), credentials)
         .await
-        .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).await.unwrap();
-        head.push(b[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    s
+        .unwrap()
 }
 
 /// GETs `path` over an open tunnel; returns (body length, SHA-256 of body).
-async fn get(mut s: TcpStream, path: &str) -> (usize, [u8; 32]) {
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut all = Vec::new();
-    s.read_to_end(&mut all).await.unwrap();
-    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    let body = &all[split..];
-    (body.len(), Sha256::digest(body).into())
+async fn get<S>(s: S, path: &str) -> (u64, [u8; 32])
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let f = http::get(s, path).await.unwrap();
+    assert_eq!(f.status, 200, "GET {path}");
+    (f.len, f.sha256)
 }
 
 struct Tap {
@@ -179,20 +84,25 @@ async fn fifty_mib_through_three_hops_and_no_plaintext_on_links() {
     };
     let net = Testnet::start(opts).await.unwrap();
     net.wait_ready(Duration::from_secs(30)).await.unwrap();
-    let target = http_target().await;
+    let target = http::target().await.unwrap();
     let socks = net.client.socks_addr.unwrap();
-    let http = net.client.http_addr.unwrap();
+    let http_proxy = net.client.http_addr.unwrap();
     let control = net.client.control_addr().unwrap();
-    let expected: [u8; 32] = Sha256::digest((0..BIG).map(body_byte).collect::<Vec<_>>()).into();
+    let expected = http::body_sha256(BIG);
+    let big = http::bytes_path(BIG);
 
     let run = async {
         let t = Instant::now();
-        let (n, sum) = get(socks_connect(socks, target, None).await, "/big").await;
+        let (n, sum) = get(socks_connect(socks, target, None).await, &big).await;
         assert_eq!(n, BIG);
         assert_eq!(sum, expected, "SOCKS5 download corrupted");
         eprintln!("50 MiB via SOCKS5 in {:?}", t.elapsed());
         let t = Instant::now();
-        let (n, sum) = get(http_connect(http, target).await, "/big").await;
+        let (status, tunnel) = http::connect_tunnel(http_proxy, &target.to_string())
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "HTTP CONNECT");
+        let (n, sum) = get(tunnel.unwrap(), &big).await;
         assert_eq!(n, BIG);
         assert_eq!(sum, expected, "HTTP CONNECT download corrupted");
         eprintln!("50 MiB via HTTP CONNECT in {:?}", t.elapsed());
@@ -221,7 +131,7 @@ async fn fifty_mib_through_three_hops_and_no_plaintext_on_links() {
 
         // No plaintext on any link: send a marker-filled body both ways.
         tap.scanning.store(true, Ordering::Relaxed);
-        let (n, _) = get(socks_connect(socks, target, None).await, "/marker?2000000").await;
+        let (n, _) = get(socks_connect(socks, target, None).await, "/marker/2000000").await;
         assert_eq!(n, 2_000_000);
         let up = socks_connect(socks, echo_target().await, None).await;
         let (mut r, mut w) = up.into_split();
@@ -269,7 +179,7 @@ async fn small_net(dirtiness: Duration) -> (Testnet, SocketAddr, SocketAddr, Soc
     };
     let net = Testnet::start(opts).await.unwrap();
     net.wait_ready(Duration::from_secs(30)).await.unwrap();
-    let target = http_target().await;
+    let target = http::target().await.unwrap();
     let socks = net.client.socks_addr.unwrap();
     let control = net.client.control_addr().unwrap();
     (net, target, socks, control)

@@ -1,20 +1,18 @@
-//! `veilnet bench`: starts a local network of real `veilnet node` processes,
-//! a local HTTP target and a client, and measures the network side by side
-//! with direct connections to the same target, in one run.
+#![doc = include_str!("../README.md")]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+use veilnet_cell::TargetAddr;
 use veilnet_config::Config;
-
-use crate::control::{get_json, CircuitView, NodeView};
+use veilnet_control::{get_json, CircuitView, NodeView};
+use veilnet_testnet::socks5::{self, Credentials};
+use veilnet_testnet::{http, LocalNetwork, LocalRole};
 
 /// What to measure (also the `veilnet bench` command line).
 #[derive(Debug, Clone, Serialize, clap::Args)]
@@ -106,79 +104,19 @@ pub struct BenchReport {
     pub payload_verified: bool,
 }
 
-// ---------------------------------------------------------------- target
+// ---------------------------------------------------------------- clients
 
-const BLOCK: usize = 1 << 20;
-
-fn block() -> Arc<Vec<u8>> {
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    Arc::new(
-        (0..BLOCK)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect(),
-    )
-}
-
-fn expected_sha(block: &[u8], n: usize) -> [u8; 32] {
-    let mut h = Sha256::new();
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(block.len());
-        h.update(&block[..k]);
-        left -= k;
-    }
-    h.finalize().into()
-}
-
-/// Serves `GET /bytes/<n>`: n bytes of the repeated block, then closes.
-async fn target(block: Arc<Vec<u8>>) -> std::io::Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = l.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let block = block.clone();
-            tokio::spawn(async move {
-                let _ = s.set_nodelay(true);
-                let mut head = Vec::with_capacity(256);
-                let mut b = [0u8; 512];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut b).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&b[..n]),
-                    }
-                    if head.len() > 8192 {
-                        return;
-                    }
-                }
-                let line = String::from_utf8_lossy(&head);
-                let n: usize = line
-                    .strip_prefix("GET /bytes/")
-                    .and_then(|r| r.split(' ').next())
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
-                let hdr =
-                    format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n");
-                if s.write_all(hdr.as_bytes()).await.is_err() {
-                    return;
-                }
-                let mut left = n;
-                while left > 0 {
-                    let k = left.min(block.len());
-                    if s.write_all(&block[..k]).await.is_err() {
-                        return;
-                    }
-                    left -= k;
-                }
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    Ok(addr)
+/// A stream to `target` through the SOCKS5 proxy; streams with another
+/// `user` get another circuit.
+async fn socks(
+    proxy: SocketAddr,
+    target: SocketAddr,
+    user: Option<&str>,
+) -> Result<TcpStream, String> {
+    let credentials = user.map(|user| Credentials { user, pass: "x" });
+    socks5::open(proxy, &TargetAddr::Ip(target), credentials)
+        .await
+        .map_err(|e| format!("socks: {e}"))
 }
 
 struct Fetched {
@@ -187,83 +125,20 @@ struct Fetched {
     ttfb: Duration,
 }
 
-/// GETs n bytes over an open connection; `start` is when the request began.
-async fn fetch(mut s: TcpStream, n: usize, start: Instant) -> Result<Fetched, String> {
-    s.write_all(format!("GET /bytes/{n} HTTP/1.1\r\nHost: target\r\n\r\n").as_bytes())
+/// GETs n pattern bytes over an open connection; `start` is when the
+/// request began (the time to first byte counts from it).
+async fn fetch(s: TcpStream, n: usize, start: Instant) -> Result<Fetched, String> {
+    let f = http::get(s, &http::bytes_path(n as u64))
         .await
-        .map_err(|e| format!("request: {e}"))?;
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut head = Vec::new();
-    let mut ttfb = None;
-    let mut h = Sha256::new();
-    let mut body = 0usize;
-    loop {
-        let k = s.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
-        if k == 0 {
-            break;
-        }
-        ttfb.get_or_insert_with(|| start.elapsed());
-        if !head.ends_with(b"\r\n\r\n") && body == 0 {
-            head.extend_from_slice(&buf[..k]);
-            if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                let rest = head.split_off(p + 4);
-                h.update(&rest);
-                body += rest.len();
-            }
-            continue;
-        }
-        h.update(&buf[..k]);
-        body += k;
-    }
-    if !head.starts_with(b"HTTP/1.1 200") {
-        return Err("bad response".into());
+        .map_err(|e| e.to_string())?;
+    if f.status != 200 {
+        return Err(format!("HTTP status {}", f.status));
     }
     Ok(Fetched {
-        bytes: body,
-        sha: h.finalize().into(),
-        ttfb: ttfb.unwrap_or_default(),
+        bytes: f.len as usize,
+        sha: f.sha256,
+        ttfb: f.head_at.saturating_duration_since(start),
     })
-}
-
-async fn socks(
-    proxy: SocketAddr,
-    target: SocketAddr,
-    user: Option<&str>,
-) -> Result<TcpStream, String> {
-    let mut s = TcpStream::connect(proxy)
-        .await
-        .map_err(|e| format!("socks connect: {e}"))?;
-    let _ = s.set_nodelay(true);
-    let io = |e: std::io::Error| format!("socks: {e}");
-    let mut r = [0u8; 2];
-    match user {
-        None => {
-            s.write_all(&[5, 1, 0]).await.map_err(io)?;
-            s.read_exact(&mut r).await.map_err(io)?;
-        }
-        Some(u) => {
-            s.write_all(&[5, 1, 2]).await.map_err(io)?;
-            s.read_exact(&mut r).await.map_err(io)?;
-            let mut a = vec![1, u.len() as u8];
-            a.extend_from_slice(u.as_bytes());
-            a.extend_from_slice(&[1, b'x']);
-            s.write_all(&a).await.map_err(io)?;
-            s.read_exact(&mut r).await.map_err(io)?;
-        }
-    }
-    let SocketAddr::V4(t) = target else {
-        return Err("IPv4 target expected".into());
-    };
-    let mut req = vec![5, 1, 0, 1];
-    req.extend_from_slice(&t.ip().octets());
-    req.extend_from_slice(&t.port().to_be_bytes());
-    s.write_all(&req).await.map_err(io)?;
-    let mut rep = [0u8; 10];
-    s.read_exact(&mut rep).await.map_err(io)?;
-    if rep[1] != 0 {
-        return Err(format!("SOCKS reply {}", rep[1]));
-    }
-    Ok(s)
 }
 
 // ---------------------------------------------------------------- processes
@@ -396,15 +271,12 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     if opts.nodes < usize::from(opts.hops) || opts.hops == 0 || opts.streams == 0 {
         return Err("need --nodes >= --hops >= 1 and --streams >= 1".to_string());
     }
-    let block = block();
-    let target = target(block.clone())
-        .await
-        .map_err(|e| format!("target: {e}"))?;
+    let target = http::target().await.map_err(|e| format!("target: {e}"))?;
     let bulk = opts.bulk_mib << 20;
     let per_stream = bulk / opts.streams;
-    let bulk_sha = expected_sha(&block, bulk);
-    let per_sha = expected_sha(&block, per_stream);
-    let small_sha = expected_sha(&block, 1024);
+    let bulk_sha = http::body_sha256(bulk as u64);
+    let per_sha = http::body_sha256(per_stream as u64);
+    let small_sha = http::body_sha256(1024);
     let mut verified = true;
 
     // Direct baseline.
@@ -454,45 +326,31 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         dir: base.clone(),
     };
     let exits = (opts.nodes / 3).max(1);
+    let local = LocalNetwork {
+        hops: opts.hops,
+        allow_private_targets: true,
+        ..LocalNetwork::default()
+    };
     let mut prepared = Vec::new();
     let mut bootstrap = Vec::new();
     for i in 0..=opts.nodes {
-        let client = i == opts.nodes;
-        let dir = base.join(if client {
-            "client".to_string()
-        } else {
-            format!("node-{i}")
-        });
+        let role = LocalRole::of(i, opts.nodes, exits);
+        let dir = LocalNetwork::data_dir(&base, i, role);
         let report = veilnet_config::init_data_dir(&dir).map_err(|e| e.to_string())?;
+        // Separate processes: every port is chosen here, before they start.
         let p2p_port = free_port()?;
-        let mut c = Config {
-            data_dir: dir.clone(),
-            ..Config::default()
-        };
-        c.node.p2p_listen = vec![format!("/ip4/127.0.0.1/tcp/{p2p_port}")
-            .parse()
-            .map_err(|e| format!("{e}"))?];
-        c.node.link_listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        c.node.bootstrap = bootstrap.clone();
-        c.node.relay = !client;
-        c.node.danger_allow_private_links = true;
-        c.client.hops = opts.hops;
-        c.client.socks = None;
-        c.client.http_proxy = None;
-        c.exit.enabled = !client && i < exits;
-        c.exit.danger_allow_private_targets = c.exit.enabled;
-        // Exits refuse one-hop circuits unless the bench builds only those.
-        c.exit.danger_allow_one_hop_exits = c.exit.enabled && opts.hops == 1;
-        if client {
+        let mut c = local.config(role, dir.clone(), p2p_port, free_port()?, bootstrap.clone());
+        // Every node answers the control API, so the bench can see when
+        // gossip has finished everywhere.
+        c.control.listen = Some(SocketAddr::from(([127, 0, 0, 1], free_port()?)));
+        if role == LocalRole::Client {
             c.client.socks = Some(SocketAddr::from(([127, 0, 0, 1], free_port()?)));
-            c.control.listen = Some(SocketAddr::from(([127, 0, 0, 1], free_port()?)));
         }
         if i == 0 {
-            bootstrap = vec![
-                format!("/ip4/127.0.0.1/tcp/{p2p_port}/p2p/{}", report.peer_id)
-                    .parse()
-                    .map_err(|e| format!("{e}"))?,
-            ];
+            bootstrap = vec![LocalNetwork::bootstrap_addr(
+                &c.node.p2p_listen[0],
+                report.peer_id,
+            )];
         }
         let path = write_config(&dir, &c)?;
         prepared.push((dir, path, c));
@@ -533,16 +391,25 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    // Let gossip finish so every relay is known before measuring.
+    // Let gossip finish so every node knows every relay before measuring:
+    // an exit serves streams only on circuits whose previous hop is a relay
+    // it knows.
+    let controls: Vec<SocketAddr> = prepared
+        .iter()
+        .filter_map(|(_, _, c)| c.control.listen)
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        let nodes: Vec<NodeView> = get_json(control, "/v1/nodes")
-            .await
-            .map_err(|e| e.to_string())?;
-        if nodes.len() >= opts.nodes {
-            break;
+    'gossip: while Instant::now() < deadline {
+        for addr in &controls {
+            let nodes: Vec<NodeView> = get_json(*addr, "/v1/nodes")
+                .await
+                .map_err(|e| e.to_string())?;
+            if nodes.len() < opts.nodes {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue 'gossip;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        break;
     }
     let relay_pids: Vec<u32> = procs.children[..opts.nodes]
         .iter()

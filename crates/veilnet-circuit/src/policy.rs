@@ -9,17 +9,17 @@
 //! [`DefaultRelayPolicy`] is the policy every node runs; the node crate gives
 //! it the directory.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use libp2p_identity::PeerId;
 use thiserror::Error;
 use veilnet_cell::{EndReason, TargetAddr};
-use veilnet_policy::{canonical_ip, is_private_or_special, ExitPolicy};
+pub use veilnet_policy::ExitConfig;
+use veilnet_policy::{canonical_ip, is_private_or_special};
 
 /// A CREATE the engine is about to answer.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct CreateRequest {
     /// The authenticated neighbour that sent it: a relay's identity or a
     /// client's throwaway one. It opened the link (the engine refuses CREATE
@@ -29,7 +29,6 @@ pub struct CreateRequest {
 
 /// An EXTEND the engine is about to carry out (we are the circuit's last hop).
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct ExtendRequest {
     /// The neighbour that sent the circuit's CREATE to us.
     pub prev_peer: PeerId,
@@ -42,7 +41,6 @@ pub struct ExtendRequest {
 /// A BEGIN that arrived at this node (we are the circuit's last hop), before
 /// anything is resolved or allocated.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct BeginRequest<'a> {
     /// The neighbour that sent the circuit's CREATE to us. If it is not a
     /// relay, it is the client itself: the circuit has one hop.
@@ -54,7 +52,6 @@ pub struct BeginRequest<'a> {
 /// One address an exit is about to connect to for an admitted BEGIN: the
 /// target's own address, or each address its name resolved to.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct ConnectRequest<'a> {
     /// The neighbour that sent the circuit's CREATE to us.
     pub prev_peer: PeerId,
@@ -84,6 +81,13 @@ pub enum Refusal {
     /// The exit policy does not accept the target.
     #[error("refused by the exit policy")]
     ExitPolicy,
+    /// An EXTEND to a peer that is not a relay in our directory: we only
+    /// open links to relays, so nobody can make us connect anywhere else.
+    #[error("not a relay we know")]
+    UnknownRelay,
+    /// An EXTEND back to the hop the circuit came from.
+    #[error("extend back to the previous hop")]
+    BackToPrevious,
     /// Some other rule of a custom policy.
     #[error("refused by policy: {0}")]
     Other(&'static str),
@@ -129,50 +133,16 @@ impl<F: Fn(&PeerId) -> bool + Send + Sync> KnownRelays for F {
     }
 }
 
-/// How this node acts as an exit.
-#[derive(Debug, Clone)]
-pub struct ExitConfig {
-    /// Which targets it connects to.
-    pub policy: ExitPolicy,
-    /// Danger: also connect to private, loopback and link-local addresses
-    /// (test networks only).
-    pub allow_private_targets: bool,
-    /// Danger: open streams on circuits that came straight from a client
-    /// (one-hop circuits). Such an exit is a single-hop proxy whose users
-    /// have no anonymity from it, and it attracts abuse; only for test
-    /// networks that build one-hop circuits.
-    pub allow_one_hop_exits: bool,
-    /// This node's own addresses: it never connects to the public ones
-    /// (Tor's ExitPolicyRejectMyAddresses), whatever the exit policy says,
-    /// so a circuit cannot reach services bound to the exit's own host.
-    /// Private and loopback ones are the private rule's business.
-    pub own_addrs: Vec<IpAddr>,
-}
-
-impl ExitConfig {
-    /// An exit under `policy`, with every danger option off and no own
-    /// addresses known.
-    pub fn new(policy: ExitPolicy) -> Self {
-        Self {
-            policy,
-            allow_private_targets: false,
-            allow_one_hop_exits: false,
-            own_addrs: Vec::new(),
-        }
-    }
-
-    fn is_own_public_address(&self, ip: IpAddr) -> bool {
-        !is_private_or_special(ip) && self.own_addrs.iter().any(|a| canonical_ip(*a) == ip)
-    }
-}
-
 /// The policy every node runs.
 ///
 /// * CREATE: always admitted (the engine has checked the link and our role).
-/// * EXTEND: refused to private, loopback and link-local addresses unless
-///   `allow_private_links`, so nobody can use us to probe our own network.
+/// * EXTEND: refused to peers that are not relays in our directory, to
+///   private, loopback and link-local addresses unless
+///   `allow_private_links`, and to our own public addresses, so nobody can
+///   use us to probe our own host or network. (Not yet checked: that the
+///   address is the one in the relay's descriptor.)
 /// * BEGIN: refused unless we are an exit; refused on one-hop circuits
-///   unless `exit.allow_one_hop_exits`; a name on a port the exit policy
+///   unless `exit.danger_allow_one_hop_exits`; a name on a port the exit policy
 ///   refuses for every address is refused before it is resolved.
 /// * connect: refused unless the exit policy accepts the address, refused to
 ///   private addresses unless `exit.allow_private_targets`, refused to our
@@ -197,6 +167,14 @@ impl std::fmt::Debug for DefaultRelayPolicy {
 }
 
 impl DefaultRelayPolicy {
+    /// Our exit settings, if we are an exit.
+    fn exit(&self) -> Result<&ExitConfig, Refusal> {
+        self.exit
+            .as_ref()
+            .filter(|e| e.enabled)
+            .ok_or(Refusal::NotExit)
+    }
+
     /// A relay that is not an exit and extends to public addresses only.
     pub fn new(relays: Arc<dyn KnownRelays>) -> Self {
         Self {
@@ -213,19 +191,30 @@ impl RelayPolicy for DefaultRelayPolicy {
     }
 
     fn admit_extend(&self, req: &ExtendRequest) -> Result<(), Refusal> {
-        if !self.allow_private_links && is_private_or_special(req.next_addr.ip()) {
+        let ip = canonical_ip(req.next_addr.ip());
+        if !self.allow_private_links && is_private_or_special(ip) {
             return Err(Refusal::PrivateAddress);
+        }
+        if self
+            .exit
+            .as_ref()
+            .is_some_and(|e| e.is_own_public_address(ip))
+        {
+            return Err(Refusal::OwnAddress);
+        }
+        if !self.relays.is_relay(&req.next_peer) {
+            return Err(Refusal::UnknownRelay);
         }
         Ok(())
     }
 
     fn admit_begin(&self, req: &BeginRequest<'_>) -> Result<(), Refusal> {
-        let exit = self.exit.as_ref().ok_or(Refusal::NotExit)?;
-        if !exit.allow_one_hop_exits && !self.relays.is_relay(&req.prev_peer) {
+        let exit = self.exit()?;
+        if !exit.danger_allow_one_hop_exits && !self.relays.is_relay(&req.prev_peer) {
             return Err(Refusal::OneHop);
         }
         if let TargetAddr::Domain(_, port) = req.target {
-            if !exit.policy.may_allow_port(*port) {
+            if !exit.enforced_policy().may_allow_port(*port) {
                 return Err(Refusal::ExitPolicy);
             }
         }
@@ -233,15 +222,15 @@ impl RelayPolicy for DefaultRelayPolicy {
     }
 
     fn admit_connect(&self, req: &ConnectRequest<'_>) -> Result<(), Refusal> {
-        let exit = self.exit.as_ref().ok_or(Refusal::NotExit)?;
+        let exit = self.exit()?;
         let ip = canonical_ip(req.addr.ip());
-        if !exit.allow_private_targets && is_private_or_special(ip) {
+        if !exit.danger_allow_private_targets && is_private_or_special(ip) {
             return Err(Refusal::PrivateAddress);
         }
         if exit.is_own_public_address(ip) {
             return Err(Refusal::OwnAddress);
         }
-        if !exit.policy.allows(ip, req.addr.port()) {
+        if !exit.enforced_policy().allows(ip, req.addr.port()) {
             return Err(Refusal::ExitPolicy);
         }
         Ok(())
@@ -251,6 +240,7 @@ impl RelayPolicy for DefaultRelayPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use veilnet_policy::ExitPolicy;
 
     fn peer() -> PeerId {
         libp2p_identity::Keypair::generate_ed25519()
@@ -328,7 +318,7 @@ mod tests {
             Err(Refusal::PrivateAddress)
         );
         let mut test_net = cfg;
-        test_net.allow_private_targets = true;
+        test_net.danger_allow_private_targets = true;
         test_net.policy = test_net.policy.with_private_targets_allowed();
         let p = exit_policy(relay, test_net);
         assert_eq!(connect(&p, relay, &name, "127.0.0.1:80"), Ok(()));
@@ -357,7 +347,7 @@ mod tests {
         assert_eq!(begin(&p, relay), Ok(()));
         assert_eq!(begin(&p, client), Err(Refusal::OneHop));
         let mut one_hop = cfg;
-        one_hop.allow_one_hop_exits = true;
+        one_hop.danger_allow_one_hop_exits = true;
         let p = exit_policy(relay, one_hop);
         assert_eq!(begin(&p, client), Ok(()));
         // A non-exit refuses every stream.
@@ -397,7 +387,7 @@ mod tests {
             connect(&p, relay, &smtp, "192.168.1.1:80"),
             Err(Refusal::PrivateAddress)
         );
-        lan.allow_private_targets = true;
+        lan.danger_allow_private_targets = true;
         let p = exit_policy(relay, lan);
         assert_eq!(connect(&p, relay, &smtp, "192.168.1.1:80"), Ok(()));
     }
@@ -421,6 +411,21 @@ mod tests {
         assert_eq!(p.admit_extend(&req("203.0.113.9:9201")), Ok(()));
         p.allow_private_links = true;
         assert_eq!(p.admit_extend(&req("127.0.0.1:9201")), Ok(()));
+        // Only to relays we know.
+        let stranger = DefaultRelayPolicy::new(Arc::new(|_: &PeerId| false));
+        assert_eq!(
+            stranger.admit_extend(&req("203.0.113.9:9201")),
+            Err(Refusal::UnknownRelay)
+        );
+        // Never to our own public address.
+        let mut exit = ExitConfig::new(ExitPolicy::default_exit());
+        exit.own_addrs = vec!["203.0.113.9".parse().unwrap()];
+        p.exit = Some(exit);
+        assert_eq!(
+            p.admit_extend(&req("203.0.113.9:22")),
+            Err(Refusal::OwnAddress)
+        );
+        assert_eq!(p.admit_extend(&req("203.0.113.10:22")), Ok(()));
         assert_eq!(p.admit_create(&CreateRequest { prev_peer: peer() }), Ok(()));
     }
 }

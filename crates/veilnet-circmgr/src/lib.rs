@@ -1,12 +1,9 @@
-//! The circuit manager: chooses paths, builds circuits and pools them.
-//!
-//! Policy lives here, mechanism in `veilnet-proto`: which relays to use
-//! (bandwidth-weighted, diverse, exit policy compatible, persistent guards as
-//! first hops), when a circuit is too old for new streams
-//! (`max_circuit_dirtiness`), and which streams may share a circuit (stream
-//! isolation by SOCKS credentials).
+#![doc = include_str!("../README.md")]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
-use std::hash::{BuildHasher, Hash, Hasher};
+mod guards;
+mod isolation;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,12 +11,11 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use tracing::{debug, info};
 use veilnet_cell::{EndReason, TargetAddr};
-use veilnet_config::Config;
-use veilnet_dir::path::{select_path, ExitTarget, GuardSet, PathError, PathRequest};
+use veilnet_dir::path::{allows_target, select_path, GuardSet, PathError, PathRequest};
 use veilnet_dir::Directory;
 use veilnet_proto::{ClientCircuit, ClientStream, Core, HopSpec, ProtoError};
 
-use crate::control::CircuitView;
+pub use isolation::Isolation;
 
 /// Attempts to build a circuit for one request before giving up.
 const BUILD_ATTEMPTS: usize = 3;
@@ -27,32 +23,19 @@ const BUILD_ATTEMPTS: usize = 3;
 const MAX_STREAMS_PER_POOLED_CIRCUIT: usize = 512;
 /// Circuits kept in the pool at most.
 const MAX_POOL: usize = 4096;
-const GUARDS_FILE: &str = "guards.json";
 
-/// Which streams may share a circuit: streams with different isolation keys
-/// never do. Derived from SOCKS or proxy credentials; `None` without any.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Isolation(Option<u64>);
-
-impl Isolation {
-    /// No credentials.
-    pub const NONE: Isolation = Isolation(None);
-
-    /// From proxy credentials (hashed; the credentials are not kept).
-    pub fn from_credentials(user: &[u8], pass: &[u8]) -> Self {
-        // Keyed per process, so the label shown by the control API says
-        // nothing about the credentials.
-        static KEY: std::sync::LazyLock<std::collections::hash_map::RandomState> =
-            std::sync::LazyLock::new(Default::default);
-        let mut h = KEY.build_hasher();
-        user.hash(&mut h);
-        pass.hash(&mut h);
-        Isolation(Some(h.finish()))
-    }
-
-    fn label(&self) -> Option<String> {
-        self.0.map(|h| format!("{:08x}", h >> 32))
-    }
+/// How the manager builds and uses circuits (the node fills it in from the
+/// `[client]` section of its configuration).
+#[derive(Debug, Clone)]
+pub struct CircMgrConfig {
+    /// Hops per circuit, `1..=MAX_HOPS`.
+    pub hops: usize,
+    /// How long after its first stream a circuit takes new streams.
+    pub max_dirtiness: Duration,
+    /// Number of entry guards.
+    pub num_guards: usize,
+    /// Where the guard set is kept; `None` keeps it in memory only.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Why a connection through the network failed.
@@ -72,6 +55,17 @@ pub enum ConnectError {
     Circuit(ProtoError),
 }
 
+/// A circuit of the pool as the manager sees it.
+#[derive(Clone)]
+pub struct PooledCircuit {
+    /// The circuit.
+    pub circuit: Arc<ClientCircuit>,
+    /// Which streams it carries.
+    pub isolation: Isolation,
+    /// Past `max_dirtiness` since its first stream: it takes no new ones.
+    pub dirty: bool,
+}
+
 struct Pooled {
     circuit: Arc<ClientCircuit>,
     isolation: Isolation,
@@ -83,47 +77,30 @@ struct Pooled {
 pub struct CircuitManager {
     core: Arc<Core>,
     directory: Arc<Mutex<Directory>>,
-    hops: usize,
-    dirtiness: Duration,
+    config: CircMgrConfig,
     guards: Mutex<GuardSet>,
     pool: Mutex<Vec<Pooled>>,
-    state_dir: Option<PathBuf>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn exit_target(t: &TargetAddr) -> ExitTarget {
-    match t {
-        TargetAddr::Ip(a) => ExitTarget::Ip(*a),
-        TargetAddr::Domain(_, p) => ExitTarget::Domain(*p),
-    }
-}
-
 impl CircuitManager {
-    /// A manager for the node; guards persist in `state_dir` if given.
+    /// A manager that builds circuits with `core` through relays of
+    /// `directory`; the guards persist in `config.state_dir` if given.
     pub fn new(
         core: Arc<Core>,
         directory: Arc<Mutex<Directory>>,
-        config: &Config,
-        state_dir: Option<PathBuf>,
+        config: CircMgrConfig,
     ) -> Arc<Self> {
-        let n = config.client.num_guards;
-        let guards = state_dir
-            .as_ref()
-            .and_then(|d| std::fs::read(d.join(GUARDS_FILE)).ok())
-            .and_then(|b| serde_json::from_slice::<Vec<PeerId>>(&b).ok())
-            .map(|peers| GuardSet::from_peers(peers, n))
-            .unwrap_or_else(|| GuardSet::new(n));
+        let guards = guards::load(config.state_dir.as_deref(), config.num_guards);
         Arc::new(Self {
             core,
             directory,
-            hops: usize::from(config.client.hops),
-            dirtiness: Duration::from_secs(config.client.max_circuit_dirtiness_secs),
+            config,
             guards: Mutex::new(guards),
             pool: Mutex::new(Vec::new()),
-            state_dir,
         })
     }
 
@@ -138,7 +115,7 @@ impl CircuitManager {
         for _ in 0..BUILD_ATTEMPTS {
             let circuit = match self.pick(target, isolation) {
                 Some(c) => c,
-                None => self.build(exit_target(target), isolation).await?,
+                None => self.build(Some(target), isolation).await?,
             };
             match circuit.open_stream(target).await {
                 Ok(s) => return Ok(s),
@@ -161,9 +138,13 @@ impl CircuitManager {
         ))
     }
 
+    fn is_dirty(&self, p: &Pooled, now: Instant) -> bool {
+        p.first_used
+            .is_some_and(|t| now.duration_since(t) >= self.config.max_dirtiness)
+    }
+
     /// A pooled circuit usable for `target` under `isolation`, marked used.
     fn pick(&self, target: &TargetAddr, isolation: Isolation) -> Option<Arc<ClientCircuit>> {
-        let want = exit_target(target);
         let dir = lock(&self.directory);
         let mut pool = lock(&self.pool);
         let now = Instant::now();
@@ -171,20 +152,20 @@ impl CircuitManager {
             p.isolation == isolation
                 && p.circuit.is_open()
                 && p.circuit.stream_count() < MAX_STREAMS_PER_POOLED_CIRCUIT
-                && p.first_used
-                    .is_none_or(|t| now.duration_since(t) < self.dirtiness)
+                && !self.is_dirty(p, now)
                 && dir
                     .get(&p.exit)
-                    .is_some_and(|d| veilnet_dir::path::allows_target(d, want))
+                    .is_some_and(|d| allows_target(d, Some(target)))
         })?;
         entry.first_used.get_or_insert(now);
         Some(entry.circuit.clone())
     }
 
-    /// Builds a new circuit whose exit accepts `target` and pools it.
+    /// Builds a new circuit whose exit accepts `target` (any exit if `None`)
+    /// and pools it. A circuit built for a target counts as used from now.
     pub async fn build(
         &self,
-        target: ExitTarget,
+        target: Option<&TargetAddr>,
         isolation: Isolation,
     ) -> Result<Arc<ClientCircuit>, ConnectError> {
         let mut last = None;
@@ -202,7 +183,7 @@ impl CircuitManager {
                         circuit: c.clone(),
                         isolation,
                         exit: path[path.len() - 1].peer,
-                        first_used: (target != ExitTarget::Any).then(Instant::now),
+                        first_used: target.is_some().then(Instant::now),
                     });
                     return Ok(c);
                 }
@@ -217,18 +198,20 @@ impl CircuitManager {
         ))
     }
 
-    fn choose_path(&self, target: ExitTarget) -> Result<Vec<HopSpec>, ConnectError> {
+    fn choose_path(&self, target: Option<&TargetAddr>) -> Result<Vec<HopSpec>, ConnectError> {
         let dir = lock(&self.directory);
         let mut rng = rand::thread_rng();
         let guards = {
             let mut g = lock(&self.guards);
             if g.refresh(&dir, &[], &mut rng) {
-                self.save_guards(g.guards());
+                if let Some(state) = &self.config.state_dir {
+                    guards::save(state, g.guards());
+                }
             }
             g.guards().to_vec()
         };
         let req = PathRequest {
-            hops: self.hops,
+            hops: self.config.hops,
             exit_target: target,
             exclude: &[],
             guards: &guards,
@@ -252,38 +235,11 @@ impl CircuitManager {
             .collect()
     }
 
-    /// Saves the guards atomically with mode 0600: the guard set can
-    /// identify a client, so it is as private as the keys.
-    fn save_guards(&self, guards: &[PeerId]) {
-        let Some(dir) = &self.state_dir else { return };
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            #[cfg(unix)]
-            use std::os::unix::fs::OpenOptionsExt;
-            let json = serde_json::to_vec(guards).map_err(std::io::Error::other)?;
-            let tmp = dir.join(format!("{GUARDS_FILE}.tmp"));
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            opts.mode(0o600);
-            let mut f = opts.open(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, dir.join(GUARDS_FILE))
-        };
-        if let Err(e) = write() {
-            tracing::warn!("cannot save guards: {e}");
-        }
-    }
-
     /// Drops closed circuits and closes dirty circuits that carry no stream.
     pub fn prune(&self) {
         let now = Instant::now();
         lock(&self.pool).retain(|p| {
-            let dirty = p
-                .first_used
-                .is_some_and(|t| now.duration_since(t) >= self.dirtiness);
-            if dirty && p.circuit.stream_count() == 0 {
+            if self.is_dirty(p, now) && p.circuit.stream_count() == 0 {
                 p.circuit.close();
                 return false;
             }
@@ -306,38 +262,16 @@ impl CircuitManager {
             .count()
     }
 
-    /// The pooled circuits, for the control API.
-    pub fn views(&self) -> Vec<CircuitView> {
+    /// The pooled circuits, oldest first.
+    pub fn pooled(&self) -> Vec<PooledCircuit> {
         let now = Instant::now();
         lock(&self.pool)
             .iter()
-            .map(|p| {
-                let info = p.circuit.info();
-                let dirty = p
-                    .first_used
-                    .is_some_and(|t| now.duration_since(t) >= self.dirtiness);
-                CircuitView {
-                    id: info.id,
-                    state: if !info.open {
-                        "closed"
-                    } else if dirty {
-                        "dirty"
-                    } else {
-                        "open"
-                    }
-                    .to_string(),
-                    age_secs: info.age.as_secs_f64(),
-                    hops: info.hops.iter().map(|h| h.to_string()).collect(),
-                    streams: info.streams,
-                    isolation: p.isolation.label(),
-                    build_ms: info.build_time.as_secs_f64() * 1000.0,
-                }
+            .map(|p| PooledCircuit {
+                circuit: p.circuit.clone(),
+                isolation: p.isolation,
+                dirty: self.is_dirty(p, now),
             })
             .collect()
-    }
-
-    /// The pooled circuits themselves (tests and the benchmark use them).
-    pub fn circuits(&self) -> Vec<Arc<ClientCircuit>> {
-        lock(&self.pool).iter().map(|p| p.circuit.clone()).collect()
     }
 }

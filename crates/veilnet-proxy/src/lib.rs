@@ -1,7 +1,5 @@
-//! The local front-ends: a SOCKS5 proxy (RFC 1928, RFC 1929) and an HTTP
-//! CONNECT proxy. Both parse with the sans-IO parsers of `veilnet-socks`, ask
-//! the circuit manager for a stream, answer, and then join the socket to the
-//! stream. Nothing about the target is logged above debug level.
+#![doc = include_str!("../README.md")]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,10 +9,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::debug;
 use veilnet_cell::{EndReason, TargetAddr};
+use veilnet_circmgr::{CircuitManager, ConnectError, Isolation};
 use veilnet_socks::http_connect;
 use veilnet_socks::socks5::{self, Action, ReplyCode};
-
-use crate::circmgr::{CircuitManager, ConnectError, Isolation};
 
 /// Time a client has to finish its proxy handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -211,6 +208,38 @@ async fn carry(
         Err(e) => {
             debug!("proxy request failed: {e}");
             let _ = tcp.write_all(&answer(Err(&e))).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_in_each_protocols_words() {
+        let refused = |r| ConnectError::Refused(r);
+        for (e, code, status) in [
+            (ConnectError::NoExit, ReplyCode::NotAllowedByRuleset, 403),
+            (
+                refused(EndReason::ExitPolicy),
+                ReplyCode::NotAllowedByRuleset,
+                403,
+            ),
+            (
+                refused(EndReason::ConnectRefused),
+                ReplyCode::ConnectionRefused,
+                502,
+            ),
+            (
+                refused(EndReason::ResolveFailed),
+                ReplyCode::HostUnreachable,
+                502,
+            ),
+            (refused(EndReason::Timeout), ReplyCode::TtlExpired, 504),
+        ] {
+            assert_eq!(socks_code(&e), code, "{e}");
+            assert_eq!(http_status(&e).0, status, "{e}");
         }
     }
 }

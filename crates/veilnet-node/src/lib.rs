@@ -1,36 +1,31 @@
-//! A running node: the protocol engine, discovery, the directory, the circuit
-//! manager and the local front-ends, wired together.
+#![doc = include_str!("../README.md")]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod control;
+mod housekeeping;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
-use veilnet_config::{Config, NodeKeys};
-use veilnet_crypto::circuit::OnionKeypair;
-use veilnet_dir::{Descriptor, Directory, ErrorKind, Inserted, Roles, SignedDescriptor};
-use veilnet_discovery::{DiscoveryConfig, DiscoveryEvent, DiscoveryHandle};
-use veilnet_proto::{Core, CoreConfig, DefaultRelayPolicy, ExitConfig, Limits, LinkTap};
+use tracing::{info, warn};
+use veilnet_circmgr::{CircMgrConfig, CircuitManager};
+use veilnet_config::{unix_now, Config, NodeKeys};
+use veilnet_control::ControlSource;
+use veilnet_dir::{Descriptor, Directory, Roles, SignedDescriptor};
+use veilnet_discovery::{DiscoveryConfig, DiscoveryHandle};
+use veilnet_policy::ExitConfig;
+use veilnet_proto::{Core, CoreConfig, DefaultRelayPolicy, Limits, LinkTap};
 
-use crate::circmgr::CircuitManager;
-use crate::control::{self, CircuitView, ControlSource, NodeView, StatusView};
-use crate::proxy;
-use crate::unix_now;
+use crate::control::NodeControl;
+use crate::housekeeping::{directory_feed, housekeeping, Housekeeping};
 
 /// Software version published in descriptors.
 pub const VERSION: &str = concat!("veilnet/", env!("CARGO_PKG_VERSION"));
-
-/// How long a descriptor stays valid without being republished is decided by
-/// `veilnet-dir`; we republish well before that.
-const REPUBLISH_EVERY: Duration = Duration::from_secs(20 * 60);
-/// Links that carry no circuit for this long are closed.
-const IDLE_LINK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
-/// How often the directory is pruned and known peers saved.
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
 
 /// Everything needed to start a node, beyond its config file.
 pub struct NodeOptions {
@@ -78,9 +73,6 @@ pub enum NodeError {
     /// Our own descriptor could not be made.
     #[error("descriptor: {0}")]
     Descriptor(#[from] veilnet_dir::DescriptorError),
-    /// Bad configuration.
-    #[error("config: {0}")]
-    Config(#[from] veilnet_config::ConfigError),
     /// The protocol engine could not start.
     #[error("engine: {0}")]
     Engine(#[from] veilnet_proto::ProtoError),
@@ -114,7 +106,7 @@ pub struct Node {
     persist: bool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -124,13 +116,15 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeE
         .map_err(|source| NodeError::Bind { what, addr, source })
 }
 
-struct OwnDescriptor {
+/// This node's descriptor: the template it signs a fresh copy of whenever
+/// it republishes.
+pub(crate) struct OwnDescriptor {
     identity: libp2p::identity::Keypair,
-    template: Descriptor,
+    pub(crate) template: Descriptor,
 }
 
 impl OwnDescriptor {
-    fn sign_new(&mut self) -> Result<SignedDescriptor, NodeError> {
+    pub(crate) fn sign_new(&mut self) -> Result<SignedDescriptor, NodeError> {
         let now = unix_now();
         // Sequence numbers come from the clock (milliseconds) so they keep
         // increasing across restarts.
@@ -159,15 +153,10 @@ impl Node {
             warn!("{w}");
         }
         let peer_id = keys.identity.public().to_peer_id();
-        let exit = if config.exit.enabled {
-            let mut exit = ExitConfig::new(config.exit_policy()?);
-            exit.allow_private_targets = config.exit.danger_allow_private_targets;
-            exit.allow_one_hop_exits = config.exit.danger_allow_one_hop_exits;
-            exit.own_addrs = own_addresses(&config);
-            Some(exit)
-        } else {
-            None
-        };
+        let exit = config.exit.enabled.then(|| ExitConfig {
+            own_addrs: own_addresses(&config),
+            ..config.exit.clone()
+        });
         let directory = Arc::new(Mutex::new(Directory::new(peer_id)));
         // The one-hop rule: a circuit whose CREATE came from a peer that is
         // not a relay in our directory came straight from its client.
@@ -178,18 +167,10 @@ impl Node {
         let mut policy = DefaultRelayPolicy::new(Arc::new(relays));
         policy.allow_private_links = config.node.danger_allow_private_links;
         policy.exit = exit.clone();
-        let onion = OnionKeypair {
-            secret: keys.onion.secret,
-            public: keys.onion.public,
-        };
-        let previous_onion = keys.previous_onion.as_ref().map(|k| OnionKeypair {
-            secret: k.secret,
-            public: k.public,
-        });
         let core = Core::new(CoreConfig {
             identity: keys.identity.clone(),
-            onion,
-            previous_onion,
+            onion: keys.onion.keypair.clone(),
+            previous_onion: keys.previous_onion.as_ref().map(|k| k.keypair.clone()),
             relay: config.node.relay,
             policy: Arc::new(policy),
             limits: Limits::default(),
@@ -230,17 +211,14 @@ impl Node {
             identity_key: keys.identity.public().encode_protobuf(),
             link_addrs: advertised,
             p2p_addrs: Vec::new(),
-            onion_key: keys.onion.public,
+            onion_key: keys.onion.keypair.public,
             onion_key_expires: keys.onion.expires,
             link_key: core.link_key(),
             roles: Roles {
                 relay: config.node.relay,
                 exit: exit.is_some(),
             },
-            exit_policy: exit
-                .as_ref()
-                .map(|e| e.policy.clone())
-                .unwrap_or_else(veilnet_policy::ExitPolicy::reject_all),
+            exit_policy: config.exit.enforced_policy(),
             bandwidth: config.node.bandwidth,
             region: config.node.region.clone(),
             family: config.node.family.clone(),
@@ -297,15 +275,22 @@ impl Node {
         let circuits = CircuitManager::new(
             core.clone(),
             directory.clone(),
-            &config,
-            persist.then(|| config.data_dir.clone()),
+            CircMgrConfig {
+                hops: usize::from(config.client.hops),
+                max_dirtiness: Duration::from_secs(config.client.max_circuit_dirtiness_secs),
+                num_guards: config.client.num_guards,
+                state_dir: persist.then(|| config.data_dir.clone()),
+            },
         );
 
         let socks_addr = match config.client.socks {
             Some(addr) => {
                 let l = bind("SOCKS5 proxy", addr).await?;
                 let local = l.local_addr().unwrap_or(addr);
-                tasks.push(tokio::spawn(proxy::serve_socks(l, circuits.clone())));
+                tasks.push(tokio::spawn(veilnet_proxy::serve_socks(
+                    l,
+                    circuits.clone(),
+                )));
                 Some(local)
             }
             None => None,
@@ -314,7 +299,7 @@ impl Node {
             Some(addr) => {
                 let l = bind("HTTP CONNECT proxy", addr).await?;
                 let local = l.local_addr().unwrap_or(addr);
-                tasks.push(tokio::spawn(proxy::serve_http(l, circuits.clone())));
+                tasks.push(tokio::spawn(veilnet_proxy::serve_http(l, circuits.clone())));
                 Some(local)
             }
             None => None,
@@ -357,7 +342,7 @@ impl Node {
                 let _ = rx.wait_for(|s| *s).await;
             };
             let (bound, handle) =
-                control::serve(addr, source, stop)
+                veilnet_control::serve(addr, source, stop)
                     .await
                     .map_err(|source| NodeError::Bind {
                         what: "control API",
@@ -425,184 +410,6 @@ fn own_addresses(config: &Config) -> Vec<IpAddr> {
     ips.sort();
     ips.dedup();
     ips
-}
-
-/// Verifies and stores descriptors arriving from discovery.
-async fn directory_feed(
-    directory: Arc<Mutex<Directory>>,
-    mut events: tokio::sync::mpsc::Receiver<DiscoveryEvent>,
-) {
-    while let Some(ev) = events.recv().await {
-        match ev {
-            DiscoveryEvent::Records { from, records } => {
-                let now = unix_now();
-                let mut dir = lock(&directory);
-                for raw in records {
-                    let result =
-                        SignedDescriptor::from_bytes(&raw).and_then(|sd| dir.insert(&sd, now));
-                    match result {
-                        Ok(Inserted::New) => debug!("learned a new node from {from}"),
-                        Ok(_) => {}
-                        Err(e) => match e.kind() {
-                            ErrorKind::Invalid => {
-                                warn!("rejected a descriptor relayed by {from}: {e}")
-                            }
-                            _ => debug!("ignored a descriptor relayed by {from}: {e}"),
-                        },
-                    }
-                }
-            }
-            DiscoveryEvent::PeerConnected { peer, .. } => debug!("p2p connected to {peer}"),
-            DiscoveryEvent::PeerDisconnected { peer } => debug!("p2p disconnected from {peer}"),
-            DiscoveryEvent::Listening(addr) => debug!("p2p listening on {addr}"),
-        }
-    }
-}
-
-struct Housekeeping {
-    directory: Arc<Mutex<Directory>>,
-    own: Arc<Mutex<OwnDescriptor>>,
-    discovery: DiscoveryHandle,
-    circuits: Arc<CircuitManager>,
-    core: Arc<Core>,
-    key_dir: std::path::PathBuf,
-    /// Whether we publish a descriptor (relays and exits only).
-    publish: bool,
-    peers_dir: Option<std::path::PathBuf>,
-}
-
-impl Housekeeping {
-    /// Rotates the onion key when it is about to expire: the key store makes
-    /// and saves the new key, the engine accepts both, and the descriptor
-    /// announces the new one. Returns true if the key changed.
-    fn rotate_onion_key(&self, now: u64) -> bool {
-        let expires = lock(&self.own).template.onion_key_expires;
-        if expires > now + veilnet_config::ONION_KEY_ROTATE_BEFORE {
-            return false;
-        }
-        let keys = match veilnet_config::load_keys(&self.key_dir, now) {
-            Ok(k) => k,
-            Err(e) => {
-                warn!("cannot rotate the onion key: {e}");
-                return false;
-            }
-        };
-        if keys.onion.public == lock(&self.own).template.onion_key {
-            return false;
-        }
-        let pair = |k: &veilnet_config::OnionKey| OnionKeypair {
-            secret: k.secret,
-            public: k.public,
-        };
-        self.core
-            .set_onion_keys(pair(&keys.onion), keys.previous_onion.as_ref().map(pair));
-        let mut own = lock(&self.own);
-        own.template.onion_key = keys.onion.public;
-        own.template.onion_key_expires = keys.onion.expires;
-        info!("rotated the onion key");
-        true
-    }
-}
-
-async fn housekeeping(hk: Housekeeping, mut shutdown: watch::Receiver<bool>) {
-    let mut last_publish = Instant::now();
-    let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
-    let mut fast = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = fast.tick() => {
-                hk.circuits.prune();
-                continue;
-            }
-            _ = shutdown.changed() => return,
-        }
-        let now = unix_now();
-        let idle = hk.core.close_idle_links(IDLE_LINK_TIMEOUT);
-        if idle > 0 {
-            debug!("closed {idle} idle links");
-        }
-        let expired = lock(&hk.directory).expire(now);
-        if !expired.is_empty() {
-            info!("{} stale nodes aged out of the directory", expired.len());
-        }
-        let rotated = hk.rotate_onion_key(now);
-        if hk.publish && (rotated || last_publish.elapsed() >= REPUBLISH_EVERY) {
-            let signed = lock(&hk.own).sign_new();
-            match signed.map(|s| lock(&hk.directory).insert(&s, now)) {
-                Ok(Ok(_)) => {
-                    last_publish = Instant::now();
-                    hk.discovery.exchange_now().await;
-                }
-                Ok(Err(e)) => warn!("cannot store our own descriptor: {e}"),
-                Err(e) => warn!("cannot sign our descriptor: {e}"),
-            }
-        }
-        if let Some(dir) = &hk.peers_dir {
-            let peers = hk.discovery.connected_peers().await;
-            if !peers.is_empty() {
-                if let Err(e) = veilnet_config::save_peers(dir, &peers) {
-                    debug!("cannot save known peers: {e}");
-                }
-            }
-        }
-    }
-}
-
-/// The control API's view of a node (weak, so the API does not keep the node alive).
-struct NodeControl(Weak<Node>);
-
-impl ControlSource for NodeControl {
-    fn status(&self) -> StatusView {
-        let Some(n) = self.0.upgrade() else {
-            return StatusView {
-                peer_id: String::new(),
-                version: VERSION.to_string(),
-                uptime_secs: 0.0,
-                known_nodes: 0,
-                open_circuits: 0,
-                socks: None,
-                http_proxy: None,
-            };
-        };
-        StatusView {
-            peer_id: n.peer_id.to_string(),
-            version: VERSION.to_string(),
-            uptime_secs: n.uptime().as_secs_f64(),
-            known_nodes: n.known_nodes(),
-            open_circuits: n.circuits.open_count(),
-            socks: n.socks_addr.map(|a| a.to_string()),
-            http_proxy: n.http_addr.map(|a| a.to_string()),
-        }
-    }
-
-    fn nodes(&self) -> Vec<NodeView> {
-        let Some(n) = self.0.upgrade() else {
-            return Vec::new();
-        };
-        let own = n.peer_id;
-        let dir = lock(&n.directory);
-        dir.iter()
-            .map(|d| NodeView {
-                peer_id: d.peer_id.to_string(),
-                relay: d.roles.relay,
-                exit: d.roles.exit,
-                link_addrs: d.link_addrs.iter().map(|a| a.to_string()).collect(),
-                p2p_addrs: d.p2p_addrs.iter().map(|a| a.to_string()).collect(),
-                region: d.region.clone(),
-                bandwidth: d.bandwidth,
-                version: d.version.clone(),
-                is_self: d.peer_id == own,
-            })
-            .collect()
-    }
-
-    fn circuits(&self) -> Vec<CircuitView> {
-        self.0
-            .upgrade()
-            .map(|n| n.circuits.views())
-            .unwrap_or_default()
-    }
 }
 
 #[cfg(test)]

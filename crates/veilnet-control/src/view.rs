@@ -1,0 +1,85 @@
+//! What the control API shows, and where it reads it from.
+
+use serde::{Deserialize, Serialize};
+
+/// One node of the directory as the control API shows it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct NodeView {
+    /// The node's libp2p peer id.
+    pub peer_id: String,
+    /// Whether the node offers to relay circuits.
+    pub relay: bool,
+    /// Whether the node offers to be the last hop to the open internet.
+    pub exit: bool,
+    /// Addresses for the circuit link protocol.
+    pub link_addrs: Vec<String>,
+    /// libp2p multiaddresses.
+    pub p2p_addrs: Vec<String>,
+    /// Region the node advertises (self-declared, not verified).
+    pub region: String,
+    /// Advertised bandwidth in bytes per second.
+    pub bandwidth: u64,
+    /// Software version the node advertises.
+    pub version: String,
+    /// True for the row describing this node itself.
+    pub is_self: bool,
+}
+
+/// One of this node's circuits as the control API shows it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct CircuitView {
+    /// Local circuit id.
+    pub id: u64,
+    /// `"building"`, `"open"`, `"dirty"` or `"closed"`.
+    pub state: String,
+    /// Seconds since the circuit was launched.
+    pub age_secs: f64,
+    /// Peer ids of the hops in order, first hop first.
+    pub hops: Vec<String>,
+    /// Streams currently attached.
+    pub streams: usize,
+    /// An opaque isolation group label; never the username it derives from.
+    pub isolation: Option<String>,
+    /// How long building the circuit took, in milliseconds.
+    #[serde(default)]
+    pub build_ms: f64,
+}
+
+/// Summary of the running node.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct StatusView {
+    /// This node's libp2p peer id.
+    pub peer_id: String,
+    /// Software version of this node.
+    pub version: String,
+    /// Seconds since the node started.
+    pub uptime_secs: f64,
+    /// Nodes currently in the directory.
+    pub known_nodes: usize,
+    /// Circuits currently open.
+    pub open_circuits: usize,
+    /// SOCKS listener address, if enabled.
+    pub socks: Option<String>,
+    /// HTTP proxy listener address, if enabled.
+    pub http_proxy: Option<String>,
+}
+
+/// What the control API reads from the running node.
+///
+/// Methods are called on the async runtime for every request, so they must
+/// return a cheap snapshot without blocking (no I/O, only short-held locks).
+pub trait ControlSource: Send + Sync + 'static {
+    /// Summary of the node.
+    fn status(&self) -> StatusView;
+    /// The nodes the directory knows, this node included.
+    fn nodes(&self) -> Vec<NodeView>;
+    /// This node's circuits.
+    fn circuits(&self) -> Vec<CircuitView>;
+}
+
+/// Body of every error response from the control API.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub(crate) struct ErrorBody {
+    /// What went wrong, for people.
+    pub(crate) error: String,
+}

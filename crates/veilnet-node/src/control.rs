@@ -1,0 +1,86 @@
+//! The control API's views of a running node.
+
+use std::sync::Weak;
+
+use veilnet_circmgr::PooledCircuit;
+use veilnet_control::{CircuitView, ControlSource, NodeView, StatusView};
+use veilnet_dir::Descriptor;
+
+use crate::{lock, Node, VERSION};
+
+/// The control API's view of a node (weak, so the API does not keep the node alive).
+pub(crate) struct NodeControl(pub(crate) Weak<Node>);
+
+impl ControlSource for NodeControl {
+    fn status(&self) -> StatusView {
+        let Some(n) = self.0.upgrade() else {
+            return StatusView {
+                peer_id: String::new(),
+                version: VERSION.to_string(),
+                uptime_secs: 0.0,
+                known_nodes: 0,
+                open_circuits: 0,
+                socks: None,
+                http_proxy: None,
+            };
+        };
+        StatusView {
+            peer_id: n.peer_id.to_string(),
+            version: VERSION.to_string(),
+            uptime_secs: n.uptime().as_secs_f64(),
+            known_nodes: n.known_nodes(),
+            open_circuits: n.circuits.open_count(),
+            socks: n.socks_addr.map(|a| a.to_string()),
+            http_proxy: n.http_addr.map(|a| a.to_string()),
+        }
+    }
+
+    fn nodes(&self) -> Vec<NodeView> {
+        let Some(n) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        let dir = lock(&n.directory);
+        dir.iter()
+            .map(|d| node_view(d, d.peer_id == n.peer_id))
+            .collect()
+    }
+
+    fn circuits(&self) -> Vec<CircuitView> {
+        self.0
+            .upgrade()
+            .map(|n| n.circuits.pooled().iter().map(circuit_view).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn node_view(d: &Descriptor, is_self: bool) -> NodeView {
+    NodeView {
+        peer_id: d.peer_id.to_string(),
+        relay: d.roles.relay,
+        exit: d.roles.exit,
+        link_addrs: d.link_addrs.iter().map(|a| a.to_string()).collect(),
+        p2p_addrs: d.p2p_addrs.iter().map(|a| a.to_string()).collect(),
+        region: d.region.clone(),
+        bandwidth: d.bandwidth,
+        version: d.version.clone(),
+        is_self,
+    }
+}
+
+fn circuit_view(p: &PooledCircuit) -> CircuitView {
+    let info = p.circuit.info();
+    let state = match (info.open, p.dirty) {
+        (false, _) => "closed",
+        (true, true) => "dirty",
+        (true, false) => "open",
+    };
+    CircuitView {
+        id: info.id,
+        state: state.to_string(),
+        age_secs: info.age.as_secs_f64(),
+        hops: info.hops.iter().map(|h| h.to_string()).collect(),
+        streams: info.streams,
+        isolation: p.isolation.label(),
+        build_ms: info.build_time.as_secs_f64() * 1000.0,
+    }
+}

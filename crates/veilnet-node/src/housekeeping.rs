@@ -1,0 +1,144 @@
+//! What a node does in the background: feeding the directory from
+//! discovery, and the periodic housekeeping.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+use veilnet_circmgr::CircuitManager;
+use veilnet_config::unix_now;
+use veilnet_dir::{Directory, ErrorKind, Inserted, SignedDescriptor};
+use veilnet_discovery::{DiscoveryEvent, DiscoveryHandle};
+use veilnet_proto::Core;
+
+use crate::{lock, OwnDescriptor};
+
+/// How long a descriptor stays valid without being republished is decided by
+/// `veilnet-dir`; we republish well before that.
+const REPUBLISH_EVERY: Duration = Duration::from_secs(20 * 60);
+/// Links that carry no circuit for this long are closed.
+const IDLE_LINK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// How often the directory is pruned and known peers saved.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
+
+/// Verifies and stores descriptors arriving from discovery.
+pub(crate) async fn directory_feed(
+    directory: Arc<Mutex<Directory>>,
+    mut events: tokio::sync::mpsc::Receiver<DiscoveryEvent>,
+) {
+    while let Some(ev) = events.recv().await {
+        match ev {
+            DiscoveryEvent::Records { from, records } => {
+                let now = unix_now();
+                let mut dir = lock(&directory);
+                for raw in records {
+                    let result =
+                        SignedDescriptor::from_bytes(&raw).and_then(|sd| dir.insert(&sd, now));
+                    match result {
+                        Ok(Inserted::New) => debug!("learned a new node from {from}"),
+                        Ok(_) => {}
+                        Err(e) => match e.kind() {
+                            ErrorKind::Invalid => {
+                                warn!("rejected a descriptor relayed by {from}: {e}")
+                            }
+                            _ => debug!("ignored a descriptor relayed by {from}: {e}"),
+                        },
+                    }
+                }
+            }
+            DiscoveryEvent::PeerConnected { peer, .. } => debug!("p2p connected to {peer}"),
+            DiscoveryEvent::PeerDisconnected { peer } => debug!("p2p disconnected from {peer}"),
+            DiscoveryEvent::Listening(addr) => debug!("p2p listening on {addr}"),
+        }
+    }
+}
+
+pub(crate) struct Housekeeping {
+    pub(crate) directory: Arc<Mutex<Directory>>,
+    pub(crate) own: Arc<Mutex<OwnDescriptor>>,
+    pub(crate) discovery: DiscoveryHandle,
+    pub(crate) circuits: Arc<CircuitManager>,
+    pub(crate) core: Arc<Core>,
+    pub(crate) key_dir: PathBuf,
+    /// Whether we publish a descriptor (relays and exits only).
+    pub(crate) publish: bool,
+    pub(crate) peers_dir: Option<PathBuf>,
+}
+
+impl Housekeeping {
+    /// Rotates the onion key when it is about to expire: the key store makes
+    /// and saves the new key, the engine accepts both, and the descriptor
+    /// announces the new one. Returns true if the key changed.
+    fn rotate_onion_key(&self, now: u64) -> bool {
+        let expires = lock(&self.own).template.onion_key_expires;
+        if expires > now + veilnet_config::ONION_KEY_ROTATE_BEFORE {
+            return false;
+        }
+        let keys = match veilnet_config::load_keys(&self.key_dir, now) {
+            Ok(k) => k,
+            Err(e) => {
+                warn!("cannot rotate the onion key: {e}");
+                return false;
+            }
+        };
+        if keys.onion.keypair.public == lock(&self.own).template.onion_key {
+            return false;
+        }
+        self.core.set_onion_keys(
+            keys.onion.keypair.clone(),
+            keys.previous_onion.map(|k| k.keypair),
+        );
+        let mut own = lock(&self.own);
+        own.template.onion_key = keys.onion.keypair.public;
+        own.template.onion_key_expires = keys.onion.expires;
+        info!("rotated the onion key");
+        true
+    }
+}
+
+pub(crate) async fn housekeeping(hk: Housekeeping, mut shutdown: watch::Receiver<bool>) {
+    let mut last_publish = Instant::now();
+    let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+    let mut fast = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = fast.tick() => {
+                hk.circuits.prune();
+                continue;
+            }
+            _ = shutdown.changed() => return,
+        }
+        let now = unix_now();
+        let idle = hk.core.close_idle_links(IDLE_LINK_TIMEOUT);
+        if idle > 0 {
+            debug!("closed {idle} idle links");
+        }
+        let expired = lock(&hk.directory).expire(now);
+        if !expired.is_empty() {
+            info!("{} stale nodes aged out of the directory", expired.len());
+        }
+        let rotated = hk.rotate_onion_key(now);
+        if hk.publish && (rotated || last_publish.elapsed() >= REPUBLISH_EVERY) {
+            let signed = lock(&hk.own).sign_new();
+            match signed.map(|s| lock(&hk.directory).insert(&s, now)) {
+                Ok(Ok(_)) => {
+                    last_publish = Instant::now();
+                    hk.discovery.exchange_now().await;
+                }
+                Ok(Err(e)) => warn!("cannot store our own descriptor: {e}"),
+                Err(e) => warn!("cannot sign our descriptor: {e}"),
+            }
+        }
+        if let Some(dir) = &hk.peers_dir {
+            let peers = hk.discovery.connected_peers().await;
+            if !peers.is_empty() {
+                if let Err(e) = veilnet_config::save_peers(dir, &peers) {
+                    debug!("cannot save known peers: {e}");
+                }
+            }
+        }
+    }
+}
