@@ -171,14 +171,7 @@ fn round_trip(data: &[u8]) {
                 "payload changed"
             );
             let mut back = plain.clone();
-            for (i, relay) in bwd.iter_mut().enumerate().rev() {
-                let r = if i == hops - 1 {
-                    relay.originate(&mut back, R, now)
-                } else {
-                    relay.encrypt(&mut back, R, now)
-                };
-                r.expect("relay encrypts");
-            }
+            send_back(&mut bwd, &mut back, now, None);
             c.decrypt_backward(&mut back, R)
                 .expect("genuine backward cell");
             assert_eq!(
@@ -194,21 +187,34 @@ fn round_trip(data: &[u8]) {
         .map(|h| relay_layers(&keys(h), policy).1)
         .collect();
     let mut back = plain.clone();
-    for (i, relay) in bwd.iter_mut().enumerate().rev() {
-        let r = if i == hops - 1 {
-            relay.originate(&mut back, R, now)
-        } else {
-            relay.encrypt(&mut back, R, now)
-        };
-        r.expect("relay encrypts");
-        if i == after {
-            back[pos] ^= bit;
-        }
-    }
+    send_back(&mut bwd, &mut back, now, Some((after, pos, bit)));
     assert!(
         c.decrypt_backward(&mut back, R).is_err(),
         "byte {pos} flipped after hop {after} reached the client"
     );
+}
+
+/// Carries `body` from the last hop back through every hop (the last
+/// originates it); with `tamper = (hop, pos, bit)` that hop flips one bit
+/// of what it sends on.
+fn send_back(
+    bwd: &mut [RelayBackward],
+    body: &mut [u8],
+    now: Instant,
+    tamper: Option<(usize, usize, u8)>,
+) {
+    let last = bwd.len() - 1;
+    for (i, relay) in bwd.iter_mut().enumerate().rev() {
+        let r = if i == last {
+            relay.originate(body, R, now)
+        } else {
+            relay.encrypt(body, R, now)
+        };
+        r.expect("relay encrypts");
+        if let Some((_, pos, bit)) = tamper.filter(|t| t.0 == i) {
+            body[pos] ^= bit;
+        }
+    }
 }
 
 fn check(data: &[u8]) {

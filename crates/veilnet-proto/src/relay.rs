@@ -118,7 +118,22 @@ impl Core {
             CellCommand::Created => self.on_created(link, circ, cell).await,
             CellCommand::Relay => self.on_relay(link, circ, cell, false).await,
             CellCommand::RelayEarly => self.on_relay(link, circ, cell, true).await,
-            CellCommand::Destroy => self.teardown(link, circ, cell.destroy_reason(), false),
+            CellCommand::Destroy => {
+                // A DESTROY we pass on says nothing of why (as in Tor): the
+                // reason is for the neighbour it was sent to, so hops that
+                // are not adjacent cannot use it as a channel past an honest
+                // one. Our own circuits (we are the client) keep it.
+                let ours = matches!(
+                    link.table().get(&circ),
+                    Some(CircEntry::Client(_) | CircEntry::ClientOpen(_))
+                );
+                let reason = if ours {
+                    cell.destroy_reason()
+                } else {
+                    DestroyReason::None
+                };
+                self.teardown(link, circ, reason, false)
+            }
         }
     }
 

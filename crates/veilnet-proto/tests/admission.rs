@@ -58,9 +58,10 @@ async fn relay_refuses_circuits_longer_than_limit() {
         let answer = raw.extend(&mut c, &b.spec, CellCommand::RelayEarly).await;
         assert_eq!(answer, Answer::Grew);
 
-        // A loop back to the previous hop (A→B→A) is refused by B.
+        // A loop back to the previous hop (A→B→A) is refused by B; the
+        // guard passes B's DESTROY on without its reason.
         let answer = raw.extend(&mut c, &a.spec, CellCommand::RelayEarly).await;
-        assert_eq!(answer, Answer::Destroyed(DestroyReason::Protocol));
+        assert_eq!(answer, Answer::Destroyed(DestroyReason::None));
     };
     timeout(TEST_LIMIT, run).await.expect("test timed out");
 }
@@ -303,6 +304,37 @@ async fn unknown_commands_are_ignored() {
         let stats = &a.core.stats;
         assert_eq!(stats.unknown_cell_commands.load(Ordering::Relaxed), 1);
         assert_eq!(stats.unknown_relay_commands.load(Ordering::Relaxed), 1);
+    };
+    timeout(TEST_LIMIT, run).await.expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_reasons_are_not_passed_on() {
+    // A colluding exit and guard must not get a channel past an honest
+    // middle out of DESTROY reasons: the middle passes a DESTROY on, but
+    // not why.
+    let relays = [
+        node(false, false).await,
+        node(false, false).await,
+        node(true, true).await,
+    ];
+    let run = async {
+        let mut raw = RawLink::connect(&relays[0].spec).await;
+        let mut c = raw.create_ok(&relays[0].spec).await;
+        for hop in &relays[1..] {
+            let answer = raw.extend(&mut c, &hop.spec, CellCommand::RelayEarly).await;
+            assert_eq!(answer, Answer::Grew);
+        }
+        // CONNECTED travels only toward the client: the exit destroys the
+        // circuit with DESTROY(Protocol) toward the middle.
+        raw.send_relay(&mut c, CellCommand::Relay, &RelayMsg::Connected)
+            .await;
+        let reply = raw.recv_for(c.circ).await.expect("no DESTROY arrived");
+        assert_eq!(reply.command(), Ok(CellCommand::Destroy));
+        assert_eq!(reply.destroy_reason(), DestroyReason::None);
+        // The exit did refuse it, with its reason, one hop away.
+        let refused = relays[2].core.stats.cells_refused.load(Ordering::Relaxed);
+        assert!(refused >= 1);
     };
     timeout(TEST_LIMIT, run).await.expect("test timed out");
 }
