@@ -33,6 +33,19 @@ impl Default for FlowParams {
 }
 
 impl FlowParams {
+    /// Checks that every window is at least one increment and every
+    /// increment at least one cell.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        let ok = |window: u32, increment: u32| increment > 0 && increment <= window;
+        if !ok(self.stream_window, self.stream_sendme) {
+            return Err("stream_sendme must be between 1 and stream_window");
+        }
+        if !ok(self.circ_window, self.circ_sendme) {
+            return Err("circ_sendme must be between 1 and circ_window");
+        }
+        Ok(())
+    }
+
     /// A stream's send window.
     pub fn stream_send(&self) -> SendWindow {
         SendWindow::new(self.stream_window, self.stream_sendme, "stream")
@@ -89,6 +102,12 @@ impl SendWindow {
         true
     }
 
+    /// Gives back one cell of credit taken by [`try_take`](Self::try_take)
+    /// for a cell that was never sent (its sender gave up first).
+    pub fn refund(&mut self) {
+        self.available = (self.available + 1).min(self.max);
+    }
+
     /// A SENDME arrived: `increment` cells of credit come back. More credit
     /// than was outstanding is the peer's protocol violation.
     pub fn put(&mut self) -> Result<(), PeerMisbehaved> {
@@ -121,7 +140,9 @@ impl RecvWindow {
             outstanding: 0,
             delivered: 0,
             max,
-            increment,
+            // Never zero: `delivered` divides by it ([`FlowParams::validate`]
+            // refuses such parameters before they get here).
+            increment: increment.max(1),
             what,
         }
     }
@@ -201,6 +222,27 @@ mod tests {
             assert!(send.try_take());
         }
         assert!(!send.try_take());
+    }
+
+    #[test]
+    fn bad_parameters_are_refused_and_refunds_stay_in_the_window() {
+        assert!(FlowParams::default().validate().is_ok());
+        let zero = FlowParams {
+            stream_sendme: 0,
+            ..FlowParams::default()
+        };
+        assert!(zero.validate().is_err());
+        let too_big = FlowParams {
+            circ_sendme: 4096,
+            ..FlowParams::default()
+        };
+        assert!(too_big.validate().is_err());
+        let mut send = SendWindow::new(2, 1, "stream");
+        send.refund();
+        assert_eq!(send.available(), 2);
+        assert!(send.try_take());
+        send.refund();
+        assert_eq!(send.available(), 2);
     }
 
     #[test]

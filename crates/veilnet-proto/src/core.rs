@@ -194,6 +194,10 @@ impl Core {
             limits,
             tap,
         };
+        cfg.limits
+            .flow
+            .validate()
+            .map_err(|e| ProtoError::Invalid(format!("limits.flow: {e}")))?;
         let link_key = LinkKey::derive(&cfg.identity)?;
         Ok(Arc::new(Self {
             link_key,

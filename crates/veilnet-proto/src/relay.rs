@@ -20,6 +20,7 @@ use crate::core::Core;
 use crate::link::Link;
 use crate::stream::{CircuitTx, Endpoint};
 use crate::ProtoError;
+use veilnet_circuit::error::{ErrorKind, HasKind};
 use veilnet_circuit::policy::CreateRequest;
 
 /// What a link knows about one of its circuit ids.
@@ -164,6 +165,23 @@ impl Core {
             link.send_detached(Cell::destroy(circ, DestroyReason::ResourceLimit));
             return;
         }
+        {
+            let table = link.table();
+            if table.contains_key(&circ) {
+                // Our peer chose an id it already uses: its own circuit
+                // under that id is broken now, so it goes (both sides).
+                drop(table);
+                self.count(&self.stats.cells_refused);
+                debug!(link = link.id, "CREATE on a circuit id in use");
+                self.teardown(link, circ, DestroyReason::Protocol, true);
+                return;
+            }
+            if table.len() >= self.limits().max_circuits_per_link {
+                drop(table);
+                link.send_detached(Cell::destroy(circ, DestroyReason::ResourceLimit));
+                return;
+            }
+        }
         if let Err(refusal) = self.cfg.policy.admit_create(&CreateRequest {
             prev_peer: link.peer,
         }) {
@@ -193,6 +211,8 @@ impl Core {
         });
         {
             let mut table = link.table();
+            // Checked before the handshake; the link reader is the only
+            // one to insert here, so the id is still free.
             if table.len() >= self.limits().max_circuits_per_link || table.contains_key(&circ) {
                 drop(table);
                 link.send_detached(Cell::destroy(circ, DestroyReason::ResourceLimit));
@@ -305,9 +325,19 @@ impl Core {
             Act::Local(back, cell, early) => {
                 self.count(&self.stats.relay_cells);
                 if let Err(e) = self.on_local(link, circ, back, cell, early).await {
-                    self.count(&self.stats.cells_refused);
+                    // Our policy declining an EXTEND is nobody's fault; the
+                    // rest is the peer breaking the protocol.
+                    let reason = match &e {
+                        ProtoError::Circuit(c) if c.kind() == ErrorKind::Refused => {
+                            DestroyReason::ExtendFailed
+                        }
+                        _ => {
+                            self.count(&self.stats.cells_refused);
+                            DestroyReason::Protocol
+                        }
+                    };
                     debug!("destroying a circuit: {e}");
-                    self.teardown(link, circ, DestroyReason::Protocol, true);
+                    self.teardown(link, circ, reason, true);
                 }
             }
             Act::Kill(reason, why) => {
@@ -420,13 +450,23 @@ impl Core {
                     return Err(e);
                 }
             };
-            next.table().insert(
-                next_circ,
-                CircEntry::Backward {
-                    back: back.clone(),
-                    prev_circ,
-                },
-            );
+            {
+                // Only if the next hop did not destroy the new circuit
+                // right after answering CREATED (its entry is then gone).
+                let mut table = next.table();
+                match table.get(&next_circ) {
+                    Some(CircEntry::Pending(_)) => {
+                        table.insert(
+                            next_circ,
+                            CircEntry::Backward {
+                                back: back.clone(),
+                                prev_circ,
+                            },
+                        );
+                    }
+                    _ => return Err(ProtoError::CircuitClosed),
+                }
+            }
             let mut table = prev.table();
             match table.get_mut(&prev_circ) {
                 // Only the very circuit that asked (not a newer one reusing
@@ -464,7 +504,12 @@ impl Core {
         };
         if let Err(e) = sent {
             debug!("extend failed: {e}");
-            self.teardown(&prev, prev_circ, DestroyReason::ExtendFailed, true);
+            // Only the circuit that asked, not a newer one under its id.
+            let ours = matches!(prev.table().get(&prev_circ),
+                Some(CircEntry::Forward(fwd)) if Arc::ptr_eq(&fwd.back, &back));
+            if ours {
+                self.teardown(&prev, prev_circ, DestroyReason::ExtendFailed, true);
+            }
         }
     }
 

@@ -30,7 +30,7 @@ use crate::link::Link;
 use crate::relay::BackSender;
 use crate::ProtoError;
 use veilnet_circuit::policy::{BeginRequest, RelayPolicy};
-use veilnet_circuit::{CircuitError, FlowParams, RecvWindow, SendWindow};
+use veilnet_circuit::{CircuitError, FlowParams, PeerMisbehaved, RecvWindow, SendWindow};
 
 /// Cells read or written per socket call.
 const IO_BATCH: usize = 32;
@@ -94,6 +94,8 @@ struct StreamEntry {
     shared: Arc<StreamShared>,
     send: SendWindow,
     recv: RecvWindow,
+    /// END(Done) arrived: the peer sends nothing more on this stream.
+    eof_seen: bool,
     connected: Option<oneshot::Sender<Result<(), EndReason>>>,
     /// Cancels the exit's resolve-and-connect when the stream goes away first.
     cancel: Arc<tokio::sync::Notify>,
@@ -254,6 +256,21 @@ impl Endpoint {
         }
     }
 
+    /// Gives back the credit of a cell that was never sent.
+    fn refund_credit(&self, sid: StreamId, shared: &Arc<StreamShared>) {
+        let mut inner = self.inner();
+        inner.circ_send.refund();
+        if let Some(s) = inner
+            .streams
+            .get_mut(&sid)
+            .filter(|s| Arc::ptr_eq(&s.shared, shared))
+        {
+            s.send.refund();
+        }
+        drop(inner);
+        self.circ_credit.notify_waiters();
+    }
+
     /// Waits for one cell of send credit; false once the stream or the
     /// circuit is gone.
     async fn take_credit(&self, sid: StreamId, shared: &Arc<StreamShared>) -> bool {
@@ -314,10 +331,12 @@ impl Endpoint {
                 let to_app = {
                     let mut inner = self.inner();
                     inner.circ_recv.take().map_err(CircuitError::from)?;
-                    inner
-                        .streams
-                        .get_mut(&sid)
-                        .map(|s| s.recv.take().map(|()| s.to_app.clone()))
+                    inner.streams.get_mut(&sid).map(|s| {
+                        if s.eof_seen {
+                            return Err(PeerMisbehaved::Unexpected("DATA after END"));
+                        }
+                        s.recv.take().map(|()| s.to_app.clone())
+                    })
                 };
                 let accepted = match to_app {
                     // The stream queue holds a whole stream window, so only
@@ -353,7 +372,9 @@ impl Endpoint {
             RelayMsg::End(reason) => {
                 let mut inner = self.inner();
                 if reason == EndReason::Done {
-                    if let Some(s) = inner.streams.get(&sid) {
+                    // Once: a repeated END(Done) must not fill the queue.
+                    if let Some(s) = inner.streams.get_mut(&sid).filter(|s| !s.eof_seen) {
+                        s.eof_seen = true;
                         let _ = s.to_app.try_send(ToApp::Eof);
                     }
                 } else if let Some(mut s) = inner.streams.remove(&sid) {
@@ -406,6 +427,7 @@ impl Endpoint {
                 shared: shared.clone(),
                 send: self.flow.stream_send(),
                 recv: self.flow.stream_recv(),
+                eof_seen: false,
                 connected,
                 cancel: cancel.clone(),
             },
@@ -507,8 +529,13 @@ impl Endpoint {
             return Err(ProtoError::CircuitClosed);
         }
         let (tx, rx_connected) = oneshot::channel();
-        let (sid, rx, shared) = {
+        let (sid, mut rx, shared) = {
             let mut inner = self.inner();
+            // Under the lock: a close() that ran since the check above has
+            // drained the table, and a stream added now would wait in vain.
+            if self.is_closed() {
+                return Err(ProtoError::CircuitClosed);
+            }
             if inner.streams.len() >= self.limits.max_streams_per_circuit {
                 return Err(ProtoError::Limit("streams per circuit"));
             }
@@ -537,6 +564,8 @@ impl Endpoint {
                 // Tell the exit to give up too, so it frees the stream.
                 let _ = self.send_msg(sid, &RelayMsg::End(EndReason::Misc)).await;
             }
+            // Whatever arrived meanwhile returns its circuit credit.
+            self.drain(&mut rx).await;
             return Err(e);
         }
         Ok(ClientStream {
@@ -653,6 +682,13 @@ async fn upstream(
             if !ep.take_credit(sid, &shared).await {
                 return; // stream or circuit closed
             }
+            // Until the cell is queued, the credit is ours to give back:
+            // this pump may be aborted while it waits for the link.
+            let credit = TakenCredit {
+                ep: &ep,
+                sid,
+                shared: &shared,
+            };
             let mut cell = Cell::new(ep.tx.circ(), CellCommand::Relay);
             let payload = cell.relay_payload_mut();
             payload[RELAY_HEADER_LEN..RELAY_HEADER_LEN + chunk.len()].copy_from_slice(chunk);
@@ -661,7 +697,24 @@ async fn upstream(
             {
                 return;
             }
+            std::mem::forget(credit);
         }
+    }
+}
+
+/// One cell of send credit taken for a cell not yet queued: dropped without
+/// being forgotten (the send failed, or the pump was aborted while it
+/// waited), it gives the credit back, so a circuit never loses credit for a
+/// cell its peer never saw.
+struct TakenCredit<'a> {
+    ep: &'a Endpoint,
+    sid: StreamId,
+    shared: &'a Arc<StreamShared>,
+}
+
+impl Drop for TakenCredit<'_> {
+    fn drop(&mut self) {
+        self.ep.refund_credit(self.sid, self.shared);
     }
 }
 

@@ -338,3 +338,31 @@ async fn destroy_reasons_are_not_passed_on() {
     };
     timeout(TEST_LIMIT, run).await.expect("test timed out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_on_a_circuit_id_in_use_ends_that_circuit() {
+    let relay = node(false, false).await;
+    let run = async {
+        let mut raw = RawLink::connect(&relay.spec).await;
+        let c = raw.create_ok(&relay.spec).await;
+        let link = || {
+            relay
+                .core
+                .links()
+                .into_iter()
+                .find(|l| l.circuit_count() > 0)
+        };
+        assert!(link().is_some(), "the relay holds the circuit");
+        // A second CREATE under the same id: the relay does not answer it
+        // with a handshake, and does not keep the first circuit either
+        // (its creator just broke it).
+        let (_hs, msg) = ClientHandshake::start(&relay.spec.onion_key).unwrap();
+        raw.send(&Cell::handshake(c.circ, CellCommand::Create, &msg).unwrap())
+            .await;
+        let reply = raw.recv_for(c.circ).await.expect("no answer");
+        assert_eq!(reply.command(), Ok(CellCommand::Destroy));
+        assert_eq!(reply.destroy_reason(), DestroyReason::Protocol);
+        assert!(link().is_none(), "the broken circuit is gone");
+    };
+    timeout(TEST_LIMIT, run).await.expect("test timed out");
+}

@@ -211,12 +211,21 @@ async fn relays_refuse_to_extend_to_private_addresses_by_default() {
     let next = node(true, true).await;
     let path = [strict.spec.clone(), next.spec.clone()];
     let err = client.core.build_circuit(&path).await.unwrap_err();
+    // A refusal by policy, not a protocol violation by the client.
     assert!(
         matches!(
             err,
-            ProtoError::Circuit(CircuitError::Destroyed(DestroyReason::Protocol))
+            ProtoError::Circuit(CircuitError::Destroyed(DestroyReason::ExtendFailed))
         ),
         "{err}"
+    );
+    assert_eq!(
+        strict
+            .core
+            .stats
+            .cells_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
     );
     // A one-hop circuit to the strict relay still works.
     assert!(client
