@@ -17,6 +17,7 @@ use veilnet_cell::{
     Cell, CellCommand, DestroyReason, EndReason, RelayMsg, TargetAddr, CELL_LEN, MAX_HOPS,
 };
 use veilnet_crypto::circuit::{ClientHandshake, OnionKeypair};
+use veilnet_crypto::onion::RelayBackward;
 use veilnet_proto::ProtoError;
 
 /// Every test gives up after this long rather than hang.
@@ -173,19 +174,7 @@ async fn relay_early_toward_the_client_closes_the_circuit() {
         let (answer, (mut f_link, f_circ, mut back)) =
             tokio::join!(raw.extend(&mut c, &f.spec, CellCommand::RelayEarly), fake);
         assert_eq!(answer, Answer::Grew);
-        let mut cell = Cell::new(f_circ, CellCommand::RelayEarly);
-        veilnet_cell::encode_relay(
-            cell.relay_payload_mut(),
-            veilnet_cell::StreamId(0),
-            &RelayMsg::Drop,
-        )
-        .unwrap();
-        back.originate(
-            cell.body_mut(),
-            CellCommand::Relay,
-            std::time::Instant::now(),
-        )
-        .unwrap();
+        let cell = early_backward_drop(f_circ, &mut back);
         f_link.send(&cell).await;
         let to_client = raw.recv_for(c.circ).await.map(|c| c.command().unwrap());
         assert_eq!(
@@ -205,19 +194,7 @@ async fn relay_early_toward_the_client_closes_the_circuit() {
         let mut g_link = g.accept().await;
         let (g_circ, mut back) = g.answer_create(&mut g_link).await;
         let circuit = build.await.unwrap().expect("one-hop circuit built");
-        let mut cell = Cell::new(g_circ, CellCommand::RelayEarly);
-        veilnet_cell::encode_relay(
-            cell.relay_payload_mut(),
-            veilnet_cell::StreamId(0),
-            &RelayMsg::Drop,
-        )
-        .unwrap();
-        back.originate(
-            cell.body_mut(),
-            CellCommand::Relay,
-            std::time::Instant::now(),
-        )
-        .unwrap();
+        let cell = early_backward_drop(g_circ, &mut back);
         g_link.send(&cell).await;
         let reply = g_link.recv_for(g_circ).await.map(|c| c.destroy_reason());
         assert_eq!(
@@ -365,4 +342,23 @@ async fn create_on_a_circuit_id_in_use_ends_that_circuit() {
         assert!(link().is_none(), "the broken circuit is gone");
     };
     timeout(TEST_LIMIT, run).await.expect("test timed out");
+}
+
+/// A DROP that a (fake) relay originates toward the client in a
+/// RELAY_EARLY cell, its layer added by `back`.
+fn early_backward_drop(circ: veilnet_cell::CircId, back: &mut RelayBackward) -> Cell {
+    let mut cell = Cell::new(circ, CellCommand::RelayEarly);
+    veilnet_cell::encode_relay(
+        cell.relay_payload_mut(),
+        veilnet_cell::StreamId(0),
+        &RelayMsg::Drop,
+    )
+    .unwrap();
+    back.originate(
+        cell.body_mut(),
+        CellCommand::RelayEarly,
+        std::time::Instant::now(),
+    )
+    .unwrap();
+    cell
 }

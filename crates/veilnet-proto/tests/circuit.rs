@@ -18,23 +18,12 @@ async fn three_hop_echo_and_half_close() {
     assert_eq!(circuit.hops().len(), 3);
     let echo = echo_server().await;
 
-    let mut app = through(&circuit, TargetAddr::Ip(echo)).await;
+    let app = through(&circuit, TargetAddr::Ip(echo)).await;
     let data: Vec<u8> = (0..3_000_000u32)
         .map(|i| (i * 7 + i / 1000) as u8)
         .collect();
-    let (mut r, mut w) = app.split();
-    let send = async {
-        w.write_all(&data).await.unwrap();
-        w.shutdown().await.unwrap(); // half-close: the echo still answers
-    };
-    let mut got = Vec::new();
-    let recv = async {
-        tokio::time::timeout(Duration::from_secs(30), r.read_to_end(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
-    };
-    tokio::join!(send, recv);
+    // Half-closed after the data: the echo still answers.
+    let got = common::echo_round_trip(app, &data, Duration::from_secs(30)).await;
     assert_eq!(got.len(), data.len());
     assert!(got == data);
     assert!(

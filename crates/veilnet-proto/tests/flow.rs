@@ -7,7 +7,6 @@ mod common;
 use std::time::Duration;
 
 use common::{echo_server, node_opts, through, Opts};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use veilnet_cell::TargetAddr;
 use veilnet_proto::{FlowParams, Limits};
 
@@ -40,19 +39,8 @@ async fn tiny_windows_carry_several_streams_byte_exact() {
     for k in 0..3u32 {
         let app = through(&circuit, TargetAddr::Ip(echo)).await;
         tasks.push(tokio::spawn(async move {
-            let mut app = app;
             let data: Vec<u8> = (0..600_000u32).map(|i| (i * 31 + k) as u8).collect();
-            let (mut r, mut w) = app.split();
-            let send = async {
-                w.write_all(&data).await.unwrap();
-                w.shutdown().await.unwrap();
-            };
-            let mut got = Vec::new();
-            let recv = async {
-                r.read_to_end(&mut got).await.unwrap();
-            };
-            tokio::join!(send, recv);
-            got == data
+            common::echo_round_trip(app, &data, Duration::from_secs(60)).await == data
         }));
     }
     for t in tasks {

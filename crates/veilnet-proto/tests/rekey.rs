@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{echo_server, node_opts, through, Opts};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use veilnet_cell::TargetAddr;
 use veilnet_crypto::link::RECORD_KEY_UPDATE;
 use veilnet_crypto::rekey::MIN_USES_PER_KEY;
@@ -55,23 +54,11 @@ async fn link_and_layers_rekey() {
     let circuit = client.core.build_circuit(&path).await.unwrap();
     let echo = echo_server().await;
 
-    let mut app = through(&circuit, TargetAddr::Ip(echo)).await;
+    let app = through(&circuit, TargetAddr::Ip(echo)).await;
     let data: Vec<u8> = (0..8_000_000u32)
         .map(|i| (i * 13 + i / 977) as u8)
         .collect();
-    let (mut r, mut w) = app.split();
-    let send = async {
-        w.write_all(&data).await.unwrap();
-        w.shutdown().await.unwrap();
-    };
-    let mut got = Vec::new();
-    let recv = async {
-        tokio::time::timeout(Duration::from_secs(60), r.read_to_end(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
-    };
-    tokio::join!(send, recv);
+    let got = common::echo_round_trip(app, &data, Duration::from_secs(60)).await;
     assert_eq!(got.len(), data.len());
     assert!(got == data, "the echo differs from what was sent");
 

@@ -7,7 +7,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, LazyLock, RwLock};
 
 use libp2p_identity::{Keypair, PeerId};
-use tokio::io::AsyncWriteExt;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use veilnet_cell::TargetAddr;
 use veilnet_crypto::circuit::OnionKeypair;
@@ -139,6 +141,25 @@ pub async fn echo_server() -> std::net::SocketAddr {
         }
     });
     addr
+}
+
+/// Writes `data` into `app`, half-closes it and reads everything the other
+/// end sends back (an echo answers after the half-close), within `limit`.
+pub async fn echo_round_trip(mut app: TcpStream, data: &[u8], limit: Duration) -> Vec<u8> {
+    let (mut r, mut w) = app.split();
+    let send = async {
+        w.write_all(data).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut got = Vec::new();
+    let recv = async {
+        tokio::time::timeout(limit, r.read_to_end(&mut got))
+            .await
+            .expect("the echo did not end in time")
+            .unwrap();
+    };
+    tokio::join!(send, recv);
+    got
 }
 
 /// Opens a stream to `target` and returns the application's end of it.
