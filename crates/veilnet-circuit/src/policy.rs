@@ -121,26 +121,28 @@ pub trait RelayPolicy: Send + Sync {
     fn admit_connect(&self, req: &ConnectRequest<'_>) -> Result<(), Refusal>;
 }
 
-/// What the one-hop rule needs from the node's directory.
+/// What the one-hop rule and the EXTEND rule need from the node's
+/// directory.
 pub trait KnownRelays: Send + Sync {
-    /// Whether `peer` is a relay listed in this node's directory.
-    fn is_relay(&self, peer: &PeerId) -> bool;
+    /// Whether `peer` is a relay listed in this node's directory; with
+    /// `link_addr`, also whether its descriptor lists that link address.
+    fn is_relay(&self, peer: &PeerId, link_addr: Option<&SocketAddr>) -> bool;
 }
 
-impl<F: Fn(&PeerId) -> bool + Send + Sync> KnownRelays for F {
-    fn is_relay(&self, peer: &PeerId) -> bool {
-        self(peer)
+impl<F: Fn(&PeerId, Option<&SocketAddr>) -> bool + Send + Sync> KnownRelays for F {
+    fn is_relay(&self, peer: &PeerId, link_addr: Option<&SocketAddr>) -> bool {
+        self(peer, link_addr)
     }
 }
 
 /// The policy every node runs.
 ///
 /// * CREATE: always admitted (the engine has checked the link and our role).
-/// * EXTEND: refused to peers that are not relays in our directory, to
-///   private, loopback and link-local addresses unless
-///   `allow_private_links`, and to our own public addresses, so nobody can
-///   use us to probe our own host or network. (Not yet checked: that the
-///   address is the one in the relay's descriptor.)
+/// * EXTEND: refused unless the peer is a relay in our directory and the
+///   address one its descriptor lists; refused to private, loopback and
+///   link-local addresses unless `allow_private_links`, and to our own
+///   public addresses, so nobody can use us to probe our own host or
+///   network, or any other.
 /// * BEGIN: refused unless we are an exit; refused on one-hop circuits
 ///   unless `exit.danger_allow_one_hop_exits`; a name on a port the exit policy
 ///   refuses for every address is refused before it is resolved.
@@ -202,7 +204,10 @@ impl RelayPolicy for DefaultRelayPolicy {
         {
             return Err(Refusal::OwnAddress);
         }
-        if !self.relays.is_relay(&req.next_peer) {
+        // Only to a relay we know, at an address its descriptor lists: a
+        // known relay's id with any other address must not make us connect
+        // there (a port scan or connect flood through us).
+        if !self.relays.is_relay(&req.next_peer, Some(&req.next_addr)) {
             return Err(Refusal::UnknownRelay);
         }
         Ok(())
@@ -210,7 +215,7 @@ impl RelayPolicy for DefaultRelayPolicy {
 
     fn admit_begin(&self, req: &BeginRequest<'_>) -> Result<(), Refusal> {
         let exit = self.exit()?;
-        if !exit.danger_allow_one_hop_exits && !self.relays.is_relay(&req.prev_peer) {
+        if !exit.danger_allow_one_hop_exits && !self.relays.is_relay(&req.prev_peer, None) {
             return Err(Refusal::OneHop);
         }
         if let TargetAddr::Domain(_, port) = req.target {
@@ -257,7 +262,7 @@ mod tests {
         DefaultRelayPolicy {
             allow_private_links: false,
             exit: Some(exit),
-            relays: Arc::new(move |p: &PeerId| *p == relay),
+            relays: Arc::new(move |p: &PeerId, _: Option<&SocketAddr>| *p == relay),
         }
     }
 
@@ -351,7 +356,9 @@ mod tests {
         let p = exit_policy(relay, one_hop);
         assert_eq!(begin(&p, client), Ok(()));
         // A non-exit refuses every stream.
-        let p = DefaultRelayPolicy::new(Arc::new(move |p: &PeerId| *p == relay));
+        let p = DefaultRelayPolicy::new(Arc::new(move |p: &PeerId, _: Option<&SocketAddr>| {
+            *p == relay
+        }));
         assert_eq!(begin(&p, relay), Err(Refusal::NotExit));
     }
 
@@ -394,7 +401,7 @@ mod tests {
 
     #[test]
     fn extends_to_private_addresses_are_refused_unless_allowed() {
-        let mut p = DefaultRelayPolicy::new(Arc::new(|_: &PeerId| true));
+        let mut p = DefaultRelayPolicy::new(Arc::new(|_: &PeerId, _: Option<&SocketAddr>| true));
         let req = |to: &str| ExtendRequest {
             prev_peer: peer(),
             next_peer: peer(),
@@ -411,8 +418,23 @@ mod tests {
         assert_eq!(p.admit_extend(&req("203.0.113.9:9201")), Ok(()));
         p.allow_private_links = true;
         assert_eq!(p.admit_extend(&req("127.0.0.1:9201")), Ok(()));
-        // Only to relays we know.
-        let stranger = DefaultRelayPolicy::new(Arc::new(|_: &PeerId| false));
+        // Only to relays we know, at an address their descriptor lists.
+        let listed: SocketAddr = addr("203.0.113.9:9201");
+        let known_at =
+            DefaultRelayPolicy::new(Arc::new(move |_: &PeerId, at: Option<&SocketAddr>| {
+                at.is_none_or(|a| *a == listed)
+            }));
+        assert_eq!(known_at.admit_extend(&req("203.0.113.9:9201")), Ok(()));
+        assert_eq!(
+            known_at.admit_extend(&req("203.0.113.9:22")),
+            Err(Refusal::UnknownRelay)
+        );
+        assert_eq!(
+            known_at.admit_extend(&req("198.51.100.1:9201")),
+            Err(Refusal::UnknownRelay)
+        );
+        let stranger =
+            DefaultRelayPolicy::new(Arc::new(|_: &PeerId, _: Option<&SocketAddr>| false));
         assert_eq!(
             stranger.admit_extend(&req("203.0.113.9:9201")),
             Err(Refusal::UnknownRelay)

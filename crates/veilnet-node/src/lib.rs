@@ -158,11 +158,16 @@ impl Node {
             ..config.exit.clone()
         });
         let directory = Arc::new(Mutex::new(Directory::new(peer_id)));
-        // The one-hop rule: a circuit whose CREATE came from a peer that is
-        // not a relay in our directory came straight from its client.
+        // The one-hop rule (a circuit whose CREATE came from a peer that is
+        // not a relay in our directory came straight from its client) and
+        // the EXTEND rule (only to a relay, at an address it publishes).
         let relays = {
             let dir = directory.clone();
-            move |peer: &PeerId| lock(&dir).get(peer).is_some_and(|d| d.roles.relay)
+            move |peer: &PeerId, link_addr: Option<&SocketAddr>| {
+                lock(&dir).get(peer).is_some_and(|d| {
+                    d.roles.relay && link_addr.is_none_or(|a| d.link_addrs.contains(a))
+                })
+            }
         };
         let mut policy = DefaultRelayPolicy::new(Arc::new(relays));
         policy.allow_private_links = config.node.danger_allow_private_links;

@@ -362,3 +362,33 @@ fn early_backward_drop(circ: veilnet_cell::CircId, back: &mut RelayBackward) -> 
     .unwrap();
     cell
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extend_goes_only_to_an_address_the_relay_publishes() {
+    // A client names a known relay but another address: the relay must not
+    // connect there (it would be a port scanner or a connect flood for
+    // whoever asks).
+    let a = node(false, false).await;
+    let b = node(false, false).await;
+    let bystander = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let run = async {
+        let mut raw = RawLink::connect(&a.spec).await;
+        let mut c = raw.create_ok(&a.spec).await;
+        let mut elsewhere = b.spec.clone();
+        elsewhere.addr = bystander.local_addr().unwrap();
+        let answer = raw
+            .extend(&mut c, &elsewhere, CellCommand::RelayEarly)
+            .await;
+        assert_eq!(answer, Answer::Destroyed(DestroyReason::ExtendFailed));
+        // At the published address the same relay is reachable.
+        let mut c = raw.create_ok(&a.spec).await;
+        let answer = raw.extend(&mut c, &b.spec, CellCommand::RelayEarly).await;
+        assert_eq!(answer, Answer::Grew);
+    };
+    timeout(TEST_LIMIT, run).await.expect("test timed out");
+    let knocked = timeout(Duration::from_millis(200), bystander.accept()).await;
+    assert!(
+        knocked.is_err(),
+        "the relay connected to an unlisted address"
+    );
+}

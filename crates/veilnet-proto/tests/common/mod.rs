@@ -3,7 +3,8 @@
 
 pub mod raw;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock, RwLock};
 
 use libp2p_identity::{Keypair, PeerId};
@@ -20,16 +21,23 @@ use veilnet_proto::{
 };
 
 /// The directory every test node shares: each node registers itself (they
-/// are all relays), so exits know the middles that extend to them.
-static RELAYS: LazyLock<RwLock<HashSet<PeerId>>> = LazyLock::new(Default::default);
+/// are all relays) with its link address, so exits know the middles that
+/// extend to them and relays extend only to listed addresses.
+static RELAYS: LazyLock<RwLock<HashMap<PeerId, SocketAddr>>> = LazyLock::new(Default::default);
 
-/// Puts `peer` in the shared directory (fake relays of the raw tests).
-pub fn register_relay(peer: PeerId) {
-    RELAYS.write().unwrap().insert(peer);
+/// Puts `peer`, listening at `addr`, in the shared directory.
+pub fn register_relay(peer: PeerId, addr: SocketAddr) {
+    RELAYS.write().unwrap().insert(peer, addr);
 }
 
 pub fn known_relays() -> Arc<dyn KnownRelays> {
-    Arc::new(|p: &PeerId| RELAYS.read().unwrap().contains(p))
+    Arc::new(|p: &PeerId, at: Option<&SocketAddr>| {
+        RELAYS
+            .read()
+            .unwrap()
+            .get(p)
+            .is_some_and(|listed| at.is_none_or(|a| a == listed))
+    })
 }
 
 pub struct Node {
@@ -99,8 +107,10 @@ pub async fn node_opts(opts: Opts) -> Node {
         exit.danger_allow_one_hop_exits = opts.one_hop_exits;
         exit
     });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     if opts.relay {
-        register_relay(identity.public().to_peer_id());
+        register_relay(identity.public().to_peer_id(), addr);
     }
     let core = Core::new(CoreConfig {
         identity,
@@ -112,8 +122,6 @@ pub async fn node_opts(opts: Opts) -> Node {
         tap: opts.tap,
     })
     .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     tokio::spawn(core.clone().serve(listener));
     Node {
         onion: onion_copy,

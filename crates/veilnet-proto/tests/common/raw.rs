@@ -340,7 +340,7 @@ impl FakeRelay {
             link_key: LinkKey::derive(&identity).unwrap().public,
         };
         // Real relays extend only to relays in their directory.
-        super::register_relay(spec.peer);
+        super::register_relay(spec.peer, spec.addr);
         FakeRelay {
             identity,
             onion,
