@@ -8,7 +8,7 @@ use libp2p_identity::PeerId;
 use tokio::sync::mpsc;
 use tracing::debug;
 use veilnet_cell::{Cell, CircId, DestroyReason, TargetAddr};
-use veilnet_circuit::{CircuitBuilder, HopSpec, Step};
+use veilnet_circuit::{CircuitBuilder, HopSpec, PeerMisbehaved, Step};
 use veilnet_crypto::onion::{ClientBackward, ClientLayers};
 
 use crate::core::{Core, Stats};
@@ -257,10 +257,11 @@ pub(crate) struct ClientRx {
 
 impl ClientRx {
     /// Removes every layer from an incoming RELAY cell, verifying each tag.
-    pub(crate) fn decrypt(&self, cell: &mut Cell) -> Result<(), ProtoError> {
+    pub(crate) fn decrypt(&self, cell: &mut Cell) -> Result<(), PeerMisbehaved> {
         let mut layers = self.layers.lock().unwrap_or_else(|e| e.into_inner());
         let command = cell.command()?;
-        layers.decrypt(cell.body_mut(), command)?;
-        Ok(())
+        layers
+            .decrypt(cell.body_mut(), command)
+            .map_err(PeerMisbehaved::BadLayer)
     }
 }

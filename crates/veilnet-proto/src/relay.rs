@@ -20,7 +20,7 @@ use crate::core::Core;
 use crate::link::Link;
 use crate::stream::{CircuitTx, Endpoint};
 use crate::ProtoError;
-use veilnet_circuit::error::{ErrorKind, HasKind};
+use veilnet_circuit::error::{ErrorKind, HasKind, PeerMisbehaved};
 use veilnet_circuit::policy::CreateRequest;
 
 /// What a link knows about one of its circuit ids.
@@ -89,7 +89,8 @@ enum Act {
     ClientLocal(Arc<ClientRx>, Cell),
     /// We are the last hop; the flag says whether the cell came as RELAY_EARLY.
     Local(Arc<BackSender>, Cell, bool),
-    Kill(DestroyReason, String),
+    /// The peer broke the protocol: destroy the circuit.
+    Kill(DestroyReason, PeerMisbehaved),
     Ignore(&'static str),
 }
 
@@ -271,12 +272,9 @@ impl Core {
                 // Early cells only travel away from the client (Tor's rule).
                 Some(
                     CircEntry::Backward { .. } | CircEntry::Client(_) | CircEntry::ClientOpen(_),
-                ) if early => Act::Kill(
-                    DestroyReason::Protocol,
-                    "RELAY_EARLY toward the client".into(),
-                ),
+                ) if early => Act::Kill(DestroyReason::Protocol, PeerMisbehaved::EarlyCellBackward),
                 Some(CircEntry::Forward(fwd)) => match fwd.hop.handle_relay(&mut cell, early) {
-                    Err(e) => Act::Kill(DestroyReason::Protocol, e.to_string()),
+                    Err(e) => Act::Kill(DestroyReason::Protocol, e),
                     // Forwarded with its command: still RELAY_EARLY if it came so.
                     Ok(Forward::Pass(next, next_circ)) => {
                         cell.set_circ_id(next_circ);
@@ -288,10 +286,10 @@ impl Core {
                 Some(CircEntry::Client(tx)) => Act::Client(tx.clone(), cell),
                 Some(CircEntry::ClientOpen(rx)) => match rx.decrypt(&mut cell) {
                     Ok(()) => Act::ClientLocal(rx.clone(), cell),
-                    Err(e) => Act::Kill(DestroyReason::Protocol, format!("refusing a cell: {e}")),
+                    Err(e) => Act::Kill(DestroyReason::Protocol, e),
                 },
                 Some(CircEntry::Pending(_)) => {
-                    Act::Kill(DestroyReason::Protocol, "RELAY before CREATED".into())
+                    Act::Kill(DestroyReason::Protocol, PeerMisbehaved::RelayBeforeCreated)
                 }
             }
         };
