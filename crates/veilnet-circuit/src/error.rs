@@ -108,6 +108,9 @@ pub enum CircuitError {
     /// Our admission policy declined the request.
     #[error("refused: {0}")]
     Refused(crate::policy::Refusal),
+    /// The circuit is closed.
+    #[error("circuit closed")]
+    Closed,
     /// An operation in a state where it cannot happen: a bug.
     #[error("bug: {0}")]
     Bug(&'static str),
@@ -123,7 +126,7 @@ impl HasKind for CircuitError {
     fn kind(&self) -> ErrorKind {
         match self {
             Self::PeerMisbehaved(_) => ErrorKind::PeerMisbehaved,
-            Self::Destroyed(_) => ErrorKind::Transient,
+            Self::Destroyed(_) | Self::Closed => ErrorKind::Transient,
             Self::Invalid(_) => ErrorKind::BadConfig,
             Self::Crypto(_) | Self::Limit(_) => ErrorKind::LocalResource,
             Self::Refused(_) => ErrorKind::Refused,

@@ -108,8 +108,13 @@ impl<N, E> RelayHop<N, E> {
         self.endpoint.as_ref()
     }
 
+    /// The stream endpoint at this hop, if a stream message created it.
+    pub fn endpoint_mut(&mut self) -> Option<&mut E> {
+        self.endpoint.as_mut()
+    }
+
     /// The stream endpoint at this hop, created by `make` on first use.
-    pub fn endpoint_or_insert_with(&mut self, make: impl FnOnce() -> E) -> &E {
+    pub fn endpoint_or_insert_with(&mut self, make: impl FnOnce() -> E) -> &mut E {
         self.endpoint.get_or_insert_with(make)
     }
 

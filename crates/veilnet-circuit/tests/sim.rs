@@ -1,13 +1,15 @@
 //! A deterministic test network: relays and a client in one process, on a
 //! simulated clock, over simulated links with per-link latency drawn from a
 //! seed. It drives the crate's state machines ([`CircuitBuilder`],
-//! [`RelayHop`]) and the onion crypto exactly as the engine does; the
-//! per-link circuit tables and DESTROY propagation here are the test
-//! network's own (the engine has its own, over real links).
+//! [`RelayHop`], [`Streams`]) and the onion crypto exactly as the engine
+//! does; the per-link circuit tables and DESTROY propagation here are the
+//! test network's own (the engine has its own, over real links). The exit's
+//! "targets" are in-process echo services, and the client's applications
+//! read at once unless a test holds them back.
 #![allow(clippy::unwrap_used)]
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -15,15 +17,20 @@ use libp2p_identity::{Keypair, PeerId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use veilnet_cell::{
-    decode_relay, encode_relay, Cell, CellCommand, CircId, DestroyReason, RelayMsg, StreamId,
+    decode_relay, encode_relay, Cell, CellCommand, CircId, DestroyReason, EndReason, RelayMsg,
+    StreamId, TargetAddr, RELAY_DATA_MAX,
 };
 use veilnet_circuit::policy::{
     BeginRequest, ConnectRequest, CreateRequest, ExtendRequest, Refusal, RelayPolicy,
 };
 use veilnet_circuit::relay::{Forward, Local, NextHop, RelayHop};
-use veilnet_circuit::{CircuitBuilder, CircuitError, HopSpec, Step};
+use veilnet_circuit::PeerMisbehaved;
+use veilnet_circuit::{
+    CircuitBuilder, CircuitError, Credit, Event, FlowParams, HopSpec, Role, Step, StreamHandle,
+    Streams,
+};
 use veilnet_crypto::circuit::{relay_handshake, OnionKeypair};
-use veilnet_crypto::onion::{relay_layers, RelayBackward, NO_REKEY};
+use veilnet_crypto::onion::{relay_layers, ClientBackward, ClientForward, RelayBackward, NO_REKEY};
 
 /// Admits everything: the sim tests mechanism, not policy.
 struct Open;
@@ -45,11 +52,52 @@ impl RelayPolicy for Open {
 type NodeId = usize;
 type LinkId = usize;
 
+/// When an exit's echo service answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Echo {
+    /// Each byte as it arrives.
+    AtOnce,
+    /// Only once the client has finished sending (a server that reads its
+    /// whole request first).
+    AfterEof,
+}
+
+/// The exit side of one stream: an echo service.
+struct ExitApp {
+    backlog: VecDeque<u8>,
+    /// The client sent END(Done).
+    peer_done: bool,
+    /// Bytes echoed before the client's END(Done) arrived.
+    sent_before_eof: usize,
+}
+
+/// The client side of one stream: what it sends and what it got.
+#[derive(Default)]
+struct ClientApp {
+    to_send: VecDeque<u8>,
+    /// Send END(Done) once `to_send` is empty.
+    finish: bool,
+    finished: bool,
+    received: Vec<u8>,
+    /// DATA cells received but not yet read by the application.
+    unread: u32,
+    connected: bool,
+    peer_done: bool,
+}
+
+/// The client's built circuit.
+struct ClientCirc {
+    hops: usize,
+    fwd: ClientForward,
+    bwd: ClientBackward,
+    streams: Streams<ClientApp>,
+}
+
 /// What one relay knows about one circuit id on one of its links.
 enum Entry {
     /// Cells here travel away from the client.
     Forward {
-        hop: Box<RelayHop<LinkId, ()>>,
+        hop: Box<RelayHop<LinkId, Streams<ExitApp>>>,
         back: Box<RelayBackward>,
     },
     /// Cells here come from the next hop; the circuit's forward entry is
@@ -100,7 +148,7 @@ impl Ord for Delivery {
 /// The client's one circuit.
 enum ClientState {
     Building(Box<CircuitBuilder>),
-    Built(usize),
+    Built(Box<ClientCirc>),
     Failed(#[allow(dead_code)] CircuitError),
 }
 
@@ -119,6 +167,15 @@ struct Sim {
     /// Why the client's circuit died after it was built, if it did.
     client_destroyed: Option<DestroyReason>,
     next_circ: u32,
+    /// Flow parameters of every circuit end.
+    flow: FlowParams,
+    echo: Echo,
+    /// Whether client applications read what arrives at once.
+    client_reads: bool,
+    /// Client streams that ended: id, reason, and the application's record.
+    client_ended: Vec<(StreamId, EndReason, ClientApp)>,
+    /// Why the client's circuit failed after it was built, if it did.
+    client_error: Option<CircuitError>,
 }
 
 impl Sim {
@@ -144,6 +201,11 @@ impl Sim {
             client: None,
             client_destroyed: None,
             next_circ: 1,
+            flow: FlowParams::default(),
+            echo: Echo::AtOnce,
+            client_reads: true,
+            client_ended: Vec::new(),
+            client_error: None,
         }
     }
 
@@ -247,17 +309,147 @@ impl Sim {
                 Ok(Step::IgnoredUnknown(_)) => self.client = Some(ClientState::Building(b)),
                 Ok(Step::Done) => {
                     let hops = b.hops_built();
-                    b.finish().unwrap();
-                    self.client = Some(ClientState::Built(hops));
+                    let (fwd, bwd) = b.finish().unwrap().split();
+                    self.client = Some(ClientState::Built(Box::new(ClientCirc {
+                        hops,
+                        fwd,
+                        bwd,
+                        streams: Streams::new(Role::Client, self.flow, 64),
+                    })));
                 }
                 Err(e) => self.client = Some(ClientState::Failed(e)),
             },
+            Some(ClientState::Built(mut c)) => {
+                if cmd == CellCommand::Destroy {
+                    self.client_destroyed = Some(cell.destroy_reason());
+                    for (h, reason_app) in c.streams.close() {
+                        self.client_ended
+                            .push((h.sid(), EndReason::Destroyed, reason_app));
+                    }
+                    self.client = Some(ClientState::Built(c));
+                    return;
+                }
+                let result = c
+                    .bwd
+                    .decrypt(cell.body_mut(), cmd)
+                    .map_err(|e| CircuitError::from(PeerMisbehaved::BadLayer(e)))
+                    .and_then(|()| self.client_message(&mut c, &cell));
+                self.client = Some(ClientState::Built(c));
+                match result {
+                    Ok(()) => self.client_pump(),
+                    Err(e) => {
+                        self.client_error = Some(e);
+                        self.client_destroy();
+                    }
+                }
+            }
             other => {
                 if cmd == CellCommand::Destroy {
                     self.client_destroyed = Some(cell.destroy_reason());
                 }
                 self.client = other;
             }
+        }
+    }
+
+    /// A relay message for the client's streams.
+    fn client_message(&mut self, c: &mut ClientCirc, cell: &Cell) -> Result<(), CircuitError> {
+        let (sid, msg) = decode_relay(cell.relay_payload()).map_err(PeerMisbehaved::from)?;
+        match c.streams.handle(sid, &msg)? {
+            Some(Event::Deliver(h)) => {
+                let RelayMsg::Data(d) = msg else {
+                    unreachable!("only DATA is delivered")
+                };
+                let app = c.streams.app_mut(h).unwrap();
+                app.received.extend_from_slice(d);
+                app.unread += 1;
+                if self.client_reads {
+                    let n = std::mem::take(&mut app.unread);
+                    c.streams.delivered(Some(h), n);
+                }
+            }
+            Some(Event::Connected(h)) => c.streams.app_mut(h).unwrap().connected = true,
+            Some(Event::PeerFinished(h)) => c.streams.app_mut(h).unwrap().peer_done = true,
+            Some(Event::Ended(h, reason, app)) => {
+                // What the application had not read yet is handed over
+                // with the ending; its circuit credit comes back.
+                c.streams.delivered(None, app.unread);
+                self.client_ended.push((h.sid(), reason, app));
+            }
+            Some(Event::Begin(..)) => unreachable!("the client refuses BEGIN"),
+            Some(Event::CircuitCredit | Event::StreamCredit(_)) | None => {}
+        }
+        Ok(())
+    }
+
+    fn client_circ(&mut self) -> &mut ClientCirc {
+        match &mut self.client {
+            Some(ClientState::Built(c)) => c,
+            _ => panic!("the client's circuit is not built"),
+        }
+    }
+
+    /// Opens a stream that sends `data` (then END(Done) if `finish`).
+    fn client_open(&mut self, data: &[u8], finish: bool) -> StreamHandle {
+        let app = ClientApp {
+            to_send: data.iter().copied().collect(),
+            finish,
+            ..ClientApp::default()
+        };
+        let target = TargetAddr::Domain("echo.test".into(), 7);
+        let h = self.client_circ().streams.open(target, app).unwrap();
+        self.client_pump();
+        h
+    }
+
+    /// The client's applications read everything that arrived.
+    fn client_read_all(&mut self) {
+        let c = self.client_circ();
+        let handles: Vec<StreamHandle> = c.streams.handles().collect();
+        for h in handles {
+            let n = std::mem::take(&mut c.streams.app_mut(h).unwrap().unread);
+            c.streams.delivered(Some(h), n);
+        }
+        self.client_pump();
+    }
+
+    /// Sends what the client may: queued messages, then DATA while credit
+    /// lasts, then END(Done) where a stream has sent everything.
+    fn client_pump(&mut self) {
+        let now = self.base + self.now;
+        let circ = self.client_circ;
+        let Some(ClientState::Built(c)) = &mut self.client else {
+            return;
+        };
+        let mut cells = transmits(&mut c.streams, circ);
+        let handles: Vec<StreamHandle> = c.streams.handles().collect();
+        for h in handles {
+            let connected = c.streams.app(h).is_some_and(|a| a.connected);
+            while connected && !c.streams.app(h).unwrap().to_send.is_empty() {
+                if c.streams.try_take_credit(h) != Credit::Taken {
+                    break;
+                }
+                let app = c.streams.app_mut(h).unwrap();
+                let n = app.to_send.len().min(RELAY_DATA_MAX);
+                let chunk: Vec<u8> = app.to_send.drain(..n).collect();
+                cells.push(data_cell(circ, h.sid(), &chunk));
+            }
+            let app = c.streams.app_mut(h).unwrap();
+            if connected && app.finish && !app.finished && app.to_send.is_empty() {
+                app.finished = true;
+                if let Some(app) = c.streams.finish(h) {
+                    self.client_ended.push((h.sid(), EndReason::Done, app));
+                }
+            }
+        }
+        cells.extend(transmits(&mut c.streams, circ));
+        for cell in &mut cells {
+            let cmd = cell.command().unwrap();
+            c.fwd.encrypt(cell.body_mut(), cmd, now).unwrap();
+        }
+        let (link, me) = (self.client_link.unwrap(), self.client_id());
+        for cell in cells {
+            self.send(link, me, circ, cell);
         }
     }
 
@@ -369,9 +561,131 @@ impl Sim {
                 let create = Cell::handshake(next_circ, CellCommand::Create, &handshake).unwrap();
                 self.send(next_link, me, next_circ, create);
             }
-            Ok(_) => {}
+            Ok(Local::Stream) => {
+                let flow = self.flow;
+                let streams = hop.endpoint_or_insert_with(|| Streams::new(Role::Exit, flow, 64));
+                let event = match streams.handle(sid, &msg) {
+                    Ok(event) => event,
+                    Err(_) => {
+                        self.teardown(me, link, circ, DestroyReason::Protocol, true);
+                        return;
+                    }
+                };
+                match event {
+                    // The echo service "connects" at once.
+                    Some(Event::Begin(sid, _)) => {
+                        let app = ExitApp {
+                            backlog: VecDeque::new(),
+                            peer_done: false,
+                            sent_before_eof: 0,
+                        };
+                        if let Ok(h) = streams.accept(sid, app) {
+                            assert!(streams.connected(h));
+                        }
+                    }
+                    Some(Event::Deliver(h)) => {
+                        let RelayMsg::Data(d) = msg else {
+                            unreachable!("only DATA is delivered")
+                        };
+                        streams.app_mut(h).unwrap().backlog.extend(d);
+                        // The echo service reads at once.
+                        streams.delivered(Some(h), 1);
+                    }
+                    Some(Event::PeerFinished(h)) => streams.app_mut(h).unwrap().peer_done = true,
+                    _ => {}
+                }
+                self.exit_pump(me, link, circ);
+            }
+            Ok(Local::Nothing) => {}
             Err(_) => self.teardown(me, link, circ, DestroyReason::Protocol, true),
         }
+    }
+
+    /// Relay `me`'s echo services send what they may on circuit `circ`.
+    fn exit_pump(&mut self, me: NodeId, link: LinkId, circ: CircId) {
+        let now = self.base + self.now;
+        let echo = self.echo;
+        let Some(Entry::Forward { hop, back }) = self.relays[me].table.get_mut(&(link, circ))
+        else {
+            return;
+        };
+        let Some(streams) = hop.endpoint_mut() else {
+            return;
+        };
+        let mut cells = transmits(streams, circ);
+        let handles: Vec<StreamHandle> = streams.handles().collect();
+        for h in handles {
+            let app = streams.app(h).unwrap();
+            let answering = echo == Echo::AtOnce || app.peer_done;
+            while answering && !streams.app(h).unwrap().backlog.is_empty() {
+                if streams.try_take_credit(h) != Credit::Taken {
+                    break;
+                }
+                let app = streams.app_mut(h).unwrap();
+                let n = app.backlog.len().min(RELAY_DATA_MAX);
+                let chunk: Vec<u8> = app.backlog.drain(..n).collect();
+                if !app.peer_done {
+                    app.sent_before_eof += n;
+                }
+                cells.push(data_cell(circ, h.sid(), &chunk));
+            }
+            let app = streams.app(h).unwrap();
+            if app.peer_done && app.backlog.is_empty() {
+                // The echo closes its side after the client's.
+                streams.finish(h);
+            }
+        }
+        cells.extend(transmits(streams, circ));
+        for cell in &mut cells {
+            back.originate(cell.body_mut(), CellCommand::Relay, now)
+                .unwrap();
+        }
+        for cell in cells {
+            self.send(link, me, circ, cell);
+        }
+    }
+
+    /// Runs [`exit_pump`](Self::exit_pump) on relay `me`'s circuits.
+    fn exit_pump_all(&mut self, me: NodeId) {
+        let keys: Vec<(LinkId, CircId)> = self.relays[me].table.keys().copied().collect();
+        for (link, circ) in keys {
+            self.exit_pump(me, link, circ);
+        }
+    }
+
+    /// Opens a stream that sends nothing and stays open, and waits for it
+    /// to connect.
+    fn open_stalled(&mut self) -> StreamHandle {
+        let h = self.client_open(b"", false);
+        self.run(LIMIT);
+        assert!(self.client_circ().streams.app(h).unwrap().connected);
+        h
+    }
+
+    /// Relay `me`, the exit of the client's circuit, sends a DATA cell on
+    /// `sid` whatever its windows say (a sender that ignores flow control).
+    fn exit_inject_data(&mut self, me: NodeId, sid: StreamId) {
+        let now = self.base + self.now;
+        let (&(link, circ), _) = self.relays[me]
+            .table
+            .iter()
+            .find(|(_, e)| matches!(e, Entry::Forward { .. }))
+            .unwrap();
+        let Some(Entry::Forward { back, .. }) = self.relays[me].table.get_mut(&(link, circ)) else {
+            unreachable!()
+        };
+        let mut cell = data_cell(circ, sid, b"beyond the window");
+        back.originate(cell.body_mut(), CellCommand::Relay, now)
+            .unwrap();
+        self.send(link, me, circ, cell);
+    }
+
+    /// The exit's stream table of the client's circuit.
+    fn exit_streams(&mut self, me: NodeId) -> Option<&mut Streams<ExitApp>> {
+        self.relays[me].table.values_mut().find_map(|e| match e {
+            Entry::Forward { hop, .. } => hop.endpoint_mut(),
+            _ => None,
+        })
     }
 
     fn peer_on(&self, link: LinkId, me: NodeId) -> PeerId {
@@ -459,8 +773,8 @@ impl Sim {
     }
 
     fn built_hops(&self) -> Option<usize> {
-        match self.client {
-            Some(ClientState::Built(n)) => Some(n),
+        match &self.client {
+            Some(ClientState::Built(c)) => Some(c.hops),
             _ => None,
         }
     }
@@ -468,6 +782,23 @@ impl Sim {
     fn circuits_held(&self) -> usize {
         self.relays.iter().map(|r| r.table.len()).sum()
     }
+}
+
+/// The messages `streams` queued, as plaintext cells of circuit `circ`.
+fn transmits<A>(streams: &mut Streams<A>, circ: CircId) -> Vec<Cell> {
+    std::iter::from_fn(|| streams.poll_transmit())
+        .map(|t| {
+            let mut cell = Cell::new(circ, CellCommand::Relay);
+            encode_relay(cell.relay_payload_mut(), t.sid, &t.msg.as_msg()).unwrap();
+            cell
+        })
+        .collect()
+}
+
+fn data_cell(circ: CircId, sid: StreamId, data: &[u8]) -> Cell {
+    let mut cell = Cell::new(circ, CellCommand::Relay);
+    encode_relay(cell.relay_payload_mut(), sid, &RelayMsg::Data(data)).unwrap();
+    cell
 }
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -570,5 +901,215 @@ fn sim_a_hop_that_vanishes() {
             0,
             "seed {seed}"
         );
+    }
+}
+
+/// Random bytes of a random length in `len`.
+fn payload(rng: &mut StdRng, len: std::ops::Range<usize>) -> Vec<u8> {
+    let len = rng.gen_range(len);
+    (0..len).map(|_| rng.gen()).collect()
+}
+
+/// The client's ended streams, by id.
+fn ended_streams(sim: &Sim) -> HashMap<StreamId, (EndReason, &ClientApp)> {
+    sim.client_ended
+        .iter()
+        .map(|(sid, reason, app)| (*sid, (*reason, app)))
+        .collect()
+}
+
+#[test]
+fn sim_stream() {
+    for seed in 0..10 {
+        // Several streams at once through one circuit, each echoed back
+        // byte-exact; every credit comes home and both tables empty.
+        let mut sim = Sim::new(seed, 3);
+        sim.build(&[0, 1, 2]);
+        sim.run(LIMIT);
+        let sent: Vec<(StreamHandle, Vec<u8>)> = (0..4)
+            .map(|_| {
+                let data = payload(&mut sim.rng, 1..300_000);
+                (sim.client_open(&data, true), data)
+            })
+            .collect();
+        sim.run(LIMIT);
+        let ended = ended_streams(&sim);
+        for (h, data) in &sent {
+            let (reason, app) = ended.get(&h.sid()).expect("stream ended");
+            assert_eq!(*reason, EndReason::Done, "seed {seed}");
+            assert!(app.received == *data, "seed {seed}: echo differs");
+        }
+        // Credit comes back in whole increments: what is still out is less
+        // than one increment, at both ends.
+        let (window, increment) = (sim.flow.circ_window, sim.flow.circ_sendme);
+        let c = sim.client_circ();
+        assert!(c.streams.is_empty());
+        assert!(
+            window - c.streams.circuit_credit() < increment,
+            "seed {seed}"
+        );
+        let exit = sim.exit_streams(2).unwrap();
+        assert!(exit.is_empty(), "seed {seed}");
+        assert!(window - exit.circuit_credit() < increment, "seed {seed}");
+    }
+}
+
+#[test]
+fn sim_half_close() {
+    for seed in 0..10 {
+        // The exit's service answers only after the client's END(Done):
+        // the direction still open carries the whole answer, and the
+        // client's closed direction sends nothing more.
+        let mut sim = Sim::new(seed, 3);
+        sim.echo = Echo::AfterEof;
+        sim.build(&[0, 1, 2]);
+        sim.run(LIMIT);
+        let request = payload(&mut sim.rng, 1..200_000);
+        let h = sim.client_open(&request, true);
+        // A second stream that keeps its own direction open.
+        let open = sim.client_open(b"still here", false);
+        sim.run(LIMIT);
+        let ended = ended_streams(&sim);
+        let (reason, app) = ended.get(&h.sid()).expect("half-closed stream ended");
+        assert_eq!(*reason, EndReason::Done);
+        assert!(app.received == request, "seed {seed}");
+        assert!(app.finished);
+        // The other stream: its request is held by the service (no EOF
+        // yet), so nothing came back and it is still open at both ends.
+        assert!(!ended.contains_key(&open.sid()));
+        assert_eq!(sim.client_circ().streams.try_take_credit(h), Credit::Gone);
+        let exit = sim.exit_streams(2).unwrap();
+        assert_eq!(exit.len(), 1);
+        let exit_h = exit.handles().next().unwrap();
+        let exit_app = exit.app(exit_h).unwrap();
+        assert_eq!(exit_app.backlog.len(), b"still here".len());
+        assert_eq!(exit_app.sent_before_eof, 0);
+
+        // The exit ends its side; a DATA cell after its END(Done) resets
+        // that stream, and only that stream.
+        let c = sim.client_circ();
+        c.streams.app_mut(open).unwrap().finish = true;
+        sim.client_pump();
+        sim.run(LIMIT);
+        let (reason, app) = ended_streams(&sim)[&open.sid()];
+        assert_eq!(reason, EndReason::Done);
+        assert_eq!(app.received, b"still here");
+        let late = sim.client_open(b"x", false);
+        sim.run(LIMIT);
+        assert!(sim.client_circ().streams.is_live(late));
+        let exit_h = sim.exit_streams(2).unwrap().handles().next().unwrap();
+        let exit = sim.exit_streams(2).unwrap();
+        exit.finish(exit_h);
+        sim.exit_pump_all(2);
+        sim.run(LIMIT);
+        assert!(sim.client_circ().streams.app(late).unwrap().peer_done);
+        sim.exit_inject_data(2, late.sid());
+        sim.run(LIMIT);
+        let (reason, _) = ended_streams(&sim)[&late.sid()];
+        assert_eq!(reason, EndReason::Protocol, "seed {seed}");
+        assert!(sim.client_error.is_none() && sim.client_destroyed.is_none());
+        assert!(
+            sim.exit_streams(2).unwrap().is_empty(),
+            "the exit heard END"
+        );
+    }
+}
+
+#[test]
+fn sim_window_exhaustion() {
+    for seed in 0..10 {
+        let mut sim = Sim::new(seed, 3);
+        sim.flow = FlowParams {
+            stream_window: 8,
+            stream_sendme: 4,
+            circ_window: 12,
+            circ_sendme: 4,
+        };
+        sim.client_reads = false;
+        sim.build(&[0, 1, 2]);
+        sim.run(LIMIT);
+        // A reader that does not read: the exit stops at the stream window
+        // on one stream, at the circuit window across two, and nothing is
+        // lost or refused meanwhile.
+        // Both longer than the windows.
+        let a_data = payload(&mut sim.rng, 40_000..100_000);
+        let b_data = payload(&mut sim.rng, 40_000..100_000);
+        let a = sim.client_open(&a_data, true);
+        sim.run(LIMIT);
+        let unread = |sim: &mut Sim, h| sim.client_circ().streams.app(h).unwrap().unread;
+        assert_eq!(unread(&mut sim, a), 8, "seed {seed}");
+        assert_eq!(sim.exit_streams(2).unwrap().circuit_credit(), 12 - 8);
+        let b = sim.client_open(&b_data, true);
+        sim.run(LIMIT);
+        assert_eq!(unread(&mut sim, a), 8, "seed {seed}");
+        assert_eq!(unread(&mut sim, b), 4, "seed {seed}");
+        assert_eq!(sim.exit_streams(2).unwrap().circuit_credit(), 0);
+        assert!(sim.client_error.is_none());
+
+        // The reader catches up: everything arrives, byte-exact.
+        for _ in 0..200 {
+            sim.client_read_all();
+            sim.run(LIMIT);
+        }
+        assert!(
+            sim.client_error.is_none() && sim.client_destroyed.is_none(),
+            "seed {seed}: {:?} {:?}",
+            sim.client_error,
+            sim.client_destroyed
+        );
+        let ended = ended_streams(&sim);
+        assert!(ended[&a.sid()].1.received == a_data, "seed {seed}");
+        assert!(ended[&b.sid()].1.received == b_data, "seed {seed}");
+
+        // A sender that ignores the windows (cells the exit's own windows
+        // never counted): one cell beyond a stream's window resets that
+        // stream at the client, and only that stream. (The client then
+        // returns circuit credit the exit never lent, and the exit rightly
+        // ends the circuit: look before that reply gets there.)
+        let c = sim.open_stalled();
+        let other = sim.open_stalled();
+        for _ in 0..8 {
+            sim.exit_inject_data(2, c.sid());
+        }
+        sim.run(LIMIT);
+        assert!(sim.client_circ().streams.is_live(c));
+        sim.exit_inject_data(2, c.sid());
+        let one_way: Duration = sim.links.iter().take(3).map(|l| l.latency).sum();
+        sim.run(sim.now + one_way);
+        assert_eq!(ended_streams(&sim)[&c.sid()].0, EndReason::Protocol);
+        assert!(sim.client_error.is_none() && sim.client_destroyed.is_none());
+        assert!(sim.client_circ().streams.is_live(other), "seed {seed}");
+
+        // Beyond the circuit's window, across streams that each stay inside
+        // their own: the client destroys the circuit and every hop lets go.
+        let mut sim = Sim::new(seed, 3);
+        sim.flow = FlowParams {
+            stream_window: 8,
+            stream_sendme: 4,
+            circ_window: 12,
+            circ_sendme: 4,
+        };
+        sim.client_reads = false;
+        sim.build(&[0, 1, 2]);
+        sim.run(LIMIT);
+        let (d, e) = (sim.open_stalled(), sim.open_stalled());
+        for i in 0..12 {
+            sim.exit_inject_data(2, if i < 8 { d.sid() } else { e.sid() });
+        }
+        sim.run(LIMIT);
+        assert!(sim.client_error.is_none(), "seed {seed}");
+        sim.exit_inject_data(2, e.sid());
+        sim.run(LIMIT);
+        assert!(
+            matches!(
+                sim.client_error,
+                Some(CircuitError::PeerMisbehaved(
+                    PeerMisbehaved::WindowExceeded("circuit")
+                ))
+            ),
+            "seed {seed}: {:?}",
+            sim.client_error
+        );
+        assert_eq!(sim.circuits_held(), 0, "seed {seed}");
     }
 }

@@ -35,9 +35,6 @@ pub enum ProtoError {
     /// Something took too long.
     #[error("timed out: {0}")]
     Timeout(&'static str),
-    /// The peer broke the protocol.
-    #[error("protocol violation: {0}")]
-    Protocol(String),
     /// A resource limit was hit.
     #[error("limit reached: {0}")]
     Limit(&'static str),

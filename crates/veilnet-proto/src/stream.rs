@@ -1,17 +1,13 @@
-//! Streams: the endpoint shared by the client and the exit, flow control and
-//! the pumps between a TCP socket and cells.
+//! Streams: the endpoint shared by the client and the exit, which drives
+//! the stream table of `veilnet-circuit` ([`Streams`]: phases, half-close,
+//! flow-control windows) over a circuit, and the pumps between a TCP socket
+//! and cells.
 //!
-//! Flow control is by credit, as in Tor, with the windows of
-//! `veilnet-circuit::flow` (parameters per circuit, [`FlowParams`]): a sender
-//! may have at most `stream_window` unacknowledged DATA cells per stream and
-//! `circ_window` per circuit. The receiver returns credit once cells are
-//! *written* to the application socket or discarded (so a slow reader
-//! stalls its sender instead of growing our memory). A peer that sends
-//! beyond a window, or returns more credit than it was owed, breaks the
-//! protocol and loses the circuit.
+//! Flow control is the table's: credit per stream and per circuit
+//! ([`FlowParams`]), returned once cells are *written* to the application
+//! socket or discarded, so a slow reader stalls its sender instead of
+//! growing our memory.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,7 +26,9 @@ use crate::link::Link;
 use crate::relay::BackSender;
 use crate::ProtoError;
 use veilnet_circuit::policy::{BeginRequest, RelayPolicy};
-use veilnet_circuit::{CircuitError, FlowParams, PeerMisbehaved, RecvWindow, SendWindow};
+use veilnet_circuit::{
+    CircuitError, Credit, Event, FlowParams, Role, StreamHandle, Streams, Transmit,
+};
 
 /// Cells read or written per socket call.
 const IO_BATCH: usize = 32;
@@ -82,49 +80,53 @@ pub(crate) enum ToApp {
     Reset(EndReason),
 }
 
-/// What a stream's pumps share with the endpoint: the stream's identity
-/// (a newer stream may reuse the id; `Arc::ptr_eq` tells them apart) and
-/// the wakeup for send credit.
-pub(crate) struct StreamShared {
-    credit: Notify,
-}
-
-struct StreamEntry {
+/// What the stream table keeps per stream for its pumps: the way to the
+/// application, and the wakeups.
+pub(crate) struct StreamIo {
     to_app: mpsc::Sender<ToApp>,
-    shared: Arc<StreamShared>,
-    send: SendWindow,
-    recv: RecvWindow,
-    /// END(Done) arrived: the peer sends nothing more on this stream.
-    eof_seen: bool,
+    /// Wakes the upstream pump when stream credit comes back.
+    credit: Arc<Notify>,
+    /// The client's wait for CONNECTED.
     connected: Option<oneshot::Sender<Result<(), EndReason>>>,
     /// Cancels the exit's resolve-and-connect when the stream goes away first.
-    cancel: Arc<tokio::sync::Notify>,
+    cancel: Arc<Notify>,
 }
 
-struct Inner {
-    streams: HashMap<StreamId, StreamEntry>,
-    next_sid: u16,
-    circ_send: SendWindow,
-    circ_recv: RecvWindow,
+impl StreamIo {
+    /// The stream is gone: wake and tell everything that waits on it.
+    fn gone(mut self, reason: EndReason) {
+        self.credit.notify_one();
+        self.cancel.notify_one();
+        if let Some(c) = self.connected.take() {
+            let _ = c.send(Err(reason));
+        }
+        let last = if reason == EndReason::Done {
+            ToApp::Eof
+        } else {
+            ToApp::Reset(reason)
+        };
+        let _ = self.to_app.try_send(last);
+    }
 }
 
-/// What the upstream pump may do with its next cell.
-enum Credit {
-    Taken,
-    Wait,
-    Gone,
+/// The pumps' side of one stream.
+struct PumpEnd {
+    h: StreamHandle,
+    rx: mpsc::Receiver<ToApp>,
+    credit: Arc<Notify>,
 }
 
-/// One end of a circuit that carries streams: the client, or the exit.
+/// One end of a circuit that carries streams, the client or the exit: the
+/// stream state machine of `veilnet-circuit` driven over this circuit's
+/// sender, with a pair of pumps per stream.
 pub(crate) struct Endpoint {
     tx: CircuitTx,
-    inner: Mutex<Inner>,
+    streams: Mutex<Streams<StreamIo>>,
     /// Wakes upstream pumps waiting for circuit credit.
     circ_credit: Notify,
     flow: FlowParams,
-    closed: AtomicBool,
     /// The node's admission policy at a relay's endpoint (which may be an
-    /// exit); `None` at the client, which refuses every BEGIN.
+    /// exit); `None` at the client.
     policy: Option<Arc<dyn RelayPolicy>>,
     limits: Limits,
     core: Option<Arc<Core>>,
@@ -141,141 +143,78 @@ impl Endpoint {
         core: Option<Arc<Core>>,
     ) -> Arc<Self> {
         let flow = limits.flow;
+        let role = match tx {
+            CircuitTx::Client(..) => Role::Client,
+            CircuitTx::Relay(_) => Role::Exit,
+        };
         Arc::new(Self {
             tx,
-            inner: Mutex::new(Inner {
-                streams: HashMap::new(),
-                next_sid: 1,
-                circ_send: flow.circ_send(),
-                circ_recv: flow.circ_recv(),
-            }),
+            streams: Mutex::new(Streams::new(role, flow, limits.max_streams_per_circuit)),
             circ_credit: Notify::new(),
             flow,
-            closed: AtomicBool::new(false),
             policy,
             limits,
             core,
         })
     }
 
-    fn inner(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn streams(&self) -> MutexGuard<'_, Streams<StreamIo>> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn stream_count(&self) -> usize {
-        self.inner().streams.len()
+    /// Runs `f` on the stream table; returns its result and the messages
+    /// the table queued meanwhile, to [`flush`](Self::flush) after the lock.
+    fn with<R>(&self, f: impl FnOnce(&mut Streams<StreamIo>) -> R) -> (R, Vec<Transmit>) {
+        let mut streams = self.streams();
+        let r = f(&mut streams);
+        (r, std::iter::from_fn(|| streams.poll_transmit()).collect())
     }
 
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-
-    /// Closes every stream; the circuit is gone.
-    pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.circ_credit.notify_waiters();
-        let streams: Vec<_> = self.inner().streams.drain().collect();
-        for (_, s) in streams {
-            s.shared.credit.notify_one();
-            s.cancel.notify_one();
-            if let Some(c) = s.connected {
-                let _ = c.send(Err(EndReason::Destroyed));
-            }
-            let _ = s.to_app.try_send(ToApp::Reset(EndReason::Destroyed));
-        }
-    }
-
-    /// Forgets a stream. With `shared`, only if the entry is still the one
-    /// those pumps belong to (a newer stream may reuse the id).
-    fn remove_stream(&self, sid: StreamId, shared: Option<&Arc<StreamShared>>) {
-        let mut inner = self.inner();
-        let ours = match (inner.streams.get(&sid), shared) {
-            (Some(s), Some(w)) => Arc::ptr_eq(&s.shared, w),
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if ours {
-            if let Some(s) = inner.streams.remove(&sid) {
-                s.shared.credit.notify_one();
-                s.cancel.notify_one();
-            }
-        }
-    }
-
-    /// Records `n` DATA cells written out or discarded, of stream `sid`
-    /// (still the one `shared` belongs to) or of no stream. Returns how many
-    /// stream and circuit SENDMEs are now due.
-    fn delivered(&self, stream: Option<(StreamId, &Arc<StreamShared>)>, n: u32) -> (u32, u32) {
-        let mut inner = self.inner();
-        let circ = inner.circ_recv.delivered(n);
-        let stream = stream
-            .and_then(|(sid, shared)| {
-                inner
-                    .streams
-                    .get_mut(&sid)
-                    .filter(|s| Arc::ptr_eq(&s.shared, shared))
-            })
-            .map_or(0, |s| s.recv.delivered(n));
-        (stream, circ)
-    }
-
-    /// Sends the SENDMEs `delivered` said are due.
-    async fn send_sendmes(
-        &self,
-        sid: StreamId,
-        (stream, circ): (u32, u32),
-    ) -> Result<(), ProtoError> {
-        for _ in 0..circ {
-            self.send_msg(StreamId(0), &RelayMsg::Sendme).await?;
-        }
-        for _ in 0..stream {
-            self.send_msg(sid, &RelayMsg::Sendme).await?;
+    /// Sends what the stream table queued.
+    async fn flush(&self, out: Vec<Transmit>) -> Result<(), ProtoError> {
+        for t in out {
+            self.send_msg(t.sid, &t.msg.as_msg()).await?;
         }
         Ok(())
     }
 
-    /// One cell of send credit from both the stream's and the circuit's
-    /// window.
-    fn try_take_credit(&self, sid: StreamId, shared: &Arc<StreamShared>) -> Credit {
-        let mut inner = self.inner();
-        let Inner {
-            streams, circ_send, ..
-        } = &mut *inner;
-        match streams
-            .get_mut(&sid)
-            .filter(|s| Arc::ptr_eq(&s.shared, shared))
-        {
-            _ if self.is_closed() => Credit::Gone,
-            None => Credit::Gone,
-            Some(s) if s.send.available() > 0 && circ_send.available() > 0 => {
-                s.send.try_take();
-                circ_send.try_take();
-                Credit::Taken
-            }
-            Some(_) => Credit::Wait,
+    /// [`with`](Self::with), then [`flush`](Self::flush).
+    async fn act<R>(&self, f: impl FnOnce(&mut Streams<StreamIo>) -> R) -> Result<R, ProtoError> {
+        let (r, out) = self.with(f);
+        self.flush(out).await?;
+        Ok(r)
+    }
+
+    pub(crate) fn stream_count(&self) -> usize {
+        self.streams().len()
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.streams().is_closed()
+    }
+
+    /// Closes every stream; the circuit is gone.
+    pub(crate) fn close(&self) {
+        let gone = self.streams().close();
+        self.circ_credit.notify_waiters();
+        for (_, io) in gone {
+            io.gone(EndReason::Destroyed);
         }
     }
 
-    /// Gives back the credit of a cell that was never sent.
-    fn refund_credit(&self, sid: StreamId, shared: &Arc<StreamShared>) {
-        let mut inner = self.inner();
-        inner.circ_send.refund();
-        if let Some(s) = inner
-            .streams
-            .get_mut(&sid)
-            .filter(|s| Arc::ptr_eq(&s.shared, shared))
-        {
-            s.send.refund();
+    /// Ends stream `h` from our side, with END(`reason`) if given.
+    async fn reset(&self, h: StreamHandle, reason: Option<EndReason>) {
+        if let Ok(Some(io)) = self.act(|s| s.reset(h, reason)).await {
+            io.credit.notify_one();
+            io.cancel.notify_one();
         }
-        drop(inner);
-        self.circ_credit.notify_waiters();
     }
 
     /// Waits for one cell of send credit; false once the stream or the
     /// circuit is gone.
-    async fn take_credit(&self, sid: StreamId, shared: &Arc<StreamShared>) -> bool {
+    async fn take_credit(&self, h: StreamHandle, credit: &Notify) -> bool {
         loop {
-            match self.try_take_credit(sid, shared) {
+            match self.streams().try_take_credit(h) {
                 Credit::Taken => return true,
                 Credit::Gone => return false,
                 Credit::Wait => {}
@@ -283,11 +222,11 @@ impl Endpoint {
             // Register for both wakeups, then look again: a SENDME that came
             // in between is not missed.
             let circ = self.circ_credit.notified();
-            let stream = shared.credit.notified();
+            let stream = credit.notified();
             tokio::pin!(circ, stream);
             circ.as_mut().enable();
             stream.as_mut().enable();
-            match self.try_take_credit(sid, shared) {
+            match self.streams().try_take_credit(h) {
                 Credit::Taken => return true,
                 Credit::Gone => return false,
                 Credit::Wait => {}
@@ -297,6 +236,12 @@ impl Endpoint {
                 _ = stream => {}
             }
         }
+    }
+
+    /// Gives back the credit of a cell that was never sent.
+    fn refund_credit(&self, h: StreamHandle) {
+        self.streams().refund_credit(h);
+        self.circ_credit.notify_waiters();
     }
 
     /// Discards what is left in a stream's queue, returning its circuit credit.
@@ -309,8 +254,7 @@ impl Endpoint {
             }
         }
         if n > 0 {
-            let due = self.delivered(None, n);
-            let _ = self.send_sendmes(StreamId(0), due).await;
+            let _ = self.act(|s| s.delivered(None, n)).await;
         }
     }
 
@@ -320,132 +264,88 @@ impl Endpoint {
         self.tx.send(cell).await
     }
 
+    /// A new stream's queues: the table's side and the pumps' side.
+    fn stream_io(
+        &self,
+        connected: Option<oneshot::Sender<Result<(), EndReason>>>,
+    ) -> (StreamIo, mpsc::Receiver<ToApp>, Arc<Notify>) {
+        // Room for a whole stream window and the END after it: the receive
+        // window, not the queue, is what refuses a peer that sends too much.
+        let (to_app, rx) = mpsc::channel(self.flow.stream_window as usize + 4);
+        let credit = Arc::new(Notify::new());
+        let io = StreamIo {
+            to_app,
+            credit: credit.clone(),
+            connected,
+            cancel: Arc::new(Notify::new()),
+        };
+        (io, rx, credit)
+    }
+
     /// Handles a relay message (all layers removed) for this endpoint. An
     /// error means the peer broke the protocol: destroy the circuit.
     pub(crate) async fn handle(self: &Arc<Self>, cell: Cell) -> Result<(), ProtoError> {
         let (sid, msg) = decode_relay(cell.relay_payload())?;
-        match msg {
-            RelayMsg::Data(d) => {
-                let len = d.len();
-                // The circuit window first: a peer beyond it loses the circuit.
-                let to_app = {
-                    let mut inner = self.inner();
-                    inner.circ_recv.take().map_err(CircuitError::from)?;
-                    inner.streams.get_mut(&sid).map(|s| {
-                        if s.eof_seen {
-                            return Err(PeerMisbehaved::Unexpected("DATA after END"));
-                        }
-                        s.recv.take().map(|()| s.to_app.clone())
-                    })
-                };
-                let accepted = match to_app {
+        let len = match &msg {
+            RelayMsg::Data(d) => d.len(),
+            _ => 0,
+        };
+        let mut begin = None;
+        let out = {
+            let mut streams = self.streams();
+            let event = streams.handle(sid, &msg).map_err(CircuitError::from)?;
+            match event {
+                None => {}
+                Some(Event::Deliver(h)) => {
                     // The stream queue holds a whole stream window, so only
-                    // a stream whose pump already ended refuses the cell.
-                    Some(Ok(tx)) => tx.try_send(ToApp::Data(cell, len)).is_ok(),
-                    Some(Err(e)) => {
-                        debug!("resetting a stream: {e}");
-                        self.remove_stream(sid, None);
-                        self.send_msg(sid, &RelayMsg::End(EndReason::Protocol))
-                            .await?;
-                        false
+                    // a stream whose pump already ended refuses the cell;
+                    // discarded, it still returns its circuit credit.
+                    let queued = streams
+                        .app(h)
+                        .is_some_and(|io| io.to_app.try_send(ToApp::Data(cell, len)).is_ok());
+                    if !queued {
+                        streams.delivered(None, 1);
                     }
-                    // A stream that already ended: drop the data.
-                    None => false,
-                };
-                if !accepted {
-                    // Discarded cells still return their circuit credit.
-                    let due = self.delivered(None, 1);
-                    self.send_sendmes(sid, due).await?;
                 }
-            }
-            RelayMsg::Sendme if sid == StreamId(0) => {
-                self.inner().circ_send.put().map_err(CircuitError::from)?;
-                self.circ_credit.notify_waiters();
-            }
-            RelayMsg::Sendme => {
-                let mut inner = self.inner();
-                if let Some(s) = inner.streams.get_mut(&sid) {
-                    s.send.put().map_err(CircuitError::from)?;
-                    s.shared.credit.notify_one();
-                }
-            }
-            RelayMsg::End(reason) => {
-                let mut inner = self.inner();
-                if reason == EndReason::Done {
-                    // Once: a repeated END(Done) must not fill the queue.
-                    if let Some(s) = inner.streams.get_mut(&sid).filter(|s| !s.eof_seen) {
-                        s.eof_seen = true;
-                        let _ = s.to_app.try_send(ToApp::Eof);
+                Some(Event::Connected(h)) => {
+                    if let Some(c) = streams.app_mut(h).and_then(|io| io.connected.take()) {
+                        let _ = c.send(Ok(()));
                     }
-                } else if let Some(mut s) = inner.streams.remove(&sid) {
-                    s.shared.credit.notify_one();
-                    s.cancel.notify_one();
-                    if let Some(c) = s.connected.take() {
-                        let _ = c.send(Err(reason));
+                }
+                Some(Event::PeerFinished(h)) => {
+                    if let Some(io) = streams.app(h) {
+                        let _ = io.to_app.try_send(ToApp::Eof);
                     }
-                    let _ = s.to_app.try_send(ToApp::Reset(reason));
                 }
-            }
-            RelayMsg::Connected => {
-                let mut inner = self.inner();
-                if let Some(c) = inner.streams.get_mut(&sid).and_then(|s| s.connected.take()) {
-                    let _ = c.send(Ok(()));
+                Some(Event::Ended(h, reason, io)) => {
+                    if reason == EndReason::Protocol {
+                        debug!("reset stream {:?}: it broke the stream protocol", h.sid());
+                    }
+                    io.gone(reason);
                 }
+                Some(Event::CircuitCredit) => self.circ_credit.notify_waiters(),
+                Some(Event::StreamCredit(h)) => {
+                    if let Some(io) = streams.app(h) {
+                        io.credit.notify_one();
+                    }
+                }
+                Some(Event::Begin(sid, target)) => begin = Some((sid, target)),
             }
-            RelayMsg::Begin(target) => self.begin(sid, target).await?,
-            RelayMsg::Drop => {}
-            RelayMsg::Extend { .. } | RelayMsg::Extended { .. } => {
-                return Err(ProtoError::Protocol(
-                    "circuit message on a stream endpoint".into(),
-                ))
-            }
+            std::iter::from_fn(|| streams.poll_transmit()).collect()
+        };
+        self.flush(out).await?;
+        if let Some((sid, target)) = begin {
+            self.begin(sid, target).await?;
         }
         Ok(())
     }
 
-    fn new_stream(
-        &self,
-        inner: &mut Inner,
-        sid: StreamId,
-        connected: Option<oneshot::Sender<Result<(), EndReason>>>,
-    ) -> (
-        mpsc::Receiver<ToApp>,
-        Arc<StreamShared>,
-        Arc<tokio::sync::Notify>,
-    ) {
-        // Room for a whole stream window and the END after it: the receive
-        // window, not the queue, is what refuses a peer that sends too much.
-        let (to_app, rx) = mpsc::channel(self.flow.stream_window as usize + 4);
-        let shared = Arc::new(StreamShared {
-            credit: Notify::new(),
-        });
-        let cancel = Arc::new(tokio::sync::Notify::new());
-        inner.streams.insert(
-            sid,
-            StreamEntry {
-                to_app,
-                shared: shared.clone(),
-                send: self.flow.stream_send(),
-                recv: self.flow.stream_recv(),
-                eof_seen: false,
-                connected,
-                cancel: cancel.clone(),
-            },
-        );
-        (rx, shared, cancel)
-    }
-
-    /// Exit side: a client asks for a stream.
+    /// Exit side: a client asks for a stream; the admission policy decides.
     async fn begin(self: &Arc<Self>, sid: StreamId, target: TargetAddr) -> Result<(), ProtoError> {
-        if sid == StreamId(0) {
-            return Err(ProtoError::Protocol("BEGIN on stream 0".into()));
-        }
         // The neighbour that sent this circuit's CREATE: the link our
         // layer sends back on.
         let (Some(policy), CircuitTx::Relay(back)) = (self.policy.clone(), &self.tx) else {
-            return self
-                .send_msg(sid, &RelayMsg::End(EndReason::ExitPolicy))
-                .await;
+            return self.act(|s| s.refuse(sid, EndReason::ExitPolicy)).await;
         };
         let prev_peer = back.link.peer;
         let admitted = policy.admit_begin(&BeginRequest {
@@ -457,31 +357,19 @@ impl Endpoint {
             if let Some(core) = &self.core {
                 core.count(&core.stats.streams_refused);
             }
-            return self
-                .send_msg(sid, &RelayMsg::End(refusal.end_reason()))
-                .await;
+            return self.act(|s| s.refuse(sid, refusal.end_reason())).await;
         }
-        let opened = {
-            let mut inner = self.inner();
-            if inner.streams.contains_key(&sid) {
-                return Err(ProtoError::Protocol("BEGIN on a stream in use".into()));
-            }
-            if inner.streams.len() >= self.limits.max_streams_per_circuit {
-                None
-            } else {
-                Some(self.new_stream(&mut inner, sid, None))
-            }
-        };
-        let Some((mut rx, shared, cancel)) = opened else {
-            return self.send_msg(sid, &RelayMsg::End(EndReason::Misc)).await;
-        };
         let permit = self
             .core
             .as_ref()
             .and_then(|c| c.exit_connects.clone().try_acquire_owned().ok());
         let Some(permit) = permit else {
-            self.remove_stream(sid, Some(&shared));
-            return self.send_msg(sid, &RelayMsg::End(EndReason::Misc)).await;
+            return self.act(|s| s.refuse(sid, EndReason::Misc)).await;
+        };
+        let (io, mut rx, credit) = self.stream_io(None);
+        let cancel = io.cancel.clone();
+        let Ok(h) = self.act(|s| s.accept(sid, io)).await? else {
+            return Ok(()); // at the stream limit: END sent
         };
         if let Some(core) = &self.core {
             core.count(&core.stats.exit_streams);
@@ -505,14 +393,15 @@ impl Endpoint {
             drop(permit);
             match result {
                 Ok(tcp) => {
-                    if ep.send_msg(sid, &RelayMsg::Connected).await.is_ok() {
-                        pump(ep, sid, tcp, rx, shared, Vec::new()).await;
+                    if matches!(ep.act(|s| s.connected(h)).await, Ok(true)) {
+                        pump(ep, PumpEnd { h, rx, credit }, tcp, Vec::new()).await;
+                    } else {
+                        ep.drain(&mut rx).await;
                     }
                 }
                 Err(EndReason::Destroyed) => ep.drain(&mut rx).await,
                 Err(reason) => {
-                    ep.remove_stream(sid, Some(&shared));
-                    let _ = ep.send_msg(sid, &RelayMsg::End(reason)).await;
+                    ep.reset(h, Some(reason)).await;
                     ep.drain(&mut rx).await;
                 }
             }
@@ -525,124 +414,90 @@ impl Endpoint {
         self: &Arc<Self>,
         target: &TargetAddr,
     ) -> Result<ClientStream, ProtoError> {
-        if self.is_closed() {
-            return Err(ProtoError::CircuitClosed);
-        }
         let (tx, rx_connected) = oneshot::channel();
-        let (sid, mut rx, shared) = {
-            let mut inner = self.inner();
-            // Under the lock: a close() that ran since the check above has
-            // drained the table, and a stream added now would wait in vain.
-            if self.is_closed() {
-                return Err(ProtoError::CircuitClosed);
-            }
-            if inner.streams.len() >= self.limits.max_streams_per_circuit {
-                return Err(ProtoError::Limit("streams per circuit"));
-            }
-            let mut sid = StreamId(inner.next_sid);
-            while sid.0 == 0 || inner.streams.contains_key(&sid) {
-                inner.next_sid = inner.next_sid.wrapping_add(1);
-                sid = StreamId(inner.next_sid);
-            }
-            inner.next_sid = inner.next_sid.wrapping_add(1);
-            let (rx, shared, _) = self.new_stream(&mut inner, sid, Some(tx));
-            (sid, rx, shared)
+        let (io, mut rx, credit) = self.stream_io(Some(tx));
+        let (opened, out) = self.with(|s| s.open(target.clone(), io));
+        let h = match opened {
+            Ok(h) => h,
+            Err(CircuitError::Closed) => return Err(ProtoError::CircuitClosed),
+            Err(CircuitError::Limit(what)) => return Err(ProtoError::Limit(what)),
+            Err(e) => return Err(e.into()),
         };
         let result = async {
-            self.send_msg(sid, &RelayMsg::Begin(target.clone())).await?;
+            self.flush(out).await?;
             match tokio::time::timeout(self.limits.stream_open_timeout, rx_connected).await {
                 Err(_) => Err(ProtoError::Timeout("stream open")),
                 Ok(Err(_)) => Err(ProtoError::CircuitClosed),
+                Ok(Ok(Err(EndReason::Destroyed))) => Err(ProtoError::CircuitClosed),
                 Ok(Ok(Err(reason))) => Err(ProtoError::StreamRefused(reason)),
                 Ok(Ok(Ok(()))) => Ok(()),
             }
         }
         .await;
         if let Err(e) = result {
-            self.remove_stream(sid, Some(&shared));
-            if !matches!(e, ProtoError::StreamRefused(_) | ProtoError::CircuitClosed) {
-                // Tell the exit to give up too, so it frees the stream.
-                let _ = self.send_msg(sid, &RelayMsg::End(EndReason::Misc)).await;
-            }
+            // Tell the exit to give up too, so it frees the stream (unless
+            // it already ended the stream, or the circuit is gone).
+            let end = !matches!(e, ProtoError::StreamRefused(_) | ProtoError::CircuitClosed);
+            self.reset(h, end.then_some(EndReason::Misc)).await;
             // Whatever arrived meanwhile returns its circuit credit.
             self.drain(&mut rx).await;
             return Err(e);
         }
         Ok(ClientStream {
-            open: Some(OpenStream {
-                endpoint: self.clone(),
-                sid,
-                rx,
-                shared,
-            }),
+            open: Some((self.clone(), PumpEnd { h, rx, credit })),
         })
     }
-}
-
-struct OpenStream {
-    endpoint: Arc<Endpoint>,
-    sid: StreamId,
-    rx: mpsc::Receiver<ToApp>,
-    shared: Arc<StreamShared>,
 }
 
 /// An open stream on a client circuit, ready to be joined to a socket.
 /// Dropping it without [`ClientStream::run`] ends the stream at the exit.
 pub struct ClientStream {
-    open: Option<OpenStream>,
+    open: Option<(Arc<Endpoint>, PumpEnd)>,
 }
 
 impl ClientStream {
     /// Carries bytes between `tcp` and the stream until both directions have
     /// ended. `initial` is sent first (bytes the application sent early).
     pub async fn run(mut self, tcp: TcpStream, initial: Vec<u8>) {
-        if let Some(s) = self.open.take() {
-            pump(s.endpoint, s.sid, tcp, s.rx, s.shared, initial).await;
+        if let Some((ep, end)) = self.open.take() {
+            pump(ep, end, tcp, initial).await;
         }
     }
 }
 
 impl Drop for ClientStream {
     fn drop(&mut self) {
-        let Some(mut s) = self.open.take() else {
+        let Some((ep, mut end)) = self.open.take() else {
             return;
         };
-        s.endpoint.remove_stream(s.sid, Some(&s.shared));
         // Once per abandoned stream, not per cell: end it at the exit and
         // return the credit of anything that arrived meanwhile.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = s
-                    .endpoint
-                    .send_msg(s.sid, &RelayMsg::End(EndReason::Misc))
-                    .await;
-                s.endpoint.drain(&mut s.rx).await;
+                ep.reset(end.h, Some(EndReason::Misc)).await;
+                ep.drain(&mut end.rx).await;
             });
+        } else {
+            ep.streams().reset(end.h, None);
         }
     }
 }
 
 /// Joins a TCP socket and a stream: both directions, half-close aware.
-async fn pump(
-    ep: Arc<Endpoint>,
-    sid: StreamId,
-    tcp: TcpStream,
-    mut rx: mpsc::Receiver<ToApp>,
-    shared: Arc<StreamShared>,
-    initial: Vec<u8>,
-) {
+async fn pump(ep: Arc<Endpoint>, end: PumpEnd, tcp: TcpStream, initial: Vec<u8>) {
+    let PumpEnd { h, mut rx, credit } = end;
     let _ = tcp.set_nodelay(true);
-    let own = shared.clone();
     let (rd, mut wr) = tcp.into_split();
     let up_ep = ep.clone();
-    let mut up = tokio::spawn(async move { upstream(up_ep, sid, rd, shared, initial).await });
-    let down = downstream(&ep, sid, &own, &mut wr, &mut rx).await;
+    let mut up = tokio::spawn(async move { upstream(up_ep, h, rd, credit, initial).await });
+    let down = downstream(&ep, h, &mut wr, &mut rx).await;
     if down {
         let _ = (&mut up).await;
     } else {
         up.abort();
     }
-    ep.remove_stream(sid, Some(&own));
+    // Both directions are done (or one broke): forget the stream.
+    ep.reset(h, None).await;
     ep.drain(&mut rx).await;
 }
 
@@ -650,11 +505,12 @@ async fn pump(
 /// EOF, or resets the stream on a socket error.
 async fn upstream(
     ep: Arc<Endpoint>,
-    sid: StreamId,
+    h: StreamHandle,
     mut rd: OwnedReadHalf,
-    shared: Arc<StreamShared>,
+    credit: Arc<Notify>,
     initial: Vec<u8>,
 ) {
+    let sid = h.sid();
     let mut buf = vec![0u8; IO_BATCH * RELAY_DATA_MAX];
     let mut first = Some(initial).filter(|v| !v.is_empty());
     loop {
@@ -668,27 +524,23 @@ async fn upstream(
                 Ok(n) => (n, false),
                 Err(e) => {
                     debug!("stream socket read failed: {e}");
-                    ep.remove_stream(sid, Some(&shared));
-                    let _ = ep.send_msg(sid, &RelayMsg::End(EndReason::Reset)).await;
+                    ep.reset(h, Some(EndReason::Reset)).await;
                     return;
                 }
             },
         };
         if n == 0 && !from_initial {
-            let _ = ep.send_msg(sid, &RelayMsg::End(EndReason::Done)).await;
+            // END(Done); if the peer had finished too, the stream is over.
+            let _ = ep.act(|s| s.finish(h)).await;
             return;
         }
         for chunk in buf[..n].chunks(RELAY_DATA_MAX) {
-            if !ep.take_credit(sid, &shared).await {
+            if !ep.take_credit(h, &credit).await {
                 return; // stream or circuit closed
             }
             // Until the cell is queued, the credit is ours to give back:
             // this pump may be aborted while it waits for the link.
-            let credit = TakenCredit {
-                ep: &ep,
-                sid,
-                shared: &shared,
-            };
+            let taken = TakenCredit { ep: &ep, h };
             let mut cell = Cell::new(ep.tx.circ(), CellCommand::Relay);
             let payload = cell.relay_payload_mut();
             payload[RELAY_HEADER_LEN..RELAY_HEADER_LEN + chunk.len()].copy_from_slice(chunk);
@@ -697,7 +549,7 @@ async fn upstream(
             {
                 return;
             }
-            std::mem::forget(credit);
+            std::mem::forget(taken);
         }
     }
 }
@@ -708,13 +560,12 @@ async fn upstream(
 /// cell its peer never saw.
 struct TakenCredit<'a> {
     ep: &'a Endpoint,
-    sid: StreamId,
-    shared: &'a Arc<StreamShared>,
+    h: StreamHandle,
 }
 
 impl Drop for TakenCredit<'_> {
     fn drop(&mut self) {
-        self.ep.refund_credit(self.sid, self.shared);
+        self.ep.refund_credit(self.h);
     }
 }
 
@@ -722,8 +573,7 @@ impl Drop for TakenCredit<'_> {
 /// socket's write side shut down), false on a reset.
 async fn downstream(
     ep: &Endpoint,
-    sid: StreamId,
-    shared: &Arc<StreamShared>,
+    h: StreamHandle,
     wr: &mut OwnedWriteHalf,
     rx: &mut mpsc::Receiver<ToApp>,
 ) -> bool {
@@ -733,7 +583,7 @@ async fn downstream(
             return false;
         };
         out.clear();
-        let mut cells = 0usize;
+        let mut cells = 0u32;
         let mut end = None;
         let mut item = Some(first);
         while let Some(it) = item.take() {
@@ -749,7 +599,7 @@ async fn downstream(
                     break;
                 }
             }
-            if cells < IO_BATCH {
+            if cells < IO_BATCH as u32 {
                 item = rx.try_recv().ok();
             }
         }
@@ -761,16 +611,17 @@ async fn downstream(
             };
             if let Err(e) = written {
                 debug!("stream socket write failed: {e}");
-                ep.remove_stream(sid, Some(shared));
-                let _ = ep.send_msg(sid, &RelayMsg::End(EndReason::Reset)).await;
                 // Discarded, these cells still return their circuit credit.
-                let due = ep.delivered(None, cells as u32);
-                let _ = ep.send_sendmes(sid, due).await;
+                let _ = ep
+                    .act(|s| {
+                        s.reset(h, Some(EndReason::Reset));
+                        s.delivered(None, cells);
+                    })
+                    .await;
                 return false;
             }
             // Written out: the stream's and the circuit's credit come back.
-            let due = ep.delivered(Some((sid, shared)), cells as u32);
-            if ep.send_sendmes(sid, due).await.is_err() {
+            if ep.act(|s| s.delivered(Some(h), cells)).await.is_err() {
                 return false;
             }
         }
