@@ -13,6 +13,7 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use veilnet_config::Config;
+use veilnet_error::HasKind;
 
 const BASE: &str = "/tmp";
 

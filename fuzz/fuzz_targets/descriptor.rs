@@ -1,10 +1,10 @@
 //! Fuzz signed node descriptors: framing, verification, the JSON body.
 //!
 //! Checks: no panic anywhere; `SignedDescriptor::from_bytes` accepts an input
-//! only if `to_bytes` gives back exactly that input, and its errors are
-//! `Invalid` without a peer; `verify(now)` never panics, for the framed input
-//! and for the raw input taken as a body, at several clocks, and whatever it
-//! accepts passes `check_fields` and the time rules. When the input is a
+//! only if `to_bytes` gives back exactly that input, and its errors are of
+//! kind `PeerMisbehaved` without a peer; `verify(now)` never panics, for the
+//! framed input and for the raw input taken as a body, at several clocks, and
+//! whatever it accepts passes `check_fields` and the time rules. When the input is a
 //! descriptor JSON document, it is re-signed with a fixed identity: signing
 //! fails only for a field or size limit, and otherwise the signed descriptor
 //! frames round-trip, verifies back to the same descriptor inside the time
@@ -14,8 +14,9 @@
 use libfuzzer_sys::fuzz_target;
 use libp2p_identity::Keypair;
 use veilnet_dir::{
-    Descriptor, DescriptorError, ErrorKind, SignedDescriptor, MAX_CLOCK_SKEW, MAX_DESCRIPTOR_AGE,
+    Descriptor, DescriptorError, SignedDescriptor, MAX_CLOCK_SKEW, MAX_DESCRIPTOR_AGE,
 };
+use veilnet_error::{ErrorKind, HasKind};
 
 /// Clocks to verify arbitrary descriptors at.
 const CLOCKS: [u64; 4] = [0, 1_700_000_000, u64::MAX - MAX_CLOCK_SKEW, u64::MAX];
@@ -118,7 +119,7 @@ fn check(data: &[u8]) {
             verify_any(&sd);
         }
         Err(e) => {
-            assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+            assert_eq!(e.kind(), ErrorKind::PeerMisbehaved, "{e}");
             assert_eq!(e.peer(), None);
             let _ = e.to_string();
         }

@@ -3,31 +3,7 @@
 use thiserror::Error;
 use veilnet_crypto::CryptoError;
 
-/// What the caller should do about an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// Something failed that may work on a retry (a timeout, a closed link).
-    Transient,
-    /// A remote peer broke the protocol: drop what it sent, and count it
-    /// against that peer.
-    PeerMisbehaved,
-    /// We ran out of a local resource (a limit was reached).
-    LocalResource,
-    /// The configuration or the caller's request is invalid.
-    BadConfig,
-    /// A request our policy declines (an exit policy, a rule of the
-    /// relay's): nobody's fault, and not worth a retry at the same node.
-    Refused,
-    /// A bug in veilnet: a state that should be impossible.
-    Bug,
-}
-
-/// Anything with an [`ErrorKind`].
-pub trait HasKind {
-    /// What to do about this error.
-    fn kind(&self) -> ErrorKind;
-}
+pub use veilnet_error::{ErrorKind, HasKind};
 
 /// One specific way a peer broke the circuit protocol (in the manner of
 /// rustls' `PeerMisbehaved`): each variant names the misbehaviour, so the

@@ -353,6 +353,7 @@ impl<A> Streams<A> {
     }
 
     /// Takes one cell of send credit from stream `h` and from the circuit.
+    /// At the exit, a stream not yet [`connected`](Self::connected) waits.
     pub fn try_take_credit(&mut self, h: StreamHandle) -> Credit {
         if self.closed {
             return Credit::Gone;
@@ -365,6 +366,9 @@ impl<A> Streams<A> {
         {
             None => Credit::Gone,
             Some(s) if s.we_done => Credit::Gone,
+            // The exit sends nothing before CONNECTED (the client may send
+            // optimistic data: the exit keeps it for the stream).
+            Some(s) if self.role == Role::Exit && s.phase == Phase::Opening => Credit::Wait,
             Some(s) if s.send.available() > 0 && circ_send.available() > 0 => {
                 s.send.try_take();
                 circ_send.try_take();
@@ -585,6 +589,8 @@ mod tests {
         let new = exit.accept(StreamId(5), 2).unwrap();
         assert_ne!(old, new);
         assert_eq!(exit.reset(old, Some(EndReason::Misc)), None);
+        // Nothing goes back before CONNECTED.
+        assert_eq!(exit.try_take_credit(new), Credit::Wait);
         assert!(exit.connected(new));
         assert!(!exit.connected(old));
         assert_eq!(exit.app(new), Some(&2));

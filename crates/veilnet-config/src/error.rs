@@ -2,24 +2,7 @@
 
 use std::path::PathBuf;
 
-/// What the caller (usually the operator) should do about a [`ConfigError`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// The configuration file or a value in it is wrong: fix the file.
-    BadConfig,
-    /// A file or directory could not be read or written: check the path and
-    /// the disk.
-    Io,
-    /// A key file is readable by group or others: `chmod 600` it.
-    InsecurePermissions,
-    /// A state file (key or peers file) is corrupt: restore or remove it.
-    CorruptFile,
-    /// `init` was run on a data directory that already holds an identity.
-    AlreadyInitialized,
-    /// A bug or an environment problem (no randomness, failed signing).
-    Internal,
-}
+use veilnet_error::{ErrorKind, HasKind};
 
 /// An error from loading the configuration or the key store.
 ///
@@ -86,19 +69,51 @@ pub enum ConfigError {
     KeyGeneration(String),
 }
 
-impl ConfigError {
-    /// What the caller should do about this error.
-    pub fn kind(&self) -> ErrorKind {
+/// Every error here is the operator's to act on; none blames a peer.
+///
+/// * [`Toml`](ConfigError::Toml), [`Invalid`](ConfigError::Invalid),
+///   [`InsecurePermissions`](ConfigError::InsecurePermissions) and
+///   [`AlreadyInitialized`](ConfigError::AlreadyInitialized) are
+///   [`ErrorKind::BadConfig`]: fix the file, the permissions or the command.
+/// * [`Io`](ConfigError::Io) is [`ErrorKind::BadConfig`] when the path is
+///   wrong (missing, not accessible to us, of the wrong type, on a read-only
+///   file system) and [`ErrorKind::LocalResource`] otherwise (a full disk, a
+///   failing device).
+/// * [`Corrupt`](ConfigError::Corrupt) (a state file of ours that does not
+///   decode) and [`KeyGeneration`](ConfigError::KeyGeneration) (no system
+///   randomness) are [`ErrorKind::LocalResource`].
+///
+/// The kind does not tell `init` on an initialized directory from other bad
+/// setups: match [`ConfigError::AlreadyInitialized`] for that.
+impl HasKind for ConfigError {
+    fn kind(&self) -> ErrorKind {
         match self {
-            ConfigError::Io { .. } => ErrorKind::Io,
-            ConfigError::Toml { .. } | ConfigError::Invalid { .. } => ErrorKind::BadConfig,
-            ConfigError::AlreadyInitialized { .. } => ErrorKind::AlreadyInitialized,
-            ConfigError::InsecurePermissions { .. } => ErrorKind::InsecurePermissions,
-            ConfigError::Corrupt { .. } => ErrorKind::CorruptFile,
-            ConfigError::KeyGeneration(_) => ErrorKind::Internal,
+            ConfigError::Io { source, .. } => io_kind(source),
+            ConfigError::Toml { .. }
+            | ConfigError::Invalid { .. }
+            | ConfigError::AlreadyInitialized { .. }
+            | ConfigError::InsecurePermissions { .. } => ErrorKind::BadConfig,
+            ConfigError::Corrupt { .. } | ConfigError::KeyGeneration(_) => ErrorKind::LocalResource,
         }
     }
+}
 
+/// The kind of a failed file operation: a path the operator got wrong, or a
+/// machine that failed us.
+fn io_kind(e: &std::io::Error) -> ErrorKind {
+    use std::io::ErrorKind as Io;
+    match e.kind() {
+        Io::NotFound
+        | Io::PermissionDenied
+        | Io::AlreadyExists
+        | Io::NotADirectory
+        | Io::IsADirectory
+        | Io::ReadOnlyFilesystem => ErrorKind::BadConfig,
+        _ => ErrorKind::LocalResource,
+    }
+}
+
+impl ConfigError {
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
@@ -123,5 +138,89 @@ impl ConfigError {
             path: path.into(),
             reason: reason.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    fn io_err(kind: io::ErrorKind) -> ConfigError {
+        ConfigError::io("reading", "/var/lib/veilnet/identity.key", kind.into())
+    }
+
+    /// One sample of every variant (and of the two sides of `Io`), each with
+    /// the kind it must have.
+    fn samples() -> Vec<(ConfigError, ErrorKind)> {
+        vec![
+            (io_err(io::ErrorKind::NotFound), ErrorKind::BadConfig),
+            (
+                io_err(io::ErrorKind::PermissionDenied),
+                ErrorKind::BadConfig,
+            ),
+            (io_err(io::ErrorKind::NotADirectory), ErrorKind::BadConfig),
+            // data_dir names a file
+            (io_err(io::ErrorKind::AlreadyExists), ErrorKind::BadConfig),
+            (io_err(io::ErrorKind::StorageFull), ErrorKind::LocalResource),
+            (io_err(io::ErrorKind::Other), ErrorKind::LocalResource),
+            (
+                ConfigError::Toml {
+                    path: None,
+                    message: "unknown field `hopz`".into(),
+                },
+                ErrorKind::BadConfig,
+            ),
+            (
+                ConfigError::invalid("client.hops", "must be 1..=5"),
+                ErrorKind::BadConfig,
+            ),
+            (
+                ConfigError::AlreadyInitialized {
+                    path: "/d/identity.key".into(),
+                },
+                ErrorKind::BadConfig,
+            ),
+            (
+                ConfigError::InsecurePermissions {
+                    path: "/d/identity.key".into(),
+                    mode: 0o644,
+                },
+                ErrorKind::BadConfig,
+            ),
+            (
+                ConfigError::corrupt("/d/peers.json", "not JSON"),
+                ErrorKind::LocalResource,
+            ),
+            (
+                ConfigError::KeyGeneration("no randomness".into()),
+                ErrorKind::LocalResource,
+            ),
+        ]
+    }
+
+    /// Which variant `e` is. No `_` arm: a new variant does not compile
+    /// until it gets a sample and a kind here.
+    fn variant(e: &ConfigError) -> usize {
+        match e {
+            ConfigError::Io { .. } => 0,
+            ConfigError::Toml { .. } => 1,
+            ConfigError::Invalid { .. } => 2,
+            ConfigError::AlreadyInitialized { .. } => 3,
+            ConfigError::InsecurePermissions { .. } => 4,
+            ConfigError::Corrupt { .. } => 5,
+            ConfigError::KeyGeneration(_) => 6,
+        }
+    }
+
+    #[test]
+    fn kinds() {
+        let samples = samples();
+        for (e, want) in &samples {
+            assert_eq!(e.kind(), *want, "{e}");
+        }
+        let mut seen: Vec<usize> = samples.iter().map(|(e, _)| variant(e)).collect();
+        seen.dedup();
+        assert_eq!(seen, (0..=6).collect::<Vec<_>>(), "a variant has no sample");
     }
 }

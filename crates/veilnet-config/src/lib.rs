@@ -8,7 +8,7 @@ mod keys;
 mod peers;
 
 pub use config::{ClientConfig, Config, ControlConfig, NodeConfig};
-pub use error::{ConfigError, ErrorKind};
+pub use error::ConfigError;
 pub use keys::unix_now;
 pub use keys::{
     init_data_dir, init_data_dir_at, load_keys, onion_key_signing_message, verify_onion_key,

@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use veilnet_config::{Config, ConfigError, ErrorKind};
+use veilnet_config::{Config, ConfigError};
+use veilnet_error::{ErrorKind, HasKind};
 
 fn parse(s: &str) -> Result<Config, ConfigError> {
     Config::from_toml_str(s, Path::new("/etc/veilnet"))
@@ -286,8 +287,10 @@ fn load_names_the_file() {
     let c = Config::load(&path).unwrap();
     assert_eq!(c.data_dir, dir.join("d"));
 
+    // A missing file is the operator's to fix, not a failing disk.
     let err = Config::load(&dir.join("missing.toml")).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Io);
+    assert!(matches!(err, ConfigError::Io { .. }), "{err}");
+    assert_eq!(err.kind(), ErrorKind::BadConfig);
     assert!(err.to_string().contains("missing.toml"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use libp2p::{Multiaddr, PeerId};
 use veilnet_config::*;
+use veilnet_error::{ErrorKind, HasKind};
 
 const NOW: u64 = 1_700_000_000;
 const DAY: u64 = 24 * 60 * 60;
@@ -65,7 +66,7 @@ fn init_creates_private_files_and_refuses_reinit() {
         matches!(err, ConfigError::AlreadyInitialized { .. }),
         "{err}"
     );
-    assert_eq!(err.kind(), ErrorKind::AlreadyInitialized);
+    assert_eq!(err.kind(), ErrorKind::BadConfig);
     assert_eq!(
         std::fs::read(dir.join(IDENTITY_KEY_FILE)).unwrap(),
         identity_before
@@ -223,7 +224,11 @@ fn group_readable_keys_rejected() {
         let p = tmp.path().join(file);
         chmod(&p, m);
         let err = load_keys(tmp.path(), NOW).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::InsecurePermissions, "{file}");
+        assert!(
+            matches!(err, ConfigError::InsecurePermissions { .. }),
+            "{file}: {err}"
+        );
+        assert_eq!(err.kind(), ErrorKind::BadConfig, "{file}");
         let msg = err.to_string();
         assert!(msg.contains("chmod 600") && msg.contains(file), "{msg}");
         chmod(&p, 0o600);
@@ -240,7 +245,8 @@ fn corrupt_keys_are_errors() {
 
     std::fs::write(&onion, "{ not json").unwrap();
     let err = load_keys(tmp.path(), NOW).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::CorruptFile);
+    assert!(matches!(err, ConfigError::Corrupt { .. }), "{err}");
+    assert_eq!(err.kind(), ErrorKind::LocalResource);
     assert!(err.to_string().contains(ONION_KEY_FILE), "{err}");
 
     // A public key that does not belong to the secret key.
@@ -254,7 +260,8 @@ fn corrupt_keys_are_errors() {
     let id = tmp.path().join(IDENTITY_KEY_FILE);
     std::fs::write(&id, b"garbage").unwrap();
     let err = load_keys(tmp.path(), NOW).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::CorruptFile);
+    assert!(matches!(err, ConfigError::Corrupt { .. }), "{err}");
+    assert_eq!(err.kind(), ErrorKind::LocalResource);
     assert!(err.to_string().contains(IDENTITY_KEY_FILE), "{err}");
 }
 
@@ -274,7 +281,9 @@ fn onion_key_of_other_identity_is_replaced() {
 fn load_without_init_is_a_clear_error() {
     let tmp = TempDir::new("noinit");
     let err = load_keys(tmp.path(), NOW).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Io);
+    // Run `init` first: the setup is incomplete, the disk is fine.
+    assert!(matches!(err, ConfigError::Io { .. }), "{err}");
+    assert_eq!(err.kind(), ErrorKind::BadConfig);
     assert!(err.to_string().contains(IDENTITY_KEY_FILE), "{err}");
 }
 
@@ -338,7 +347,8 @@ fn corrupt_peers_file_is_an_error() {
     ] {
         std::fs::write(&path, bad).unwrap();
         let err = load_peers(tmp.path()).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::CorruptFile, "{bad}");
+        assert!(matches!(err, ConfigError::Corrupt { .. }), "{bad}: {err}");
+        assert_eq!(err.kind(), ErrorKind::LocalResource, "{bad}");
         assert!(err.to_string().contains(PEERS_FILE), "{err}");
     }
 }

@@ -7,6 +7,7 @@ pub mod onion;
 pub mod rekey;
 
 mod aead;
+mod kind;
 
 pub use aead::CryptoError;
 pub use rekey::RekeyPolicy;

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use libp2p::identity::{KeyType, Keypair, PublicKey};
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
+use veilnet_error::{ErrorKind, HasKind};
 use veilnet_policy::ExitPolicy;
 
 /// Domain separation prefix of the signed message: the signature covers
@@ -93,22 +94,6 @@ pub struct SignedDescriptor {
     /// Signature over [`SIGNING_CONTEXT`]` || body`.
     #[serde(with = "hex_vec")]
     pub signature: Vec<u8>,
-}
-
-/// What a caller should do about a [`DescriptorError`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorKind {
-    /// The bytes are malformed, forged or break the limits: the sender
-    /// misbehaved (or is buggy); drop it and consider reporting the peer.
-    Invalid,
-    /// Well-formed but out of date (too old, onion key expired, older
-    /// sequence number): drop it quietly; this happens in normal operation.
-    Stale,
-    /// Dated in the future beyond the allowed clock skew: drop it; either
-    /// clock may be wrong.
-    ClockSkew,
-    /// A local limit or local problem (directory full, signing failed).
-    Local,
 }
 
 /// Why a descriptor was not signed, decoded, verified or stored.
@@ -247,9 +232,46 @@ pub enum DescriptorError {
     },
 }
 
-impl DescriptorError {
-    /// What the caller should do about this error.
-    pub fn kind(&self) -> ErrorKind {
+/// The kinds are those of a descriptor that came from a peer:
+///
+/// * one that is malformed, forged or over a limit ([`TooLarge`],
+///   [`Truncated`], [`TrailingBytes`], [`SignatureTooLong`], [`Malformed`],
+///   [`BadIdentityKey`], [`PeerIdMismatch`], [`BadSignature`], [`BadField`])
+///   is [`ErrorKind::PeerMisbehaved`], as no honest node sends one;
+/// * one that is not valid now ([`Expired`], [`OnionKeyExpired`],
+///   [`Replayed`] and [`FromFuture`]) is [`ErrorKind::Transient`]: gossip
+///   carries old copies in normal operation and either clock may be wrong,
+///   so drop it quietly and do not blame the peer (match [`FromFuture`]
+///   itself to watch for a wrong clock of ours);
+/// * a full directory ([`DirectoryFull`]) is [`ErrorKind::LocalResource`];
+/// * signing with the wrong key ([`KeyMismatch`]) is the caller's mistake,
+///   [`ErrorKind::BadConfig`];
+/// * a failure to encode or sign ([`Signing`]) is [`ErrorKind::Bug`], as
+///   neither fails with an ed25519 key.
+///
+/// [`Descriptor::sign`] checks our own descriptor with the same rules, so a
+/// [`BadField`], [`TooLarge`] or [`SignatureTooLong`] from `sign` says
+/// `PeerMisbehaved` about a descriptor that is ours: the caller of `sign`
+/// knows better, it is our configuration that is at fault.
+///
+/// [`TooLarge`]: DescriptorError::TooLarge
+/// [`Truncated`]: DescriptorError::Truncated
+/// [`TrailingBytes`]: DescriptorError::TrailingBytes
+/// [`SignatureTooLong`]: DescriptorError::SignatureTooLong
+/// [`Malformed`]: DescriptorError::Malformed
+/// [`BadIdentityKey`]: DescriptorError::BadIdentityKey
+/// [`PeerIdMismatch`]: DescriptorError::PeerIdMismatch
+/// [`BadSignature`]: DescriptorError::BadSignature
+/// [`BadField`]: DescriptorError::BadField
+/// [`Expired`]: DescriptorError::Expired
+/// [`OnionKeyExpired`]: DescriptorError::OnionKeyExpired
+/// [`Replayed`]: DescriptorError::Replayed
+/// [`FromFuture`]: DescriptorError::FromFuture
+/// [`DirectoryFull`]: DescriptorError::DirectoryFull
+/// [`KeyMismatch`]: DescriptorError::KeyMismatch
+/// [`Signing`]: DescriptorError::Signing
+impl HasKind for DescriptorError {
+    fn kind(&self) -> ErrorKind {
         use DescriptorError::*;
         match self {
             TooLarge { .. }
@@ -260,13 +282,18 @@ impl DescriptorError {
             | BadIdentityKey { .. }
             | PeerIdMismatch { .. }
             | BadSignature { .. }
-            | BadField { .. } => ErrorKind::Invalid,
-            Expired { .. } | OnionKeyExpired { .. } | Replayed { .. } => ErrorKind::Stale,
-            FromFuture { .. } => ErrorKind::ClockSkew,
-            DirectoryFull { .. } | KeyMismatch { .. } | Signing { .. } => ErrorKind::Local,
+            | BadField { .. } => ErrorKind::PeerMisbehaved,
+            Expired { .. } | OnionKeyExpired { .. } | Replayed { .. } | FromFuture { .. } => {
+                ErrorKind::Transient
+            }
+            DirectoryFull { .. } => ErrorKind::LocalResource,
+            KeyMismatch { .. } => ErrorKind::BadConfig,
+            Signing { .. } => ErrorKind::Bug,
         }
     }
+}
 
+impl DescriptorError {
     /// The peer the error is about, when known.
     pub fn peer(&self) -> Option<PeerId> {
         use DescriptorError::*;
@@ -547,5 +574,156 @@ mod hex_array {
         let mut out = [0u8; 32];
         hex::decode_to_slice(s, &mut out).map_err(serde::de::Error::custom)?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> PeerId {
+        Keypair::ed25519_from_bytes([7u8; 32])
+            .unwrap()
+            .public()
+            .to_peer_id()
+    }
+
+    /// One sample of every variant, each with the kind it must have.
+    fn samples() -> Vec<(DescriptorError, ErrorKind)> {
+        use DescriptorError::*;
+        let peer = peer();
+        let bad = ErrorKind::PeerMisbehaved;
+        vec![
+            (
+                TooLarge {
+                    len: 20_000,
+                    max: 16_384,
+                },
+                bad,
+            ),
+            (
+                Truncated {
+                    what: "body",
+                    needed: 10,
+                    have: 3,
+                },
+                bad,
+            ),
+            (TrailingBytes { extra: 1 }, bad),
+            (SignatureTooLong { len: 600 }, bad),
+            (
+                Malformed {
+                    reason: "expected value".into(),
+                },
+                bad,
+            ),
+            (
+                BadIdentityKey {
+                    peer,
+                    reason: "RSA".into(),
+                },
+                bad,
+            ),
+            (
+                PeerIdMismatch {
+                    claimed: peer,
+                    derived: Box::new(peer),
+                },
+                bad,
+            ),
+            (BadSignature { peer }, bad),
+            (
+                FromFuture {
+                    peer,
+                    published: 2_000,
+                    now: 1_000,
+                },
+                ErrorKind::Transient,
+            ),
+            (
+                Expired {
+                    peer,
+                    published: 1,
+                    now: 100_000,
+                },
+                ErrorKind::Transient,
+            ),
+            (
+                OnionKeyExpired {
+                    peer,
+                    expires: 10,
+                    now: 20,
+                },
+                ErrorKind::Transient,
+            ),
+            (
+                BadField {
+                    peer,
+                    field: "region",
+                    reason: "not 2 letters".into(),
+                },
+                bad,
+            ),
+            (
+                Replayed {
+                    peer,
+                    seq: 4,
+                    have: 5,
+                },
+                ErrorKind::Transient,
+            ),
+            (
+                DirectoryFull {
+                    peer,
+                    max: crate::MAX_NODES,
+                },
+                ErrorKind::LocalResource,
+            ),
+            (KeyMismatch { peer }, ErrorKind::BadConfig),
+            (
+                Signing {
+                    reason: "cannot encode".into(),
+                },
+                ErrorKind::Bug,
+            ),
+        ]
+    }
+
+    /// Which variant `e` is. No `_` arm: a new variant does not compile
+    /// until it gets a sample and a kind here.
+    fn variant(e: &DescriptorError) -> usize {
+        use DescriptorError::*;
+        match e {
+            TooLarge { .. } => 0,
+            Truncated { .. } => 1,
+            TrailingBytes { .. } => 2,
+            SignatureTooLong { .. } => 3,
+            Malformed { .. } => 4,
+            BadIdentityKey { .. } => 5,
+            PeerIdMismatch { .. } => 6,
+            BadSignature { .. } => 7,
+            FromFuture { .. } => 8,
+            Expired { .. } => 9,
+            OnionKeyExpired { .. } => 10,
+            BadField { .. } => 11,
+            Replayed { .. } => 12,
+            DirectoryFull { .. } => 13,
+            KeyMismatch { .. } => 14,
+            Signing { .. } => 15,
+        }
+    }
+
+    #[test]
+    fn kinds() {
+        let samples = samples();
+        for (e, want) in &samples {
+            assert_eq!(e.kind(), *want, "{e}");
+        }
+        let seen: Vec<usize> = samples.iter().map(|(e, _)| variant(e)).collect();
+        assert_eq!(
+            seen,
+            (0..=15).collect::<Vec<_>>(),
+            "a variant has no sample"
+        );
     }
 }

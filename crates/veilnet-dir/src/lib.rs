@@ -6,7 +6,7 @@ pub mod directory;
 pub mod path;
 
 pub use descriptor::{
-    Descriptor, DescriptorError, ErrorKind, Roles, SignedDescriptor, MAX_ADDRS, MAX_CLOCK_SKEW,
+    Descriptor, DescriptorError, Roles, SignedDescriptor, MAX_ADDRS, MAX_CLOCK_SKEW,
     MAX_DESCRIPTOR_AGE, MAX_DESCRIPTOR_BYTES, MAX_FAMILY, MAX_SIGNATURE_BYTES, MAX_VERSION_LEN,
     SIGNING_CONTEXT,
 };

@@ -6,9 +6,10 @@ mod common;
 use common::{desc, key, sign, NOW};
 use libp2p::identity::Keypair;
 use veilnet_dir::{
-    Descriptor, DescriptorError, Directory, ErrorKind, Inserted, SignedDescriptor, MAX_CLOCK_SKEW,
+    Descriptor, DescriptorError, Directory, Inserted, SignedDescriptor, MAX_CLOCK_SKEW,
     MAX_DESCRIPTOR_AGE, MAX_DESCRIPTOR_BYTES, SIGNING_CONTEXT,
 };
+use veilnet_error::{ErrorKind, HasKind};
 use veilnet_policy::ExitPolicy;
 
 /// The fixed test-vector descriptor: ed25519 secret key = 32 bytes of 0x01.
@@ -112,7 +113,7 @@ fn tampered_body_is_bad_signature() {
     };
     let err = t.verify(NOW).unwrap_err();
     assert!(matches!(err, DescriptorError::BadSignature { .. }), "{err}");
-    assert_eq!(err.kind(), ErrorKind::Invalid);
+    assert_eq!(err.kind(), ErrorKind::PeerMisbehaved);
     assert!(err
         .to_string()
         .contains(&k.public().to_peer_id().to_string()));
@@ -141,10 +142,10 @@ fn wrong_peer_id_for_key() {
     let mut d = desc(&k1, "1.2.3.4:9001");
     // claims k2's peer id with k1's key: signing refuses
     d.peer_id = k2.public().to_peer_id();
-    assert!(matches!(
-        d.sign(&k1),
-        Err(DescriptorError::KeyMismatch { .. })
-    ));
+    let err = d.sign(&k1).unwrap_err();
+    assert!(matches!(err, DescriptorError::KeyMismatch { .. }), "{err}");
+    // the signer's mistake, not a peer's
+    assert_eq!(err.kind(), ErrorKind::BadConfig);
     // a forger builds it by hand anyway
     let mut msg = SIGNING_CONTEXT.to_vec();
     let body = serde_json::to_vec(&d).unwrap();
@@ -159,6 +160,7 @@ fn wrong_peer_id_for_key() {
             if *claimed == k2.public().to_peer_id() && **derived == k1.public().to_peer_id()),
         "{err}"
     );
+    assert_eq!(err.kind(), ErrorKind::PeerMisbehaved);
     // signing with the wrong keypair
     let d = desc(&k1, "1.2.3.4:9001");
     assert!(matches!(
@@ -193,14 +195,14 @@ fn time_checks() {
     d.published = NOW + MAX_CLOCK_SKEW + 1;
     let err = sign(&d, &k).verify(NOW).unwrap_err();
     assert!(matches!(err, DescriptorError::FromFuture { .. }), "{err}");
-    assert_eq!(err.kind(), ErrorKind::ClockSkew);
+    assert_eq!(err.kind(), ErrorKind::Transient);
 
     d.published = NOW - MAX_DESCRIPTOR_AGE;
     assert!(sign(&d, &k).verify(NOW).is_ok(), "age edge accepted");
     d.published = NOW - MAX_DESCRIPTOR_AGE - 1;
     let err = sign(&d, &k).verify(NOW).unwrap_err();
     assert!(matches!(err, DescriptorError::Expired { .. }), "{err}");
-    assert_eq!(err.kind(), ErrorKind::Stale);
+    assert_eq!(err.kind(), ErrorKind::Transient);
 
     d.published = NOW;
     d.onion_key_expires = NOW;
@@ -209,6 +211,7 @@ fn time_checks() {
         matches!(err, DescriptorError::OnionKeyExpired { .. }),
         "{err}"
     );
+    assert_eq!(err.kind(), ErrorKind::Transient);
     d.onion_key_expires = NOW + 1;
     assert!(sign(&d, &k).verify(NOW).is_ok());
 
@@ -315,7 +318,7 @@ fn malformed_bodies() {
             matches!(err, DescriptorError::Malformed { .. }),
             "{body:.60}: {err}"
         );
-        assert_eq!(err.kind(), ErrorKind::Invalid);
+        assert_eq!(err.kind(), ErrorKind::PeerMisbehaved);
     }
     // invalid UTF-8
     let s = SignedDescriptor {
@@ -442,7 +445,7 @@ fn directory_insert_replay_update() {
         ),
         "{err}"
     );
-    assert_eq!(err.kind(), ErrorKind::Stale);
+    assert_eq!(err.kind(), ErrorKind::Transient);
     assert_eq!(err.peer(), Some(peer));
     assert!(err.to_string().contains(&peer.to_string()));
     // higher seq: update

@@ -7,7 +7,7 @@ mod node;
 mod wire;
 
 pub use config::{DiscoveryConfig, RecordProvider};
-pub use error::{DiscoveryError, ErrorKind};
+pub use error::DiscoveryError;
 pub use node::{spawn, DiscoveryEvent, DiscoveryHandle};
 
 /// Protocol version string announced through identify.

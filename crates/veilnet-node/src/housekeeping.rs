@@ -9,8 +9,9 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use veilnet_circmgr::CircuitManager;
 use veilnet_config::unix_now;
-use veilnet_dir::{Directory, ErrorKind, Inserted, SignedDescriptor};
+use veilnet_dir::{Directory, Inserted, SignedDescriptor};
 use veilnet_discovery::{DiscoveryEvent, DiscoveryHandle};
+use veilnet_error::{ErrorKind, HasKind};
 use veilnet_proto::Core;
 
 use crate::{lock, OwnDescriptor};
@@ -40,7 +41,7 @@ pub(crate) async fn directory_feed(
                         Ok(Inserted::New) => debug!("learned a new node from {from}"),
                         Ok(_) => {}
                         Err(e) => match e.kind() {
-                            ErrorKind::Invalid => {
+                            ErrorKind::PeerMisbehaved => {
                                 warn!("rejected a descriptor relayed by {from}: {e}")
                             }
                             _ => debug!("ignored a descriptor relayed by {from}: {e}"),

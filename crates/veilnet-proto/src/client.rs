@@ -8,13 +8,13 @@ use libp2p_identity::PeerId;
 use tokio::sync::mpsc;
 use tracing::debug;
 use veilnet_cell::{Cell, CircId, DestroyReason, TargetAddr};
-use veilnet_circuit::{CircuitBuilder, HopSpec, PeerMisbehaved, Step};
-use veilnet_crypto::onion::{ClientBackward, ClientLayers};
+use veilnet_circuit::{CircuitBuilder, HopSpec, Step};
+use veilnet_crypto::onion::ClientLayers;
 
-use crate::core::{Core, Stats};
-use crate::link::Link;
-use crate::relay::CircEntry;
-use crate::stream::{CircuitTx, ClientStream, ClientTx, Endpoint};
+use crate::core::Core;
+use crate::link::{CircEntry, CircuitTx, ClientRx, ClientTx, Link, StreamEndpoint};
+use crate::stats::Stats;
+use crate::stream::{Endpoint, OpenStream};
 use crate::ProtoError;
 
 static NEXT_CIRCUIT: AtomicU64 = AtomicU64::new(1);
@@ -42,7 +42,7 @@ pub struct ClientCircuit {
     hops: Vec<PeerId>,
     link: Arc<Link>,
     circ: CircId,
-    endpoint: Arc<Endpoint>,
+    endpoint: Arc<StreamEndpoint>,
     /// Our layers, forward (the endpoint's sender) and backward (the link
     /// reader's), kept here for status figures.
     tx: Arc<tokio::sync::Mutex<ClientTx>>,
@@ -113,7 +113,8 @@ impl ClientCircuit {
 
     /// Asks the exit to open a stream to `target`; the exit resolves names.
     pub async fn open_stream(&self, target: &TargetAddr) -> Result<ClientStream, ProtoError> {
-        self.endpoint.open(target).await
+        let inner = self.endpoint.open(target).await?;
+        Ok(ClientStream { inner })
     }
 
     /// Destroys the circuit along its whole path.
@@ -186,7 +187,6 @@ impl Core {
             CircuitTx::Client(tx.clone(), circ),
             None,
             self.limits().clone(),
-            None,
         );
         let rx = Arc::new(ClientRx {
             layers: std::sync::Mutex::new(bwd),
@@ -249,19 +249,16 @@ async fn extend_all(
     }
 }
 
-/// A built client circuit, as its link reader sees it.
-pub(crate) struct ClientRx {
-    layers: std::sync::Mutex<ClientBackward>,
-    pub(crate) endpoint: Arc<Endpoint>,
+/// An open stream on a client circuit, ready to be joined to a socket.
+/// Dropping it without [`ClientStream::run`] ends the stream at the exit.
+pub struct ClientStream {
+    inner: OpenStream<CircuitTx>,
 }
 
-impl ClientRx {
-    /// Removes every layer from an incoming RELAY cell, verifying each tag.
-    pub(crate) fn decrypt(&self, cell: &mut Cell) -> Result<(), PeerMisbehaved> {
-        let mut layers = self.layers.lock().unwrap_or_else(|e| e.into_inner());
-        let command = cell.command()?;
-        layers
-            .decrypt(cell.body_mut(), command)
-            .map_err(PeerMisbehaved::BadLayer)
+impl ClientStream {
+    /// Carries bytes between `tcp` and the stream until both directions have
+    /// ended. `initial` is sent first (bytes the application sent early).
+    pub async fn run(self, tcp: tokio::net::TcpStream, initial: Vec<u8>) {
+        self.inner.run(tcp, initial).await;
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,66 +14,11 @@ use tracing::debug;
 use veilnet_crypto::circuit::OnionKeypair;
 use veilnet_crypto::link::{LinkHandshake, LinkKey};
 
+use crate::limits::Limits;
 use crate::link::{self, Link, LinkTap, HANDSHAKE_TIMEOUT};
+use crate::stats::Stats;
 use crate::ProtoError;
 use veilnet_circuit::policy::RelayPolicy;
-
-/// Resource limits: everything a peer can make us spend is bounded by these.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Cells queued for sending on one link.
-    pub link_queue: usize,
-    /// Circuits on one link.
-    pub max_circuits_per_link: usize,
-    /// Open streams on one circuit.
-    pub max_streams_per_circuit: usize,
-    /// Inbound link handshakes in progress at once.
-    pub max_pending_handshakes: usize,
-    /// Inbound link handshakes in progress from one IP address.
-    pub max_pending_handshakes_per_ip: usize,
-    /// Time to connect a link or an exit stream.
-    pub connect_timeout: Duration,
-    /// Time to build a whole circuit.
-    pub circuit_build_timeout: Duration,
-    /// Time for the exit to answer a stream request.
-    pub stream_open_timeout: Duration,
-    /// Open links, inbound and outbound together.
-    pub max_links: usize,
-    /// When a link retires the key of the records it sends (the peer's
-    /// opener follows its KEY_UPDATE flag, and refuses a key used for
-    /// `2^32` records without one). Default: after `2^31` records or
-    /// 120 s, whichever comes first.
-    pub link_rekey: veilnet_crypto::RekeyPolicy,
-    /// When this node retires the onion-layer keys of the cells it sends:
-    /// as a client each hop's forward keys, as a relay its backward keys
-    /// (the other end follows the KEY_UPDATE control byte, and refuses keys
-    /// used for `2^32` cells without one). Default: after `2^31` cells or
-    /// 120 s, whichever comes first.
-    pub layer_rekey: veilnet_crypto::RekeyPolicy,
-    /// Flow-control windows of the circuits this node ends (as client or
-    /// exit): each circuit gets its own copy. Default: 1024 cells per
-    /// stream and 2048 per circuit.
-    pub flow: veilnet_circuit::FlowParams,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            link_queue: 2048,
-            max_circuits_per_link: 16_384,
-            max_streams_per_circuit: 1024,
-            max_pending_handshakes: 128,
-            max_pending_handshakes_per_ip: 8,
-            connect_timeout: Duration::from_secs(10),
-            circuit_build_timeout: Duration::from_secs(20),
-            stream_open_timeout: Duration::from_secs(30),
-            max_links: 4096,
-            link_rekey: veilnet_crypto::RekeyPolicy::default(),
-            layer_rekey: veilnet_crypto::RekeyPolicy::default(),
-            flow: veilnet_circuit::FlowParams::default(),
-        }
-    }
-}
 
 /// Configuration of the protocol engine.
 pub struct CoreConfig {
@@ -92,25 +37,6 @@ pub struct CoreConfig {
     pub limits: Limits,
     /// Test hook observing all link bytes.
     pub tap: Option<LinkTap>,
-}
-
-/// Counters of what the engine did.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Relay cells forwarded or processed by this node as a relay.
-    pub relay_cells: AtomicU64,
-    /// Circuits created through this node (CREATE accepted).
-    pub circuits_accepted: AtomicU64,
-    /// Cells refused because a check failed (bad tag, malformed).
-    pub cells_refused: AtomicU64,
-    /// Exit streams opened.
-    pub exit_streams: AtomicU64,
-    /// BEGINs the policy refused (not an exit, one-hop circuit, ...).
-    pub streams_refused: AtomicU64,
-    /// Cells with a command this version does not know (ignored).
-    pub unknown_cell_commands: AtomicU64,
-    /// Relay messages with a command this version does not know (ignored).
-    pub unknown_relay_commands: AtomicU64,
 }
 
 /// Releases a per-address handshake slot when the handshake ends.
@@ -172,7 +98,7 @@ pub struct Core {
     /// Exit connects in progress (each holds a socket and maybe a DNS thread).
     pub(crate) exit_connects: Arc<Semaphore>,
     /// What the engine did.
-    pub stats: Stats,
+    pub stats: Arc<Stats>,
 }
 
 impl Core {
@@ -205,12 +131,12 @@ impl Core {
             onion_keys: std::sync::RwLock::new((onion, previous_onion)),
             handshakes: Arc::new(Semaphore::new(cfg.limits.max_pending_handshakes)),
             handshakes_by_ip: Mutex::new(HashMap::new()),
-            exit_connects: Arc::new(Semaphore::new(crate::stream::MAX_EXIT_CONNECTS)),
+            exit_connects: Arc::new(Semaphore::new(crate::limits::MAX_EXIT_CONNECTS)),
             cfg,
             links: Mutex::new(HashMap::new()),
             client_links: Mutex::new(HashMap::new()),
             all_links: Mutex::new(HashMap::new()),
-            stats: Stats::default(),
+            stats: Arc::default(),
         }))
     }
 
@@ -314,7 +240,12 @@ impl Core {
         session: veilnet_crypto::link::LinkSession,
         initiator: bool,
     ) -> Arc<Link> {
-        let link = link::start(self, stream, session, initiator);
+        let settings = link::LinkSettings {
+            queue: self.limits().link_queue,
+            rekey: self.limits().link_rekey,
+            tap: self.tap(),
+        };
+        let link = link::start(self, stream, session, initiator, settings);
         self.all_links().insert(link.id, Arc::downgrade(&link));
         link
     }
@@ -464,6 +395,6 @@ impl Core {
     }
 
     pub(crate) fn count(&self, c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
+        crate::stats::count(c);
     }
 }

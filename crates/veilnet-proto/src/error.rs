@@ -48,3 +48,55 @@ pub enum ProtoError {
     #[error("invalid request: {0}")]
     Invalid(String),
 }
+
+impl veilnet_error::HasKind for ProtoError {
+    fn kind(&self) -> veilnet_error::ErrorKind {
+        use veilnet_error::ErrorKind;
+        match self {
+            Self::Io(_) | Self::LinkClosed | Self::CircuitClosed | Self::Timeout(_) => {
+                ErrorKind::Transient
+            }
+            Self::Crypto(e) => e.kind(),
+            Self::Cell(_) | Self::Relay(_) => ErrorKind::PeerMisbehaved,
+            // The relay at that address is not the one its descriptor names:
+            // the descriptor may be out of date, so nobody is blamed yet.
+            Self::WrongPeer { .. } => ErrorKind::Transient,
+            Self::Limit(_) => ErrorKind::LocalResource,
+            Self::StreamRefused(EndReason::ExitPolicy) => ErrorKind::Refused,
+            Self::StreamRefused(_) => ErrorKind::Transient,
+            Self::Circuit(e) => e.kind(),
+            Self::Invalid(_) => ErrorKind::BadConfig,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use veilnet_error::{ErrorKind, HasKind};
+
+    #[test]
+    fn kinds_follow_whose_fault_it_is() {
+        let bad_tag = ProtoError::Crypto(veilnet_crypto::CryptoError::BadTag(1));
+        assert_eq!(bad_tag.kind(), ErrorKind::PeerMisbehaved);
+        assert_eq!(
+            ProtoError::StreamRefused(EndReason::ExitPolicy).kind(),
+            ErrorKind::Refused
+        );
+        assert_eq!(
+            ProtoError::StreamRefused(EndReason::Timeout).kind(),
+            ErrorKind::Transient
+        );
+        let window = veilnet_circuit::CircuitError::PeerMisbehaved(
+            veilnet_circuit::PeerMisbehaved::WindowExceeded("circuit"),
+        );
+        assert_eq!(
+            ProtoError::Circuit(window).kind(),
+            ErrorKind::PeerMisbehaved
+        );
+        assert_eq!(
+            ProtoError::Limit("streams").kind(),
+            ErrorKind::LocalResource
+        );
+    }
+}

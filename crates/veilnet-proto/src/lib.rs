@@ -5,15 +5,19 @@ mod client;
 mod core;
 mod error;
 mod exit;
+mod limits;
 mod link;
 mod relay;
+mod stats;
 mod stream;
 
-pub use crate::core::{Core, CoreConfig, Limits, Stats};
+pub use crate::core::{Core, CoreConfig};
+pub use crate::limits::Limits;
+pub use crate::stats::Stats;
+pub use client::ClientStream;
 pub use client::{CircuitInfo, ClientCircuit};
 pub use error::ProtoError;
 pub use link::{Link, LinkTap};
-pub use stream::ClientStream;
 pub use veilnet_circuit::policy::{
     BeginRequest, ConnectRequest, CreateRequest, DefaultRelayPolicy, ExitConfig, ExtendRequest,
     KnownRelays, Refusal, RelayPolicy,

@@ -1,24 +1,49 @@
-//! Links: one authenticated, encrypted TCP connection per neighbour.
+//! Links: one authenticated, encrypted TCP connection per neighbour, and
+//! what its circuit table holds: the circuits we relay, our own circuits as
+//! a client, and the senders that add our layers to their cells.
+//!
+//! The link's reader hands every cell to a [`LinkHandler`] (the engine);
+//! this module knows nothing of what the engine does with it.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libp2p_identity::PeerId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::debug;
 use veilnet_cell::{Cell, CircId, CELL_LEN};
 use veilnet_crypto::link::{
     LinkHandshake, LinkSession, RecordOpener, RecordSealer, MAX_BATCH, RECORD_HEADER_LEN,
 };
 
-use crate::core::Core;
-use crate::relay::CircEntry;
+use veilnet_circuit::relay::RelayHop;
+use veilnet_circuit::{PeerMisbehaved, Role};
+use veilnet_crypto::onion::{ClientBackward, ClientForward, RelayBackward};
+use veilnet_crypto::RekeyPolicy;
+
+use crate::stream::{CircuitSender, Endpoint};
 use crate::ProtoError;
+
+/// Where a link's reader takes the cells that arrive, and says it closed.
+pub(crate) trait LinkHandler: Send + Sync + 'static {
+    /// One cell that arrived on `link`, in order.
+    fn handle_cell(
+        self: &Arc<Self>,
+        link: &Arc<Link>,
+        cell: Cell,
+    ) -> impl Future<Output = ()> + Send;
+    /// The link is gone: tear down its circuits.
+    fn link_closed(self: &Arc<Self>, link: &Arc<Link>);
+}
+
+/// The stream endpoint of a circuit this node ends, as client or last hop.
+pub(crate) type StreamEndpoint = Endpoint<CircuitTx>;
 
 /// Observes every byte a link writes to its socket (tests use it to prove
 /// that no plaintext crosses a link).
@@ -188,16 +213,25 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(hs.finish()?)
 }
 
-/// Starts the reader and writer tasks of an authenticated link.
-pub(crate) fn start(
-    core: &Arc<Core>,
+/// How a link runs: its send queue, when it rekeys, and the test tap.
+pub(crate) struct LinkSettings {
+    pub(crate) queue: usize,
+    pub(crate) rekey: RekeyPolicy,
+    pub(crate) tap: Option<LinkTap>,
+}
+
+/// Starts the reader and writer tasks of an authenticated link; the reader
+/// hands its cells to `handler`.
+pub(crate) fn start<H: LinkHandler>(
+    handler: &Arc<H>,
     stream: TcpStream,
     session: LinkSession,
     initiator: bool,
+    settings: LinkSettings,
 ) -> Arc<Link> {
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::channel(core.limits().link_queue);
+    let (tx, rx) = mpsc::channel(settings.queue);
     let link = Arc::new(Link {
         peer: session.remote_peer,
         id: NEXT_LINK_ID.fetch_add(1, Ordering::Relaxed),
@@ -209,9 +243,9 @@ pub(crate) fn start(
         idle_since: Mutex::new(None),
     });
     let mut sealer = session.sealer;
-    sealer.set_rekey_policy(core.limits().link_rekey);
-    tokio::spawn(write_loop(link.clone(), wr, rx, sealer, core.tap()));
-    tokio::spawn(read_loop(core.clone(), link.clone(), rd, session.opener));
+    sealer.set_rekey_policy(settings.rekey);
+    tokio::spawn(write_loop(link.clone(), wr, rx, sealer, settings.tap));
+    tokio::spawn(read_loop(handler.clone(), link.clone(), rd, session.opener));
     link
 }
 
@@ -273,7 +307,12 @@ async fn write_loop(
     let _ = wr.shutdown().await;
 }
 
-async fn read_loop(core: Arc<Core>, link: Arc<Link>, rd: OwnedReadHalf, mut opener: RecordOpener) {
+async fn read_loop<H: LinkHandler>(
+    handler: Arc<H>,
+    link: Arc<Link>,
+    rd: OwnedReadHalf,
+    mut opener: RecordOpener,
+) {
     let mut rd = BufReader::with_capacity(4 * RecordSealer::record_len(MAX_BATCH), rd);
     let mut body = vec![0u8; MAX_BATCH * CELL_LEN + 16];
     let result: Result<(), ProtoError> = async {
@@ -287,7 +326,7 @@ async fn read_loop(core: Arc<Core>, link: Arc<Link>, rd: OwnedReadHalf, mut open
             rd.read_exact(&mut body[..len]).await?;
             opener.open(hdr, &mut body[..len])?;
             for chunk in body[..n * CELL_LEN].chunks_exact(CELL_LEN) {
-                core.handle_cell(&link, Cell::from_raw(chunk)?).await;
+                handler.handle_cell(&link, Cell::from_raw(chunk)?).await;
             }
         }
     }
@@ -300,5 +339,136 @@ async fn read_loop(core: Arc<Core>, link: Arc<Link>, rd: OwnedReadHalf, mut open
         Err(e) => debug!(link = link.id, peer = %link.peer, "link failed: {e}"),
     }
     link.close();
-    core.link_closed(&link);
+    handler.link_closed(&link);
+}
+
+/// What a link knows about one of its circuit ids.
+pub(crate) enum CircEntry {
+    /// We relay this circuit; cells arriving here travel away from the client.
+    Forward(Box<ForwardHop>),
+    /// We relay this circuit; cells arriving here (from the next hop) travel
+    /// toward the client.
+    Backward {
+        back: Arc<BackSender>,
+        prev_circ: CircId,
+    },
+    /// We are the client of this circuit, still building it; this link
+    /// leads to its first hop.
+    Client(mpsc::Sender<Cell>),
+    /// We are the client of this built circuit.
+    ClientOpen(Arc<ClientRx>),
+    /// We sent CREATE while extending a circuit and wait for CREATED.
+    Pending(Option<oneshot::Sender<Cell>>),
+}
+
+/// A circuit we relay, as the link it came from sees it: the circuit's
+/// state machine and the sender of our backward layer.
+pub(crate) struct ForwardHop {
+    pub(crate) hop: RelayHop<Arc<Link>, Arc<StreamEndpoint>>,
+    pub(crate) back: Arc<BackSender>,
+}
+
+/// Sends cells toward the client on behalf of one relay hop, adding its layer.
+/// The lock keeps the layer's counter order equal to the link's send order.
+pub(crate) struct BackSender {
+    pub(crate) layer: tokio::sync::Mutex<RelayBackward>,
+    pub(crate) link: Arc<Link>,
+    pub(crate) circ: CircId,
+}
+
+impl BackSender {
+    pub(crate) async fn forward(&self, mut cell: Cell) -> Result<(), ProtoError> {
+        let mut layer = self.layer.lock().await;
+        let permit = self.link.reserve().await?;
+        let command = cell.command()?;
+        layer.encrypt(cell.body_mut(), command, Instant::now())?;
+        cell.set_circ_id(self.circ);
+        permit.send(cell);
+        Ok(())
+    }
+
+    /// Adds our layer to a cell we originate (we are the last hop). The
+    /// queue slot is reserved before the counter is used, so cancelling this
+    /// call can never desynchronise the layer.
+    pub(crate) async fn originate(&self, mut cell: Cell) -> Result<(), ProtoError> {
+        let mut layer = self.layer.lock().await;
+        let permit = self.link.reserve().await?;
+        let command = cell.command()?;
+        layer.originate(cell.body_mut(), command, Instant::now())?;
+        cell.set_circ_id(self.circ);
+        permit.send(cell);
+        Ok(())
+    }
+}
+
+/// How an endpoint sends cells into its circuit.
+pub(crate) enum CircuitTx {
+    /// We are the client: add every hop's layer, send to the first hop.
+    Client(Arc<tokio::sync::Mutex<ClientTx>>, CircId),
+    /// We are the last hop: add our layer, send toward the client.
+    Relay(Arc<BackSender>),
+}
+
+pub(crate) struct ClientTx {
+    pub(crate) layers: ClientForward,
+    pub(crate) link: Arc<Link>,
+    pub(crate) circ: CircId,
+}
+
+impl CircuitSender for CircuitTx {
+    fn circ(&self) -> CircId {
+        match self {
+            Self::Client(_, circ) => *circ,
+            Self::Relay(back) => back.circ,
+        }
+    }
+
+    fn role(&self) -> Role {
+        match self {
+            Self::Client(..) => Role::Client,
+            Self::Relay(_) => Role::Exit,
+        }
+    }
+
+    fn prev_peer(&self) -> Option<PeerId> {
+        match self {
+            Self::Client(..) => None,
+            Self::Relay(back) => Some(back.link.peer),
+        }
+    }
+
+    async fn send(&self, mut cell: Cell) -> Result<(), ProtoError> {
+        match self {
+            Self::Client(tx, _) => {
+                let mut tx = tx.lock().await;
+                let tx = &mut *tx;
+                // Reserve first: a cancelled wait must not burn a counter value.
+                let command = cell.command()?;
+                let permit = tx.link.reserve().await?;
+                tx.layers
+                    .encrypt(cell.body_mut(), command, std::time::Instant::now())?;
+                cell.set_circ_id(tx.circ);
+                permit.send(cell);
+                Ok(())
+            }
+            Self::Relay(back) => back.originate(cell).await,
+        }
+    }
+}
+
+/// A built client circuit, as its link reader sees it.
+pub(crate) struct ClientRx {
+    pub(crate) layers: std::sync::Mutex<ClientBackward>,
+    pub(crate) endpoint: Arc<StreamEndpoint>,
+}
+
+impl ClientRx {
+    /// Removes every layer from an incoming RELAY cell, verifying each tag.
+    pub(crate) fn decrypt(&self, cell: &mut Cell) -> Result<(), PeerMisbehaved> {
+        let mut layers = self.layers.lock().unwrap_or_else(|e| e.into_inner());
+        let command = cell.command()?;
+        layers
+            .decrypt(cell.body_mut(), command)
+            .map_err(PeerMisbehaved::BadLayer)
+    }
 }

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use libp2p_identity::PeerId;
 use tokio::sync::{mpsc, oneshot};
@@ -13,72 +12,27 @@ use veilnet_cell::{
     RelayMsg, StreamId,
 };
 use veilnet_circuit::relay::{Forward, Local, NextHop, RelayHop};
-use veilnet_crypto::onion::{relay_layers, RelayBackward};
+use veilnet_crypto::onion::relay_layers;
 
-use crate::client::ClientRx;
 use crate::core::Core;
-use crate::link::Link;
-use crate::stream::{CircuitTx, Endpoint};
+use crate::link::{BackSender, CircEntry, CircuitTx, ClientRx, ForwardHop, Link, LinkHandler};
+use crate::stream::{Endpoint, ExitSide};
 use crate::ProtoError;
 use veilnet_circuit::error::{ErrorKind, HasKind, PeerMisbehaved};
 use veilnet_circuit::policy::CreateRequest;
 
-/// What a link knows about one of its circuit ids.
-pub(crate) enum CircEntry {
-    /// We relay this circuit; cells arriving here travel away from the client.
-    Forward(Box<ForwardHop>),
-    /// We relay this circuit; cells arriving here (from the next hop) travel
-    /// toward the client.
-    Backward {
-        back: Arc<BackSender>,
-        prev_circ: CircId,
-    },
-    /// We are the client of this circuit, still building it; this link
-    /// leads to its first hop.
-    Client(mpsc::Sender<Cell>),
-    /// We are the client of this built circuit.
-    ClientOpen(Arc<ClientRx>),
-    /// We sent CREATE while extending a circuit and wait for CREATED.
-    Pending(Option<oneshot::Sender<Cell>>),
-}
-
-/// A circuit we relay, as the link it came from sees it: the circuit's
-/// state machine and the sender of our backward layer.
-pub(crate) struct ForwardHop {
-    hop: RelayHop<Arc<Link>, Arc<Endpoint>>,
-    back: Arc<BackSender>,
-}
-
-/// Sends cells toward the client on behalf of one relay hop, adding its layer.
-/// The lock keeps the layer's counter order equal to the link's send order.
-pub(crate) struct BackSender {
-    layer: tokio::sync::Mutex<RelayBackward>,
-    pub(crate) link: Arc<Link>,
-    pub(crate) circ: CircId,
-}
-
-impl BackSender {
-    async fn forward(&self, mut cell: Cell) -> Result<(), ProtoError> {
-        let mut layer = self.layer.lock().await;
-        let permit = self.link.reserve().await?;
-        let command = cell.command()?;
-        layer.encrypt(cell.body_mut(), command, Instant::now())?;
-        cell.set_circ_id(self.circ);
-        permit.send(cell);
-        Ok(())
+/// The engine takes the cells its links read.
+impl LinkHandler for Core {
+    fn handle_cell(
+        self: &Arc<Self>,
+        link: &Arc<Link>,
+        cell: Cell,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        Core::handle_cell(self, link, cell)
     }
 
-    /// Adds our layer to a cell we originate (we are the last hop). The
-    /// queue slot is reserved before the counter is used, so cancelling this
-    /// call can never desynchronise the layer.
-    pub(crate) async fn originate(&self, mut cell: Cell) -> Result<(), ProtoError> {
-        let mut layer = self.layer.lock().await;
-        let permit = self.link.reserve().await?;
-        let command = cell.command()?;
-        layer.originate(cell.body_mut(), command, Instant::now())?;
-        cell.set_circ_id(self.circ);
-        permit.send(cell);
-        Ok(())
+    fn link_closed(self: &Arc<Self>, link: &Arc<Link>) {
+        Core::link_closed(self, link);
     }
 }
 
@@ -389,11 +343,15 @@ impl Core {
                 Local::Stream => fwd
                     .hop
                     .endpoint_or_insert_with(|| {
+                        let exit = ExitSide {
+                            policy: self.cfg.policy.clone(),
+                            stats: self.stats.clone(),
+                            connects: self.exit_connects.clone(),
+                        };
                         Endpoint::new(
                             CircuitTx::Relay(back.clone()),
-                            Some(self.cfg.policy.clone()),
+                            Some(exit),
                             self.limits().clone(),
-                            Some(self.clone()),
                         )
                     })
                     .clone(),

@@ -8,22 +8,23 @@
 //! socket or discarded, so a slow reader stalls its sender instead of
 //! growing our memory.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use libp2p_identity::PeerId;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tracing::debug;
 use veilnet_cell::{
     decode_relay, encode_data_in_place, encode_relay, Cell, CellCommand, CircId, EndReason,
     RelayMsg, StreamId, TargetAddr, RELAY_DATA_MAX, RELAY_HEADER_LEN,
 };
-use veilnet_crypto::onion::ClientForward;
 
-use crate::core::{Core, Limits};
-use crate::link::Link;
-use crate::relay::BackSender;
+use crate::limits::Limits;
+use crate::stats::{count, Stats};
 use crate::ProtoError;
 use veilnet_circuit::policy::{BeginRequest, RelayPolicy};
 use veilnet_circuit::{
@@ -33,45 +34,28 @@ use veilnet_circuit::{
 /// Cells read or written per socket call.
 const IO_BATCH: usize = 32;
 
-/// How an endpoint sends cells into its circuit.
-pub(crate) enum CircuitTx {
-    /// We are the client: add every hop's layer, send to the first hop.
-    Client(Arc<tokio::sync::Mutex<ClientTx>>, CircId),
-    /// We are the last hop: add our layer, send toward the client.
-    Relay(Arc<BackSender>),
+/// How an endpoint sends cells into its circuit: adds the layers and queues
+/// the cell on the right link. Implemented by the engine's circuit senders
+/// (the client's, and a last hop's); this module never sees a link.
+pub(crate) trait CircuitSender: Send + Sync + 'static {
+    /// The circuit's id on the link the cells go out on.
+    fn circ(&self) -> CircId;
+    /// Which end of the circuit we are.
+    fn role(&self) -> Role;
+    /// The neighbour that sent the circuit's CREATE (at a last hop: the one
+    /// the admission policy asks about); `None` at the client.
+    fn prev_peer(&self) -> Option<PeerId>;
+    /// Adds the layers and queues the cell.
+    fn send(&self, cell: Cell) -> impl Future<Output = Result<(), ProtoError>> + Send;
 }
 
-pub(crate) struct ClientTx {
-    pub(crate) layers: ClientForward,
-    pub(crate) link: Arc<Link>,
-    pub(crate) circ: CircId,
-}
-
-impl CircuitTx {
-    fn circ(&self) -> CircId {
-        match self {
-            Self::Client(_, circ) => *circ,
-            Self::Relay(back) => back.circ,
-        }
-    }
-
-    pub(crate) async fn send(&self, mut cell: Cell) -> Result<(), ProtoError> {
-        match self {
-            Self::Client(tx, _) => {
-                let mut tx = tx.lock().await;
-                let tx = &mut *tx;
-                // Reserve first: a cancelled wait must not burn a counter value.
-                let command = cell.command()?;
-                let permit = tx.link.reserve().await?;
-                tx.layers
-                    .encrypt(cell.body_mut(), command, std::time::Instant::now())?;
-                cell.set_circ_id(tx.circ);
-                permit.send(cell);
-                Ok(())
-            }
-            Self::Relay(back) => back.originate(cell).await,
-        }
-    }
+/// What a last hop's endpoint needs to open exit streams.
+pub(crate) struct ExitSide {
+    /// The node's admission policy (which may make it an exit).
+    pub(crate) policy: Arc<dyn RelayPolicy>,
+    pub(crate) stats: Arc<Stats>,
+    /// Exit connects in progress on this node.
+    pub(crate) connects: Arc<Semaphore>,
 }
 
 pub(crate) enum ToApp {
@@ -119,42 +103,28 @@ struct PumpEnd {
 /// One end of a circuit that carries streams, the client or the exit: the
 /// stream state machine of `veilnet-circuit` driven over this circuit's
 /// sender, with a pair of pumps per stream.
-pub(crate) struct Endpoint {
-    tx: CircuitTx,
+pub(crate) struct Endpoint<T> {
+    tx: T,
     streams: Mutex<Streams<StreamIo>>,
     /// Wakes upstream pumps waiting for circuit credit.
     circ_credit: Notify,
     flow: FlowParams,
-    /// The node's admission policy at a relay's endpoint (which may be an
-    /// exit); `None` at the client.
-    policy: Option<Arc<dyn RelayPolicy>>,
+    /// At a last hop, what opening exit streams needs; `None` at the client.
+    exit: Option<ExitSide>,
     limits: Limits,
-    core: Option<Arc<Core>>,
 }
 
-/// Exit connects in progress per node.
-pub(crate) const MAX_EXIT_CONNECTS: usize = 256;
-
-impl Endpoint {
-    pub(crate) fn new(
-        tx: CircuitTx,
-        policy: Option<Arc<dyn RelayPolicy>>,
-        limits: Limits,
-        core: Option<Arc<Core>>,
-    ) -> Arc<Self> {
+impl<T: CircuitSender> Endpoint<T> {
+    pub(crate) fn new(tx: T, exit: Option<ExitSide>, limits: Limits) -> Arc<Self> {
         let flow = limits.flow;
-        let role = match tx {
-            CircuitTx::Client(..) => Role::Client,
-            CircuitTx::Relay(_) => Role::Exit,
-        };
+        let role = tx.role();
         Arc::new(Self {
             tx,
             streams: Mutex::new(Streams::new(role, flow, limits.max_streams_per_circuit)),
             circ_credit: Notify::new(),
             flow,
-            policy,
+            exit,
             limits,
-            core,
         })
     }
 
@@ -344,26 +314,20 @@ impl Endpoint {
     async fn begin(self: &Arc<Self>, sid: StreamId, target: TargetAddr) -> Result<(), ProtoError> {
         // The neighbour that sent this circuit's CREATE: the link our
         // layer sends back on.
-        let (Some(policy), CircuitTx::Relay(back)) = (self.policy.clone(), &self.tx) else {
+        let (Some(exit), Some(prev_peer)) = (&self.exit, self.tx.prev_peer()) else {
             return self.act(|s| s.refuse(sid, EndReason::ExitPolicy)).await;
         };
-        let prev_peer = back.link.peer;
+        let policy = exit.policy.clone();
         let admitted = policy.admit_begin(&BeginRequest {
             prev_peer,
             target: &target,
         });
         if let Err(refusal) = admitted {
             debug!("refusing a BEGIN: {refusal}");
-            if let Some(core) = &self.core {
-                core.count(&core.stats.streams_refused);
-            }
+            count(&exit.stats.streams_refused);
             return self.act(|s| s.refuse(sid, refusal.end_reason())).await;
         }
-        let permit = self
-            .core
-            .as_ref()
-            .and_then(|c| c.exit_connects.clone().try_acquire_owned().ok());
-        let Some(permit) = permit else {
+        let Ok(permit) = exit.connects.clone().try_acquire_owned() else {
             return self.act(|s| s.refuse(sid, EndReason::Misc)).await;
         };
         let (io, mut rx, credit) = self.stream_io(None);
@@ -371,9 +335,7 @@ impl Endpoint {
         let Ok(h) = self.act(|s| s.accept(sid, io)).await? else {
             return Ok(()); // at the stream limit: END sent
         };
-        if let Some(core) = &self.core {
-            core.count(&core.stats.exit_streams);
-        }
+        count(&exit.stats.exit_streams);
         let ep = self.clone();
         // The whole resolve-and-connect stays well inside the client's stream
         // open timeout, so the client hears the real reason.
@@ -413,7 +375,7 @@ impl Endpoint {
     pub(crate) async fn open(
         self: &Arc<Self>,
         target: &TargetAddr,
-    ) -> Result<ClientStream, ProtoError> {
+    ) -> Result<OpenStream<T>, ProtoError> {
         let (tx, rx_connected) = oneshot::channel();
         let (io, mut rx, credit) = self.stream_io(Some(tx));
         let (opened, out) = self.with(|s| s.open(target.clone(), io));
@@ -443,29 +405,29 @@ impl Endpoint {
             self.drain(&mut rx).await;
             return Err(e);
         }
-        Ok(ClientStream {
+        Ok(OpenStream {
             open: Some((self.clone(), PumpEnd { h, rx, credit })),
         })
     }
 }
 
-/// An open stream on a client circuit, ready to be joined to a socket.
-/// Dropping it without [`ClientStream::run`] ends the stream at the exit.
-pub struct ClientStream {
-    open: Option<(Arc<Endpoint>, PumpEnd)>,
+/// An open stream, ready to be joined to a socket. Dropping it without
+/// [`OpenStream::run`] ends the stream at the other end.
+pub(crate) struct OpenStream<T: CircuitSender> {
+    open: Option<(Arc<Endpoint<T>>, PumpEnd)>,
 }
 
-impl ClientStream {
+impl<T: CircuitSender> OpenStream<T> {
     /// Carries bytes between `tcp` and the stream until both directions have
     /// ended. `initial` is sent first (bytes the application sent early).
-    pub async fn run(mut self, tcp: TcpStream, initial: Vec<u8>) {
+    pub(crate) async fn run(mut self, tcp: TcpStream, initial: Vec<u8>) {
         if let Some((ep, end)) = self.open.take() {
             pump(ep, end, tcp, initial).await;
         }
     }
 }
 
-impl Drop for ClientStream {
+impl<T: CircuitSender> Drop for OpenStream<T> {
     fn drop(&mut self) {
         let Some((ep, mut end)) = self.open.take() else {
             return;
@@ -484,7 +446,12 @@ impl Drop for ClientStream {
 }
 
 /// Joins a TCP socket and a stream: both directions, half-close aware.
-async fn pump(ep: Arc<Endpoint>, end: PumpEnd, tcp: TcpStream, initial: Vec<u8>) {
+async fn pump<T: CircuitSender>(
+    ep: Arc<Endpoint<T>>,
+    end: PumpEnd,
+    tcp: TcpStream,
+    initial: Vec<u8>,
+) {
     let PumpEnd { h, mut rx, credit } = end;
     let _ = tcp.set_nodelay(true);
     let (rd, mut wr) = tcp.into_split();
@@ -503,8 +470,8 @@ async fn pump(ep: Arc<Endpoint>, end: PumpEnd, tcp: TcpStream, initial: Vec<u8>)
 
 /// Socket to circuit. Ends the stream's outbound direction with END(Done) on
 /// EOF, or resets the stream on a socket error.
-async fn upstream(
-    ep: Arc<Endpoint>,
+async fn upstream<T: CircuitSender>(
+    ep: Arc<Endpoint<T>>,
     h: StreamHandle,
     mut rd: OwnedReadHalf,
     credit: Arc<Notify>,
@@ -558,12 +525,12 @@ async fn upstream(
 /// being forgotten (the send failed, or the pump was aborted while it
 /// waited), it gives the credit back, so a circuit never loses credit for a
 /// cell its peer never saw.
-struct TakenCredit<'a> {
-    ep: &'a Endpoint,
+struct TakenCredit<'a, T: CircuitSender> {
+    ep: &'a Endpoint<T>,
     h: StreamHandle,
 }
 
-impl Drop for TakenCredit<'_> {
+impl<T: CircuitSender> Drop for TakenCredit<'_, T> {
     fn drop(&mut self) {
         self.ep.refund_credit(self.h);
     }
@@ -571,8 +538,8 @@ impl Drop for TakenCredit<'_> {
 
 /// Circuit to socket. Returns true on an orderly end (END(Done) seen and the
 /// socket's write side shut down), false on a reset.
-async fn downstream(
-    ep: &Endpoint,
+async fn downstream<T: CircuitSender>(
+    ep: &Endpoint<T>,
     h: StreamHandle,
     wr: &mut OwnedWriteHalf,
     rx: &mut mpsc::Receiver<ToApp>,

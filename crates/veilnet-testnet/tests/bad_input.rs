@@ -22,7 +22,8 @@ use veilnet_cell::{Cell, CellCommand, CircId, TargetAddr, CELL_LEN};
 use veilnet_circmgr::Isolation;
 use veilnet_crypto::circuit::ClientHandshake;
 use veilnet_crypto::link::{LinkHandshake, RecordOpener, RecordSealer, RECORD_HEADER_LEN};
-use veilnet_dir::{Descriptor, DescriptorError, Directory, ErrorKind, Roles, SignedDescriptor};
+use veilnet_dir::{Descriptor, DescriptorError, Directory, Roles, SignedDescriptor};
+use veilnet_error::{ErrorKind, HasKind};
 use veilnet_node::Node;
 use veilnet_proto::HopSpec;
 use veilnet_testnet::socks5;
@@ -624,7 +625,7 @@ async fn descriptors_with_bad_signatures_are_refused() {
             .insert(&tampered, now)
             .unwrap_err();
         assert_eq!(err, DescriptorError::BadSignature { peer: victim });
-        assert_eq!(err.kind(), ErrorKind::Invalid);
+        assert_eq!(err.kind(), ErrorKind::PeerMisbehaved);
         assert_eq!(
             err.to_string(),
             format!("descriptor of {victim}: bad signature")
