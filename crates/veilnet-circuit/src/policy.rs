@@ -9,7 +9,7 @@
 //! [`DefaultRelayPolicy`] is the policy every node runs; the node crate gives
 //! it the directory.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use libp2p_identity::PeerId;
@@ -108,8 +108,8 @@ impl Refusal {
 /// Called synchronously on the engine's hot paths (once per CREATE, EXTEND,
 /// BEGIN and connect attempt, never per cell): answer quickly, without I/O.
 /// What the engine does with a refusal: CREATE gets DESTROY(ResourceLimit),
-/// EXTEND destroys the circuit with DESTROY(Protocol), BEGIN and connect get
-/// END([`Refusal::end_reason`]).
+/// EXTEND destroys the circuit with DESTROY(ExtendFailed), BEGIN and connect
+/// get END([`Refusal::end_reason`]).
 pub trait RelayPolicy: Send + Sync {
     /// Before answering a CREATE on a link the peer opened.
     fn admit_create(&self, req: &CreateRequest) -> Result<(), Refusal>;
@@ -157,6 +157,11 @@ pub struct DefaultRelayPolicy {
     pub exit: Option<ExitConfig>,
     /// Which peers are relays (the directory): the one-hop rule asks it.
     pub relays: Arc<dyn KnownRelays>,
+    /// This node's own addresses, whatever its role: it never extends or
+    /// connects to the public ones (the private ones are the private
+    /// rule's). The node fills them in from its configuration and its
+    /// interfaces.
+    pub own_addrs: Vec<IpAddr>,
 }
 
 impl std::fmt::Debug for DefaultRelayPolicy {
@@ -183,7 +188,18 @@ impl DefaultRelayPolicy {
             allow_private_links: false,
             exit: None,
             relays,
+            own_addrs: Vec::new(),
         }
+    }
+
+    /// Whether `ip` (canonical) is one of our own public addresses.
+    fn is_own(&self, ip: IpAddr) -> bool {
+        !is_private_or_special(ip)
+            && (self.own_addrs.iter().any(|a| canonical_ip(*a) == ip)
+                || self
+                    .exit
+                    .as_ref()
+                    .is_some_and(|e| e.is_own_public_address(ip)))
     }
 }
 
@@ -197,11 +213,7 @@ impl RelayPolicy for DefaultRelayPolicy {
         if !self.allow_private_links && is_private_or_special(ip) {
             return Err(Refusal::PrivateAddress);
         }
-        if self
-            .exit
-            .as_ref()
-            .is_some_and(|e| e.is_own_public_address(ip))
-        {
+        if self.is_own(ip) {
             return Err(Refusal::OwnAddress);
         }
         // Only to a relay we know, at an address its descriptor lists: a
@@ -232,7 +244,7 @@ impl RelayPolicy for DefaultRelayPolicy {
         if !exit.danger_allow_private_targets && is_private_or_special(ip) {
             return Err(Refusal::PrivateAddress);
         }
-        if exit.is_own_public_address(ip) {
+        if self.is_own(ip) {
             return Err(Refusal::OwnAddress);
         }
         if !exit.enforced_policy().allows(ip, req.addr.port()) {
@@ -263,6 +275,7 @@ mod tests {
             allow_private_links: false,
             exit: Some(exit),
             relays: Arc::new(move |p: &PeerId, _: Option<&SocketAddr>| *p == relay),
+            own_addrs: Vec::new(),
         }
     }
 
@@ -449,5 +462,33 @@ mod tests {
         );
         assert_eq!(p.admit_extend(&req("203.0.113.10:22")), Ok(()));
         assert_eq!(p.admit_create(&CreateRequest { prev_peer: peer() }), Ok(()));
+    }
+
+    #[test]
+    fn relays_that_are_not_exits_refuse_their_own_addresses_too() {
+        // A Sybil descriptor may list our own public address (any port):
+        // EXTEND must not make a middle relay connect to its own host.
+        let mut p = DefaultRelayPolicy::new(Arc::new(|_: &PeerId, _: Option<&SocketAddr>| true));
+        p.own_addrs = vec![
+            "203.0.113.9".parse().unwrap(),
+            "2001:db8::9".parse().unwrap(),
+        ];
+        assert!(p.exit.is_none());
+        let req = |to: &str| ExtendRequest {
+            prev_peer: peer(),
+            next_peer: peer(),
+            next_addr: addr(to),
+        };
+        for to in [
+            "203.0.113.9:22",
+            "203.0.113.9:9201",
+            "[::ffff:203.0.113.9]:22",
+            "[64:ff9b::cb00:7109]:22",
+            "[2002:cb00:7109::1]:22",
+            "[2001:db8::9]:22",
+        ] {
+            assert_eq!(p.admit_extend(&req(to)), Err(Refusal::OwnAddress), "{to}");
+        }
+        assert_eq!(p.admit_extend(&req("203.0.113.10:9201")), Ok(()));
     }
 }

@@ -153,8 +153,9 @@ impl Node {
             warn!("{w}");
         }
         let peer_id = keys.identity.public().to_peer_id();
+        let own_addrs = own_addresses(&config);
         let exit = config.exit.enabled.then(|| ExitConfig {
-            own_addrs: own_addresses(&config),
+            own_addrs: own_addrs.clone(),
             ..config.exit.clone()
         });
         let directory = Arc::new(Mutex::new(Directory::new(peer_id)));
@@ -172,6 +173,7 @@ impl Node {
         let mut policy = DefaultRelayPolicy::new(Arc::new(relays));
         policy.allow_private_links = config.node.danger_allow_private_links;
         policy.exit = exit.clone();
+        policy.own_addrs = own_addrs;
         let core = Core::new(CoreConfig {
             identity: keys.identity.clone(),
             onion: keys.onion.keypair.clone(),
@@ -395,11 +397,36 @@ impl Node {
     }
 }
 
-/// The addresses the configuration says this node is reachable at (its
-/// advertised and listen addresses, link and p2p). An exit never connects
-/// to the public ones (Tor's ExitPolicyRejectMyAddresses), so a circuit
-/// cannot reach services bound to the exit's own host.
+/// This node's own addresses: the ones the configuration says it is
+/// reachable at (its advertised and listen addresses, link and p2p) and,
+/// when it listens on a wildcard address, those of its interfaces. A node
+/// never extends or connects to the public ones (Tor's
+/// ExitPolicyRejectMyAddresses), so a circuit cannot reach services bound
+/// to its own host.
 fn own_addresses(config: &Config) -> Vec<IpAddr> {
+    let mut ips = configured_addresses(config);
+    let wildcard = config.node.link_listen.ip().is_unspecified()
+        || config.node.p2p_listen.iter().any(|a| {
+            a.iter().any(|p| match p {
+                libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_unspecified(),
+                libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_unspecified(),
+                _ => false,
+            })
+        });
+    if wildcard {
+        match if_addrs::get_if_addrs() {
+            Ok(ifs) => ips.extend(ifs.iter().map(|i| i.ip())),
+            Err(e) => warn!("cannot list this host's interface addresses: {e}"),
+        }
+    }
+    ips.retain(|ip| !ip.is_unspecified());
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// The addresses the configuration names for this node.
+fn configured_addresses(config: &Config) -> Vec<IpAddr> {
     let mut ips: Vec<IpAddr> = config.node.advertise.iter().map(|a| a.ip()).collect();
     ips.push(config.node.link_listen.ip());
     for addr in &config.node.p2p_listen {
@@ -424,8 +451,10 @@ mod tests {
     #[test]
     fn own_addresses_come_from_the_config() {
         let mut c = Config::default();
-        // Wildcard listeners say nothing about our addresses.
-        assert!(own_addresses(&c).is_empty());
+        // Wildcard listeners say nothing in the configuration, so the
+        // interfaces are asked (loopback is always among them).
+        assert!(configured_addresses(&c).is_empty());
+        assert!(own_addresses(&c).iter().any(|ip| ip.is_loopback()));
         c.node.advertise = vec!["198.51.100.7:9201".parse().unwrap()];
         c.node.link_listen = "192.0.2.1:9201".parse().unwrap();
         c.node.p2p_listen = vec![
@@ -436,6 +465,11 @@ mod tests {
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();
-        assert_eq!(own_addresses(&c), want);
+        assert_eq!(configured_addresses(&c), want);
+        assert_eq!(
+            own_addresses(&c),
+            want,
+            "no wildcard: the configuration only"
+        );
     }
 }

@@ -410,9 +410,10 @@ impl<'de> Deserialize<'de> for Rule {
 
 /// The built-in private and special-purpose networks.
 ///
-/// IPv4-mapped IPv6 forms of the IPv4 entries are covered because addresses
-/// are canonicalised (see [`canonical_ip`]) before they are matched.
-const PRIVATE_NETS: [IpNet; 15] = [
+/// IPv6 forms that carry an IPv4 address (IPv4-mapped, IPv4-compatible,
+/// NAT64's well-known prefix, 6to4) are covered because addresses are
+/// canonicalised (see [`canonical_ip`]) before they are matched.
+const PRIVATE_NETS: [IpNet; 17] = [
     v4(0, 0, 0, 0, 8),
     v4(10, 0, 0, 0, 8),
     v4(100, 64, 0, 0, 10),
@@ -427,6 +428,11 @@ const PRIVATE_NETS: [IpNet; 15] = [
     v6(Ipv6Addr::LOCALHOST, 128),
     v6(Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7),
     v6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),
+    // Site-local (deprecated, still routed inside some networks).
+    v6(Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10),
+    // Local-use NAT64 (RFC 8215): where the IPv4 address sits depends on
+    // the operator's prefix length, so the whole range is refused.
+    v6(Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48),
     v6(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),
 ];
 
@@ -438,15 +444,31 @@ const fn v6(addr: Ipv6Addr, len: u8) -> IpNet {
     IpNet::V6(Ipv6Net::new_assert(addr, len))
 }
 
-/// The address as the policy sees it: IPv4-mapped IPv6 (`::ffff:a.b.c.d`)
-/// becomes the IPv4 address `a.b.c.d`; everything else is unchanged.
+/// The address as the policy sees it: an IPv6 address that reaches an IPv4
+/// address becomes that IPv4 address, so the private-address, own-address
+/// and exit-policy rules see where a connection really goes. These are
+/// IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, deprecated;
+/// `::` and `::1` stay themselves), NAT64's well-known prefix
+/// (`64:ff9b::a.b.c.d`, RFC 6052) and 6to4 (`2002:aabb:ccdd::/48`, RFC
+/// 3056). Everything else is unchanged.
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => ip,
-        },
-        v4 => v4,
+    let IpAddr::V6(v6) = ip else {
+        return ip;
+    };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return IpAddr::V4(v4);
+    }
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    };
+    match s {
+        [0, 0, 0, 0, 0, 0, 0, 0 | 1] => ip,
+        [0, 0, 0, 0, 0, 0, hi, lo] | [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => v4(hi, lo),
+        [0x2002, hi, lo, ..] => v4(hi, lo),
+        _ => ip,
     }
 }
 
@@ -454,8 +476,9 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 /// otherwise special address an exit must not connect to on a public network.
 ///
 /// Covers `0/8, 10/8, 100.64/10, 127/8, 169.254/16, 172.16/12, 192.168/16,
-/// 224/4, 240/4, 255.255.255.255, ::, ::1, fc00::/7, fe80::/10, ff00::/8` and
-/// the IPv4-mapped IPv6 forms of the IPv4 ones.
+/// 224/4, 240/4, 255.255.255.255, ::, ::1, fc00::/7, fe80::/10, fec0::/10,
+/// 64:ff9b:1::/48, ff00::/8`, and every IPv6 form of the IPv4 ones that
+/// [`canonical_ip`] decodes.
 pub fn is_private_or_special(ip: IpAddr) -> bool {
     let ip = canonical_ip(ip);
     PRIVATE_NETS.iter().any(|n| n.contains(&ip))

@@ -296,6 +296,9 @@ const PRIVATE: &[&str] = &[
     "::ffff:192.168.0.1",
     "::ffff:0.0.0.0",
     "::ffff:255.255.255.255",
+    // IPv4-compatible ::0.0.0.2 (0/8), site-local.
+    "::2",
+    "fec0::1",
 ];
 
 const PUBLIC: &[&str] = &[
@@ -315,10 +318,9 @@ const PUBLIC: &[&str] = &[
     "223.255.255.255",
     "2001:db8::1",
     "2606:4700::1111",
-    "::2",
     "fbff::1",
-    "fec0::1",
     "::ffff:8.8.8.8",
+    "64:ff9b::808:808",
 ];
 
 #[test]
@@ -527,4 +529,35 @@ fn port_range_api() {
     assert!(r.contains(4) && r.contains(5) && !r.contains(6));
     assert_eq!(PortRange::single(7).to_string(), "7");
     assert_eq!(PortRange::ALL.to_string(), "*");
+}
+
+#[test]
+fn ipv6_forms_that_reach_ipv4_are_checked_as_ipv4() {
+    // Each of these reaches a private IPv4 address (or a private network)
+    // through an IPv6 form: NAT64, local-use NAT64, IPv4-compatible, 6to4,
+    // and the deprecated site-local range.
+    for s in [
+        "64:ff9b::a00:1",
+        "64:ff9b::7f00:1",
+        "64:ff9b:1::a00:1",
+        "::7f00:1",
+        "::a00:1",
+        "2002:a00:1::1",
+        "2002:c0a8:101::1",
+        "fec0::1",
+    ] {
+        assert!(is_private_or_special(ip(s)), "{s} must count as private");
+    }
+    // Their public counterparts are public, and the policy sees the IPv4
+    // address behind them.
+    for s in ["64:ff9b::808:808", "2002:808:808::1", "::808:808"] {
+        assert!(!is_private_or_special(ip(s)), "{s} is public");
+        assert_eq!(veilnet_policy::canonical_ip(ip(s)), ip("8.8.8.8"));
+    }
+    let p = policy(&["reject 8.8.8.0/24:*", "accept *:*"]);
+    assert!(!p.allows(ip("64:ff9b::808:808"), 443));
+    assert!(!p.allows(ip("2002:808:808::1"), 443));
+    // The unspecified and loopback addresses stay IPv6 (and private).
+    assert_eq!(veilnet_policy::canonical_ip(ip("::1")), ip("::1"));
+    assert!(is_private_or_special(ip("::")));
 }

@@ -1,11 +1,13 @@
-//! Resource limits: everything a peer can make this node spend.
+//! Resource limits: what a peer can make this node hold, per item.
 
 use std::time::Duration;
 
 /// Exit connects in progress per node.
 pub(crate) const MAX_EXIT_CONNECTS: usize = 256;
 
-/// Resource limits: everything a peer can make us spend is bounded by these.
+/// Resource limits: each thing a peer can make us hold (a queue, a table,
+/// a connection) is bounded by one of these. They bound each item, not yet
+/// the total across items (issue #10).
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Cells queued for sending on one link.

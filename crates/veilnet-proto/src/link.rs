@@ -55,6 +55,10 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const SEND_STALL: Duration = Duration::from_secs(10);
 /// A socket write that makes no progress this long means the same.
 const WRITE_STALL: Duration = Duration::from_secs(30);
+/// Once a record's header has arrived, the rest of it must follow within
+/// this time: a peer cannot hold the reader (and the link's slot) with a
+/// record it never finishes.
+const RECORD_STALL: Duration = Duration::from_secs(30);
 
 static NEXT_LINK_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -123,9 +127,13 @@ impl Link {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Closes the link: both tasks stop.
+    /// Closes the link: both tasks stop, wherever they are waiting.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        // Wake both tasks if they wait now, and leave a permit for one that
+        // is busy; each task calls `close` again as it ends, which leaves a
+        // permit for the other.
+        self.shutdown.notify_waiters();
         self.shutdown.notify_one();
     }
 
@@ -317,13 +325,24 @@ async fn read_loop<H: LinkHandler>(
     let mut body = vec![0u8; MAX_BATCH * CELL_LEN + 16];
     let result: Result<(), ProtoError> = async {
         loop {
-            let mut hdr = [0u8; RECORD_HEADER_LEN];
-            tokio::select! {
-                r = rd.read_exact(&mut hdr) => { r?; }
-                _ = link.shutdown.notified() => return Ok(()),
+            if link.is_closed() {
+                return Ok(());
             }
-            let (n, len) = RecordOpener::parse_header(hdr)?;
-            rd.read_exact(&mut body[..len]).await?;
+            let mut hdr = [0u8; RECORD_HEADER_LEN];
+            // The whole record, header and body, can be cut short by
+            // `close` (housekeeping, the link limit, shutdown).
+            let record = async {
+                rd.read_exact(&mut hdr).await?;
+                let (n, len) = RecordOpener::parse_header(hdr)?;
+                tokio::time::timeout(RECORD_STALL, rd.read_exact(&mut body[..len]))
+                    .await
+                    .map_err(|_| ProtoError::Timeout("rest of a link record"))??;
+                Ok::<_, ProtoError>((n, len))
+            };
+            let (n, len) = tokio::select! {
+                r = record => r?,
+                _ = link.shutdown.notified() => return Ok(()),
+            };
             opener.open(hdr, &mut body[..len])?;
             for chunk in body[..n * CELL_LEN].chunks_exact(CELL_LEN) {
                 handler.handle_cell(&link, Cell::from_raw(chunk)?).await;
