@@ -3,10 +3,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use veilnet_cell::TargetAddr;
 use veilnet_config::Config;
@@ -125,19 +129,80 @@ struct Fetched {
     ttfb: Duration,
 }
 
+/// A connection that notes when its first byte arrived: the time to first
+/// byte is taken at the socket, as a hand-written client would see it, not
+/// when hyper has parsed the whole response head and its connection task
+/// has handed it over.
+struct FirstByte<S> {
+    inner: S,
+    at: Arc<OnceLock<Instant>>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstByte<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            let _ = self.at.get_or_init(Instant::now);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstByte<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// GETs n pattern bytes over an open connection; `start` is when the
-/// request began (the time to first byte counts from it).
+/// request began (the time to first byte counts from it to the first
+/// response byte read from the socket).
 async fn fetch(s: TcpStream, n: usize, start: Instant) -> Result<Fetched, String> {
-    let f = http::get(s, &http::bytes_path(n as u64))
+    let at = Arc::new(OnceLock::new());
+    let io = FirstByte {
+        inner: s,
+        at: at.clone(),
+    };
+    let f = http::get(io, &http::bytes_path(n as u64))
         .await
         .map_err(|e| e.to_string())?;
     if f.status != 200 {
         return Err(format!("HTTP status {}", f.status));
     }
+    let first = at.get().copied().unwrap_or(f.head_at);
     Ok(Fetched {
         bytes: f.len as usize,
         sha: f.sha256,
-        ttfb: f.head_at.saturating_duration_since(start),
+        ttfb: first.saturating_duration_since(start),
     })
 }
 

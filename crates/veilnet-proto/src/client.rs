@@ -45,7 +45,7 @@ pub struct ClientCircuit {
     endpoint: Arc<StreamEndpoint>,
     /// Our layers, forward (the endpoint's sender) and backward (the link
     /// reader's), kept here for status figures.
-    tx: Arc<tokio::sync::Mutex<ClientTx>>,
+    tx: Arc<ClientTx>,
     rx: Arc<ClientRx>,
     built: Instant,
     build_time: Duration,
@@ -89,7 +89,12 @@ impl ClientCircuit {
     /// Onion-layer key updates so far: the hops' forward keys we retired,
     /// and the backward keys the hops retired (and we followed).
     pub async fn key_updates(&self) -> (u64, u64) {
-        let fwd = self.tx.lock().await.layers.key_updates();
+        let fwd = self
+            .tx
+            .layers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .key_updates();
         let bwd = self
             .rx
             .layers
@@ -178,16 +183,12 @@ impl Core {
             }
         };
         let (fwd, bwd) = layers.split();
-        let tx = Arc::new(tokio::sync::Mutex::new(ClientTx {
-            layers: fwd,
+        let tx = Arc::new(ClientTx {
+            layers: std::sync::Mutex::new(fwd),
             link: link.clone(),
             circ,
-        }));
-        let endpoint = Endpoint::new(
-            CircuitTx::Client(tx.clone(), circ),
-            None,
-            self.limits().clone(),
-        );
+        });
+        let endpoint = Endpoint::new(CircuitTx::Client(tx.clone()), None, self.limits().clone());
         let rx = Arc::new(ClientRx {
             layers: std::sync::Mutex::new(bwd),
             endpoint: endpoint.clone(),

@@ -319,7 +319,7 @@ impl Core {
         addr: SocketAddr,
         link_key: &[u8; 32],
     ) -> Result<Arc<Link>, ProtoError> {
-        self.get_or_connect(&self.links, &self.cfg.identity, peer, addr, link_key)
+        self.get_or_connect(&self.links, Some(&self.cfg.identity), peer, addr, link_key)
             .await
     }
 
@@ -332,15 +332,17 @@ impl Core {
         addr: SocketAddr,
         link_key: &[u8; 32],
     ) -> Result<Arc<Link>, ProtoError> {
-        let throwaway = Keypair::generate_ed25519();
-        self.get_or_connect(&self.client_links, &throwaway, peer, addr, link_key)
+        self.get_or_connect(&self.client_links, None, peer, addr, link_key)
             .await
     }
 
+    /// The open link in `map` to `peer`, or a new one authenticated as
+    /// `identity` (`None`: a throwaway identity, made only when a link is
+    /// actually opened).
     async fn get_or_connect(
         self: &Arc<Self>,
         map: &Mutex<HashMap<PeerId, Arc<Link>>>,
-        identity: &Keypair,
+        identity: Option<&Keypair>,
         peer: PeerId,
         addr: SocketAddr,
         link_key: &[u8; 32],
@@ -357,6 +359,14 @@ impl Core {
         if self.link_count() >= self.cfg.limits.max_links {
             return Err(ProtoError::Limit("open links"));
         }
+        let throwaway;
+        let identity = match identity {
+            Some(id) => id,
+            None => {
+                throwaway = Keypair::generate_ed25519();
+                &throwaway
+            }
+        };
         let connect = async {
             let mut stream = TcpStream::connect(addr).await?;
             let hs = LinkHandshake::initiator(identity, link_key)?;

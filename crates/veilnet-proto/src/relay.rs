@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use libp2p_identity::PeerId;
 use tokio::sync::{mpsc, oneshot};
@@ -27,8 +28,9 @@ impl LinkHandler for Core {
         self: &Arc<Self>,
         link: &Arc<Link>,
         cell: Cell,
+        now: Instant,
     ) -> impl std::future::Future<Output = ()> + Send {
-        Core::handle_cell(self, link, cell)
+        Core::handle_cell(self, link, cell, now)
     }
 
     fn link_closed(self: &Arc<Self>, link: &Arc<Link>) {
@@ -50,7 +52,9 @@ enum Act {
 
 impl Core {
     /// Routes one cell that arrived on `link`.
-    pub(crate) async fn handle_cell(self: &Arc<Self>, link: &Arc<Link>, cell: Cell) {
+    /// `now` is the time the cell's backward layer (if any) goes by for its
+    /// key age: read once per link record by the caller.
+    pub(crate) async fn handle_cell(self: &Arc<Self>, link: &Arc<Link>, cell: Cell, now: Instant) {
         let cmd = match cell.validate().and_then(|_| cell.command()) {
             Ok(c) => c,
             Err(CellError::UnknownCommand(c)) => {
@@ -72,8 +76,8 @@ impl Core {
             CellCommand::Padding => {}
             CellCommand::Create => self.on_create(link, circ, &cell).await,
             CellCommand::Created => self.on_created(link, circ, cell).await,
-            CellCommand::Relay => self.on_relay(link, circ, cell, false).await,
-            CellCommand::RelayEarly => self.on_relay(link, circ, cell, true).await,
+            CellCommand::Relay => self.on_relay(link, circ, cell, false, now).await,
+            CellCommand::RelayEarly => self.on_relay(link, circ, cell, true, now).await,
             CellCommand::Destroy => {
                 // A DESTROY we pass on says nothing of why (as in Tor): the
                 // reason is for the neighbour it was sent to, so hops that
@@ -160,7 +164,7 @@ impl Core {
         };
         let (fwd, bwd) = relay_layers(&keys, self.limits().layer_rekey);
         let back = Arc::new(BackSender {
-            layer: tokio::sync::Mutex::new(bwd),
+            layer: std::sync::Mutex::new(bwd),
             link: link.clone(),
             circ,
         });
@@ -218,6 +222,7 @@ impl Core {
         circ: CircId,
         mut cell: Cell,
         early: bool,
+        now: Instant,
     ) {
         let act = {
             let mut table = link.table();
@@ -256,7 +261,7 @@ impl Core {
             }
             Act::Backward(back, cell) => {
                 self.count(&self.stats.relay_cells);
-                if back.forward(cell).await.is_err() {
+                if back.forward(cell, now).await.is_err() {
                     self.teardown(link, circ, DestroyReason::LinkFailed, true);
                 }
             }
@@ -452,7 +457,7 @@ impl Core {
                     StreamId(0),
                     &RelayMsg::Extended { handshake: &reply },
                 ) {
-                    Ok(()) => back.originate(cell).await,
+                    Ok(()) => back.originate(cell, Instant::now()).await,
                     Err(e) => Err(e.into()),
                 }
             }

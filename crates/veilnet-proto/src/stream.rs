@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use libp2p_identity::PeerId;
 
@@ -45,8 +46,10 @@ pub(crate) trait CircuitSender: Send + Sync + 'static {
     /// The neighbour that sent the circuit's CREATE (at a last hop: the one
     /// the admission policy asks about); `None` at the client.
     fn prev_peer(&self) -> Option<PeerId>;
-    /// Adds the layers and queues the cell.
-    fn send(&self, cell: Cell) -> impl Future<Output = Result<(), ProtoError>> + Send;
+    /// Adds the layers and queues the cell; `now` is the time its layers'
+    /// key age goes by (read once per batch of cells by the caller).
+    fn send(&self, cell: Cell, now: Instant)
+        -> impl Future<Output = Result<(), ProtoError>> + Send;
 }
 
 /// What a last hop's endpoint needs to open exit streams.
@@ -231,7 +234,7 @@ impl<T: CircuitSender> Endpoint<T> {
     async fn send_msg(&self, sid: StreamId, msg: &RelayMsg<'_>) -> Result<(), ProtoError> {
         let mut cell = Cell::new(self.tx.circ(), CellCommand::Relay);
         encode_relay(cell.relay_payload_mut(), sid, msg)?;
-        self.tx.send(cell).await
+        self.tx.send(cell, Instant::now()).await
     }
 
     /// A new stream's queues: the table's side and the pumps' side.
@@ -496,6 +499,8 @@ async fn upstream<T: CircuitSender>(
                 }
             },
         };
+        // One clock read per socket read (up to IO_BATCH cells).
+        let now = Instant::now();
         if n == 0 && !from_initial {
             // END(Done); if the peer had finished too, the stream is over.
             let _ = ep.act(|s| s.finish(h)).await;
@@ -512,7 +517,7 @@ async fn upstream<T: CircuitSender>(
             let payload = cell.relay_payload_mut();
             payload[RELAY_HEADER_LEN..RELAY_HEADER_LEN + chunk.len()].copy_from_slice(chunk);
             if encode_data_in_place(payload, sid, chunk.len()).is_err()
-                || ep.tx.send(cell).await.is_err()
+                || ep.tx.send(cell, now).await.is_err()
             {
                 return;
             }
