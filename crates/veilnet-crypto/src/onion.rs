@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use veilnet_cell::{CellCommand, MAX_HOPS, ONION_HEADER_LEN, SLOT_LEN, TAG_LEN};
 
-use crate::aead::CounterAead;
+use crate::aead::{CounterAead, CounterKeystream};
 use crate::circuit::HopKeys;
 use crate::rekey::{next_key, RekeyPolicy, MAX_USES_PER_KEY, MIN_USES_PER_KEY};
 use crate::CryptoError;
@@ -74,7 +74,7 @@ struct DirLayer {
     data_key: [u8; 32],
     mask_key: [u8; 32],
     data: CounterAead,
-    mask: CounterAead,
+    mask: CounterKeystream,
     /// Cells processed under the current keys.
     uses: u64,
     /// When the current keys first sealed a cell (the sender's clock).
@@ -90,7 +90,7 @@ impl DirLayer {
             data_key: *data_key,
             mask_key: *mask_key,
             data: CounterAead::new(data_key),
-            mask: CounterAead::new(mask_key),
+            mask: CounterKeystream::new(mask_key),
             uses: 0,
             since: None,
             updates: 0,
@@ -129,7 +129,7 @@ impl DirLayer {
             self.data_key = next_key(&self.data_key);
             self.mask_key = next_key(&self.mask_key);
             self.data = CounterAead::new(&self.data_key);
-            self.mask = CounterAead::new(&self.mask_key);
+            self.mask = CounterKeystream::new(&self.mask_key);
             self.uses = 0;
             self.since = None;
             self.updates += 1;
@@ -307,7 +307,7 @@ pub struct ClientLayers {
 /// The client's forward (toward the exit) half.
 pub struct ClientForward {
     layers: Vec<DirLayer>,
-    junk: CounterAead,
+    junk: CounterKeystream,
     policy: RekeyPolicy,
 }
 
@@ -324,7 +324,7 @@ impl ClientLayers {
         Self {
             fwd: ClientForward {
                 layers: Vec::with_capacity(MAX_HOPS),
-                junk: CounterAead::new(junk_key),
+                junk: CounterKeystream::new(junk_key),
                 policy,
             },
             bwd: ClientBackward {
