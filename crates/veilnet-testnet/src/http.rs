@@ -98,6 +98,10 @@ pub async fn target() -> io::Result<SocketAddr> {
             "/marker/{n}",
             route_get(|Path(n): Path<u64>| async move { repeated(&MARKER_BLOCK, n) }),
         );
+    // Small answers go out at once, as any real server sends them.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -149,7 +153,6 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, connection) = http1::handshake(TokioIo::new(io)).await?;
-    let connection = tokio::spawn(connection);
     let request = Request::get(path)
         .header(HOST, "target")
         .body(Empty::<Bytes>::new())
@@ -174,9 +177,16 @@ where
             head_at,
         })
     };
-    let result = fetched.await;
-    connection.abort();
-    result
+    // The connection is driven in this task, next to the request: no task
+    // hop between writing the request and reading the answer.
+    tokio::pin!(fetched, connection);
+    tokio::select! {
+        biased;
+        r = &mut fetched => r,
+        // The connection ended first (closed or failed): the request
+        // finishes with what arrived, or fails.
+        _ = &mut connection => fetched.await,
+    }
 }
 
 /// GETs [`body`]`(n)` from `target` through the SOCKS5 proxy at `proxy` and
