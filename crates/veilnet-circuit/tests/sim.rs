@@ -1015,19 +1015,26 @@ fn sim_half_close() {
     }
 }
 
+/// A built 3-hop circuit with windows of 8 cells per stream and 12 per
+/// circuit, whose client applications do not read until told to.
+fn stalled_reader_circuit(seed: u64) -> Sim {
+    let mut sim = Sim::new(seed, 3);
+    sim.flow = FlowParams {
+        stream_window: 8,
+        stream_sendme: 4,
+        circ_window: 12,
+        circ_sendme: 4,
+    };
+    sim.client_reads = false;
+    sim.build(&[0, 1, 2]);
+    sim.run(LIMIT);
+    sim
+}
+
 #[test]
 fn sim_window_exhaustion() {
     for seed in 0..10 {
-        let mut sim = Sim::new(seed, 3);
-        sim.flow = FlowParams {
-            stream_window: 8,
-            stream_sendme: 4,
-            circ_window: 12,
-            circ_sendme: 4,
-        };
-        sim.client_reads = false;
-        sim.build(&[0, 1, 2]);
-        sim.run(LIMIT);
+        let mut sim = stalled_reader_circuit(seed);
         // A reader that does not read: the exit stops at the stream window
         // on one stream, at the circuit window across two, and nothing is
         // lost or refused meanwhile.
@@ -1082,16 +1089,7 @@ fn sim_window_exhaustion() {
 
         // Beyond the circuit's window, across streams that each stay inside
         // their own: the client destroys the circuit and every hop lets go.
-        let mut sim = Sim::new(seed, 3);
-        sim.flow = FlowParams {
-            stream_window: 8,
-            stream_sendme: 4,
-            circ_window: 12,
-            circ_sendme: 4,
-        };
-        sim.client_reads = false;
-        sim.build(&[0, 1, 2]);
-        sim.run(LIMIT);
+        let mut sim = stalled_reader_circuit(seed);
         let (d, e) = (sim.open_stalled(), sim.open_stalled());
         for i in 0..12 {
             sim.exit_inject_data(2, if i < 8 { d.sid() } else { e.sid() });

@@ -5,12 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::raw::RawLink;
+use common::raw::{self, RawLink};
 use common::{node_opts, Opts};
 use libp2p_identity::Keypair;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use veilnet_crypto::link::{LinkHandshake, MAX_HANDSHAKE_MSG};
+use veilnet_crypto::link::LinkHandshake;
 use veilnet_proto::{HopSpec, Limits};
 
 /// Completes a link handshake to `hop`, sends the 2-byte header of a
@@ -18,20 +18,8 @@ use veilnet_proto::{HopSpec, Limits};
 async fn stalled_link(hop: &HopSpec) -> TcpStream {
     let mut s = TcpStream::connect(hop.addr).await.unwrap();
     let id = Keypair::generate_ed25519();
-    let mut hs = LinkHandshake::initiator(&id, &hop.link_key).unwrap();
-    let mut buf = vec![0u8; MAX_HANDSHAKE_MSG];
-    while !hs.is_finished() {
-        if hs.wants_write() {
-            s.write_all(&hs.write_message().unwrap()).await.unwrap();
-        } else {
-            let mut p = [0u8; 2];
-            s.read_exact(&mut p).await.unwrap();
-            let n = LinkHandshake::frame_len(p).unwrap();
-            s.read_exact(&mut buf[..n]).await.unwrap();
-            hs.read_message(&buf[..n]).unwrap();
-        }
-    }
-    hs.finish().unwrap();
+    let hs = LinkHandshake::initiator(&id, &hop.link_key).unwrap();
+    raw::handshake(&mut s, hs).await;
     s.write_all(&1u16.to_be_bytes()).await.unwrap(); // "one cell follows"
     s
 }

@@ -41,7 +41,8 @@ pub struct RawLink {
     pub initiator: bool,
 }
 
-async fn handshake(stream: &mut TcpStream, mut hs: LinkHandshake) -> LinkSession {
+/// Runs a link handshake over `stream` (panics on failure or after [`WAIT`]).
+pub async fn handshake(stream: &mut TcpStream, mut hs: LinkHandshake) -> LinkSession {
     let mut buf = vec![0u8; MAX_HANDSHAKE_MSG];
     timeout(WAIT, async {
         while !hs.is_finished() {
