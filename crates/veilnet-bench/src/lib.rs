@@ -224,10 +224,7 @@ impl Drop for Procs {
 }
 
 fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
+    veilnet_testnet::ports::pick_port().map_err(|e| format!("no free port: {e}"))
 }
 
 fn clk_tck() -> f64 {

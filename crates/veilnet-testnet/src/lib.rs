@@ -3,6 +3,7 @@
 
 pub mod http;
 mod local;
+pub mod ports;
 pub mod socks5;
 
 use std::net::SocketAddr;

@@ -3,7 +3,7 @@
 //! the client's SOCKS5 port and control API, and stopped with SIGTERM.
 #![allow(clippy::unwrap_used)]
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -72,11 +72,7 @@ impl Drop for TempDir {
 }
 
 fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    veilnet_testnet::ports::pick_port().unwrap()
 }
 
 struct Ports {
