@@ -192,14 +192,12 @@ impl DefaultRelayPolicy {
         }
     }
 
-    /// Whether `ip` (canonical) is one of our own public addresses.
+    /// Whether `ip` is one of our own public addresses (Tor's
+    /// ExitPolicyRejectMyAddresses, for every role). Private and loopback
+    /// ones are the private rule's business.
     fn is_own(&self, ip: IpAddr) -> bool {
-        !is_private_or_special(ip)
-            && (self.own_addrs.iter().any(|a| canonical_ip(*a) == ip)
-                || self
-                    .exit
-                    .as_ref()
-                    .is_some_and(|e| e.is_own_public_address(ip)))
+        let ip = canonical_ip(ip);
+        !is_private_or_special(ip) && self.own_addrs.iter().any(|a| canonical_ip(*a) == ip)
     }
 }
 
@@ -295,14 +293,14 @@ mod tests {
     #[test]
     fn exits_refuse_their_own_public_addresses() {
         let relay = peer();
-        let mut cfg = ExitConfig::new(ExitPolicy::default_exit());
+        let cfg = ExitConfig::new(ExitPolicy::default_exit());
         // Documentation addresses (RFC 5737 / RFC 3849): public, never routed.
-        cfg.own_addrs = vec![
-            "198.51.100.7".parse().unwrap(),
-            "2001:db8::7".parse().unwrap(),
-            "127.0.0.1".parse().unwrap(),
-        ];
-        let p = exit_policy(relay, cfg.clone());
+        let own: Vec<IpAddr> = ["198.51.100.7", "2001:db8::7", "127.0.0.1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let mut p = exit_policy(relay, cfg.clone());
+        p.own_addrs = own.clone();
         let name = TargetAddr::Domain("example.com".into(), 443);
         let ip = TargetAddr::Ip(addr("198.51.100.7:443"));
         // Every port of our own address, by IP or through a name, and its
@@ -338,7 +336,8 @@ mod tests {
         let mut test_net = cfg;
         test_net.danger_allow_private_targets = true;
         test_net.policy = test_net.policy.with_private_targets_allowed();
-        let p = exit_policy(relay, test_net);
+        let mut p = exit_policy(relay, test_net);
+        p.own_addrs = own;
         assert_eq!(connect(&p, relay, &name, "127.0.0.1:80"), Ok(()));
         // ... but a public own address stays refused there too.
         assert_eq!(
@@ -453,9 +452,8 @@ mod tests {
             Err(Refusal::UnknownRelay)
         );
         // Never to our own public address.
-        let mut exit = ExitConfig::new(ExitPolicy::default_exit());
-        exit.own_addrs = vec!["203.0.113.9".parse().unwrap()];
-        p.exit = Some(exit);
+        p.exit = Some(ExitConfig::new(ExitPolicy::default_exit()));
+        p.own_addrs = vec!["203.0.113.9".parse().unwrap()];
         assert_eq!(
             p.admit_extend(&req("203.0.113.9:22")),
             Err(Refusal::OwnAddress)
@@ -490,5 +488,18 @@ mod tests {
             assert_eq!(p.admit_extend(&req(to)), Err(Refusal::OwnAddress), "{to}");
         }
         assert_eq!(p.admit_extend(&req("203.0.113.10:9201")), Ok(()));
+    }
+
+    #[test]
+    fn own_public_addresses() {
+        let mut p = DefaultRelayPolicy::new(Arc::new(|_: &PeerId, _: Option<&SocketAddr>| true));
+        p.own_addrs = vec![
+            "198.51.100.7".parse().unwrap(),
+            "127.0.0.1".parse().unwrap(),
+        ];
+        assert!(p.is_own("198.51.100.7".parse().unwrap()));
+        assert!(p.is_own("::ffff:198.51.100.7".parse().unwrap()));
+        assert!(!p.is_own("127.0.0.1".parse().unwrap()));
+        assert!(!p.is_own("198.51.100.8".parse().unwrap()));
     }
 }

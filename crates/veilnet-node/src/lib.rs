@@ -18,7 +18,6 @@ use veilnet_config::{unix_now, Config, NodeKeys};
 use veilnet_control::ControlSource;
 use veilnet_dir::{Descriptor, Directory, Roles, SignedDescriptor};
 use veilnet_discovery::{DiscoveryConfig, DiscoveryHandle};
-use veilnet_policy::ExitConfig;
 use veilnet_proto::{Core, CoreConfig, DefaultRelayPolicy, Limits, LinkTap};
 
 use crate::control::NodeControl;
@@ -153,11 +152,7 @@ impl Node {
             warn!("{w}");
         }
         let peer_id = keys.identity.public().to_peer_id();
-        let own_addrs = own_addresses(&config);
-        let exit = config.exit.enabled.then(|| ExitConfig {
-            own_addrs: own_addrs.clone(),
-            ..config.exit.clone()
-        });
+        let exit = config.exit.enabled.then(|| config.exit.clone());
         let directory = Arc::new(Mutex::new(Directory::new(peer_id)));
         // The one-hop rule (a circuit whose CREATE came from a peer that is
         // not a relay in our directory came straight from its client) and
@@ -173,7 +168,7 @@ impl Node {
         let mut policy = DefaultRelayPolicy::new(Arc::new(relays));
         policy.allow_private_links = config.node.danger_allow_private_links;
         policy.exit = exit.clone();
-        policy.own_addrs = own_addrs;
+        policy.own_addrs = own_addresses(&config);
         let core = Core::new(CoreConfig {
             identity: keys.identity.clone(),
             onion: keys.onion.keypair.clone(),

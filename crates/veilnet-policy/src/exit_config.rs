@@ -1,16 +1,14 @@
 //! How a node acts as an exit: the `[exit]` section of `config.toml`, and
 //! what the engine enforces.
 
-use std::net::IpAddr;
-
 use serde::{Deserialize, Serialize};
 
-use crate::{canonical_ip, is_private_or_special, ExitPolicy};
+use crate::ExitPolicy;
 
 /// How a node acts as an exit. One type from the configuration file to the
-/// engine: `veilnet-config` reads it as the `[exit]` section, the node fills
-/// in [`own_addrs`](Self::own_addrs), and the engine's admission policy
-/// enforces it.
+/// engine: `veilnet-config` reads it as the `[exit]` section and the
+/// engine's admission policy enforces it (the node's own addresses, refused
+/// for every role, are the policy's, not the exit's).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExitConfig {
@@ -33,13 +31,6 @@ pub struct ExitConfig {
     /// enforced is [`ExitConfig::enforced_policy`].
     #[serde(with = "default_if_empty")]
     pub policy: ExitPolicy,
-    /// This node's own addresses: it never connects to the public ones
-    /// (Tor's ExitPolicyRejectMyAddresses), whatever the policy says, so a
-    /// circuit cannot reach services bound to the exit's own host. Private
-    /// and loopback ones are the private rule's business. Not in the file:
-    /// the node fills it in from its listen and advertised addresses.
-    #[serde(skip)]
-    pub own_addrs: Vec<IpAddr>,
 }
 
 impl Default for ExitConfig {
@@ -49,7 +40,6 @@ impl Default for ExitConfig {
             danger_allow_private_targets: false,
             danger_allow_one_hop_exits: false,
             policy: ExitPolicy::default_exit(),
-            own_addrs: Vec::new(),
         }
     }
 }
@@ -77,12 +67,6 @@ impl ExitConfig {
         } else {
             self.policy.clone()
         }
-    }
-
-    /// Whether `ip` is one of this node's own public addresses.
-    pub fn is_own_public_address(&self, ip: IpAddr) -> bool {
-        let ip = canonical_ip(ip);
-        !is_private_or_special(ip) && self.own_addrs.iter().any(|a| canonical_ip(*a) == ip)
     }
 }
 
@@ -116,7 +100,7 @@ mod tests {
 
     #[test]
     fn enforced_policy() {
-        let lan: IpAddr = "192.168.1.1".parse().unwrap();
+        let lan: std::net::IpAddr = "192.168.1.1".parse().unwrap();
         let off = ExitConfig::default();
         assert_eq!(off.enforced_policy(), ExitPolicy::reject_all());
         let mut on = ExitConfig::new(ExitPolicy::default_exit());
@@ -124,18 +108,5 @@ mod tests {
         on.danger_allow_private_targets = true;
         assert!(on.enforced_policy().allows(lan, 80));
         assert!(!on.enforced_policy().allows(lan, 25), "SMTP stays refused");
-    }
-
-    #[test]
-    fn own_public_addresses() {
-        let mut e = ExitConfig::new(ExitPolicy::default_exit());
-        e.own_addrs = vec![
-            "198.51.100.7".parse().unwrap(),
-            "127.0.0.1".parse().unwrap(),
-        ];
-        assert!(e.is_own_public_address("198.51.100.7".parse().unwrap()));
-        assert!(e.is_own_public_address("::ffff:198.51.100.7".parse().unwrap()));
-        assert!(!e.is_own_public_address("127.0.0.1".parse().unwrap()));
-        assert!(!e.is_own_public_address("198.51.100.8".parse().unwrap()));
     }
 }
