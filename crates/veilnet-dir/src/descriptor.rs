@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use libp2p::identity::{KeyType, Keypair, PublicKey};
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 use veilnet_error::{ErrorKind, HasKind};
 use veilnet_policy::ExitPolicy;
 
@@ -79,6 +80,42 @@ pub struct Descriptor {
     pub seq: u64,
     /// When the descriptor was made (unix seconds).
     pub published: u64,
+}
+
+/// SHA-256 of a descriptor's framed bytes ([`SignedDescriptor::to_bytes`]):
+/// how a directory recognises a descriptor it already holds, or one it has
+/// already refused, before parsing it or checking its signature.
+pub type DescriptorDigest = [u8; 32];
+
+/// The [`DescriptorDigest`] of framed descriptor bytes as they arrived.
+/// Equal to [`SignedDescriptor::digest`] of what
+/// [`SignedDescriptor::from_bytes`] decodes from them (the framing has one
+/// encoding).
+pub fn digest(raw: &[u8]) -> DescriptorDigest {
+    Sha256::digest(raw).into()
+}
+
+/// A descriptor whose signature and fields were checked by
+/// [`SignedDescriptor::verify_into`], with the signed form and its digest:
+/// the only thing [`Directory::insert_verified`](crate::Directory::insert_verified)
+/// accepts.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub(crate) desc: Descriptor,
+    pub(crate) signed: SignedDescriptor,
+    pub(crate) digest: DescriptorDigest,
+}
+
+impl Verified {
+    /// The checked descriptor.
+    pub fn descriptor(&self) -> &Descriptor {
+        &self.desc
+    }
+
+    /// The digest of its signed form.
+    pub fn digest(&self) -> &DescriptorDigest {
+        &self.digest
+    }
 }
 
 /// A descriptor body with its signature, as it travels between nodes.
@@ -406,6 +443,31 @@ impl SignedDescriptor {
     /// Size of [`to_bytes`](Self::to_bytes)'s output.
     pub fn encoded_len(&self) -> usize {
         FRAME_OVERHEAD + self.body.len() + self.signature.len()
+    }
+
+    /// The [`DescriptorDigest`] of [`to_bytes`](Self::to_bytes), without
+    /// building them.
+    pub fn digest(&self) -> DescriptorDigest {
+        let body_len = u32::try_from(self.body.len()).unwrap_or(u32::MAX);
+        let sig_len = u16::try_from(self.signature.len()).unwrap_or(u16::MAX);
+        let mut h = Sha256::new();
+        h.update(body_len.to_be_bytes());
+        h.update(&self.body);
+        h.update(sig_len.to_be_bytes());
+        h.update(&self.signature);
+        h.finalize().into()
+    }
+
+    /// [`verify`](Self::verify), keeping the signed form and its digest for
+    /// the directory. Needs no directory: call it without holding one's lock.
+    pub fn verify_into(self, now: u64) -> Result<Verified, DescriptorError> {
+        let desc = self.verify(now)?;
+        let digest = self.digest();
+        Ok(Verified {
+            desc,
+            signed: self,
+            digest,
+        })
     }
 
     fn check_size(&self) -> Result<(), DescriptorError> {

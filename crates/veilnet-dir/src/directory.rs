@@ -1,11 +1,13 @@
 //! The verified local directory: every descriptor in it passed
 //! [`SignedDescriptor::verify`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use libp2p::PeerId;
 
-use crate::descriptor::{is_too_old, Descriptor, DescriptorError, SignedDescriptor};
+use crate::descriptor::{
+    is_too_old, Descriptor, DescriptorDigest, DescriptorError, SignedDescriptor, Verified,
+};
 
 /// Most nodes a [`Directory`] holds.
 pub const MAX_NODES: usize = 10_000;
@@ -25,6 +27,17 @@ pub enum Inserted {
 struct Entry {
     desc: Descriptor,
     signed: SignedDescriptor,
+    digest: DescriptorDigest,
+}
+
+impl From<Verified> for Entry {
+    fn from(v: Verified) -> Self {
+        Entry {
+            desc: v.desc,
+            signed: v.signed,
+            digest: v.digest,
+        }
+    }
 }
 
 /// A bounded store of verified descriptors, one per peer, keyed by peer id.
@@ -35,6 +48,8 @@ struct Entry {
 pub struct Directory {
     own: PeerId,
     nodes: BTreeMap<PeerId, Entry>,
+    /// The digests of the stored descriptors' signed forms.
+    digests: HashSet<DescriptorDigest>,
 }
 
 impl Directory {
@@ -45,6 +60,7 @@ impl Directory {
         Directory {
             own,
             nodes: BTreeMap::new(),
+            digests: HashSet::new(),
         }
     }
 
@@ -53,36 +69,58 @@ impl Directory {
         self.own
     }
 
-    /// Verify `signed` at time `now` and store it.
-    ///
-    /// A descriptor with the same seq and the same bytes as the stored one
-    /// is [`Inserted::Unchanged`]; a higher seq replaces it
-    /// ([`Inserted::Updated`]); a lower-or-equal seq with different bytes is
-    /// [`DescriptorError::Replayed`]. When the directory is full, stale
-    /// entries are dropped first; if it is still full the descriptor is
-    /// refused with [`DescriptorError::DirectoryFull`].
+    /// Whether the directory holds the descriptor whose signed form has
+    /// this digest: a repeat that needs no parsing and no signature check.
+    pub fn holds(&self, digest: &DescriptorDigest) -> bool {
+        self.digests.contains(digest)
+    }
+
+    /// Verify `signed` at time `now` and store it: a descriptor the
+    /// directory already holds is [`Inserted::Unchanged`] without being
+    /// checked again; any other goes through [`SignedDescriptor::verify`]
+    /// and [`insert_verified`](Self::insert_verified). Verifying here holds
+    /// `&mut self`: a caller behind a lock verifies first with
+    /// [`SignedDescriptor::verify_into`] instead.
     pub fn insert(
         &mut self,
         signed: &SignedDescriptor,
         now: u64,
     ) -> Result<Inserted, DescriptorError> {
-        let desc = signed.verify(now)?;
-        let peer = desc.peer_id;
+        if self.holds(&signed.digest()) {
+            return Ok(Inserted::Unchanged);
+        }
+        self.insert_verified(signed.clone().verify_into(now)?, now)
+    }
+
+    /// Store a verified descriptor.
+    ///
+    /// The same signed bytes as the stored one are [`Inserted::Unchanged`];
+    /// a higher seq replaces it ([`Inserted::Updated`]); a lower-or-equal
+    /// seq with different bytes is [`DescriptorError::Replayed`]. When the
+    /// directory is full, stale entries are dropped first; if it is still
+    /// full the descriptor is refused with
+    /// [`DescriptorError::DirectoryFull`]. `now` is the time the descriptor
+    /// was verified at, or later.
+    pub fn insert_verified(
+        &mut self,
+        verified: Verified,
+        now: u64,
+    ) -> Result<Inserted, DescriptorError> {
+        let peer = verified.desc.peer_id;
         if let Some(old) = self.nodes.get_mut(&peer) {
-            if old.signed == *signed {
+            if old.digest == verified.digest {
                 return Ok(Inserted::Unchanged);
             }
-            if desc.seq <= old.desc.seq {
+            if verified.desc.seq <= old.desc.seq {
                 return Err(DescriptorError::Replayed {
                     peer,
-                    seq: desc.seq,
+                    seq: verified.desc.seq,
                     have: old.desc.seq,
                 });
             }
-            *old = Entry {
-                desc,
-                signed: signed.clone(),
-            };
+            self.digests.remove(&old.digest);
+            self.digests.insert(verified.digest);
+            *old = verified.into();
             return Ok(Inserted::Updated);
         }
         if self.nodes.len() >= MAX_NODES && peer != self.own {
@@ -94,13 +132,8 @@ impl Directory {
                 });
             }
         }
-        self.nodes.insert(
-            peer,
-            Entry {
-                desc,
-                signed: signed.clone(),
-            },
-        );
+        self.digests.insert(verified.digest);
+        self.nodes.insert(peer, verified.into());
         Ok(Inserted::New)
     }
 
@@ -108,10 +141,12 @@ impl Directory {
     /// `now`; returns the removed peers.
     pub fn expire(&mut self, now: u64) -> Vec<PeerId> {
         let mut removed = Vec::new();
+        let digests = &mut self.digests;
         self.nodes.retain(|peer, e| {
             let stale = is_too_old(e.desc.published, now) || e.desc.onion_key_expires <= now;
             if stale {
                 removed.push(*peer);
+                digests.remove(&e.digest);
             }
             !stale
         });
@@ -120,7 +155,9 @@ impl Directory {
 
     /// Remove one peer's descriptor; returns it if it was present.
     pub fn remove(&mut self, peer: &PeerId) -> Option<Descriptor> {
-        self.nodes.remove(peer).map(|e| e.desc)
+        let e = self.nodes.remove(peer)?;
+        self.digests.remove(&e.digest);
+        Some(e.desc)
     }
 
     /// The verified descriptor of `peer`.

@@ -6,9 +6,9 @@ pub mod directory;
 pub mod path;
 
 pub use descriptor::{
-    Descriptor, DescriptorError, Roles, SignedDescriptor, MAX_ADDRS, MAX_CLOCK_SKEW,
-    MAX_DESCRIPTOR_AGE, MAX_DESCRIPTOR_BYTES, MAX_FAMILY, MAX_SIGNATURE_BYTES, MAX_VERSION_LEN,
-    SIGNING_CONTEXT,
+    digest, Descriptor, DescriptorDigest, DescriptorError, Roles, SignedDescriptor, Verified,
+    MAX_ADDRS, MAX_CLOCK_SKEW, MAX_DESCRIPTOR_AGE, MAX_DESCRIPTOR_BYTES, MAX_FAMILY,
+    MAX_SIGNATURE_BYTES, MAX_VERSION_LEN, SIGNING_CONTEXT,
 };
 pub use directory::{Directory, Inserted, MAX_NODES};
 pub use path::{select_path, GuardSet, PathError, PathRequest};

@@ -490,3 +490,61 @@ fn directory_expire() {
     let err = dir.insert(&sign(&d1, &k1), NOW - 1000 + MAX_DESCRIPTOR_AGE + 1);
     assert!(matches!(err, Err(DescriptorError::Expired { .. })));
 }
+
+#[test]
+fn directory_recognises_held_descriptors_by_digest() {
+    let k = key(1);
+    let peer = k.public().to_peer_id();
+    let mut dir = Directory::new(key(99).public().to_peer_id());
+    let mut d = desc(&k, "1.2.3.4:9001");
+    let s1 = sign(&d, &k);
+    // The digest of the bytes as they travel is the descriptor's digest.
+    assert_eq!(veilnet_dir::digest(&s1.to_bytes()), s1.digest());
+    assert!(!dir.holds(&s1.digest()));
+    let v1 = s1.clone().verify_into(NOW).unwrap();
+    assert_eq!(v1.descriptor().peer_id, peer);
+    assert_eq!(dir.insert_verified(v1.clone(), NOW).unwrap(), Inserted::New);
+    assert!(dir.holds(&s1.digest()));
+    assert_eq!(dir.insert_verified(v1, NOW).unwrap(), Inserted::Unchanged);
+
+    // Any change to the signed bytes is a different digest, checked again:
+    // holding a descriptor never lets a forgery of it in.
+    let mut forged = s1.clone();
+    forged.signature[5] ^= 0x40;
+    assert_ne!(forged.digest(), s1.digest());
+    assert!(!dir.holds(&forged.digest()));
+    assert!(matches!(
+        dir.insert(&forged, NOW),
+        Err(DescriptorError::BadSignature { .. })
+    ));
+    let mut body = s1.clone();
+    body.body.push(b' ');
+    assert!(!dir.holds(&body.digest()));
+    assert!(dir.insert(&body, NOW).is_err());
+
+    // An update replaces the digest; removal forgets it.
+    d.seq += 1;
+    let s2 = sign(&d, &k);
+    assert_eq!(dir.insert(&s2, NOW).unwrap(), Inserted::Updated);
+    assert!(!dir.holds(&s1.digest()) && dir.holds(&s2.digest()));
+    // The replaced one is refused as a replay, not taken for "held".
+    assert!(matches!(
+        dir.insert(&s1, NOW),
+        Err(DescriptorError::Replayed { .. })
+    ));
+    dir.remove(&peer);
+    assert!(!dir.holds(&s2.digest()));
+
+    // Expiry forgets the digest too, so a stale copy is refused again.
+    let mut old = desc(&key(2), "2.2.2.2:1");
+    old.published = NOW - 1000;
+    let so = sign(&old, &key(2));
+    dir.insert(&so, NOW).unwrap();
+    let later = NOW - 1000 + MAX_DESCRIPTOR_AGE + 1;
+    dir.expire(later);
+    assert!(!dir.holds(&so.digest()));
+    assert!(matches!(
+        dir.insert(&so, later),
+        Err(DescriptorError::Expired { .. })
+    ));
+}

@@ -1,6 +1,7 @@
 //! What a node does in the background: feeding the directory from
 //! discovery, and the periodic housekeeping.
 
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use veilnet_circmgr::CircuitManager;
 use veilnet_config::unix_now;
-use veilnet_dir::{Directory, Inserted, SignedDescriptor};
+use veilnet_dir::{DescriptorDigest, DescriptorError, Directory, Inserted, SignedDescriptor};
 use veilnet_discovery::{DiscoveryEvent, DiscoveryHandle};
 use veilnet_error::{ErrorKind, HasKind};
 use veilnet_proto::Core;
@@ -24,34 +25,101 @@ const IDLE_LINK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// How often the directory is pruned and known peers saved.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
 
+/// Digests of refused descriptors remembered, so that a peer resending the
+/// same bad descriptor costs a hash, not a signature check.
+const REFUSED_REMEMBERED: usize = 4096;
+
 /// Verifies and stores descriptors arriving from discovery.
+///
+/// Work is bounded before the expensive part: a descriptor the directory
+/// already holds, or one refused before, is recognised by its digest and
+/// dropped without parsing or a signature check; the rest are verified
+/// without the directory lock, which is taken only to look up digests and
+/// to store what passed.
 pub(crate) async fn directory_feed(
     directory: Arc<Mutex<Directory>>,
     mut events: tokio::sync::mpsc::Receiver<DiscoveryEvent>,
 ) {
+    let mut refused = RecentDigests::new(REFUSED_REMEMBERED);
     while let Some(ev) = events.recv().await {
         match ev {
             DiscoveryEvent::Records { from, records } => {
                 let now = unix_now();
-                let mut dir = lock(&directory);
-                for raw in records {
-                    let result =
-                        SignedDescriptor::from_bytes(&raw).and_then(|sd| dir.insert(&sd, now));
+                let fresh: Vec<(DescriptorDigest, Vec<u8>)> = {
+                    let dir = lock(&directory);
+                    records
+                        .into_iter()
+                        .map(|raw| (veilnet_dir::digest(&raw), raw))
+                        .filter(|(d, _)| !dir.holds(d) && !refused.contains(d))
+                        .collect()
+                };
+                for (digest, raw) in fresh {
+                    let result = SignedDescriptor::from_bytes(&raw)
+                        .and_then(|sd| sd.verify_into(now))
+                        .and_then(|v| lock(&directory).insert_verified(v, now));
                     match result {
                         Ok(Inserted::New) => debug!("learned a new node from {from}"),
                         Ok(_) => {}
-                        Err(e) => match e.kind() {
-                            ErrorKind::PeerMisbehaved => {
-                                warn!("rejected a descriptor relayed by {from}: {e}")
+                        Err(e) => {
+                            if remember_refusal(&e) {
+                                refused.insert(digest);
                             }
-                            _ => debug!("ignored a descriptor relayed by {from}: {e}"),
-                        },
+                            match e.kind() {
+                                ErrorKind::PeerMisbehaved => {
+                                    warn!("rejected a descriptor relayed by {from}: {e}")
+                                }
+                                _ => debug!("ignored a descriptor relayed by {from}: {e}"),
+                            }
+                        }
                     }
                 }
             }
             DiscoveryEvent::PeerConnected { peer, .. } => debug!("p2p connected to {peer}"),
             DiscoveryEvent::PeerDisconnected { peer } => debug!("p2p disconnected from {peer}"),
             DiscoveryEvent::Listening(addr) => debug!("p2p listening on {addr}"),
+        }
+    }
+}
+
+/// Whether the same bytes would be refused again later: not for a
+/// descriptor from the near future (it becomes valid) or one refused only
+/// because the directory was full.
+fn remember_refusal(e: &DescriptorError) -> bool {
+    !matches!(
+        e,
+        DescriptorError::FromFuture { .. } | DescriptorError::DirectoryFull { .. }
+    )
+}
+
+/// A bounded set of digests; the oldest is forgotten first.
+struct RecentDigests {
+    set: HashSet<DescriptorDigest>,
+    order: VecDeque<DescriptorDigest>,
+    max: usize,
+}
+
+impl RecentDigests {
+    fn new(max: usize) -> Self {
+        Self {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            max,
+        }
+    }
+
+    fn contains(&self, d: &DescriptorDigest) -> bool {
+        self.set.contains(d)
+    }
+
+    fn insert(&mut self, d: DescriptorDigest) {
+        if self.max == 0 || !self.set.insert(d) {
+            return;
+        }
+        self.order.push_back(d);
+        if self.order.len() > self.max {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
         }
     }
 }
@@ -141,5 +209,22 @@ pub(crate) async fn housekeeping(hk: Housekeeping, mut shutdown: watch::Receiver
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_digests_forget_the_oldest_first() {
+        let mut r = RecentDigests::new(2);
+        r.insert([1; 32]);
+        r.insert([2; 32]);
+        r.insert([1; 32]);
+        assert!(r.contains(&[1; 32]) && r.contains(&[2; 32]));
+        r.insert([3; 32]);
+        assert!(!r.contains(&[1; 32]));
+        assert!(r.contains(&[2; 32]) && r.contains(&[3; 32]));
     }
 }
