@@ -72,7 +72,6 @@ type Header = [u8; ONION_HEADER_LEN];
 /// in use, and whether a failed check killed it.
 struct DirLayer {
     data_key: [u8; 32],
-    mask_key: [u8; 32],
     data: CounterAead,
     mask: CounterKeystream,
     /// Cells processed under the current keys.
@@ -88,7 +87,6 @@ impl DirLayer {
     fn new(data_key: &[u8; 32], mask_key: &[u8; 32]) -> Self {
         Self {
             data_key: *data_key,
-            mask_key: *mask_key,
             data: CounterAead::new(data_key),
             mask: CounterKeystream::new(mask_key),
             uses: 0,
@@ -127,9 +125,8 @@ impl DirLayer {
         }
         if key_update {
             self.data_key = next_key(&self.data_key);
-            self.mask_key = next_key(&self.mask_key);
             self.data = CounterAead::new(&self.data_key);
-            self.mask = CounterKeystream::new(&self.mask_key);
+            self.mask = CounterKeystream::new(&next_key(self.mask.key()));
             self.uses = 0;
             self.since = None;
             self.updates += 1;
