@@ -202,4 +202,3 @@ mod keystream_tests {
         assert!(ctr.cipher.is_some());
     }
 }
-

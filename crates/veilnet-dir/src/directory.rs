@@ -1,7 +1,7 @@
 //! The verified local directory: every descriptor in it passed
 //! [`SignedDescriptor::verify`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use libp2p::PeerId;
 
@@ -11,6 +11,10 @@ use crate::descriptor::{
 
 /// Most nodes a [`Directory`] holds.
 pub const MAX_NODES: usize = 10_000;
+/// Digests of refused descriptors a [`Directory`] remembers, so that a
+/// peer offering the same bad descriptor again costs a lookup, not a
+/// signature check, and reconciliation never asks for it again.
+pub const REFUSED_REMEMBERED: usize = 4096;
 
 /// What [`Directory::insert`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,7 +53,9 @@ pub struct Directory {
     own: PeerId,
     nodes: BTreeMap<PeerId, Entry>,
     /// The digests of the stored descriptors' signed forms.
-    digests: HashSet<DescriptorDigest>,
+    digests: HashMap<DescriptorDigest, PeerId>,
+    /// Recently refused digests.
+    refused: RecentDigests,
 }
 
 impl Directory {
@@ -60,7 +66,8 @@ impl Directory {
         Directory {
             own,
             nodes: BTreeMap::new(),
-            digests: HashSet::new(),
+            digests: HashMap::new(),
+            refused: RecentDigests::new(REFUSED_REMEMBERED),
         }
     }
 
@@ -72,7 +79,34 @@ impl Directory {
     /// Whether the directory holds the descriptor whose signed form has
     /// this digest: a repeat that needs no parsing and no signature check.
     pub fn holds(&self, digest: &DescriptorDigest) -> bool {
-        self.digests.contains(digest)
+        self.digests.contains_key(digest)
+    }
+
+    /// Whether a descriptor needs no fetching or checking: held, or
+    /// refused recently ([`note_refused`](Self::note_refused)).
+    pub fn knows(&self, digest: &DescriptorDigest) -> bool {
+        self.holds(digest) || self.refused.contains(digest)
+    }
+
+    /// Remembers (among the last [`REFUSED_REMEMBERED`]) that the
+    /// descriptor with this digest was refused for good.
+    pub fn note_refused(&mut self, digest: DescriptorDigest) {
+        self.refused.insert(digest);
+    }
+
+    /// The digests of every stored descriptor, sorted.
+    pub fn digests(&self) -> Vec<DescriptorDigest> {
+        let mut d: Vec<_> = self.digests.keys().copied().collect();
+        d.sort_unstable();
+        d
+    }
+
+    /// The stored descriptor whose signed form has this digest.
+    pub fn signed_by_digest(&self, digest: &DescriptorDigest) -> Option<&SignedDescriptor> {
+        self.digests
+            .get(digest)
+            .and_then(|peer| self.nodes.get(peer))
+            .map(|e| &e.signed)
     }
 
     /// Verify `signed` at time `now` and store it: a descriptor the
@@ -119,7 +153,7 @@ impl Directory {
                 });
             }
             self.digests.remove(&old.digest);
-            self.digests.insert(verified.digest);
+            self.digests.insert(verified.digest, peer);
             *old = verified.into();
             return Ok(Inserted::Updated);
         }
@@ -132,7 +166,7 @@ impl Directory {
                 });
             }
         }
-        self.digests.insert(verified.digest);
+        self.digests.insert(verified.digest, peer);
         self.nodes.insert(peer, verified.into());
         Ok(Inserted::New)
     }
@@ -188,5 +222,56 @@ impl Directory {
     /// Whether the directory is empty.
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
+    }
+}
+
+/// A bounded set of digests; the oldest is forgotten first.
+#[derive(Debug, Clone)]
+struct RecentDigests {
+    set: HashSet<DescriptorDigest>,
+    order: VecDeque<DescriptorDigest>,
+    max: usize,
+}
+
+impl RecentDigests {
+    fn new(max: usize) -> Self {
+        Self {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            max,
+        }
+    }
+
+    fn contains(&self, d: &DescriptorDigest) -> bool {
+        self.set.contains(d)
+    }
+
+    fn insert(&mut self, d: DescriptorDigest) {
+        if self.max == 0 || !self.set.insert(d) {
+            return;
+        }
+        self.order.push_back(d);
+        if self.order.len() > self.max {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_digests_forget_the_oldest_first() {
+        let mut r = RecentDigests::new(2);
+        r.insert([1; 32]);
+        r.insert([2; 32]);
+        r.insert([1; 32]);
+        assert!(r.contains(&[1; 32]) && r.contains(&[2; 32]));
+        r.insert([3; 32]);
+        assert!(!r.contains(&[1; 32]));
+        assert!(r.contains(&[2; 32]) && r.contains(&[3; 32]));
     }
 }

@@ -10,5 +10,5 @@ pub use descriptor::{
     MAX_ADDRS, MAX_CLOCK_SKEW, MAX_DESCRIPTOR_AGE, MAX_DESCRIPTOR_BYTES, MAX_FAMILY,
     MAX_SIGNATURE_BYTES, MAX_VERSION_LEN, SIGNING_CONTEXT,
 };
-pub use directory::{Directory, Inserted, MAX_NODES};
+pub use directory::{Directory, Inserted, MAX_NODES, REFUSED_REMEMBERED};
 pub use path::{select_path, GuardSet, PathError, PathRequest};

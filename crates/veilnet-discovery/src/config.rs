@@ -4,11 +4,44 @@ use std::{sync::Arc, time::Duration};
 
 use libp2p::{identity::Keypair, Multiaddr, PeerId};
 
-/// Supplies the records this node currently knows (its own descriptor and verified others).
+use crate::sync::{digest, RecordDigest};
+
+/// The records this node reconciles with its peers (its own descriptor and
+/// the verified others), named by [`RecordDigest`] (SHA-256 of the bytes).
 ///
-/// It is called on the swarm task for every gossip round and every inbound
-/// exchange, so it must be cheap and must not block.
-pub type RecordProvider = Arc<dyn Fn() -> Vec<Vec<u8>> + Send + Sync>;
+/// It is called on the swarm task for every exchange, so it must be cheap
+/// and must not block.
+pub trait RecordStore: Send + Sync {
+    /// The digests of the records this node passes on, sorted ascending,
+    /// without duplicates.
+    fn digests(&self) -> Vec<RecordDigest>;
+    /// The bytes of a held record.
+    fn record(&self, digest: &RecordDigest) -> Option<Vec<u8>>;
+    /// Whether a record needs not be fetched: held, or refused before.
+    fn knows(&self, digest: &RecordDigest) -> bool;
+}
+
+/// A closure returning every record is a store (tests, small tools): each
+/// call hashes them all.
+impl<F: Fn() -> Vec<Vec<u8>> + Send + Sync> RecordStore for F {
+    fn digests(&self) -> Vec<RecordDigest> {
+        let mut d: Vec<RecordDigest> = self().iter().map(|r| digest(r)).collect();
+        d.sort_unstable();
+        d.dedup();
+        d
+    }
+
+    fn record(&self, wanted: &RecordDigest) -> Option<Vec<u8>> {
+        self().into_iter().find(|r| digest(r) == *wanted)
+    }
+
+    fn knows(&self, wanted: &RecordDigest) -> bool {
+        self().iter().any(|r| digest(r) == *wanted)
+    }
+}
+
+/// The store a discovery node reconciles.
+pub type RecordProvider = Arc<dyn RecordStore>;
 
 /// Configuration of a discovery node. Build one with [`DiscoveryConfig::new`]
 /// and adjust the public fields.

@@ -4,18 +4,20 @@
 mod config;
 mod error;
 mod node;
+pub mod sync;
 mod wire;
 
-pub use config::{DiscoveryConfig, RecordProvider};
+pub use config::{DiscoveryConfig, RecordProvider, RecordStore};
 pub use error::DiscoveryError;
 pub use node::{spawn, DiscoveryEvent, DiscoveryHandle};
+pub use sync::RecordDigest;
 
 /// Protocol version string announced through identify.
 pub const IDENTIFY_PROTOCOL: &str = "/veilnet/id/1.0.0";
 /// Kademlia protocol name.
 pub const KAD_PROTOCOL: &str = "/veilnet/kad/1.0.0";
-/// Record gossip (request-response) protocol name.
-pub const RECORDS_PROTOCOL: &str = "/veilnet/records/1.0.0";
+/// Record reconciliation (request-response) protocol name.
+pub const SYNC_PROTOCOL: &str = "/veilnet/sync/1.0.0";
 /// Hard upper bound on the encoded size of one gossip message, whatever the config says.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Maximum number of established connections a node keeps.

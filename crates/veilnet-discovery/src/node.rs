@@ -29,8 +29,9 @@ use tracing::{debug, trace, warn};
 use crate::{
     config::{DiscoveryConfig, RecordProvider},
     error::DiscoveryError,
-    wire::{self, Limits, RecordsMessage},
-    IDENTIFY_PROTOCOL, KAD_PROTOCOL, MAX_ESTABLISHED, RECORDS_PROTOCOL,
+    sync::{self, RecordDigest, RecordSet, SyncLimits, SyncMessage, MAX_ROUNDS},
+    wire::{self, SyncCodec},
+    IDENTIFY_PROTOCOL, KAD_PROTOCOL, MAX_ESTABLISHED, SYNC_PROTOCOL,
 };
 
 /// Capacity of the event channel.
@@ -142,7 +143,7 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
-    records: request_response::json::Behaviour<RecordsMessage, RecordsMessage>,
+    records: request_response::Behaviour<SyncCodec>,
 }
 
 /// Starts a discovery node on the current tokio runtime.
@@ -165,7 +166,7 @@ pub async fn spawn(
             _ => return Err(DiscoveryError::BootstrapWithoutPeerId(addr.clone())),
         }
     }
-    let limits = Limits::new(cfg.max_records, cfg.max_record_len);
+    let limits = wire::limits(cfg.max_records, cfg.max_record_len);
     let mut swarm = build_swarm(&cfg, &limits)?;
 
     let mut pending_listeners = HashSet::new();
@@ -236,7 +237,10 @@ pub async fn spawn(
     ))
 }
 
-fn build_swarm(cfg: &DiscoveryConfig, limits: &Limits) -> Result<Swarm<Behaviour>, DiscoveryError> {
+fn build_swarm(
+    cfg: &DiscoveryConfig,
+    limits: &SyncLimits,
+) -> Result<Swarm<Behaviour>, DiscoveryError> {
     let transport_err = |e: &dyn std::fmt::Display| DiscoveryError::Transport(e.to_string());
     let swarm = SwarmBuilder::with_existing_identity(cfg.keypair.clone())
         .with_tokio()
@@ -272,13 +276,10 @@ fn build_swarm(cfg: &DiscoveryConfig, limits: &Limits) -> Result<Swarm<Behaviour
             // Loopback / private addresses would otherwise keep us in client mode.
             kad.set_mode(Some(kad::Mode::Server));
 
-            let max_msg = u64::try_from(limits.max_message_bytes).unwrap_or(u64::MAX);
-            let codec = request_response::json::codec::Codec::default()
-                .set_request_size_maximum(max_msg)
-                .set_response_size_maximum(max_msg);
+            let codec = SyncCodec { limits: *limits };
             let records = request_response::Behaviour::with_codec(
                 codec,
-                [(StreamProtocol::new(RECORDS_PROTOCOL), ProtocolSupport::Full)],
+                [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
                 request_response::Config::default()
                     .with_request_timeout(REQUEST_TIMEOUT)
                     .with_max_concurrent_streams(MAX_RECORD_STREAMS),
@@ -323,13 +324,14 @@ struct PeerState {
 struct Node {
     swarm: Swarm<Behaviour>,
     provider: RecordProvider,
-    limits: Limits,
+    limits: SyncLimits,
     exchange_interval: Duration,
     events: mpsc::Sender<DiscoveryEvent>,
     commands: mpsc::Receiver<Command>,
     connected: HashMap<PeerId, PeerState>,
-    /// Outbound record exchanges in flight, at most one per peer.
-    in_flight: HashMap<OutboundRequestId, PeerId>,
+    /// Outbound sync requests in flight (the peer and the round of its
+    /// exchange), at most one per peer.
+    in_flight: HashMap<OutboundRequestId, (PeerId, usize)>,
     pending_listeners: HashSet<libp2p::core::transport::ListenerId>,
     ready: Option<oneshot::Sender<Result<(), DiscoveryError>>>,
     gossip_started: bool,
@@ -435,7 +437,7 @@ impl Node {
 
     fn gossip_round(&mut self) {
         self.gossip_started = true;
-        let busy: HashSet<PeerId> = self.in_flight.values().copied().collect();
+        let busy: HashSet<PeerId> = self.in_flight.values().map(|(p, _)| *p).collect();
         let peers = self
             .connected
             .keys()
@@ -445,33 +447,32 @@ impl Node {
         if peers.is_empty() {
             return;
         }
-        let msg = self.pack();
+        let msg = sync::open(&self.snapshot());
         for peer in peers {
-            self.send_records(peer, msg.clone());
+            self.send_sync(peer, msg.clone(), 1);
         }
     }
 
-    fn send_records(&mut self, peer: PeerId, msg: RecordsMessage) {
-        if self.in_flight.values().any(|p| *p == peer) {
+    /// Sends round `round` of an exchange with `peer`: a new exchange
+    /// (round 1) only if none is in flight with it.
+    fn send_sync(&mut self, peer: PeerId, msg: SyncMessage, round: usize) {
+        if round == 1 && self.in_flight.values().any(|(p, _)| *p == peer) {
             return;
         }
         let id = self.swarm.behaviour_mut().records.send_request(&peer, msg);
-        self.in_flight.insert(id, peer);
+        self.in_flight.insert(id, (peer, round));
     }
 
-    fn pack(&self) -> RecordsMessage {
-        let (msg, dropped) = wire::pack((self.provider)(), &self.limits, &mut rand::thread_rng());
-        if dropped.any() {
-            debug!(?dropped, "records left out of an outgoing message");
+    /// What we reconcile now.
+    fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot {
+            digests: self.provider.digests(),
+            store: &*self.provider,
         }
-        msg
     }
 
-    fn deliver(&self, from: PeerId, msg: RecordsMessage) {
-        let (records, dropped) = wire::unpack(msg, &self.limits);
-        if dropped.any() {
-            debug!(%from, ?dropped, "records dropped from an incoming message");
-        }
+    /// Hands the records a peer sent (unverified) to the node.
+    fn deliver(&self, from: PeerId, records: Vec<Vec<u8>>) {
         if !records.is_empty() {
             self.emit(DiscoveryEvent::Records { from, records });
         }
@@ -541,8 +542,8 @@ impl Node {
                     // Exchange at once with peers we dialed (the dialer
                     // does it, so a new link carries one exchange, not two).
                     if endpoint.is_dialer() {
-                        let msg = self.pack();
-                        self.send_records(peer_id, msg);
+                        let msg = sync::open(&self.snapshot());
+                        self.send_sync(peer_id, msg, 1);
                     }
                 } else if let Some(state) = self.connected.get_mut(&peer_id) {
                     state.connections = num_established;
@@ -621,10 +622,7 @@ impl Node {
         }
     }
 
-    fn handle_records_event(
-        &mut self,
-        ev: request_response::Event<RecordsMessage, RecordsMessage>,
-    ) {
+    fn handle_records_event(&mut self, ev: request_response::Event<SyncMessage, SyncMessage>) {
         use request_response::{Event, Message};
         match ev {
             Event::Message {
@@ -635,8 +633,8 @@ impl Node {
                     },
                 ..
             } => {
-                self.deliver(peer, request);
-                let response = self.pack();
+                let response = sync::process(&self.snapshot(), &request, &self.limits);
+                self.deliver(peer, request.records);
                 if self
                     .swarm
                     .behaviour_mut()
@@ -656,8 +654,15 @@ impl Node {
                     },
                 ..
             } => {
-                self.in_flight.remove(&request_id);
-                self.deliver(peer, response);
+                let round = self
+                    .in_flight
+                    .remove(&request_id)
+                    .map_or(MAX_ROUNDS, |(_, r)| r);
+                let next = sync::process(&self.snapshot(), &response, &self.limits);
+                self.deliver(peer, response.records);
+                if !next.is_empty() && round < MAX_ROUNDS {
+                    self.send_sync(peer, next, round + 1);
+                }
             }
             Event::OutboundFailure {
                 peer,
@@ -666,10 +671,10 @@ impl Node {
                 ..
             } => {
                 self.in_flight.remove(&request_id);
-                debug!(%peer, "record exchange failed: {error}");
+                debug!(%peer, "sync exchange failed: {error}");
             }
             Event::InboundFailure { peer, error, .. } => {
-                debug!(%peer, "inbound record exchange failed: {error}");
+                debug!(%peer, "inbound sync exchange failed: {error}");
             }
             Event::ResponseSent { .. } => {}
         }
@@ -682,5 +687,25 @@ fn event_name(ev: &DiscoveryEvent) -> &'static str {
         DiscoveryEvent::PeerConnected { .. } => "PeerConnected",
         DiscoveryEvent::PeerDisconnected { .. } => "PeerDisconnected",
         DiscoveryEvent::Records { .. } => "Records",
+    }
+}
+
+/// The record set of one exchange step: the store's digests, read once.
+struct Snapshot<'a> {
+    digests: Vec<RecordDigest>,
+    store: &'a dyn crate::RecordStore,
+}
+
+impl RecordSet for Snapshot<'_> {
+    fn digests(&self) -> &[RecordDigest] {
+        &self.digests
+    }
+
+    fn record(&self, digest: &RecordDigest) -> Option<Vec<u8>> {
+        self.store.record(digest)
+    }
+
+    fn knows(&self, digest: &RecordDigest) -> bool {
+        self.store.knows(digest)
     }
 }

@@ -1,4 +1,4 @@
-//! A misbehaving peer speaking the records protocol with raw bytes must not
+//! A misbehaving peer speaking the sync protocol with raw bytes must not
 //! crash or wedge the node.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
@@ -16,7 +16,8 @@ use libp2p::{
     tcp, yamux, StreamProtocol, SwarmBuilder,
 };
 use tokio::time::timeout;
-use veilnet_discovery::RECORDS_PROTOCOL;
+use veilnet_discovery::sync::{self, Range, RangeMode, SyncLimits, SyncMessage};
+use veilnet_discovery::SYNC_PROTOCOL;
 
 /// Sends and receives raw bytes, whatever they are.
 #[derive(Clone, Default)]
@@ -92,7 +93,7 @@ async fn garbage_and_oversized_records_do_not_crash_the_node() {
             .with_behaviour(|_| {
                 request_response::Behaviour::with_codec(
                     RawCodec,
-                    [(StreamProtocol::new(RECORDS_PROTOCOL), ProtocolSupport::Full)],
+                    [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(10)),
                 )
@@ -103,17 +104,32 @@ async fn garbage_and_oversized_records_do_not_crash_the_node() {
         attacker.dial(victim.addr.clone()).unwrap();
 
         let oversized = vec![0x42u8; 20 * 1024]; // > 16 KiB default
-        let valid_with_bad_records = format!(
-            r#"{{"records":["{}","zz","{}","abc"]}}"#,
-            hex::encode(b"good-from-attacker"),
-            hex::encode(&oversized)
-        );
+        let open_with = |records: Vec<Vec<u8>>| SyncMessage {
+            ranges: vec![Range {
+                lower: [0; 32],
+                upper: None,
+                mode: RangeMode::Fingerprint([0; 16]),
+            }],
+            records,
+            ..SyncMessage::default()
+        };
+        let mut wrong_version = open_with(vec![]).encode();
+        wrong_version[0] = 9;
+        let mut huge_count = vec![sync::SYNC_VERSION];
+        huge_count.extend_from_slice(&u16::MAX.to_be_bytes());
         let requests: Vec<(&str, Vec<u8>)> = vec![
-            ("garbage", b"\x00\xffnot json at all{{{".to_vec()),
-            ("wrong shape", br#"{"records":[1,2,3]}"#.to_vec()),
+            ("garbage", b"\x00\xffnot a sync message{{{".to_vec()),
+            ("wrong version", wrong_version),
+            ("huge count", huge_count),
             ("over size limit", vec![b'a'; 5 << 20]),
-            ("deeply nested", vec![b'['; 100_000]),
-            ("bad records", valid_with_bad_records.into_bytes()),
+            (
+                "oversized record",
+                open_with(vec![b"in-a-bad-message".to_vec(), oversized.clone()]).encode(),
+            ),
+            (
+                "good",
+                open_with(vec![b"good-from-attacker".to_vec()]).encode(),
+            ),
         ];
         let total = requests.len();
         let mut requests = Some(requests);
@@ -166,13 +182,25 @@ async fn garbage_and_oversized_records_do_not_crash_the_node() {
             victim.handle.connected_peers().await,
             attacker.is_connected(&victim.peer_id)
         );
-        // The well-formed message got a proper answer carrying the victim's record.
-        let answer = outcomes["bad records"]
+        // The well-formed message got a proper answer: the victim's one
+        // record, listed by digest.
+        let answer = outcomes["good"]
             .as_ref()
             .expect("well-formed request answered");
-        let expected = format!(r#"{{"records":["{}"]}}"#, hex::encode(b"victim-record"));
-        assert_eq!(std::str::from_utf8(answer).unwrap(), expected);
-        // Of its records only the good one got through.
+        let limits = SyncLimits {
+            max_records: 2048,
+            max_record_len: 16 * 1024,
+            max_message_bytes: 4 << 20,
+        };
+        let answer = SyncMessage::decode(answer, &limits).expect("a valid answer");
+        assert_eq!(
+            answer.ranges[0].mode,
+            RangeMode::List {
+                digests: vec![sync::digest(b"victim-record")],
+                reply: true,
+            }
+        );
+        // Its record got through; nothing of the refused messages did.
         timeout(Duration::from_secs(5), async {
             while !victim.knows(b"good-from-attacker") {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -181,7 +209,19 @@ async fn garbage_and_oversized_records_do_not_crash_the_node() {
         .await
         .expect("good record delivered");
         assert!(!victim.knows(&oversized));
+        assert!(!victim.knows(b"in-a-bad-message"));
         assert_eq!(victim.known_count(), 2, "only own + good record");
+        // A refused request gets no answer: the stream fails or ends empty.
+        for label in [
+            "garbage",
+            "wrong version",
+            "huge count",
+            "over size limit",
+            "oversized record",
+        ] {
+            let answered = outcomes[label].as_ref().is_ok_and(|b| !b.is_empty());
+            assert!(!answered, "{label} was answered");
+        }
         drop(attacker);
 
         // The victim still works: an honest node exchanges records with it.

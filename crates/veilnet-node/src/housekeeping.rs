@@ -1,7 +1,6 @@
 //! What a node does in the background: feeding the directory from
 //! discovery, and the periodic housekeeping.
 
-use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,22 +24,17 @@ const IDLE_LINK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// How often the directory is pruned and known peers saved.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
 
-/// Digests of refused descriptors remembered, so that a peer resending the
-/// same bad descriptor costs a hash, not a signature check.
-const REFUSED_REMEMBERED: usize = 4096;
-
 /// Verifies and stores descriptors arriving from discovery.
 ///
 /// Work is bounded before the expensive part: a descriptor the directory
-/// already holds, or one refused before, is recognised by its digest and
-/// dropped without parsing or a signature check; the rest are verified
+/// already holds, or one it refused recently, is recognised by its digest
+/// and dropped without parsing or a signature check; the rest are verified
 /// without the directory lock, which is taken only to look up digests and
-/// to store what passed.
+/// to store what passed (or remember what was refused).
 pub(crate) async fn directory_feed(
     directory: Arc<Mutex<Directory>>,
     mut events: tokio::sync::mpsc::Receiver<DiscoveryEvent>,
 ) {
-    let mut refused = RecentDigests::new(REFUSED_REMEMBERED);
     while let Some(ev) = events.recv().await {
         match ev {
             DiscoveryEvent::Records { from, records } => {
@@ -50,7 +44,7 @@ pub(crate) async fn directory_feed(
                     records
                         .into_iter()
                         .map(|raw| (veilnet_dir::digest(&raw), raw))
-                        .filter(|(d, _)| !dir.holds(d) && !refused.contains(d))
+                        .filter(|(d, _)| !dir.knows(d))
                         .collect()
                 };
                 for (digest, raw) in fresh {
@@ -62,7 +56,7 @@ pub(crate) async fn directory_feed(
                         Ok(_) => {}
                         Err(e) => {
                             if remember_refusal(&e) {
-                                refused.insert(digest);
+                                lock(&directory).note_refused(digest);
                             }
                             match e.kind() {
                                 ErrorKind::PeerMisbehaved => {
@@ -89,39 +83,6 @@ fn remember_refusal(e: &DescriptorError) -> bool {
         e,
         DescriptorError::FromFuture { .. } | DescriptorError::DirectoryFull { .. }
     )
-}
-
-/// A bounded set of digests; the oldest is forgotten first.
-struct RecentDigests {
-    set: HashSet<DescriptorDigest>,
-    order: VecDeque<DescriptorDigest>,
-    max: usize,
-}
-
-impl RecentDigests {
-    fn new(max: usize) -> Self {
-        Self {
-            set: HashSet::new(),
-            order: VecDeque::new(),
-            max,
-        }
-    }
-
-    fn contains(&self, d: &DescriptorDigest) -> bool {
-        self.set.contains(d)
-    }
-
-    fn insert(&mut self, d: DescriptorDigest) {
-        if self.max == 0 || !self.set.insert(d) {
-            return;
-        }
-        self.order.push_back(d);
-        if self.order.len() > self.max {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-    }
 }
 
 pub(crate) struct Housekeeping {
@@ -209,22 +170,5 @@ pub(crate) async fn housekeeping(hk: Housekeeping, mut shutdown: watch::Receiver
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recent_digests_forget_the_oldest_first() {
-        let mut r = RecentDigests::new(2);
-        r.insert([1; 32]);
-        r.insert([2; 32]);
-        r.insert([1; 32]);
-        assert!(r.contains(&[1; 32]) && r.contains(&[2; 32]));
-        r.insert([3; 32]);
-        assert!(!r.contains(&[1; 32]));
-        assert!(r.contains(&[2; 32]) && r.contains(&[3; 32]));
     }
 }

@@ -233,14 +233,8 @@ impl Node {
             template,
         }));
 
-        let provider_dir = directory.clone();
-        let provider: veilnet_discovery::RecordProvider = Arc::new(move || {
-            lock(&provider_dir)
-                .all_signed()
-                .iter()
-                .map(SignedDescriptor::to_bytes)
-                .collect()
-        });
+        let provider: veilnet_discovery::RecordProvider =
+            Arc::new(DirectoryRecords(directory.clone()));
         // Only relays and exits publish a descriptor and take part in
         // discovery under their identity; a pure client uses a throwaway
         // libp2p identity and stays out of every directory.
@@ -437,6 +431,25 @@ fn configured_addresses(config: &Config) -> Vec<IpAddr> {
     ips.sort();
     ips.dedup();
     ips
+}
+
+/// The directory as discovery reconciles it: descriptors by digest.
+struct DirectoryRecords(Arc<Mutex<Directory>>);
+
+impl veilnet_discovery::RecordStore for DirectoryRecords {
+    fn digests(&self) -> Vec<veilnet_discovery::RecordDigest> {
+        lock(&self.0).digests()
+    }
+
+    fn record(&self, digest: &veilnet_discovery::RecordDigest) -> Option<Vec<u8>> {
+        lock(&self.0)
+            .signed_by_digest(digest)
+            .map(SignedDescriptor::to_bytes)
+    }
+
+    fn knows(&self, digest: &veilnet_discovery::RecordDigest) -> bool {
+        lock(&self.0).knows(digest)
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,706 @@
+//! Range-based set reconciliation of records by digest (sans-IO): two nodes
+//! learn which records one has and the other lacks by exchanging
+//! fingerprints of ranges of their sorted digest sets, splitting only the
+//! ranges that differ (in the manner of Meyer's range-based set
+//! reconciliation, as Nostr's negentropy does). Two nodes that hold the same
+//! set exchange one fingerprint; each difference costs a few more rounds of
+//! small messages, and then exactly the missing records.
+//!
+//! Records travel only when asked for (a digest in `want`): a node never
+//! receives a record it already holds or has refused before, however often
+//! its peers reconcile with it.
+//!
+//! One exchange: the initiator sends [`open`]; each side answers what it
+//! receives with [`process`]; the exchange ends when an answer
+//! [`is_empty`](SyncMessage::is_empty) or after [`MAX_ROUNDS`].
+
+use sha2::{Digest as _, Sha256};
+
+/// SHA-256 of a record's bytes: how records are named in reconciliation.
+pub type RecordDigest = [u8; 32];
+
+/// Wire format version of [`SyncMessage`].
+pub const SYNC_VERSION: u8 = 1;
+/// A range with at most this many of our records is answered with their
+/// digests instead of being split.
+pub const LIST_THRESHOLD: usize = 16;
+/// How many parts a differing range is split into.
+pub const SPLIT: usize = 16;
+/// Most ranges in one message.
+pub const MAX_RANGES: usize = 512;
+/// Most digests in one message's `want`, and in all its lists together.
+pub const MAX_DIGESTS: usize = 4096;
+/// Most request-response rounds of one exchange.
+pub const MAX_ROUNDS: usize = 12;
+
+/// Bytes of a range fingerprint.
+const FINGERPRINT_LEN: usize = 16;
+
+/// A fingerprint of the records in a range: SHA-256 over their count and
+/// digests, truncated.
+pub type Fingerprint = [u8; FINGERPRINT_LEN];
+
+/// What a node reconciles: its records, by digest.
+pub trait RecordSet {
+    /// The digests of the records this node passes on, sorted ascending,
+    /// without duplicates.
+    fn digests(&self) -> &[RecordDigest];
+    /// The bytes of the record with this digest, if held.
+    fn record(&self, digest: &RecordDigest) -> Option<Vec<u8>>;
+    /// Whether this record needs not be fetched: held, or refused before.
+    fn knows(&self, digest: &RecordDigest) -> bool;
+}
+
+/// What a range of the digest space `[lower, upper)` carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RangeMode {
+    /// The sender's fingerprint of its records in the range.
+    Fingerprint(Fingerprint),
+    /// The sender's digests in the range (all of them). With `reply`, the
+    /// receiver answers with its own digests there if it has any the sender
+    /// lacks.
+    List {
+        /// The digests.
+        digests: Vec<RecordDigest>,
+        /// Whether the receiver should answer with its own list.
+        reply: bool,
+    },
+}
+
+/// A range of the digest space: `lower` inclusive, `upper` exclusive
+/// (`None`: to the end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    /// Smallest digest in the range.
+    pub lower: RecordDigest,
+    /// First digest after the range, or `None` for the end of the space.
+    pub upper: Option<RecordDigest>,
+    /// What the sender says about it.
+    pub mode: RangeMode,
+}
+
+/// One message of an exchange, in either direction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncMessage {
+    /// Ranges the sender and the receiver may differ in.
+    pub ranges: Vec<Range>,
+    /// Records the sender asks for.
+    pub want: Vec<RecordDigest>,
+    /// Records the receiver asked for, as opaque bytes (unverified).
+    pub records: Vec<Vec<u8>>,
+}
+
+/// Why a message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyncError {
+    /// Another version.
+    #[error("sync message version {0}, expected {SYNC_VERSION}")]
+    Version(u8),
+    /// Ended early.
+    #[error("sync message truncated in {0}")]
+    Truncated(&'static str),
+    /// Bytes after the end.
+    #[error("{0} bytes after the end of a sync message")]
+    Trailing(usize),
+    /// A count above its limit.
+    #[error("sync message has {count} {what}, more than {max}")]
+    TooMany {
+        /// What was counted.
+        what: &'static str,
+        /// How many.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A record larger than allowed.
+    #[error("record of {len} bytes, more than {max}")]
+    RecordTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A range that ends before it starts, or an unknown mode.
+    #[error("malformed range: {0}")]
+    BadRange(&'static str),
+}
+
+/// Limits of one message, sent or received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncLimits {
+    /// Most records in one message.
+    pub max_records: usize,
+    /// Longest record.
+    pub max_record_len: usize,
+    /// Largest encoded message.
+    pub max_message_bytes: usize,
+}
+
+impl SyncMessage {
+    /// Whether there is nothing to say: the exchange is over.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty() && self.want.is_empty() && self.records.is_empty()
+    }
+
+    /// The binary encoding:
+    /// `version u8 | ranges u16 | range* | wants u16 | digest* | records u16 | (len u32 | bytes)*`;
+    /// a range is `lower [32] | has_upper u8 | upper [32]? | mode u8 | body`,
+    /// with body `fingerprint [16]` (mode 1) or `reply u8 | n u16 | digest*`
+    /// (mode 2). Integers are big-endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        out.push(SYNC_VERSION);
+        put_u16(&mut out, self.ranges.len());
+        for r in &self.ranges {
+            out.extend_from_slice(&r.lower);
+            match &r.upper {
+                Some(u) => {
+                    out.push(1);
+                    out.extend_from_slice(u);
+                }
+                None => out.push(0),
+            }
+            match &r.mode {
+                RangeMode::Fingerprint(fp) => {
+                    out.push(1);
+                    out.extend_from_slice(fp);
+                }
+                RangeMode::List { digests, reply } => {
+                    out.push(2);
+                    out.push(u8::from(*reply));
+                    put_u16(&mut out, digests.len());
+                    for d in digests {
+                        out.extend_from_slice(d);
+                    }
+                }
+            }
+        }
+        put_u16(&mut out, self.want.len());
+        for d in &self.want {
+            out.extend_from_slice(d);
+        }
+        put_u16(&mut out, self.records.len());
+        for r in &self.records {
+            let len = u32::try_from(r.len()).unwrap_or(u32::MAX);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(r);
+        }
+        out
+    }
+
+    /// Size of [`encode`](Self::encode)'s output.
+    pub fn encoded_len(&self) -> usize {
+        let ranges: usize = self.ranges.iter().map(range_len).sum();
+        let records: usize = self.records.iter().map(|r| 4 + r.len()).sum();
+        1 + 2 + ranges + 2 + 32 * self.want.len() + 2 + records
+    }
+
+    /// Decodes a message, checking every count against `limits` and the
+    /// constants of this module before allocating for it.
+    pub fn decode(mut b: &[u8], limits: &SyncLimits) -> Result<Self, SyncError> {
+        if b.len() > limits.max_message_bytes {
+            return Err(SyncError::TooMany {
+                what: "bytes",
+                count: b.len(),
+                max: limits.max_message_bytes,
+            });
+        }
+        let b = &mut b;
+        let version = take_u8(b, "version")?;
+        if version != SYNC_VERSION {
+            return Err(SyncError::Version(version));
+        }
+        let n = bounded(take_u16(b, "range count")?, MAX_RANGES, "ranges")?;
+        let mut ranges = Vec::with_capacity(n);
+        let mut listed = 0usize;
+        for _ in 0..n {
+            let lower = take_digest(b, "range lower bound")?;
+            let upper = match take_u8(b, "range upper flag")? {
+                0 => None,
+                1 => Some(take_digest(b, "range upper bound")?),
+                _ => return Err(SyncError::BadRange("upper flag")),
+            };
+            if upper.is_some_and(|u| u <= lower) {
+                return Err(SyncError::BadRange("upper bound not above lower bound"));
+            }
+            let mode = match take_u8(b, "range mode")? {
+                1 => {
+                    let fp = take(b, FINGERPRINT_LEN, "fingerprint")?;
+                    let mut f = [0u8; FINGERPRINT_LEN];
+                    f.copy_from_slice(fp);
+                    RangeMode::Fingerprint(f)
+                }
+                2 => {
+                    let reply = match take_u8(b, "reply flag")? {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(SyncError::BadRange("reply flag")),
+                    };
+                    let k = usize::from(take_u16(b, "list length")?);
+                    listed += k;
+                    bounded(listed, MAX_DIGESTS, "listed digests")?;
+                    let mut digests = Vec::with_capacity(k);
+                    for _ in 0..k {
+                        digests.push(take_digest(b, "listed digest")?);
+                    }
+                    RangeMode::List { digests, reply }
+                }
+                _ => return Err(SyncError::BadRange("mode")),
+            };
+            ranges.push(Range { lower, upper, mode });
+        }
+        let n = bounded(take_u16(b, "want count")?, MAX_DIGESTS, "wanted digests")?;
+        let mut want = Vec::with_capacity(n);
+        for _ in 0..n {
+            want.push(take_digest(b, "wanted digest")?);
+        }
+        let n = bounded(take_u16(b, "record count")?, limits.max_records, "records")?;
+        let mut records = Vec::with_capacity(n);
+        for _ in 0..n {
+            let len = take(b, 4, "record length")?;
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
+            if len > limits.max_record_len {
+                return Err(SyncError::RecordTooLong {
+                    len,
+                    max: limits.max_record_len,
+                });
+            }
+            records.push(take(b, len, "record")?.to_vec());
+        }
+        if !b.is_empty() {
+            return Err(SyncError::Trailing(b.len()));
+        }
+        Ok(SyncMessage {
+            ranges,
+            want,
+            records,
+        })
+    }
+}
+
+fn range_len(r: &Range) -> usize {
+    let upper = if r.upper.is_some() { 33 } else { 1 };
+    let body = match &r.mode {
+        RangeMode::Fingerprint(_) => 1 + FINGERPRINT_LEN,
+        RangeMode::List { digests, .. } => 1 + 1 + 2 + 32 * digests.len(),
+    };
+    32 + upper + body
+}
+
+fn put_u16(out: &mut Vec<u8>, n: usize) {
+    let n = u16::try_from(n).unwrap_or(u16::MAX);
+    out.extend_from_slice(&n.to_be_bytes());
+}
+
+fn bounded<N: Into<usize>>(n: N, max: usize, what: &'static str) -> Result<usize, SyncError> {
+    let count = n.into();
+    if count > max {
+        return Err(SyncError::TooMany { what, count, max });
+    }
+    Ok(count)
+}
+
+fn take<'a>(b: &mut &'a [u8], n: usize, what: &'static str) -> Result<&'a [u8], SyncError> {
+    if b.len() < n {
+        return Err(SyncError::Truncated(what));
+    }
+    let (head, tail) = b.split_at(n);
+    *b = tail;
+    Ok(head)
+}
+
+fn take_u8(b: &mut &[u8], what: &'static str) -> Result<u8, SyncError> {
+    Ok(take(b, 1, what)?[0])
+}
+
+fn take_u16(b: &mut &[u8], what: &'static str) -> Result<u16, SyncError> {
+    let x = take(b, 2, what)?;
+    Ok(u16::from_be_bytes([x[0], x[1]]))
+}
+
+fn take_digest(b: &mut &[u8], what: &'static str) -> Result<RecordDigest, SyncError> {
+    let mut d = [0u8; 32];
+    d.copy_from_slice(take(b, 32, what)?);
+    Ok(d)
+}
+
+/// The digest of a record's bytes.
+pub fn digest(record: &[u8]) -> RecordDigest {
+    Sha256::digest(record).into()
+}
+
+/// The fingerprint of `digests` (the records of one range).
+pub fn fingerprint(digests: &[RecordDigest]) -> Fingerprint {
+    let mut h = Sha256::new();
+    h.update((digests.len() as u64).to_be_bytes());
+    for d in digests {
+        h.update(d);
+    }
+    let full: [u8; 32] = h.finalize().into();
+    let mut f = [0u8; FINGERPRINT_LEN];
+    f.copy_from_slice(&full[..FINGERPRINT_LEN]);
+    f
+}
+
+/// Our digests in `[lower, upper)`.
+fn in_range<'a>(
+    sorted: &'a [RecordDigest],
+    lower: &RecordDigest,
+    upper: Option<&RecordDigest>,
+) -> &'a [RecordDigest] {
+    let start = sorted.partition_point(|d| d < lower);
+    let end = match upper {
+        Some(u) => sorted.partition_point(|d| d < u),
+        None => sorted.len(),
+    };
+    &sorted[start..end.max(start)]
+}
+
+/// The first message of an exchange: the fingerprint of everything.
+pub fn open(set: &dyn RecordSet) -> SyncMessage {
+    SyncMessage {
+        ranges: vec![Range {
+            lower: [0; 32],
+            upper: None,
+            mode: RangeMode::Fingerprint(fingerprint(set.digests())),
+        }],
+        ..SyncMessage::default()
+    }
+}
+
+/// Answers `msg` from our side: ranges whose fingerprints differ are split
+/// or listed, lists are compared (what the peer has and we do not know
+/// goes into `want`), and the records the peer wants are attached within
+/// `limits`. The records `msg` carries are the caller's to verify and store.
+/// Whatever does not fit in the answer's bounds is left for a later exchange.
+pub fn process(set: &dyn RecordSet, msg: &SyncMessage, limits: &SyncLimits) -> SyncMessage {
+    let ours = set.digests();
+    let mut reply = SyncMessage::default();
+    let mut listed = 0usize;
+    for range in &msg.ranges {
+        let mine = in_range(ours, &range.lower, range.upper.as_ref());
+        match &range.mode {
+            RangeMode::Fingerprint(fp) => {
+                if fingerprint(mine) == *fp {
+                    continue;
+                }
+                if mine.len() <= LIST_THRESHOLD {
+                    if reply.ranges.len() >= MAX_RANGES || listed + mine.len() > MAX_DIGESTS {
+                        continue;
+                    }
+                    listed += mine.len();
+                    reply.ranges.push(Range {
+                        lower: range.lower,
+                        upper: range.upper,
+                        mode: RangeMode::List {
+                            digests: mine.to_vec(),
+                            reply: true,
+                        },
+                    });
+                } else {
+                    if reply.ranges.len() + SPLIT > MAX_RANGES {
+                        continue;
+                    }
+                    split(range, mine, &mut reply.ranges);
+                }
+            }
+            RangeMode::List {
+                digests,
+                reply: answer,
+            } => {
+                for d in digests {
+                    if reply.want.len() < MAX_DIGESTS && !set.knows(d) && !reply.want.contains(d) {
+                        reply.want.push(*d);
+                    }
+                }
+                // Ours that the peer lacks: tell it, so it can ask.
+                let theirs: std::collections::HashSet<&RecordDigest> = digests.iter().collect();
+                let lacking = mine.iter().any(|d| !theirs.contains(d));
+                if *answer
+                    && lacking
+                    && reply.ranges.len() < MAX_RANGES
+                    && listed + mine.len() <= MAX_DIGESTS
+                {
+                    listed += mine.len();
+                    reply.ranges.push(Range {
+                        lower: range.lower,
+                        upper: range.upper,
+                        mode: RangeMode::List {
+                            digests: mine.to_vec(),
+                            reply: false,
+                        },
+                    });
+                }
+            }
+        }
+    }
+    let mut size = reply.encoded_len();
+    for d in &msg.want {
+        if reply.records.len() >= limits.max_records {
+            break;
+        }
+        let Some(record) = set.record(d) else {
+            continue;
+        };
+        if record.len() > limits.max_record_len {
+            continue;
+        }
+        if size + 4 + record.len() > limits.max_message_bytes {
+            break;
+        }
+        size += 4 + record.len();
+        reply.records.push(record);
+    }
+    reply
+}
+
+/// Splits `range` (in which we hold `mine`, more than [`LIST_THRESHOLD`])
+/// into [`SPLIT`] parts bounded by our own digests, each with our
+/// fingerprint.
+fn split(range: &Range, mine: &[RecordDigest], out: &mut Vec<Range>) {
+    let n = mine.len();
+    let mut lower = range.lower;
+    for k in 1..=SPLIT {
+        let upper = if k == SPLIT {
+            range.upper
+        } else {
+            Some(mine[k * n / SPLIT])
+        };
+        // Bounds taken from a sorted set never go backwards; equal bounds
+        // (an empty part) are skipped.
+        if upper.is_some_and(|u| u <= lower) {
+            continue;
+        }
+        let part = in_range(mine, &lower, upper.as_ref());
+        out.push(Range {
+            lower,
+            upper,
+            mode: RangeMode::Fingerprint(fingerprint(part)),
+        });
+        match upper {
+            Some(u) => lower = u,
+            None => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeMap, HashSet};
+
+    const LIMITS: SyncLimits = SyncLimits {
+        max_records: 2048,
+        max_record_len: 16 * 1024,
+        max_message_bytes: 4 * 1024 * 1024,
+    };
+
+    /// A node's records, by digest.
+    #[derive(Default)]
+    struct Set {
+        records: BTreeMap<RecordDigest, Vec<u8>>,
+        sorted: Vec<RecordDigest>,
+        refused: HashSet<RecordDigest>,
+    }
+
+    impl Set {
+        fn of(items: impl IntoIterator<Item = u32>) -> Self {
+            let mut s = Set::default();
+            for i in items {
+                s.add(record(i));
+            }
+            s
+        }
+
+        fn add(&mut self, r: Vec<u8>) {
+            self.records.insert(digest(&r), r);
+            self.sorted = self.records.keys().copied().collect();
+        }
+    }
+
+    /// A record of descriptor size.
+    fn record(i: u32) -> Vec<u8> {
+        let mut r = format!("record {i} ").into_bytes();
+        r.resize(600, b'.');
+        r
+    }
+
+    impl RecordSet for Set {
+        fn digests(&self) -> &[RecordDigest] {
+            &self.sorted
+        }
+        fn record(&self, d: &RecordDigest) -> Option<Vec<u8>> {
+            self.records.get(d).cloned()
+        }
+        fn knows(&self, d: &RecordDigest) -> bool {
+            self.records.contains_key(d) || self.refused.contains(d)
+        }
+    }
+
+    /// Runs one exchange from `a`; returns the rounds and the bytes sent
+    /// both ways. Received records are stored, except those a set refuses.
+    fn exchange(a: &mut Set, b: &mut Set) -> (usize, usize) {
+        let mut msg = open(a);
+        let mut bytes = 0;
+        for round in 1..=MAX_ROUNDS {
+            let wire = msg.encode();
+            bytes += wire.len();
+            let got = SyncMessage::decode(&wire, &LIMITS).unwrap();
+            assert_eq!(got, msg);
+            for r in &got.records {
+                if !b.refused.contains(&digest(r)) {
+                    b.add(r.clone());
+                }
+            }
+            let answer = process(b, &got, &LIMITS);
+            let wire = answer.encode();
+            bytes += wire.len();
+            for r in &answer.records {
+                if !a.refused.contains(&digest(r)) {
+                    a.add(r.clone());
+                }
+            }
+            if answer.is_empty() {
+                return (round, bytes);
+            }
+            msg = process(a, &answer, &LIMITS);
+            if msg.is_empty() {
+                return (round, bytes);
+            }
+        }
+        (MAX_ROUNDS, bytes)
+    }
+
+    #[test]
+    fn equal_sets_cost_one_fingerprint() {
+        let (mut a, mut b) = (Set::of(0..5000), Set::of(0..5000));
+        let (rounds, bytes) = exchange(&mut a, &mut b);
+        assert_eq!(rounds, 1);
+        // The fingerprint range one way, an empty answer the other.
+        assert!(bytes < 80, "{bytes} bytes");
+    }
+
+    #[test]
+    fn differences_in_both_directions_are_all_fetched() {
+        for (common, only_a, only_b) in [
+            (0, 0, 1),
+            (0, 30, 0),
+            (5000, 1, 0),
+            (5000, 3, 7),
+            (2000, 200, 150),
+            (10, 0, 0),
+        ] {
+            let mut a = Set::of((0..common).chain(100_000..100_000 + only_a));
+            let mut b = Set::of((0..common).chain(200_000..200_000 + only_b));
+            let mut total = 0;
+            for _ in 0..3 {
+                total += exchange(&mut a, &mut b).1;
+                if a.sorted == b.sorted {
+                    break;
+                }
+            }
+            assert_eq!(a.sorted, b.sorted, "{common} {only_a} {only_b}");
+            assert_eq!(a.sorted.len() as u32, common + only_a + only_b);
+            // Records cost their bytes once; the rest is small.
+            let records: usize = a.records.values().map(|r| r.len()).sum::<usize>()
+                - Set::of(0..common)
+                    .records
+                    .values()
+                    .map(|r| r.len())
+                    .sum::<usize>();
+            let overhead = total.saturating_sub(records);
+            let diff = (only_a + only_b) as usize;
+            println!("{common} {only_a} {only_b}: {total} bytes, {overhead} overhead");
+            assert!(
+                overhead <= 200 + diff * 4000,
+                "{common} {only_a} {only_b}: {overhead} bytes of overhead"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_record_is_never_fetched_again() {
+        let mut a = Set::of(0..100);
+        let mut b = Set::of(0..99);
+        let extra = digest(&record(99));
+        b.refused.insert(extra);
+        for _ in 0..3 {
+            let (_, bytes) = exchange(&mut a, &mut b);
+            // Lists of the differing range, but never the record itself.
+            assert!(bytes < 2000, "{bytes}");
+        }
+        assert!(!b.records.contains_key(&extra));
+    }
+
+    #[test]
+    fn answers_stay_within_their_limits() {
+        let small = SyncLimits {
+            max_records: 3,
+            max_record_len: 64,
+            max_message_bytes: 300,
+        };
+        let a = Set::of(0..50);
+        let msg = SyncMessage {
+            want: a.sorted.clone(),
+            ..SyncMessage::default()
+        };
+        let answer = process(&a, &msg, &small);
+        assert!(answer.records.len() <= 3);
+        assert!(answer.encoded_len() <= 300);
+        assert!(SyncMessage::decode(&answer.encode(), &small).is_ok());
+        // Too many records, or too long, or too many bytes: refused.
+        let big = process(&a, &msg, &LIMITS);
+        assert!(matches!(
+            SyncMessage::decode(&big.encode(), &small),
+            Err(SyncError::TooMany { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_messages_are_refused() {
+        let good = SyncMessage {
+            ranges: vec![Range {
+                lower: [1; 32],
+                upper: Some([2; 32]),
+                mode: RangeMode::List {
+                    digests: vec![[1; 32]],
+                    reply: true,
+                },
+            }],
+            want: vec![[3; 32]],
+            records: vec![b"x".to_vec()],
+        };
+        let wire = good.encode();
+        assert_eq!(wire.len(), good.encoded_len());
+        assert_eq!(SyncMessage::decode(&wire, &LIMITS).unwrap(), good);
+        for cut in 0..wire.len() {
+            assert!(
+                SyncMessage::decode(&wire[..cut], &LIMITS).is_err(),
+                "cut {cut}"
+            );
+        }
+        let mut extra = wire.clone();
+        extra.push(0);
+        assert_eq!(
+            SyncMessage::decode(&extra, &LIMITS),
+            Err(SyncError::Trailing(1))
+        );
+        let mut v = wire.clone();
+        v[0] = 2;
+        assert_eq!(SyncMessage::decode(&v, &LIMITS), Err(SyncError::Version(2)));
+        let mut backwards = good.clone();
+        backwards.ranges[0].upper = Some([1; 32]);
+        assert!(matches!(
+            SyncMessage::decode(&backwards.encode(), &LIMITS),
+            Err(SyncError::BadRange(_))
+        ));
+        // A count far above the limit is refused before anything is read.
+        let mut huge = vec![SYNC_VERSION];
+        huge.extend_from_slice(&u16::MAX.to_be_bytes());
+        assert!(matches!(
+            SyncMessage::decode(&huge, &LIMITS),
+            Err(SyncError::TooMany { .. })
+        ));
+    }
+}
