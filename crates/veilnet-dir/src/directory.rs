@@ -2,6 +2,7 @@
 //! [`SignedDescriptor::verify`].
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, OnceLock};
 
 use libp2p::PeerId;
 
@@ -56,6 +57,8 @@ pub struct Directory {
     digests: HashMap<DescriptorDigest, PeerId>,
     /// Recently refused digests.
     refused: RecentDigests,
+    /// The sorted digests, built on first use after a change.
+    sorted: OnceLock<Arc<[DescriptorDigest]>>,
 }
 
 impl Directory {
@@ -68,6 +71,7 @@ impl Directory {
             nodes: BTreeMap::new(),
             digests: HashMap::new(),
             refused: RecentDigests::new(REFUSED_REMEMBERED),
+            sorted: OnceLock::new(),
         }
     }
 
@@ -94,11 +98,21 @@ impl Directory {
         self.refused.insert(digest);
     }
 
-    /// The digests of every stored descriptor, sorted.
-    pub fn digests(&self) -> Vec<DescriptorDigest> {
-        let mut d: Vec<_> = self.digests.keys().copied().collect();
-        d.sort_unstable();
-        d
+    /// The digests of every stored descriptor, sorted; kept until the
+    /// next change, so repeated calls cost a reference count.
+    pub fn digests(&self) -> Arc<[DescriptorDigest]> {
+        self.sorted
+            .get_or_init(|| {
+                let mut d: Vec<_> = self.digests.keys().copied().collect();
+                d.sort_unstable();
+                d.into()
+            })
+            .clone()
+    }
+
+    /// Forgets the sorted digests after a change.
+    fn changed(&mut self) {
+        self.sorted = OnceLock::new();
     }
 
     /// The stored descriptor whose signed form has this digest.
@@ -129,8 +143,10 @@ impl Directory {
     /// Store a verified descriptor.
     ///
     /// The same signed bytes as the stored one are [`Inserted::Unchanged`];
-    /// a higher seq replaces it ([`Inserted::Updated`]); a lower-or-equal
-    /// seq with different bytes is [`DescriptorError::Replayed`]. When the
+    /// a higher seq replaces it ([`Inserted::Updated`]), and so does the
+    /// same seq with a lower digest (an equivocating relay: every node
+    /// settles on the same one of its descriptors); any other lower-or-equal
+    /// seq is [`DescriptorError::Replayed`]. When the
     /// directory is full, stale entries are dropped first; if it is still
     /// full the descriptor is refused with
     /// [`DescriptorError::DirectoryFull`]. `now` is the time the descriptor
@@ -145,7 +161,11 @@ impl Directory {
             if old.digest == verified.digest {
                 return Ok(Inserted::Unchanged);
             }
-            if verified.desc.seq <= old.desc.seq {
+            // Two descriptors with the same seq (the relay equivocated):
+            // every node keeps the one with the lower digest, so all views
+            // end up the same whichever arrived first.
+            let tie_won = verified.desc.seq == old.desc.seq && verified.digest < old.digest;
+            if verified.desc.seq <= old.desc.seq && !tie_won {
                 return Err(DescriptorError::Replayed {
                     peer,
                     seq: verified.desc.seq,
@@ -155,6 +175,7 @@ impl Directory {
             self.digests.remove(&old.digest);
             self.digests.insert(verified.digest, peer);
             *old = verified.into();
+            self.changed();
             return Ok(Inserted::Updated);
         }
         if self.nodes.len() >= MAX_NODES && peer != self.own {
@@ -168,6 +189,7 @@ impl Directory {
         }
         self.digests.insert(verified.digest, peer);
         self.nodes.insert(peer, verified.into());
+        self.changed();
         Ok(Inserted::New)
     }
 
@@ -184,6 +206,9 @@ impl Directory {
             }
             !stale
         });
+        if !removed.is_empty() {
+            self.changed();
+        }
         removed
     }
 
@@ -191,6 +216,7 @@ impl Directory {
     pub fn remove(&mut self, peer: &PeerId) -> Option<Descriptor> {
         let e = self.nodes.remove(peer)?;
         self.digests.remove(&e.digest);
+        self.changed();
         Some(e.desc)
     }
 

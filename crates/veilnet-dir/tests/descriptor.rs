@@ -417,9 +417,38 @@ fn directory_insert_replay_update() {
     assert_eq!(dir.get(&peer).unwrap().seq, 5);
     assert_eq!(dir.signed(&peer).unwrap(), &s5);
 
-    // same seq, different bytes: replay
+    // same seq, different bytes (the relay equivocated): whatever the
+    // order of arrival, the lower digest is kept, so every node ends with
+    // the same one; the higher is refused as a replay.
     d.bandwidth += 1;
-    let err = dir.insert(&sign(&d, &k), NOW).unwrap_err();
+    let other = sign(&d, &k);
+    let (low, high) = if other.digest() < s5.digest() {
+        (other.clone(), s5.clone())
+    } else {
+        (s5.clone(), other.clone())
+    };
+    for (first, second) in [(&low, &high), (&high, &low)] {
+        let mut view = Directory::new(key(98).public().to_peer_id());
+        view.insert(first, NOW).unwrap();
+        let second_result = view.insert(second, NOW);
+        if second == &low {
+            assert_eq!(second_result.unwrap(), Inserted::Updated);
+        } else {
+            assert!(matches!(
+                second_result,
+                Err(DescriptorError::Replayed {
+                    seq: 5,
+                    have: 5,
+                    ..
+                })
+            ));
+        }
+        assert_eq!(view.signed(&peer), Some(&low));
+    }
+    if dir.signed(&peer) != Some(&low) {
+        assert_eq!(dir.insert(&low, NOW).unwrap(), Inserted::Updated);
+    }
+    let err = dir.insert(&high, NOW).unwrap_err();
     assert!(
         matches!(
             err,

@@ -14,29 +14,35 @@ use crate::sync::{digest, RecordDigest};
 pub trait RecordStore: Send + Sync {
     /// The digests of the records this node passes on, sorted ascending,
     /// without duplicates.
-    fn digests(&self) -> Vec<RecordDigest>;
+    fn digests(&self) -> Arc<[RecordDigest]>;
     /// The bytes of a held record.
     fn record(&self, digest: &RecordDigest) -> Option<Vec<u8>>;
-    /// Whether a record needs not be fetched: held, or refused before.
-    fn knows(&self, digest: &RecordDigest) -> bool;
+    /// Those of `digests` worth fetching: neither held nor refused before.
+    fn unknown(&self, digests: &[RecordDigest]) -> Vec<RecordDigest>;
 }
 
-/// A closure returning every record is a store (tests, small tools): each
-/// call hashes them all.
+/// A closure returning every record is a store, for tests and small tools
+/// only: each call hashes every record, so it is no store for a network of
+/// any size.
 impl<F: Fn() -> Vec<Vec<u8>> + Send + Sync> RecordStore for F {
-    fn digests(&self) -> Vec<RecordDigest> {
+    fn digests(&self) -> Arc<[RecordDigest]> {
         let mut d: Vec<RecordDigest> = self().iter().map(|r| digest(r)).collect();
         d.sort_unstable();
         d.dedup();
-        d
+        d.into()
     }
 
     fn record(&self, wanted: &RecordDigest) -> Option<Vec<u8>> {
         self().into_iter().find(|r| digest(r) == *wanted)
     }
 
-    fn knows(&self, wanted: &RecordDigest) -> bool {
-        self().iter().any(|r| digest(r) == *wanted)
+    fn unknown(&self, digests: &[RecordDigest]) -> Vec<RecordDigest> {
+        let held = self.digests();
+        digests
+            .iter()
+            .filter(|d| held.binary_search(d).is_err())
+            .copied()
+            .collect()
     }
 }
 

@@ -52,6 +52,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_RECORD_STREAMS: usize = 8;
 /// Addresses taken from one identify message.
 const MAX_IDENTIFY_ADDRS: usize = 8;
+/// Digests remembered as asked for, per peer.
+const MAX_WANTED: usize = 2 * crate::sync::MAX_DIGESTS;
 /// Pending connections allowed in each direction.
 const MAX_PENDING: u32 = 32;
 /// Established connections allowed per peer.
@@ -206,6 +208,7 @@ pub async fn spawn(
         commands: cmd_rx,
         connected: HashMap::new(),
         in_flight: HashMap::new(),
+        wanted: HashMap::new(),
         pending_listeners,
         ready: Some(ready_tx),
         gossip_started: false,
@@ -332,6 +335,9 @@ struct Node {
     /// Outbound sync requests in flight (the peer and the round of its
     /// exchange), at most one per peer.
     in_flight: HashMap<OutboundRequestId, (PeerId, usize)>,
+    /// Digests we asked each peer for and have not received: the only
+    /// records we take from it.
+    wanted: HashMap<PeerId, HashSet<RecordDigest>>,
     pending_listeners: HashSet<libp2p::core::transport::ListenerId>,
     ready: Option<oneshot::Sender<Result<(), DiscoveryError>>>,
     gossip_started: bool,
@@ -459,6 +465,7 @@ impl Node {
         if round == 1 && self.in_flight.values().any(|(p, _)| *p == peer) {
             return;
         }
+        self.note_wanted(peer, &msg.want);
         let id = self.swarm.behaviour_mut().records.send_request(&peer, msg);
         self.in_flight.insert(id, (peer, round));
     }
@@ -471,8 +478,37 @@ impl Node {
         }
     }
 
-    /// Hands the records a peer sent (unverified) to the node.
-    fn deliver(&self, from: PeerId, records: Vec<Vec<u8>>) {
+    /// Remembers what we asked `peer` for (at most [`MAX_WANTED`] digests;
+    /// older wishes are forgotten first).
+    fn note_wanted(&mut self, peer: PeerId, want: &[RecordDigest]) {
+        if want.is_empty() {
+            return;
+        }
+        let set = self.wanted.entry(peer).or_default();
+        if set.len() + want.len() > MAX_WANTED {
+            set.clear();
+        }
+        set.extend(want.iter().copied());
+    }
+
+    /// Hands the records a peer sent (unverified) to the node: only those
+    /// we asked it for, each once.
+    fn deliver(&mut self, from: PeerId, records: Vec<Vec<u8>>) {
+        if records.is_empty() {
+            return;
+        }
+        let total = records.len();
+        let asked = self.wanted.entry(from).or_default();
+        let records: Vec<Vec<u8>> = records
+            .into_iter()
+            .filter(|r| asked.remove(&sync::digest(r)))
+            .collect();
+        if records.len() < total {
+            debug!(%from, dropped = total - records.len(), "records nobody asked for");
+        }
+        if asked.is_empty() {
+            self.wanted.remove(&from);
+        }
         if !records.is_empty() {
             self.emit(DiscoveryEvent::Records { from, records });
         }
@@ -557,6 +593,7 @@ impl Node {
                 None => {
                     debug!(peer = %peer_id, "peer disconnected");
                     self.connected.remove(&peer_id);
+                    self.wanted.remove(&peer_id);
                     self.emit(DiscoveryEvent::PeerDisconnected { peer: peer_id });
                 }
                 Some(n) => {
@@ -635,6 +672,7 @@ impl Node {
             } => {
                 let response = sync::process(&self.snapshot(), &request, &self.limits);
                 self.deliver(peer, request.records);
+                self.note_wanted(peer, &response.want);
                 if self
                     .swarm
                     .behaviour_mut()
@@ -692,7 +730,7 @@ fn event_name(ev: &DiscoveryEvent) -> &'static str {
 
 /// The record set of one exchange step: the store's digests, read once.
 struct Snapshot<'a> {
-    digests: Vec<RecordDigest>,
+    digests: std::sync::Arc<[RecordDigest]>,
     store: &'a dyn crate::RecordStore,
 }
 
@@ -705,7 +743,7 @@ impl RecordSet for Snapshot<'_> {
         self.store.record(digest)
     }
 
-    fn knows(&self, digest: &RecordDigest) -> bool {
-        self.store.knows(digest)
+    fn unknown(&self, digests: &[RecordDigest]) -> Vec<RecordDigest> {
+        self.store.unknown(digests)
     }
 }

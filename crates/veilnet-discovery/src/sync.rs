@@ -14,6 +14,8 @@
 //! receives with [`process`]; the exchange ends when an answer
 //! [`is_empty`](SyncMessage::is_empty) or after [`MAX_ROUNDS`].
 
+use std::collections::HashSet;
+
 use sha2::{Digest as _, Sha256};
 
 /// SHA-256 of a record's bytes: how records are named in reconciliation.
@@ -47,8 +49,10 @@ pub trait RecordSet {
     fn digests(&self) -> &[RecordDigest];
     /// The bytes of the record with this digest, if held.
     fn record(&self, digest: &RecordDigest) -> Option<Vec<u8>>;
-    /// Whether this record needs not be fetched: held, or refused before.
-    fn knows(&self, digest: &RecordDigest) -> bool;
+    /// Those of `digests` that are worth fetching: neither held nor
+    /// refused before (one call per message, so a store behind a lock
+    /// takes it once).
+    fn unknown(&self, digests: &[RecordDigest]) -> Vec<RecordDigest>;
 }
 
 /// What a range of the digest space `[lower, upper)` carries.
@@ -223,6 +227,15 @@ impl SyncMessage {
             if upper.is_some_and(|u| u <= lower) {
                 return Err(SyncError::BadRange("upper bound not above lower bound"));
             }
+            // Ranges ascend and do not overlap, so answering a message
+            // touches each of our records at most once.
+            if let Some(prev) = ranges.last() {
+                let prev: &Range = prev;
+                match prev.upper {
+                    Some(end) if lower >= end => {}
+                    _ => return Err(SyncError::BadRange("ranges overlap or are out of order")),
+                }
+            }
             let mode = match take_u8(b, "range mode")? {
                 1 => {
                     let fp = take(b, FINGERPRINT_LEN, "fingerprint")?;
@@ -372,23 +385,46 @@ pub fn open(set: &dyn RecordSet) -> SyncMessage {
 /// Answers `msg` from our side: ranges whose fingerprints differ are split
 /// or listed, lists are compared (what the peer has and we do not know
 /// goes into `want`), and the records the peer wants are attached within
-/// `limits`. The records `msg` carries are the caller's to verify and store.
-/// Whatever does not fit in the answer's bounds is left for a later exchange.
+/// `limits`. The records `msg` carries are the caller's to check against
+/// what it asked for, verify and store.
+///
+/// The answer stays within [`MAX_RANGES`] ranges and [`MAX_DIGESTS`]
+/// listed digests; when they run out, the rest of `msg`'s span goes back as
+/// one fingerprint range, so nothing is dropped unseen and a later round
+/// carries on where this one stopped.
 pub fn process(set: &dyn RecordSet, msg: &SyncMessage, limits: &SyncLimits) -> SyncMessage {
     let ours = set.digests();
     let mut reply = SyncMessage::default();
     let mut listed = 0usize;
+    let mut candidates: Vec<RecordDigest> = Vec::new();
     for range in &msg.ranges {
         let mine = in_range(ours, &range.lower, range.upper.as_ref());
+        // What this range may add to the answer, at most.
+        let (ranges_needed, digests_needed) = match &range.mode {
+            RangeMode::Fingerprint(_) if mine.len() <= LIST_THRESHOLD => (1, mine.len()),
+            RangeMode::Fingerprint(_) => (SPLIT, 0),
+            RangeMode::List { .. } if mine.len() <= LIST_THRESHOLD => (1, mine.len()),
+            RangeMode::List { .. } => (SPLIT, 0),
+        };
+        // One range is kept for the remainder.
+        if reply.ranges.len() + ranges_needed + 1 > MAX_RANGES
+            || listed + digests_needed > MAX_DIGESTS
+        {
+            let upper = msg.ranges.last().and_then(|r| r.upper);
+            let rest = in_range(ours, &range.lower, upper.as_ref());
+            reply.ranges.push(Range {
+                lower: range.lower,
+                upper,
+                mode: RangeMode::Fingerprint(fingerprint(rest)),
+            });
+            break;
+        }
         match &range.mode {
             RangeMode::Fingerprint(fp) => {
                 if fingerprint(mine) == *fp {
                     continue;
                 }
                 if mine.len() <= LIST_THRESHOLD {
-                    if reply.ranges.len() >= MAX_RANGES || listed + mine.len() > MAX_DIGESTS {
-                        continue;
-                    }
                     listed += mine.len();
                     reply.ranges.push(Range {
                         lower: range.lower,
@@ -399,9 +435,6 @@ pub fn process(set: &dyn RecordSet, msg: &SyncMessage, limits: &SyncLimits) -> S
                         },
                     });
                 } else {
-                    if reply.ranges.len() + SPLIT > MAX_RANGES {
-                        continue;
-                    }
                     split(range, mine, &mut reply.ranges);
                 }
             }
@@ -409,36 +442,41 @@ pub fn process(set: &dyn RecordSet, msg: &SyncMessage, limits: &SyncLimits) -> S
                 digests,
                 reply: answer,
             } => {
-                for d in digests {
-                    if reply.want.len() < MAX_DIGESTS && !set.knows(d) && !reply.want.contains(d) {
-                        reply.want.push(*d);
-                    }
-                }
+                candidates.extend_from_slice(digests);
                 // Ours that the peer lacks: tell it, so it can ask.
-                let theirs: std::collections::HashSet<&RecordDigest> = digests.iter().collect();
+                let theirs: HashSet<&RecordDigest> = digests.iter().collect();
                 let lacking = mine.iter().any(|d| !theirs.contains(d));
-                if *answer
-                    && lacking
-                    && reply.ranges.len() < MAX_RANGES
-                    && listed + mine.len() <= MAX_DIGESTS
-                {
-                    listed += mine.len();
-                    reply.ranges.push(Range {
-                        lower: range.lower,
-                        upper: range.upper,
-                        mode: RangeMode::List {
-                            digests: mine.to_vec(),
-                            reply: false,
-                        },
-                    });
+                if *answer && lacking {
+                    if mine.len() <= LIST_THRESHOLD {
+                        listed += mine.len();
+                        reply.ranges.push(Range {
+                            lower: range.lower,
+                            upper: range.upper,
+                            mode: RangeMode::List {
+                                digests: mine.to_vec(),
+                                reply: false,
+                            },
+                        });
+                    } else {
+                        split(range, mine, &mut reply.ranges);
+                    }
                 }
             }
         }
     }
+    let max_want = MAX_DIGESTS.min(limits.max_records);
+    let mut seen = HashSet::new();
+    candidates.retain(|d| seen.insert(*d));
+    reply.want = set.unknown(&candidates);
+    reply.want.truncate(max_want);
     let mut size = reply.encoded_len();
+    let mut sent = HashSet::new();
     for d in &msg.want {
         if reply.records.len() >= limits.max_records {
             break;
+        }
+        if !sent.insert(*d) {
+            continue;
         }
         let Some(record) = set.record(d) else {
             continue;
@@ -488,7 +526,7 @@ fn split(range: &Range, mine: &[RecordDigest], out: &mut Vec<Range>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::{BTreeMap, HashSet};
+    use std::collections::BTreeMap;
 
     const LIMITS: SyncLimits = SyncLimits {
         max_records: 2048,
@@ -533,8 +571,12 @@ mod tests {
         fn record(&self, d: &RecordDigest) -> Option<Vec<u8>> {
             self.records.get(d).cloned()
         }
-        fn knows(&self, d: &RecordDigest) -> bool {
-            self.records.contains_key(d) || self.refused.contains(d)
+        fn unknown(&self, digests: &[RecordDigest]) -> Vec<RecordDigest> {
+            digests
+                .iter()
+                .filter(|d| !self.records.contains_key(*d) && !self.refused.contains(*d))
+                .copied()
+                .collect()
         }
     }
 
@@ -702,5 +744,91 @@ mod tests {
             SyncMessage::decode(&huge, &LIMITS),
             Err(SyncError::TooMany { .. })
         ));
+    }
+
+    #[test]
+    fn overlapping_or_unordered_ranges_are_refused() {
+        let whole = |fp: u8| Range {
+            lower: [0; 32],
+            upper: None,
+            mode: RangeMode::Fingerprint([fp; 16]),
+        };
+        // The same whole-set range twice would make us hash everything twice.
+        let twice = SyncMessage {
+            ranges: vec![whole(1), whole(2)],
+            ..SyncMessage::default()
+        };
+        assert!(matches!(
+            SyncMessage::decode(&twice.encode(), &LIMITS),
+            Err(SyncError::BadRange(_))
+        ));
+        let part = |lo: u8, hi: u8| Range {
+            lower: [lo; 32],
+            upper: Some([hi; 32]),
+            mode: RangeMode::Fingerprint([0; 16]),
+        };
+        for ranges in [vec![part(5, 9), part(1, 3)], vec![part(1, 5), part(4, 9)]] {
+            let m = SyncMessage {
+                ranges,
+                ..SyncMessage::default()
+            };
+            assert!(SyncMessage::decode(&m.encode(), &LIMITS).is_err());
+        }
+        let ok = SyncMessage {
+            ranges: vec![part(1, 5), part(5, 9), part(9, 10)],
+            ..SyncMessage::default()
+        };
+        assert!(SyncMessage::decode(&ok.encode(), &LIMITS).is_ok());
+    }
+
+    #[test]
+    fn an_answer_over_budget_sends_the_rest_back_as_one_range() {
+        // Our 20100 records against a peer that claims to differ in 500
+        // disjoint ranges of 40 of them each: splitting them all would take
+        // 8000 ranges.
+        let ours = Set::of(0..20_100);
+        let d = &ours.sorted;
+        let ranges: Vec<Range> = (0..500)
+            .map(|k| Range {
+                lower: d[k * 40],
+                upper: Some(d[k * 40 + 40]),
+                mode: RangeMode::Fingerprint([0; 16]),
+            })
+            .collect();
+        let msg = SyncMessage {
+            ranges,
+            ..SyncMessage::default()
+        };
+        let answer = process(
+            &ours,
+            &SyncMessage::decode(&msg.encode(), &LIMITS).unwrap(),
+            &LIMITS,
+        );
+        assert!(answer.ranges.len() <= MAX_RANGES);
+        assert!(SyncMessage::decode(&answer.encode(), &LIMITS).is_ok());
+        // The last range covers everything from the first range not
+        // answered to the end of the message's span, with our fingerprint.
+        let last = answer.ranges.last().unwrap();
+        assert_eq!(last.upper, msg.ranges.last().unwrap().upper);
+        let first_unanswered = msg
+            .ranges
+            .iter()
+            .position(|r| r.lower == last.lower)
+            .expect("the remainder starts at one of the message's ranges");
+        assert!(first_unanswered > 0 && first_unanswered < 500);
+        let rest = in_range(d, &last.lower, last.upper.as_ref());
+        assert_eq!(last.mode, RangeMode::Fingerprint(fingerprint(rest)));
+        // Everything before it was split, nothing skipped.
+        assert_eq!(answer.ranges.len() - 1, first_unanswered * SPLIT);
+    }
+
+    #[test]
+    fn repeated_wants_get_one_copy() {
+        let a = Set::of(0..10);
+        let msg = SyncMessage {
+            want: vec![a.sorted[3]; 100],
+            ..SyncMessage::default()
+        };
+        assert_eq!(process(&a, &msg, &LIMITS).records.len(), 1);
     }
 }

@@ -14,6 +14,8 @@ use crate::MAX_MESSAGE_BYTES;
 /// `max_records` records of `max_record_len` bytes need, capped by
 /// [`MAX_MESSAGE_BYTES`] (digest lists and ranges are far smaller).
 pub(crate) fn limits(max_records: usize, max_record_len: usize) -> SyncLimits {
+    // Counts travel as u16.
+    let max_records = max_records.min(usize::from(u16::MAX));
     let full = max_records
         .saturating_mul(max_record_len.saturating_add(4))
         .saturating_add(64 * 1024);

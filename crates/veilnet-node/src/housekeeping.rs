@@ -1,6 +1,7 @@
 //! What a node does in the background: feeding the directory from
 //! discovery, and the periodic housekeeping.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,13 +40,16 @@ pub(crate) async fn directory_feed(
         match ev {
             DiscoveryEvent::Records { from, records } => {
                 let now = unix_now();
+                // Hashed before the lock is taken; each digest once.
+                let mut seen = HashSet::new();
+                let hashed: Vec<(DescriptorDigest, Vec<u8>)> = records
+                    .into_iter()
+                    .map(|raw| (veilnet_dir::digest(&raw), raw))
+                    .filter(|(d, _)| seen.insert(*d))
+                    .collect();
                 let fresh: Vec<(DescriptorDigest, Vec<u8>)> = {
                     let dir = lock(&directory);
-                    records
-                        .into_iter()
-                        .map(|raw| (veilnet_dir::digest(&raw), raw))
-                        .filter(|(d, _)| !dir.knows(d))
-                        .collect()
+                    hashed.into_iter().filter(|(d, _)| !dir.knows(d)).collect()
                 };
                 for (digest, raw) in fresh {
                     let result = SignedDescriptor::from_bytes(&raw)

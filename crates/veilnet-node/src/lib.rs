@@ -437,7 +437,7 @@ fn configured_addresses(config: &Config) -> Vec<IpAddr> {
 struct DirectoryRecords(Arc<Mutex<Directory>>);
 
 impl veilnet_discovery::RecordStore for DirectoryRecords {
-    fn digests(&self) -> Vec<veilnet_discovery::RecordDigest> {
+    fn digests(&self) -> Arc<[veilnet_discovery::RecordDigest]> {
         lock(&self.0).digests()
     }
 
@@ -447,8 +447,12 @@ impl veilnet_discovery::RecordStore for DirectoryRecords {
             .map(SignedDescriptor::to_bytes)
     }
 
-    fn knows(&self, digest: &veilnet_discovery::RecordDigest) -> bool {
-        lock(&self.0).knows(digest)
+    fn unknown(
+        &self,
+        digests: &[veilnet_discovery::RecordDigest],
+    ) -> Vec<veilnet_discovery::RecordDigest> {
+        let dir = lock(&self.0);
+        digests.iter().filter(|d| !dir.knows(d)).copied().collect()
     }
 }
 
