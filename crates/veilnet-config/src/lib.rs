@@ -6,6 +6,7 @@ mod error;
 mod fsutil;
 mod keys;
 mod peers;
+mod state;
 
 pub use config::{ClientConfig, Config, ControlConfig, NodeConfig};
 pub use error::ConfigError;
@@ -17,3 +18,4 @@ pub use keys::{
     PREVIOUS_ONION_KEY_FILE,
 };
 pub use peers::{load_peers, save_peers, MAX_PEERS, PEERS_FILE};
+pub use state::{load_state, save_state};

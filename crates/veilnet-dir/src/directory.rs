@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, OnceLock};
 
 use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
 
 use crate::descriptor::{
     is_too_old, Descriptor, DescriptorDigest, DescriptorError, SignedDescriptor, Verified,
@@ -12,6 +13,42 @@ use crate::descriptor::{
 
 /// Most nodes a [`Directory`] holds.
 pub const MAX_NODES: usize = 10_000;
+/// Relays whose highest sequence number a [`Directory`] remembers after
+/// their descriptor is gone (expired or removed); the least recently
+/// updated are forgotten first.
+pub const MAX_SEQ_MARKS: usize = 2 * MAX_NODES;
+/// File name of the persisted [`SeqMarks`] in a node's data directory.
+pub const SEQ_MARKS_FILE: &str = "seen-seqs.json";
+/// Largest [`SEQ_MARKS_FILE`] read.
+pub const MAX_SEQ_MARKS_FILE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The highest descriptor a directory has accepted from one relay: its
+/// sequence number and digest, and when (unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqMark {
+    /// The relay.
+    pub peer: PeerId,
+    /// Its highest accepted sequence number.
+    pub seq: u64,
+    /// The digest of the descriptor that had it.
+    #[serde(with = "crate::descriptor::hex_array")]
+    pub digest: DescriptorDigest,
+    /// When it was accepted.
+    pub at: u64,
+}
+
+/// What a node keeps of its directory across restarts: the sequence
+/// numbers it has seen, so that a relay's old descriptor cannot come back
+/// after its successor expired, or after the node restarted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeqMarks {
+    /// Format version, 1.
+    pub version: u32,
+    /// The marks.
+    pub marks: Vec<SeqMark>,
+}
+
 /// Digests of refused descriptors a [`Directory`] remembers, so that a
 /// peer offering the same bad descriptor again costs a lookup, not a
 /// signature check, and reconciliation never asks for it again.
@@ -57,6 +94,10 @@ pub struct Directory {
     digests: HashMap<DescriptorDigest, PeerId>,
     /// Recently refused digests.
     refused: RecentDigests,
+    /// The highest descriptor accepted per relay, kept after it is gone.
+    seqs: HashMap<PeerId, SeqMark>,
+    /// Whether `seqs` changed since [`Directory::seq_marks`].
+    seqs_dirty: bool,
     /// The sorted digests, built on first use after a change.
     sorted: OnceLock<Arc<[DescriptorDigest]>>,
 }
@@ -72,6 +113,8 @@ impl Directory {
             digests: HashMap::new(),
             refused: RecentDigests::new(REFUSED_REMEMBERED),
             sorted: OnceLock::new(),
+            seqs: HashMap::new(),
+            seqs_dirty: false,
         }
     }
 
@@ -108,6 +151,63 @@ impl Directory {
                 d.into()
             })
             .clone()
+    }
+
+    /// Records the highest descriptor of a relay, forgetting the least
+    /// recently updated marks of relays not in the directory beyond
+    /// [`MAX_SEQ_MARKS`].
+    fn mark(&mut self, mark: SeqMark) {
+        self.seqs.insert(mark.peer, mark);
+        self.seqs_dirty = true;
+        if self.seqs.len() > MAX_SEQ_MARKS {
+            let mut by_age: Vec<(u64, PeerId)> =
+                self.seqs.values().map(|m| (m.at, m.peer)).collect();
+            by_age.sort_unstable();
+            // A tenth at once, so the sort is not paid on every insert.
+            let excess = self.seqs.len() - MAX_SEQ_MARKS + MAX_SEQ_MARKS / 10;
+            for (_, peer) in by_age.into_iter().take(excess) {
+                if !self.nodes.contains_key(&peer) {
+                    self.seqs.remove(&peer);
+                }
+            }
+        }
+    }
+
+    /// The marks to persist, if they changed since the last call.
+    pub fn seq_marks(&mut self) -> Option<SeqMarks> {
+        if !std::mem::take(&mut self.seqs_dirty) {
+            return None;
+        }
+        Some(SeqMarks {
+            version: 1,
+            marks: self.seqs.values().copied().collect(),
+        })
+    }
+
+    /// Restores persisted marks (a higher mark already held wins); returns
+    /// how many were taken. Another version is refused; beyond
+    /// [`MAX_SEQ_MARKS`] the most recent are kept.
+    pub fn restore_seq_marks(&mut self, mut marks: SeqMarks) -> Result<usize, DescriptorError> {
+        if marks.version != 1 {
+            return Err(DescriptorError::Malformed {
+                reason: format!("sequence marks of version {}, expected 1", marks.version),
+            });
+        }
+        marks
+            .marks
+            .sort_unstable_by_key(|m| std::cmp::Reverse(m.at));
+        let mut taken = 0;
+        for m in marks.marks.into_iter().take(MAX_SEQ_MARKS) {
+            // Higher seq wins; at the same seq, the lower digest.
+            let keep = self.seqs.get(&m.peer).is_none_or(|have| {
+                (m.seq, std::cmp::Reverse(m.digest)) > (have.seq, std::cmp::Reverse(have.digest))
+            });
+            if keep && (self.seqs.len() < MAX_SEQ_MARKS || self.seqs.contains_key(&m.peer)) {
+                self.seqs.insert(m.peer, m);
+                taken += 1;
+            }
+        }
+        Ok(taken)
     }
 
     /// Forgets the sorted digests after a change.
@@ -157,6 +257,28 @@ impl Directory {
         now: u64,
     ) -> Result<Inserted, DescriptorError> {
         let peer = verified.desc.peer_id;
+        // A relay's descriptor that is gone still leaves its mark: nothing
+        // older (or, at the same seq, nothing with a higher digest) comes
+        // back in its place.
+        if !self.nodes.contains_key(&peer) {
+            if let Some(mark) = self.seqs.get(&peer) {
+                let seq = verified.desc.seq;
+                let older = seq < mark.seq || (seq == mark.seq && verified.digest > mark.digest);
+                if older {
+                    return Err(DescriptorError::Replayed {
+                        peer,
+                        seq,
+                        have: mark.seq,
+                    });
+                }
+            }
+        }
+        let mark = SeqMark {
+            peer,
+            seq: verified.desc.seq,
+            digest: verified.digest,
+            at: now,
+        };
         if let Some(old) = self.nodes.get_mut(&peer) {
             if old.digest == verified.digest {
                 return Ok(Inserted::Unchanged);
@@ -176,6 +298,7 @@ impl Directory {
             self.digests.insert(verified.digest, peer);
             *old = verified.into();
             self.changed();
+            self.mark(mark);
             return Ok(Inserted::Updated);
         }
         if self.nodes.len() >= MAX_NODES && peer != self.own {
@@ -190,6 +313,7 @@ impl Directory {
         self.digests.insert(verified.digest, peer);
         self.nodes.insert(peer, verified.into());
         self.changed();
+        self.mark(mark);
         Ok(Inserted::New)
     }
 

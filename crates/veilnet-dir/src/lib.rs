@@ -10,5 +10,8 @@ pub use descriptor::{
     MAX_ADDRS, MAX_CLOCK_SKEW, MAX_DESCRIPTOR_AGE, MAX_DESCRIPTOR_BYTES, MAX_FAMILY,
     MAX_SIGNATURE_BYTES, MAX_VERSION_LEN, SIGNING_CONTEXT,
 };
-pub use directory::{Directory, Inserted, MAX_NODES, REFUSED_REMEMBERED};
+pub use directory::{
+    Directory, Inserted, SeqMark, SeqMarks, MAX_NODES, MAX_SEQ_MARKS, MAX_SEQ_MARKS_FILE_BYTES,
+    REFUSED_REMEMBERED, SEQ_MARKS_FILE,
+};
 pub use path::{select_path, GuardSet, PathError, PathRequest};

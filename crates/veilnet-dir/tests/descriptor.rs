@@ -577,3 +577,54 @@ fn directory_recognises_held_descriptors_by_digest() {
         Err(DescriptorError::Expired { .. })
     ));
 }
+
+#[test]
+fn an_old_descriptor_stays_refused_after_its_successor_expired_and_after_a_restart() {
+    let k = key(1);
+    let peer = k.public().to_peer_id();
+    let mut d = desc(&k, "1.2.3.4:9001");
+    d.seq = 5;
+    d.published = NOW;
+    let s5 = sign(&d, &k);
+    d.seq = 6;
+    let s6 = sign(&d, &k);
+    let mut dir = Directory::new(key(99).public().to_peer_id());
+    dir.insert(&s6, NOW).unwrap();
+    // The successor ages out (its onion key expires first, here).
+    let later = d.onion_key_expires;
+    assert_eq!(dir.expire(later), vec![peer]);
+    // s5 would still verify at NOW, but seq 6 was seen: refused.
+    assert!(matches!(
+        dir.insert(&s5, NOW),
+        Err(DescriptorError::Replayed {
+            seq: 5,
+            have: 6,
+            ..
+        })
+    ));
+
+    // What a node saves, through JSON as on disk, into a fresh directory.
+    let marks = dir.seq_marks().expect("changed since the start");
+    assert!(dir.seq_marks().is_none(), "nothing new since the last call");
+    let json = serde_json::to_vec(&marks).unwrap();
+    let restored: veilnet_dir::SeqMarks = serde_json::from_slice(&json).unwrap();
+    let mut after = Directory::new(key(99).public().to_peer_id());
+    assert_eq!(after.restore_seq_marks(restored).unwrap(), 1);
+    assert!(matches!(
+        after.insert(&s5, NOW),
+        Err(DescriptorError::Replayed {
+            seq: 5,
+            have: 6,
+            ..
+        })
+    ));
+    // The same descriptor again, or a newer one, is welcome.
+    assert_eq!(after.insert(&s6, NOW).unwrap(), Inserted::New);
+    d.seq = 7;
+    assert_eq!(after.insert(&sign(&d, &k), NOW).unwrap(), Inserted::Updated);
+
+    // Another version of the file is refused, not half-read.
+    let mut v2 = marks.clone();
+    v2.version = 2;
+    assert!(Directory::new(peer).restore_seq_marks(v2).is_err());
+}

@@ -167,6 +167,7 @@ pub(crate) async fn housekeeping(hk: Housekeeping, mut shutdown: watch::Receiver
             }
         }
         if let Some(dir) = &hk.peers_dir {
+            save_seq_marks(&hk.directory, dir);
             let peers = hk.discovery.connected_peers().await;
             if !peers.is_empty() {
                 if let Err(e) = veilnet_config::save_peers(dir, &peers) {
@@ -174,5 +175,83 @@ pub(crate) async fn housekeeping(hk: Housekeeping, mut shutdown: watch::Receiver
                 }
             }
         }
+    }
+}
+
+/// Saves the directory's sequence marks to `dir` if they changed.
+pub(crate) fn save_seq_marks(directory: &Mutex<Directory>, dir: &std::path::Path) {
+    let Some(marks) = lock(directory).seq_marks() else {
+        return;
+    };
+    if let Err(e) = veilnet_config::save_state(dir, veilnet_dir::SEQ_MARKS_FILE, &marks) {
+        warn!("cannot save the directory's sequence numbers: {e}");
+    }
+}
+
+/// Restores the sequence marks saved in `dir`, if any.
+pub(crate) fn load_seq_marks(directory: &Mutex<Directory>, dir: &std::path::Path) {
+    let loaded = veilnet_config::load_state::<veilnet_dir::SeqMarks>(
+        dir,
+        veilnet_dir::SEQ_MARKS_FILE,
+        veilnet_dir::MAX_SEQ_MARKS_FILE_BYTES,
+    );
+    match loaded {
+        Ok(None) => {}
+        Ok(Some(marks)) => match lock(directory).restore_seq_marks(marks) {
+            Ok(n) => debug!("restored {n} sequence numbers of relays seen before"),
+            Err(e) => warn!("ignoring the saved sequence numbers: {e}"),
+        },
+        Err(e) => warn!("ignoring the saved sequence numbers: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_marks_survive_a_restart_and_a_corrupt_file_is_ignored() {
+        let dir = std::env::temp_dir().join(format!(
+            "veilnet-seqs-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let own = libp2p::PeerId::random();
+        let relay = libp2p::PeerId::random();
+        let mark = veilnet_dir::SeqMark {
+            peer: relay,
+            seq: 42,
+            digest: [7; 32],
+            at: 1_700_000_000,
+        };
+        let before = Mutex::new(Directory::new(own));
+        let marks = veilnet_dir::SeqMarks {
+            version: 1,
+            marks: vec![mark],
+        };
+        lock(&before).restore_seq_marks(marks.clone()).unwrap();
+        // Nothing accepted since: restoring is not a change to save.
+        save_seq_marks(&before, &dir);
+        assert!(!dir.join(veilnet_dir::SEQ_MARKS_FILE).exists());
+        veilnet_config::save_state(&dir, veilnet_dir::SEQ_MARKS_FILE, &marks).unwrap();
+        let after = Mutex::new(Directory::new(own));
+        load_seq_marks(&after, &dir);
+        // Loaded: the same mark again is not news.
+        assert_eq!(lock(&after).restore_seq_marks(marks.clone()).unwrap(), 0);
+        assert_eq!(
+            lock(&Mutex::new(Directory::new(own)))
+                .restore_seq_marks(marks)
+                .unwrap(),
+            1
+        );
+        std::fs::write(dir.join(veilnet_dir::SEQ_MARKS_FILE), b"{not json").unwrap();
+        let fresh = Mutex::new(Directory::new(own));
+        load_seq_marks(&fresh, &dir);
+        assert_eq!(lock(&fresh).len(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -247,6 +247,9 @@ impl Node {
         let mut dcfg = DiscoveryConfig::new(p2p_identity);
         dcfg.listen = config.node.p2p_listen.clone();
         dcfg.bootstrap = config.node.bootstrap.clone();
+        if persist {
+            housekeeping::load_seq_marks(&directory, &config.data_dir);
+        }
         dcfg.known_peers = if persist {
             veilnet_config::load_peers(&config.data_dir).unwrap_or_else(|e| {
                 warn!("ignoring known peers: {e}");
@@ -371,6 +374,7 @@ impl Node {
     pub async fn shutdown(&self) {
         let _ = self.shutdown_tx.send(true);
         if self.persist {
+            housekeeping::save_seq_marks(&self.directory, &self.data_dir);
             let peers = self.discovery.connected_peers().await;
             if let Err(e) = veilnet_config::save_peers(&self.data_dir, &peers) {
                 warn!("cannot save known peers: {e}");
