@@ -424,19 +424,7 @@ pub fn process(set: &dyn RecordSet, msg: &SyncMessage, limits: &SyncLimits) -> S
                 if fingerprint(mine) == *fp {
                     continue;
                 }
-                if mine.len() <= LIST_THRESHOLD {
-                    listed += mine.len();
-                    reply.ranges.push(Range {
-                        lower: range.lower,
-                        upper: range.upper,
-                        mode: RangeMode::List {
-                            digests: mine.to_vec(),
-                            reply: true,
-                        },
-                    });
-                } else {
-                    split(range, mine, &mut reply.ranges);
-                }
+                listed += list_or_split(range, mine, true, &mut reply.ranges);
             }
             RangeMode::List {
                 digests,
@@ -447,19 +435,7 @@ pub fn process(set: &dyn RecordSet, msg: &SyncMessage, limits: &SyncLimits) -> S
                 let theirs: HashSet<&RecordDigest> = digests.iter().collect();
                 let lacking = mine.iter().any(|d| !theirs.contains(d));
                 if *answer && lacking {
-                    if mine.len() <= LIST_THRESHOLD {
-                        listed += mine.len();
-                        reply.ranges.push(Range {
-                            lower: range.lower,
-                            upper: range.upper,
-                            mode: RangeMode::List {
-                                digests: mine.to_vec(),
-                                reply: false,
-                            },
-                        });
-                    } else {
-                        split(range, mine, &mut reply.ranges);
-                    }
+                    listed += list_or_split(range, mine, false, &mut reply.ranges);
                 }
             }
         }
@@ -491,6 +467,25 @@ pub fn process(set: &dyn RecordSet, msg: &SyncMessage, limits: &SyncLimits) -> S
         reply.records.push(record);
     }
     reply
+}
+
+/// Describes our records `mine` in `range`: their digests if there are at
+/// most [`LIST_THRESHOLD`] (asking for the peer's list back if `reply`),
+/// else [`split`] fingerprints. Returns the digests listed.
+fn list_or_split(range: &Range, mine: &[RecordDigest], reply: bool, out: &mut Vec<Range>) -> usize {
+    if mine.len() > LIST_THRESHOLD {
+        split(range, mine, out);
+        return 0;
+    }
+    out.push(Range {
+        lower: range.lower,
+        upper: range.upper,
+        mode: RangeMode::List {
+            digests: mine.to_vec(),
+            reply,
+        },
+    });
+    mine.len()
 }
 
 /// Splits `range` (in which we hold `mine`, more than [`LIST_THRESHOLD`])
