@@ -25,7 +25,8 @@ const IDLE_LINK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// How often the directory is pruned and known peers saved.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
 
-/// Verifies and stores descriptors arriving from discovery.
+/// Verifies and stores descriptors arriving from discovery, one batch at a
+/// time on the blocking pool.
 ///
 /// Work is bounded before the expensive part: a descriptor the directory
 /// already holds, or one it refused recently, is recognised by its digest
@@ -39,42 +40,55 @@ pub(crate) async fn directory_feed(
     while let Some(ev) = events.recv().await {
         match ev {
             DiscoveryEvent::Records { from, records } => {
-                let now = unix_now();
-                // Hashed before the lock is taken; each digest once.
-                let mut seen = HashSet::new();
-                let hashed: Vec<(DescriptorDigest, Vec<u8>)> = records
-                    .into_iter()
-                    .map(|raw| (veilnet_dir::digest(&raw), raw))
-                    .filter(|(d, _)| seen.insert(*d))
-                    .collect();
-                let fresh: Vec<(DescriptorDigest, Vec<u8>)> = {
-                    let dir = lock(&directory);
-                    hashed.into_iter().filter(|(d, _)| !dir.knows(d)).collect()
-                };
-                for (digest, raw) in fresh {
-                    let result = SignedDescriptor::from_bytes(&raw)
-                        .and_then(|sd| sd.verify_into(now))
-                        .and_then(|v| lock(&directory).insert_verified(v, now));
-                    match result {
-                        Ok(Inserted::New) => debug!("learned a new node from {from}"),
-                        Ok(_) => {}
-                        Err(e) => {
-                            if remember_refusal(&e) {
-                                lock(&directory).note_refused(digest);
-                            }
-                            match e.kind() {
-                                ErrorKind::PeerMisbehaved => {
-                                    warn!("rejected a descriptor relayed by {from}: {e}")
-                                }
-                                _ => debug!("ignored a descriptor relayed by {from}: {e}"),
-                            }
-                        }
-                    }
+                // Hashing and signature checks (~50 us each, up to a
+                // message's worth) run on the blocking pool, not on a
+                // worker that links share.
+                let dir = directory.clone();
+                let fed = tokio::task::spawn_blocking(move || feed(&dir, from, records)).await;
+                if let Err(e) = fed {
+                    warn!("descriptor verification stopped: {e}");
                 }
             }
             DiscoveryEvent::PeerConnected { peer, .. } => debug!("p2p connected to {peer}"),
             DiscoveryEvent::PeerDisconnected { peer } => debug!("p2p disconnected from {peer}"),
             DiscoveryEvent::Listening(addr) => debug!("p2p listening on {addr}"),
+        }
+    }
+}
+
+/// Checks and stores one batch of descriptors `from` sent (see
+/// [`directory_feed`]).
+fn feed(directory: &Mutex<Directory>, from: libp2p::PeerId, records: Vec<Vec<u8>>) {
+    let now = unix_now();
+    // Hashed before the lock is taken; each digest once.
+    let mut seen = HashSet::new();
+    let hashed: Vec<(DescriptorDigest, Vec<u8>)> = records
+        .into_iter()
+        .map(|raw| (veilnet_dir::digest(&raw), raw))
+        .filter(|(d, _)| seen.insert(*d))
+        .collect();
+    let fresh: Vec<(DescriptorDigest, Vec<u8>)> = {
+        let dir = lock(directory);
+        hashed.into_iter().filter(|(d, _)| !dir.knows(d)).collect()
+    };
+    for (digest, raw) in fresh {
+        let result = SignedDescriptor::from_bytes(&raw)
+            .and_then(|sd| sd.verify_into(now))
+            .and_then(|v| lock(directory).insert_verified(v, now));
+        match result {
+            Ok(Inserted::New) => debug!("learned a new node from {from}"),
+            Ok(_) => {}
+            Err(e) => {
+                if remember_refusal(&e) {
+                    lock(directory).note_refused(digest);
+                }
+                match e.kind() {
+                    ErrorKind::PeerMisbehaved => {
+                        warn!("rejected a descriptor relayed by {from}: {e}")
+                    }
+                    _ => debug!("ignored a descriptor relayed by {from}: {e}"),
+                }
+            }
         }
     }
 }
