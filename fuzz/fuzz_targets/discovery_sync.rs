@@ -9,7 +9,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use veilnet_discovery::sync::{self, RangeMode, RecordDigest, RecordSet, SyncLimits, SyncMessage};
+use std::sync::Arc;
+
+use veilnet_discovery::sync::{self, RangeMode, RecordDigest, RecordStore, SyncLimits, SyncMessage};
 
 const LIMITS: SyncLimits = SyncLimits {
     max_records: 64,
@@ -19,7 +21,7 @@ const LIMITS: SyncLimits = SyncLimits {
 
 struct Set {
     records: Vec<(RecordDigest, Vec<u8>)>,
-    sorted: Vec<RecordDigest>,
+    sorted: Arc<[RecordDigest]>,
 }
 
 impl Set {
@@ -36,9 +38,9 @@ impl Set {
     }
 }
 
-impl RecordSet for Set {
-    fn digests(&self) -> &[RecordDigest] {
-        &self.sorted
+impl RecordStore for Set {
+    fn digests(&self) -> Arc<[RecordDigest]> {
+        self.sorted.clone()
     }
     fn record(&self, d: &RecordDigest) -> Option<Vec<u8>> {
         self.records.iter().find(|(x, _)| x == d).map(|(_, r)| r.clone())

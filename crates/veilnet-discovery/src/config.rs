@@ -4,22 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use libp2p::{identity::Keypair, Multiaddr, PeerId};
 
-use crate::sync::{digest, RecordDigest};
-
-/// The records this node reconciles with its peers (its own descriptor and
-/// the verified others), named by [`RecordDigest`] (SHA-256 of the bytes).
-///
-/// It is called on the swarm task for every exchange, so it must be cheap
-/// and must not block.
-pub trait RecordStore: Send + Sync {
-    /// The digests of the records this node passes on, sorted ascending,
-    /// without duplicates.
-    fn digests(&self) -> Arc<[RecordDigest]>;
-    /// The bytes of a held record.
-    fn record(&self, digest: &RecordDigest) -> Option<Vec<u8>>;
-    /// Those of `digests` worth fetching: neither held nor refused before.
-    fn unknown(&self, digests: &[RecordDigest]) -> Vec<RecordDigest>;
-}
+use crate::sync::{digest, RecordDigest, RecordStore};
 
 /// A closure returning every record is a store, for tests and small tools
 /// only: each call hashes every record, so it is no store for a network of

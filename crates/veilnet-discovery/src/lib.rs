@@ -7,10 +7,11 @@ mod node;
 pub mod sync;
 mod wire;
 
-pub use config::{DiscoveryConfig, RecordProvider, RecordStore};
+pub use config::{DiscoveryConfig, RecordProvider};
 pub use error::DiscoveryError;
 pub use node::{spawn, DiscoveryEvent, DiscoveryHandle};
 pub use sync::RecordDigest;
+pub use sync::RecordStore;
 
 /// Protocol version string announced through identify.
 pub const IDENTIFY_PROTOCOL: &str = "/veilnet/id/1.0.0";

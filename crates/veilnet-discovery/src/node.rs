@@ -29,7 +29,7 @@ use tracing::{debug, trace, warn};
 use crate::{
     config::{DiscoveryConfig, RecordProvider},
     error::DiscoveryError,
-    sync::{self, RecordDigest, RecordSet, SyncLimits, SyncMessage, MAX_ROUNDS},
+    sync::{self, RecordDigest, SyncLimits, SyncMessage, MAX_ROUNDS},
     wire::{self, SyncCodec},
     IDENTIFY_PROTOCOL, KAD_PROTOCOL, MAX_ESTABLISHED, SYNC_PROTOCOL,
 };
@@ -453,7 +453,7 @@ impl Node {
         if peers.is_empty() {
             return;
         }
-        let msg = sync::open(&self.snapshot());
+        let msg = sync::open(&*self.provider);
         for peer in peers {
             self.send_sync(peer, msg.clone(), 1);
         }
@@ -468,14 +468,6 @@ impl Node {
         self.note_wanted(peer, &msg.want);
         let id = self.swarm.behaviour_mut().records.send_request(&peer, msg);
         self.in_flight.insert(id, (peer, round));
-    }
-
-    /// What we reconcile now.
-    fn snapshot(&self) -> Snapshot<'_> {
-        Snapshot {
-            digests: self.provider.digests(),
-            store: &*self.provider,
-        }
     }
 
     /// Remembers what we asked `peer` for (at most [`MAX_WANTED`] digests;
@@ -578,7 +570,7 @@ impl Node {
                     // Exchange at once with peers we dialed (the dialer
                     // does it, so a new link carries one exchange, not two).
                     if endpoint.is_dialer() {
-                        let msg = sync::open(&self.snapshot());
+                        let msg = sync::open(&*self.provider);
                         self.send_sync(peer_id, msg, 1);
                     }
                 } else if let Some(state) = self.connected.get_mut(&peer_id) {
@@ -670,7 +662,7 @@ impl Node {
                     },
                 ..
             } => {
-                let response = sync::process(&self.snapshot(), &request, &self.limits);
+                let response = sync::process(&*self.provider, &request, &self.limits);
                 self.deliver(peer, request.records);
                 self.note_wanted(peer, &response.want);
                 if self
@@ -696,7 +688,7 @@ impl Node {
                     .in_flight
                     .remove(&request_id)
                     .map_or(MAX_ROUNDS, |(_, r)| r);
-                let next = sync::process(&self.snapshot(), &response, &self.limits);
+                let next = sync::process(&*self.provider, &response, &self.limits);
                 self.deliver(peer, response.records);
                 if !next.is_empty() && round < MAX_ROUNDS {
                     self.send_sync(peer, next, round + 1);
@@ -725,25 +717,5 @@ fn event_name(ev: &DiscoveryEvent) -> &'static str {
         DiscoveryEvent::PeerConnected { .. } => "PeerConnected",
         DiscoveryEvent::PeerDisconnected { .. } => "PeerDisconnected",
         DiscoveryEvent::Records { .. } => "Records",
-    }
-}
-
-/// The record set of one exchange step: the store's digests, read once.
-struct Snapshot<'a> {
-    digests: std::sync::Arc<[RecordDigest]>,
-    store: &'a dyn crate::RecordStore,
-}
-
-impl RecordSet for Snapshot<'_> {
-    fn digests(&self) -> &[RecordDigest] {
-        &self.digests
-    }
-
-    fn record(&self, digest: &RecordDigest) -> Option<Vec<u8>> {
-        self.store.record(digest)
-    }
-
-    fn unknown(&self, digests: &[RecordDigest]) -> Vec<RecordDigest> {
-        self.store.unknown(digests)
     }
 }

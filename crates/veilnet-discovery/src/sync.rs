@@ -15,6 +15,7 @@
 //! [`is_empty`](SyncMessage::is_empty) or after [`MAX_ROUNDS`].
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
 
@@ -42,11 +43,14 @@ const FINGERPRINT_LEN: usize = 16;
 /// digests, truncated.
 pub type Fingerprint = [u8; FINGERPRINT_LEN];
 
-/// What a node reconciles: its records, by digest.
-pub trait RecordSet {
+/// The records a node reconciles with its peers (its own descriptor and
+/// the verified others), named by [`RecordDigest`]. A discovery node calls
+/// it on its swarm task for every exchange step, so it must be cheap and
+/// must not block.
+pub trait RecordStore: Send + Sync {
     /// The digests of the records this node passes on, sorted ascending,
-    /// without duplicates.
-    fn digests(&self) -> &[RecordDigest];
+    /// without duplicates (read once per message).
+    fn digests(&self) -> Arc<[RecordDigest]>;
     /// The bytes of the record with this digest, if held.
     fn record(&self, digest: &RecordDigest) -> Option<Vec<u8>>;
     /// Those of `digests` that are worth fetching: neither held nor
@@ -371,12 +375,12 @@ fn in_range<'a>(
 }
 
 /// The first message of an exchange: the fingerprint of everything.
-pub fn open(set: &dyn RecordSet) -> SyncMessage {
+pub fn open(set: &dyn RecordStore) -> SyncMessage {
     SyncMessage {
         ranges: vec![Range {
             lower: [0; 32],
             upper: None,
-            mode: RangeMode::Fingerprint(fingerprint(set.digests())),
+            mode: RangeMode::Fingerprint(fingerprint(&set.digests())),
         }],
         ..SyncMessage::default()
     }
@@ -392,8 +396,9 @@ pub fn open(set: &dyn RecordSet) -> SyncMessage {
 /// listed digests; when they run out, the rest of `msg`'s span goes back as
 /// one fingerprint range, so nothing is dropped unseen and a later round
 /// carries on where this one stopped.
-pub fn process(set: &dyn RecordSet, msg: &SyncMessage, limits: &SyncLimits) -> SyncMessage {
+pub fn process(set: &dyn RecordStore, msg: &SyncMessage, limits: &SyncLimits) -> SyncMessage {
     let ours = set.digests();
+    let ours: &[RecordDigest] = &ours;
     let mut reply = SyncMessage::default();
     let mut listed = 0usize;
     let mut candidates: Vec<RecordDigest> = Vec::new();
@@ -533,7 +538,7 @@ mod tests {
     #[derive(Default)]
     struct Set {
         records: BTreeMap<RecordDigest, Vec<u8>>,
-        sorted: Vec<RecordDigest>,
+        sorted: Arc<[RecordDigest]>,
         refused: HashSet<RecordDigest>,
     }
 
@@ -559,9 +564,9 @@ mod tests {
         r
     }
 
-    impl RecordSet for Set {
-        fn digests(&self) -> &[RecordDigest] {
-            &self.sorted
+    impl RecordStore for Set {
+        fn digests(&self) -> Arc<[RecordDigest]> {
+            self.sorted.clone()
         }
         fn record(&self, d: &RecordDigest) -> Option<Vec<u8>> {
             self.records.get(d).cloned()
@@ -679,7 +684,7 @@ mod tests {
         };
         let a = Set::of(0..50);
         let msg = SyncMessage {
-            want: a.sorted.clone(),
+            want: a.sorted.to_vec(),
             ..SyncMessage::default()
         };
         let answer = process(&a, &msg, &small);
