@@ -386,6 +386,29 @@ pub fn open(set: &dyn RecordStore) -> SyncMessage {
     }
 }
 
+/// A push of records the sender has just accepted: one list range naming
+/// `digests` (at most [`MAX_DIGESTS`]; the rest are dropped) that asks for
+/// no list back and claims nothing about the sender's other records. The
+/// receiver's [`process`] asks for those it neither holds nor refused, and
+/// the exchange goes on as any other, so a node that already holds a
+/// pushed record receives 32 bytes for it, never the record.
+pub fn announce(digests: &[RecordDigest]) -> SyncMessage {
+    let mut digests = digests[..digests.len().min(MAX_DIGESTS)].to_vec();
+    digests.sort_unstable();
+    digests.dedup();
+    SyncMessage {
+        ranges: vec![Range {
+            lower: [0; 32],
+            upper: None,
+            mode: RangeMode::List {
+                digests,
+                reply: false,
+            },
+        }],
+        ..SyncMessage::default()
+    }
+}
+
 /// Answers `msg` from our side: ranges whose fingerprints differ are split
 /// or listed, lists are compared (what the peer has and we do not know
 /// goes into `want`), and the records the peer wants are attached within
@@ -583,7 +606,13 @@ mod tests {
     /// Runs one exchange from `a`; returns the rounds and the bytes sent
     /// both ways. Received records are stored, except those a set refuses.
     fn exchange(a: &mut Set, b: &mut Set) -> (usize, usize) {
-        let mut msg = open(a);
+        let first = open(a);
+        exchange_from(a, b, first)
+    }
+
+    /// [`exchange`] opened by `first` instead of [`open`].
+    fn exchange_from(a: &mut Set, b: &mut Set, first: SyncMessage) -> (usize, usize) {
+        let mut msg = first;
         let mut bytes = 0;
         for round in 1..=MAX_ROUNDS {
             let wire = msg.encode();
@@ -621,6 +650,23 @@ mod tests {
         assert_eq!(rounds, 1);
         // The fingerprint range one way, an empty answer the other.
         assert!(bytes < 80, "{bytes} bytes");
+    }
+
+    #[test]
+    fn an_announcement_fetches_only_what_the_receiver_lacks() {
+        let mut a = Set::of(0..103);
+        let mut b = Set::of((0..100).chain([101, 500]));
+        let new: Vec<RecordDigest> = (100..103).map(|i| digest(&record(i))).collect();
+        let (rounds, bytes) = exchange_from(&mut a, &mut b, announce(&new));
+        // announce, want (100 and 102), the two records, and b's empty answer.
+        assert_eq!(rounds, 2);
+        for i in 100..103 {
+            assert!(b.records.contains_key(&digest(&record(i))), "record {i}");
+        }
+        // Only the two missing records travelled, and nothing went back to a:
+        // an announcement says nothing about the sender's other records.
+        assert!(bytes < 2 * 610 + 3 * 32 + 2 * 32 + 64, "{bytes} bytes");
+        assert!(!a.records.contains_key(&digest(&record(500))));
     }
 
     #[test]
