@@ -42,6 +42,12 @@ pub struct DiscoveryConfig {
     pub keypair: Keypair,
     /// Addresses to listen on, e.g. `/ip4/127.0.0.1/tcp/0`. Default: none.
     pub listen: Vec<Multiaddr>,
+    /// Take part as a client only (a node with no relay role): listen on
+    /// nothing (`listen` must be empty), run Kademlia in client mode (never
+    /// added to other nodes' routing tables), and open reconciliation
+    /// exchanges without answering any, so peers neither list this node
+    /// nor reconcile with it. Default: false.
+    pub client_only: bool,
     /// Bootstrap peers; each address must end with `/p2p/<peer id>`.
     pub bootstrap: Vec<Multiaddr>,
     /// Peers remembered from a previous run.
@@ -69,6 +75,7 @@ impl DiscoveryConfig {
         Self {
             keypair,
             listen: Vec::new(),
+            client_only: false,
             bootstrap: Vec::new(),
             known_peers: Vec::new(),
             exchange_interval: Self::DEFAULT_EXCHANGE_INTERVAL,

@@ -40,6 +40,8 @@ const EVENT_CHANNEL: usize = 256;
 const COMMAND_CHANNEL: usize = 64;
 /// Peers contacted per gossip round.
 const GOSSIP_FANOUT: usize = 3;
+/// Peers a newly accepted record is announced to.
+const PUSH_FANOUT: usize = 6;
 /// First random walk after start.
 const FIRST_WALK: Duration = Duration::from_secs(1);
 /// Time between random walks.
@@ -100,6 +102,7 @@ enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     ConnectedPeers(oneshot::Sender<Vec<(PeerId, Multiaddr)>>),
     ExchangeNow,
+    Announce(Vec<RecordDigest>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -124,6 +127,18 @@ impl DiscoveryHandle {
     pub async fn exchange_now(&self) {
         // A stopped node has nothing to exchange.
         let _ = self.commands.send(Command::ExchangeNow).await;
+    }
+
+    /// Pushes records the node has just accepted (its own new descriptor,
+    /// or others' after verification) to a few relays at once
+    /// ([`sync::announce`]): each asks for those it lacks, so a change
+    /// spreads in a few round trips instead of waiting for anti-entropy.
+    pub async fn announce(&self, digests: Vec<RecordDigest>) {
+        if digests.is_empty() {
+            return;
+        }
+        // A stopped node has nobody to tell.
+        let _ = self.commands.send(Command::Announce(digests)).await;
     }
 
     /// Stops the node and waits until its connections are dropped.
@@ -168,6 +183,11 @@ pub async fn spawn(
             _ => return Err(DiscoveryError::BootstrapWithoutPeerId(addr.clone())),
         }
     }
+    if cfg.client_only && !cfg.listen.is_empty() {
+        return Err(DiscoveryError::InvalidConfig(
+            "a client-only discovery node listens on nothing",
+        ));
+    }
     let limits = wire::limits(cfg.max_records, cfg.max_record_len);
     let mut swarm = build_swarm(&cfg, &limits)?;
 
@@ -207,6 +227,7 @@ pub async fn spawn(
         events: events_tx,
         commands: cmd_rx,
         connected: HashMap::new(),
+        servers: HashSet::new(),
         in_flight: HashMap::new(),
         wanted: HashMap::new(),
         pending_listeners,
@@ -276,13 +297,26 @@ fn build_swarm(
                 kad::store::MemoryStore::new(peer_id),
                 kad_cfg,
             );
-            // Loopback / private addresses would otherwise keep us in client mode.
-            kad.set_mode(Some(kad::Mode::Server));
+            // A client stays out of every routing table. A relay is a
+            // server even on loopback or private addresses, which would
+            // otherwise keep it in client mode.
+            kad.set_mode(Some(if cfg.client_only {
+                kad::Mode::Client
+            } else {
+                kad::Mode::Server
+            }));
 
             let codec = SyncCodec { limits: *limits };
+            // A client asks and never answers: no peer can reconcile with
+            // it, so its view is nobody's to read.
+            let support = if cfg.client_only {
+                ProtocolSupport::Outbound
+            } else {
+                ProtocolSupport::Full
+            };
             let records = request_response::Behaviour::with_codec(
                 codec,
-                [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
+                [(StreamProtocol::new(SYNC_PROTOCOL), support)],
                 request_response::Config::default()
                     .with_request_timeout(REQUEST_TIMEOUT)
                     .with_max_concurrent_streams(MAX_RECORD_STREAMS),
@@ -332,6 +366,10 @@ struct Node {
     events: mpsc::Sender<DiscoveryEvent>,
     commands: mpsc::Receiver<Command>,
     connected: HashMap<PeerId, PeerState>,
+    /// Connected peers whose identify lists the sync protocol (relays; a
+    /// client lists it only if it answers, which it does not): the only
+    /// peers we open exchanges with after the first.
+    servers: HashSet<PeerId>,
     /// Outbound sync requests in flight (the peer and the round of its
     /// exchange), at most one per peer.
     in_flight: HashMap<OutboundRequestId, (PeerId, usize)>,
@@ -370,6 +408,7 @@ impl Node {
                         self.gossip_round();
                         gossip.reset();
                     }
+                    Some(Command::Announce(digests)) => self.push(&digests),
                     Some(Command::Shutdown(tx)) => {
                         debug!("discovery node shutting down");
                         drop(self.swarm);
@@ -441,20 +480,33 @@ impl Node {
         dial(&mut self.swarm, peer, addrs);
     }
 
-    fn gossip_round(&mut self) {
-        self.gossip_started = true;
+    /// Up to `n` random relays we have no exchange in flight with.
+    fn idle_servers(&self, n: usize) -> Vec<PeerId> {
         let busy: HashSet<PeerId> = self.in_flight.values().map(|(p, _)| *p).collect();
-        let peers = self
-            .connected
-            .keys()
+        self.servers
+            .iter()
             .filter(|p| !busy.contains(p))
             .copied()
-            .choose_multiple(&mut rand::thread_rng(), GOSSIP_FANOUT);
+            .choose_multiple(&mut rand::thread_rng(), n)
+    }
+
+    fn gossip_round(&mut self) {
+        self.gossip_started = true;
+        let peers = self.idle_servers(GOSSIP_FANOUT);
         if peers.is_empty() {
             return;
         }
         let msg = sync::open(&*self.provider);
         for peer in peers {
+            self.send_sync(peer, msg.clone(), 1);
+        }
+    }
+
+    /// Announces `digests` to [`PUSH_FANOUT`] relays. A relay busy with an
+    /// exchange is skipped: anti-entropy reaches it later.
+    fn push(&mut self, digests: &[RecordDigest]) {
+        let msg = sync::announce(digests);
+        for peer in self.idle_servers(PUSH_FANOUT) {
             self.send_sync(peer, msg.clone(), 1);
         }
     }
@@ -507,7 +559,7 @@ impl Node {
     }
 
     /// Handles one swarm event; returns true when this was our first
-    /// connection ever (so the caller starts gossip).
+    /// connection ever (so the caller starts the gossip timer).
     fn handle_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) -> bool {
         match ev {
             SwarmEvent::NewListenAddr {
@@ -564,15 +616,14 @@ impl Node {
                         peer: peer_id,
                         addr,
                     });
-                    if first_ever {
-                        return true;
-                    }
                     // Exchange at once with peers we dialed (the dialer
-                    // does it, so a new link carries one exchange, not two).
+                    // does it, so a new link carries one exchange, not two;
+                    // a client only ever dials).
                     if endpoint.is_dialer() {
                         let msg = sync::open(&*self.provider);
                         self.send_sync(peer_id, msg, 1);
                     }
+                    return first_ever;
                 } else if let Some(state) = self.connected.get_mut(&peer_id) {
                     state.connections = num_established;
                 }
@@ -585,6 +636,7 @@ impl Node {
                 None => {
                     debug!(peer = %peer_id, "peer disconnected");
                     self.connected.remove(&peer_id);
+                    self.servers.remove(&peer_id);
                     self.wanted.remove(&peer_id);
                     self.emit(DiscoveryEvent::PeerDisconnected { peer: peer_id });
                 }
@@ -613,6 +665,11 @@ impl Node {
                 if info.protocol_version != IDENTIFY_PROTOCOL {
                     debug!(peer = %peer_id, "peer is not a veilnet node; ignoring its addresses");
                     return;
+                }
+                if info.protocols.contains(&StreamProtocol::new(SYNC_PROTOCOL))
+                    && self.connected.contains_key(&peer_id)
+                {
+                    self.servers.insert(peer_id);
                 }
                 let kad_proto = StreamProtocol::new(KAD_PROTOCOL);
                 if !info.protocols.contains(&kad_proto) {

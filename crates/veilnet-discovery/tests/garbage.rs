@@ -10,14 +10,14 @@ use std::{collections::HashMap, io, time::Duration};
 use common::TestNode;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::{
-    noise,
+    identify, noise,
     request_response::{self, Codec, Event, Message, OutboundRequestId, ProtocolSupport},
-    swarm::SwarmEvent,
+    swarm::{NetworkBehaviour, SwarmEvent},
     tcp, yamux, StreamProtocol, SwarmBuilder,
 };
 use tokio::time::timeout;
 use veilnet_discovery::sync::{self, Range, RangeMode, SyncLimits, SyncMessage};
-use veilnet_discovery::SYNC_PROTOCOL;
+use veilnet_discovery::{IDENTIFY_PROTOCOL, SYNC_PROTOCOL};
 
 /// Sends and receives raw bytes, whatever they are.
 #[derive(Clone, Default)]
@@ -71,6 +71,12 @@ impl Codec for RawCodec {
     }
 }
 
+#[derive(NetworkBehaviour)]
+struct Attacker {
+    identify: identify::Behaviour,
+    rr: request_response::Behaviour<RawCodec>,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_oversized_records_do_not_crash_the_node() {
     timeout(Duration::from_secs(40), async {
@@ -90,13 +96,20 @@ async fn garbage_and_oversized_records_do_not_crash_the_node() {
                 yamux::Config::default,
             )
             .unwrap()
-            .with_behaviour(|_| {
-                request_response::Behaviour::with_codec(
+            .with_behaviour(|key| Attacker {
+                // Identify as a veilnet relay, so the victim opens
+                // exchanges with us (it does only with peers that list the
+                // sync protocol).
+                identify: identify::Behaviour::new(identify::Config::new(
+                    IDENTIFY_PROTOCOL.to_owned(),
+                    key.public(),
+                )),
+                rr: request_response::Behaviour::with_codec(
                     RawCodec,
                     [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(10)),
-                )
+                ),
             })
             .unwrap()
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
@@ -141,29 +154,34 @@ async fn garbage_and_oversized_records_do_not_crash_the_node() {
             match attacker.select_next_some().await {
                 SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                     for (label, bytes) in requests.take().unwrap_or_default() {
-                        let id = attacker.behaviour_mut().send_request(&peer_id, bytes);
+                        let id = attacker.behaviour_mut().rr.send_request(&peer_id, bytes);
                         labels.insert(id, label);
                     }
                 }
-                SwarmEvent::Behaviour(Event::Message { message, .. }) => match message {
-                    // The victim gossips to us: answer with garbage.
-                    Message::Request { channel, .. } => {
-                        let _ = attacker
-                            .behaviour_mut()
-                            .send_response(channel, b"\xde\xad garbage response".to_vec());
-                        garbage_answers += 1;
+                SwarmEvent::Behaviour(AttackerEvent::Rr(Event::Message { message, .. })) => {
+                    match message {
+                        // The victim gossips to us: answer with garbage.
+                        Message::Request { channel, .. } => {
+                            let _ = attacker
+                                .behaviour_mut()
+                                .rr
+                                .send_response(channel, b"\xde\xad garbage response".to_vec());
+                            garbage_answers += 1;
+                        }
+                        Message::Response {
+                            request_id,
+                            response,
+                        } => {
+                            let label = labels[&request_id];
+                            outcomes.insert(label, Ok(response));
+                        }
                     }
-                    Message::Response {
-                        request_id,
-                        response,
-                    } => {
-                        let label = labels[&request_id];
-                        outcomes.insert(label, Ok(response));
-                    }
-                },
-                SwarmEvent::Behaviour(Event::OutboundFailure {
-                    request_id, error, ..
-                }) => {
+                }
+                SwarmEvent::Behaviour(AttackerEvent::Rr(Event::OutboundFailure {
+                    request_id,
+                    error,
+                    ..
+                })) => {
                     let label = labels[&request_id];
                     outcomes.insert(label, Err(error.to_string()));
                 }

@@ -33,8 +33,12 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
 /// and dropped without parsing or a signature check; the rest are verified
 /// without the directory lock, which is taken only to look up digests and
 /// to store what passed (or remember what was refused).
+///
+/// What was stored is announced to a few relays at once (a client's
+/// discovery node has none to announce to).
 pub(crate) async fn directory_feed(
     directory: Arc<Mutex<Directory>>,
+    discovery: DiscoveryHandle,
     mut events: tokio::sync::mpsc::Receiver<DiscoveryEvent>,
 ) {
     while let Some(ev) = events.recv().await {
@@ -44,9 +48,9 @@ pub(crate) async fn directory_feed(
                 // message's worth) run on the blocking pool, not on a
                 // worker that links share.
                 let dir = directory.clone();
-                let fed = tokio::task::spawn_blocking(move || feed(&dir, from, records)).await;
-                if let Err(e) = fed {
-                    warn!("descriptor verification stopped: {e}");
+                match tokio::task::spawn_blocking(move || feed(&dir, from, records)).await {
+                    Ok(stored) => discovery.announce(stored).await,
+                    Err(e) => warn!("descriptor verification stopped: {e}"),
                 }
             }
             DiscoveryEvent::PeerConnected { peer, .. } => debug!("p2p connected to {peer}"),
@@ -57,8 +61,12 @@ pub(crate) async fn directory_feed(
 }
 
 /// Checks and stores one batch of descriptors `from` sent (see
-/// [`directory_feed`]).
-fn feed(directory: &Mutex<Directory>, from: libp2p::PeerId, records: Vec<Vec<u8>>) {
+/// [`directory_feed`]); returns the digests of those stored (new to us).
+fn feed(
+    directory: &Mutex<Directory>,
+    from: libp2p::PeerId,
+    records: Vec<Vec<u8>>,
+) -> Vec<DescriptorDigest> {
     let now = unix_now();
     // Hashed before the lock is taken; each digest once.
     let mut seen = HashSet::new();
@@ -71,13 +79,18 @@ fn feed(directory: &Mutex<Directory>, from: libp2p::PeerId, records: Vec<Vec<u8>
         let dir = lock(directory);
         hashed.into_iter().filter(|(d, _)| !dir.knows(d)).collect()
     };
+    let mut stored = Vec::new();
     for (digest, raw) in fresh {
         let result = SignedDescriptor::from_bytes(&raw)
             .and_then(|sd| sd.verify_into(now))
             .and_then(|v| lock(directory).insert_verified(v, now));
         match result {
-            Ok(Inserted::New) => debug!("learned a new node from {from}"),
-            Ok(_) => {}
+            Ok(Inserted::New) => {
+                debug!("learned a new node from {from}");
+                stored.push(digest);
+            }
+            Ok(Inserted::Updated) => stored.push(digest),
+            Ok(Inserted::Unchanged) => {}
             Err(e) => {
                 if remember_refusal(&e) {
                     lock(directory).note_refused(digest);
@@ -91,6 +104,7 @@ fn feed(directory: &Mutex<Directory>, from: libp2p::PeerId, records: Vec<Vec<u8>
             }
         }
     }
+    stored
 }
 
 /// Whether the same bytes would be refused again later: not for a
@@ -171,12 +185,12 @@ pub(crate) async fn housekeeping(hk: Housekeeping, mut shutdown: watch::Receiver
         let rotated = hk.rotate_onion_key(now);
         if hk.publish && (rotated || last_publish.elapsed() >= REPUBLISH_EVERY) {
             let signed = lock(&hk.own).sign_new();
-            match signed.map(|s| lock(&hk.directory).insert(&s, now)) {
-                Ok(Ok(_)) => {
+            match signed.map(|s| (s.digest(), lock(&hk.directory).insert(&s, now))) {
+                Ok((digest, Ok(_))) => {
                     last_publish = Instant::now();
-                    hk.discovery.exchange_now().await;
+                    hk.discovery.announce(vec![digest]).await;
                 }
-                Ok(Err(e)) => warn!("cannot store our own descriptor: {e}"),
+                Ok((_, Err(e))) => warn!("cannot store our own descriptor: {e}"),
                 Err(e) => warn!("cannot sign our descriptor: {e}"),
             }
         }

@@ -89,9 +89,10 @@ pub struct Node {
     pub circuits: Arc<CircuitManager>,
     /// The discovery handle.
     pub discovery: DiscoveryHandle,
-    /// Where the cell-link listener is.
-    pub link_addr: SocketAddr,
-    /// Where libp2p listens.
+    /// Where the cell-link listener is; `None` for a pure client, which
+    /// listens for no links.
+    pub link_addr: Option<SocketAddr>,
+    /// Where libp2p listens (nowhere for a pure client).
     pub p2p_addrs: Vec<Multiaddr>,
     /// The SOCKS5 proxy's address, if enabled.
     pub socks_addr: Option<SocketAddr>,
@@ -179,19 +180,33 @@ impl Node {
             tap,
         })?;
 
-        let link_listener = bind("cell links", config.node.link_listen).await?;
-        let link_addr = link_listener
-            .local_addr()
-            .map_err(|source| NodeError::Bind {
-                what: "cell links",
-                addr: config.node.link_listen,
-                source,
-            })?;
+        // Only relays and exits publish a descriptor, listen, and take part
+        // in discovery under their identity. A pure client opens no
+        // listener besides its proxies and control API (so no crawler can
+        // list client addresses), uses a throwaway libp2p identity and
+        // stays out of every directory and routing table.
+        let publish = config.node.relay || exit.is_some();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let mut tasks = vec![tokio::spawn(core.clone().serve(link_listener))];
+        let mut tasks = Vec::new();
+        let link_addr = if publish {
+            let link_listener = bind("cell links", config.node.link_listen).await?;
+            let addr = link_listener
+                .local_addr()
+                .map_err(|source| NodeError::Bind {
+                    what: "cell links",
+                    addr: config.node.link_listen,
+                    source,
+                })?;
+            tasks.push(tokio::spawn(core.clone().serve(link_listener)));
+            Some(addr)
+        } else {
+            None
+        };
 
-        let advertised: Vec<SocketAddr> = if config.node.advertise.is_empty() {
-            if link_addr.ip().is_unspecified() {
+        let advertised: Vec<SocketAddr> = match link_addr {
+            None => Vec::new(),
+            Some(_) if !config.node.advertise.is_empty() => config.node.advertise.clone(),
+            Some(link_addr) if link_addr.ip().is_unspecified() => {
                 warn!(
                     "node.link_listen is unspecified and node.advertise is empty: \
                      advertising loopback only; set node.advertise to be reachable"
@@ -200,11 +215,8 @@ impl Node {
                     IpAddr::V4(Ipv4Addr::LOCALHOST),
                     link_addr.port(),
                 )]
-            } else {
-                vec![link_addr]
             }
-        } else {
-            config.node.advertise.clone()
+            Some(link_addr) => vec![link_addr],
         };
 
         let now = unix_now();
@@ -235,17 +247,17 @@ impl Node {
 
         let provider: veilnet_discovery::RecordProvider =
             Arc::new(DirectoryRecords(directory.clone()));
-        // Only relays and exits publish a descriptor and take part in
-        // discovery under their identity; a pure client uses a throwaway
-        // libp2p identity and stays out of every directory.
-        let publish = config.node.relay || exit.is_some();
         let p2p_identity = if publish {
             keys.identity.clone()
         } else {
             libp2p::identity::Keypair::generate_ed25519()
         };
         let mut dcfg = DiscoveryConfig::new(p2p_identity);
-        dcfg.listen = config.node.p2p_listen.clone();
+        if publish {
+            dcfg.listen = config.node.p2p_listen.clone();
+        } else {
+            dcfg.client_only = true;
+        }
         dcfg.bootstrap = config.node.bootstrap.clone();
         if persist {
             housekeeping::load_seq_marks(&directory, &config.data_dir);
@@ -269,7 +281,11 @@ impl Node {
                 lock(&directory).insert(&signed, unix_now())?;
             }
         }
-        tasks.push(tokio::spawn(directory_feed(directory.clone(), events)));
+        tasks.push(tokio::spawn(directory_feed(
+            directory.clone(),
+            discovery.clone(),
+            events,
+        )));
 
         let circuits = CircuitManager::new(
             core.clone(),
@@ -351,7 +367,10 @@ impl Node {
             lock(&node.tasks).push(handle);
             let _ = node.control_addr.set(bound);
         }
-        info!(peer = %peer_id, link = %link_addr, "node started");
+        match link_addr {
+            Some(link) => info!(peer = %peer_id, %link, "node started"),
+            None => info!("client node started (no listening links)"),
+        }
         Ok(node)
     }
 

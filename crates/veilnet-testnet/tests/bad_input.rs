@@ -269,7 +269,7 @@ impl RawLink {
         let identity = Keypair::generate_ed25519();
         let me = identity.public().to_peer_id();
         let mut hs = LinkHandshake::initiator(&identity, &relay.core.link_key()).unwrap();
-        let mut stream = TcpStream::connect(relay.link_addr).await.unwrap();
+        let mut stream = TcpStream::connect(relay.link_addr.unwrap()).await.unwrap();
         let mut buf = vec![0u8; veilnet_crypto::link::MAX_HANDSHAKE_MSG];
         timeout(SHORT, async {
             while !hs.is_finished() {
@@ -390,7 +390,7 @@ fn raw_cell(circ: u32, command: u8, random_body: bool) -> Vec<u8> {
 async fn still_serving(net: &Testnet, relay: &Node) {
     let spec = HopSpec {
         peer: relay.peer_id,
-        addr: relay.link_addr,
+        addr: relay.link_addr.unwrap(),
         onion_key: onion_key(net, &relay.peer_id),
         link_key: relay.core.link_key(),
     };
@@ -433,7 +433,7 @@ async fn garbage_and_truncated_cells_on_a_link_port() {
             if let Some(p) = first {
                 junk[..2].copy_from_slice(&p);
             }
-            let mut s = TcpStream::connect(relay.link_addr).await.unwrap();
+            let mut s = TcpStream::connect(relay.link_addr.unwrap()).await.unwrap();
             s.write_all(&junk).await.unwrap();
             // A prober that does not know the link key gets no answer at all.
             s.shutdown().await.unwrap();

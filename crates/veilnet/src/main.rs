@@ -127,7 +127,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             println!("veilnet node {} running", node.peer_id);
-            println!("  link     {}", node.link_addr);
+            match node.link_addr {
+                Some(a) => println!("  link     {a}"),
+                None => println!("  link     none (a pure client listens for no links)"),
+            }
             for a in &node.p2p_addrs {
                 println!("  p2p      {a}/p2p/{}", node.peer_id);
             }

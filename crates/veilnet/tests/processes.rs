@@ -179,6 +179,34 @@ fn spawn_node(base: &Path, i: usize) -> ChildGuard {
     }
 }
 
+/// The TCP ports process `pid` listens on (IPv4 and IPv6), from its open
+/// socket inodes and the kernel's socket tables.
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().to_string();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is f[1] ("ADDR:PORT" in hex), st is f[3] (0A:
+            // listen), inode is f[9].
+            if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
+                let port = f[1].rsplit(':').next().unwrap();
+                ports.push(u16::from_str_radix(port, 16).unwrap());
+            }
+        }
+    }
+    ports.sort_unstable();
+    ports
+}
+
 fn log_tail(base: &Path, i: usize) -> String {
     let s = std::fs::read_to_string(base.join(format!("node-{i}.stderr"))).unwrap_or_default();
     let lines: Vec<&str> = s.lines().collect();
@@ -289,6 +317,16 @@ async fn five_node_processes_carry_a_download_and_stop_on_sigterm() {
             assert!(!c.hops.contains(me), "the client is a hop of {c:?}");
             assert!(c.hops.iter().all(|h| peers.contains(h)), "{c:?}");
         }
+
+        // The pure client listens on its SOCKS port and control API only:
+        // its config names link and p2p ports too, and they stay closed, so
+        // no crawler can find it. Every relay listens on its own two.
+        let mut want = vec![socks_port, control_port];
+        want.sort_unstable();
+        assert_eq!(listening_ports(children[CLIENT].pid()), want);
+        let mut relay = vec![ports[0].p2p, ports[0].link];
+        relay.sort_unstable();
+        assert_eq!(listening_ports(children[0].pid()), relay);
     };
     timeout(Duration::from_secs(120), run)
         .await

@@ -1,0 +1,89 @@
+//! A client-only discovery node: it listens nowhere, learns the relays'
+//! records, and gives nothing of its own away.
+
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
+mod common;
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use common::TestNode;
+use libp2p::identity::Keypair;
+use tokio::time::timeout;
+use veilnet_discovery::{spawn, DiscoveryConfig, DiscoveryError, DiscoveryEvent, RecordProvider};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_listens_nowhere_and_still_learns_the_relays() {
+    timeout(Duration::from_secs(30), async {
+        let a = TestNode::start(
+            b"relay-a".to_vec(),
+            vec![],
+            Duration::from_millis(200),
+            true,
+        )
+        .await;
+        let b = TestNode::start(
+            b"relay-b".to_vec(),
+            vec![a.addr.clone()],
+            Duration::from_millis(200),
+            true,
+        )
+        .await;
+
+        // A listen address is a configuration error for a client.
+        let mut bad = DiscoveryConfig::new(Keypair::generate_ed25519());
+        bad.client_only = true;
+        bad.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        let nothing: RecordProvider = Arc::new(Vec::new);
+        assert!(matches!(
+            spawn(bad, nothing).await,
+            Err(DiscoveryError::InvalidConfig(_))
+        ));
+
+        let mut cfg = DiscoveryConfig::new(Keypair::generate_ed25519());
+        cfg.client_only = true;
+        cfg.bootstrap = vec![a.addr.clone()];
+        cfg.exchange_interval = Duration::from_millis(200);
+        let known = Arc::new(Mutex::new(HashSet::<Vec<u8>>::new()));
+        let k = known.clone();
+        let provider: RecordProvider =
+            Arc::new(move || k.lock().unwrap().iter().cloned().collect());
+        let (client, mut events) = spawn(cfg, provider).await.unwrap();
+        assert!(client.listen_addrs().await.is_empty());
+        let k = known.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                if let DiscoveryEvent::Records { records, .. } = ev {
+                    k.lock().unwrap().extend(records);
+                }
+            }
+        });
+        // It learns both relays' records: b's through a, or from b directly
+        // once the walk finds it.
+        timeout(Duration::from_secs(15), async {
+            loop {
+                {
+                    let k = known.lock().unwrap();
+                    if k.contains(&b"relay-a"[..]) && k.contains(&b"relay-b"[..]) {
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the client learns every relay's record");
+        // It reached them by dialing: it has no address of its own to give.
+        let peers = a.handle.connected_peers().await;
+        assert!(peers.iter().any(|(p, _)| *p == client.local_peer_id()));
+        client.shutdown().await;
+        b.stop().await;
+        a.stop().await;
+    })
+    .await
+    .expect("test finished in time");
+}
