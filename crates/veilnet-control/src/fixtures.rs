@@ -1,6 +1,6 @@
 //! A fixed control source for the tests of this crate.
 
-use crate::view::{CircuitView, ControlSource, NodeView, StatusView};
+use crate::view::{CircuitView, ControlSource, EquivocationView, NodeView, StatusView};
 
 pub(crate) const PEER_A: &str = "12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 pub(crate) const PEER_B: &str = "12D3KooWBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
@@ -62,6 +62,17 @@ pub(crate) fn circuits() -> Vec<CircuitView> {
     ]
 }
 
+pub(crate) fn equivocations() -> Vec<EquivocationView> {
+    vec![EquivocationView {
+        peer_id: "12D3KooWEquivocator".into(),
+        seq: 7,
+        detected: 1_700_000_100,
+        expires: 1_700_010_000,
+        digests: vec!["aa".repeat(32), "bb".repeat(32)],
+        descriptors: vec!["00".into(), "01".into()],
+    }]
+}
+
 impl ControlSource for FakeSource {
     fn status(&self) -> StatusView {
         status()
@@ -71,5 +82,8 @@ impl ControlSource for FakeSource {
     }
     fn circuits(&self) -> Vec<CircuitView> {
         circuits()
+    }
+    fn equivocations(&self) -> Vec<EquivocationView> {
+        equivocations()
     }
 }

@@ -64,6 +64,25 @@ pub struct StatusView {
     pub http_proxy: Option<String>,
 }
 
+/// A relay that signed two descriptors with one sequence number, as the
+/// control API shows it: the proof itself, which anyone can check with the
+/// relay's public key.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct EquivocationView {
+    /// The relay's libp2p peer id.
+    pub peer_id: String,
+    /// The sequence number it signed twice.
+    pub seq: u64,
+    /// When this node saw the second descriptor (unix seconds).
+    pub detected: u64,
+    /// When the evidence, and the relay's exclusion, end (unix seconds).
+    pub expires: u64,
+    /// SHA-256 digests of the two signed descriptors (hex), lower first.
+    pub digests: Vec<String>,
+    /// The two signed descriptors in their wire form (hex), same order.
+    pub descriptors: Vec<String>,
+}
+
 /// What the control API reads from the running node.
 ///
 /// Methods are called on the async runtime for every request, so they must
@@ -75,6 +94,8 @@ pub trait ControlSource: Send + Sync + 'static {
     fn nodes(&self) -> Vec<NodeView>;
     /// This node's circuits.
     fn circuits(&self) -> Vec<CircuitView>;
+    /// Relays caught equivocating, with the proof.
+    fn equivocations(&self) -> Vec<EquivocationView>;
 }
 
 /// Body of every error response from the control API.

@@ -247,6 +247,17 @@ pub enum DescriptorError {
         /// Stored sequence number.
         have: u64,
     },
+    /// The relay signed two descriptors with one sequence number; while
+    /// the directory keeps that evidence
+    /// ([`Equivocation`](crate::Equivocation)), it takes no other
+    /// descriptor of the relay.
+    #[error("descriptor of {peer}: refused, the relay equivocated at seq {seq}")]
+    Equivocated {
+        /// The relay.
+        peer: PeerId,
+        /// The sequence number it signed twice.
+        seq: u64,
+    },
     /// The directory holds [`crate::MAX_NODES`] nodes already.
     #[error("directory full ({max} nodes); dropping descriptor of {peer}")]
     DirectoryFull {
@@ -280,6 +291,9 @@ pub enum DescriptorError {
 ///   carries old copies in normal operation and either clock may be wrong,
 ///   so drop it quietly and do not blame the peer (match [`FromFuture`]
 ///   itself to watch for a wrong clock of ours);
+/// * one of a relay that equivocated ([`Equivocated`]) is
+///   [`ErrorKind::Refused`]: the relay is at fault, not the peer that passed
+///   its descriptor on;
 /// * a full directory ([`DirectoryFull`]) is [`ErrorKind::LocalResource`];
 /// * signing with the wrong key ([`KeyMismatch`]) is the caller's mistake,
 ///   [`ErrorKind::BadConfig`];
@@ -304,6 +318,7 @@ pub enum DescriptorError {
 /// [`OnionKeyExpired`]: DescriptorError::OnionKeyExpired
 /// [`Replayed`]: DescriptorError::Replayed
 /// [`FromFuture`]: DescriptorError::FromFuture
+/// [`Equivocated`]: DescriptorError::Equivocated
 /// [`DirectoryFull`]: DescriptorError::DirectoryFull
 /// [`KeyMismatch`]: DescriptorError::KeyMismatch
 /// [`Signing`]: DescriptorError::Signing
@@ -323,6 +338,7 @@ impl HasKind for DescriptorError {
             Expired { .. } | OnionKeyExpired { .. } | Replayed { .. } | FromFuture { .. } => {
                 ErrorKind::Transient
             }
+            Equivocated { .. } => ErrorKind::Refused,
             DirectoryFull { .. } => ErrorKind::LocalResource,
             KeyMismatch { .. } => ErrorKind::BadConfig,
             Signing { .. } => ErrorKind::Bug,
@@ -342,6 +358,7 @@ impl DescriptorError {
             | OnionKeyExpired { peer, .. }
             | BadField { peer, .. }
             | Replayed { peer, .. }
+            | Equivocated { peer, .. }
             | DirectoryFull { peer, .. }
             | KeyMismatch { peer } => Some(*peer),
             PeerIdMismatch { claimed, .. } => Some(*claimed),
@@ -748,6 +765,7 @@ mod tests {
                 },
                 ErrorKind::Bug,
             ),
+            (Equivocated { peer, seq: 5 }, ErrorKind::Refused),
         ]
     }
 
@@ -772,6 +790,7 @@ mod tests {
             DirectoryFull { .. } => 13,
             KeyMismatch { .. } => 14,
             Signing { .. } => 15,
+            Equivocated { .. } => 16,
         }
     }
 
@@ -784,7 +803,7 @@ mod tests {
         let seen: Vec<usize> = samples.iter().map(|(e, _)| variant(e)).collect();
         assert_eq!(
             seen,
-            (0..=15).collect::<Vec<_>>(),
+            (0..=16).collect::<Vec<_>>(),
             "a variant has no sample"
         );
     }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::descriptor::{
     is_too_old, Descriptor, DescriptorDigest, DescriptorError, SignedDescriptor, Verified,
 };
+use crate::evidence::Equivocation;
 
 /// Most nodes a [`Directory`] holds.
 pub const MAX_NODES: usize = 10_000;
@@ -63,6 +64,10 @@ pub enum Inserted {
     Updated,
     /// Exactly the stored descriptor (same seq, same bytes); nothing changed.
     Unchanged,
+    /// Another descriptor of the relay with the same seq and other bytes:
+    /// both are kept as an [`Equivocation`] and the relay is no longer
+    /// listed.
+    Equivocated,
 }
 
 #[derive(Debug, Clone)]
@@ -90,8 +95,11 @@ impl From<Verified> for Entry {
 pub struct Directory {
     own: PeerId,
     nodes: BTreeMap<PeerId, Entry>,
-    /// The digests of the stored descriptors' signed forms.
+    /// The digests of the stored descriptors' signed forms, and of both
+    /// descriptors of each equivocation.
     digests: HashMap<DescriptorDigest, PeerId>,
+    /// Relays that equivocated, with the proof; they are not in `nodes`.
+    evidence: BTreeMap<PeerId, Equivocation>,
     /// Recently refused digests.
     refused: RecentDigests,
     /// The highest descriptor accepted per relay, kept after it is gone.
@@ -111,6 +119,7 @@ impl Directory {
             own,
             nodes: BTreeMap::new(),
             digests: HashMap::new(),
+            evidence: BTreeMap::new(),
             refused: RecentDigests::new(REFUSED_REMEMBERED),
             sorted: OnceLock::new(),
             seqs: HashMap::new(),
@@ -215,12 +224,23 @@ impl Directory {
         self.sorted = OnceLock::new();
     }
 
-    /// The stored descriptor whose signed form has this digest.
+    /// The stored descriptor whose signed form has this digest (listed,
+    /// or one of an equivocation's two).
     pub fn signed_by_digest(&self, digest: &DescriptorDigest) -> Option<&SignedDescriptor> {
-        self.digests
-            .get(digest)
-            .and_then(|peer| self.nodes.get(peer))
-            .map(|e| &e.signed)
+        let peer = self.digests.get(digest)?;
+        if let Some(e) = self.nodes.get(peer).filter(|e| e.digest == *digest) {
+            return Some(&e.signed);
+        }
+        let ev = self.evidence.get(peer)?;
+        ev.digests
+            .iter()
+            .position(|d| d == digest)
+            .map(|i| &ev.descriptors[i])
+    }
+
+    /// The relays that equivocated, with the proof, in peer id order.
+    pub fn equivocations(&self) -> impl Iterator<Item = &Equivocation> {
+        self.evidence.values()
     }
 
     /// Verify `signed` at time `now` and store it: a descriptor the
@@ -243,9 +263,11 @@ impl Directory {
     /// Store a verified descriptor.
     ///
     /// The same signed bytes as the stored one are [`Inserted::Unchanged`];
-    /// a higher seq replaces it ([`Inserted::Updated`]), and so does the
-    /// same seq with a lower digest (an equivocating relay: every node
-    /// settles on the same one of its descriptors); any other lower-or-equal
+    /// a higher seq replaces it ([`Inserted::Updated`]); the same seq with
+    /// other bytes is proof that the relay equivocated: both are kept as an
+    /// [`Equivocation`], the relay leaves the listing, and until the
+    /// evidence expires any other descriptor of it is
+    /// [`DescriptorError::Equivocated`] ([`Inserted::Equivocated`]); a lower
     /// seq is [`DescriptorError::Replayed`]. When the
     /// directory is full, stale entries are dropped first; if it is still
     /// full the descriptor is refused with
@@ -257,6 +279,12 @@ impl Directory {
         now: u64,
     ) -> Result<Inserted, DescriptorError> {
         let peer = verified.desc.peer_id;
+        if let Some(ev) = self.evidence.get(&peer) {
+            if ev.digests.contains(&verified.digest) {
+                return Ok(Inserted::Unchanged);
+            }
+            return Err(DescriptorError::Equivocated { peer, seq: ev.seq });
+        }
         // A relay's descriptor that is gone still leaves its mark: nothing
         // older (or, at the same seq, nothing with a higher digest) comes
         // back in its place.
@@ -283,11 +311,23 @@ impl Directory {
             if old.digest == verified.digest {
                 return Ok(Inserted::Unchanged);
             }
-            // Two descriptors with the same seq (the relay equivocated):
-            // every node keeps the one with the lower digest, so all views
-            // end up the same whichever arrived first.
-            let tie_won = verified.desc.seq == old.desc.seq && verified.digest < old.digest;
-            if verified.desc.seq <= old.desc.seq && !tie_won {
+            // Two descriptors with the same seq: the relay equivocated.
+            // Every node that sees both keeps both, whichever came first.
+            if verified.desc.seq == old.desc.seq {
+                let held = (&old.signed, &old.digest, old.desc.published);
+                if let Some(ev) = Equivocation::of(held, &verified, now) {
+                    self.nodes.remove(&peer);
+                    self.digests.insert(verified.digest, peer);
+                    self.mark(SeqMark {
+                        digest: ev.digests[0],
+                        ..mark
+                    });
+                    self.evidence.insert(peer, ev);
+                    self.changed();
+                    return Ok(Inserted::Equivocated);
+                }
+            }
+            if verified.desc.seq < old.desc.seq {
                 return Err(DescriptorError::Replayed {
                     peer,
                     seq: verified.desc.seq,
@@ -301,9 +341,10 @@ impl Directory {
             self.mark(mark);
             return Ok(Inserted::Updated);
         }
-        if self.nodes.len() >= MAX_NODES && peer != self.own {
+        // Evidence takes the place of the relay's entry, so it counts.
+        if self.nodes.len() + self.evidence.len() >= MAX_NODES && peer != self.own {
             self.expire(now);
-            if self.nodes.len() >= MAX_NODES {
+            if self.nodes.len() + self.evidence.len() >= MAX_NODES {
                 return Err(DescriptorError::DirectoryFull {
                     peer,
                     max: MAX_NODES,
@@ -330,7 +371,17 @@ impl Directory {
             }
             !stale
         });
-        if !removed.is_empty() {
+        let before = self.evidence.len();
+        self.evidence.retain(|_, ev| {
+            let keep = !ev.expired(now);
+            if !keep {
+                for d in &ev.digests {
+                    digests.remove(d);
+                }
+            }
+            keep
+        });
+        if !removed.is_empty() || self.evidence.len() != before {
             self.changed();
         }
         removed

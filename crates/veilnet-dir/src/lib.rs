@@ -3,6 +3,7 @@
 
 pub mod descriptor;
 pub mod directory;
+pub mod evidence;
 pub mod path;
 
 pub use descriptor::{
@@ -14,4 +15,5 @@ pub use directory::{
     Directory, Inserted, SeqMark, SeqMarks, MAX_NODES, MAX_SEQ_MARKS, MAX_SEQ_MARKS_FILE_BYTES,
     REFUSED_REMEMBERED, SEQ_MARKS_FILE,
 };
+pub use evidence::Equivocation;
 pub use path::{select_path, GuardSet, PathError, PathRequest};

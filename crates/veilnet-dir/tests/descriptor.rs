@@ -417,49 +417,21 @@ fn directory_insert_replay_update() {
     assert_eq!(dir.get(&peer).unwrap().seq, 5);
     assert_eq!(dir.signed(&peer).unwrap(), &s5);
 
-    // same seq, different bytes (the relay equivocated): whatever the
-    // order of arrival, the lower digest is kept, so every node ends with
-    // the same one; the higher is refused as a replay.
+    // same seq, different bytes: the relay equivocated (see
+    // `equivocation_is_kept_as_evidence_and_excludes_the_relay`). A
+    // directory that saw it takes nothing else from the relay.
     d.bandwidth += 1;
     let other = sign(&d, &k);
-    let (low, high) = if other.digest() < s5.digest() {
-        (other.clone(), s5.clone())
-    } else {
-        (s5.clone(), other.clone())
-    };
-    for (first, second) in [(&low, &high), (&high, &low)] {
-        let mut view = Directory::new(key(98).public().to_peer_id());
-        view.insert(first, NOW).unwrap();
-        let second_result = view.insert(second, NOW);
-        if second == &low {
-            assert_eq!(second_result.unwrap(), Inserted::Updated);
-        } else {
-            assert!(matches!(
-                second_result,
-                Err(DescriptorError::Replayed {
-                    seq: 5,
-                    have: 5,
-                    ..
-                })
-            ));
-        }
-        assert_eq!(view.signed(&peer), Some(&low));
-    }
-    if dir.signed(&peer) != Some(&low) {
-        assert_eq!(dir.insert(&low, NOW).unwrap(), Inserted::Updated);
-    }
-    let err = dir.insert(&high, NOW).unwrap_err();
+    let mut seen = Directory::new(key(98).public().to_peer_id());
+    seen.insert(&s5, NOW).unwrap();
+    assert_eq!(seen.insert(&other, NOW).unwrap(), Inserted::Equivocated);
+    d.seq = 9;
+    let err = seen.insert(&sign(&d, &k), NOW).unwrap_err();
     assert!(
-        matches!(
-            err,
-            DescriptorError::Replayed {
-                seq: 5,
-                have: 5,
-                ..
-            }
-        ),
+        matches!(err, DescriptorError::Equivocated { seq: 5, .. }),
         "{err}"
     );
+    assert_eq!(err.kind(), ErrorKind::Refused);
     // lower seq: replay
     d.seq = 4;
     let err = dir.insert(&sign(&d, &k), NOW).unwrap_err();
@@ -489,6 +461,74 @@ fn directory_insert_replay_update() {
     bad.signature[0] ^= 1;
     assert!(dir.insert(&bad, NOW).is_err());
     assert_eq!(dir.len(), 1);
+}
+
+#[test]
+fn equivocation_is_kept_as_evidence_and_excludes_the_relay() {
+    let k = key(1);
+    let peer = k.public().to_peer_id();
+    let mut d = desc(&k, "1.2.3.4:9001");
+    d.seq = 5;
+    let a = sign(&d, &k);
+    d.bandwidth += 1;
+    let b = sign(&d, &k);
+    let honest = sign(&desc(&key(2), "5.6.7.8:9001"), &key(2));
+    let (low, high) = if a.digest() < b.digest() {
+        (a.clone(), b.clone())
+    } else {
+        (b.clone(), a.clone())
+    };
+    // Whichever arrives first, every view ends with the same proof, and
+    // the relay is in none of them.
+    let mut views = Vec::new();
+    for (first, second) in [(&a, &b), (&b, &a)] {
+        let mut view = Directory::new(key(98).public().to_peer_id());
+        view.insert(&honest, NOW).unwrap();
+        assert_eq!(view.insert(first, NOW).unwrap(), Inserted::New);
+        assert_eq!(view.insert(second, NOW).unwrap(), Inserted::Equivocated);
+        assert_eq!(view.insert(second, NOW).unwrap(), Inserted::Unchanged);
+        assert!(
+            view.get(&peer).is_none(),
+            "an equivocating relay is not listed"
+        );
+        assert_eq!(view.len(), 1);
+        let ev: Vec<_> = view.equivocations().cloned().collect();
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].peer, peer);
+        assert_eq!(ev[0].seq, 5);
+        assert_eq!(ev[0].descriptors, [low.clone(), high.clone()]);
+        assert_eq!(ev[0].digests, [low.digest(), high.digest()]);
+        // Both descriptors are still passed on, so the proof spreads, and
+        // each one checks out on its own.
+        for sd in [&low, &high] {
+            assert!(view.holds(&sd.digest()));
+            assert!(view.digests().contains(&sd.digest()));
+            assert_eq!(view.signed_by_digest(&sd.digest()), Some(sd));
+            assert_eq!(sd.verify(NOW).unwrap().seq, 5);
+        }
+        views.push(view.digests());
+    }
+    assert_eq!(views[0], views[1], "both orders end in the same view");
+
+    // The evidence lasts as long as the earlier descriptor can be
+    // verified, then every node forgets it alike and the relay may return.
+    let mut view = Directory::new(key(98).public().to_peer_id());
+    view.insert(&a, NOW).unwrap();
+    view.insert(&b, NOW).unwrap();
+    let expires = view.equivocations().next().unwrap().expires;
+    assert_eq!(expires, NOW + MAX_DESCRIPTOR_AGE);
+    view.expire(expires);
+    assert_eq!(view.equivocations().count(), 1);
+    view.expire(expires + 1);
+    assert_eq!(view.equivocations().count(), 0);
+    assert!(!view.holds(&a.digest()) && !view.holds(&b.digest()));
+    let mut later = desc(&k, "1.2.3.4:9001");
+    later.seq = 6;
+    later.published = expires + 1;
+    assert_eq!(
+        view.insert(&sign(&later, &k), expires + 1).unwrap(),
+        Inserted::New
+    );
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use std::sync::Weak;
 
 use veilnet_circmgr::PooledCircuit;
-use veilnet_control::{CircuitView, ControlSource, NodeView, StatusView};
+use veilnet_control::{CircuitView, ControlSource, EquivocationView, NodeView, StatusView};
 use veilnet_dir::Descriptor;
 
 use crate::{lock, Node, VERSION};
@@ -42,6 +42,27 @@ impl ControlSource for NodeControl {
         let dir = lock(&n.directory);
         dir.iter()
             .map(|d| node_view(d, d.peer_id == n.peer_id))
+            .collect()
+    }
+
+    fn equivocations(&self) -> Vec<EquivocationView> {
+        let Some(n) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        let dir = lock(&n.directory);
+        dir.equivocations()
+            .map(|e| EquivocationView {
+                peer_id: e.peer.to_string(),
+                seq: e.seq,
+                detected: e.detected,
+                expires: e.expires,
+                digests: e.digests.iter().map(hex::encode).collect(),
+                descriptors: e
+                    .descriptors
+                    .iter()
+                    .map(|d| hex::encode(d.to_bytes()))
+                    .collect(),
+            })
             .collect()
     }
 

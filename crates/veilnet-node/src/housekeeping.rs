@@ -90,6 +90,12 @@ fn feed(
                 stored.push(digest);
             }
             Ok(Inserted::Updated) => stored.push(digest),
+            Ok(Inserted::Equivocated) => {
+                // Passed on like any stored descriptor: every node that
+                // gets both finds the same proof.
+                warn!("a relay signed two descriptors with one sequence number (via {from}); it is excluded while the evidence lasts");
+                stored.push(digest);
+            }
             Ok(Inserted::Unchanged) => {}
             Err(e) => {
                 if remember_refusal(&e) {

@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use veilnet_cell::{Cell, CellCommand, CircId, TargetAddr, CELL_LEN};
 use veilnet_circmgr::Isolation;
+use veilnet_control::get_json;
 use veilnet_crypto::circuit::ClientHandshake;
 use veilnet_crypto::link::{LinkHandshake, RecordOpener, RecordSealer, RECORD_HEADER_LEN};
 use veilnet_dir::{Descriptor, DescriptorError, Directory, Roles, SignedDescriptor};
@@ -756,6 +757,116 @@ async fn descriptors_with_bad_signatures_are_refused() {
         let target = http::target().await.unwrap();
         let proxy = net.client.socks_addr.unwrap();
         net.client.circuits.close_all();
+        http::download(proxy, target, DL, Duration::from_secs(30))
+            .await
+            .unwrap();
+    };
+    timeout(TEST_LIMIT, run).await.expect("test timed out");
+    assert_no_task_panics();
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_equivocating_relay_is_shown_and_avoided_by_every_node() {
+    common::init();
+    let opts = TestnetOptions {
+        nodes: 5,
+        exits: 2,
+        socks: Some("127.0.0.1:0".parse().unwrap()),
+        control: Some("127.0.0.1:0".parse().unwrap()),
+        allow_private_targets: true,
+        ..TestnetOptions::default()
+    };
+    let net = Testnet::start(opts).await.expect("start the test network");
+    net.wait_ready(Duration::from_secs(45))
+        .await
+        .expect("test network ready");
+    let run = async {
+        let now = veilnet_config::unix_now();
+        // A relay (an exit, to make it attractive) that signs two different
+        // descriptors with one sequence number.
+        let template = {
+            let dir = net.client.directory.lock().unwrap();
+            dir.get(&net.relays[1].peer_id).cloned().unwrap()
+        };
+        let rogue = Keypair::generate_ed25519();
+        let rogue_peer = rogue.public().to_peer_id();
+        let mut d = template;
+        d.peer_id = rogue_peer;
+        d.identity_key = rogue.public().encode_protobuf();
+        d.p2p_addrs = Vec::new();
+        d.roles = Roles {
+            relay: true,
+            exit: true,
+        };
+        d.seq = 7;
+        d.published = now;
+        let first = d.sign(&rogue).unwrap();
+        d.bandwidth += 1;
+        let second = d.sign(&rogue).unwrap();
+        let mut digests = [hex::encode(first.digest()), hex::encode(second.digest())];
+        digests.sort();
+
+        // It offers both over the sync protocol, to one relay only.
+        let target = net.relays[0].clone();
+        let records = vec![first.to_bytes(), second.to_bytes()];
+        let provider: veilnet_discovery::RecordProvider = Arc::new(move || records.clone());
+        let mut cfg = veilnet_discovery::DiscoveryConfig::new(Keypair::generate_ed25519());
+        cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        cfg.bootstrap = target
+            .p2p_addrs
+            .iter()
+            .map(|a| {
+                a.clone()
+                    .with(libp2p::multiaddr::Protocol::P2p(target.peer_id))
+            })
+            .collect();
+        cfg.exchange_interval = Duration::from_millis(500);
+        let (handle, mut events) = veilnet_discovery::spawn(cfg, provider).await.unwrap();
+        let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
+
+        // Every node ends up with the proof, whichever copy reached it
+        // first, and lists the relay nowhere.
+        let all: Vec<&Arc<Node>> = net.relays.iter().chain([&net.client]).collect();
+        assert!(
+            eventually(Duration::from_secs(30), || all.iter().all(|n| n
+                .directory
+                .lock()
+                .unwrap()
+                .equivocations()
+                .any(|e| e.peer == rogue_peer)))
+            .await,
+            "not every node holds the evidence"
+        );
+        for n in &all {
+            let dir = n.directory.lock().unwrap();
+            assert!(
+                dir.get(&rogue_peer).is_none(),
+                "{} lists the rogue",
+                n.peer_id
+            );
+        }
+
+        // The client's control API shows it, with both signed descriptors.
+        let control = net.client.control_addr().unwrap();
+        let shown: Vec<veilnet_control::EquivocationView> =
+            get_json(control, "/v1/equivocations").await.unwrap();
+        assert_eq!(shown.len(), 1, "{shown:?}");
+        assert_eq!(shown[0].peer_id, rogue_peer.to_string());
+        assert_eq!(shown[0].seq, 7);
+        assert_eq!(shown[0].digests, digests);
+        for hexed in &shown[0].descriptors {
+            let sd = SignedDescriptor::from_bytes(&hex::decode(hexed).unwrap()).unwrap();
+            assert_eq!(sd.verify(now).unwrap().peer_id, rogue_peer);
+        }
+        let nodes: Vec<veilnet_control::NodeView> = get_json(control, "/v1/nodes").await.unwrap();
+        assert!(nodes.iter().all(|n| n.peer_id != rogue_peer.to_string()));
+        handle.shutdown().await;
+        drain.abort();
+
+        // Circuits still work, through honest relays only.
+        let target = http::target().await.unwrap();
+        let proxy = net.client.socks_addr.unwrap();
         http::download(proxy, target, DL, Duration::from_secs(30))
             .await
             .unwrap();
