@@ -1,11 +1,12 @@
-//! Fuzz signed node descriptors: framing, verification, the JSON body.
+//! Fuzz signed node descriptors: framing, verification, the binary body.
 //!
 //! Checks: no panic anywhere; `SignedDescriptor::from_bytes` accepts an input
 //! only if `to_bytes` gives back exactly that input, and its errors are of
 //! kind `PeerMisbehaved` without a peer; `verify(now)` never panics, for the
 //! framed input and for the raw input taken as a body, at several clocks, and
-//! whatever it accepts passes `check_fields` and the time rules. When the input is a
-//! descriptor JSON document, it is re-signed with a fixed identity: signing
+//! whatever it accepts passes `check_fields` and the time rules. When the input
+//! decodes as a descriptor body, it encodes back to exactly the input (one
+//! encoding per descriptor) and is re-signed with a fixed identity: signing
 //! fails only for a field or size limit, and otherwise the signed descriptor
 //! frames round-trip, verifies back to the same descriptor inside the time
 //! window, and is `FromFuture` / `Expired` / `OnionKeyExpired` just outside.
@@ -71,9 +72,14 @@ fn verify_at(signed: &SignedDescriptor, desc: &Descriptor, now: u64) {
 }
 
 fn resign(data: &[u8]) {
-    let Ok(mut desc) = serde_json::from_slice::<Descriptor>(data) else {
+    let Ok(mut desc) = veilnet_dir::wire::decode(data) else {
         return;
     };
+    assert_eq!(
+        veilnet_dir::wire::encode(&desc).as_deref(),
+        Ok(data),
+        "a body decoded from bytes it would not encode to"
+    );
     let key = identity();
     desc.peer_id = key.public().to_peer_id();
     desc.identity_key = key.public().encode_protobuf();
@@ -125,7 +131,7 @@ fn check(data: &[u8]) {
         }
     }
 
-    // The input as a body, so that JSON inputs reach the parser and checks.
+    // The input as a body, so that it reaches the decoder and the checks.
     let sd = SignedDescriptor {
         body: data.to_vec(),
         signature: vec![0u8; 64],

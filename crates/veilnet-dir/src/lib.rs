@@ -5,6 +5,7 @@ pub mod descriptor;
 pub mod directory;
 pub mod evidence;
 pub mod path;
+pub mod wire;
 
 pub use descriptor::{
     digest, Descriptor, DescriptorDigest, DescriptorError, Roles, SignedDescriptor, Verified,

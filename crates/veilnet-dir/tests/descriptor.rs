@@ -40,20 +40,22 @@ fn vector_descriptor() -> (Keypair, Descriptor) {
 }
 
 const VECTOR_PEER_ID: &str = "12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5";
+/// Checked by hand against the layout in `veilnet_dir::wire`: format 2,
+/// the raw key, roles 3, one link address, one libp2p address, the keys and
+/// expiry, a two-rule policy (`0a 08 0a`: reject 10/8 on all ports; `11
+/// 01bb`: accept port 443), bandwidth, "DE", no family, the version, seq 7
+/// and the publication time.
 const VECTOR_BODY: &str = concat!(
-    r#"{"peer_id":"12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5","#,
-    r#""identity_key":"080112208a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c","#,
-    r#""link_addrs":["203.0.113.7:9001"],"p2p_addrs":["/ip4/203.0.113.7/tcp/4001"],"#,
-    r#""onion_key":"4242424242424242424242424242424242424242424242424242424242424242","#,
-    r#""onion_key_expires":1700604800,"#,
-    r#""link_key":"2424242424242424242424242424242424242424242424242424242424242424","#,
-    r#""roles":{"relay":true,"exit":true},"#,
-    r#""exit_policy":["reject 10.0.0.0/8:*","accept *:443"],"bandwidth":5000000,"#,
-    r#""region":"DE","family":[],"version":"veilnet/0.1.0","seq":7,"published":1700000000}"#
+    "028a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f",
+    "5c030104cb0071072329010804cb007107060fa1424242424242424242424242",
+    "424242424242424242424242424242424242424200000000655d2b8024242424",
+    "2424242424242424242424242424242424242424242424242424242400020a08",
+    "0a1101bb00000000004c4b40024445000d7665696c6e65742f302e312e300000",
+    "000000000007000000006553f100",
 );
 const VECTOR_SIGNATURE: &str = concat!(
-    "d4021410d5d1591137c80788da63cc3d94ee4ff7279466cc7a012bd1b0a563bc",
-    "3a9cab3bed62254a04d42395ed407351fd5f79133d9c7436d52e56a460675303"
+    "bb1834f88a172a81679eb287234a8fb4006e4411876f4795a0782671466b37fe",
+    "2afc4b4a3d9f9dba3f5bd8aa26b2712683d712ef018e71f4e22d44f89ffab00c",
 );
 
 #[test]
@@ -61,19 +63,47 @@ fn test_vector() {
     let (key, d) = vector_descriptor();
     let signed = d.sign(&key).unwrap();
     assert_eq!(d.peer_id.to_string(), VECTOR_PEER_ID);
-    assert_eq!(std::str::from_utf8(&signed.body).unwrap(), VECTOR_BODY);
+    assert_eq!(hex::encode(&signed.body), VECTOR_BODY);
     assert_eq!(hex::encode(&signed.signature), VECTOR_SIGNATURE);
+    // The layout, field by field (veilnet_dir::wire).
+    let b = &signed.body;
+    assert_eq!(b[0], veilnet_dir::wire::BODY_FORMAT);
+    let raw = key.public().try_into_ed25519().unwrap().to_bytes();
+    assert_eq!(&b[1..33], &raw);
+    assert_eq!(b[33], 0b11, "relay and exit");
+    assert_eq!(
+        &b[34..42],
+        &[1, 4, 203, 0, 113, 7, 0x23, 0x29],
+        "one IPv4 link address"
+    );
+    assert_eq!(&b[b.len() - 16..b.len() - 8], &7u64.to_be_bytes(), "seq");
+    assert_eq!(
+        &b[b.len() - 8..],
+        &1_700_000_000u64.to_be_bytes(),
+        "published"
+    );
     // and the committed bytes verify on their own
     let from_vector = SignedDescriptor {
-        body: VECTOR_BODY.as_bytes().to_vec(),
+        body: hex::decode(VECTOR_BODY).unwrap(),
         signature: hex::decode(VECTOR_SIGNATURE).unwrap(),
     };
     assert_eq!(from_vector.verify(1_700_000_000).unwrap(), d);
     // framing
+    let body_len = from_vector.body.len();
     let bytes = from_vector.to_bytes();
-    assert_eq!(&bytes[..4], &(VECTOR_BODY.len() as u32).to_be_bytes());
-    assert_eq!(&bytes[4 + VECTOR_BODY.len()..][..2], &[0, 64]);
-    assert_eq!(bytes.len(), 4 + VECTOR_BODY.len() + 2 + 64);
+    assert_eq!(&bytes[..4], &(body_len as u32).to_be_bytes());
+    assert_eq!(&bytes[4 + body_len..][..2], &[0, 64]);
+    assert_eq!(bytes.len(), 4 + body_len + 2 + 64);
+}
+
+#[test]
+fn a_typical_descriptor_is_about_300_bytes() {
+    // An exit with the default policy (private ranges refused), one link
+    // address, one libp2p address: what most relays publish.
+    let k = key(1);
+    let bytes = sign(&desc(&k, "1.2.3.4:9001"), &k).to_bytes();
+    println!("{} bytes", bytes.len());
+    assert!((250..=360).contains(&bytes.len()), "{} bytes", bytes.len());
 }
 
 #[test]
@@ -104,13 +134,13 @@ fn sign_verify_round_trip() {
 fn tampered_body_is_bad_signature() {
     let k = key(1);
     let s = sign(&desc(&k, "1.2.3.4:9001"), &k);
-    let text = String::from_utf8(s.body.clone()).unwrap();
-    let forged = text.replace("\"bandwidth\":1000000", "\"bandwidth\":9000000000");
-    assert_ne!(forged, text);
+    let mut forged = s.verify(NOW).unwrap();
+    forged.bandwidth = 9_000_000_000;
     let t = SignedDescriptor {
-        body: forged.into_bytes(),
+        body: forged.to_body().unwrap(),
         signature: s.signature.clone(),
     };
+    assert_ne!(t.body, s.body);
     let err = t.verify(NOW).unwrap_err();
     assert!(matches!(err, DescriptorError::BadSignature { .. }), "{err}");
     assert_eq!(err.kind(), ErrorKind::PeerMisbehaved);
@@ -146,19 +176,23 @@ fn wrong_peer_id_for_key() {
     assert!(matches!(err, DescriptorError::KeyMismatch { .. }), "{err}");
     // the signer's mistake, not a peer's
     assert_eq!(err.kind(), ErrorKind::BadConfig);
-    // a forger builds it by hand anyway
+    // A forger cannot claim another peer id: the body carries the key and
+    // the peer id is derived from it. Signing k2's descriptor with k1 is a
+    // bad signature of k2.
+    let d2 = desc(&k2, "1.2.3.4:9001");
     let mut msg = SIGNING_CONTEXT.to_vec();
-    let body = serde_json::to_vec(&d).unwrap();
+    let body = d2.to_body().unwrap();
     msg.extend_from_slice(&body);
     let forged = SignedDescriptor {
         signature: k1.sign(&msg).unwrap(),
         body,
     };
     let err = forged.verify(NOW).unwrap_err();
-    assert!(
-        matches!(&err, DescriptorError::PeerIdMismatch { claimed, derived }
-            if *claimed == k2.public().to_peer_id() && **derived == k1.public().to_peer_id()),
-        "{err}"
+    assert_eq!(
+        err,
+        DescriptorError::BadSignature {
+            peer: k2.public().to_peer_id()
+        }
     );
     assert_eq!(err.kind(), ErrorKind::PeerMisbehaved);
     // signing with the wrong keypair
@@ -172,15 +206,25 @@ fn wrong_peer_id_for_key() {
 #[test]
 fn garbage_identity_key() {
     let k = key(1);
-    let mut d = desc(&k, "1.2.3.4:9001");
-    d.identity_key = vec![1, 2, 3];
-    let body = serde_json::to_vec(&d).unwrap();
+    let good = desc(&k, "1.2.3.4:9001").to_body().unwrap();
+    // 32 bytes that are not an ed25519 point.
+    let not_a_point = (0..=255u8)
+        .map(|i| [i; 32])
+        .find(|b| libp2p::identity::ed25519::PublicKey::try_from_bytes(b).is_err())
+        .unwrap();
+    let mut body = good.clone();
+    body[1..33].copy_from_slice(&not_a_point);
     let s = SignedDescriptor {
         body,
         signature: vec![0; 64],
     };
+    let err = s.verify(NOW).unwrap_err();
+    assert!(matches!(err, DescriptorError::Malformed { .. }), "{err}");
+    // A protobuf key of another type cannot be signed into a body at all.
+    let mut d = desc(&k, "1.2.3.4:9001");
+    d.identity_key = vec![1, 2, 3];
     assert!(matches!(
-        s.verify(NOW),
+        d.to_body(),
         Err(DescriptorError::BadIdentityKey { .. })
     ));
 }
@@ -267,7 +311,7 @@ fn field_limits() {
         );
         // ... and verify rejects a hand-made one
         let mut msg = SIGNING_CONTEXT.to_vec();
-        let body = serde_json::to_vec(&d).unwrap();
+        let body = d.to_body().unwrap();
         msg.extend_from_slice(&body);
         let s = SignedDescriptor {
             signature: k.sign(&msg).unwrap(),
@@ -291,44 +335,59 @@ fn field_limits() {
 #[test]
 fn malformed_bodies() {
     let k = key(1);
-    let good = sign(&desc(&k, "1.2.3.4:9001"), &k);
-    let text = String::from_utf8(good.body.clone()).unwrap();
-    let bodies = [
-        String::new(),
-        "null".into(),
-        "{}".into(),
-        "[1,2]".into(),
-        text[..text.len() - 1].to_string(),
-        text.replace("\"seq\":1", "\"seq\":-1"),
-        text.replace("\"seq\":1", "\"seq\":1,\"seq\":2"),
-        text.replace("\"onion_key\":\"1111", "\"onion_key\":\"11"),
-        text.replace("\"onion_key\":\"1111", "\"onion_key\":\"zz11"),
-        text.replace("accept *:*", "accept *:99999"),
-        text.replace("1.2.3.4:9001", "not-an-addr"),
-        text.replace("/ip4/127.0.0.1/tcp/4001", "/bogus"),
-        text.replace(&k.public().to_peer_id().to_string(), "Qmnope"),
+    let d = desc(&k, "1.2.3.4:9001");
+    let good = d.to_body().unwrap();
+    let with = |at: usize, byte: u8| {
+        let mut b = good.clone();
+        b[at] = byte;
+        b
+    };
+    let mut trailing = good.clone();
+    trailing.push(0);
+    let mut bad_version = d.clone();
+    bad_version.version = "v".into();
+    let mut bad_version = bad_version.to_body().unwrap();
+    let at = bad_version.len() - 17;
+    bad_version[at] = 0xff;
+    let bodies: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("format 1", with(0, 1)),
+        ("format 3", with(0, 3)),
+        ("reserved role bit", with(33, 0b111)),
+        ("link address kind 5", with(35, 5)),
+        ("trailing byte", trailing),
+        ("version not UTF-8", bad_version),
     ];
-    for body in bodies {
+    for (what, body) in bodies {
         let s = SignedDescriptor {
-            body: body.clone().into_bytes(),
-            signature: good.signature.clone(),
+            body,
+            signature: vec![0; 64],
         };
         let err = s.verify(NOW).unwrap_err();
         assert!(
-            matches!(err, DescriptorError::Malformed { .. }),
-            "{body:.60}: {err}"
+            matches!(
+                err,
+                DescriptorError::Malformed { .. } | DescriptorError::Truncated { .. }
+            ),
+            "{what}: {err}"
         );
-        assert_eq!(err.kind(), ErrorKind::PeerMisbehaved);
+        assert_eq!(err.kind(), ErrorKind::PeerMisbehaved, "{what}");
     }
-    // invalid UTF-8
-    let s = SignedDescriptor {
-        body: vec![0xff, 0xfe, b'{'],
-        signature: vec![],
-    };
-    assert!(matches!(
-        s.verify(NOW),
-        Err(DescriptorError::Malformed { .. })
-    ));
+    // Every truncation of the body is refused before the signature check.
+    for len in 0..good.len() {
+        let s = SignedDescriptor {
+            body: good[..len].to_vec(),
+            signature: vec![0; 64],
+        };
+        let err = s.verify(NOW).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DescriptorError::Malformed { .. } | DescriptorError::Truncated { .. }
+            ),
+            "body cut to {len}: {err}"
+        );
+    }
 }
 
 #[test]
@@ -398,7 +457,9 @@ fn oversize() {
         .collect();
     d.exit_policy = ExitPolicy::parse_rules(&rules).unwrap();
     d.family = (100..116).map(|i| key(i).public().to_peer_id()).collect();
-    d.p2p_addrs = vec!["/ip6/2001:db8::1/tcp/65535".parse().unwrap(); 8];
+    let long = format!("/dns4/{}.example/tcp/65535", "a".repeat(200));
+    d.p2p_addrs = vec![long.parse().unwrap(); 8];
+    d.version = "v".repeat(64);
     let err = d.sign(&k).unwrap_err();
     assert!(matches!(err, DescriptorError::TooLarge { .. }), "{err}");
 }

@@ -10,8 +10,10 @@ use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod exit_config;
+mod wire;
 
 pub use exit_config::ExitConfig;
+pub use wire::PolicyWireError;
 
 /// SMTP, refused by [`ExitPolicy::default_exit`].
 const SMTP_PORT: u16 = 25;

@@ -579,27 +579,21 @@ async fn relay_cell_with_bad_tag_gets_destroy_protocol() {
 // 5. Descriptors with bad signatures
 // ---------------------------------------------------------------------------
 
-/// `body` with the first digit of `"bandwidth":` changed: still a valid
-/// descriptor document, but no longer the signed one.
+/// `original` with another bandwidth in its body: still a well-formed
+/// descriptor, but no longer the signed one.
 fn tamper(original: &SignedDescriptor) -> SignedDescriptor {
-    let mut t = original.clone();
-    let key = b"\"bandwidth\":";
-    let at = t
-        .body
-        .windows(key.len())
-        .position(|w| w == key)
-        .expect("a bandwidth field")
-        + key.len();
-    t.body[at] = if t.body[at] == b'9' { b'1' } else { b'9' };
-    let d: Descriptor = serde_json::from_slice(&t.body).expect("still a descriptor");
-    let o: Descriptor = serde_json::from_slice(&original.body).unwrap();
-    assert_ne!(d.bandwidth, o.bandwidth);
-    t
+    let o = original.verify(veilnet_config::unix_now()).unwrap();
+    let mut d = o.clone();
+    d.bandwidth = o.bandwidth ^ 0x5555;
+    SignedDescriptor {
+        body: d.to_body().unwrap(),
+        signature: original.signature.clone(),
+    }
 }
 
 /// A descriptor for `subject`'s identity, signed by `signer`.
 fn signed_by(d: &Descriptor, signer: &Keypair) -> SignedDescriptor {
-    let body = serde_json::to_vec(d).unwrap();
+    let body = d.to_body().unwrap();
     let signature = signer
         .sign(&[veilnet_dir::SIGNING_CONTEXT, &body].concat())
         .unwrap();
