@@ -15,6 +15,10 @@ use crate::ConfigError;
 /// Largest configuration file `Config::load` reads.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
+/// Smallest `bandwidth_rate` other than 0: one link record (32 cells) per
+/// second.
+pub const MIN_BANDWIDTH_RATE: u64 = 64 * 1024;
+
 /// Text of the default configuration file; see [`Config::default_toml`].
 const DEFAULT_TOML: &str = include_str!("default_config.toml");
 
@@ -57,6 +61,11 @@ pub struct NodeConfig {
     pub region: String,
     /// Advertised bandwidth in bytes per second.
     pub bandwidth: u64,
+    /// Donated bandwidth as a relay, bytes per second each direction;
+    /// 0: no limit.
+    pub bandwidth_rate: u64,
+    /// Bytes that may pass at once after a quiet period; 0: `bandwidth_rate`.
+    pub bandwidth_burst: u64,
     /// Peer ids of other nodes run by the same operator.
     pub family: Vec<PeerId>,
     /// Whether this node relays circuits for others.
@@ -98,6 +107,21 @@ pub struct ControlConfig {
     pub danger_allow_remote: bool,
 }
 
+impl NodeConfig {
+    /// The donated bandwidth limit, if `bandwidth_rate` sets one:
+    /// `(rate, burst)` in bytes per second.
+    pub fn relay_bandwidth(&self) -> Option<(u64, u64)> {
+        (self.bandwidth_rate > 0).then(|| {
+            let burst = if self.bandwidth_burst == 0 {
+                self.bandwidth_rate
+            } else {
+                self.bandwidth_burst
+            };
+            (self.bandwidth_rate, burst)
+        })
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -121,6 +145,8 @@ impl Default for NodeConfig {
             bootstrap: Vec::new(),
             region: "ZZ".to_owned(),
             bandwidth: 10_000_000,
+            bandwidth_rate: 0,
+            bandwidth_burst: 0,
             family: Vec::new(),
             relay: true,
             danger_allow_private_links: false,
@@ -247,6 +273,18 @@ impl Config {
         }
         if n.bandwidth == 0 {
             return Err(ConfigError::invalid("node.bandwidth", "must be at least 1"));
+        }
+        if n.bandwidth_rate != 0 && n.bandwidth_rate < MIN_BANDWIDTH_RATE {
+            return Err(ConfigError::invalid(
+                "node.bandwidth_rate",
+                format!("must be 0 (no limit) or at least {MIN_BANDWIDTH_RATE} bytes per second"),
+            ));
+        }
+        if n.bandwidth_burst != 0 && n.bandwidth_burst < n.bandwidth_rate {
+            return Err(ConfigError::invalid(
+                "node.bandwidth_burst",
+                "must be 0 or at least node.bandwidth_rate",
+            ));
         }
         for addr in &n.bootstrap {
             if !matches!(addr.iter().last(), Some(Protocol::P2p(_))) {

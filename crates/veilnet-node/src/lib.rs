@@ -18,7 +18,7 @@ use veilnet_config::{unix_now, Config, NodeKeys};
 use veilnet_control::ControlSource;
 use veilnet_dir::{Descriptor, Directory, Roles, SignedDescriptor};
 use veilnet_discovery::{DiscoveryConfig, DiscoveryHandle};
-use veilnet_proto::{Core, CoreConfig, DefaultRelayPolicy, Limits, LinkTap};
+use veilnet_proto::{BandwidthLimit, Core, CoreConfig, DefaultRelayPolicy, Limits, LinkTap};
 
 use crate::control::NodeControl;
 use crate::housekeeping::{directory_feed, housekeeping, Housekeeping};
@@ -176,7 +176,13 @@ impl Node {
             previous_onion: keys.previous_onion.as_ref().map(|k| k.keypair.clone()),
             relay: config.node.relay,
             policy: Arc::new(policy),
-            limits: Limits::default(),
+            limits: Limits {
+                relay_bandwidth: config
+                    .node
+                    .relay_bandwidth()
+                    .map(|(rate, burst)| BandwidthLimit { rate, burst }),
+                ..Limits::default()
+            },
             tap,
         })?;
 

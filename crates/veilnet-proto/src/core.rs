@@ -16,6 +16,7 @@ use veilnet_crypto::link::{LinkHandshake, LinkKey};
 
 use crate::limits::Limits;
 use crate::link::{self, Link, LinkTap, HANDSHAKE_TIMEOUT};
+use crate::rate::RelayBuckets;
 use crate::stats::Stats;
 use crate::ProtoError;
 use veilnet_circuit::policy::RelayPolicy;
@@ -99,6 +100,8 @@ pub struct Core {
     pub(crate) exit_connects: Arc<Semaphore>,
     /// What the engine did.
     pub stats: Arc<Stats>,
+    /// The donated bandwidth's buckets, if limited.
+    buckets: Option<Arc<RelayBuckets>>,
 }
 
 impl Core {
@@ -125,6 +128,10 @@ impl Core {
             .validate()
             .map_err(|e| ProtoError::Invalid(format!("limits.flow: {e}")))?;
         let link_key = LinkKey::derive(&cfg.identity)?;
+        let cfg_buckets = cfg
+            .limits
+            .relay_bandwidth
+            .map(|limit| Arc::new(RelayBuckets::new(limit)));
         Ok(Arc::new(Self {
             link_key,
             peer_id: cfg.identity.public().to_peer_id(),
@@ -137,6 +144,7 @@ impl Core {
             client_links: Mutex::new(HashMap::new()),
             all_links: Mutex::new(HashMap::new()),
             stats: Arc::default(),
+            buckets: cfg_buckets,
         }))
     }
 
@@ -234,16 +242,21 @@ impl Core {
     }
 
     /// Starts an authenticated link and counts it.
+    /// `relayed`: the link carries relayed traffic (every inbound link,
+    /// and links we open as a relay), which the donated bandwidth limits;
+    /// our own client links do not.
     fn register(
         self: &Arc<Self>,
         stream: TcpStream,
         session: veilnet_crypto::link::LinkSession,
         initiator: bool,
+        relayed: bool,
     ) -> Arc<Link> {
         let settings = link::LinkSettings {
             queue: self.limits().link_queue,
             rekey: self.limits().link_rekey,
             tap: self.tap(),
+            rate: self.buckets.clone().filter(|_| relayed),
         };
         let link = link::start(self, stream, session, initiator, settings);
         self.all_links().insert(link.id, Arc::downgrade(&link));
@@ -306,7 +319,7 @@ impl Core {
         .map_err(|_| ProtoError::Timeout("link handshake"))??;
         // Registered (and kept alive by its tasks), but not offered for
         // EXTEND: see the `links` field.
-        let link = self.register(stream, session, false);
+        let link = self.register(stream, session, false, true);
         debug!(peer = %link.peer, "inbound link up");
         Ok(())
     }
@@ -359,6 +372,7 @@ impl Core {
         if self.link_count() >= self.cfg.limits.max_links {
             return Err(ProtoError::Limit("open links"));
         }
+        let identity_is_ours = identity.is_some();
         let throwaway;
         let identity = match identity {
             Some(id) => id,
@@ -382,7 +396,7 @@ impl Core {
                 got: session.remote_peer.to_string(),
             });
         }
-        let link = self.register(stream, session, true);
+        let link = self.register(stream, session, true, identity_is_ours);
         debug!(peer = %peer, "outbound link up");
         // Another task may have linked meanwhile; both links work, keep the newest.
         lock().insert(peer, link.clone());

@@ -7,12 +7,14 @@ mod error;
 mod exit;
 mod limits;
 mod link;
+mod rate;
 mod relay;
 mod stats;
 mod stream;
 
 pub use crate::core::{Core, CoreConfig};
 pub use crate::limits::Limits;
+pub use crate::rate::BandwidthLimit;
 pub use crate::stats::Stats;
 pub use client::ClientStream;
 pub use client::{CircuitInfo, ClientCircuit};

@@ -43,6 +43,10 @@ pub struct Limits {
     /// exit): each circuit gets its own copy. Default: 1024 cells per
     /// stream and 2048 per circuit.
     pub flow: veilnet_circuit::FlowParams,
+    /// The bandwidth this node donates as a relay: bytes per second read
+    /// from and written to relay links, each direction (not the links of
+    /// its own client circuits). Default: `None`, no limit.
+    pub relay_bandwidth: Option<crate::rate::BandwidthLimit>,
 }
 
 impl Default for Limits {
@@ -60,6 +64,7 @@ impl Default for Limits {
             link_rekey: veilnet_crypto::RekeyPolicy::default(),
             layer_rekey: veilnet_crypto::RekeyPolicy::default(),
             flow: veilnet_circuit::FlowParams::default(),
+            relay_bandwidth: None,
         }
     }
 }

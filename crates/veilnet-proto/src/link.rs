@@ -27,6 +27,7 @@ use veilnet_circuit::{PeerMisbehaved, Role};
 use veilnet_crypto::onion::{ClientBackward, ClientForward, RelayBackward};
 use veilnet_crypto::RekeyPolicy;
 
+use crate::rate::RelayBuckets;
 use crate::stream::{CircuitSender, Endpoint};
 use crate::ProtoError;
 
@@ -242,6 +243,9 @@ pub(crate) struct LinkSettings {
     pub(crate) queue: usize,
     pub(crate) rekey: RekeyPolicy,
     pub(crate) tap: Option<LinkTap>,
+    /// The relay's bandwidth buckets, for a link that carries relayed
+    /// traffic (`None`: not limited).
+    pub(crate) rate: Option<Arc<RelayBuckets>>,
 }
 
 /// Starts the reader and writer tasks of an authenticated link; the reader
@@ -268,8 +272,22 @@ pub(crate) fn start<H: LinkHandler>(
     });
     let mut sealer = session.sealer;
     sealer.set_rekey_policy(settings.rekey);
-    tokio::spawn(write_loop(link.clone(), wr, rx, sealer, settings.tap));
-    tokio::spawn(read_loop(handler.clone(), link.clone(), rd, session.opener));
+    let rate = settings.rate;
+    tokio::spawn(write_loop(
+        link.clone(),
+        wr,
+        rx,
+        sealer,
+        settings.tap,
+        rate.clone(),
+    ));
+    tokio::spawn(read_loop(
+        handler.clone(),
+        link.clone(),
+        rd,
+        session.opener,
+        rate,
+    ));
     link
 }
 
@@ -279,6 +297,7 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Cell>,
     mut sealer: RecordSealer,
     tap: Option<LinkTap>,
+    rate: Option<Arc<RelayBuckets>>,
 ) {
     let mut buf = Vec::with_capacity(RecordSealer::record_len(MAX_BATCH));
     loop {
@@ -316,6 +335,12 @@ async fn write_loop(
         if let Some(tap) = &tap {
             tap(&buf);
         }
+        if let Some(rate) = &rate {
+            // Waiting for tokens is not a stalled peer: the deadline
+            // starts after.
+            rate.write(buf.len()).await;
+        }
+        let now = tokio::time::Instant::now();
         match tokio::time::timeout_at(now + WRITE_STALL, wr.write_all(&buf)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -398,6 +423,7 @@ async fn read_loop<H: LinkHandler>(
     link: Arc<Link>,
     rd: OwnedReadHalf,
     mut opener: RecordOpener,
+    rate: Option<Arc<RelayBuckets>>,
 ) {
     let mut reader = RecordReader::new(rd);
     let result: Result<(), ProtoError> = async {
@@ -422,6 +448,11 @@ async fn read_loop<H: LinkHandler>(
             };
             if !filled {
                 return Ok(());
+            }
+            if let Some(rate) = &rate {
+                // Until the bucket has refilled the socket is not read, so
+                // the sender's window closes.
+                rate.read(need).await;
             }
             let record = &mut reader.take(RECORD_HEADER_LEN + len)[RECORD_HEADER_LEN..];
             opener.open(hdr, record)?;
