@@ -15,4 +15,4 @@ pub use client::{
 };
 pub use render::render_status;
 pub use server::{serve, CONNECTION_LIFETIME, MAX_CONNECTIONS};
-pub use view::{CircuitView, ControlSource, NodeView, StatusView};
+pub use view::{CircuitView, ControlSource, GuardView, NodeView, StatusView};

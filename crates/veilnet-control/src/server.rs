@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
-use crate::view::{CircuitView, ControlSource, ErrorBody, NodeView, StatusView};
+use crate::view::{CircuitView, ControlSource, ErrorBody, GuardView, NodeView, StatusView};
 
 /// Most control connections served at once; further clients wait in the
 /// kernel's accept backlog.
@@ -87,6 +87,7 @@ fn router(source: SharedSource) -> Router {
         .route("/v1/status", get(get_status))
         .route("/v1/nodes", get(get_nodes))
         .route("/v1/circuits", get(get_circuits))
+        .route("/v1/guards", get(get_guards))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(middleware::from_fn(local_only))
@@ -103,6 +104,10 @@ async fn get_nodes(State(source): State<SharedSource>) -> Json<Vec<NodeView>> {
 
 async fn get_circuits(State(source): State<SharedSource>) -> Json<Vec<CircuitView>> {
     Json(source.circuits())
+}
+
+async fn get_guards(State(source): State<SharedSource>) -> Json<Vec<GuardView>> {
+    Json(source.guards())
 }
 
 async fn not_found() -> Response {
@@ -277,7 +282,7 @@ mod tests {
 
     use super::*;
     use crate::client::{get_json, send, ControlClientError};
-    use crate::fixtures::{circuits, nodes, status, FakeSource};
+    use crate::fixtures::{circuits, guards, nodes, status, FakeSource};
 
     fn loopback() -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
@@ -335,6 +340,8 @@ mod tests {
         assert_eq!(n, nodes());
         let c: Vec<CircuitView> = get_json(addr, "/v1/circuits").await.unwrap();
         assert_eq!(c, circuits());
+        let g: Vec<GuardView> = get_json(addr, "/v1/guards").await.unwrap();
+        assert_eq!(g, guards());
         drop(tx);
         tokio::time::timeout(Duration::from_secs(5), task)
             .await

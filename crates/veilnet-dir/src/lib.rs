@@ -14,4 +14,4 @@ pub use directory::{
     Directory, Inserted, SeqMark, SeqMarks, MAX_NODES, MAX_SEQ_MARKS, MAX_SEQ_MARKS_FILE_BYTES,
     REFUSED_REMEMBERED, SEQ_MARKS_FILE,
 };
-pub use path::{select_path, GuardSet, PathError, PathRequest};
+pub use path::{select_path, PathError, PathRequest};

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use veilnet_circmgr::Isolation;
 use veilnet_config::unix_now;
-use veilnet_node::{Node, NodeError, NodeOptions};
+use veilnet_node::{Node, NodeError, NodeOptions, WrapPolicy};
 use veilnet_proto::LinkTap;
 
 pub use local::{LocalNetwork, LocalRole};
@@ -41,6 +41,9 @@ pub struct TestnetOptions {
     pub gossip_interval: Duration,
     /// How long a circuit takes new streams (`max_circuit_dirtiness`).
     pub max_circuit_dirtiness: Duration,
+    /// Test hook: wraps every relay's admission policy (see
+    /// [`NodeOptions::wrap_policy`]).
+    pub wrap_policy: Option<WrapPolicy>,
 }
 
 impl Default for TestnetOptions {
@@ -56,6 +59,7 @@ impl Default for TestnetOptions {
             tap: None,
             gossip_interval: Duration::from_millis(500),
             max_circuit_dirtiness: Duration::from_secs(600),
+            wrap_policy: None,
         }
     }
 }
@@ -135,6 +139,9 @@ impl Testnet {
             nopts.gossip_interval = opts.gossip_interval;
             nopts.tap = opts.tap.clone();
             nopts.persist = false;
+            if !is_client {
+                nopts.wrap_policy = opts.wrap_policy.clone();
+            }
             let node = Node::start(nopts)
                 .await
                 .map_err(|source| TestnetError::Node { index, source })?;
