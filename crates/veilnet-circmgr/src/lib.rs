@@ -1,7 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-mod guards;
+pub mod guard;
 mod isolation;
 
 use std::path::PathBuf;
@@ -9,12 +9,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use veilnet_cell::{EndReason, TargetAddr};
-use veilnet_dir::path::{allows_target, select_path, GuardSet, PathError, PathRequest};
+use veilnet_config::unix_now;
+use veilnet_dir::path::{
+    allows_target, is_usable_relay, select_path, weight, PathError, PathRequest,
+};
 use veilnet_dir::Directory;
+use veilnet_error::{ErrorKind, HasKind};
 use veilnet_proto::{ClientCircuit, ClientStream, Core, HopSpec, ProtoError};
 
+use guard::path_bias::{FLAG_BELOW_PERCENT, NOTICE_BELOW_PERCENT, WARN_BELOW_PERCENT};
+pub use guard::{GuardParams, GuardView};
+use guard::{GuardState, Relay, Verdict};
 pub use isolation::Isolation;
 
 /// Attempts to build a circuit for one request before giving up.
@@ -32,9 +39,10 @@ pub struct CircMgrConfig {
     pub hops: usize,
     /// How long after its first stream a circuit takes new streams.
     pub max_dirtiness: Duration,
-    /// Number of entry guards.
-    pub num_guards: usize,
-    /// Where the guard set is kept; `None` keeps it in memory only.
+    /// The guard rules (primary guards, replacement, path bias).
+    pub guards: GuardParams,
+    /// Where the guard state is kept (`guards.json`); `None` keeps it in
+    /// memory only.
     pub state_dir: Option<PathBuf>,
 }
 
@@ -47,6 +55,10 @@ pub enum ConnectError {
     /// Not enough relays are known yet.
     #[error("not enough relays known: {0}")]
     NotEnoughRelays(PathError),
+    /// No guard can be the first hop now (all unlisted, flagged, or none
+    /// sampled yet); no other relay is ever used instead.
+    #[error("{0}")]
+    NoUsableGuard(PathError),
     /// The exit refused or could not reach the target.
     #[error("the exit could not open the stream: {0:?}")]
     Refused(EndReason),
@@ -78,8 +90,22 @@ pub struct CircuitManager {
     core: Arc<Core>,
     directory: Arc<Mutex<Directory>>,
     config: CircMgrConfig,
-    guards: Mutex<GuardSet>,
+    guards: Mutex<GuardState>,
+    /// Held while writing `guards.json`, so that writes land in the order
+    /// their snapshots were taken.
+    saving: Mutex<()>,
     pool: Mutex<Vec<Pooled>>,
+}
+
+/// Whether a failed build says something about its guard: every failure
+/// after the guard's link was open counts (Tor's rule: a guard that kills
+/// circuits at a later hop is what path bias is for), except those that are
+/// clearly our own (a local limit, a bad request, a bug).
+fn counts_against_guard(e: &ProtoError) -> bool {
+    !matches!(
+        e.kind(),
+        ErrorKind::LocalResource | ErrorKind::BadConfig | ErrorKind::Bug
+    )
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -94,14 +120,88 @@ impl CircuitManager {
         directory: Arc<Mutex<Directory>>,
         config: CircMgrConfig,
     ) -> Arc<Self> {
-        let guards = guards::load(config.state_dir.as_deref(), config.num_guards);
+        let guards = match &config.state_dir {
+            Some(dir) => guard::file::load(dir, unix_now()),
+            None => GuardState::new(),
+        };
         Arc::new(Self {
             core,
             directory,
             config,
             guards: Mutex::new(guards),
+            saving: Mutex::new(()),
             pool: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The sampled guards in the order they are tried, with what is known
+    /// of each (read-only, for the control API).
+    pub fn guards(&self) -> Vec<GuardView> {
+        lock(&self.guards).views(&self.config.guards)
+    }
+
+    /// Saves the guard state if it changed and a save is due (`force`: if
+    /// anything at all is unsaved).
+    fn save_guards(&self, force: bool) {
+        let Some(dir) = &self.config.state_dir else {
+            return;
+        };
+        let _saving = lock(&self.saving);
+        let snapshot = {
+            let mut g = lock(&self.guards);
+            if !g.take_save(unix_now(), force) {
+                return;
+            }
+            g.to_saved()
+        };
+        if let Err(e) = guard::file::save(dir, &snapshot) {
+            warn!("cannot save the guards: {e}");
+        }
+    }
+
+    fn note_link(&self, peer: &PeerId, reached: bool) {
+        let changed = lock(&self.guards).note_link(peer, reached, unix_now());
+        if changed {
+            if reached {
+                info!(%peer, "guard reachable again");
+            } else {
+                info!(%peer, "guard unreachable; trying the next guard");
+            }
+        }
+    }
+
+    fn note_circuit(&self, peer: &PeerId, built: bool) {
+        let outcome = {
+            let mut g = lock(&self.guards);
+            let o = g.note_circuit(peer, built, &self.config.guards, unix_now());
+            o.map(|o| {
+                let counts = g
+                    .sampled()
+                    .iter()
+                    .find(|x| x.peer == *peer)
+                    .map(|x| x.path_bias);
+                (o, counts.unwrap_or_default())
+            })
+        };
+        let Some((o, c)) = outcome else { return };
+        if o.newly_flagged {
+            warn!(
+                %peer,
+                "guard flagged by path bias: {} of {} circuits built (below {FLAG_BELOW_PERCENT}%); it is no longer used as a first hop",
+                c.successes, c.attempts
+            );
+        } else if o.after > o.before && o.after >= Verdict::Notice {
+            let below = if o.after == Verdict::Warn {
+                WARN_BELOW_PERCENT
+            } else {
+                NOTICE_BELOW_PERCENT
+            };
+            warn!(
+                %peer,
+                "guard builds few circuits: {} of {} (below {below}%)",
+                c.successes, c.attempts
+            );
+        }
     }
 
     /// Opens a stream to `target`, on a pooled circuit if a suitable one
@@ -163,15 +263,51 @@ impl CircuitManager {
 
     /// Builds a new circuit whose exit accepts `target` (any exit if `None`)
     /// and pools it. A circuit built for a target counts as used from now.
+    ///
+    /// The first hop is always a guard (see [`guard`]). A guard that cannot
+    /// be reached is marked so and the next attempt starts at the next
+    /// guard; any other failure counts for the guard's path bias and the
+    /// next attempt keeps the guard (a new path behind it), as in Tor, so
+    /// that failures further along cannot push the client off its guard.
     pub async fn build(
         &self,
         target: Option<&TargetAddr>,
         isolation: Isolation,
     ) -> Result<Arc<ClientCircuit>, ConnectError> {
         let mut last = None;
+        let mut unreachable = Vec::new();
         for _ in 0..BUILD_ATTEMPTS {
-            let path = self.choose_path(target)?;
-            match self.core.build_circuit(&path).await {
+            let path = match self.choose_path(target, &unreachable) {
+                Ok(p) => p,
+                Err(e) => match last {
+                    // The guards left after an unreachable one: report why
+                    // the last attempt failed, not that none is left.
+                    Some(last) => return Err(ConnectError::Circuit(last)),
+                    None => return Err(e),
+                },
+            };
+            let first = path[0].clone();
+            if let Err(e) = self
+                .core
+                .client_link_to(first.peer, first.addr, &first.link_key)
+                .await
+            {
+                debug!(guard = %first.peer, "cannot reach the guard: {e}");
+                self.note_link(&first.peer, false);
+                self.save_guards(false);
+                unreachable.push(first.peer);
+                last = Some(e);
+                continue;
+            }
+            self.note_link(&first.peer, true);
+            let built = self.core.build_circuit(&path).await;
+            match &built {
+                Ok(_) => self.note_circuit(&first.peer, true),
+                Err(e) if counts_against_guard(e) => self.note_circuit(&first.peer, false),
+                Err(_) => {}
+            }
+            self.save_guards(false);
+            match built {
                 Ok(c) => {
                     let c = Arc::new(c);
                     info!(circuit = c.id(), hops = path.len(), "built a circuit");
@@ -198,26 +334,43 @@ impl CircuitManager {
         ))
     }
 
-    fn choose_path(&self, target: Option<&TargetAddr>) -> Result<Vec<HopSpec>, ConnectError> {
+    /// A path for `target` whose first hop is a guard, not one of `skip`.
+    fn choose_path(
+        &self,
+        target: Option<&TargetAddr>,
+        skip: &[PeerId],
+    ) -> Result<Vec<HopSpec>, ConnectError> {
         let dir = lock(&self.directory);
         let mut rng = rand::thread_rng();
-        let guards = {
+        let own = dir.own();
+        let relays: Vec<Relay> = dir
+            .iter()
+            .filter(|d| d.peer_id != own && is_usable_relay(d))
+            .map(|d| Relay {
+                peer: d.peer_id,
+                weight: weight(d),
+            })
+            .collect();
+        let first_hops = {
             let mut g = lock(&self.guards);
-            if g.refresh(&dir, &[], &mut rng) {
-                if let Some(state) = &self.config.state_dir {
-                    guards::save(state, g.guards());
-                }
-            }
-            g.guards().to_vec()
+            let now = unix_now();
+            g.update(&relays, &self.config.guards, now, &mut rng);
+            let mut hops = g.first_hops(&self.config.guards, now);
+            hops.retain(|p| !skip.contains(p));
+            hops
         };
         let req = PathRequest {
             hops: self.config.hops,
             exit_target: target,
             exclude: &[],
-            guards: &guards,
+            guards: &first_hops,
         };
-        let path = select_path(&dir, &req, &mut rng).map_err(|e| match e {
+        let path = select_path(&dir, &req, &mut rng);
+        drop(dir);
+        self.save_guards(false);
+        let path = path.map_err(|e| match e {
             PathError::NoExitForTarget => ConnectError::NoExit,
+            e @ PathError::NoUsableGuard { .. } => ConnectError::NoUsableGuard(e),
             other => ConnectError::NotEnoughRelays(other),
         })?;
         path.into_iter()
@@ -247,11 +400,12 @@ impl CircuitManager {
         });
     }
 
-    /// Closes every circuit.
+    /// Closes every circuit and saves whatever guard state is unsaved.
     pub fn close_all(&self) {
         for p in lock(&self.pool).drain(..) {
             p.circuit.close();
         }
+        self.save_guards(true);
     }
 
     /// Open circuits in the pool.
@@ -273,5 +427,73 @@ impl CircuitManager {
                 dirty: self.is_dirty(p, now),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    use veilnet_proto::{CoreConfig, DefaultRelayPolicy, Limits};
+
+    use super::*;
+    use crate::guard::file::GUARDS_FILE;
+
+    fn manager(state_dir: &Path) -> Arc<CircuitManager> {
+        let identity = libp2p::identity::Keypair::generate_ed25519();
+        let own = identity.public().to_peer_id();
+        let no_relays = |_: &PeerId, _: Option<&SocketAddr>| false;
+        let core = Core::new(CoreConfig {
+            identity,
+            onion: veilnet_crypto::circuit::OnionKeypair::generate().unwrap(),
+            previous_onion: None,
+            relay: false,
+            policy: Arc::new(DefaultRelayPolicy::new(Arc::new(no_relays))),
+            limits: Limits::default(),
+            tap: None,
+        })
+        .unwrap();
+        CircuitManager::new(
+            core,
+            Arc::new(Mutex::new(Directory::new(own))),
+            CircMgrConfig {
+                hops: 3,
+                max_dirtiness: Duration::from_secs(600),
+                guards: GuardParams::default(),
+                state_dir: Some(state_dir.to_owned()),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn guards_survive_a_restart_and_a_bad_file_does_not_stop_the_manager() {
+        let dir = std::env::temp_dir().join(format!(
+            "veilnet-circmgr-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(GUARDS_FILE);
+        // the old format: a list of peer ids, kept in order
+        let peers: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+        std::fs::write(&file, serde_json::to_vec(&peers).unwrap()).unwrap();
+        let m = manager(&dir);
+        let seen: Vec<PeerId> = m.guards().iter().map(|g| g.peer).collect();
+        assert_eq!(seen, peers);
+        // stopping saves the state in the new format, privately
+        m.close_all();
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains("\"version\":1"), "{text}");
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // and a restart reads it back
+        let m2 = manager(&dir);
+        assert_eq!(m2.guards(), m.guards());
+        // a truncated file: a fresh guard set, the manager still starts
+        std::fs::write(&file, &text[..text.len() / 2]).unwrap();
+        assert!(manager(&dir).guards().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

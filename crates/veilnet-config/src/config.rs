@@ -21,6 +21,11 @@ pub const MIN_BANDWIDTH_RATE: u64 = 64 * 1024;
 
 /// Text of the default configuration file; see [`Config::default_toml`].
 const DEFAULT_TOML: &str = include_str!("default_config.toml");
+/// Most primary guards `client.num_guards` may ask for.
+const MAX_NUM_GUARDS: usize = 16;
+/// Largest `client.path_bias_min_circuits` (half the count at which the
+/// circuit manager halves its path-bias counters).
+const MAX_PATH_BIAS_MIN_CIRCUITS: u32 = 150;
 
 /// The whole node configuration, as read from `config.toml`.
 ///
@@ -90,8 +95,15 @@ pub struct ClientConfig {
     pub hops: u8,
     /// Seconds a circuit takes new streams after its first one.
     pub max_circuit_dirtiness_secs: u64,
-    /// Number of entry guards.
+    /// Number of primary entry guards: circuits start at the first reachable
+    /// one, in order; the others take over while it is unreachable.
     pub num_guards: usize,
+    /// Seconds a guard may be missing from the directory, or unreachable
+    /// while other guards are reachable, before it is replaced.
+    pub guard_replace_after_secs: u64,
+    /// Circuits attempted through a guard before path-bias accounting may
+    /// flag it (fewer than 30% built: no longer used as a first hop).
+    pub path_bias_min_circuits: u32,
     /// Allow `socks` and `http_proxy` on non-loopback addresses.
     pub danger_allow_remote: bool,
 }
@@ -162,6 +174,8 @@ impl Default for ClientConfig {
             hops: 3,
             max_circuit_dirtiness_secs: 600,
             num_guards: 3,
+            guard_replace_after_secs: 20 * 24 * 60 * 60,
+            path_bias_min_circuits: 20,
             danger_allow_remote: false,
         }
     }
@@ -225,7 +239,9 @@ impl Config {
     /// Checks the values that the types alone do not.
     ///
     /// Refuses: `client.hops` outside `1..=5`; a region that is not two
-    /// upper-case letters; zero bandwidth, guards or dirtiness; bootstrap
+    /// upper-case letters; zero bandwidth, guards or dirtiness; more than 16
+    /// guards; a zero guard replacement time; a path-bias minimum outside
+    /// 1..=150; bootstrap
     /// addresses without `/p2p/<peer id>`; unspecified or port-0 advertise
     /// addresses; non-loopback proxy listeners unless
     /// `client.danger_allow_remote`; a non-loopback control listener unless
@@ -244,6 +260,27 @@ impl Config {
             return Err(ConfigError::invalid(
                 "client.num_guards",
                 "must be at least 1",
+            ));
+        }
+        if c.num_guards > MAX_NUM_GUARDS {
+            return Err(ConfigError::invalid(
+                "client.num_guards",
+                format!("{} is more than {MAX_NUM_GUARDS}", c.num_guards),
+            ));
+        }
+        if c.guard_replace_after_secs == 0 {
+            return Err(ConfigError::invalid(
+                "client.guard_replace_after_secs",
+                "must be at least 1",
+            ));
+        }
+        if !(1..=MAX_PATH_BIAS_MIN_CIRCUITS).contains(&c.path_bias_min_circuits) {
+            return Err(ConfigError::invalid(
+                "client.path_bias_min_circuits",
+                format!(
+                    "{} is not between 1 and {MAX_PATH_BIAS_MIN_CIRCUITS}",
+                    c.path_bias_min_circuits
+                ),
             ));
         }
         if c.max_circuit_dirtiness_secs == 0 {

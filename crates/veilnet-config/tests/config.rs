@@ -264,6 +264,22 @@ fn other_ranges() {
         invalid_field("[client]\nnum_guards = 0"),
         "client.num_guards"
     );
+    assert_eq!(
+        invalid_field("[client]\nnum_guards = 17"),
+        "client.num_guards"
+    );
+    assert_eq!(
+        invalid_field("[client]\nguard_replace_after_secs = 0"),
+        "client.guard_replace_after_secs"
+    );
+    for n in [0, 151] {
+        assert_eq!(
+            invalid_field(&format!("[client]\npath_bias_min_circuits = {n}")),
+            "client.path_bias_min_circuits"
+        );
+    }
+    let c = parse("[client]\nnum_guards = 16\npath_bias_min_circuits = 150").unwrap();
+    assert_eq!(c.client.path_bias_min_circuits, 150);
     assert_eq!(invalid_field("[node]\nbandwidth = 0"), "node.bandwidth");
     assert_eq!(
         invalid_field("[client]\nmax_circuit_dirtiness_secs = 0"),

@@ -1,6 +1,6 @@
 //! A fixed control source for the tests of this crate.
 
-use crate::view::{CircuitView, ControlSource, EquivocationView, NodeView, StatusView};
+use crate::view::{CircuitView, ControlSource, EquivocationView, GuardView, NodeView, StatusView};
 
 pub(crate) const PEER_A: &str = "12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 pub(crate) const PEER_B: &str = "12D3KooWBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
@@ -73,6 +73,33 @@ pub(crate) fn equivocations() -> Vec<EquivocationView> {
     }]
 }
 
+pub(crate) fn guards() -> Vec<GuardView> {
+    vec![
+        GuardView {
+            peer_id: PEER_B.into(),
+            primary: true,
+            confirmed: true,
+            listed: true,
+            reachable: true,
+            unreachable_since: None,
+            circuits_attempted: 40,
+            circuits_built: 39,
+            flagged: false,
+        },
+        GuardView {
+            peer_id: PEER_C.into(),
+            primary: false,
+            confirmed: false,
+            listed: true,
+            reachable: false,
+            unreachable_since: Some(1_800_000_000),
+            circuits_attempted: 20,
+            circuits_built: 0,
+            flagged: true,
+        },
+    ]
+}
+
 impl ControlSource for FakeSource {
     fn status(&self) -> StatusView {
         status()
@@ -85,5 +112,8 @@ impl ControlSource for FakeSource {
     }
     fn equivocations(&self) -> Vec<EquivocationView> {
         equivocations()
+    }
+    fn guards(&self) -> Vec<GuardView> {
+        guards()
     }
 }

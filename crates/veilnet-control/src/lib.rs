@@ -15,4 +15,4 @@ pub use client::{
 };
 pub use render::render_status;
 pub use server::{serve, CONNECTION_LIFETIME, MAX_CONNECTIONS};
-pub use view::{CircuitView, ControlSource, EquivocationView, NodeView, StatusView};
+pub use view::{CircuitView, ControlSource, EquivocationView, GuardView, NodeView, StatusView};

@@ -19,7 +19,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
-use crate::view::{CircuitView, ControlSource, EquivocationView, ErrorBody, NodeView, StatusView};
+use crate::view::{
+    CircuitView, ControlSource, EquivocationView, ErrorBody, GuardView, NodeView, StatusView,
+};
 
 /// Most control connections served at once; further clients wait in the
 /// kernel's accept backlog.
@@ -88,6 +90,7 @@ fn router(source: SharedSource) -> Router {
         .route("/v1/nodes", get(get_nodes))
         .route("/v1/circuits", get(get_circuits))
         .route("/v1/equivocations", get(get_equivocations))
+        .route("/v1/guards", get(get_guards))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(middleware::from_fn(local_only))
@@ -108,6 +111,10 @@ async fn get_circuits(State(source): State<SharedSource>) -> Json<Vec<CircuitVie
 
 async fn get_equivocations(State(source): State<SharedSource>) -> Json<Vec<EquivocationView>> {
     Json(source.equivocations())
+}
+
+async fn get_guards(State(source): State<SharedSource>) -> Json<Vec<GuardView>> {
+    Json(source.guards())
 }
 
 async fn not_found() -> Response {
@@ -282,7 +289,7 @@ mod tests {
 
     use super::*;
     use crate::client::{get_json, send, ControlClientError};
-    use crate::fixtures::{circuits, equivocations, nodes, status, FakeSource};
+    use crate::fixtures::{circuits, equivocations, guards, nodes, status, FakeSource};
 
     fn loopback() -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
@@ -342,6 +349,8 @@ mod tests {
         assert_eq!(c, circuits());
         let e: Vec<EquivocationView> = get_json(addr, "/v1/equivocations").await.unwrap();
         assert_eq!(e, equivocations());
+        let g: Vec<GuardView> = get_json(addr, "/v1/guards").await.unwrap();
+        assert_eq!(g, guards());
         drop(tx);
         tokio::time::timeout(Duration::from_secs(5), task)
             .await

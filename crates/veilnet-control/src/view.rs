@@ -45,6 +45,30 @@ pub struct CircuitView {
     pub build_ms: f64,
 }
 
+/// One of this node's entry guards as the control API shows it, in the
+/// order they are tried.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct GuardView {
+    /// The guard's peer id.
+    pub peer_id: String,
+    /// One of the primary guards (circuits start at the first reachable one).
+    pub primary: bool,
+    /// A circuit has been built through it.
+    pub confirmed: bool,
+    /// The directory lists it as a usable relay.
+    pub listed: bool,
+    /// Not known to be unreachable.
+    pub reachable: bool,
+    /// Since when it is unreachable (unix seconds).
+    pub unreachable_since: Option<u64>,
+    /// Circuits attempted through it (path-bias count, halved now and then).
+    pub circuits_attempted: u32,
+    /// Of those, circuits built.
+    pub circuits_built: u32,
+    /// Flagged by path-bias accounting: no longer used as a first hop.
+    pub flagged: bool,
+}
+
 /// Summary of the running node.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct StatusView {
@@ -96,6 +120,8 @@ pub trait ControlSource: Send + Sync + 'static {
     fn circuits(&self) -> Vec<CircuitView>;
     /// Relays caught equivocating, with the proof.
     fn equivocations(&self) -> Vec<EquivocationView>;
+    /// This node's entry guards, in the order they are tried.
+    fn guards(&self) -> Vec<GuardView>;
 }
 
 /// Body of every error response from the control API.

@@ -17,4 +17,4 @@ pub use directory::{
     REFUSED_REMEMBERED, SEQ_MARKS_FILE,
 };
 pub use evidence::Equivocation;
-pub use path::{select_path, GuardSet, PathError, PathRequest};
+pub use path::{select_path, PathError, PathRequest};

@@ -1,14 +1,15 @@
-//! Path selection: which relays a new circuit goes through, and the
-//! persistent set of guards used as first hops.
+//! Path selection: which relays a new circuit goes through.
 //!
-//! All choices are bandwidth-weighted random draws from the caller's RNG;
-//! nothing here reads the clock or touches the network.
+//! The first hop is always one of the guards the caller offers (the circuit
+//! manager's guard state decides which relays are guards and in what order);
+//! there is no fallback to another relay. The other hops are
+//! bandwidth-weighted random draws from the caller's RNG; nothing here reads
+//! the clock or touches the network.
 
 use std::net::IpAddr;
 
 use libp2p::PeerId;
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 use veilnet_cell::{TargetAddr, MAX_HOPS};
 
 use crate::descriptor::Descriptor;
@@ -20,8 +21,6 @@ pub const MIN_HOPS: usize = 1;
 pub const MIN_WEIGHT: u64 = 1_000;
 /// Upper clamp of a node's selection weight (bytes/s): 10 GB/s.
 pub const MAX_WEIGHT: u64 = 10_000_000_000;
-/// Most guards a [`GuardSet`] keeps.
-pub const MAX_GUARDS: usize = 16;
 /// Random restarts before giving up on a path that may exist.
 const ATTEMPTS: usize = 16;
 
@@ -37,7 +36,10 @@ pub struct PathRequest<'a> {
     pub exit_target: Option<&'a TargetAddr>,
     /// Peers never to choose (the directory's own peer is always excluded).
     pub exclude: &'a [PeerId],
-    /// Preferred first hops; see [`select_path`].
+    /// The only relays the first hop may be, in order of preference: the
+    /// first one that is a usable relay of the directory and can start a
+    /// path to a suitable exit is the first hop (see [`select_path`]). Empty
+    /// or all unusable: [`PathError::NoUsableGuard`].
     pub guards: &'a [PeerId],
 }
 
@@ -61,6 +63,14 @@ pub enum PathError {
         needed: usize,
         /// Usable relays in the directory (relay role, a link address, not excluded).
         have: usize,
+    },
+    /// None of the guards offered is a usable relay of the directory (or
+    /// they are all excluded). The first hop is always a guard: no other
+    /// relay is used instead.
+    #[error("no usable guard for the first hop ({offered} guards offered, none is a usable relay in the directory); the first hop is never a non-guard")]
+    NoUsableGuard {
+        /// How many guards the request offered.
+        offered: usize,
     },
 }
 
@@ -160,20 +170,22 @@ fn fits(d: &Descriptor, chosen: &[&Descriptor]) -> bool {
 /// Rules:
 /// * only nodes with the relay role and at least one link address; never the
 ///   directory's own peer, never a peer in `req.exclude`, no duplicates;
-/// * the exit (last hop) is chosen first, among exit nodes whose policy
-///   allows the target ([`allows_target`]);
-/// * the first hop comes from `req.guards` (those in the directory and
-///   usable); only if no guard is usable, or no usable guard can be combined
-///   with any suitable exit, is any relay used;
+/// * the first hop is the first guard of `req.guards`, in order, that is
+///   usable and with which a whole path can be built (an exit compatible
+///   with it, then middles); never any other relay: no usable guard is
+///   [`PathError::NoUsableGuard`]. With one hop, that hop is both the guard
+///   and the exit;
+/// * then the exit, among exit nodes whose policy allows the target
+///   ([`allows_target`]) and that may share a path with the guard;
 /// * then the middle hops;
-/// * every choice is bandwidth-weighted ([`weight`]);
+/// * the exit and middle choices are bandwidth-weighted ([`weight`]);
 /// * no two hops share an IPv4 /16 or IPv6 /32 of any link address, except
 ///   loopback (127.0.0.0/8, ::1), which is exempt so that local test networks
 ///   work; no two hops are in the same (mutually declared) family.
 ///
 /// The returned path is ordered first hop to exit. A greedy choice can paint
-/// itself into a corner, so selection restarts a few times before reporting
-/// [`PathError::NotEnoughRelays`].
+/// itself into a corner, so selection restarts a few times per guard before
+/// trying the next guard, and finally reports [`PathError::NotEnoughRelays`].
 pub fn select_path(
     dir: &Directory,
     req: &PathRequest,
@@ -202,25 +214,29 @@ pub fn select_path(
     if usable.len() < req.hops {
         return Err(not_enough);
     }
-    let guards: Vec<&Descriptor> = usable
-        .iter()
-        .copied()
-        .filter(|d| req.guards.contains(&d.peer_id))
-        .collect();
-    let phases: &[bool] = if guards.is_empty() || req.hops == 1 {
-        &[false]
-    } else {
-        &[true, false]
-    };
-    for &use_guards in phases {
+    // The guards in the caller's order, each once.
+    let mut guards: Vec<&Descriptor> = Vec::new();
+    for g in req.guards {
+        if let Some(d) = usable.iter().find(|d| d.peer_id == *g) {
+            if !guards.iter().any(|c| c.peer_id == *g) {
+                guards.push(d);
+            }
+        }
+    }
+    if guards.is_empty() {
+        return Err(PathError::NoUsableGuard {
+            offered: req.guards.len(),
+        });
+    }
+    for guard in guards {
+        if req.hops == 1 {
+            if allows_target(guard, req.exit_target) {
+                return Ok(vec![guard.clone()]);
+            }
+            continue;
+        }
         for _ in 0..ATTEMPTS {
-            if let Some(path) = try_build(
-                req.hops,
-                &usable,
-                &exits,
-                use_guards.then_some(&guards),
-                rng,
-            ) {
+            if let Some(path) = try_build(req.hops, guard, &usable, &exits, rng) {
                 return Ok(path.into_iter().cloned().collect());
             }
         }
@@ -230,24 +246,15 @@ pub fn select_path(
 
 fn try_build<'a>(
     hops: usize,
+    guard: &'a Descriptor,
     usable: &[&'a Descriptor],
     exits: &[&'a Descriptor],
-    guards: Option<&Vec<&'a Descriptor>>,
     rng: &mut impl Rng,
 ) -> Option<Vec<&'a Descriptor>> {
-    let exit = pick(exits, rng)?;
-    if hops == 1 {
-        return Some(vec![exit]);
-    }
-    let mut chosen = vec![exit];
-    let first_pool: Vec<&Descriptor> = guards
-        .map(|g| g.as_slice())
-        .unwrap_or(usable)
-        .iter()
-        .copied()
-        .filter(|d| fits(d, &chosen))
-        .collect();
-    chosen.push(pick(&first_pool, rng)?);
+    let mut chosen = vec![guard];
+    let exit_pool: Vec<&Descriptor> = exits.iter().copied().filter(|d| fits(d, &chosen)).collect();
+    let exit = pick(&exit_pool, rng)?;
+    chosen.push(exit);
     for _ in 2..hops {
         let pool: Vec<&Descriptor> = usable
             .iter()
@@ -256,93 +263,7 @@ fn try_build<'a>(
             .collect();
         chosen.push(pick(&pool, rng)?);
     }
-    // chosen = [exit, first, middles...]; want [first, middles..., exit].
-    chosen.rotate_left(1);
+    // chosen = [guard, exit, middles...]; want [guard, middles..., exit].
+    chosen[1..].rotate_left(1);
     Some(chosen)
-}
-
-/// A small persistent set of first hops ("guards").
-///
-/// Using the same few first hops for a long time limits how many relays
-/// ever see the client's address. Serialises as
-/// `{"target_size": n, "guards": [peer ids]}` so it can be saved to disk.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "GuardSetRepr")]
-pub struct GuardSet {
-    target_size: usize,
-    guards: Vec<PeerId>,
-}
-
-#[derive(Deserialize)]
-struct GuardSetRepr {
-    target_size: usize,
-    guards: Vec<PeerId>,
-}
-
-impl From<GuardSetRepr> for GuardSet {
-    fn from(r: GuardSetRepr) -> Self {
-        GuardSet::from_peers(r.guards, r.target_size)
-    }
-}
-
-impl GuardSet {
-    /// An empty set that [`refresh`](Self::refresh) fills up to
-    /// `target_size` guards (at most [`MAX_GUARDS`]).
-    pub fn new(target_size: usize) -> Self {
-        GuardSet {
-            target_size: target_size.min(MAX_GUARDS),
-            guards: Vec::new(),
-        }
-    }
-
-    /// A set restored from saved peers (duplicates dropped, cut to
-    /// `target_size`, itself at most [`MAX_GUARDS`]).
-    pub fn from_peers(peers: Vec<PeerId>, target_size: usize) -> Self {
-        let mut set = GuardSet::new(target_size);
-        for p in peers {
-            if set.guards.len() >= set.target_size {
-                break;
-            }
-            if !set.guards.contains(&p) {
-                set.guards.push(p);
-            }
-        }
-        set
-    }
-
-    /// Drop guards that are no longer usable relays in `dir` (or are
-    /// excluded, or are the directory's own peer), then fill up to the
-    /// target size with bandwidth-weighted picks. Returns whether the set
-    /// changed.
-    pub fn refresh(&mut self, dir: &Directory, exclude: &[PeerId], rng: &mut impl Rng) -> bool {
-        let own = dir.own();
-        let ok = |p: &PeerId| {
-            *p != own && !exclude.contains(p) && dir.get(p).is_some_and(is_usable_relay)
-        };
-        let before = self.guards.clone();
-        self.guards.retain(|p| ok(p));
-        if self.guards.len() < self.target_size {
-            let mut cands: Vec<&Descriptor> = dir
-                .iter()
-                .filter(|d| ok(&d.peer_id) && !self.guards.contains(&d.peer_id))
-                .collect();
-            while self.guards.len() < self.target_size {
-                let Some(d) = pick(&cands, rng) else { break };
-                let id = d.peer_id;
-                self.guards.push(id);
-                cands.retain(|c| c.peer_id != id);
-            }
-        }
-        self.guards != before
-    }
-
-    /// The current guards, oldest first.
-    pub fn guards(&self) -> &[PeerId] {
-        &self.guards
-    }
-
-    /// How many guards the set aims to hold.
-    pub fn target_size(&self) -> usize {
-        self.target_size
-    }
 }

@@ -1,4 +1,4 @@
-//! Path selection and guard sets.
+//! Path selection.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -8,10 +8,11 @@ use std::collections::{HashMap, HashSet};
 use common::{desc, key, sign, NOW};
 use libp2p::PeerId;
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use veilnet_cell::TargetAddr;
 use veilnet_dir::path::{share_subnet, weight, MAX_WEIGHT, MIN_WEIGHT};
-use veilnet_dir::{select_path, Descriptor, Directory, GuardSet, PathError, PathRequest, Roles};
+use veilnet_dir::{select_path, Descriptor, Directory, PathError, PathRequest, Roles};
 use veilnet_policy::ExitPolicy;
 
 fn own() -> PeerId {
@@ -53,13 +54,25 @@ fn spread(n: u32) -> (Directory, Vec<PeerId>) {
     dir_of(nodes)
 }
 
-fn req(hops: usize, target: Option<&TargetAddr>) -> PathRequest<'_> {
-    PathRequest {
+/// A path for `hops` and `target` with every relay of `dir` offered as a
+/// guard, in a random order: the first hop is always the first usable guard
+/// offered, so this makes it a uniformly random relay, and the tests below
+/// check the rules for the other hops and for the whole path.
+fn any_guard(
+    dir: &Directory,
+    hops: usize,
+    target: Option<&TargetAddr>,
+    rng: &mut StdRng,
+) -> Result<Vec<Descriptor>, PathError> {
+    let mut guards: Vec<PeerId> = dir.iter().map(|d| d.peer_id).collect();
+    guards.shuffle(rng);
+    let req = PathRequest {
         hops,
         exit_target: target,
         exclude: &[],
-        guards: &[],
-    }
+        guards: &guards,
+    };
+    select_path(dir, &req, rng)
 }
 
 fn ids(path: &[Descriptor]) -> Vec<PeerId> {
@@ -82,11 +95,11 @@ fn three_distinct_hops() {
     let (dir, _) = spread(10);
     let mut rng = StdRng::seed_from_u64(1);
     for _ in 0..200 {
-        let path = select_path(&dir, &req(3, None), &mut rng).unwrap();
+        let path = any_guard(&dir, 3, None, &mut rng).unwrap();
         assert_valid(&path, 3);
     }
     for hops in 1..=5 {
-        let path = select_path(&dir, &req(hops, None), &mut rng).unwrap();
+        let path = any_guard(&dir, hops, None, &mut rng).unwrap();
         assert_valid(&path, hops);
     }
 }
@@ -97,7 +110,7 @@ fn bad_hop_counts() {
     let mut rng = StdRng::seed_from_u64(1);
     for hops in [0, 6, 100] {
         assert_eq!(
-            select_path(&dir, &req(hops, None), &mut rng),
+            any_guard(&dir, hops, None, &mut rng),
             Err(PathError::BadHopCount { hops })
         );
     }
@@ -127,12 +140,12 @@ fn exit_policy_respected() {
     let target80 = TargetAddr::Ip("93.184.216.34:80".parse().unwrap());
     let domain = |port| TargetAddr::Domain("example.com".into(), port);
     for _ in 0..300 {
-        let path = select_path(&dir, &req(3, Some(&target80)), &mut rng).unwrap();
+        let path = any_guard(&dir, 3, Some(&target80), &mut rng).unwrap();
         assert_valid(&path, 3);
         assert_eq!(path[2].peer_id, ids_[2], "only node 3 exits to :80");
-        let path = select_path(&dir, &req(3, Some(&domain(80))), &mut rng).unwrap();
+        let path = any_guard(&dir, 3, Some(&domain(80)), &mut rng).unwrap();
         assert_eq!(path[2].peer_id, ids_[2]);
-        let path = select_path(&dir, &req(3, Some(&domain(443))), &mut rng).unwrap();
+        let path = any_guard(&dir, 3, Some(&domain(443)), &mut rng).unwrap();
         assert!([ids_[0], ids_[1], ids_[5]].contains(&path[2].peer_id));
     }
     // no exit for this target: only nodes that reject port 80
@@ -144,11 +157,11 @@ fn exit_policy_respected() {
     ]);
     for target in [target80.clone(), domain(80)] {
         assert_eq!(
-            select_path(&dir, &req(3, Some(&target)), &mut rng),
+            any_guard(&dir, 3, Some(&target), &mut rng),
             Err(PathError::NoExitForTarget)
         );
     }
-    assert!(select_path(&dir, &req(3, Some(&domain(81))), &mut rng).is_ok());
+    assert!(any_guard(&dir, 3, Some(&domain(81)), &mut rng).is_ok());
     // ... and the error message does not leak the target
     assert!(!PathError::NoExitForTarget.to_string().contains("10.0.0.1"));
 }
@@ -163,7 +176,7 @@ fn one_hop_is_the_exit() {
     ]);
     let mut rng = StdRng::seed_from_u64(3);
     for _ in 0..50 {
-        let path = select_path(&dir, &req(1, None), &mut rng).unwrap();
+        let path = any_guard(&dir, 1, None, &mut rng).unwrap();
         assert_eq!(ids(&path), vec![ids_[0]]);
     }
 }
@@ -190,7 +203,7 @@ fn subnet_diversity() {
     let (dir, _) = dir_of(nodes);
     let mut rng = StdRng::seed_from_u64(4);
     for _ in 0..300 {
-        let path = select_path(&dir, &req(3, None), &mut rng).unwrap();
+        let path = any_guard(&dir, 3, None, &mut rng).unwrap();
         assert_valid(&path, 3);
         let groups: HashSet<String> = path
             .iter()
@@ -203,7 +216,7 @@ fn subnet_diversity() {
     }
     // four hops cannot be built from three subnets
     assert_eq!(
-        select_path(&dir, &req(4, None), &mut rng),
+        any_guard(&dir, 4, None, &mut rng),
         Err(PathError::NotEnoughRelays { needed: 4, have: 9 })
     );
 }
@@ -225,7 +238,7 @@ fn subnet_rule_checks_every_link_addr_and_mapped() {
     }
     let mut rng = StdRng::seed_from_u64(5);
     assert!(matches!(
-        select_path(&dir, &req(2, None), &mut rng),
+        any_guard(&dir, 2, None, &mut rng),
         Err(PathError::NotEnoughRelays { .. })
     ));
 }
@@ -241,7 +254,7 @@ fn loopback_exempt_from_subnet_rule() {
     ]);
     let mut rng = StdRng::seed_from_u64(6);
     for _ in 0..50 {
-        let path = select_path(&dir, &req(5, None), &mut rng).unwrap();
+        let path = any_guard(&dir, 5, None, &mut rng).unwrap();
         assert_valid(&path, 5);
     }
 }
@@ -263,7 +276,7 @@ fn family_rule_needs_mutual_declaration() {
     let mut rng = StdRng::seed_from_u64(7);
     let mut saw_3_and_4 = false;
     for _ in 0..500 {
-        let path = select_path(&dir, &req(3, None), &mut rng).unwrap();
+        let path = any_guard(&dir, 3, None, &mut rng).unwrap();
         let set: HashSet<PeerId> = ids(&path).into_iter().collect();
         assert!(
             !(set.contains(&ids_[0]) && set.contains(&ids_[1])),
@@ -274,49 +287,167 @@ fn family_rule_needs_mutual_declaration() {
     assert!(saw_3_and_4, "one-sided family claims do not count");
     // with a 4-hop path, 1 and 2 can never both fit
     assert!(matches!(
-        select_path(&dir, &req(4, None), &mut rng),
+        any_guard(&dir, 4, None, &mut rng),
         Err(PathError::NotEnoughRelays { .. })
     ));
 }
 
 #[test]
-fn guards_used_as_first_hop() {
+fn first_hop_is_the_first_usable_guard_and_never_another_relay() {
     let (dir, all) = spread(20);
-    let guards = [all[3], all[7]];
     let mut rng = StdRng::seed_from_u64(8);
-    let mut used = HashSet::new();
-    for _ in 0..300 {
-        let r = PathRequest {
+    fn r<'a>(guards: &'a [PeerId], exclude: &'a [PeerId]) -> PathRequest<'a> {
+        PathRequest {
             hops: 3,
             exit_target: None,
+            exclude,
+            guards,
+        }
+    }
+    // the guards in order: always the first one that works
+    let guards = [all[3], all[7]];
+    for _ in 0..300 {
+        let path = select_path(&dir, &r(&guards, &[]), &mut rng).unwrap();
+        assert_valid(&path, 3);
+        assert_eq!(path[0].peer_id, all[3]);
+    }
+    // a guard missing from the directory is skipped, not replaced by any relay
+    let gone = key(5000).public().to_peer_id();
+    for _ in 0..100 {
+        let path = select_path(&dir, &r(&[gone, all[7]], &[]), &mut rng).unwrap();
+        assert_eq!(path[0].peer_id, all[7]);
+    }
+    // an excluded guard is not used
+    for _ in 0..100 {
+        let path = select_path(&dir, &r(&guards, &[all[3]]), &mut rng).unwrap();
+        assert_eq!(path[0].peer_id, all[7]);
+    }
+    // no usable guard: an error, never a non-guard first hop
+    for (offered, exclude) in [(&[gone][..], &[][..]), (&[], &[]), (&guards, &guards)] {
+        let err = select_path(&dir, &r(offered, exclude), &mut rng).unwrap_err();
+        assert_eq!(
+            err,
+            PathError::NoUsableGuard {
+                offered: offered.len()
+            }
+        );
+        assert!(err.to_string().contains("guard"), "{err}");
+    }
+}
+
+#[test]
+fn a_guard_that_cannot_start_a_path_gives_way_to_the_next_guard() {
+    let only80 = |d: &mut Descriptor| {
+        d.exit_policy = ExitPolicy::parse_rules(&["accept *:80", "reject *:*"]).unwrap()
+    };
+    let no80 = |d: &mut Descriptor| {
+        d.exit_policy = ExitPolicy::parse_rules(&["reject *:80", "accept *:*"]).unwrap()
+    };
+    let (dir, ids_) = dir_of(vec![
+        (1, "1.1.0.1:1", &only80),
+        (2, "2.2.0.1:1", &no80),
+        (3, "3.3.0.1:1", &no80),
+        (4, "4.4.0.1:1", &no80),
+    ]);
+    let target80 = TargetAddr::Ip("93.184.216.34:80".parse().unwrap());
+    let mut rng = StdRng::seed_from_u64(16);
+    // node 1 is the only exit to :80, so it cannot also be the guard
+    let guards = [ids_[0], ids_[1]];
+    for _ in 0..100 {
+        let r = PathRequest {
+            hops: 3,
+            exit_target: Some(&target80),
             exclude: &[],
             guards: &guards,
         };
         let path = select_path(&dir, &r, &mut rng).unwrap();
-        assert_valid(&path, 3);
-        assert!(guards.contains(&path[0].peer_id));
-        used.insert(path[0].peer_id);
+        assert_eq!(path[0].peer_id, ids_[1]);
+        assert_eq!(path[2].peer_id, ids_[0]);
     }
-    assert_eq!(used.len(), 2);
-    // guards missing from the directory: fall back to any relay
-    let gone = [key(5000).public().to_peer_id()];
+    // with one hop, the hop is a guard that is also a suitable exit
     let r = PathRequest {
-        hops: 3,
-        exit_target: None,
+        hops: 1,
+        exit_target: Some(&target80),
         exclude: &[],
-        guards: &gone,
+        guards: &[ids_[1], ids_[0]],
     };
-    assert_valid(&select_path(&dir, &r, &mut rng).unwrap(), 3);
-    // an excluded guard is not used
+    assert_eq!(ids(&select_path(&dir, &r, &mut rng).unwrap()), [ids_[0]]);
     let r = PathRequest {
-        hops: 3,
-        exit_target: None,
-        exclude: &[all[3]],
-        guards: &guards,
+        guards: &[ids_[1], ids_[2]],
+        ..r
     };
-    for _ in 0..100 {
-        assert_eq!(select_path(&dir, &r, &mut rng).unwrap()[0].peer_id, all[7]);
+    assert!(matches!(
+        select_path(&dir, &r, &mut rng),
+        Err(PathError::NotEnoughRelays { .. })
+    ));
+}
+
+/// Property: over many random directories (roles, shared subnets, families,
+/// unusable nodes) and random guard lists (some not in the directory), the
+/// first hop of every path is an offered guard, and when no offered guard is
+/// usable the answer is `NoUsableGuard`, never a path.
+#[test]
+fn no_random_directory_gives_a_non_guard_first_hop() {
+    let mut rng = StdRng::seed_from_u64(17);
+    let mut paths = 0;
+    let mut refused = 0;
+    for round in 0..400u32 {
+        let n = rng.gen_range(3..14u32);
+        let mut dir = Directory::new(own());
+        let mut peers = Vec::new();
+        for i in 0..n {
+            let k = key(round * 100 + i);
+            // few /16s, so the subnet rule bites
+            let mut d = desc(&k, &format!("10.{}.0.{}:1", rng.gen_range(0..5), i + 1));
+            d.roles.exit = rng.gen_bool(0.5);
+            d.roles.relay = rng.gen_bool(0.9);
+            if rng.gen_bool(0.1) {
+                d.link_addrs.clear();
+            }
+            d.bandwidth = rng.gen_range(0..5_000_000);
+            dir.insert(&sign(&d, &k), NOW).unwrap();
+            peers.push(d.peer_id);
+        }
+        let mut guards: Vec<PeerId> = peers
+            .iter()
+            .copied()
+            .filter(|_| rng.gen_bool(0.3))
+            .collect();
+        if rng.gen_bool(0.3) {
+            guards.push(key(round * 100 + 99).public().to_peer_id());
+        }
+        guards.shuffle(&mut rng);
+        let hops = rng.gen_range(1..=5);
+        let req = PathRequest {
+            hops,
+            exit_target: None,
+            exclude: &[],
+            guards: &guards,
+        };
+        let usable_guard = guards.iter().any(|g| {
+            dir.get(g)
+                .is_some_and(|d| d.roles.relay && !d.link_addrs.is_empty())
+        });
+        match select_path(&dir, &req, &mut rng) {
+            Ok(path) => {
+                assert!(guards.contains(&path[0].peer_id), "round {round}");
+                assert_valid(&path, hops);
+                paths += 1;
+            }
+            Err(PathError::NoUsableGuard { .. }) => {
+                assert!(!usable_guard, "round {round}");
+                refused += 1;
+            }
+            Err(_) => {}
+        }
+        if !usable_guard {
+            assert!(select_path(&dir, &req, &mut rng).is_err(), "round {round}");
+        }
     }
+    assert!(
+        paths > 50 && refused > 20,
+        "{paths} paths, {refused} refused"
+    );
 }
 
 #[test]
@@ -342,7 +473,7 @@ fn unusable_nodes_and_exclusions_never_chosen() {
         hops: 3,
         exit_target: None,
         exclude: &excluded,
-        guards: &[],
+        guards: &ids_,
     };
     let mut rng = StdRng::seed_from_u64(9);
     for _ in 0..300 {
@@ -363,14 +494,14 @@ fn errors_when_not_enough_nodes() {
     let mut rng = StdRng::seed_from_u64(10);
     let empty = Directory::new(own());
     assert_eq!(
-        select_path(&empty, &req(3, None), &mut rng),
+        any_guard(&empty, 3, None, &mut rng),
         Err(PathError::NoExitForTarget)
     );
     let (dir, _) = spread(2);
-    let err = select_path(&dir, &req(3, None), &mut rng).unwrap_err();
+    let err = any_guard(&dir, 3, None, &mut rng).unwrap_err();
     assert_eq!(err, PathError::NotEnoughRelays { needed: 3, have: 2 });
     assert!(err.to_string().contains('3') && err.to_string().contains('2'));
-    assert!(select_path(&dir, &req(2, None), &mut rng).is_ok());
+    assert!(any_guard(&dir, 2, None, &mut rng).is_ok());
 }
 
 #[test]
@@ -378,17 +509,27 @@ fn bandwidth_weighting() {
     // exits with bandwidth 1:2:7 (x 1 MB/s), all in distinct /16s.
     let bw = |b: u64| move |d: &mut Descriptor| d.bandwidth = b * 1_000_000;
     let (b1, b2, b7) = (bw(1), bw(2), bw(7));
+    let non_exit = |d: &mut Descriptor| d.roles.exit = false;
     let (dir, ids_) = dir_of(vec![
         (1, "1.1.0.1:1", &b1),
         (2, "2.2.0.1:1", &b2),
         (3, "3.3.0.1:1", &b7),
+        (4, "4.4.0.1:1", &non_exit),
     ]);
     let mut rng = StdRng::seed_from_u64(11);
     let mut counts: HashMap<PeerId, u32> = HashMap::new();
     let draws = 5000;
+    // the first hop is the guard (the guard state weights guards when it
+    // samples them); the exit is weighted here
+    let r = PathRequest {
+        hops: 2,
+        exit_target: None,
+        exclude: &[],
+        guards: &ids_[3..],
+    };
     for _ in 0..draws {
-        let path = select_path(&dir, &req(1, None), &mut rng).unwrap();
-        *counts.entry(path[0].peer_id).or_default() += 1;
+        let path = select_path(&dir, &r, &mut rng).unwrap();
+        *counts.entry(path[1].peer_id).or_default() += 1;
     }
     let frac = |i: usize| f64::from(counts[&ids_[i]]) / f64::from(draws);
     assert!((frac(0) - 0.1).abs() < 0.03, "{}", frac(0));
@@ -410,15 +551,26 @@ fn weight_clamped() {
     // a huge advertised bandwidth is capped: a 0-bandwidth node still gets picked
     let zero = |d: &mut Descriptor| d.bandwidth = 0;
     let huge = |d: &mut Descriptor| d.bandwidth = u64::MAX;
-    let (dir, ids_) = dir_of(vec![(1, "1.1.0.1:1", &zero), (2, "2.2.0.1:1", &huge)]);
+    let non_exit = |d: &mut Descriptor| d.roles.exit = false;
+    let (dir, ids_) = dir_of(vec![
+        (1, "1.1.0.1:1", &zero),
+        (2, "2.2.0.1:1", &huge),
+        (3, "3.3.0.1:1", &non_exit),
+    ]);
     let mut rng = StdRng::seed_from_u64(12);
     // P(pick zero) = 1e3 / (1e10 + 1e3) ~ 1e-7; just check no overflow/panic
+    let r = PathRequest {
+        hops: 2,
+        exit_target: None,
+        exclude: &[],
+        guards: &ids_[2..],
+    };
     for _ in 0..1000 {
-        let p = select_path(&dir, &req(1, None), &mut rng).unwrap();
-        assert_eq!(p[0].peer_id, ids_[1]);
+        let p = select_path(&dir, &r, &mut rng).unwrap();
+        assert_eq!(p[1].peer_id, ids_[1]);
     }
     // in a 2-hop path both must be used
-    let p = select_path(&dir, &req(2, None), &mut rng).unwrap();
+    let p = any_guard(&dir, 2, None, &mut rng).unwrap();
     assert_eq!(p.len(), 2);
 }
 
@@ -428,73 +580,8 @@ fn seeded_selection_is_reproducible() {
     let run = || {
         let mut rng = StdRng::seed_from_u64(13);
         (0..20)
-            .map(|_| ids(&select_path(&dir, &req(3, None), &mut rng).unwrap()))
+            .map(|_| ids(&any_guard(&dir, 3, None, &mut rng).unwrap()))
             .collect::<Vec<_>>()
     };
     assert_eq!(run(), run());
-}
-
-#[test]
-fn guard_set_refresh() {
-    let (mut dir, all) = spread(10);
-    let mut rng = StdRng::seed_from_u64(14);
-    let mut gs = GuardSet::new(3);
-    assert!(gs.guards().is_empty());
-    assert!(gs.refresh(&dir, &[], &mut rng));
-    assert_eq!(gs.guards().len(), 3);
-    let first: Vec<PeerId> = gs.guards().to_vec();
-    // nothing changed: same guards
-    assert!(!gs.refresh(&dir, &[], &mut rng));
-    assert_eq!(gs.guards(), &first[..]);
-    // a guard leaves the directory: dropped and replaced, others kept
-    dir.remove(&first[1]);
-    assert!(gs.refresh(&dir, &[], &mut rng));
-    assert_eq!(gs.guards().len(), 3);
-    assert_eq!(gs.guards()[0], first[0]);
-    assert_eq!(gs.guards()[1], first[2]);
-    assert!(!gs.guards().contains(&first[1]));
-    // excluded peers are dropped and never picked
-    let excl = [gs.guards()[0]];
-    assert!(gs.refresh(&dir, &excl, &mut rng));
-    assert!(!gs.guards().contains(&excl[0]));
-    // not enough relays: fill what is there
-    let mut big = GuardSet::new(50);
-    assert_eq!(big.target_size(), veilnet_dir::path::MAX_GUARDS);
-    big.refresh(&dir, &[], &mut rng);
-    assert_eq!(big.guards().len(), 9);
-    let set: HashSet<_> = big.guards().iter().collect();
-    assert_eq!(set.len(), 9, "no duplicate guards");
-    assert!(all
-        .iter()
-        .filter(|p| dir.get(p).is_some())
-        .all(|p| set.contains(p)));
-}
-
-#[test]
-fn guard_set_drops_non_relays_and_persists() {
-    let (dir, all) = spread(5);
-    let k = key(1);
-    let mut d = desc(&k, "20.1.0.1:9001");
-    d.roles.relay = false;
-    d.seq = 2;
-    let mut dir2 = dir.clone();
-    dir2.insert(&sign(&d, &k), NOW).unwrap();
-    let gone = key(777).public().to_peer_id();
-    let mut gs = GuardSet::from_peers(vec![all[1], all[1], gone, all[2]], 2);
-    assert_eq!(gs.guards(), &[all[1], gone]);
-    let mut rng = StdRng::seed_from_u64(15);
-    assert!(gs.refresh(&dir2, &[], &mut rng));
-    assert_eq!(gs.guards().len(), 2);
-    assert!(!gs.guards().contains(&gone));
-    assert!(!gs.guards().contains(&all[1]), "lost relay role");
-    // persistence
-    let json = serde_json::to_string(&gs).unwrap();
-    let back: GuardSet = serde_json::from_str(&json).unwrap();
-    assert_eq!(back, gs);
-    let huge = format!(
-        r#"{{"target_size":1000,"guards":[{}]}}"#,
-        vec![format!("\"{}\"", all[0]); 40].join(",")
-    );
-    let back: GuardSet = serde_json::from_str(&huge).unwrap();
-    assert_eq!(back.guards(), &[all[0]]);
 }

@@ -3,7 +3,9 @@
 use std::sync::Weak;
 
 use veilnet_circmgr::PooledCircuit;
-use veilnet_control::{CircuitView, ControlSource, EquivocationView, NodeView, StatusView};
+use veilnet_control::{
+    CircuitView, ControlSource, EquivocationView, GuardView, NodeView, StatusView,
+};
 use veilnet_dir::Descriptor;
 
 use crate::{lock, Node, VERSION};
@@ -71,6 +73,27 @@ impl ControlSource for NodeControl {
             .upgrade()
             .map(|n| n.circuits.pooled().iter().map(circuit_view).collect())
             .unwrap_or_default()
+    }
+
+    fn guards(&self) -> Vec<GuardView> {
+        let Some(n) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        n.circuits
+            .guards()
+            .into_iter()
+            .map(|g| GuardView {
+                peer_id: g.peer.to_string(),
+                primary: g.primary,
+                confirmed: g.confirmed,
+                listed: g.listed,
+                reachable: g.reachable,
+                unreachable_since: g.unreachable_since,
+                circuits_attempted: g.attempts,
+                circuits_built: g.successes,
+                flagged: g.flagged,
+            })
+            .collect()
     }
 }
 

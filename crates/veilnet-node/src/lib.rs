@@ -13,12 +13,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
-use veilnet_circmgr::{CircMgrConfig, CircuitManager};
+use veilnet_circmgr::guard::PathBiasParams;
+use veilnet_circmgr::{CircMgrConfig, CircuitManager, GuardParams};
 use veilnet_config::{unix_now, Config, NodeKeys};
 use veilnet_control::ControlSource;
 use veilnet_dir::{Descriptor, Directory, Roles, SignedDescriptor};
 use veilnet_discovery::{DiscoveryConfig, DiscoveryHandle};
-use veilnet_proto::{BandwidthLimit, Core, CoreConfig, DefaultRelayPolicy, Limits, LinkTap};
+use veilnet_proto::{
+    BandwidthLimit, Core, CoreConfig, DefaultRelayPolicy, Limits, LinkTap, RelayPolicy,
+};
 
 use crate::control::NodeControl;
 use crate::housekeeping::{directory_feed, housekeeping, Housekeeping};
@@ -38,7 +41,14 @@ pub struct NodeOptions {
     pub tap: Option<LinkTap>,
     /// Persist known peers and guards in the data directory.
     pub persist: bool,
+    /// Test hook: wraps the node's admission policy (given the node's peer
+    /// id), e.g. to make a relay refuse every circuit.
+    pub wrap_policy: Option<WrapPolicy>,
 }
+
+/// A wrapper around a node's admission policy; see [`NodeOptions::wrap_policy`].
+pub type WrapPolicy =
+    Arc<dyn Fn(PeerId, Arc<dyn RelayPolicy>) -> Arc<dyn RelayPolicy> + Send + Sync>;
 
 impl NodeOptions {
     /// Options with the defaults for a real node.
@@ -49,6 +59,7 @@ impl NodeOptions {
             gossip_interval: DiscoveryConfig::DEFAULT_EXCHANGE_INTERVAL,
             tap: None,
             persist: true,
+            wrap_policy: None,
         }
     }
 }
@@ -148,6 +159,7 @@ impl Node {
             gossip_interval,
             tap,
             persist,
+            wrap_policy,
         } = opts;
         for w in config.warnings() {
             warn!("{w}");
@@ -170,12 +182,16 @@ impl Node {
         policy.allow_private_links = config.node.danger_allow_private_links;
         policy.exit = exit.clone();
         policy.own_addrs = own_addresses(&config);
+        let policy: Arc<dyn RelayPolicy> = match &wrap_policy {
+            Some(wrap) => wrap(peer_id, Arc::new(policy)),
+            None => Arc::new(policy),
+        };
         let core = Core::new(CoreConfig {
             identity: keys.identity.clone(),
             onion: keys.onion.keypair.clone(),
             previous_onion: keys.previous_onion.as_ref().map(|k| k.keypair.clone()),
             relay: config.node.relay,
-            policy: Arc::new(policy),
+            policy,
             limits: Limits {
                 relay_bandwidth: config
                     .node
@@ -299,7 +315,14 @@ impl Node {
             CircMgrConfig {
                 hops: usize::from(config.client.hops),
                 max_dirtiness: Duration::from_secs(config.client.max_circuit_dirtiness_secs),
-                num_guards: config.client.num_guards,
+                guards: GuardParams {
+                    primaries: config.client.num_guards,
+                    replace_after: config.client.guard_replace_after_secs,
+                    path_bias: PathBiasParams {
+                        min_circuits: config.client.path_bias_min_circuits,
+                    },
+                    ..GuardParams::default()
+                },
                 state_dir: persist.then(|| config.data_dir.clone()),
             },
         );

@@ -35,7 +35,9 @@ pub fn socks_code(e: &ConnectError) -> ReplyCode {
             EndReason::Timeout => ReplyCode::TtlExpired,
             _ => ReplyCode::GeneralFailure,
         },
-        ConnectError::NotEnoughRelays(_) | ConnectError::Circuit(_) => ReplyCode::GeneralFailure,
+        ConnectError::NotEnoughRelays(_)
+        | ConnectError::NoUsableGuard(_)
+        | ConnectError::Circuit(_) => ReplyCode::GeneralFailure,
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use veilnet_circmgr::Isolation;
 use veilnet_config::unix_now;
-use veilnet_node::{Node, NodeError, NodeOptions};
+use veilnet_node::{Node, NodeError, NodeOptions, WrapPolicy};
 use veilnet_proto::LinkTap;
 
 pub use local::{LocalNetwork, LocalRole};
@@ -41,7 +41,16 @@ pub struct TestnetOptions {
     pub gossip_interval: Duration,
     /// How long a circuit takes new streams (`max_circuit_dirtiness`).
     pub max_circuit_dirtiness: Duration,
+    /// Test hook: wraps every relay's admission policy (see
+    /// [`NodeOptions::wrap_policy`]).
+    pub wrap_policy: Option<WrapPolicy>,
+    /// Test hook: edits relay `i`'s configuration before it starts (e.g.
+    /// a bandwidth limit or a false advertised bandwidth on one relay).
+    pub relay_config: Option<RelayConfig>,
 }
+
+/// See [`TestnetOptions::relay_config`].
+pub type RelayConfig = Arc<dyn Fn(usize, &mut veilnet_config::Config) + Send + Sync>;
 
 impl Default for TestnetOptions {
     fn default() -> Self {
@@ -56,6 +65,8 @@ impl Default for TestnetOptions {
             tap: None,
             gossip_interval: Duration::from_millis(500),
             max_circuit_dirtiness: Duration::from_secs(600),
+            wrap_policy: None,
+            relay_config: None,
         }
     }
 }
@@ -126,6 +137,9 @@ impl Testnet {
                 .map_err(|source| TestnetError::Config { index, source })?;
             let mut config = local.config(role, dir, 0, 0, bootstrap.clone());
             let is_client = role == LocalRole::Client;
+            if let (false, Some(edit)) = (is_client, &opts.relay_config) {
+                edit(index, &mut config);
+            }
             if is_client {
                 config.client.socks = opts.socks;
                 config.client.http_proxy = opts.http_proxy;
@@ -135,6 +149,9 @@ impl Testnet {
             nopts.gossip_interval = opts.gossip_interval;
             nopts.tap = opts.tap.clone();
             nopts.persist = false;
+            if !is_client {
+                nopts.wrap_policy = opts.wrap_policy.clone();
+            }
             let node = Node::start(nopts)
                 .await
                 .map_err(|source| TestnetError::Node { index, source })?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use veilnet_cell::TargetAddr;
-use veilnet_control::{get_json, CircuitView, NodeView};
+use veilnet_control::{get_json, CircuitView, GuardView, NodeView};
 use veilnet_testnet::http::{self, MARKER};
 use veilnet_testnet::socks5::{self, Credentials};
 use veilnet_testnet::{Testnet, TestnetOptions};
@@ -238,6 +238,55 @@ async fn one_hop_test_networks_still_carry_streams() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_donates_no_more_than_its_bandwidth_rate() {
+    // One exit, capped at 128 KiB/s each way with a 128 KiB burst, carries
+    // a 768 KiB download: its link writes cannot finish sooner than
+    // (768 - 128) / 128 = 5 s, however fast the machine. (A lower bound
+    // only: a slow machine makes it slower, never faster.)
+    const RATE: u64 = 128 * 1024;
+    const LEN: u64 = 768 * 1024;
+    let opts = TestnetOptions {
+        nodes: 1,
+        exits: 1,
+        hops: 1,
+        socks: Some("127.0.0.1:0".parse().unwrap()),
+        allow_private_targets: true,
+        relay_config: Some(Arc::new(|_, c: &mut veilnet_config::Config| {
+            c.node.bandwidth_rate = RATE;
+            c.node.bandwidth_burst = RATE;
+        })),
+        ..TestnetOptions::default()
+    };
+    let net = Testnet::start(opts).await.unwrap();
+    let run = async {
+        net.wait_ready(Duration::from_secs(30)).await.unwrap();
+        let target = http::target().await.unwrap();
+        let started = Instant::now();
+        http::download(
+            net.client.socks_addr.unwrap(),
+            target,
+            LEN,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        let took = started.elapsed();
+        eprintln!(
+            "{LEN} bytes in {took:?}: {:.0} KiB/s",
+            LEN as f64 / 1024.0 / took.as_secs_f64()
+        );
+        assert!(
+            took >= Duration::from_millis(4500),
+            "768 KiB through a 128 KiB/s relay in {took:?}"
+        );
+    };
+    tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .unwrap();
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_nodes_know_each_other_within_thirty_seconds() {
     let opts = TestnetOptions {
         nodes: 30,
@@ -315,6 +364,186 @@ async fn new_streams_move_to_a_new_circuit_after_max_dirtiness() {
         }
     };
     tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap();
+    net.shutdown().await;
+}
+
+/// A relay's policy that, once `refusing` names the relay, refuses every
+/// CREATE from a client (a peer that is none of the network's relays): a
+/// guard that kills every circuit at itself. CREATEs from relays (it as a
+/// middle or exit) are still served, so only its guard role fails.
+struct RefuseAsGuard {
+    inner: Arc<dyn veilnet_proto::RelayPolicy>,
+    me: libp2p::PeerId,
+    refusing: Arc<std::sync::Mutex<Option<libp2p::PeerId>>>,
+    relays: Arc<std::sync::Mutex<Vec<libp2p::PeerId>>>,
+}
+
+impl veilnet_proto::RelayPolicy for RefuseAsGuard {
+    fn admit_create(
+        &self,
+        req: &veilnet_proto::CreateRequest,
+    ) -> Result<(), veilnet_proto::Refusal> {
+        let refusing = *self.refusing.lock().unwrap() == Some(self.me);
+        if refusing && !self.relays.lock().unwrap().contains(&req.prev_peer) {
+            return Err(veilnet_proto::Refusal::Other("test: a failing guard"));
+        }
+        self.inner.admit_create(req)
+    }
+    fn admit_extend(
+        &self,
+        req: &veilnet_proto::ExtendRequest,
+    ) -> Result<(), veilnet_proto::Refusal> {
+        self.inner.admit_extend(req)
+    }
+    fn admit_begin(
+        &self,
+        req: &veilnet_proto::BeginRequest<'_>,
+    ) -> Result<(), veilnet_proto::Refusal> {
+        self.inner.admit_begin(req)
+    }
+    fn admit_connect(
+        &self,
+        req: &veilnet_proto::ConnectRequest<'_>,
+    ) -> Result<(), veilnet_proto::Refusal> {
+        self.inner.admit_connect(req)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_that_fails_every_circuit_is_flagged_and_circuits_go_through_other_guards() {
+    use veilnet_circmgr::Isolation;
+    let refusing = Arc::new(std::sync::Mutex::new(None));
+    let relays = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (r2, rl2) = (refusing.clone(), relays.clone());
+    let opts = TestnetOptions {
+        nodes: 6,
+        exits: 2,
+        socks: Some("127.0.0.1:0".parse().unwrap()),
+        control: Some("127.0.0.1:0".parse().unwrap()),
+        allow_private_targets: true,
+        wrap_policy: Some(Arc::new(move |me, inner| {
+            Arc::new(RefuseAsGuard {
+                inner,
+                me,
+                refusing: r2.clone(),
+                relays: rl2.clone(),
+            }) as Arc<dyn veilnet_proto::RelayPolicy>
+        })),
+        ..TestnetOptions::default()
+    };
+    let net = Testnet::start(opts).await.unwrap();
+    *relays.lock().unwrap() = net.relays.iter().map(|n| n.peer_id).collect();
+    let circuits = net.client.circuits.clone();
+    let run = async {
+        net.wait_ready(Duration::from_secs(30)).await.unwrap();
+        // the first primary guard starts failing every circuit
+        let bad = circuits
+            .guards()
+            .into_iter()
+            .find(|g| g.primary)
+            .unwrap()
+            .peer;
+        *refusing.lock().unwrap() = Some(bad);
+        let flagged = |peer| {
+            circuits
+                .guards()
+                .iter()
+                .any(|g| g.peer == peer && g.flagged)
+        };
+        let mut failed = 0;
+        for _ in 0..40 {
+            if flagged(bad) {
+                break;
+            }
+            match circuits.build(None, Isolation::NONE).await {
+                Ok(c) => assert_ne!(c.hops()[0], bad, "the failing guard built a circuit"),
+                Err(_) => failed += 1,
+            }
+        }
+        assert!(flagged(bad), "not flagged after {failed} failed builds");
+        let view = circuits
+            .guards()
+            .into_iter()
+            .find(|g| g.peer == bad)
+            .unwrap();
+        assert!(!view.primary && view.attempts >= 20 && view.successes * 10 < view.attempts);
+        assert!(failed > 0, "the builds through it failed");
+        // the control API shows it flagged
+        let control = net.client.control_addr().unwrap();
+        let shown: Vec<GuardView> = get_json(control, "/v1/guards").await.unwrap();
+        let row = shown.iter().find(|g| g.peer_id == bad.to_string()).unwrap();
+        assert!(row.flagged && !row.primary && row.circuits_attempted >= 20);
+        assert!(shown.iter().any(|g| g.primary && !g.flagged));
+        // circuits keep working, through the other guards only
+        for _ in 0..10 {
+            let c = circuits.build(None, Isolation::NONE).await.unwrap();
+            assert_ne!(c.hops()[0], bad);
+            assert!(circuits.guards().iter().any(|g| g.peer == c.hops()[0]));
+        }
+        let echo = echo_target().await;
+        let mut s = socks_connect(net.client.socks_addr.unwrap(), echo, None).await;
+        s.write_all(b"guards").await.unwrap();
+        let mut back = [0u8; 6];
+        s.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"guards");
+    };
+    tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .unwrap();
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_guard_gives_way_to_the_next_guard_and_stays_a_guard() {
+    use veilnet_circmgr::Isolation;
+    let opts = TestnetOptions {
+        nodes: 6,
+        exits: 2,
+        socks: None,
+        ..TestnetOptions::default()
+    };
+    let net = Testnet::start(opts).await.unwrap();
+    let circuits = net.client.circuits.clone();
+    let run = async {
+        net.wait_ready(Duration::from_secs(30)).await.unwrap();
+        let primaries: Vec<_> = circuits
+            .guards()
+            .into_iter()
+            .filter(|g| g.primary)
+            .map(|g| g.peer)
+            .collect();
+        assert_eq!(primaries.len(), 3);
+        // the first primary guard goes away (its descriptor stays listed)
+        let down = net
+            .relays
+            .iter()
+            .find(|n| n.peer_id == primaries[0])
+            .unwrap();
+        down.shutdown().await;
+        let mut built = 0;
+        for _ in 0..10 {
+            // a path through the stopped relay as a middle or exit can fail
+            if let Ok(c) = circuits.build(None, Isolation::NONE).await {
+                assert_eq!(
+                    c.hops()[0],
+                    primaries[1],
+                    "the next primary guard, in order"
+                );
+                built += 1;
+            }
+        }
+        assert!(built > 0, "no circuit through the next guard");
+        let view = circuits
+            .guards()
+            .into_iter()
+            .find(|g| g.peer == primaries[0])
+            .unwrap();
+        assert!(!view.reachable && view.unreachable_since.is_some());
+        assert!(view.primary, "replaced only after guard_replace_after_secs");
+    };
+    tokio::time::timeout(Duration::from_secs(120), run)
         .await
         .unwrap();
     net.shutdown().await;
