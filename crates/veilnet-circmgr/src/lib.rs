@@ -12,9 +12,7 @@ use libp2p::PeerId;
 use tracing::{debug, info, warn};
 use veilnet_cell::{EndReason, TargetAddr};
 use veilnet_config::unix_now;
-use veilnet_dir::path::{
-    allows_target, is_usable_relay, select_path, weight, PathError, PathRequest,
-};
+use veilnet_dir::path::{allows_target, is_usable_relay, select_path, PathError, PathRequest};
 use veilnet_dir::Directory;
 use veilnet_error::{ErrorKind, HasKind};
 use veilnet_proto::{ClientCircuit, ClientStream, Core, HopSpec, ProtoError};
@@ -343,13 +341,15 @@ impl CircuitManager {
         let dir = lock(&self.directory);
         let mut rng = rand::thread_rng();
         let own = dir.own();
+        let weights = dir.weights();
         let relays: Vec<Relay> = dir
             .iter()
             .filter(|d| d.peer_id != own && is_usable_relay(d))
             .map(|d| Relay {
                 peer: d.peer_id,
-                weight: weight(d),
+                weight: weights.get(&d.peer_id),
             })
+            .filter(|r| r.weight > 0)
             .collect();
         let first_hops = {
             let mut g = lock(&self.guards);

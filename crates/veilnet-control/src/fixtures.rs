@@ -28,7 +28,9 @@ pub(crate) fn nodes() -> Vec<NodeView> {
         link_addrs: vec!["192.0.2.1:7000".into(), "192.0.2.1:7001".into()],
         p2p_addrs: vec!["/ip4/192.0.2.1/tcp/4001".into()],
         region: "eu".into(),
-        bandwidth,
+        advertised_bandwidth: bandwidth,
+        measured_bandwidth: None,
+        weight: bandwidth,
         version: "0.1.0".into(),
         is_self,
     };

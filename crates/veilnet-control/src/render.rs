@@ -53,7 +53,7 @@ pub fn render_status(status: &StatusView, nodes: &[NodeView], circuits: &[Circui
                     format!("{mark}{}", short_id(&n.peer_id)),
                     roles(n),
                     or_dash(sanitize(&n.region, 16)),
-                    human_bandwidth(n.bandwidth),
+                    human_bandwidth(n.advertised_bandwidth),
                     n.link_addrs
                         .first()
                         .map_or_else(|| "-".to_owned(), |a| sanitize(a, 48)),

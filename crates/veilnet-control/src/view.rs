@@ -17,8 +17,14 @@ pub struct NodeView {
     pub p2p_addrs: Vec<String>,
     /// Region the node advertises (self-declared, not verified).
     pub region: String,
-    /// Advertised bandwidth in bytes per second.
-    pub bandwidth: u64,
+    /// The bandwidth the node advertises, bytes per second (its own claim).
+    pub advertised_bandwidth: u64,
+    /// The bandwidth peers measured, bytes per second; `None` while not
+    /// measured (peer measurement is not built yet, so always `None`).
+    pub measured_bandwidth: Option<u64>,
+    /// Its selection weight (0: never chosen, e.g. over its address
+    /// prefix's cap).
+    pub weight: u64,
     /// Software version the node advertises.
     pub version: String,
     /// True for the row describing this node itself.

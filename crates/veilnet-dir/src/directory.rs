@@ -11,6 +11,7 @@ use crate::descriptor::{
     is_too_old, Descriptor, DescriptorDigest, DescriptorError, SignedDescriptor, Verified,
 };
 use crate::evidence::Equivocation;
+use crate::weight::Weights;
 
 /// Most nodes a [`Directory`] holds.
 pub const MAX_NODES: usize = 10_000;
@@ -108,6 +109,8 @@ pub struct Directory {
     seqs_dirty: bool,
     /// The sorted digests, built on first use after a change.
     sorted: OnceLock<Arc<[DescriptorDigest]>>,
+    /// The relays' selection weights, built on first use after a change.
+    weights: OnceLock<Arc<Weights>>,
 }
 
 impl Directory {
@@ -122,6 +125,7 @@ impl Directory {
             evidence: BTreeMap::new(),
             refused: RecentDigests::new(REFUSED_REMEMBERED),
             sorted: OnceLock::new(),
+            weights: OnceLock::new(),
             seqs: HashMap::new(),
             seqs_dirty: false,
         }
@@ -219,9 +223,18 @@ impl Directory {
         Ok(taken)
     }
 
-    /// Forgets the sorted digests after a change.
+    /// Forgets the sorted digests and the weights after a change.
     fn changed(&mut self) {
         self.sorted = OnceLock::new();
+        self.weights = OnceLock::new();
+    }
+
+    /// Every usable relay's selection weight ([`Weights`]); kept until the
+    /// next change.
+    pub fn weights(&self) -> Arc<Weights> {
+        self.weights
+            .get_or_init(|| Arc::new(Weights::of(self.iter())))
+            .clone()
     }
 
     /// The stored descriptor whose signed form has this digest (listed,

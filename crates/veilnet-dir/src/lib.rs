@@ -5,6 +5,7 @@ pub mod descriptor;
 pub mod directory;
 pub mod evidence;
 pub mod path;
+pub mod weight;
 pub mod wire;
 
 pub use descriptor::{
@@ -18,3 +19,4 @@ pub use directory::{
 };
 pub use evidence::Equivocation;
 pub use path::{select_path, PathError, PathRequest};
+pub use weight::{Weights, MAX_WEIGHTED_PER_PREFIX};

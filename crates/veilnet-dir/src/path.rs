@@ -14,6 +14,7 @@ use veilnet_cell::{TargetAddr, MAX_HOPS};
 
 use crate::descriptor::Descriptor;
 use crate::directory::Directory;
+use crate::weight::Weights;
 
 /// Fewest hops a path may have.
 pub const MIN_HOPS: usize = 1;
@@ -141,18 +142,23 @@ pub fn compatible(a: &Descriptor, b: &Descriptor) -> bool {
     a.peer_id != b.peer_id && !same_family(a, b) && !share_subnet(a, b)
 }
 
-/// Bandwidth-weighted random choice; `None` if `cands` is empty.
-fn pick<'a>(cands: &[&'a Descriptor], rng: &mut impl Rng) -> Option<&'a Descriptor> {
+/// Weighted random choice by `weights`; `None` if no candidate weighs
+/// anything.
+fn pick<'a>(
+    cands: &[&'a Descriptor],
+    weights: &Weights,
+    rng: &mut impl Rng,
+) -> Option<&'a Descriptor> {
     let total: u64 = cands
         .iter()
-        .map(|d| weight(d))
+        .map(|d| weights.get(&d.peer_id))
         .fold(0u64, u64::saturating_add);
     if total == 0 {
         return None;
     }
     let mut x = rng.gen_range(0..total);
     for d in cands {
-        let w = weight(d);
+        let w = weights.get(&d.peer_id);
         if x < w {
             return Some(d);
         }
@@ -178,7 +184,11 @@ fn fits(d: &Descriptor, chosen: &[&Descriptor]) -> bool {
 /// * then the exit, among exit nodes whose policy allows the target
 ///   ([`allows_target`]) and that may share a path with the guard;
 /// * then the middle hops;
-/// * the exit and middle choices are bandwidth-weighted ([`weight`]);
+/// * the exit and middle choices are weighted by the directory's
+///   [`Weights`] (the advertised bandwidth, [`weight`], with at most
+///   [`MAX_WEIGHTED_PER_PREFIX`](crate::MAX_WEIGHTED_PER_PREFIX) relays per
+///   IPv4 /24 or IPv6 /48 carrying any); a relay that weighs nothing is
+///   never chosen, as guard or otherwise;
 /// * no two hops share an IPv4 /16 or IPv6 /32 of any link address, except
 ///   loopback (127.0.0.0/8, ::1), which is exempt so that local test networks
 ///   work; no two hops are in the same (mutually declared) family.
@@ -195,9 +205,17 @@ pub fn select_path(
         return Err(PathError::BadHopCount { hops: req.hops });
     }
     let own = dir.own();
+    let weights = dir.weights();
+    // A relay over its address cap weighs nothing and is never chosen,
+    // not even as a guard.
     let usable: Vec<&Descriptor> = dir
         .iter()
-        .filter(|d| is_usable_relay(d) && d.peer_id != own && !req.exclude.contains(&d.peer_id))
+        .filter(|d| {
+            is_usable_relay(d)
+                && d.peer_id != own
+                && !req.exclude.contains(&d.peer_id)
+                && weights.get(&d.peer_id) > 0
+        })
         .collect();
     let exits: Vec<&Descriptor> = usable
         .iter()
@@ -236,7 +254,7 @@ pub fn select_path(
             continue;
         }
         for _ in 0..ATTEMPTS {
-            if let Some(path) = try_build(req.hops, guard, &usable, &exits, rng) {
+            if let Some(path) = try_build(req.hops, guard, &usable, &exits, &weights, rng) {
                 return Ok(path.into_iter().cloned().collect());
             }
         }
@@ -249,11 +267,12 @@ fn try_build<'a>(
     guard: &'a Descriptor,
     usable: &[&'a Descriptor],
     exits: &[&'a Descriptor],
+    weights: &Weights,
     rng: &mut impl Rng,
 ) -> Option<Vec<&'a Descriptor>> {
     let mut chosen = vec![guard];
     let exit_pool: Vec<&Descriptor> = exits.iter().copied().filter(|d| fits(d, &chosen)).collect();
-    let exit = pick(&exit_pool, rng)?;
+    let exit = pick(&exit_pool, weights, rng)?;
     chosen.push(exit);
     for _ in 2..hops {
         let pool: Vec<&Descriptor> = usable
@@ -261,7 +280,7 @@ fn try_build<'a>(
             .copied()
             .filter(|d| fits(d, &chosen))
             .collect();
-        chosen.push(pick(&pool, rng)?);
+        chosen.push(pick(&pool, weights, rng)?);
     }
     // chosen = [guard, exit, middles...]; want [guard, middles..., exit].
     chosen[1..].rotate_left(1);

@@ -424,9 +424,12 @@ fn no_random_directory_gives_a_non_guard_first_hop() {
             exclude: &[],
             guards: &guards,
         };
+        // Usable: a relay with a link address that weighs something (at
+        // most two per /24 do).
         let usable_guard = guards.iter().any(|g| {
             dir.get(g)
                 .is_some_and(|d| d.roles.relay && !d.link_addrs.is_empty())
+                && dir.weights().get(g) > 0
         });
         match select_path(&dir, &req, &mut rng) {
             Ok(path) => {
@@ -584,4 +587,87 @@ fn seeded_selection_is_reproducible() {
             .collect::<Vec<_>>()
     };
     assert_eq!(run(), run());
+}
+
+#[test]
+fn at_most_two_relays_per_ipv4_24_or_ipv6_48_carry_weight() {
+    // Six relays in one /24, four in one /48, and six elsewhere, each in
+    // its own /16. In the crowded prefixes the two heaviest keep their
+    // weight; the rest weigh nothing and are never chosen.
+    let bw = |b: u64| move |d: &mut Descriptor| d.bandwidth = b;
+    let crowded: Vec<(u32, String, u64)> = (0..6)
+        .map(|i| {
+            (
+                100 + i,
+                format!("198.51.100.{}:9001", 10 + i),
+                1_000_000 * (u64::from(i) + 1),
+            )
+        })
+        .chain((0..4).map(|i| {
+            (
+                200 + i,
+                format!("[2001:db8:7:{i:x}::1]:9001"),
+                1_000_000 * (u64::from(i) + 1),
+            )
+        }))
+        .collect();
+    type OwnedTweak = Box<dyn Fn(&mut Descriptor)>;
+    let tweaks: Vec<OwnedTweak> = crowded
+        .iter()
+        .map(|(_, _, b)| Box::new(bw(*b)) as OwnedTweak)
+        .collect();
+    let mut nodes: Vec<(u32, &str, Tweak)> = crowded
+        .iter()
+        .zip(&tweaks)
+        .map(|((n, link, _), t)| (*n, link.as_str(), t.as_ref() as Tweak))
+        .collect();
+    let spread_links: Vec<String> = (0..6).map(|i| format!("{}.1.0.1:9001", 30 + i)).collect();
+    for (i, l) in spread_links.iter().enumerate() {
+        nodes.push((300 + i as u32, l.as_str(), &nothing));
+    }
+    let (dir, ids) = dir_of(nodes);
+    let w = dir.weights();
+    // The /24: relays 4 and 5 (6 and 5 MB/s) keep theirs.
+    for (i, id) in ids[..6].iter().enumerate() {
+        let kept = i >= 4;
+        assert_eq!(w.get(id) > 0, kept, "relay {i} of the /24");
+    }
+    // The /48: relays 2 and 3.
+    for (i, id) in ids[6..10].iter().enumerate() {
+        assert_eq!(w.get(id) > 0, i >= 2, "relay {i} of the /48");
+    }
+    for id in &ids[10..] {
+        assert!(w.get(id) > 0);
+    }
+    let capped: HashSet<PeerId> = ids[..4].iter().chain(&ids[6..8]).copied().collect();
+    let mut rng = StdRng::seed_from_u64(7);
+    for _ in 0..500 {
+        let path = any_guard(&dir, 3, None, &mut rng).unwrap();
+        assert!(
+            path.iter().all(|d| !capped.contains(&d.peer_id)),
+            "a relay over its prefix's cap was chosen"
+        );
+    }
+    // Offered only capped guards, there is no path: they are not usable.
+    let req = PathRequest {
+        hops: 3,
+        exit_target: None,
+        exclude: &[],
+        guards: &ids[..4],
+    };
+    assert!(matches!(
+        select_path(&dir, &req, &mut rng),
+        Err(PathError::NoUsableGuard { .. })
+    ));
+}
+
+#[test]
+fn loopback_relays_are_not_capped() {
+    let links: Vec<String> = (0..8).map(|i| format!("127.0.0.1:{}", 9000 + i)).collect();
+    let nodes = (0..8)
+        .map(|i| (i, links[i as usize].as_str(), &nothing as Tweak))
+        .collect();
+    let (dir, ids) = dir_of(nodes);
+    let w = dir.weights();
+    assert!(ids.iter().all(|id| w.get(id) > 0));
 }

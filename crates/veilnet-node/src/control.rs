@@ -42,8 +42,9 @@ impl ControlSource for NodeControl {
             return Vec::new();
         };
         let dir = lock(&n.directory);
+        let weights = dir.weights();
         dir.iter()
-            .map(|d| node_view(d, d.peer_id == n.peer_id))
+            .map(|d| node_view(d, weights.get(&d.peer_id), d.peer_id == n.peer_id))
             .collect()
     }
 
@@ -97,7 +98,7 @@ impl ControlSource for NodeControl {
     }
 }
 
-fn node_view(d: &Descriptor, is_self: bool) -> NodeView {
+fn node_view(d: &Descriptor, weight: u64, is_self: bool) -> NodeView {
     NodeView {
         peer_id: d.peer_id.to_string(),
         relay: d.roles.relay,
@@ -105,7 +106,9 @@ fn node_view(d: &Descriptor, is_self: bool) -> NodeView {
         link_addrs: d.link_addrs.iter().map(|a| a.to_string()).collect(),
         p2p_addrs: d.p2p_addrs.iter().map(|a| a.to_string()).collect(),
         region: d.region.clone(),
-        bandwidth: d.bandwidth,
+        advertised_bandwidth: d.bandwidth,
+        measured_bandwidth: None,
+        weight,
         version: d.version.clone(),
         is_self,
     }

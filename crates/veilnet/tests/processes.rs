@@ -296,6 +296,11 @@ async fn five_node_processes_carry_a_download_and_stop_on_sigterm() {
                 vec![format!("127.0.0.1:{}", ports[i].link)],
                 "{n:?}"
             );
+            // Advertised as configured; loopback relays are not capped, so
+            // the weight is the advertised figure; nobody measured yet.
+            assert_eq!(n.advertised_bandwidth, 10_000_000, "{n:?}");
+            assert_eq!(n.weight, 10_000_000, "{n:?}");
+            assert_eq!(n.measured_bandwidth, None, "{n:?}");
         }
 
         // 1 MiB through three hops, retried while circuits are being built.

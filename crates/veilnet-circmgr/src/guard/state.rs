@@ -104,7 +104,7 @@ impl GuardParams {
 pub struct Relay {
     /// Its peer id.
     pub peer: PeerId,
-    /// Its selection weight (`veilnet_dir::path::weight`).
+    /// Its selection weight (`veilnet_dir::Directory::weights`).
     pub weight: u64,
 }
 

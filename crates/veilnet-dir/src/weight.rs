@@ -1,0 +1,97 @@
+//! How much of the network's traffic each relay is offered: its selection
+//! weight, the same on every node with the same directory.
+//!
+//! Today the weight is the relay's advertised bandwidth (clamped, see
+//! [`path::weight`](crate::path::weight)), with one rule that costs an
+//! attacker real resources: **address caps**. At most
+//! [`MAX_WEIGHTED_PER_PREFIX`] relays per IPv4 /24 and per IPv6 /48 carry
+//! weight (Tor's `AuthDirMaxServersPerAddr` idea, over prefixes, since one
+//! machine can hold a whole /24 or /48 more easily than one address); the
+//! others weigh 0 and are never chosen. Which relays keep their weight is
+//! decided the same way everywhere: the heaviest, then the lowest peer id.
+//! Loopback addresses are exempt, so test networks on one host work.
+//! Peer-measured bandwidth is not built yet: the advertised figure is
+//! believed.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use libp2p::PeerId;
+
+use crate::descriptor::Descriptor;
+use crate::path::{is_usable_relay, weight};
+
+/// Most relays of one IPv4 /24 or IPv6 /48 that carry weight.
+pub const MAX_WEIGHTED_PER_PREFIX: usize = 2;
+
+/// The prefix an address counts against, `None` for loopback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Prefix {
+    V4([u8; 3]),
+    V6([u16; 3]),
+}
+
+fn prefix(ip: IpAddr) -> Option<Prefix> {
+    match veilnet_policy::canonical_ip(ip) {
+        ip if ip.is_loopback() => None,
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            Some(Prefix::V4([o[0], o[1], o[2]]))
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            Some(Prefix::V6([s[0], s[1], s[2]]))
+        }
+    }
+}
+
+/// The selection weight of every usable relay of a directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Weights {
+    by_peer: HashMap<PeerId, u64>,
+}
+
+impl Weights {
+    /// The weights of the usable relays among `descriptors`.
+    pub fn of<'a>(descriptors: impl Iterator<Item = &'a Descriptor>) -> Self {
+        let relays: Vec<&Descriptor> = descriptors.filter(|d| is_usable_relay(d)).collect();
+        let mut by_prefix: HashMap<Prefix, Vec<(u64, PeerId)>> = HashMap::new();
+        for d in &relays {
+            let mut seen = Vec::new();
+            for a in &d.link_addrs {
+                if let Some(p) = prefix(a.ip()) {
+                    if !seen.contains(&p) {
+                        seen.push(p);
+                        by_prefix.entry(p).or_default().push((weight(d), d.peer_id));
+                    }
+                }
+            }
+        }
+        let mut capped: HashSet<PeerId> = HashSet::new();
+        for members in by_prefix.values_mut() {
+            if members.len() <= MAX_WEIGHTED_PER_PREFIX {
+                continue;
+            }
+            members.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            capped.extend(members[MAX_WEIGHTED_PER_PREFIX..].iter().map(|(_, p)| *p));
+        }
+        let by_peer = relays
+            .iter()
+            .map(|d| {
+                let w = if capped.contains(&d.peer_id) {
+                    0
+                } else {
+                    weight(d)
+                };
+                (d.peer_id, w)
+            })
+            .collect();
+        Weights { by_peer }
+    }
+
+    /// The weight of `peer`: 0 for a relay over its prefix's cap, or one
+    /// that is not a usable relay of the directory.
+    pub fn get(&self, peer: &PeerId) -> u64 {
+        self.by_peer.get(peer).copied().unwrap_or(0)
+    }
+}
