@@ -52,6 +52,9 @@ pub struct DiscoveryConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// Peers remembered from a previous run.
     pub known_peers: Vec<(PeerId, Multiaddr)>,
+    /// How many connections this node opens itself (it accepts more, up
+    /// to [`MAX_ESTABLISHED`](crate::MAX_ESTABLISHED)). Default 8.
+    pub target_peers: usize,
     /// Time between two gossip rounds. Must be non-zero. Default 2 s.
     pub exchange_interval: Duration,
     /// Maximum number of records per message, sent or accepted. Default 2048.
@@ -64,6 +67,8 @@ pub struct DiscoveryConfig {
 impl DiscoveryConfig {
     /// Default time between gossip rounds.
     pub const DEFAULT_EXCHANGE_INTERVAL: Duration = Duration::from_secs(2);
+    /// Default number of connections a node opens itself.
+    pub const DEFAULT_TARGET_PEERS: usize = 8;
     /// Default maximum number of records per message.
     pub const DEFAULT_MAX_RECORDS: usize = 2048;
     /// Default maximum record length.
@@ -78,6 +83,7 @@ impl DiscoveryConfig {
             client_only: false,
             bootstrap: Vec::new(),
             known_peers: Vec::new(),
+            target_peers: Self::DEFAULT_TARGET_PEERS,
             exchange_interval: Self::DEFAULT_EXCHANGE_INTERVAL,
             max_records: Self::DEFAULT_MAX_RECORDS,
             max_record_len: Self::DEFAULT_MAX_RECORD_LEN,

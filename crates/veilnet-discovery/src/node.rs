@@ -44,8 +44,13 @@ const GOSSIP_FANOUT: usize = 3;
 const PUSH_FANOUT: usize = 6;
 /// First random walk after start.
 const FIRST_WALK: Duration = Duration::from_secs(1);
-/// Time between random walks.
+/// Time between random walks while the node has fewer connections of its
+/// own than it wants.
 const WALK_INTERVAL: Duration = Duration::from_secs(10);
+/// Time between random walks once it has them: a walk asks a couple of
+/// dozen peers for their neighbours, so walking often would cost each node
+/// more as the network grows (up to the size of a Kademlia bucket).
+const IDLE_WALK_INTERVAL: Duration = Duration::from_secs(300);
 /// Idle connection timeout.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Timeout of one record exchange.
@@ -224,6 +229,7 @@ pub async fn spawn(
         provider,
         limits,
         exchange_interval: cfg.exchange_interval,
+        target_peers: cfg.target_peers,
         events: events_tx,
         commands: cmd_rx,
         connected: HashMap::new(),
@@ -363,6 +369,7 @@ struct Node {
     provider: RecordProvider,
     limits: SyncLimits,
     exchange_interval: Duration,
+    target_peers: usize,
     events: mpsc::Sender<DiscoveryEvent>,
     commands: mpsc::Receiver<Command>,
     connected: HashMap<PeerId, PeerState>,
@@ -423,7 +430,8 @@ impl Node {
                 _ = gossip.tick(), if self.gossip_started => self.gossip_round(),
                 () = &mut walk => {
                     self.random_walk();
-                    walk.as_mut().reset(Instant::now() + WALK_INTERVAL);
+                    let next = if self.wants_peers() { WALK_INTERVAL } else { IDLE_WALK_INTERVAL };
+                    walk.as_mut().reset(Instant::now() + next);
                 }
                 ev = self.swarm.select_next_some() => {
                     if self.handle_swarm_event(ev) {
@@ -461,7 +469,18 @@ impl Node {
             .get_closest_peers(PeerId::random());
     }
 
-    /// Dials `peer` if we are not connected and below the connection limit.
+    /// Whether we hold fewer connections of our own than `target_peers`.
+    fn wants_peers(&self) -> bool {
+        let info = self.swarm.network_info();
+        let c = info.connection_counters();
+        ((c.num_established_outgoing() + c.num_pending_outgoing()) as usize) < self.target_peers
+    }
+
+    /// Dials `peer` if we are not connected, hold fewer than
+    /// `target_peers` connections we opened (established or being opened)
+    /// and are below the connection limit. Each node keeps a few links of
+    /// its own choosing and accepts others', so its connections (and their
+    /// pings, identify and reconciliation) do not grow with the network.
     fn maybe_dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
         if peer == *self.swarm.local_peer_id()
             || self.connected.contains_key(&peer)
@@ -474,7 +493,7 @@ impl Node {
             .network_info()
             .connection_counters()
             .num_established();
-        if established >= MAX_ESTABLISHED {
+        if !self.wants_peers() || established >= MAX_ESTABLISHED {
             return;
         }
         dial(&mut self.swarm, peer, addrs);

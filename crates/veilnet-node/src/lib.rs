@@ -279,6 +279,9 @@ impl Node {
             dcfg.listen = config.node.p2p_listen.clone();
         } else {
             dcfg.client_only = true;
+            // A client needs a few relays to fetch the directory from, not
+            // a place in the mesh.
+            dcfg.target_peers = 3;
         }
         dcfg.bootstrap = config.node.bootstrap.clone();
         if persist {
