@@ -175,7 +175,7 @@ impl Default for ClientConfig {
             max_circuit_dirtiness_secs: 600,
             num_guards: 3,
             guard_replace_after_secs: 20 * 24 * 60 * 60,
-            path_bias_min_circuits: 20,
+            path_bias_min_circuits: 150,
             danger_allow_remote: false,
         }
     }

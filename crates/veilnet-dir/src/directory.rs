@@ -111,6 +111,8 @@ pub struct Directory {
     sorted: OnceLock<Arc<[DescriptorDigest]>>,
     /// The relays' selection weights, built on first use after a change.
     weights: OnceLock<Arc<Weights>>,
+    /// Whether relays at private and loopback addresses carry weight.
+    allow_private: bool,
 }
 
 impl Directory {
@@ -126,6 +128,7 @@ impl Directory {
             refused: RecentDigests::new(REFUSED_REMEMBERED),
             sorted: OnceLock::new(),
             weights: OnceLock::new(),
+            allow_private: false,
             seqs: HashMap::new(),
             seqs_dirty: false,
         }
@@ -233,8 +236,16 @@ impl Directory {
     /// next change.
     pub fn weights(&self) -> Arc<Weights> {
         self.weights
-            .get_or_init(|| Arc::new(Weights::of(self.iter())))
+            .get_or_init(|| Arc::new(Weights::of(self.iter(), self.allow_private)))
             .clone()
+    }
+
+    /// Lets relays at private, loopback and other special addresses carry
+    /// weight, uncapped: for test networks on one host or one LAN only
+    /// (`danger_allow_private_links`). Off by default: such relays weigh 0.
+    pub fn allow_private_relays(&mut self, allow: bool) {
+        self.allow_private = allow;
+        self.changed();
     }
 
     /// The stored descriptor whose signed form has this digest (listed,

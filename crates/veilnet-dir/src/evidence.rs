@@ -6,10 +6,11 @@
 //! anyone can check without trusting whoever passed it on. The directory
 //! keeps both descriptors and passes both on, so every node that receives
 //! the pair finds the same proof, and treats the relay as unusable until
-//! the earlier of the two can no longer be verified
-//! ([`MAX_DESCRIPTOR_AGE`](crate::MAX_DESCRIPTOR_AGE) after it was
-//! published): then every node forgets it at the same time, so views stay
-//! in agreement.
+//! neither can be verified any more
+//! ([`MAX_DESCRIPTOR_AGE`](crate::MAX_DESCRIPTOR_AGE) after the later was
+//! published): the end is set by what the relay signed, not by when a node
+//! saw it, so nodes forget it at the same time (up to their clock
+//! difference).
 
 use libp2p::PeerId;
 
@@ -29,8 +30,9 @@ pub struct Equivocation {
     pub digests: [DescriptorDigest; 2],
     /// When this node saw the second (unix seconds).
     pub detected: u64,
-    /// When the earlier descriptor becomes too old to verify (unix
-    /// seconds): the evidence, and the relay's exclusion, end then.
+    /// When the later descriptor becomes too old to verify (unix seconds):
+    /// the evidence, and the relay's exclusion, end then, so a relay cannot
+    /// shorten its exclusion by backdating one of the two.
     pub expires: u64,
 }
 
@@ -59,7 +61,7 @@ impl Equivocation {
             descriptors: [first.0.clone(), second.0.clone()],
             digests: [*first.1, *second.1],
             detected: now,
-            expires: a_published.min(desc.published) + MAX_DESCRIPTOR_AGE,
+            expires: a_published.max(desc.published) + MAX_DESCRIPTOR_AGE,
         })
     }
 

@@ -9,9 +9,14 @@
 //! machine can hold a whole /24 or /48 more easily than one address); the
 //! others weigh 0 and are never chosen. Which relays keep their weight is
 //! decided the same way everywhere: the heaviest, then the lowest peer id.
-//! Loopback addresses are exempt, so test networks on one host work.
-//! Peer-measured bandwidth is not built yet: the advertised figure is
-//! believed.
+//! Only the address clients dial counts (the first link address), so a
+//! relay cannot put its weight against prefixes by listing addresses it
+//! never uses. A relay whose dialled address is private, loopback or
+//! otherwise special weighs 0, except in a directory that allows private
+//! relays (test networks on one host or one LAN), where such addresses are
+//! not capped either. Peer-measured bandwidth is not built yet: the
+//! advertised figure is believed, and nobody checks that a relay owns the
+//! address it lists.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -31,17 +36,32 @@ enum Prefix {
     V6([u16; 3]),
 }
 
-fn prefix(ip: IpAddr) -> Option<Prefix> {
+fn prefix(ip: IpAddr) -> Prefix {
     match veilnet_policy::canonical_ip(ip) {
-        ip if ip.is_loopback() => None,
         IpAddr::V4(v4) => {
             let o = v4.octets();
-            Some(Prefix::V4([o[0], o[1], o[2]]))
+            Prefix::V4([o[0], o[1], o[2]])
         }
         IpAddr::V6(v6) => {
             let s = v6.segments();
-            Some(Prefix::V6([s[0], s[1], s[2]]))
+            Prefix::V6([s[0], s[1], s[2]])
         }
+    }
+}
+
+/// How an address counts: capped by its prefix, exempt (a private address
+/// where private relays are allowed), or weightless.
+enum Counts {
+    Capped(Prefix),
+    Exempt,
+    Nothing,
+}
+
+fn counts(ip: IpAddr, allow_private: bool) -> Counts {
+    match (veilnet_policy::is_private_or_special(ip), allow_private) {
+        (false, _) => Counts::Capped(prefix(ip)),
+        (true, true) => Counts::Exempt,
+        (true, false) => Counts::Nothing,
     }
 }
 
@@ -52,22 +72,24 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// The weights of the usable relays among `descriptors`.
-    pub fn of<'a>(descriptors: impl Iterator<Item = &'a Descriptor>) -> Self {
+    /// The weights of the usable relays among `descriptors`;
+    /// `allow_private`: private and loopback relays count (test networks).
+    pub fn of<'a>(descriptors: impl Iterator<Item = &'a Descriptor>, allow_private: bool) -> Self {
         let relays: Vec<&Descriptor> = descriptors.filter(|d| is_usable_relay(d)).collect();
         let mut by_prefix: HashMap<Prefix, Vec<(u64, PeerId)>> = HashMap::new();
+        let mut capped: HashSet<PeerId> = HashSet::new();
         for d in &relays {
-            let mut seen = Vec::new();
-            for a in &d.link_addrs {
-                if let Some(p) = prefix(a.ip()) {
-                    if !seen.contains(&p) {
-                        seen.push(p);
-                        by_prefix.entry(p).or_default().push((weight(d), d.peer_id));
-                    }
+            let Some(dialled) = d.link_addrs.first() else {
+                continue;
+            };
+            match counts(dialled.ip(), allow_private) {
+                Counts::Capped(p) => by_prefix.entry(p).or_default().push((weight(d), d.peer_id)),
+                Counts::Exempt => {}
+                Counts::Nothing => {
+                    capped.insert(d.peer_id);
                 }
             }
         }
-        let mut capped: HashSet<PeerId> = HashSet::new();
         for members in by_prefix.values_mut() {
             if members.len() <= MAX_WEIGHTED_PER_PREFIX {
                 continue;

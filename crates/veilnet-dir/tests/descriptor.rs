@@ -571,11 +571,20 @@ fn equivocation_is_kept_as_evidence_and_excludes_the_relay() {
     }
     assert_eq!(views[0], views[1], "both orders end in the same view");
 
-    // The evidence lasts as long as the earlier descriptor can be
-    // verified, then every node forgets it alike and the relay may return.
+    // The evidence lasts as long as the later descriptor can be verified
+    // (a backdated twin does not shorten it), then every node forgets it
+    // alike and the relay may return.
+    let mut old = desc(&k, "1.2.3.4:9001");
+    old.seq = 5;
+    old.published = NOW - 3000;
     let mut view = Directory::new(key(98).public().to_peer_id());
-    view.insert(&a, NOW).unwrap();
-    view.insert(&b, NOW).unwrap();
+    view.insert(&sign(&old, &k), NOW).unwrap();
+    assert_eq!(view.insert(&a, NOW).unwrap(), Inserted::Equivocated);
+    assert!(matches!(
+        view.insert(&b, NOW),
+        Err(DescriptorError::Equivocated { seq: 5, .. })
+    ));
+    assert_eq!(view.equivocations().count(), 1);
     let expires = view.equivocations().next().unwrap().expires;
     assert_eq!(expires, NOW + MAX_DESCRIPTOR_AGE);
     view.expire(expires);

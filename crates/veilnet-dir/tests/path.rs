@@ -185,12 +185,12 @@ fn one_hop_is_the_exit() {
 fn subnet_diversity() {
     // 9 nodes in only three /16s: a 3-hop path must take one from each.
     let addrs = [
-        "10.1.0.1:1",
-        "10.1.5.1:1",
-        "10.1.200.9:1",
-        "10.2.0.1:1",
-        "10.2.3.4:1",
-        "10.2.99.1:1",
+        "31.1.0.1:1",
+        "31.1.5.1:1",
+        "31.1.200.9:1",
+        "31.2.0.1:1",
+        "31.2.3.4:1",
+        "31.2.99.1:1",
         "[2001:db8:1::1]:1",
         "[2001:db8:ffff::1]:1",
         "[2001:db8::2]:1",
@@ -252,6 +252,10 @@ fn loopback_exempt_from_subnet_rule() {
         (4, "[::1]:9004", &nothing),
         (5, "[::1]:9005", &nothing),
     ]);
+    // Loopback relays carry weight only where private relays are allowed
+    // (test networks).
+    let mut dir = dir;
+    dir.allow_private_relays(true);
     let mut rng = StdRng::seed_from_u64(6);
     for _ in 0..50 {
         let path = any_guard(&dir, 5, None, &mut rng).unwrap();
@@ -398,7 +402,7 @@ fn no_random_directory_gives_a_non_guard_first_hop() {
         for i in 0..n {
             let k = key(round * 100 + i);
             // few /16s, so the subnet rule bites
-            let mut d = desc(&k, &format!("10.{}.0.{}:1", rng.gen_range(0..5), i + 1));
+            let mut d = desc(&k, &format!("30.{}.0.{}:1", rng.gen_range(0..5), i + 1));
             d.roles.exit = rng.gen_bool(0.5);
             d.roles.relay = rng.gen_bool(0.9);
             if rng.gen_bool(0.1) {
@@ -662,12 +666,46 @@ fn at_most_two_relays_per_ipv4_24_or_ipv6_48_carry_weight() {
 }
 
 #[test]
-fn loopback_relays_are_not_capped() {
-    let links: Vec<String> = (0..8).map(|i| format!("127.0.0.1:{}", 9000 + i)).collect();
-    let nodes = (0..8)
+fn private_relays_weigh_nothing_unless_allowed_and_then_are_not_capped() {
+    let links: Vec<String> = (0..8)
+        .map(|i| format!("127.0.0.1:{}", 9000 + i))
+        .chain((0..4).map(|i| format!("10.0.0.{}:9001", i + 1)))
+        .chain(["[fc00::1]:9001".into(), "[::ffff:192.168.1.1]:9001".into()])
+        .collect();
+    let nodes = (0..links.len() as u32)
         .map(|i| (i, links[i as usize].as_str(), &nothing as Tweak))
         .collect();
-    let (dir, ids) = dir_of(nodes);
+    let (mut dir, ids) = dir_of(nodes);
+    let w = dir.weights();
+    assert!(
+        ids.iter().all(|id| w.get(id) == 0),
+        "private relays weigh 0"
+    );
+    let mut rng = StdRng::seed_from_u64(3);
+    assert!(any_guard(&dir, 3, None, &mut rng).is_err());
+    // A test network on one host or one LAN allows them, uncapped.
+    dir.allow_private_relays(true);
+    let w = dir.weights();
+    assert!(ids.iter().all(|id| w.get(id) > 0));
+    assert_valid(&any_guard(&dir, 3, None, &mut rng).unwrap(), 3);
+}
+
+#[test]
+fn only_the_dialled_address_counts_against_a_prefix() {
+    // Three heavy relays dial addresses of their own but also list an
+    // address in a /24 where two light relays live: the light ones keep
+    // their weight.
+    let heavy = |d: &mut Descriptor| {
+        d.bandwidth = 5_000_000_000;
+        d.link_addrs.push("198.51.100.99:9001".parse().unwrap());
+    };
+    let (dir, ids) = dir_of(vec![
+        (1, "198.51.100.1:9001", &nothing),
+        (2, "198.51.100.2:9001", &nothing),
+        (3, "40.0.0.1:9001", &heavy),
+        (4, "41.0.0.1:9001", &heavy),
+        (5, "42.0.0.1:9001", &heavy),
+    ]);
     let w = dir.weights();
     assert!(ids.iter().all(|id| w.get(id) > 0));
 }

@@ -230,6 +230,7 @@ pub async fn spawn(
         limits,
         exchange_interval: cfg.exchange_interval,
         target_peers: cfg.target_peers,
+        client_only: cfg.client_only,
         events: events_tx,
         commands: cmd_rx,
         connected: HashMap::new(),
@@ -370,6 +371,9 @@ struct Node {
     limits: SyncLimits,
     exchange_interval: Duration,
     target_peers: usize,
+    /// A client pushes nothing and does not walk the DHT after its first
+    /// lookup: it fetches, and tells relays nothing about its view.
+    client_only: bool,
     events: mpsc::Sender<DiscoveryEvent>,
     commands: mpsc::Receiver<Command>,
     connected: HashMap<PeerId, PeerState>,
@@ -428,7 +432,7 @@ impl Node {
                     }
                 },
                 _ = gossip.tick(), if self.gossip_started => self.gossip_round(),
-                () = &mut walk => {
+                () = &mut walk, if !self.client_only => {
                     self.random_walk();
                     let next = if self.wants_peers() { WALK_INTERVAL } else { IDLE_WALK_INTERVAL };
                     walk.as_mut().reset(Instant::now() + next);
@@ -524,6 +528,9 @@ impl Node {
     /// Announces `digests` to [`PUSH_FANOUT`] relays. A relay busy with an
     /// exchange is skipped: anti-entropy reaches it later.
     fn push(&mut self, digests: &[RecordDigest]) {
+        if self.client_only {
+            return;
+        }
         let msg = sync::announce(digests);
         for peer in self.idle_servers(PUSH_FANOUT) {
             self.send_sync(peer, msg.clone(), 1);

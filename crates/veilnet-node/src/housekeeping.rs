@@ -114,12 +114,15 @@ fn feed(
 }
 
 /// Whether the same bytes would be refused again later: not for a
-/// descriptor from the near future (it becomes valid) or one refused only
-/// because the directory was full.
+/// descriptor from the near future (it becomes valid), one refused only
+/// because the directory was full, or one of an equivocating relay (the
+/// evidence runs out, on each node by its own clock).
 fn remember_refusal(e: &DescriptorError) -> bool {
     !matches!(
         e,
-        DescriptorError::FromFuture { .. } | DescriptorError::DirectoryFull { .. }
+        DescriptorError::FromFuture { .. }
+            | DescriptorError::DirectoryFull { .. }
+            | DescriptorError::Equivocated { .. }
     )
 }
 

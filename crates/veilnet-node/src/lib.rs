@@ -166,7 +166,9 @@ impl Node {
         }
         let peer_id = keys.identity.public().to_peer_id();
         let exit = config.exit.enabled.then(|| config.exit.clone());
-        let directory = Arc::new(Mutex::new(Directory::new(peer_id)));
+        let mut dir = Directory::new(peer_id);
+        dir.allow_private_relays(config.node.danger_allow_private_links);
+        let directory = Arc::new(Mutex::new(dir));
         // The one-hop rule (a circuit whose CREATE came from a peer that is
         // not a relay in our directory came straight from its client) and
         // the EXTEND rule (only to a relay, at an address it publishes).

@@ -5,8 +5,11 @@
 //! written to them, each filling at `rate` bytes per second up to `burst`.
 //! A link takes what a record costs and, when the bucket has run dry,
 //! waits until it has refilled; its socket buffers then fill and TCP slows
-//! the sender. A record is never split: the bucket may go into debt by one
-//! record, which the next takers wait out, so the average stays at `rate`.
+//! the sender. A record is never split: a taker that finds the bucket not
+//! empty takes its whole record, which may put the bucket into debt by one
+//! record; every other taker waits until the debt is paid and then tries
+//! again, so the debt never exceeds one record and the average stays at
+//! `rate`.
 //! Links the node opens for its own circuits as a client are not counted.
 
 use std::sync::Mutex;
@@ -44,18 +47,21 @@ impl TokenBucket {
         }
     }
 
-    /// Takes `n` bytes at `now`; returns how long the taker must wait
-    /// before using them (zero while the bucket holds enough).
-    pub(crate) fn take(&mut self, n: u64, now: Instant) -> Duration {
+    /// Takes `n` bytes at `now` if the bucket is not in debt (it may go
+    /// into debt by this one take): `Ok`. Otherwise takes nothing and
+    /// returns how long until the debt is paid, to try again then.
+    pub(crate) fn take(&mut self, n: u64, now: Instant) -> Result<(), Duration> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = self.last.max(now);
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.tokens -= n as f64;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / self.rate)
+        if self.tokens < 0.0 {
+            // At least a microsecond, so a caller never spins.
+            return Err(
+                Duration::from_secs_f64(-self.tokens / self.rate).max(Duration::from_micros(1))
+            );
         }
+        self.tokens -= n as f64;
+        Ok(())
     }
 }
 
@@ -86,12 +92,15 @@ impl RelayBuckets {
     }
 
     async fn wait(bucket: &Mutex<TokenBucket>, n: usize) {
-        let delay = bucket
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take(n as u64, Instant::now());
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+        loop {
+            let taken = bucket
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(n as u64, Instant::now());
+            match taken {
+                Ok(()) => return,
+                Err(delay) => tokio::time::sleep(delay).await,
+            }
         }
     }
 }
@@ -108,28 +117,34 @@ mod tests {
             burst: 100_000,
         };
         let mut b = TokenBucket::new(limit, t0);
-        // The burst passes at once.
-        assert_eq!(b.take(100_000, t0), Duration::ZERO);
-        // Then every byte costs 1 us: a 64 KB record waits 64 ms.
-        let wait = b.take(64_000, t0);
-        assert!((wait.as_secs_f64() - 0.064).abs() < 1e-6, "{wait:?}");
-        // A second taker queues behind the debt.
-        let wait = b.take(1_000, t0);
-        assert!((wait.as_secs_f64() - 0.065).abs() < 1e-6, "{wait:?}");
+        // The burst passes at once, and one more record into debt.
+        assert_eq!(b.take(100_000, t0), Ok(()));
+        assert_eq!(b.take(64_000, t0), Ok(()));
+        // Then nobody takes until the 64 KB debt is paid (1 us a byte),
+        // however many try: the debt never exceeds one record.
+        for _ in 0..100 {
+            let wait = b.take(1_000, t0).unwrap_err();
+            assert!((wait.as_secs_f64() - 0.064).abs() < 1e-6, "{wait:?}");
+        }
+        let paid = t0 + Duration::from_millis(64);
+        assert_eq!(b.take(1_000, paid), Ok(()));
         // Over 10 s of steady taking, 10 MB pass (plus the burst): the
         // average is the rate.
         let mut b = TokenBucket::new(limit, t0);
         let mut passed = 0u64;
         let mut now = t0;
         while now < t0 + Duration::from_secs(10) {
-            now += b.take(50_000, now);
-            passed += 50_000;
+            match b.take(50_000, now) {
+                Ok(()) => passed += 50_000,
+                Err(wait) => now += wait,
+            }
         }
         let expect = 10_000_000 + 100_000;
-        assert!(passed.abs_diff(expect) <= 50_000, "{passed} bytes in 10 s");
+        assert!(passed.abs_diff(expect) <= 100_000, "{passed} bytes in 10 s");
         // A quiet period refills at most to the burst.
         let later = now + Duration::from_secs(60);
-        assert_eq!(b.take(100_000, later), Duration::ZERO);
-        assert!(b.take(10_000, later) > Duration::ZERO);
+        assert_eq!(b.take(100_000, later), Ok(()));
+        assert_eq!(b.take(10_000, later), Ok(()));
+        assert!(b.take(10_000, later).is_err());
     }
 }

@@ -97,6 +97,8 @@ impl LocalNetwork {
         // Every node of a local network listens on loopback.
         c.node.danger_allow_private_links = true;
         c.client.hops = self.hops;
+        // A small network reaches a path-bias verdict sooner.
+        c.client.path_bias_min_circuits = 20;
         c.client.max_circuit_dirtiness_secs = self.max_circuit_dirtiness.as_secs().max(1);
         c.client.socks = None;
         c.client.http_proxy = None;
