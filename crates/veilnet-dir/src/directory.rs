@@ -56,6 +56,21 @@ pub struct SeqMarks {
 /// signature check, and reconciliation never asks for it again.
 pub const REFUSED_REMEMBERED: usize = 4096;
 
+/// Whether a relay's descriptor (`new_seq`, `new_digest`) replaces the
+/// mark remembered for it (`old_seq`, `old_digest`): a higher seq does, and
+/// so does the same seq with a lower digest, so every node keeps the same
+/// mark whichever arrived first. (Two stored descriptors with the same seq
+/// are an [`Equivocation`] instead: the directory keeps both.) The same
+/// descriptor does not supersede itself.
+pub fn supersedes(
+    old_seq: u64,
+    old_digest: &DescriptorDigest,
+    new_seq: u64,
+    new_digest: &DescriptorDigest,
+) -> bool {
+    new_seq > old_seq || (new_seq == old_seq && new_digest < old_digest)
+}
+
 /// What [`Directory::insert`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Inserted {
@@ -214,10 +229,10 @@ impl Directory {
             .sort_unstable_by_key(|m| std::cmp::Reverse(m.at));
         let mut taken = 0;
         for m in marks.marks.into_iter().take(MAX_SEQ_MARKS) {
-            // Higher seq wins; at the same seq, the lower digest.
-            let keep = self.seqs.get(&m.peer).is_none_or(|have| {
-                (m.seq, std::cmp::Reverse(m.digest)) > (have.seq, std::cmp::Reverse(have.digest))
-            });
+            let keep = self
+                .seqs
+                .get(&m.peer)
+                .is_none_or(|have| supersedes(have.seq, &have.digest, m.seq, &m.digest));
             if keep && (self.seqs.len() < MAX_SEQ_MARKS || self.seqs.contains_key(&m.peer)) {
                 self.seqs.insert(m.peer, m);
                 taken += 1;
@@ -315,7 +330,8 @@ impl Directory {
         if !self.nodes.contains_key(&peer) {
             if let Some(mark) = self.seqs.get(&peer) {
                 let seq = verified.desc.seq;
-                let older = seq < mark.seq || (seq == mark.seq && verified.digest > mark.digest);
+                let older = verified.digest != mark.digest
+                    && !supersedes(mark.seq, &mark.digest, seq, &verified.digest);
                 if older {
                     return Err(DescriptorError::Replayed {
                         peer,
@@ -487,6 +503,16 @@ impl RecentDigests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_higher_seq_or_at_the_same_seq_a_lower_digest_supersedes() {
+        let (lo, hi) = ([1u8; 32], [2u8; 32]);
+        assert!(supersedes(5, &lo, 6, &hi));
+        assert!(!supersedes(6, &hi, 5, &lo));
+        assert!(supersedes(5, &hi, 5, &lo));
+        assert!(!supersedes(5, &lo, 5, &hi));
+        assert!(!supersedes(5, &lo, 5, &lo));
+    }
 
     #[test]
     fn recent_digests_forget_the_oldest_first() {

@@ -14,8 +14,8 @@ pub use descriptor::{
     MAX_SIGNATURE_BYTES, MAX_VERSION_LEN, SIGNING_CONTEXT,
 };
 pub use directory::{
-    Directory, Inserted, SeqMark, SeqMarks, MAX_NODES, MAX_SEQ_MARKS, MAX_SEQ_MARKS_FILE_BYTES,
-    REFUSED_REMEMBERED, SEQ_MARKS_FILE,
+    supersedes, Directory, Inserted, SeqMark, SeqMarks, MAX_NODES, MAX_SEQ_MARKS,
+    MAX_SEQ_MARKS_FILE_BYTES, REFUSED_REMEMBERED, SEQ_MARKS_FILE,
 };
 pub use evidence::Equivocation;
 pub use path::{select_path, PathError, PathRequest};

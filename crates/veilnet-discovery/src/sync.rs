@@ -57,6 +57,13 @@ pub trait RecordStore: Send + Sync {
     /// refused before (one call per message, so a store behind a lock
     /// takes it once).
     fn unknown(&self, digests: &[RecordDigest]) -> Vec<RecordDigest>;
+    /// The [`fingerprint`] of `range`, a run of the digests this store's
+    /// [`digests`](Self::digests) returned. A store may answer from a cache
+    /// (say, the whole set's, kept until the next change) instead of
+    /// hashing, as long as the answer is what [`fingerprint`] would give.
+    fn fingerprint_of(&self, range: &[RecordDigest]) -> Fingerprint {
+        fingerprint(range)
+    }
 }
 
 /// What a range of the digest space `[lower, upper)` carries.
@@ -380,7 +387,7 @@ pub fn open(set: &dyn RecordStore) -> SyncMessage {
         ranges: vec![Range {
             lower: [0; 32],
             upper: None,
-            mode: RangeMode::Fingerprint(fingerprint(&set.digests())),
+            mode: RangeMode::Fingerprint(set.fingerprint_of(&set.digests())),
         }],
         ..SyncMessage::default()
     }
@@ -420,7 +427,17 @@ pub fn announce(digests: &[RecordDigest]) -> SyncMessage {
 /// one fingerprint range, so nothing is dropped unseen and a later round
 /// carries on where this one stopped.
 pub fn process(set: &dyn RecordStore, msg: &SyncMessage, limits: &SyncLimits) -> SyncMessage {
-    let ours = set.digests();
+    // Only fingerprints and lists that ask for ours back need our digests:
+    // a push or a plain `want` is answered without reading them.
+    let needs_ours = msg
+        .ranges
+        .iter()
+        .any(|r| !matches!(r.mode, RangeMode::List { reply: false, .. }));
+    let ours: Arc<[RecordDigest]> = if needs_ours {
+        set.digests()
+    } else {
+        Arc::new([])
+    };
     let ours: &[RecordDigest] = &ours;
     let mut reply = SyncMessage::default();
     let mut listed = 0usize;
@@ -429,6 +446,8 @@ pub fn process(set: &dyn RecordStore, msg: &SyncMessage, limits: &SyncLimits) ->
         let mine = in_range(ours, &range.lower, range.upper.as_ref());
         // What this range may add to the answer, at most.
         let (ranges_needed, digests_needed) = match &range.mode {
+            // Answered with nothing but `want`.
+            RangeMode::List { reply: false, .. } => (0, 0),
             RangeMode::Fingerprint(_) if mine.len() <= LIST_THRESHOLD => (1, mine.len()),
             RangeMode::Fingerprint(_) => (SPLIT, 0),
             RangeMode::List { .. } if mine.len() <= LIST_THRESHOLD => (1, mine.len()),
@@ -443,16 +462,16 @@ pub fn process(set: &dyn RecordStore, msg: &SyncMessage, limits: &SyncLimits) ->
             reply.ranges.push(Range {
                 lower: range.lower,
                 upper,
-                mode: RangeMode::Fingerprint(fingerprint(rest)),
+                mode: RangeMode::Fingerprint(set.fingerprint_of(rest)),
             });
             break;
         }
         match &range.mode {
             RangeMode::Fingerprint(fp) => {
-                if fingerprint(mine) == *fp {
+                if set.fingerprint_of(mine) == *fp {
                     continue;
                 }
-                listed += list_or_split(range, mine, true, &mut reply.ranges);
+                listed += list_or_split(set, range, mine, true, &mut reply.ranges);
             }
             RangeMode::List {
                 digests,
@@ -460,10 +479,11 @@ pub fn process(set: &dyn RecordStore, msg: &SyncMessage, limits: &SyncLimits) ->
             } => {
                 candidates.extend_from_slice(digests);
                 // Ours that the peer lacks: tell it, so it can ask.
-                let theirs: HashSet<&RecordDigest> = digests.iter().collect();
-                let lacking = mine.iter().any(|d| !theirs.contains(d));
-                if *answer && lacking {
-                    listed += list_or_split(range, mine, false, &mut reply.ranges);
+                if *answer {
+                    let theirs: HashSet<&RecordDigest> = digests.iter().collect();
+                    if mine.iter().any(|d| !theirs.contains(d)) {
+                        listed += list_or_split(set, range, mine, false, &mut reply.ranges);
+                    }
                 }
             }
         }
@@ -500,9 +520,15 @@ pub fn process(set: &dyn RecordStore, msg: &SyncMessage, limits: &SyncLimits) ->
 /// Describes our records `mine` in `range`: their digests if there are at
 /// most [`LIST_THRESHOLD`] (asking for the peer's list back if `reply`),
 /// else [`split`] fingerprints. Returns the digests listed.
-fn list_or_split(range: &Range, mine: &[RecordDigest], reply: bool, out: &mut Vec<Range>) -> usize {
+fn list_or_split(
+    set: &dyn RecordStore,
+    range: &Range,
+    mine: &[RecordDigest],
+    reply: bool,
+    out: &mut Vec<Range>,
+) -> usize {
     if mine.len() > LIST_THRESHOLD {
-        split(range, mine, out);
+        split(set, range, mine, out);
         return 0;
     }
     out.push(Range {
@@ -519,7 +545,7 @@ fn list_or_split(range: &Range, mine: &[RecordDigest], reply: bool, out: &mut Ve
 /// Splits `range` (in which we hold `mine`, more than [`LIST_THRESHOLD`])
 /// into [`SPLIT`] parts bounded by our own digests, each with our
 /// fingerprint.
-fn split(range: &Range, mine: &[RecordDigest], out: &mut Vec<Range>) {
+fn split(set: &dyn RecordStore, range: &Range, mine: &[RecordDigest], out: &mut Vec<Range>) {
     let n = mine.len();
     let mut lower = range.lower;
     for k in 1..=SPLIT {
@@ -537,7 +563,7 @@ fn split(range: &Range, mine: &[RecordDigest], out: &mut Vec<Range>) {
         out.push(Range {
             lower,
             upper,
-            mode: RangeMode::Fingerprint(fingerprint(part)),
+            mode: RangeMode::Fingerprint(set.fingerprint_of(part)),
         });
         match upper {
             Some(u) => lower = u,
@@ -866,6 +892,42 @@ mod tests {
         assert_eq!(last.mode, RangeMode::Fingerprint(fingerprint(rest)));
         // Everything before it was split, nothing skipped.
         assert_eq!(answer.ranges.len() - 1, first_unanswered * SPLIT);
+    }
+
+    /// A store that counts how often its digests are read.
+    struct Counting<'a>(&'a Set, std::sync::atomic::AtomicUsize);
+
+    impl RecordStore for Counting<'_> {
+        fn digests(&self) -> Arc<[RecordDigest]> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.0.digests()
+        }
+        fn record(&self, d: &RecordDigest) -> Option<Vec<u8>> {
+            self.0.record(d)
+        }
+        fn unknown(&self, digests: &[RecordDigest]) -> Vec<RecordDigest> {
+            self.0.unknown(digests)
+        }
+    }
+
+    #[test]
+    fn pushes_and_wants_are_answered_without_reading_our_digests() {
+        let b = Set::of(0..100);
+        let store = Counting(&b, Default::default());
+        let reads = || store.1.load(std::sync::atomic::Ordering::Relaxed);
+        let new: Vec<RecordDigest> = (99..102).map(|i| digest(&record(i))).collect();
+        let answer = process(&store, &announce(&new), &LIMITS);
+        assert_eq!(answer.want.len(), 2);
+        let want = SyncMessage {
+            want: vec![b.sorted[0]],
+            ..SyncMessage::default()
+        };
+        assert_eq!(process(&store, &want, &LIMITS).records.len(), 1);
+        assert_eq!(reads(), 0);
+        // A fingerprint needs them.
+        let a = Set::of(0..101);
+        process(&store, &open(&a), &LIMITS);
+        assert_eq!(reads(), 1);
     }
 
     #[test]

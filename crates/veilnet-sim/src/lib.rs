@@ -1,0 +1,178 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod net;
+pub mod records;
+pub mod report;
+pub mod sybil;
+pub mod view;
+
+pub use report::Report;
+
+/// Why a run could not be set up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    /// A parameter is out of range.
+    #[error("bad parameter: {0}")]
+    BadParameter(String),
+    /// Building the simulated network failed (keys, descriptors, paths).
+    #[error("setting up the simulation: {0}")]
+    Setup(String),
+}
+
+/// Parameters of a `directory` run. [`Default`] gives the public-network
+/// settings this simulator recommends; the comments say where the real
+/// node differs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SimConfig {
+    /// Honest nodes, relays and clients together.
+    pub nodes: usize,
+    /// Fraction of `nodes` that are pure clients.
+    pub client_fraction: f64,
+    /// Simulated hours.
+    pub hours: f64,
+    /// Hours at the start left out of the steady-state figures.
+    pub warmup_hours: f64,
+    /// Fraction of honest relays per hour that leave (and as many new ones
+    /// that join).
+    pub churn: f64,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Seconds between a relay's anti-entropy rounds (the real node's
+    /// default, `DiscoveryConfig::DEFAULT_EXCHANGE_INTERVAL`, is 2 s: a
+    /// testnet setting).
+    pub exchange_interval_s: f64,
+    /// Peers a relay reconciles with per round (the node's
+    /// `GOSSIP_FANOUT` is 3).
+    pub exchange_peers: usize,
+    /// Seconds between a client's anti-entropy exchanges (with one random
+    /// relay each).
+    pub client_interval_s: f64,
+    /// Neighbours a relay announces newly accepted records to.
+    pub push_fanout: usize,
+    /// Milliseconds a relay collects newly accepted records before
+    /// announcing them in one message (0: at once).
+    pub push_delay_ms: u64,
+    /// Whether a node leaves out of its `want` the records it asked another
+    /// peer for less than 10 s ago (the real node asks every peer that
+    /// offers a record it lacks).
+    pub dedup_wants: bool,
+    /// Connections each relay opens to random relays (links are two-way,
+    /// so a relay has about twice as many neighbours).
+    pub degree: usize,
+    /// Minutes between a relay's publications (veilnet-node's
+    /// `REPUBLISH_EVERY` in housekeeping.rs is 20).
+    pub republish_mins: f64,
+    /// Shortest one-way message latency (ms).
+    pub latency_min_ms: u64,
+    /// Longest one-way message latency (ms).
+    pub latency_max_ms: u64,
+    /// Fraction of honest relays that are exits.
+    pub exit_fraction: f64,
+    /// Attacker relays (on top of `nodes`).
+    pub sybils: usize,
+    /// Distinct /24 subnets the attacker's relays are on.
+    pub sybil_subnets: usize,
+    /// The attacker's real bandwidth as a fraction of the honest relays'.
+    pub sybil_bandwidth: f64,
+    /// What each attacker relay advertises (bytes/s); 0: its real
+    /// bandwidth.
+    pub sybil_advertised: u64,
+    /// Circuits drawn for the Sybil figure.
+    pub circuits: usize,
+    /// Circuits per simulated client (each client has its own guard set).
+    pub circuits_per_client: usize,
+    /// Encode and decode every message and check both sides agree (slow;
+    /// for tests).
+    pub check_wire: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            nodes: 1000,
+            client_fraction: 0.5,
+            hours: 2.0,
+            warmup_hours: 1.0,
+            churn: 0.05,
+            seed: 1,
+            exchange_interval_s: 600.0,
+            exchange_peers: 1,
+            client_interval_s: 3600.0,
+            push_fanout: 6,
+            push_delay_ms: 10_000,
+            dedup_wants: true,
+            degree: 8,
+            republish_mins: 20.0,
+            latency_min_ms: 20,
+            latency_max_ms: 200,
+            exit_fraction: 1.0,
+            sybils: 0,
+            sybil_subnets: 10,
+            sybil_bandwidth: 0.05,
+            sybil_advertised: veilnet_dir::path::MAX_WEIGHT,
+            circuits: 10_000,
+            circuits_per_client: 10,
+            check_wire: false,
+        }
+    }
+}
+
+impl SimConfig {
+    /// Checks the parameters.
+    pub fn check(&self) -> Result<(), SimError> {
+        let bad = |m: &str| Err(SimError::BadParameter(m.into()));
+        if self.nodes < 10 || self.nodes > 1_000_000 {
+            return bad("--nodes must be 10..=1000000");
+        }
+        if !(0.0..1.0).contains(&self.client_fraction) {
+            return bad("--clients must be in [0, 1)");
+        }
+        if !(self.hours > 0.0 && self.hours <= 48.0) {
+            return bad("--hours must be in (0, 48]");
+        }
+        if !(self.warmup_hours >= 0.0 && self.warmup_hours < self.hours) {
+            return bad("--warmup-hours must be in [0, --hours)");
+        }
+        if !(0.0..=1.0).contains(&self.churn) {
+            return bad("--churn must be in [0, 1]");
+        }
+        if !(self.exchange_interval_s >= 0.1 && self.client_interval_s >= 0.1) {
+            return bad("exchange intervals must be at least 0.1 s");
+        }
+        if self.republish_mins.is_nan() || self.republish_mins < 1.0 {
+            return bad("--republish-mins must be at least 1");
+        }
+        if self.latency_min_ms == 0 || self.latency_max_ms < self.latency_min_ms {
+            return bad("latencies must satisfy 0 < min <= max");
+        }
+        if self.degree == 0 || self.exchange_peers == 0 {
+            return bad("--degree and --exchange-peers must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.exit_fraction) || self.exit_fraction == 0.0 {
+            return bad("--exit-fraction must be in (0, 1]");
+        }
+        if self.sybils > 0 {
+            if self.sybil_subnets == 0 || self.sybils > self.sybil_subnets * 254 * 64 {
+                return bad("--sybil-subnets must be at least 1 and fit the relays");
+            }
+            if self.sybil_bandwidth.is_nan() || self.sybil_bandwidth <= 0.0 {
+                return bad("--sybil-bandwidth must be positive");
+            }
+        }
+        if self.circuits_per_client == 0 {
+            return bad("--circuits-per-client must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Runs the directory simulation.
+pub fn run_directory(cfg: &SimConfig) -> Result<Report, SimError> {
+    cfg.check()?;
+    let started = std::time::Instant::now();
+    let mut sim = net::Sim::new(cfg.clone())?;
+    sim.run();
+    let sybil = sybil::circuits(&sim)?;
+    Ok(report::build(&sim, sybil, started.elapsed().as_secs_f64()))
+}

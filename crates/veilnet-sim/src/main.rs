@@ -1,0 +1,161 @@
+//! `veilnet-sim`: simulations of the veilnet network in one process.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use veilnet_sim::{run_directory, SimConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "veilnet-sim",
+    about = "Simulations of the veilnet network in one process",
+    version
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Directory distribution: descriptors, gossip, path selection.
+    Directory(DirectoryArgs),
+}
+
+#[derive(Args)]
+struct DirectoryArgs {
+    /// Honest nodes (relays and clients).
+    #[arg(long, default_value_t = SimConfig::default().nodes)]
+    nodes: usize,
+    /// Fraction of --nodes that are pure clients.
+    #[arg(long, default_value_t = SimConfig::default().client_fraction)]
+    clients: f64,
+    /// Simulated hours.
+    #[arg(long, default_value_t = SimConfig::default().hours)]
+    hours: f64,
+    /// Hours left out of the steady-state figures.
+    #[arg(long, default_value_t = SimConfig::default().warmup_hours)]
+    warmup_hours: f64,
+    /// Fraction of relays per hour that leave (as many join).
+    #[arg(long, default_value_t = SimConfig::default().churn)]
+    churn: f64,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = SimConfig::default().seed)]
+    seed: u64,
+    /// Seconds between a relay's anti-entropy rounds (the node's default is 2).
+    #[arg(long, default_value_t = SimConfig::default().exchange_interval_s)]
+    exchange_interval: f64,
+    /// Peers per anti-entropy round (the node's GOSSIP_FANOUT is 3).
+    #[arg(long, default_value_t = SimConfig::default().exchange_peers)]
+    exchange_peers: usize,
+    /// Seconds between a client's anti-entropy exchanges.
+    #[arg(long, default_value_t = SimConfig::default().client_interval_s)]
+    client_interval: f64,
+    /// Neighbours a relay announces new records to.
+    #[arg(long, default_value_t = SimConfig::default().push_fanout)]
+    push_fanout: usize,
+    /// Milliseconds a relay gathers new records before announcing them.
+    #[arg(long, default_value_t = SimConfig::default().push_delay_ms)]
+    push_delay_ms: u64,
+    /// Leave out of `want` what was asked of another peer in the last 10 s
+    /// (the real node does not).
+    #[arg(long, default_value_t = SimConfig::default().dedup_wants, action = clap::ArgAction::Set)]
+    dedup_wants: bool,
+    /// Links each relay opens.
+    #[arg(long, default_value_t = SimConfig::default().degree)]
+    degree: usize,
+    /// Minutes between a relay's publications (the node's REPUBLISH_EVERY is 20).
+    #[arg(long, default_value_t = SimConfig::default().republish_mins)]
+    republish_mins: f64,
+    /// Shortest one-way latency (ms).
+    #[arg(long, default_value_t = SimConfig::default().latency_min_ms)]
+    latency_min_ms: u64,
+    /// Longest one-way latency (ms).
+    #[arg(long, default_value_t = SimConfig::default().latency_max_ms)]
+    latency_max_ms: u64,
+    /// Fraction of honest relays that are exits.
+    #[arg(long, default_value_t = SimConfig::default().exit_fraction)]
+    exit_fraction: f64,
+    /// Attacker relays, on top of --nodes.
+    #[arg(long, default_value_t = 0)]
+    sybils: usize,
+    /// /24 subnets the attacker's relays are on.
+    #[arg(long, default_value_t = SimConfig::default().sybil_subnets)]
+    sybil_subnets: usize,
+    /// The attacker's real bandwidth as a fraction of the honest relays'.
+    #[arg(long, default_value_t = SimConfig::default().sybil_bandwidth)]
+    sybil_bandwidth: f64,
+    /// What each attacker relay advertises (bytes/s; 0: its real bandwidth).
+    #[arg(long, default_value_t = SimConfig::default().sybil_advertised)]
+    sybil_advertised: u64,
+    /// Circuits drawn for the Sybil figure.
+    #[arg(long, default_value_t = SimConfig::default().circuits)]
+    circuits: usize,
+    /// Circuits per simulated client (each with its own guard set).
+    #[arg(long, default_value_t = SimConfig::default().circuits_per_client)]
+    circuits_per_client: usize,
+    /// Encode and decode every message (slow).
+    #[arg(long)]
+    check_wire: bool,
+    /// Write the report here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+impl DirectoryArgs {
+    fn config(&self) -> SimConfig {
+        SimConfig {
+            nodes: self.nodes,
+            client_fraction: self.clients,
+            hours: self.hours,
+            warmup_hours: self.warmup_hours,
+            churn: self.churn,
+            seed: self.seed,
+            exchange_interval_s: self.exchange_interval,
+            exchange_peers: self.exchange_peers,
+            client_interval_s: self.client_interval,
+            push_fanout: self.push_fanout,
+            push_delay_ms: self.push_delay_ms,
+            dedup_wants: self.dedup_wants,
+            degree: self.degree,
+            republish_mins: self.republish_mins,
+            latency_min_ms: self.latency_min_ms,
+            latency_max_ms: self.latency_max_ms,
+            exit_fraction: self.exit_fraction,
+            sybils: self.sybils,
+            sybil_subnets: self.sybil_subnets,
+            sybil_bandwidth: self.sybil_bandwidth,
+            sybil_advertised: self.sybil_advertised,
+            circuits: self.circuits,
+            circuits_per_client: self.circuits_per_client,
+            check_wire: self.check_wire,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let Command::Directory(args) = Cli::parse().command;
+    let report = match run_directory(&args.config()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("veilnet-sim: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", report.summary());
+    if let Some(path) = &args.json {
+        let json = match serde_json::to_string_pretty(&report) {
+            Ok(j) => j,
+            Err(e) => {
+                eprintln!("veilnet-sim: encoding the report: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(e) = std::fs::write(path, json + "\n") {
+            eprintln!("veilnet-sim: writing {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}

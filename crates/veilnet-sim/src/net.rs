@@ -1,0 +1,984 @@
+//! The simulated network: nodes, links with latency, a clock, and an event
+//! queue that drives the real reconciliation code
+//! ([`sync::open`], [`sync::announce`], [`sync::process`]) between them.
+//!
+//! One exchange follows `veilnet-discovery`'s node: the initiator sends a
+//! request; the responder answers it with `process` (before storing the
+//! records the request carried, as the node does); the initiator answers
+//! the response with `process` and sends that as the next request unless it
+//! is empty or [`MAX_ROUNDS`] are done. Every request and every response
+//! (even an empty one) is a message with its own latency.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashSet};
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use veilnet_dir::MAX_DESCRIPTOR_AGE;
+use veilnet_discovery::sync::{self, SyncLimits, SyncMessage, MAX_ROUNDS};
+use veilnet_discovery::{DiscoveryConfig, MAX_MESSAGE_BYTES, SYNC_PROTOCOL};
+
+use crate::records::{log_normal, AddressPlan, Record, RecordId, Records, Relay, EPOCH_UNIX};
+use crate::view::{Offer, Store, View};
+use crate::{SimConfig, SimError};
+
+/// Microseconds per second.
+pub const SEC: u64 = 1_000_000;
+
+/// The limits of a real node with the default configuration (what
+/// `veilnet-discovery`'s `wire::limits` makes of
+/// [`DiscoveryConfig::DEFAULT_MAX_RECORDS`] and
+/// [`DiscoveryConfig::DEFAULT_MAX_RECORD_LEN`]).
+pub fn limits() -> SyncLimits {
+    let max_records = DiscoveryConfig::DEFAULT_MAX_RECORDS;
+    let max_record_len = DiscoveryConfig::DEFAULT_MAX_RECORD_LEN;
+    SyncLimits {
+        max_records,
+        max_record_len,
+        max_message_bytes: (max_records * (max_record_len + 4) + 64 * 1024).min(MAX_MESSAGE_BYTES),
+    }
+}
+
+/// Bytes of a multistream-select negotiation, one direction: the
+/// `/multistream/1.0.0\n` header and the protocol line, each with its
+/// one-byte varint length (the dialer proposes, the listener echoes).
+pub fn multistream_bytes() -> usize {
+    let header = "/multistream/1.0.0\n".len() + 1;
+    let protocol = SYNC_PROTOCOL.len() + 1 + 1;
+    header + protocol
+}
+/// A yamux frame header.
+pub const YAMUX_HEADER: usize = 12;
+/// Payload of one yamux data frame (rust-yamux's default split size).
+pub const YAMUX_FRAME: usize = 16 * 1024;
+/// Noise transport framing per frame: a 2-byte length and a 16-byte tag.
+pub const NOISE_FRAME: usize = 2 + 16;
+
+/// The modelled bytes on the wire for one message of `payload` bytes in
+/// one direction of a request-response stream: the payload, the
+/// multistream-select negotiation, and a yamux header plus Noise framing
+/// for each frame (the negotiation, the payload in 16 KiB frames, and the
+/// closing FIN), one Noise frame per yamux frame. TCP/IP headers and
+/// acknowledgements are not counted. A model, not a capture.
+pub fn wire_bytes(payload: usize) -> u64 {
+    let frames = 2 + payload.div_ceil(YAMUX_FRAME).max(1);
+    (payload + multistream_bytes() + frames * (YAMUX_HEADER + NOISE_FRAME)) as u64
+}
+
+/// What an exchange is for (the byte figures are split by it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An announcement of newly accepted records.
+    Push,
+    /// A relay's periodic anti-entropy round.
+    Gossip,
+    /// A new link's first exchange (a joining relay's bootstrap, or a
+    /// replacement link).
+    Link,
+    /// A client's periodic anti-entropy exchange.
+    Client,
+}
+
+impl Kind {
+    /// Index into per-kind counters.
+    pub fn index(self) -> usize {
+        match self {
+            Kind::Push => 0,
+            Kind::Gossip => 1,
+            Kind::Link => 2,
+            Kind::Client => 3,
+        }
+    }
+    /// Names, by index.
+    pub const NAMES: [&'static str; 4] = ["push", "relay_anti_entropy", "new_link", "client"];
+}
+
+/// A simulated node.
+#[derive(Debug, Default)]
+pub struct Node {
+    /// Its relay index, if it is a relay.
+    pub relay: Option<u32>,
+    /// Whether it runs.
+    pub alive: bool,
+    /// Its directory.
+    pub view: View,
+    /// Relays it has a link to (relays only).
+    pub neighbours: Vec<u32>,
+    /// Peers it has an anti-entropy exchange open with.
+    in_flight: Vec<u32>,
+    /// Records accepted and not yet announced.
+    push_pending: Vec<RecordId>,
+    /// The peer all of them came from, if one did (not announced back to).
+    push_from: Option<u32>,
+    push_scheduled: bool,
+    /// Bytes sent and received: before and after warm-up.
+    pub bytes: [u64; 2],
+    /// When it started and stopped (µs).
+    pub born_us: u64,
+    /// When it stopped, if it did.
+    pub died_us: Option<u64>,
+}
+
+struct Exchange {
+    a: u32,
+    b: u32,
+    round: usize,
+    kind: Kind,
+}
+
+enum Ev {
+    Publish(u32),
+    Gossip(u32),
+    Flush(u32),
+    Deliver {
+        ex: u32,
+        to_responder: bool,
+        msg: SyncMessage,
+        ids: Vec<RecordId>,
+    },
+    Connect(u32, u32),
+    Churn,
+    Expire(RecordId),
+    Sample,
+}
+
+/// A queue entry: when, a tie-breaking count (so equal times keep their
+/// order and runs are deterministic), and the event's slot.
+struct Queued {
+    at: u64,
+    n: u64,
+    slot: u32,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.n) == (o.at, o.n)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Queued {
+    // Earliest first out of a max-heap.
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.at, o.n).cmp(&(self.at, self.n))
+    }
+}
+
+/// Agreement of views at one moment.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Agreement {
+    /// Simulated hour.
+    pub hour: f64,
+    /// Fraction of live nodes whose set of relays with a held, unexpired
+    /// descriptor equals the most common one.
+    pub all: f64,
+    /// The same among relays only.
+    pub relays: f64,
+    /// The same among clients only.
+    pub clients: f64,
+    /// Fraction of live nodes holding exactly the most common set of
+    /// descriptors (digests).
+    pub digests_all: f64,
+    /// The same among relays only.
+    pub digests_relays: f64,
+}
+
+/// Counters of a run.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Counters {
+    /// Exchanges started, by [`Kind`].
+    pub exchanges: [u64; 4],
+    /// Modelled wire bytes after warm-up, by [`Kind`].
+    pub steady_bytes: [u64; 4],
+    /// Messages delivered.
+    pub messages: u64,
+    /// Records carried.
+    pub records_carried: u64,
+    /// Records carried that the receiver already held when they arrived.
+    pub records_duplicate: u64,
+    /// Records carried that the receiver refused (older than held).
+    pub records_refused: u64,
+    /// Exchanges that hit `MAX_ROUNDS`.
+    pub exchanges_at_max_rounds: u64,
+    /// Descriptors published.
+    pub published: u64,
+    /// Relays that left, and as many joined.
+    pub churned: u64,
+    /// Events handled.
+    pub events: u64,
+}
+
+/// The whole simulated network.
+pub struct Sim {
+    /// Parameters.
+    pub cfg: SimConfig,
+    /// Every record.
+    pub records: Records,
+    /// Every relay ever (index = relay id).
+    pub relays: Vec<Relay>,
+    /// Every node ever.
+    pub nodes: Vec<Node>,
+    /// Simulated now (µs).
+    pub now: u64,
+    /// End of the run (µs).
+    pub end: u64,
+    /// End of warm-up (µs).
+    pub warmup: u64,
+    /// Hourly samples of agreement.
+    pub samples: Vec<Agreement>,
+    /// Counters.
+    pub counters: Counters,
+    /// Live relays (honest and attacker's).
+    pub live_relays: u32,
+    /// Live nodes.
+    pub live_nodes: u32,
+    rng: StdRng,
+    queue: BinaryHeap<Queued>,
+    queued: u64,
+    /// Events by slot (the heap holds only their keys).
+    events: Vec<Option<Ev>>,
+    free_events: Vec<u32>,
+    exchanges: Vec<Option<Exchange>>,
+    free_exchanges: Vec<u32>,
+    addresses: AddressPlan,
+    limits: SyncLimits,
+}
+
+/// Most events one run handles: a bound on the loop, far above what any
+/// accepted parameters need.
+const MAX_EVENTS: u64 = 50_000_000_000;
+
+impl Sim {
+    /// Builds the network as it is at time zero: honest relays (and the
+    /// attacker's) each with a descriptor published within the last
+    /// republish period, held by every node, and clients.
+    pub fn new(cfg: SimConfig) -> Result<Sim, SimError> {
+        let mut sim = Sim {
+            rng: StdRng::seed_from_u64(cfg.seed),
+            end: (cfg.hours * 3600.0 * SEC as f64) as u64,
+            warmup: (cfg.warmup_hours * 3600.0 * SEC as f64) as u64,
+            cfg,
+            records: Records::default(),
+            relays: Vec::new(),
+            nodes: Vec::new(),
+            now: 0,
+            samples: Vec::new(),
+            counters: Counters::default(),
+            live_relays: 0,
+            live_nodes: 0,
+            queue: BinaryHeap::new(),
+            queued: 0,
+            events: Vec::new(),
+            free_events: Vec::new(),
+            exchanges: Vec::new(),
+            free_exchanges: Vec::new(),
+            addresses: AddressPlan::default(),
+            limits: limits(),
+        };
+        let clients = (sim.cfg.nodes as f64 * sim.cfg.client_fraction).round() as usize;
+        let honest = sim.cfg.nodes - clients;
+        if honest < 4 {
+            return Err(SimError::BadParameter("fewer than 4 relays".into()));
+        }
+        let republish = sim.republish_us();
+        for _ in 0..honest {
+            let exit = sim.rng.gen_bool(sim.cfg.exit_fraction);
+            let bw = honest_bandwidth(&mut sim.rng);
+            let ip = sim.addresses.address(&mut sim.rng)?;
+            let relay = sim.add_relay(ip, bw, bw, exit, false)?;
+            let back = sim.rng.gen_range(0..republish);
+            sim.publish_initial(relay, back)?;
+        }
+        if sim.cfg.sybils > 0 {
+            let honest_total: u64 = sim.relays.iter().map(|r| r.real_bandwidth).sum();
+            let real_each = ((honest_total as f64 * sim.cfg.sybil_bandwidth)
+                / sim.cfg.sybils as f64)
+                .max(1.0) as u64;
+            let subnets: Vec<[u8; 3]> = (0..sim.cfg.sybil_subnets)
+                .map(|_| sim.addresses.subnet(&mut sim.rng))
+                .collect::<Result<_, _>>()?;
+            for i in 0..sim.cfg.sybils {
+                let [a, b, c] = subnets[i % subnets.len()];
+                let host = (i / subnets.len()) % 254 + 1;
+                let ip = std::net::Ipv4Addr::new(a, b, c, host as u8);
+                let advertised = match sim.cfg.sybil_advertised {
+                    0 => real_each,
+                    a => a,
+                };
+                let relay = sim.add_relay(ip, advertised, real_each, true, true)?;
+                let back = sim.rng.gen_range(0..republish);
+                sim.publish_initial(relay, back)?;
+            }
+        }
+        for _ in 0..clients {
+            sim.add_node(None);
+        }
+        // Everyone starts with the network's current directory.
+        let initial: Vec<RecordId> = (0..sim.records.list.len() as u32).collect();
+        let now_unix = EPOCH_UNIX;
+        for n in 0..sim.nodes.len() {
+            for &id in &initial {
+                sim.store(n as u32, id, now_unix);
+            }
+        }
+        // Links: each relay dials `degree` random others.
+        let relay_nodes: Vec<u32> = sim.relays.iter().map(|r| r.node).collect();
+        for &n in &relay_nodes {
+            for _ in 0..sim.cfg.degree {
+                let peer = relay_nodes[sim.rng.gen_range(0..relay_nodes.len())];
+                sim.link(n, peer);
+            }
+        }
+        // Timers, at random phases.
+        let relay_interval = sim.secs(sim.cfg.exchange_interval_s);
+        let client_interval = sim.secs(sim.cfg.client_interval_s);
+        for n in 0..sim.nodes.len() as u32 {
+            let every = if sim.nodes[n as usize].relay.is_some() {
+                relay_interval
+            } else {
+                client_interval
+            };
+            let at = sim.rng.gen_range(0..every.max(1));
+            sim.schedule(at, Ev::Gossip(n));
+        }
+        if sim.cfg.churn > 0.0 {
+            let at = sim.churn_gap();
+            sim.schedule(at, Ev::Churn);
+        }
+        let mut h = 3600 * SEC;
+        while h <= sim.end {
+            sim.schedule(h, Ev::Sample);
+            h += 3600 * SEC;
+        }
+        Ok(sim)
+    }
+
+    fn secs(&self, s: f64) -> u64 {
+        (s * SEC as f64) as u64
+    }
+
+    fn republish_us(&self) -> u64 {
+        self.secs(self.cfg.republish_mins * 60.0)
+    }
+
+    fn unix(&self) -> u64 {
+        EPOCH_UNIX + self.now / SEC
+    }
+
+    fn schedule(&mut self, at: u64, ev: Ev) {
+        self.queued += 1;
+        let slot = match self.free_events.pop() {
+            Some(i) => {
+                self.events[i as usize] = Some(ev);
+                i
+            }
+            None => {
+                self.events.push(Some(ev));
+                u32::try_from(self.events.len() - 1).expect("fewer than 2^32 pending events")
+            }
+        };
+        self.queue.push(Queued {
+            at,
+            n: self.queued,
+            slot,
+        });
+    }
+
+    fn latency(&mut self) -> u64 {
+        let ms = self
+            .rng
+            .gen_range(self.cfg.latency_min_ms..=self.cfg.latency_max_ms);
+        ms * 1000 + self.rng.gen_range(0..1000)
+    }
+
+    fn add_node(&mut self, relay: Option<u32>) -> u32 {
+        let n = self.nodes.len() as u32;
+        self.nodes.push(Node {
+            relay,
+            alive: true,
+            born_us: self.now,
+            ..Node::default()
+        });
+        self.live_nodes += 1;
+        if relay.is_some() {
+            self.live_relays += 1;
+        }
+        n
+    }
+
+    fn add_relay(
+        &mut self,
+        ip: std::net::Ipv4Addr,
+        advertised: u64,
+        real: u64,
+        exit: bool,
+        sybil: bool,
+    ) -> Result<u32, SimError> {
+        let id = self.relays.len() as u32;
+        let node = self.add_node(Some(id));
+        let relay = Relay::new(&mut self.rng, ip, advertised, real, exit, sybil, node)?;
+        self.relays.push(relay);
+        Ok(id)
+    }
+
+    fn link(&mut self, a: u32, b: u32) {
+        if a == b || self.nodes[a as usize].neighbours.contains(&b) {
+            return;
+        }
+        self.nodes[a as usize].neighbours.push(b);
+        self.nodes[b as usize].neighbours.push(a);
+    }
+
+    /// Signs and records a relay's new descriptor published `back_us`
+    /// before now.
+    fn new_record(&mut self, relay: u32, back_us: u64) -> Result<RecordId, SimError> {
+        let verify_at = self.unix();
+        let at_us = (EPOCH_UNIX * SEC + self.now).saturating_sub(back_us);
+        let r = &mut self.relays[relay as usize];
+        let signed = r.sign_new(at_us / SEC, at_us / 1000, verify_at)?;
+        let bytes = signed.to_bytes();
+        let digest = signed.digest();
+        if self.cfg.check_wire {
+            assert_eq!(digest, sync::digest(&bytes), "descriptor digest");
+        }
+        let rec = Record {
+            relay,
+            seq: r.template.seq,
+            published: r.template.published,
+            born_us: (back_us == 0).then_some(self.now),
+            digest,
+            bytes,
+            holders_relays: 0,
+            holders_all: 0,
+            reached_relays_us: None,
+            reached_all_us: None,
+        };
+        let id = self.records.add(rec);
+        self.counters.published += 1;
+        let expire_unix = self.records.get(id).published + MAX_DESCRIPTOR_AGE + 1;
+        let expire_at = expire_unix.saturating_sub(EPOCH_UNIX) * SEC;
+        self.schedule(expire_at, Ev::Expire(id));
+        Ok(id)
+    }
+
+    fn publish_initial(&mut self, relay: u32, back_us: u64) -> Result<(), SimError> {
+        self.new_record(relay, back_us)?;
+        let next = self.republish_us() - back_us + self.housekeeping_jitter();
+        self.schedule(next, Ev::Publish(relay));
+        Ok(())
+    }
+
+    /// The node's housekeeping runs every 30 s, so a republication comes up
+    /// to 30 s after its due time.
+    fn housekeeping_jitter(&mut self) -> u64 {
+        self.rng.gen_range(0..30 * SEC)
+    }
+
+    fn churn_gap(&mut self) -> u64 {
+        let honest = (self.cfg.nodes as f64 * (1.0 - self.cfg.client_fraction)).round();
+        let per_sec = self.cfg.churn * honest / 3600.0;
+        let u: f64 = self.rng.gen_range(f64::MIN_POSITIVE..1.0);
+        self.now + ((-u.ln() / per_sec) * SEC as f64) as u64
+    }
+
+    /// Stores a record in a node's view, keeping the holder counts and the
+    /// convergence times; returns what the view did.
+    fn store(&mut self, n: u32, id: RecordId, now_unix: u64) -> Offer {
+        let node = &mut self.nodes[n as usize];
+        let offer = node.view.offer(&self.records, id, now_unix);
+        if let Offer::Stored(old) = offer {
+            let is_relay = node.relay.is_some();
+            if let Some(o) = old {
+                let r = &mut self.records.list[o as usize];
+                r.holders_all -= 1;
+                r.holders_relays -= u32::from(is_relay);
+            }
+            let r = &mut self.records.list[id as usize];
+            r.holders_all += 1;
+            r.holders_relays += u32::from(is_relay);
+            if let Some(born) = r.born_us {
+                let since = self.now - born;
+                if r.reached_relays_us.is_none()
+                    && u64::from(r.holders_relays) * 100 >= u64::from(self.live_relays) * 99
+                {
+                    r.reached_relays_us = Some(since);
+                }
+                if r.reached_all_us.is_none()
+                    && u64::from(r.holders_all) * 100 >= u64::from(self.live_nodes) * 99
+                {
+                    r.reached_all_us = Some(since);
+                }
+            }
+        }
+        offer
+    }
+
+    /// Runs to the end.
+    pub fn run(&mut self) {
+        self.run_until(self.end);
+        self.now = self.now.max(self.end);
+    }
+
+    /// Runs the events up to `t` (µs; at most the end).
+    pub fn run_until(&mut self, t: u64) {
+        let t = t.min(self.end);
+        while let Some(q) = self.queue.peek() {
+            if q.at > t || self.counters.events >= MAX_EVENTS {
+                break;
+            }
+            let Some(q) = self.queue.pop() else { break };
+            self.now = q.at;
+            self.counters.events += 1;
+            let Some(ev) = self.events[q.slot as usize].take() else {
+                continue;
+            };
+            self.free_events.push(q.slot);
+            match ev {
+                Ev::Publish(r) => self.on_publish(r),
+                Ev::Gossip(n) => self.on_gossip(n),
+                Ev::Flush(n) => self.on_flush(n),
+                Ev::Deliver {
+                    ex,
+                    to_responder,
+                    msg,
+                    ids,
+                } => self.on_deliver(ex, to_responder, msg, ids),
+                Ev::Connect(a, b) => self.on_connect(a, b),
+                Ev::Churn => self.on_churn(),
+                Ev::Expire(id) => self.on_expire(id),
+                Ev::Sample => {
+                    let a = self.agreement();
+                    self.samples.push(a);
+                }
+            }
+        }
+    }
+
+    fn on_publish(&mut self, relay: u32) {
+        if !self.relays[relay as usize].alive {
+            return;
+        }
+        // Signing cannot fail for a template that signed before.
+        let Ok(id) = self.new_record(relay, 0) else {
+            return;
+        };
+        let node = self.relays[relay as usize].node;
+        let now_unix = self.unix();
+        if let Offer::Stored(_) = self.store(node, id, now_unix) {
+            self.queue_push(node, id, None);
+        }
+        let next = self.now + self.republish_us() + self.housekeeping_jitter();
+        self.schedule(next, Ev::Publish(relay));
+    }
+
+    fn queue_push(&mut self, n: u32, id: RecordId, from: Option<u32>) {
+        let node = &mut self.nodes[n as usize];
+        if node.relay.is_none() || self.cfg.push_fanout == 0 {
+            return;
+        }
+        node.push_from = if node.push_pending.is_empty() || node.push_from == from {
+            from
+        } else {
+            None
+        };
+        node.push_pending.push(id);
+        if !node.push_scheduled {
+            node.push_scheduled = true;
+            let at = self.now + self.cfg.push_delay_ms * 1000;
+            self.schedule(at, Ev::Flush(n));
+        }
+    }
+
+    fn on_flush(&mut self, n: u32) {
+        let node = &mut self.nodes[n as usize];
+        node.push_scheduled = false;
+        if !node.alive {
+            return;
+        }
+        let pending = std::mem::take(&mut node.push_pending);
+        let digests: Vec<_> = pending
+            .iter()
+            .filter(|&&id| node.view.holds(&self.records, id))
+            .map(|&id| self.records.get(id).digest)
+            .collect();
+        if digests.is_empty() {
+            return;
+        }
+        let msg = sync::announce(&digests);
+        let from = node.push_from.take();
+        let others: Vec<u32> = node
+            .neighbours
+            .iter()
+            .copied()
+            .filter(|&p| Some(p) != from)
+            .collect();
+        let peers: Vec<u32> = others
+            .choose_multiple(&mut self.rng, self.cfg.push_fanout)
+            .copied()
+            .collect();
+        for p in peers {
+            self.start(n, p, Kind::Push, msg.clone());
+        }
+    }
+
+    fn on_gossip(&mut self, n: u32) {
+        let node = &self.nodes[n as usize];
+        if !node.alive {
+            return;
+        }
+        let (kind, every, peers) = if node.relay.is_some() {
+            let free: Vec<u32> = node
+                .neighbours
+                .iter()
+                .copied()
+                .filter(|p| !node.in_flight.contains(p))
+                .collect();
+            let peers: Vec<u32> = free
+                .choose_multiple(&mut self.rng, self.cfg.exchange_peers)
+                .copied()
+                .collect();
+            (Kind::Gossip, self.secs(self.cfg.exchange_interval_s), peers)
+        } else {
+            let peer = self.random_live_relay();
+            (
+                Kind::Client,
+                self.secs(self.cfg.client_interval_s),
+                peer.into_iter().collect(),
+            )
+        };
+        for p in peers {
+            self.open_with(n, p, kind);
+        }
+        self.schedule(self.now + every, Ev::Gossip(n));
+    }
+
+    fn random_live_relay(&mut self) -> Option<u32> {
+        for _ in 0..1000 {
+            let r = &self.relays[self.rng.gen_range(0..self.relays.len())];
+            if r.alive {
+                return Some(r.node);
+            }
+        }
+        None
+    }
+
+    /// Starts an anti-entropy exchange from `a` with `b` (none if one is
+    /// open already, as the node allows one per peer).
+    fn open_with(&mut self, a: u32, b: u32, kind: Kind) {
+        if self.nodes[a as usize].in_flight.contains(&b) {
+            return;
+        }
+        let msg = sync::open(&Store::new(&self.nodes[a as usize].view, &self.records));
+        self.nodes[a as usize].view.settle();
+        self.nodes[a as usize].in_flight.push(b);
+        self.start(a, b, kind, msg);
+    }
+
+    fn start(&mut self, a: u32, b: u32, kind: Kind, first: SyncMessage) {
+        self.counters.exchanges[kind.index()] += 1;
+        let ex = Exchange {
+            a,
+            b,
+            round: 1,
+            kind,
+        };
+        let id = match self.free_exchanges.pop() {
+            Some(i) => {
+                self.exchanges[i as usize] = Some(ex);
+                i
+            }
+            None => {
+                self.exchanges.push(Some(ex));
+                (self.exchanges.len() - 1) as u32
+            }
+        };
+        self.send(id, true, first, Vec::new());
+    }
+
+    fn close(&mut self, ex: u32) {
+        if let Some(e) = self.exchanges[ex as usize].take() {
+            if e.kind != Kind::Push {
+                let a = &mut self.nodes[e.a as usize];
+                a.in_flight.retain(|&p| p != e.b);
+                if a.relay.is_none() {
+                    // A client will not reconcile again for a while.
+                    a.view.drop_cache();
+                }
+            }
+            self.free_exchanges.push(ex);
+        }
+    }
+
+    fn send(&mut self, ex: u32, to_responder: bool, msg: SyncMessage, ids: Vec<RecordId>) {
+        let Some(e) = &self.exchanges[ex as usize] else {
+            return;
+        };
+        let (from, to, kind) = if to_responder {
+            (e.a, e.b, e.kind)
+        } else {
+            (e.b, e.a, e.kind)
+        };
+        let payload = if self.cfg.check_wire {
+            let wire = msg.encode();
+            assert_eq!(wire.len(), msg.encoded_len());
+            let back = SyncMessage::decode(&wire, &self.limits).expect("our messages decode");
+            assert!(back == msg, "a message survives encoding");
+            for (bytes, id) in msg.records.iter().zip(&ids) {
+                assert_eq!(sync::digest(bytes), self.records.get(*id).digest);
+            }
+            wire.len()
+        } else {
+            msg.encoded_len()
+        };
+        debug_assert_eq!(msg.records.len(), ids.len());
+        let bytes = wire_bytes(payload);
+        let steady = usize::from(self.now >= self.warmup);
+        self.nodes[from as usize].bytes[steady] += bytes;
+        self.nodes[to as usize].bytes[steady] += bytes;
+        if steady == 1 {
+            self.counters.steady_bytes[kind.index()] += bytes;
+        }
+        let at = self.now + self.latency();
+        self.schedule(
+            at,
+            Ev::Deliver {
+                ex,
+                to_responder,
+                msg,
+                ids,
+            },
+        );
+    }
+
+    fn on_deliver(&mut self, ex: u32, to_responder: bool, msg: SyncMessage, ids: Vec<RecordId>) {
+        self.counters.messages += 1;
+        let Some(e) = &self.exchanges[ex as usize] else {
+            return;
+        };
+        let (a, b, round) = (e.a, e.b, e.round);
+        let (me, peer) = if to_responder { (b, a) } else { (a, b) };
+        if !self.nodes[me as usize].alive || !self.nodes[peer as usize].alive {
+            self.close(ex);
+            return;
+        }
+        let view = &self.nodes[me as usize].view;
+        let store = if self.cfg.dedup_wants {
+            Store::dedup(view, &self.records, self.now)
+        } else {
+            Store::new(view, &self.records)
+        };
+        let answer = sync::process(&store, &msg, &self.limits);
+        let mut served = store.into_served();
+        self.nodes[me as usize].view.settle();
+        if self.cfg.dedup_wants && !answer.want.is_empty() {
+            let now = self.now;
+            self.nodes[me as usize]
+                .view
+                .note_asked(&self.records, &answer.want, now);
+        }
+        // `process` may look a record up and then find the message full.
+        served.truncate(answer.records.len());
+        self.accept(me, peer, &ids);
+        if to_responder {
+            self.send(ex, false, answer, served);
+        } else if !answer.is_empty() && round < MAX_ROUNDS {
+            if let Some(e) = &mut self.exchanges[ex as usize] {
+                e.round += 1;
+            }
+            self.send(ex, true, answer, served);
+        } else {
+            if !answer.is_empty() {
+                self.counters.exchanges_at_max_rounds += 1;
+            }
+            self.close(ex);
+        }
+    }
+
+    /// Stores what a message carried, as the node's directory feed does,
+    /// and queues what was new for announcing.
+    fn accept(&mut self, n: u32, from: u32, ids: &[RecordId]) {
+        let now_unix = self.unix();
+        for &id in ids {
+            self.counters.records_carried += 1;
+            match self.store(n, id, now_unix) {
+                Offer::Stored(_) => self.queue_push(n, id, Some(from)),
+                Offer::Held => self.counters.records_duplicate += 1,
+                Offer::Refused => self.counters.records_refused += 1,
+            }
+        }
+    }
+
+    fn on_connect(&mut self, a: u32, b: u32) {
+        if !self.nodes[a as usize].alive || !self.nodes[b as usize].alive {
+            return;
+        }
+        self.link(a, b);
+        // The dialer reconciles at once with a new link.
+        self.open_with(a, b, Kind::Link);
+    }
+
+    fn on_churn(&mut self) {
+        // One honest relay leaves...
+        let honest_live: Vec<u32> = (0..self.relays.len() as u32)
+            .filter(|&r| {
+                let r = &self.relays[r as usize];
+                r.alive && !r.sybil
+            })
+            .collect();
+        if honest_live.len() > 4 {
+            let r = honest_live[self.rng.gen_range(0..honest_live.len())];
+            self.leave(r);
+        }
+        // ...and a new one joins.
+        if let Err(e) = self.join() {
+            eprintln!("a relay could not join: {e}");
+        }
+        self.counters.churned += 1;
+        let next = self.churn_gap();
+        self.schedule(next, Ev::Churn);
+    }
+
+    fn leave(&mut self, relay: u32) {
+        self.relays[relay as usize].alive = false;
+        let n = self.relays[relay as usize].node;
+        let node = &mut self.nodes[n as usize];
+        node.alive = false;
+        node.died_us = Some(self.now);
+        let held: Vec<RecordId> = node.view.records().collect();
+        let neighbours = std::mem::take(&mut node.neighbours);
+        node.view = View::default();
+        node.push_pending.clear();
+        for id in held {
+            let r = &mut self.records.list[id as usize];
+            r.holders_all -= 1;
+            r.holders_relays -= 1;
+        }
+        self.live_nodes -= 1;
+        self.live_relays -= 1;
+        // Its neighbours drop the link and each finds another relay.
+        for p in neighbours {
+            self.nodes[p as usize].neighbours.retain(|&x| x != n);
+            if let Some(q) = self.random_live_relay() {
+                let at = self.now + self.latency();
+                self.schedule(at, Ev::Connect(p, q));
+            }
+        }
+    }
+
+    fn join(&mut self) -> Result<(), SimError> {
+        let exit = self.rng.gen_bool(self.cfg.exit_fraction);
+        let bw = honest_bandwidth(&mut self.rng);
+        let ip = self.addresses.address(&mut self.rng)?;
+        let relay = self.add_relay(ip, bw, bw, exit, false)?;
+        let n = self.relays[relay as usize].node;
+        let id = self.new_record(relay, 0)?;
+        let now_unix = self.unix();
+        self.store(n, id, now_unix);
+        let next = self.now + self.republish_us() + self.housekeeping_jitter();
+        self.schedule(next, Ev::Publish(relay));
+        for _ in 0..self.cfg.degree {
+            if let Some(q) = self.random_live_relay() {
+                if q != n {
+                    let at = self.now + self.latency();
+                    self.schedule(at, Ev::Connect(n, q));
+                }
+            }
+        }
+        let every = self.secs(self.cfg.exchange_interval_s);
+        let at = self.now + self.rng.gen_range(0..every.max(1));
+        self.schedule(at, Ev::Gossip(n));
+        Ok(())
+    }
+
+    fn on_expire(&mut self, id: RecordId) {
+        if self.records.get(id).holders_all == 0 {
+            return;
+        }
+        let relay = self.records.get(id).relay;
+        for n in 0..self.nodes.len() {
+            let node = &mut self.nodes[n];
+            if node.alive && node.view.held(relay) == Some(id) {
+                node.view.expire(relay);
+                let r = &mut self.records.list[id as usize];
+                r.holders_all -= 1;
+                r.holders_relays -= u32::from(node.relay.is_some());
+            }
+        }
+    }
+
+    /// How far live nodes agree right now.
+    pub fn agreement(&self) -> Agreement {
+        let live: Vec<&Node> = self.nodes.iter().filter(|n| n.alive).collect();
+        let frac = |pick: &dyn Fn(&Node) -> bool, key: &dyn Fn(&Node) -> u128| -> f64 {
+            let mut keys: Vec<u128> = live.iter().filter(|n| pick(n)).map(|n| key(n)).collect();
+            if keys.is_empty() {
+                return 1.0;
+            }
+            keys.sort_unstable();
+            let mut best = 0;
+            let mut i = 0;
+            while i < keys.len() {
+                let j = keys[i..].partition_point(|k| *k == keys[i]) + i;
+                best = best.max(j - i);
+                i = j;
+            }
+            best as f64 / keys.len() as f64
+        };
+        let all = |_: &Node| true;
+        let relays = |n: &Node| n.relay.is_some();
+        let clients = |n: &Node| n.relay.is_none();
+        let by_relays = |n: &Node| n.view.relays_hash();
+        let by_digests = |n: &Node| n.view.records_hash();
+        Agreement {
+            hour: self.now as f64 / (3600.0 * SEC as f64),
+            all: frac(&all, &by_relays),
+            relays: frac(&relays, &by_relays),
+            clients: frac(&clients, &by_relays),
+            digests_all: frac(&all, &by_digests),
+            digests_relays: frac(&relays, &by_digests),
+        }
+    }
+
+    /// A live node holding the most common set of descriptors.
+    pub fn majority_node(&self) -> Option<u32> {
+        let mut keys: Vec<(u128, u32)> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.alive)
+            .map(|(i, n)| (n.view.records_hash(), i as u32))
+            .collect();
+        keys.sort_unstable();
+        let mut best: Option<(usize, u32)> = None;
+        let mut i = 0;
+        while i < keys.len() {
+            let j = keys[i..].partition_point(|k| k.0 == keys[i].0) + i;
+            if best.is_none_or(|(len, _)| j - i > len) {
+                best = Some((j - i, keys[i].1));
+            }
+            i = j;
+        }
+        best.map(|(_, n)| n)
+    }
+
+    /// Which relays are the attacker's, by peer id.
+    pub fn sybil_peers(&self) -> HashSet<libp2p::PeerId> {
+        self.relays
+            .iter()
+            .filter(|r| r.sybil)
+            .map(|r| r.peer_id())
+            .collect()
+    }
+}
+
+/// An honest relay's real (and advertised) bandwidth: log-normal with a
+/// median of 2 MB/s and sigma 1.2 (a long tail of fast relays, as in Tor's
+/// consensus), at least 10 kB/s.
+fn honest_bandwidth(rng: &mut impl Rng) -> u64 {
+    log_normal(rng, 2.0e6, 1.2).max(1.0e4) as u64
+}

@@ -1,0 +1,199 @@
+//! How many circuits an attacker's relays would see both ends of: a real
+//! [`Directory`] built from the majority view at the end of a run, and
+//! circuits drawn from it with the real [`select_path`], each client's guards
+//! drawn by weight as the circuit manager's sampler draws them.
+//!
+//! The weights are whatever [`Directory::weights`] says (today: the
+//! bandwidth a relay advertises, clamped, with at most two relays per IPv4
+//! /24 or IPv6 /48 carrying any): [`selection_weight`] is the one seam
+//! through which this module reads them, and `select_path` reads the same
+//! weights, so a change there changes the figure here with no change in
+//! the simulator.
+
+use std::collections::HashSet;
+
+use libp2p::PeerId;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use veilnet_dir::path::is_usable_relay;
+use veilnet_dir::{select_path, Descriptor, Directory, PathRequest, SignedDescriptor, Weights};
+
+use crate::net::Sim;
+use crate::records::EPOCH_UNIX;
+use crate::SimError;
+
+/// Guards per client: veilnet-config's default `num_guards`.
+pub const GUARDS_PER_CLIENT: usize = 3;
+/// Hops per circuit.
+pub const HOPS: usize = 3;
+
+/// The selection weight path selection gives a relay (the seam:
+/// [`Directory::weights`], today the relay's own advertised bandwidth with
+/// at most two relays per /24 or /48 carrying any).
+pub fn selection_weight(weights: &Weights, d: &Descriptor) -> u64 {
+    weights.get(&d.peer_id)
+}
+
+/// A client's guards: `n` relays drawn by weight without replacement, as
+/// the circuit manager's sampler draws them (its first draws are its
+/// primary guards, which `select_path` tries in order).
+fn draw_guards(
+    usable: &[&Descriptor],
+    weights: &Weights,
+    n: usize,
+    rng: &mut StdRng,
+) -> Vec<PeerId> {
+    use rand::Rng;
+    let mut cands: Vec<(&Descriptor, u64)> = usable
+        .iter()
+        .map(|d| (*d, selection_weight(weights, d)))
+        .filter(|(_, w)| *w > 0)
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n && !cands.is_empty() {
+        let total: u64 = cands.iter().map(|(_, w)| *w).fold(0, u64::saturating_add);
+        let mut x = rng.gen_range(0..total.max(1));
+        let mut at = cands.len() - 1;
+        for (i, (_, w)) in cands.iter().enumerate() {
+            if x < *w {
+                at = i;
+                break;
+            }
+            x -= w;
+        }
+        out.push(cands.swap_remove(at).0.peer_id);
+    }
+    out
+}
+
+/// The Sybil figures of a run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SybilReport {
+    /// Attacker relays in the directory circuits were drawn from.
+    pub sybils_in_directory: usize,
+    /// Usable relays in that directory.
+    pub relays_in_directory: usize,
+    /// Circuits drawn.
+    pub circuits: usize,
+    /// Circuits path selection could not build.
+    pub circuits_failed: usize,
+    /// Fraction of circuits whose first hop and exit are both the
+    /// attacker's.
+    pub sybil_circuit_fraction: f64,
+    /// Fraction whose first hop is the attacker's.
+    pub sybil_guard_fraction: f64,
+    /// Fraction whose exit is the attacker's.
+    pub sybil_exit_fraction: f64,
+    /// The attacker's fair share of such circuits by real bandwidth:
+    /// (its share of all relays' real bandwidth) × (its share of exits'),
+    /// which is (F / (1 + F))² when every relay is an exit.
+    pub sybil_fair_share: f64,
+    /// The attacker's share of the selection weight of all usable relays.
+    pub sybil_weight_share: f64,
+}
+
+/// Draws the circuits of the Sybil figure, if the run had attacker relays.
+pub fn circuits(sim: &Sim) -> Result<Option<SybilReport>, SimError> {
+    if sim.cfg.sybils == 0 {
+        return Ok(None);
+    }
+    let Some(majority) = sim.majority_node() else {
+        return Err(SimError::Setup("no live node at the end".into()));
+    };
+    let now = EPOCH_UNIX + sim.now / crate::net::SEC;
+    // Any identity not in the directory: path selection only leaves out
+    // the directory's own peer.
+    let own = PeerId::from_public_key(
+        &libp2p::identity::Keypair::ed25519_from_bytes([7u8; 32])
+            .map_err(|e| SimError::Setup(e.to_string()))?
+            .public(),
+    );
+    let mut dir = Directory::new(own);
+    let view = &sim.nodes[majority as usize].view;
+    for id in view.records() {
+        let rec = sim.records.get(id);
+        let verified = SignedDescriptor::from_bytes(&rec.bytes)
+            .and_then(|s| s.verify_into(now))
+            .map_err(|e| SimError::Setup(format!("a held descriptor: {e}")))?;
+        dir.insert_verified(verified, now)
+            .map_err(|e| SimError::Setup(format!("storing a held descriptor: {e}")))?;
+    }
+    let sybils: HashSet<PeerId> = sim.sybil_peers();
+    let weights = dir.weights();
+    let usable: Vec<&Descriptor> = dir.iter().filter(|d| is_usable_relay(d)).collect();
+    let total_weight: f64 = usable
+        .iter()
+        .map(|d| selection_weight(&weights, d) as f64)
+        .sum();
+    let sybil_weight: f64 = usable
+        .iter()
+        .filter(|d| sybils.contains(&d.peer_id))
+        .map(|d| selection_weight(&weights, d) as f64)
+        .sum();
+
+    // Fair share by real bandwidth, over the relays in the directory.
+    let in_dir: HashSet<PeerId> = usable.iter().map(|d| d.peer_id).collect();
+    let (mut real_all, mut real_sybil, mut real_exits) = (0.0, 0.0, 0.0);
+    for r in sim.relays.iter().filter(|r| in_dir.contains(&r.peer_id())) {
+        let bw = r.real_bandwidth as f64;
+        real_all += bw;
+        if r.template.roles.exit {
+            real_exits += bw;
+        }
+        if r.sybil {
+            real_sybil += bw;
+        }
+    }
+    let fair = if real_all > 0.0 && real_exits > 0.0 {
+        (real_sybil / real_all) * (real_sybil / real_exits)
+    } else {
+        0.0
+    };
+
+    let mut rng = StdRng::seed_from_u64(sim.cfg.seed ^ 0x5eed_c1c5);
+    let n = sim.cfg.circuits;
+    let (mut both, mut guard, mut exit, mut failed) = (0usize, 0usize, 0usize, 0usize);
+    let mut guards = Vec::new();
+    for i in 0..n {
+        // Every `circuits_per_client` circuits come from a new client with
+        // its own guards.
+        if i % sim.cfg.circuits_per_client == 0 {
+            guards = draw_guards(&usable, &weights, GUARDS_PER_CLIENT, &mut rng);
+        }
+        let req = PathRequest {
+            hops: HOPS,
+            exit_target: None,
+            exclude: &[],
+            guards: &guards,
+        };
+        match select_path(&dir, &req, &mut rng) {
+            Ok(path) => {
+                let first = sybils.contains(&path[0].peer_id);
+                let last = path.last().is_some_and(|d| sybils.contains(&d.peer_id));
+                guard += usize::from(first);
+                exit += usize::from(last);
+                both += usize::from(first && last);
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    let built = (n - failed).max(1) as f64;
+    Ok(Some(SybilReport {
+        sybils_in_directory: usable
+            .iter()
+            .filter(|d| sybils.contains(&d.peer_id))
+            .count(),
+        relays_in_directory: usable.len(),
+        circuits: n,
+        circuits_failed: failed,
+        sybil_circuit_fraction: both as f64 / built,
+        sybil_guard_fraction: guard as f64 / built,
+        sybil_exit_fraction: exit as f64 / built,
+        sybil_fair_share: fair,
+        sybil_weight_share: if total_weight > 0.0 {
+            sybil_weight / total_weight
+        } else {
+            0.0
+        },
+    }))
+}

@@ -1,0 +1,404 @@
+//! A simulated node's directory: per relay, the index of the record it
+//! holds (or only remembers the sequence number of), with the replacement
+//! rules of the real [`Directory`](veilnet_dir::Directory); and the
+//! [`RecordStore`] the real reconciliation code runs against.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use veilnet_dir::{supersedes, REFUSED_REMEMBERED};
+use veilnet_discovery::sync::{self, Fingerprint};
+use veilnet_discovery::{RecordDigest, RecordStore};
+
+use crate::records::{Cached, DigestHasher, RecordId, Records};
+
+/// No record for this relay.
+const NONE: u32 = u32::MAX;
+/// Flag on a slot: the record is gone (expired) but its sequence number is
+/// remembered, as the real directory's `SeqMark`s are.
+const MARK: u32 = 1 << 31;
+
+/// A random 128-bit tag of a record or relay index, for set hashes.
+fn tag(i: u32, salt: u64) -> u128 {
+    let mut x = u64::from(i) ^ salt;
+    let mut mix = || {
+        // splitmix64
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    (u128::from(mix()) << 64) | u128::from(mix())
+}
+
+/// What a record offered to a view did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Stored: the relay's first, or a newer one (the old one is returned).
+    Stored(Option<RecordId>),
+    /// Already held.
+    Held,
+    /// Refused: older than what is held or remembered, or too old.
+    Refused,
+}
+
+/// One node's view of the directory.
+#[derive(Debug, Default)]
+pub struct View {
+    /// By relay index: the record held, `MARK | record` for a remembered
+    /// one, or `NONE`.
+    slots: Vec<u32>,
+    /// Records held.
+    len: u32,
+    /// XOR of the tags of the records held: equal sets, equal hashes.
+    records_hash: u128,
+    /// XOR of the tags of the relays with a record held.
+    relays_hash: u128,
+    /// Refused records, so they are not fetched again (the real
+    /// directory remembers the last [`REFUSED_REMEMBERED`]; this forgets
+    /// all of them at once when full).
+    refused: HashSet<RecordId, BuildHasherDefault<DigestHasher>>,
+    /// Records asked for and not yet received, with when (µs): not asked
+    /// for again from another peer until [`ASK_TIMEOUT_US`] has passed.
+    asked: HashMap<RecordId, u64, BuildHasherDefault<DigestHasher>>,
+    /// The sorted digests, built when reconciliation first asks after a
+    /// change.
+    cache: OnceLock<Arc<Cached>>,
+    /// The digests built last, and the changes since (record removed,
+    /// record added): the next build patches them instead of sorting.
+    base: Option<Arc<Cached>>,
+    since: Vec<(u32, u32)>,
+}
+
+/// Most changes a build patches in; beyond, it sorts afresh.
+const MAX_PATCH: usize = 512;
+
+/// How long a record asked for is not asked for again: the node's
+/// request timeout (`REQUEST_TIMEOUT` in veilnet-discovery's node.rs).
+pub const ASK_TIMEOUT_US: u64 = 10_000_000;
+
+impl View {
+    fn slot(&self, relay: u32) -> u32 {
+        self.slots.get(relay as usize).copied().unwrap_or(NONE)
+    }
+
+    fn set_slot(&mut self, relay: u32, v: u32) {
+        let i = relay as usize;
+        if i >= self.slots.len() {
+            self.slots.resize(i + 1, NONE);
+        }
+        let live = |s: u32| if s & MARK == 0 { s } else { NONE };
+        let change = (live(self.slots[i]), live(v));
+        self.slots[i] = v;
+        self.cache = OnceLock::new();
+        if self.base.is_some() {
+            if self.since.len() >= MAX_PATCH {
+                self.base = None;
+                self.since.clear();
+            } else {
+                self.since.push(change);
+            }
+        }
+    }
+
+    /// Keeps the digests built for the last exchange step as the base of
+    /// the next build.
+    pub fn settle(&mut self) {
+        if let Some(c) = self.cache.get() {
+            self.base = Some(c.clone());
+            self.since.clear();
+        }
+    }
+
+    /// The record held for `relay`, if any.
+    pub fn held(&self, relay: u32) -> Option<RecordId> {
+        let s = self.slot(relay);
+        (s != NONE && s & MARK == 0).then_some(s)
+    }
+
+    /// Whether the view holds exactly this record.
+    pub fn holds(&self, records: &Records, id: RecordId) -> bool {
+        self.held(records.get(id).relay) == Some(id)
+    }
+
+    /// Records held.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A hash of the records held (equal for equal sets).
+    pub fn records_hash(&self) -> u128 {
+        self.records_hash
+    }
+
+    /// A hash of the relays a record is held for (equal for equal sets).
+    pub fn relays_hash(&self) -> u128 {
+        self.relays_hash
+    }
+
+    /// The records held, in relay order.
+    pub fn records(&self) -> impl Iterator<Item = RecordId> + '_ {
+        self.slots
+            .iter()
+            .copied()
+            .filter(|&s| s != NONE && s & MARK == 0)
+    }
+
+    /// Offers a record received at `now_unix`, with the real directory's
+    /// rules: a relay's first record is stored; a record that
+    /// [`supersedes`] the held or remembered one replaces it; anything else,
+    /// and anything past `MAX_DESCRIPTOR_AGE`, is refused and remembered as
+    /// refused.
+    pub fn offer(&mut self, records: &Records, id: RecordId, now_unix: u64) -> Offer {
+        if !self.asked.is_empty() {
+            self.asked.remove(&id);
+        }
+        let rec = records.get(id);
+        let s = self.slot(rec.relay);
+        if s == id {
+            return Offer::Held;
+        }
+        let newer = s == NONE || {
+            let old = records.get(s & !MARK);
+            supersedes(old.seq, &old.digest, rec.seq, &rec.digest)
+        };
+        if !newer || rec.too_old(now_unix) {
+            if self.refused.len() >= REFUSED_REMEMBERED {
+                self.refused.clear();
+            }
+            self.refused.insert(id);
+            return Offer::Refused;
+        }
+        let old = (s != NONE && s & MARK == 0).then_some(s);
+        match old {
+            Some(o) => self.records_hash ^= tag(o, 0),
+            None => {
+                self.relays_hash ^= tag(rec.relay, 1);
+                self.len += 1;
+            }
+        }
+        self.records_hash ^= tag(id, 0);
+        self.set_slot(rec.relay, id);
+        Offer::Stored(old)
+    }
+
+    /// Drops the record held for `relay` (it expired), remembering its
+    /// sequence number. Returns it.
+    pub fn expire(&mut self, relay: u32) -> Option<RecordId> {
+        let id = self.held(relay)?;
+        self.records_hash ^= tag(id, 0);
+        self.relays_hash ^= tag(relay, 1);
+        self.len -= 1;
+        self.set_slot(relay, id | MARK);
+        Some(id)
+    }
+
+    /// When the record was asked for, if it is awaited.
+    pub fn asked_at(&self, id: RecordId) -> Option<u64> {
+        self.asked.get(&id).copied()
+    }
+
+    /// Notes that `want` was just asked for (at `now_us`).
+    pub fn note_asked(&mut self, records: &Records, want: &[RecordDigest], now_us: u64) {
+        if self.asked.len() > 4096 {
+            self.asked.retain(|_, at| *at + ASK_TIMEOUT_US > now_us);
+        }
+        for d in want {
+            if let Some(&(id, _)) = records.by_digest.get(d) {
+                self.asked.insert(id, now_us);
+            }
+        }
+    }
+
+    /// Forgets the built digests (they are rebuilt on the next exchange):
+    /// frees their memory when the node will not reconcile for a while.
+    pub fn drop_cache(&mut self) {
+        self.cache = OnceLock::new();
+        self.base = None;
+        self.since.clear();
+    }
+
+    /// The sorted digests of the records held: the base patched with the
+    /// changes since, or sorted afresh.
+    fn build(&self, records: &Records) -> Vec<RecordDigest> {
+        let digest = |id: u32| records.get(id).digest;
+        let Some(base) = &self.base else {
+            let mut d: Vec<RecordDigest> = self.records().map(digest).collect();
+            d.sort_unstable();
+            return d;
+        };
+        // Net changes: a record added and removed again cancels out.
+        let mut net: Vec<(u32, i32)> = Vec::with_capacity(2 * self.since.len());
+        for &(removed, added) in &self.since {
+            if removed != NONE {
+                net.push((removed, -1));
+            }
+            if added != NONE {
+                net.push((added, 1));
+            }
+        }
+        net.sort_unstable_by_key(|&(id, _)| id);
+        let (mut gone, mut new) = (Vec::new(), Vec::new());
+        let mut i = 0;
+        while i < net.len() {
+            let id = net[i].0;
+            let mut sum = 0;
+            while i < net.len() && net[i].0 == id {
+                sum += net[i].1;
+                i += 1;
+            }
+            match sum.cmp(&0) {
+                std::cmp::Ordering::Less => gone.push(digest(id)),
+                std::cmp::Ordering::Greater => new.push(digest(id)),
+                std::cmp::Ordering::Equal => {}
+            }
+        }
+        gone.sort_unstable();
+        new.sort_unstable();
+        let old: &[RecordDigest] = &base.digests;
+        let mut out = Vec::with_capacity(old.len() + new.len());
+        let (mut g, mut a) = (0, 0);
+        for d in old {
+            while g < gone.len() && gone[g] < *d {
+                g += 1;
+            }
+            if g < gone.len() && gone[g] == *d {
+                continue;
+            }
+            while a < new.len() && new[a] < *d {
+                out.push(new[a]);
+                a += 1;
+            }
+            out.push(*d);
+        }
+        out.extend_from_slice(&new[a..]);
+        out
+    }
+
+    fn cached(&self, records: &Records) -> Arc<Cached> {
+        self.cache
+            .get_or_init(|| {
+                let mut interned = records
+                    .interned
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if let Some(c) = interned.get(&self.records_hash).and_then(|w| w.upgrade()) {
+                    return c;
+                }
+                let digests = self.build(records);
+                #[cfg(debug_assertions)]
+                {
+                    let mut full: Vec<RecordDigest> =
+                        self.records().map(|id| records.get(id).digest).collect();
+                    full.sort_unstable();
+                    assert!(full == digests, "patched digests equal sorted ones");
+                }
+                let c = Arc::new(Cached {
+                    fingerprint: OnceLock::new(),
+                    digests: digests.into(),
+                });
+                if interned.len() > 4096 {
+                    interned.retain(|_, w| w.strong_count() > 0);
+                }
+                interned.insert(self.records_hash, Arc::downgrade(&c));
+                c
+            })
+            .clone()
+    }
+}
+
+/// A view as the real reconciliation code sees it. Records handed out are
+/// logged in order in `served`, so the simulator knows which records a
+/// message carries without hashing their bytes again.
+pub struct Store<'a> {
+    view: &'a View,
+    records: &'a Records,
+    /// Now (µs), and whether records asked for from another peer within
+    /// [`ASK_TIMEOUT_US`] count as known.
+    asked_until: Option<u64>,
+    /// Ids of the records [`RecordStore::record`] returned, in order.
+    pub served: Mutex<Vec<RecordId>>,
+}
+
+impl<'a> Store<'a> {
+    /// The store of `view`.
+    pub fn new(view: &'a View, records: &'a Records) -> Self {
+        Store {
+            view,
+            records,
+            asked_until: None,
+            served: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The store of `view` at `now_us`, leaving out of what it wants the
+    /// records already asked for from another peer.
+    pub fn dedup(view: &'a View, records: &'a Records, now_us: u64) -> Self {
+        Store {
+            asked_until: Some(now_us),
+            ..Store::new(view, records)
+        }
+    }
+
+    /// The ids logged by `record`.
+    pub fn into_served(self) -> Vec<RecordId> {
+        self.served
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl RecordStore for Store<'_> {
+    fn digests(&self) -> Arc<[RecordDigest]> {
+        self.view.cached(self.records).digests.clone()
+    }
+
+    fn record(&self, digest: &RecordDigest) -> Option<Vec<u8>> {
+        let &(id, relay) = self.records.by_digest.get(digest)?;
+        if self.view.held(relay) != Some(id) {
+            return None;
+        }
+        self.served
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(id);
+        Some(self.records.get(id).bytes.clone())
+    }
+
+    fn unknown(&self, digests: &[RecordDigest]) -> Vec<RecordDigest> {
+        digests
+            .iter()
+            .filter(|d| match self.records.by_digest.get(*d) {
+                // Nobody in a run makes up digests; the real node would ask.
+                None => true,
+                Some(&(id, relay)) => {
+                    self.view.held(relay) != Some(id)
+                        && (self.view.refused.is_empty() || !self.view.refused.contains(&id))
+                        && self.asked_until.is_none_or(|now| {
+                            self.view
+                                .asked
+                                .get(&id)
+                                .is_none_or(|at| at + ASK_TIMEOUT_US <= now)
+                        })
+                }
+            })
+            .copied()
+            .collect()
+    }
+
+    fn fingerprint_of(&self, range: &[RecordDigest]) -> Fingerprint {
+        if let Some(c) = self.view.cache.get() {
+            if range.len() == c.digests.len() && std::ptr::eq(range.as_ptr(), c.digests.as_ptr()) {
+                return *c.fingerprint.get_or_init(|| sync::fingerprint(range));
+            }
+        }
+        sync::fingerprint(range)
+    }
+}
