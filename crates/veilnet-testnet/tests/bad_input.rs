@@ -591,6 +591,35 @@ fn tamper(original: &SignedDescriptor) -> SignedDescriptor {
     }
 }
 
+/// A discovery node (a relay to the others: it listens and serves sync)
+/// that offers `records`, whatever they are, and bootstraps from `target`:
+/// its peer id, its handle, and the task draining its events.
+async fn gossip_to(
+    target: &Node,
+    records: Vec<Vec<u8>>,
+) -> (
+    PeerId,
+    veilnet_discovery::DiscoveryHandle,
+    tokio::task::JoinHandle<()>,
+) {
+    let provider: veilnet_discovery::RecordProvider = Arc::new(move || records.clone());
+    let mut cfg = veilnet_discovery::DiscoveryConfig::new(Keypair::generate_ed25519());
+    let gossiper = cfg.keypair.public().to_peer_id();
+    cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    cfg.bootstrap = target
+        .p2p_addrs
+        .iter()
+        .map(|a| {
+            a.clone()
+                .with(libp2p::multiaddr::Protocol::P2p(target.peer_id))
+        })
+        .collect();
+    cfg.exchange_interval = Duration::from_millis(500);
+    let (handle, mut events) = veilnet_discovery::spawn(cfg, provider).await.unwrap();
+    let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
+    (gossiper, handle, drain)
+}
+
 /// A descriptor for `subject`'s identity, signed by `signer`.
 fn signed_by(d: &Descriptor, signer: &Keypair) -> SignedDescriptor {
     let body = d.to_body().unwrap();
@@ -683,21 +712,7 @@ async fn descriptors_with_bad_signatures_are_refused() {
             garbage,
             control.to_bytes(),
         ];
-        let provider: veilnet_discovery::RecordProvider = Arc::new(move || records.clone());
-        let mut cfg = veilnet_discovery::DiscoveryConfig::new(Keypair::generate_ed25519());
-        let gossiper = cfg.keypair.public().to_peer_id();
-        cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
-        cfg.bootstrap = target
-            .p2p_addrs
-            .iter()
-            .map(|a| {
-                a.clone()
-                    .with(libp2p::multiaddr::Protocol::P2p(target.peer_id))
-            })
-            .collect();
-        cfg.exchange_interval = Duration::from_millis(500);
-        let (handle, mut events) = veilnet_discovery::spawn(cfg, provider).await.unwrap();
-        let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
+        let (gossiper, handle, drain) = gossip_to(&target, records).await;
 
         assert!(
             eventually(Duration::from_secs(20), || target
@@ -804,20 +819,7 @@ async fn an_equivocating_relay_is_shown_and_avoided_by_every_node() {
         // It offers both over the sync protocol, to one relay only.
         let target = net.relays[0].clone();
         let records = vec![first.to_bytes(), second.to_bytes()];
-        let provider: veilnet_discovery::RecordProvider = Arc::new(move || records.clone());
-        let mut cfg = veilnet_discovery::DiscoveryConfig::new(Keypair::generate_ed25519());
-        cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
-        cfg.bootstrap = target
-            .p2p_addrs
-            .iter()
-            .map(|a| {
-                a.clone()
-                    .with(libp2p::multiaddr::Protocol::P2p(target.peer_id))
-            })
-            .collect();
-        cfg.exchange_interval = Duration::from_millis(500);
-        let (handle, mut events) = veilnet_discovery::spawn(cfg, provider).await.unwrap();
-        let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
+        let (_, handle, drain) = gossip_to(&target, records).await;
 
         // Every node ends up with the proof, whichever copy reached it
         // first, and lists the relay nowhere.
