@@ -620,6 +620,23 @@ async fn gossip_to(
     (gossiper, handle, drain)
 }
 
+/// `template` (a real relay's descriptor) rewritten as an exit of
+/// `identity`'s, with sequence number `seq`, published `now`, and no libp2p
+/// addresses.
+fn exit_as(template: &Descriptor, identity: &Keypair, seq: u64, now: u64) -> Descriptor {
+    let mut d = template.clone();
+    d.peer_id = identity.public().to_peer_id();
+    d.identity_key = identity.public().encode_protobuf();
+    d.p2p_addrs = Vec::new();
+    d.roles = Roles {
+        relay: true,
+        exit: true,
+    };
+    d.seq = seq;
+    d.published = now;
+    d
+}
+
 /// A descriptor for `subject`'s identity, signed by `signer`.
 fn signed_by(d: &Descriptor, signer: &Keypair) -> SignedDescriptor {
     let body = d.to_body().unwrap();
@@ -667,17 +684,8 @@ async fn descriptors_with_bad_signatures_are_refused() {
         let fresh = Keypair::generate_ed25519();
         let forger = Keypair::generate_ed25519();
         let forged_peer = fresh.public().to_peer_id();
-        let mut d = template.clone();
-        d.peer_id = forged_peer;
-        d.identity_key = fresh.public().encode_protobuf();
+        let mut d = exit_as(&template, &fresh, 1, now);
         d.link_addrs = vec!["127.0.0.1:1".parse().unwrap()];
-        d.p2p_addrs = Vec::new();
-        d.roles = Roles {
-            relay: true,
-            exit: true,
-        };
-        d.seq = 1;
-        d.published = now;
         let forged = signed_by(&d, &forger);
         assert_eq!(
             Directory::new(net.client.peer_id)
@@ -800,16 +808,7 @@ async fn an_equivocating_relay_is_shown_and_avoided_by_every_node() {
         };
         let rogue = Keypair::generate_ed25519();
         let rogue_peer = rogue.public().to_peer_id();
-        let mut d = template;
-        d.peer_id = rogue_peer;
-        d.identity_key = rogue.public().encode_protobuf();
-        d.p2p_addrs = Vec::new();
-        d.roles = Roles {
-            relay: true,
-            exit: true,
-        };
-        d.seq = 7;
-        d.published = now;
+        let mut d = exit_as(&template, &rogue, 7, now);
         let first = d.sign(&rogue).unwrap();
         d.bandwidth += 1;
         let second = d.sign(&rogue).unwrap();
