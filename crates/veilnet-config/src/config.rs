@@ -47,6 +47,126 @@ pub struct Config {
     pub exit: ExitConfig,
     /// `[control]`: the local control API.
     pub control: ControlConfig,
+    /// `[measure]`: how relays measure each other, and whether this node
+    /// uses only measured relays.
+    pub measure: MeasureConfig,
+}
+
+/// The `[measure]` section. The period, measurers, window, minimum and
+/// ramp are the network's: every node of one network should use the same
+/// (the period decides who measures whom).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeasureConfig {
+    /// Whether this node (if it is a relay) measures the relays it is
+    /// assigned.
+    pub enabled: bool,
+    /// Whether this node uses only relays that measurers reached, weighed
+    /// by what they measured. Off: every relay is used at its advertised
+    /// bandwidth (private test networks only).
+    pub required: bool,
+    /// Length of a measurement period, seconds.
+    pub period_secs: u64,
+    /// Measurers assigned to each relay per period.
+    pub measurers_per_target: u32,
+    /// Periods whose reports count.
+    pub window_periods: u32,
+    /// Distinct measurers that must have reached a relay before it is used.
+    pub min_measurers: u32,
+    /// Seconds over which a newly measured relay's weight grows to its
+    /// measured bandwidth (0: at once).
+    pub ramp_secs: u64,
+    /// How long one measurement transfers data, milliseconds.
+    pub duration_ms: u64,
+    /// The most bytes per second one measurement transfers (measurements
+    /// run one at a time): a faster relay measures as this fast.
+    pub max_rate: u64,
+}
+
+impl Default for MeasureConfig {
+    fn default() -> Self {
+        MeasureConfig {
+            enabled: true,
+            required: true,
+            period_secs: 12 * 60 * 60,
+            measurers_per_target: 3,
+            window_periods: 4,
+            min_measurers: 3,
+            ramp_secs: 3 * 24 * 60 * 60,
+            duration_ms: 10_000,
+            max_rate: 20_000_000,
+        }
+    }
+}
+
+impl MeasureConfig {
+    /// Short periods for a test network on one host: every relay measured
+    /// within seconds of start, usable after 2 measurers, no ramp.
+    pub fn test_network() -> Self {
+        MeasureConfig {
+            enabled: true,
+            required: true,
+            period_secs: 20,
+            measurers_per_target: 3,
+            window_periods: 4,
+            min_measurers: 2,
+            ramp_secs: 0,
+            duration_ms: 1_000,
+            max_rate: 8_000_000,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let range = |field: &'static str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(ConfigError::invalid(
+                    field,
+                    format!("{v} is not between {lo} and {hi}"),
+                ))
+            }
+        };
+        range(
+            "measure.period_secs",
+            self.period_secs,
+            10,
+            7 * 24 * 60 * 60,
+        )?;
+        range(
+            "measure.measurers_per_target",
+            u64::from(self.measurers_per_target),
+            1,
+            16,
+        )?;
+        range(
+            "measure.window_periods",
+            u64::from(self.window_periods),
+            1,
+            8,
+        )?;
+        range(
+            "measure.min_measurers",
+            u64::from(self.min_measurers),
+            1,
+            16,
+        )?;
+        range("measure.ramp_secs", self.ramp_secs, 0, 30 * 24 * 60 * 60)?;
+        range("measure.duration_ms", self.duration_ms, 500, 60_000)?;
+        if self.duration_ms * 4 > self.period_secs * 1000 {
+            return Err(ConfigError::invalid(
+                "measure.duration_ms",
+                "must be at most a quarter of measure.period_secs",
+            ));
+        }
+        range(
+            "measure.max_rate",
+            self.max_rate,
+            MIN_BANDWIDTH_RATE,
+            u64::MAX,
+        )?;
+        Ok(())
+    }
 }
 
 /// The `[node]` section.
@@ -142,6 +262,7 @@ impl Default for Config {
             client: ClientConfig::default(),
             exit: ExitConfig::default(),
             control: ControlConfig::default(),
+            measure: MeasureConfig::default(),
         }
     }
 }
@@ -249,6 +370,7 @@ impl Config {
     /// (Exit policy rules that `veilnet-policy` cannot parse never get this
     /// far: they fail the parse.)
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.measure.validate()?;
         let c = &self.client;
         if !(1..=MAX_HOPS).contains(&usize::from(c.hops)) {
             return Err(ConfigError::invalid(

@@ -30,6 +30,8 @@ pub(crate) fn nodes() -> Vec<NodeView> {
         region: "eu".into(),
         advertised_bandwidth: bandwidth,
         measured_bandwidth: None,
+        reachable: None,
+        measured_by: 0,
         weight: bandwidth,
         version: "0.1.0".into(),
         is_self,

@@ -19,9 +19,17 @@ pub struct NodeView {
     pub region: String,
     /// The bandwidth the node advertises, bytes per second (its own claim).
     pub advertised_bandwidth: u64,
-    /// The bandwidth peers measured, bytes per second; `None` while not
-    /// measured (peer measurement is not built yet, so always `None`).
+    /// The bandwidth peers measured (the median over the measurers that
+    /// reached it), bytes per second; `None` while no measurer reached it,
+    /// or with measurements off.
     pub measured_bandwidth: Option<u64>,
+    /// Whether measurers reached it enough to use it; `None` with
+    /// measurements off.
+    #[serde(default)]
+    pub reachable: Option<bool>,
+    /// Distinct measurers whose latest observation of it counts.
+    #[serde(default)]
+    pub measured_by: usize,
     /// Its selection weight (0: never chosen, e.g. over its address
     /// prefix's cap).
     pub weight: u64,

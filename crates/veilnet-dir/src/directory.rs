@@ -11,6 +11,7 @@ use crate::descriptor::{
     is_too_old, Descriptor, DescriptorDigest, DescriptorError, SignedDescriptor, Verified,
 };
 use crate::evidence::Equivocation;
+use crate::measure::{MeasureParams, Measurements, ReportError, ReportInserted, VerifiedReport};
 use crate::weight::Weights;
 
 /// Most nodes a [`Directory`] holds.
@@ -128,6 +129,11 @@ pub struct Directory {
     weights: OnceLock<Arc<Weights>>,
     /// Whether relays at private and loopback addresses carry weight.
     allow_private: bool,
+    /// The measurement reports, if this directory weighs relays by them.
+    measure: Option<Measurements>,
+    /// The latest time it was told (by an insert or an expiry): what the
+    /// weights are computed at.
+    clock: u64,
 }
 
 impl Directory {
@@ -144,6 +150,8 @@ impl Directory {
             sorted: OnceLock::new(),
             weights: OnceLock::new(),
             allow_private: false,
+            measure: None,
+            clock: 0,
             seqs: HashMap::new(),
             seqs_dirty: false,
         }
@@ -157,7 +165,7 @@ impl Directory {
     /// Whether the directory holds the descriptor whose signed form has
     /// this digest: a repeat that needs no parsing and no signature check.
     pub fn holds(&self, digest: &DescriptorDigest) -> bool {
-        self.digests.contains_key(digest)
+        self.digests.contains_key(digest) || self.measure.as_ref().is_some_and(|m| m.holds(digest))
     }
 
     /// Whether a descriptor needs no fetching or checking: held, or
@@ -172,12 +180,16 @@ impl Directory {
         self.refused.insert(digest);
     }
 
-    /// The digests of every stored descriptor, sorted; kept until the
-    /// next change, so repeated calls cost a reference count.
+    /// The digests of every stored record (descriptors and measurement
+    /// reports), sorted; kept until the next change, so repeated calls cost
+    /// a reference count.
     pub fn digests(&self) -> Arc<[DescriptorDigest]> {
         self.sorted
             .get_or_init(|| {
                 let mut d: Vec<_> = self.digests.keys().copied().collect();
+                if let Some(m) = &self.measure {
+                    d.extend(m.digests().copied());
+                }
                 d.sort_unstable();
                 d.into()
             })
@@ -247,12 +259,68 @@ impl Directory {
         self.weights = OnceLock::new();
     }
 
-    /// Every usable relay's selection weight ([`Weights`]); kept until the
-    /// next change.
+    /// Every usable relay's selection weight ([`Weights`]), with
+    /// measurements if they are on, at the directory's latest time; kept
+    /// until the next change or expiry.
     pub fn weights(&self) -> Arc<Weights> {
         self.weights
-            .get_or_init(|| Arc::new(Weights::of(self.iter(), self.allow_private)))
+            .get_or_init(|| {
+                let m = self.measure.as_ref().map(|m| (m, self.clock));
+                Arc::new(Weights::of(self.iter(), self.allow_private, m))
+            })
             .clone()
+    }
+
+    /// Weighs relays by peer measurements ([`crate::measure`]) with
+    /// `params`, or (`None`, the default) by their advertised bandwidth
+    /// alone, every relay usable. Turning them on starts with no reports:
+    /// no relay is usable until measurers have reached it.
+    pub fn use_measurements(&mut self, params: Option<MeasureParams>) {
+        self.measure = params.map(Measurements::new);
+        self.changed();
+    }
+
+    /// The measurement reports held, if measurements are on.
+    pub fn measurements(&self) -> Option<&Measurements> {
+        self.measure.as_ref()
+    }
+
+    /// Stores a verified measurement report ([`Measurements::insert`]): its
+    /// measurer must be a relay this directory lists.
+    pub fn insert_report(
+        &mut self,
+        report: VerifiedReport,
+        now: u64,
+    ) -> Result<ReportInserted, ReportError> {
+        let measurer = report.report.measurer;
+        let listed = self
+            .nodes
+            .get(&measurer)
+            .is_some_and(|e| e.desc.roles.relay);
+        let Some(m) = self.measure.as_mut() else {
+            return Err(ReportError::Disabled);
+        };
+        if !listed {
+            return Err(ReportError::UnknownMeasurer(measurer));
+        }
+        self.clock = self.clock.max(now);
+        let done = m.insert(report, now)?;
+        if done != ReportInserted::Unchanged {
+            self.changed();
+        }
+        Ok(done)
+    }
+
+    /// The record with this digest, a descriptor's or a report's, as it
+    /// travels.
+    pub fn record(&self, digest: &DescriptorDigest) -> Option<Vec<u8>> {
+        if let Some(sd) = self.signed_by_digest(digest) {
+            return Some(sd.to_bytes());
+        }
+        self.measure
+            .as_ref()
+            .and_then(|m| m.record(digest))
+            .map(<[u8]>::to_vec)
     }
 
     /// Lets relays at private, loopback and other special addresses carry
@@ -318,6 +386,7 @@ impl Directory {
         now: u64,
     ) -> Result<Inserted, DescriptorError> {
         let peer = verified.desc.peer_id;
+        self.clock = self.clock.max(now);
         if let Some(ev) = self.evidence.get(&peer) {
             if ev.digests.contains(&verified.digest) {
                 return Ok(Inserted::Unchanged);
@@ -400,7 +469,11 @@ impl Directory {
 
     /// Remove descriptors that are too old or whose onion key has expired at
     /// `now`; returns the removed peers.
+    /// With measurements on, also drops reports of periods past the
+    /// window and of measurers no longer listed, and recomputes the
+    /// weights at `now` (a newcomer's ramp grows with time).
     pub fn expire(&mut self, now: u64) -> Vec<PeerId> {
+        self.clock = self.clock.max(now);
         let mut removed = Vec::new();
         let digests = &mut self.digests;
         self.nodes.retain(|peer, e| {
@@ -421,8 +494,15 @@ impl Directory {
             }
             keep
         });
-        if !removed.is_empty() || self.evidence.len() != before {
+        let nodes = &self.nodes;
+        let reports_gone = self
+            .measure
+            .as_mut()
+            .is_some_and(|m| m.expire(now, |p| nodes.contains_key(p)));
+        if !removed.is_empty() || self.evidence.len() != before || reports_gone {
             self.changed();
+        } else if self.measure.is_some() {
+            self.weights = OnceLock::new();
         }
         removed
     }

@@ -4,6 +4,7 @@
 pub mod descriptor;
 pub mod directory;
 pub mod evidence;
+pub mod measure;
 pub mod path;
 pub mod weight;
 pub mod wire;
@@ -18,5 +19,9 @@ pub use directory::{
     MAX_SEQ_MARKS_FILE_BYTES, REFUSED_REMEMBERED, SEQ_MARKS_FILE,
 };
 pub use evidence::Equivocation;
+pub use measure::{
+    is_report, MeasureParams, Measured, Observation, Report, ReportError, ReportInserted,
+    VerifiedReport,
+};
 pub use path::{select_path, PathError, PathRequest};
 pub use weight::{Weights, MAX_WEIGHTED_PER_PREFIX};

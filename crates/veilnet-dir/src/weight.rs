@@ -1,7 +1,7 @@
 //! How much of the network's traffic each relay is offered: its selection
 //! weight, the same on every node with the same directory.
 //!
-//! Today the weight is the relay's advertised bandwidth (clamped, see
+//! Without measurements the weight is the relay's advertised bandwidth (clamped, see
 //! [`path::weight`](crate::path::weight)), with one rule that costs an
 //! attacker real resources: **address caps**. At most
 //! [`MAX_WEIGHTED_PER_PREFIX`] relays per IPv4 /24 and per IPv6 /48 carry
@@ -14,9 +14,11 @@
 //! never uses. A relay whose dialled address is private, loopback or
 //! otherwise special weighs 0, except in a directory that allows private
 //! relays (test networks on one host or one LAN), where such addresses are
-//! not capped either. Peer-measured bandwidth is not built yet: the
-//! advertised figure is believed, and nobody checks that a relay owns the
-//! address it lists.
+//! not capped either. With measurements on ([`crate::measure`]), a relay
+//! weighs its peer-measured bandwidth capped by its advertised one, and
+//! nothing until independent measurers have reached it; the caps then rank
+//! a prefix's relays by that weight. Nobody checks that a relay owns the
+//! address it lists beyond reaching it there.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -24,7 +26,8 @@ use std::net::IpAddr;
 use libp2p::PeerId;
 
 use crate::descriptor::Descriptor;
-use crate::path::{is_usable_relay, weight};
+use crate::measure::{Measured, Measurements};
+use crate::path::{is_usable_relay, weight, MAX_WEIGHT, MIN_WEIGHT};
 
 /// Most relays of one IPv4 /24 or IPv6 /48 that carry weight.
 pub const MAX_WEIGHTED_PER_PREFIX: usize = 2;
@@ -65,50 +68,134 @@ fn counts(ip: IpAddr, allow_private: bool) -> Counts {
     }
 }
 
-/// The selection weight of every usable relay of a directory.
+/// The selection weight of every usable relay of a directory, and what the
+/// measurements say about each.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Weights {
     by_peer: HashMap<PeerId, u64>,
+    measured: HashMap<PeerId, Measured>,
+    measurers: HashSet<PeerId>,
+}
+
+/// The relays of `relays` that weigh nothing by address: over their
+/// prefix's cap (the heaviest by `weigh` keep their place, then the lowest
+/// peer id), or at a private address where those are not allowed.
+fn over_caps(
+    relays: &[&Descriptor],
+    allow_private: bool,
+    weigh: impl Fn(&Descriptor) -> u64,
+) -> HashSet<PeerId> {
+    let mut by_prefix: HashMap<Prefix, Vec<(u64, PeerId)>> = HashMap::new();
+    let mut capped: HashSet<PeerId> = HashSet::new();
+    for d in relays {
+        let Some(dialled) = d.link_addrs.first() else {
+            continue;
+        };
+        match counts(dialled.ip(), allow_private) {
+            Counts::Capped(p) => by_prefix.entry(p).or_default().push((weigh(d), d.peer_id)),
+            Counts::Exempt => {}
+            Counts::Nothing => {
+                capped.insert(d.peer_id);
+            }
+        }
+    }
+    for members in by_prefix.values_mut() {
+        if members.len() <= MAX_WEIGHTED_PER_PREFIX {
+            continue;
+        }
+        members.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        capped.extend(members[MAX_WEIGHTED_PER_PREFIX..].iter().map(|(_, p)| *p));
+    }
+    capped
 }
 
 impl Weights {
     /// The weights of the usable relays among `descriptors`;
     /// `allow_private`: private and loopback relays count (test networks).
-    pub fn of<'a>(descriptors: impl Iterator<Item = &'a Descriptor>, allow_private: bool) -> Self {
+    /// With `measurements` (and the time), a relay weighs what they say
+    /// ([`crate::measure`]): nothing until it is reachable, then its
+    /// measured bandwidth capped by its advertised one, ramped up from when
+    /// it was first measured. The measurers counted are the relays that
+    /// carry weight by address (the caps ranked by advertised bandwidth),
+    /// so an attacker's measurers are as few as its weighted relays.
+    pub fn of<'a>(
+        descriptors: impl Iterator<Item = &'a Descriptor>,
+        allow_private: bool,
+        measurements: Option<(&Measurements, u64)>,
+    ) -> Self {
         let relays: Vec<&Descriptor> = descriptors.filter(|d| is_usable_relay(d)).collect();
-        let mut by_prefix: HashMap<Prefix, Vec<(u64, PeerId)>> = HashMap::new();
-        let mut capped: HashSet<PeerId> = HashSet::new();
-        for d in &relays {
-            let Some(dialled) = d.link_addrs.first() else {
-                continue;
+        let Some((m, now)) = measurements else {
+            let capped = over_caps(&relays, allow_private, weight);
+            let by_peer = relays
+                .iter()
+                .map(|d| {
+                    (
+                        d.peer_id,
+                        if capped.contains(&d.peer_id) {
+                            0
+                        } else {
+                            weight(d)
+                        },
+                    )
+                })
+                .collect();
+            return Weights {
+                by_peer,
+                ..Weights::default()
             };
-            match counts(dialled.ip(), allow_private) {
-                Counts::Capped(p) => by_prefix.entry(p).or_default().push((weight(d), d.peer_id)),
-                Counts::Exempt => {}
-                Counts::Nothing => {
-                    capped.insert(d.peer_id);
+        };
+        let by_address = over_caps(&relays, allow_private, weight);
+        let measurers: HashSet<PeerId> = relays
+            .iter()
+            .map(|d| d.peer_id)
+            .filter(|p| !by_address.contains(p))
+            .collect();
+        let measured = m.aggregate(&measurers, now);
+        let ramp = m.params().ramp_secs;
+        let required = m.params().required;
+        let base = |d: &Descriptor| -> u64 {
+            if !required {
+                return weight(d);
+            }
+            match measured.get(&d.peer_id) {
+                Some(x) if x.reachable => {
+                    let w = weight(d).min(x.bandwidth.clamp(MIN_WEIGHT, MAX_WEIGHT));
+                    let w = u128::from(w) * u128::from(x.ramp_percent(now, ramp)) / 100;
+                    (w as u64).max(MIN_WEIGHT)
                 }
+                _ => 0,
             }
-        }
-        for members in by_prefix.values_mut() {
-            if members.len() <= MAX_WEIGHTED_PER_PREFIX {
-                continue;
-            }
-            members.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-            capped.extend(members[MAX_WEIGHTED_PER_PREFIX..].iter().map(|(_, p)| *p));
-        }
+        };
+        let capped = over_caps(&relays, allow_private, base);
         let by_peer = relays
             .iter()
             .map(|d| {
-                let w = if capped.contains(&d.peer_id) {
-                    0
-                } else {
-                    weight(d)
-                };
-                (d.peer_id, w)
+                (
+                    d.peer_id,
+                    if capped.contains(&d.peer_id) {
+                        0
+                    } else {
+                        base(d)
+                    },
+                )
             })
             .collect();
-        Weights { by_peer }
+        Weights {
+            by_peer,
+            measured,
+            measurers,
+        }
+    }
+
+    /// What the measurements say about `peer`, if any measurer counted
+    /// observed it.
+    pub fn measured(&self, peer: &PeerId) -> Option<&Measured> {
+        self.measured.get(peer)
+    }
+
+    /// The relays whose observations count (with measurements on).
+    pub fn measurers(&self) -> &HashSet<PeerId> {
+        &self.measurers
     }
 
     /// The weight of `peer`: 0 for a relay over its prefix's cap, or one

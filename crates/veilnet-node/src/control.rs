@@ -43,8 +43,18 @@ impl ControlSource for NodeControl {
         };
         let dir = lock(&n.directory);
         let weights = dir.weights();
+        let measuring = dir.measurements().is_some();
         dir.iter()
-            .map(|d| node_view(d, weights.get(&d.peer_id), d.peer_id == n.peer_id))
+            .map(|d| {
+                let mut v = node_view(d, weights.get(&d.peer_id), d.peer_id == n.peer_id);
+                if measuring {
+                    let m = weights.measured(&d.peer_id);
+                    v.measured_bandwidth = m.filter(|m| m.reached_by > 0).map(|m| m.bandwidth);
+                    v.reachable = Some(m.is_some_and(|m| m.reachable));
+                    v.measured_by = m.map_or(0, |m| m.observed_by);
+                }
+                v
+            })
             .collect()
     }
 
@@ -108,6 +118,8 @@ fn node_view(d: &Descriptor, weight: u64, is_self: bool) -> NodeView {
         region: d.region.clone(),
         advertised_bandwidth: d.bandwidth,
         measured_bandwidth: None,
+        reachable: None,
+        measured_by: 0,
         weight,
         version: d.version.clone(),
         is_self,

@@ -10,7 +10,10 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use veilnet_circmgr::CircuitManager;
 use veilnet_config::unix_now;
-use veilnet_dir::{DescriptorDigest, DescriptorError, Directory, Inserted, SignedDescriptor};
+use veilnet_dir::{
+    DescriptorDigest, DescriptorError, Directory, Inserted, ReportError, ReportInserted,
+    SignedDescriptor, VerifiedReport,
+};
 use veilnet_discovery::{DiscoveryEvent, DiscoveryHandle};
 use veilnet_error::{ErrorKind, HasKind};
 use veilnet_proto::Core;
@@ -25,7 +28,8 @@ const IDLE_LINK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// How often the directory is pruned and known peers saved.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
 
-/// Verifies and stores descriptors arriving from discovery, one batch at a
+/// Verifies and stores descriptors and measurement reports arriving from
+/// discovery, one batch at a
 /// time on the blocking pool.
 ///
 /// Work is bounded before the expensive part: a descriptor the directory
@@ -81,6 +85,12 @@ fn feed(
     };
     let mut stored = Vec::new();
     for (digest, raw) in fresh {
+        if veilnet_dir::is_report(&raw) {
+            if feed_report(directory, from, digest, &raw, now) {
+                stored.push(digest);
+            }
+            continue;
+        }
         let result = SignedDescriptor::from_bytes(&raw)
             .and_then(|sd| sd.verify_into(now))
             .and_then(|v| lock(directory).insert_verified(v, now));
@@ -111,6 +121,42 @@ fn feed(
         }
     }
     stored
+}
+
+/// Checks and stores one measurement report (see [`feed`]); returns
+/// whether it was stored (new to us).
+fn feed_report(
+    directory: &Mutex<Directory>,
+    from: libp2p::PeerId,
+    digest: DescriptorDigest,
+    raw: &[u8],
+    now: u64,
+) -> bool {
+    let result = VerifiedReport::decode(raw).and_then(|v| lock(directory).insert_report(v, now));
+    match result {
+        Ok(ReportInserted::New | ReportInserted::Updated) => true,
+        Ok(ReportInserted::Unchanged) => false,
+        Err(e) => {
+            // A report of a measurer we do not list yet may count once its
+            // descriptor arrives, and one from a little ahead of our clock
+            // once we catch up; any other is refused for good.
+            let later = match &e {
+                ReportError::UnknownMeasurer(_) => true,
+                ReportError::OutOfWindow { epoch, first, .. } => epoch >= first,
+                _ => false,
+            };
+            if !later {
+                lock(directory).note_refused(digest);
+            }
+            match e.kind() {
+                ErrorKind::PeerMisbehaved => {
+                    warn!("rejected a measurement report relayed by {from}: {e}")
+                }
+                _ => debug!("ignored a measurement report relayed by {from}: {e}"),
+            }
+            false
+        }
+    }
 }
 
 /// Whether the same bytes would be refused again later: not for a

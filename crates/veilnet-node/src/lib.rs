@@ -3,6 +3,9 @@
 
 mod control;
 mod housekeeping;
+mod measure;
+
+pub use measure::MeasureStats;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -109,6 +112,8 @@ pub struct Node {
     pub socks_addr: Option<SocketAddr>,
     /// The HTTP CONNECT proxy's address, if enabled.
     pub http_addr: Option<SocketAddr>,
+    /// What this node's measurer did (zero if it measures nothing).
+    pub measure_stats: Arc<MeasureStats>,
     control_addr: OnceLock<SocketAddr>,
     started: Instant,
     shutdown_tx: watch::Sender<bool>,
@@ -168,6 +173,25 @@ impl Node {
         let exit = config.exit.enabled.then(|| config.exit.clone());
         let mut dir = Directory::new(peer_id);
         dir.allow_private_relays(config.node.danger_allow_private_links);
+        // Reports are kept (and passed on) if this node uses them or makes
+        // them.
+        let publish = config.node.relay || exit.is_some();
+        // A relay that donates less than a measurement's rate would
+        // measure everyone at its own limit: it does not measure.
+        let capped_below = config
+            .node
+            .relay_bandwidth()
+            .is_some_and(|(rate, _)| rate < config.measure.max_rate);
+        let measures = publish && config.node.relay && config.measure.enabled && !capped_below;
+        if publish && config.node.relay && config.measure.enabled && capped_below {
+            info!(
+                "not measuring other relays: node.bandwidth_rate is below measure.max_rate, \
+                 so every figure would be this node's own limit"
+            );
+        }
+        if config.measure.required || measures {
+            dir.use_measurements(Some(measure::params(&config.measure)));
+        }
         let directory = Arc::new(Mutex::new(dir));
         // The one-hop rule (a circuit whose CREATE came from a peer that is
         // not a relay in our directory came straight from its client) and
@@ -209,7 +233,6 @@ impl Node {
         // listener besides its proxies and control API (so no crawler can
         // list client addresses), uses a throwaway libp2p identity and
         // stays out of every directory and routing table.
-        let publish = config.node.relay || exit.is_some();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let link_addr = if publish {
@@ -367,8 +390,21 @@ impl Node {
             },
             shutdown_rx.clone(),
         )));
+        let measure_stats = Arc::new(MeasureStats::default());
+        if measures {
+            let measurer = measure::Measurer {
+                directory: directory.clone(),
+                core: core.clone(),
+                identity: keys.identity.clone(),
+                discovery: discovery.clone(),
+                config: config.measure.clone(),
+                stats: measure_stats.clone(),
+            };
+            tasks.push(tokio::spawn(measurer.run(shutdown_rx.clone())));
+        }
         let node = Arc::new(Node {
             peer_id,
+            measure_stats,
             core,
             directory,
             circuits,
@@ -490,7 +526,8 @@ fn configured_addresses(config: &Config) -> Vec<IpAddr> {
     ips
 }
 
-/// The directory as discovery reconciles it: descriptors by digest.
+/// The directory as discovery reconciles it: descriptors and measurement
+/// reports by digest.
 struct DirectoryRecords(Arc<Mutex<Directory>>);
 
 impl veilnet_discovery::RecordStore for DirectoryRecords {
@@ -499,9 +536,7 @@ impl veilnet_discovery::RecordStore for DirectoryRecords {
     }
 
     fn record(&self, digest: &veilnet_discovery::RecordDigest) -> Option<Vec<u8>> {
-        lock(&self.0)
-            .signed_by_digest(digest)
-            .map(SignedDescriptor::to_bytes)
+        lock(&self.0).record(digest)
     }
 
     fn unknown(

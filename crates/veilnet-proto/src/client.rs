@@ -157,6 +157,37 @@ impl Core {
         let link = self
             .client_link_to(first.peer, first.addr, &first.link_key)
             .await?;
+        self.build_circuit_from(link, path, started).await
+    }
+
+    /// Like [`Core::build_circuit`], over `link`, a link to the first hop
+    /// of `path` that we opened as a client (say, with
+    /// [`Core::separate_client_link`]).
+    pub async fn build_circuit_on(
+        self: &Arc<Self>,
+        link: Arc<Link>,
+        path: &[HopSpec],
+    ) -> Result<ClientCircuit, ProtoError> {
+        if path.first().map(|h| h.peer) != Some(link.peer) || !link.is_initiator() {
+            return Err(ProtoError::Invalid(
+                "the link must be one we opened to the path's first hop".into(),
+            ));
+        }
+        if path.len() > veilnet_cell::MAX_HOPS {
+            return Err(ProtoError::Invalid(format!(
+                "{} hops is too many",
+                path.len()
+            )));
+        }
+        self.build_circuit_from(link, path, Instant::now()).await
+    }
+
+    async fn build_circuit_from(
+        self: &Arc<Self>,
+        link: Arc<Link>,
+        path: &[HopSpec],
+        started: Instant,
+    ) -> Result<ClientCircuit, ProtoError> {
         // Only handshake replies arrive on this channel while building.
         let (tx, mut rx) = mpsc::channel(8);
         let circ =

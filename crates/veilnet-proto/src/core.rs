@@ -100,6 +100,8 @@ pub struct Core {
     pub(crate) exit_connects: Arc<Semaphore>,
     /// What the engine did.
     pub stats: Arc<Stats>,
+    /// Measurement sinks: streams that end in this node.
+    pub(crate) sinks: Arc<crate::sink::Sinks>,
     /// The donated bandwidth's buckets, if limited.
     buckets: Option<Arc<RelayBuckets>>,
 }
@@ -144,6 +146,7 @@ impl Core {
             client_links: Mutex::new(HashMap::new()),
             all_links: Mutex::new(HashMap::new()),
             stats: Arc::default(),
+            sinks: Arc::default(),
             buckets: cfg_buckets,
         }))
     }
@@ -151,6 +154,11 @@ impl Core {
     /// Our link key's public half, for the descriptor.
     pub fn link_key(&self) -> [u8; 32] {
         self.link_key.public
+    }
+
+    /// This node's measurement sinks ([`crate::Sinks`]).
+    pub fn sinks(&self) -> &Arc<crate::sink::Sinks> {
+        &self.sinks
     }
 
     /// This node's identity.
@@ -366,6 +374,34 @@ impl Core {
                 return Ok(l.clone());
             }
         }
+        let link = self.open_link(identity, peer, addr, link_key).await?;
+        // Another task may have linked meanwhile; both links work, keep the newest.
+        lock().insert(peer, link.clone());
+        Ok(link)
+    }
+
+    /// A new link to `peer` under a throwaway identity that no other
+    /// circuit will use (it is in no map that circuits are given links
+    /// from): for a measurement circuit, so that the relay measured cannot
+    /// tie it to our other circuits. Close it when done ([`Link::close`]).
+    pub async fn separate_client_link(
+        self: &Arc<Self>,
+        peer: PeerId,
+        addr: SocketAddr,
+        link_key: &[u8; 32],
+    ) -> Result<Arc<Link>, ProtoError> {
+        self.open_link(None, peer, addr, link_key).await
+    }
+
+    /// Connects and authenticates a link to `peer` as `identity` (`None`:
+    /// a throwaway one) and registers it.
+    async fn open_link(
+        self: &Arc<Self>,
+        identity: Option<&Keypair>,
+        peer: PeerId,
+        addr: SocketAddr,
+        link_key: &[u8; 32],
+    ) -> Result<Arc<Link>, ProtoError> {
         if peer == self.peer_id {
             return Err(ProtoError::Invalid("cannot link to ourselves".into()));
         }
@@ -398,8 +434,6 @@ impl Core {
         }
         let link = self.register(stream, session, true, identity_is_ours);
         debug!(peer = %peer, "outbound link up");
-        // Another task may have linked meanwhile; both links work, keep the newest.
-        lock().insert(peer, link.clone());
         Ok(link)
     }
 

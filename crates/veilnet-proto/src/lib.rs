@@ -9,12 +9,14 @@ mod limits;
 mod link;
 mod rate;
 mod relay;
+mod sink;
 mod stats;
 mod stream;
 
 pub use crate::core::{Core, CoreConfig};
 pub use crate::limits::Limits;
 pub use crate::rate::BandwidthLimit;
+pub use crate::sink::{Sink, Sinks, MAX_SINKS, SINK_SUFFIX};
 pub use crate::stats::Stats;
 pub use client::ClientStream;
 pub use client::{CircuitInfo, ClientCircuit};

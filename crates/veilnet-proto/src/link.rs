@@ -91,6 +91,11 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
+    /// Whether we opened this link.
+    pub fn is_initiator(&self) -> bool {
+        self.initiator
+    }
+
     /// Queues a cell for sending; waits while the queue is full.
     pub async fn send(&self, cell: Cell) -> Result<(), ProtoError> {
         self.reserve().await?.send(cell);

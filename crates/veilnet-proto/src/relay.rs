@@ -352,6 +352,7 @@ impl Core {
                             policy: self.cfg.policy.clone(),
                             stats: self.stats.clone(),
                             connects: self.exit_connects.clone(),
+                            sinks: self.sinks.clone(),
                         };
                         Endpoint::new(
                             CircuitTx::Relay(back.clone()),

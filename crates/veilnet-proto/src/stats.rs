@@ -13,6 +13,9 @@ pub struct Stats {
     pub cells_refused: AtomicU64,
     /// Exit streams opened.
     pub exit_streams: AtomicU64,
+    /// Streams joined to this node's own measurement sinks (not counted
+    /// in `exit_streams`).
+    pub sink_streams: AtomicU64,
     /// BEGINs the policy refused (not an exit, one-hop circuit, ...).
     pub streams_refused: AtomicU64,
     /// Cells with a command this version does not know (ignored).

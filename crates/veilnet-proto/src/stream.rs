@@ -59,6 +59,8 @@ pub(crate) struct ExitSide {
     pub(crate) stats: Arc<Stats>,
     /// Exit connects in progress on this node.
     pub(crate) connects: Arc<Semaphore>,
+    /// This node's measurement sinks.
+    pub(crate) sinks: Arc<crate::sink::Sinks>,
 }
 
 pub(crate) enum ToApp {
@@ -321,10 +323,20 @@ impl<T: CircuitSender> Endpoint<T> {
             return self.act(|s| s.refuse(sid, EndReason::ExitPolicy)).await;
         };
         let policy = exit.policy.clone();
-        let admitted = policy.admit_begin(&BeginRequest {
-            prev_peer,
-            target: &target,
-        });
+        // One of our own measurement sinks: joined to its local socket,
+        // whatever the exit policy (the name is ours, and used up).
+        let sink = exit.sinks.claim(&target);
+        let admitted = match (&sink, &target) {
+            (Some(_), _) => Ok(()),
+            // Our names are never looked up, nor anyone's guess at one.
+            (None, TargetAddr::Domain(name, _)) if is_reserved_name(name) => {
+                Err(veilnet_circuit::policy::Refusal::ExitPolicy)
+            }
+            (None, _) => policy.admit_begin(&BeginRequest {
+                prev_peer,
+                target: &target,
+            }),
+        };
         if let Err(refusal) = admitted {
             debug!("refusing a BEGIN: {refusal}");
             count(&exit.stats.streams_refused);
@@ -338,7 +350,11 @@ impl<T: CircuitSender> Endpoint<T> {
         let Ok(h) = self.act(|s| s.accept(sid, io)).await? else {
             return Ok(()); // at the stream limit: END sent
         };
-        count(&exit.stats.exit_streams);
+        if sink.is_some() {
+            count(&exit.stats.sink_streams);
+        } else {
+            count(&exit.stats.exit_streams);
+        }
         let ep = self.clone();
         // The whole resolve-and-connect stays well inside the client's stream
         // open timeout, so the client hears the real reason.
@@ -346,10 +362,12 @@ impl<T: CircuitSender> Endpoint<T> {
         let per_addr = self.limits.connect_timeout;
         tokio::spawn(async move {
             let result = tokio::select! {
-                r = tokio::time::timeout(
-                    budget,
-                    crate::exit::connect(&*policy, prev_peer, &target, per_addr),
-                ) => {
+                r = tokio::time::timeout(budget, async {
+                    match sink {
+                        Some(local) => TcpStream::connect(local).await.map_err(|_| EndReason::Misc),
+                        None => crate::exit::connect(&*policy, prev_peer, &target, per_addr).await,
+                    }
+                }) => {
                     r.unwrap_or(Err(EndReason::Timeout))
                 }
                 // The stream or circuit went away first: stop here.
@@ -469,6 +487,12 @@ async fn pump<T: CircuitSender>(
     // Both directions are done (or one broke): forget the stream.
     ep.reset(h, None).await;
     ep.drain(&mut rx).await;
+}
+
+/// Whether `name` is under `.veilnet`, which no exit looks up.
+fn is_reserved_name(name: &str) -> bool {
+    let n = name.trim_end_matches('.').to_ascii_lowercase();
+    n == "veilnet" || n.ends_with(".veilnet")
 }
 
 /// Socket to circuit. Ends the stream's outbound direction with END(Done) on

@@ -47,6 +47,9 @@ pub struct TestnetOptions {
     /// Test hook: edits relay `i`'s configuration before it starts (e.g.
     /// a bandwidth limit or a false advertised bandwidth on one relay).
     pub relay_config: Option<RelayConfig>,
+    /// Peer measurement on every node (see [`LocalNetwork::measure`]);
+    /// `None`: off.
+    pub measure: Option<veilnet_config::MeasureConfig>,
 }
 
 /// See [`TestnetOptions::relay_config`].
@@ -67,6 +70,7 @@ impl Default for TestnetOptions {
             max_circuit_dirtiness: Duration::from_secs(600),
             wrap_policy: None,
             relay_config: None,
+            measure: None,
         }
     }
 }
@@ -125,6 +129,7 @@ impl Testnet {
             hops: opts.hops,
             allow_private_targets: opts.allow_private_targets,
             max_circuit_dirtiness: opts.max_circuit_dirtiness,
+            measure: opts.measure.clone(),
         };
         let mut relays = Vec::with_capacity(opts.nodes);
         let mut bootstrap = Vec::new();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use veilnet_config::Config;
+use veilnet_config::{Config, MeasureConfig};
 
 /// What a node of a local network does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +42,10 @@ pub struct LocalNetwork {
     pub allow_private_targets: bool,
     /// How long a circuit takes new streams (`max_circuit_dirtiness`).
     pub max_circuit_dirtiness: Duration,
+    /// Peer measurement (`[measure]`), e.g.
+    /// [`MeasureConfig::test_network`]; `None`: off, every relay used at
+    /// its advertised bandwidth at once.
+    pub measure: Option<MeasureConfig>,
 }
 
 impl Default for LocalNetwork {
@@ -51,6 +55,7 @@ impl Default for LocalNetwork {
             hops: client.hops,
             allow_private_targets: false,
             max_circuit_dirtiness: Duration::from_secs(client.max_circuit_dirtiness_secs),
+            measure: None,
         }
     }
 }
@@ -103,6 +108,11 @@ impl LocalNetwork {
         c.client.socks = None;
         c.client.http_proxy = None;
         c.control.listen = None;
+        c.measure = self.measure.clone().unwrap_or(MeasureConfig {
+            enabled: false,
+            required: false,
+            ..MeasureConfig::default()
+        });
         c.exit.enabled = exit;
         c.exit.danger_allow_private_targets = exit && self.allow_private_targets;
         // Exits refuse one-hop circuits; a network that builds only those needs them.

@@ -63,6 +63,12 @@ enum Command {
         /// converges faster with less).
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..=600_000))]
         gossip_interval_ms: u64,
+        /// Turn peer measurement off: every relay is used at once at the
+        /// bandwidth it advertises. On (the default), relays measure each
+        /// other every 20 s and a relay is used once 2 measurers reached
+        /// it, which takes a few seconds after start.
+        #[arg(long)]
+        no_measure: bool,
     },
     /// Measure a local network of node processes against direct connections.
     Bench(veilnet_bench::BenchOptions),
@@ -162,6 +168,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             control,
             allow_private_targets,
             gossip_interval_ms,
+            no_measure,
         } => {
             loopback_only("--socks", socks)?;
             if let Some(a) = http_proxy {
@@ -179,6 +186,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 control,
                 allow_private_targets,
                 gossip_interval: Duration::from_millis(gossip_interval_ms),
+                measure: (!no_measure).then(veilnet_config::MeasureConfig::test_network),
                 ..TestnetOptions::default()
             };
             let started = std::time::Instant::now();

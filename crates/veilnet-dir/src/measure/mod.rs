@@ -1,0 +1,475 @@
+//! Peer-measured bandwidth and reachability (sans-IO).
+//!
+//! Relays measure each other and publish what they saw as signed
+//! [`Report`]s, one per measurer and period, reconciled like descriptors.
+//! Who measures whom is not the measurer's choice: in period `e`, measurer
+//! `m` is assigned relay `t` when a hash of `(e, t, m)` falls below
+//! `k / (n - 1)` (`k` = [`MeasureParams::measurers_per_target`], `n` the
+//! eligible measurers), so each relay gets about `k` measurers per period,
+//! drawn afresh each period, and a Sybil's measurers are assigned to the
+//! honest and the Sybil relays alike. Every node checks the assignment of
+//! each observation it counts (with [`ASSIGNMENT_SLACK`] times the
+//! threshold, since views differ a little) and ignores the rest.
+//!
+//! What a node concludes, per relay ([`Measured`], from the latest
+//! observation of each measurer over the last
+//! [`MeasureParams::window_epochs`] periods):
+//!
+//! * **reachable** when at least [`MeasureParams::min_measurers`] distinct
+//!   measurers reached it, and in the latest period it was observed at
+//!   least as many reached it as failed to;
+//! * **bandwidth**: the median of the upper half of what those that
+//!   reached it measured (contention only lowers a figure, so the lower
+//!   half is left out, as TorFlow does); to raise it above every honest
+//!   figure takes more than a quarter of its measurers;
+//! * **since**: the median of their claims of when it was first measured;
+//!   its weight ramps up from [`RAMP_FLOOR_PERCENT`] to the full figure
+//!   over [`MeasureParams::ramp_secs`] from then.
+//!
+//! The weight ([`crate::weight`]) is the measured figure capped by the
+//! advertised one, times the ramp; a relay that is not reachable weighs 0.
+
+mod report;
+
+use std::collections::{BTreeMap, HashMap};
+
+use libp2p::PeerId;
+use sha2::{Digest as _, Sha256};
+
+pub use report::{
+    is_report, Observation, Report, ReportError, VerifiedReport, MAX_OBSERVATIONS,
+    MAX_REPORT_BYTES, REPORT_CONTEXT, REPORT_FORMAT, REPORT_TAG,
+};
+
+use crate::descriptor::{DescriptorDigest, MAX_CLOCK_SKEW};
+
+/// How much wider than the measurers' own threshold the assignment check
+/// of a counted observation is: measurers and verifiers count the eligible
+/// measurers in slightly different views.
+pub const ASSIGNMENT_SLACK: u32 = 2;
+/// A relay first measured just now gets this percentage of its measured
+/// weight; the rest comes over [`MeasureParams::ramp_secs`].
+pub const RAMP_FLOOR_PERCENT: u64 = 10;
+/// Most periods a directory keeps reports for.
+pub const MAX_WINDOW_EPOCHS: u32 = 8;
+
+/// The network-wide measurement parameters: every node of one network must
+/// use the same period length (it decides the assignment), and should use
+/// the same of the rest (they decide who is usable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeasureParams {
+    /// Length of a measurement period, seconds.
+    pub period_secs: u64,
+    /// Measurers assigned to each relay per period.
+    pub measurers_per_target: u32,
+    /// Periods whose reports count (at most [`MAX_WINDOW_EPOCHS`]).
+    pub window_epochs: u32,
+    /// Distinct measurers that must have reached a relay before it is
+    /// usable.
+    pub min_measurers: u32,
+    /// How long a newcomer's weight takes to ramp up to its measured
+    /// figure, seconds (0: at once).
+    pub ramp_secs: u64,
+    /// Whether weights follow the measurements (a relay nobody reached
+    /// weighs 0). Off: reports are kept and shown, weights are the
+    /// advertised bandwidths (private test networks).
+    pub required: bool,
+}
+
+impl MeasureParams {
+    /// The public network's: each relay measured by 3 relays every 12 h,
+    /// reports kept for 2 days, usable after 3 measurers reached it, full
+    /// weight after 3 days (Tor gives new relays little traffic for days).
+    pub const PUBLIC: MeasureParams = MeasureParams {
+        period_secs: 12 * 60 * 60,
+        measurers_per_target: 3,
+        window_epochs: 4,
+        min_measurers: 3,
+        ramp_secs: 3 * 24 * 60 * 60,
+        required: true,
+    };
+
+    /// The period `unix` falls in.
+    pub fn epoch(&self, unix: u64) -> u64 {
+        unix / self.period_secs.max(1)
+    }
+
+    fn window(&self) -> u64 {
+        u64::from(self.window_epochs.clamp(1, MAX_WINDOW_EPOCHS))
+    }
+
+    /// The oldest period whose reports count at `now`.
+    pub fn first_epoch(&self, now: u64) -> u64 {
+        self.epoch(now).saturating_sub(self.window() - 1)
+    }
+}
+
+/// Whether `measurer` is assigned `target` in period `epoch` when there are
+/// `eligible` measurers, with the threshold widened `slack` times
+/// (measurers schedule with 1, verifiers check with [`ASSIGNMENT_SLACK`]).
+pub fn assigned(
+    epoch: u64,
+    measurer: &PeerId,
+    target: &PeerId,
+    eligible: usize,
+    k: u32,
+    slack: u32,
+) -> bool {
+    if measurer == target {
+        return false;
+    }
+    // The target does not measure itself: n - 1 candidates.
+    let candidates = eligible.saturating_sub(1).max(1) as u128;
+    let num = u128::from(k) * u128::from(slack);
+    if num >= candidates {
+        return true;
+    }
+    let mut h = Sha256::new();
+    h.update(b"veilnet measurement assignment v1\0");
+    h.update(epoch.to_be_bytes());
+    h.update(target.to_bytes());
+    h.update(measurer.to_bytes());
+    let out = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&out[..8]);
+    // h / 2^64 < num / candidates
+    u128::from(u64::from_be_bytes(first)) * candidates < num << 64
+}
+
+/// What a node concludes about one relay from the reports it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Measured {
+    /// The bandwidth the measurers that reached it saw (bytes/s): the
+    /// median of the upper half of their figures.
+    pub bandwidth: u64,
+    /// Whether it counts as reachable (see the module docs).
+    pub reachable: bool,
+    /// Median of the measurers' "first measured" claims (unix seconds).
+    pub since: u64,
+    /// Distinct measurers whose latest observation reached it.
+    pub reached_by: usize,
+    /// Distinct measurers whose latest observation counts.
+    pub observed_by: usize,
+}
+
+impl Measured {
+    /// The share of its measured weight a relay gets at `now`, in percent:
+    /// [`RAMP_FLOOR_PERCENT`] when first measured, 100 after `ramp_secs`.
+    pub fn ramp_percent(&self, now: u64, ramp_secs: u64) -> u64 {
+        if ramp_secs == 0 {
+            return 100;
+        }
+        let age = now.saturating_sub(self.since);
+        let grown = (u128::from(age) * 100 / u128::from(ramp_secs)).min(100) as u64;
+        grown.max(RAMP_FLOOR_PERCENT)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Stored {
+    report: Report,
+    record: Vec<u8>,
+    digest: DescriptorDigest,
+}
+
+/// The reports a directory holds: per measurer, the latest of each period
+/// in the window. Bounded by the directory: only listed relays' reports
+/// are taken, at most [`MAX_WINDOW_EPOCHS`] each.
+#[derive(Debug, Clone)]
+pub struct Measurements {
+    params: MeasureParams,
+    reports: BTreeMap<PeerId, BTreeMap<u64, Stored>>,
+    digests: HashMap<DescriptorDigest, (PeerId, u64)>,
+}
+
+/// What [`Measurements::insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportInserted {
+    /// A report for a period of this measurer we had none for.
+    New,
+    /// A later report replaced the one held for its period.
+    Updated,
+    /// Exactly the report held.
+    Unchanged,
+}
+
+impl Measurements {
+    /// An empty store for a network with `params`.
+    pub fn new(params: MeasureParams) -> Self {
+        Self {
+            params,
+            reports: BTreeMap::new(),
+            digests: HashMap::new(),
+        }
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &MeasureParams {
+        &self.params
+    }
+
+    /// Whether the report with this digest is held.
+    pub fn holds(&self, digest: &DescriptorDigest) -> bool {
+        self.digests.contains_key(digest)
+    }
+
+    /// The record of the held report with this digest.
+    pub fn record(&self, digest: &DescriptorDigest) -> Option<&[u8]> {
+        let (m, e) = self.digests.get(digest)?;
+        Some(&self.reports.get(m)?.get(e)?.record)
+    }
+
+    /// The digests of every held report.
+    pub fn digests(&self) -> impl Iterator<Item = &DescriptorDigest> {
+        self.digests.keys()
+    }
+
+    /// Number of held reports.
+    pub fn len(&self) -> usize {
+        self.digests.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+
+    /// The held reports of `measurer`, oldest period first.
+    pub fn reports_of(&self, measurer: &PeerId) -> impl Iterator<Item = &Report> {
+        self.reports
+            .get(measurer)
+            .into_iter()
+            .flat_map(|r| r.values().map(|s| &s.report))
+    }
+
+    /// Stores a verified report at `now`. The caller has checked that the
+    /// measurer is a relay it lists. Refused: a report signed more than
+    /// [`MAX_CLOCK_SKEW`] ahead of `now` or for a period before the window
+    /// ([`ReportError::OutOfWindow`]), and one older than the report held
+    /// for its period ([`ReportError::Superseded`]).
+    pub fn insert(&mut self, v: VerifiedReport, now: u64) -> Result<ReportInserted, ReportError> {
+        let p = self.params;
+        let measurer = v.report.measurer;
+        let epoch = p.epoch(v.report.published);
+        let (first, last) = (
+            p.first_epoch(now),
+            p.epoch(now.saturating_add(MAX_CLOCK_SKEW)),
+        );
+        if v.report.published > now.saturating_add(MAX_CLOCK_SKEW) || epoch < first {
+            return Err(ReportError::OutOfWindow {
+                measurer,
+                epoch,
+                first,
+                last,
+            });
+        }
+        let per = self.reports.entry(measurer).or_default();
+        let mut result = ReportInserted::New;
+        if let Some(held) = per.get(&epoch) {
+            if held.digest == v.digest {
+                return Ok(ReportInserted::Unchanged);
+            }
+            let later = (v.report.published, std::cmp::Reverse(v.digest))
+                > (held.report.published, std::cmp::Reverse(held.digest));
+            if !later {
+                return Err(ReportError::Superseded(measurer));
+            }
+            self.digests.remove(&held.digest);
+            result = ReportInserted::Updated;
+        }
+        self.digests.insert(v.digest, (measurer, epoch));
+        per.insert(
+            epoch,
+            Stored {
+                report: v.report,
+                record: v.record,
+                digest: v.digest,
+            },
+        );
+        // Only the window's periods are kept.
+        while per.len() > MAX_WINDOW_EPOCHS as usize {
+            if let Some((_, old)) = per.pop_first() {
+                self.digests.remove(&old.digest);
+            }
+        }
+        Ok(result)
+    }
+
+    /// Drops reports of periods before the window at `now`, and those of
+    /// measurers `keep` refuses (no longer listed); returns whether any
+    /// went.
+    pub fn expire(&mut self, now: u64, keep: impl Fn(&PeerId) -> bool) -> bool {
+        let first = self.params.first_epoch(now);
+        let before = self.digests.len();
+        let digests = &mut self.digests;
+        self.reports.retain(|m, per| {
+            let listed = keep(m);
+            per.retain(|e, s| {
+                let k = listed && *e >= first;
+                if !k {
+                    digests.remove(&s.digest);
+                }
+                k
+            });
+            !per.is_empty()
+        });
+        self.digests.len() != before
+    }
+
+    /// What the reports say at `now` about each relay observed, counting
+    /// only observations by `eligible` measurers that were assigned to
+    /// their target ([`assigned`] with [`ASSIGNMENT_SLACK`], over the
+    /// `eligible.len()` measurers).
+    pub fn aggregate(
+        &self,
+        eligible: &std::collections::HashSet<PeerId>,
+        now: u64,
+    ) -> HashMap<PeerId, Measured> {
+        let p = self.params;
+        let first = p.first_epoch(now);
+        let n = eligible.len();
+        // Per target: each measurer's latest observation, with its period.
+        let mut latest: HashMap<PeerId, HashMap<PeerId, (u64, Observation)>> = HashMap::new();
+        for (m, per) in &self.reports {
+            if !eligible.contains(m) {
+                continue;
+            }
+            for (&epoch, stored) in per.range(first..) {
+                for o in &stored.report.observations {
+                    if !assigned(
+                        epoch,
+                        m,
+                        &o.target,
+                        n,
+                        p.measurers_per_target,
+                        ASSIGNMENT_SLACK,
+                    ) {
+                        continue;
+                    }
+                    // Periods ascend: a later one overwrites.
+                    latest.entry(o.target).or_default().insert(*m, (epoch, *o));
+                }
+            }
+        }
+        latest
+            .into_iter()
+            .map(|(target, by)| (target, conclude(&p, by.values(), now)))
+            .collect()
+    }
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    // The lower median: with two measurers, the smaller figure.
+    v[(v.len() - 1) / 2]
+}
+
+/// The (lower) median of the upper half of `v`: its third quartile, near
+/// enough. A measurement shares the relay with whatever else it carries
+/// then, so contention only ever lowers a figure; the upper half leaves the
+/// contended ones out (as TorFlow's filtered bandwidth does). To put the
+/// result above every honest figure, more than a quarter of the measurers
+/// must lie.
+fn upper_median(mut v: Vec<u64>) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    let upper = &v[v.len() / 2..];
+    upper[(upper.len() - 1) / 2]
+}
+
+fn conclude<'a>(
+    p: &MeasureParams,
+    obs: impl Iterator<Item = &'a (u64, Observation)>,
+    now: u64,
+) -> Measured {
+    let obs: Vec<&(u64, Observation)> = obs.collect();
+    let last = obs.iter().map(|(e, _)| *e).max().unwrap_or(0);
+    let (mut ok_last, mut failed_last) = (0usize, 0usize);
+    for (e, o) in &obs {
+        if *e == last {
+            if o.reached {
+                ok_last += 1;
+            } else {
+                failed_last += 1;
+            }
+        }
+    }
+    let reached: Vec<&Observation> = obs.iter().map(|(_, o)| o).filter(|o| o.reached).collect();
+    let reachable = reached.len() >= p.min_measurers.max(1) as usize && ok_last >= failed_last;
+    Measured {
+        bandwidth: upper_median(reached.iter().map(|o| o.bandwidth).collect()),
+        reachable,
+        since: median(reached.iter().map(|o| o.since.min(now)).collect()),
+        reached_by: reached.len(),
+        observed_by: obs.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assignment_gives_each_relay_about_k_measurers() {
+        let peers: Vec<PeerId> = (0..200).map(|_| PeerId::random()).collect();
+        let k = 3;
+        let mut total = 0;
+        for epoch in 0..5 {
+            for t in &peers {
+                total += peers
+                    .iter()
+                    .filter(|m| assigned(epoch, m, t, peers.len(), k, 1))
+                    .count();
+            }
+        }
+        let per_target = total as f64 / (5.0 * peers.len() as f64);
+        assert!(
+            (2.5..3.5).contains(&per_target),
+            "{per_target} measurers per relay and period"
+        );
+        // Small networks: everyone measures everyone else.
+        assert!(assigned(0, &peers[0], &peers[1], 3, 3, 1));
+        assert!(!assigned(0, &peers[0], &peers[0], 3, 3, 1));
+        // What a measurer schedules, a verifier accepts.
+        for t in &peers[..20] {
+            for m in &peers {
+                if assigned(7, m, t, 200, 3, 1) {
+                    assert!(assigned(7, m, t, 200, 3, ASSIGNMENT_SLACK));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_bandwidth_is_the_median_of_the_upper_half() {
+        assert_eq!(upper_median(vec![]), 0);
+        assert_eq!(upper_median(vec![5]), 5);
+        assert_eq!(upper_median(vec![5, 9]), 9);
+        assert_eq!(upper_median(vec![9, 1, 5]), 5);
+        assert_eq!(upper_median(vec![1, 2, 3, 4]), 3);
+        // One liar among five moves it to another honest figure.
+        assert_eq!(upper_median(vec![1, 2, 3, 4, 1_000_000]), 4);
+        assert_eq!(upper_median(vec![1, 2, 3, 4, 5]), 4);
+        assert_eq!(median(vec![3, 1, 2, 9]), 2);
+    }
+
+    #[test]
+    fn the_ramp_grows_from_the_floor_to_full() {
+        let m = Measured {
+            bandwidth: 1,
+            reachable: true,
+            since: 1000,
+            reached_by: 3,
+            observed_by: 3,
+        };
+        assert_eq!(m.ramp_percent(1000, 100), RAMP_FLOOR_PERCENT);
+        assert_eq!(m.ramp_percent(1050, 100), 50);
+        assert_eq!(m.ramp_percent(5000, 100), 100);
+        assert_eq!(m.ramp_percent(1000, 0), 100);
+    }
+}

@@ -1,0 +1,325 @@
+//! A measurer's signed report of what it measured in one period.
+//!
+//! A record, integers big-endian, counts and lengths one byte:
+//!
+//! ```text
+//! tag u8 = b'M' | format u8 = 1 | measurer [32] (raw ed25519 key) | published u64
+//! | n u8, (target: len u8, peer id bytes | bandwidth u64 | since u64 | reached u8)*
+//! | signature [64] (ed25519, over REPORT_CONTEXT || everything before it)
+//! ```
+//!
+//! Descriptor records start with a zero byte (the high byte of their body
+//! length, always below 2^24), so the first byte tells the two apart
+//! ([`is_report`]). The encoding is canonical: [`VerifiedReport::decode`]
+//! refuses bytes that [`Report::sign`] would not have written, so one report
+//! has one digest. A report's period is its `published` time divided by the
+//! network's period length ([`MeasureParams::epoch`](super::MeasureParams::epoch)),
+//! so the two cannot disagree. Nothing here reads the clock: the directory
+//! checks the time against its own.
+
+use libp2p::identity::{ed25519, Keypair, PublicKey};
+use libp2p::PeerId;
+use veilnet_error::{ErrorKind, HasKind};
+
+use crate::descriptor::{digest, DescriptorDigest};
+
+/// First byte of a report record.
+pub const REPORT_TAG: u8 = b'M';
+/// The report format [`Report::sign`] writes.
+pub const REPORT_FORMAT: u8 = 1;
+/// Prefix of the message a report's signature covers.
+pub const REPORT_CONTEXT: &[u8] = b"veilnet measurement report v1\0";
+/// Most observations in one report.
+pub const MAX_OBSERVATIONS: usize = 64;
+/// Largest report record: a full report of peer ids of the longest kind
+/// (64 bytes) fits.
+pub const MAX_REPORT_BYTES: usize = 2 + 32 + 8 + 1 + MAX_OBSERVATIONS * (1 + 64 + 17) + 64;
+
+const SIGNATURE_LEN: usize = 64;
+
+/// What a measurer saw of one relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observation {
+    /// The relay measured.
+    pub target: PeerId,
+    /// Bytes per second carried through it (0 if not reached).
+    pub bandwidth: u64,
+    /// Whether the measurer reached its link address and built a circuit
+    /// through it.
+    pub reached: bool,
+    /// When, as far as the measurer knows, the relay was first measured
+    /// (unix seconds): what a newcomer's weight ramps up from.
+    pub since: u64,
+}
+
+/// One period's observations by one measurer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The measurer's identity.
+    pub measurer: PeerId,
+    /// When it was signed (unix seconds); its period is this time divided
+    /// by the period length. A later report of the same measurer and
+    /// period replaces an earlier one: a measurer republishes its report
+    /// as the period goes on.
+    pub published: u64,
+    /// What it saw, one entry per relay, in the order measured.
+    pub observations: Vec<Observation>,
+}
+
+/// Why a report was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReportError {
+    /// Not a report in this format.
+    #[error("malformed measurement report: {0}")]
+    Malformed(String),
+    /// The signature does not verify under the measurer's key.
+    #[error("measurement report of {0}: bad signature")]
+    BadSignature(PeerId),
+    /// The signing key is not ed25519 (we never sign otherwise).
+    #[error("measurement reports are signed with ed25519 identities only")]
+    NotEd25519,
+    /// More observations than [`MAX_OBSERVATIONS`], or a relay twice.
+    #[error("measurement report of {measurer}: {reason}")]
+    BadContents {
+        /// The measurer.
+        measurer: PeerId,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The measurer is not a relay in our directory (it may become one).
+    #[error("measurement report of {0}: not a relay we know")]
+    UnknownMeasurer(PeerId),
+    /// Its epoch is outside the window the directory keeps.
+    #[error("measurement report of {measurer} for epoch {epoch}: outside the kept epochs {first}..={last}")]
+    OutOfWindow {
+        /// The measurer.
+        measurer: PeerId,
+        /// The report's epoch.
+        epoch: u64,
+        /// Oldest epoch kept.
+        first: u64,
+        /// Newest epoch accepted.
+        last: u64,
+    },
+    /// A later report of the same measurer and epoch is held.
+    #[error("measurement report of {0}: a later one for this epoch is held")]
+    Superseded(PeerId),
+    /// The directory has measurement turned off.
+    #[error("this node does not use measurements")]
+    Disabled,
+}
+
+impl HasKind for ReportError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ReportError::Malformed(_)
+            | ReportError::BadSignature(_)
+            | ReportError::NotEd25519
+            | ReportError::BadContents { .. } => ErrorKind::PeerMisbehaved,
+            ReportError::UnknownMeasurer(_)
+            | ReportError::OutOfWindow { .. }
+            | ReportError::Superseded(_) => ErrorKind::Transient,
+            ReportError::Disabled => ErrorKind::Refused,
+        }
+    }
+}
+
+/// Whether `record` is a measurement report (else a descriptor).
+pub fn is_report(record: &[u8]) -> bool {
+    record.first() == Some(&REPORT_TAG)
+}
+
+fn malformed(reason: impl Into<String>) -> ReportError {
+    ReportError::Malformed(reason.into())
+}
+
+impl Report {
+    fn check(&self) -> Result<(), ReportError> {
+        let bad = |reason| ReportError::BadContents {
+            measurer: self.measurer,
+            reason,
+        };
+        if self.observations.len() > MAX_OBSERVATIONS {
+            return Err(bad("more observations than allowed"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for o in &self.observations {
+            if !seen.insert(o.target) {
+                return Err(bad("one relay observed twice"));
+            }
+            if o.target == self.measurer {
+                return Err(bad("a measurer cannot observe itself"));
+            }
+            if !o.reached && o.bandwidth != 0 {
+                return Err(bad("bandwidth through a relay it did not reach"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything the signature covers (the record without it).
+    fn body(&self, key: &ed25519::PublicKey) -> Result<Vec<u8>, ReportError> {
+        self.check()?;
+        let mut out = Vec::with_capacity(64 + self.observations.len() * 56);
+        out.push(REPORT_TAG);
+        out.push(REPORT_FORMAT);
+        out.extend_from_slice(&key.to_bytes());
+        out.extend_from_slice(&self.published.to_be_bytes());
+        // Checked above: at most MAX_OBSERVATIONS.
+        out.push(self.observations.len() as u8);
+        for o in &self.observations {
+            let id = o.target.to_bytes();
+            let len = u8::try_from(id.len()).map_err(|_| malformed("peer id too long"))?;
+            out.push(len);
+            out.extend_from_slice(&id);
+            out.extend_from_slice(&o.bandwidth.to_be_bytes());
+            out.extend_from_slice(&o.since.to_be_bytes());
+            out.push(u8::from(o.reached));
+        }
+        Ok(out)
+    }
+
+    /// The signed record of this report. `identity` must be the
+    /// measurer's key (an ed25519 key).
+    pub fn sign(&self, identity: &Keypair) -> Result<Vec<u8>, ReportError> {
+        let key = identity
+            .public()
+            .try_into_ed25519()
+            .map_err(|_| ReportError::NotEd25519)?;
+        if PublicKey::from(key.clone()).to_peer_id() != self.measurer {
+            return Err(ReportError::BadSignature(self.measurer));
+        }
+        let mut out = self.body(&key)?;
+        let mut msg = REPORT_CONTEXT.to_vec();
+        msg.extend_from_slice(&out);
+        let sig = identity
+            .sign(&msg)
+            .map_err(|_| ReportError::BadSignature(self.measurer))?;
+        out.extend_from_slice(&sig);
+        Ok(out)
+    }
+}
+
+/// A report whose encoding and signature were checked, with its record
+/// bytes and their digest.
+#[derive(Debug, Clone)]
+pub struct VerifiedReport {
+    /// What it says.
+    pub report: Report,
+    /// The record, as it travels.
+    pub record: Vec<u8>,
+    /// SHA-256 of the record (the same digest as descriptors').
+    pub digest: DescriptorDigest,
+}
+
+impl VerifiedReport {
+    /// Decodes a report record and checks its signature. Needs no
+    /// directory and no clock: call it without holding a lock.
+    pub fn decode(record: &[u8]) -> Result<Self, ReportError> {
+        if record.len() > MAX_REPORT_BYTES {
+            return Err(malformed(format!(
+                "{} bytes, more than {MAX_REPORT_BYTES}",
+                record.len()
+            )));
+        }
+        let r = &mut Reader(record);
+        if r.u8("tag")? != REPORT_TAG {
+            return Err(malformed("not a report"));
+        }
+        let format = r.u8("format")?;
+        if format != REPORT_FORMAT {
+            return Err(malformed(format!(
+                "format {format}, expected {REPORT_FORMAT}"
+            )));
+        }
+        let raw: [u8; 32] = r.array("measurer key")?;
+        let key = ed25519::PublicKey::try_from_bytes(&raw)
+            .map_err(|_| malformed("measurer key is not an ed25519 public key"))?;
+        let measurer = PublicKey::from(key.clone()).to_peer_id();
+        let published = r.u64("published")?;
+        let n = usize::from(r.u8("observation count")?);
+        if n > MAX_OBSERVATIONS {
+            return Err(malformed(format!(
+                "{n} observations, more than {MAX_OBSERVATIONS}"
+            )));
+        }
+        let mut observations = Vec::with_capacity(n);
+        for _ in 0..n {
+            let len = usize::from(r.u8("target length")?);
+            let target = PeerId::from_bytes(r.take(len, "target")?)
+                .map_err(|e| malformed(format!("target: {e}")))?;
+            let bandwidth = r.u64("bandwidth")?;
+            let since = r.u64("since")?;
+            let reached = match r.u8("reached")? {
+                0 => false,
+                1 => true,
+                v => return Err(malformed(format!("reached flag {v}"))),
+            };
+            observations.push(Observation {
+                target,
+                bandwidth,
+                reached,
+                since,
+            });
+        }
+        let signed_len = record.len() - r.0.len();
+        let sig: [u8; SIGNATURE_LEN] = r.array("signature")?;
+        if !r.0.is_empty() {
+            return Err(malformed(format!(
+                "{} bytes after the signature",
+                r.0.len()
+            )));
+        }
+        let report = Report {
+            measurer,
+            published,
+            observations,
+        };
+        // Canonical: the same report encodes to the same bytes (peer ids
+        // re-encode as they decoded), so one report has one digest.
+        if report.body(&key)? != record[..signed_len] {
+            return Err(malformed("not in canonical form"));
+        }
+        let mut msg = REPORT_CONTEXT.to_vec();
+        msg.extend_from_slice(&record[..signed_len]);
+        if !key.verify(&msg, &sig) {
+            return Err(ReportError::BadSignature(measurer));
+        }
+        Ok(VerifiedReport {
+            report,
+            record: record.to_vec(),
+            digest: digest(record),
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], ReportError> {
+        if self.0.len() < n {
+            return Err(malformed(format!(
+                "truncated in {what}: needs {n} bytes, {} left",
+                self.0.len()
+            )));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, ReportError> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64, ReportError> {
+        Ok(u64::from_be_bytes(self.array(what)?))
+    }
+
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], ReportError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, what)?);
+        Ok(a)
+    }
+}

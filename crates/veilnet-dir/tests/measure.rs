@@ -1,0 +1,358 @@
+//! Measurement reports: the wire format and its signature, what a
+//! directory keeps, and how observations become weights.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{desc, key, sign, NOW};
+use libp2p::identity::Keypair;
+use libp2p::PeerId;
+use veilnet_dir::measure::{assigned, ReportInserted, MAX_OBSERVATIONS, RAMP_FLOOR_PERCENT};
+use veilnet_dir::{
+    Directory, MeasureParams, Observation, Report, ReportError, VerifiedReport, MAX_CLOCK_SKEW,
+};
+use veilnet_error::{ErrorKind, HasKind};
+
+/// Short periods, everyone measured by everyone in small networks, usable
+/// after 2 measurers, no ramp.
+const PARAMS: MeasureParams = MeasureParams {
+    period_secs: 60,
+    measurers_per_target: 3,
+    window_epochs: 4,
+    min_measurers: 2,
+    ramp_secs: 0,
+    required: true,
+};
+
+fn obs(target: PeerId, bandwidth: u64) -> Observation {
+    Observation {
+        target,
+        bandwidth,
+        reached: bandwidth > 0,
+        since: NOW - 1000,
+    }
+}
+
+fn report(measurer: &Keypair, published: u64, observations: Vec<Observation>) -> VerifiedReport {
+    let r = Report {
+        measurer: measurer.public().to_peer_id(),
+        published,
+        observations,
+    };
+    VerifiedReport::decode(&r.sign(measurer).unwrap()).unwrap()
+}
+
+/// A directory (of the node `key(1000)`) listing relays `key(0..n)`, each
+/// in its own /24 and advertising `advertised`, with measurements on.
+fn network(n: u32, advertised: u64) -> (Directory, Vec<Keypair>) {
+    let mut dir = Directory::new(key(1000).public().to_peer_id());
+    dir.use_measurements(Some(PARAMS));
+    let keys: Vec<Keypair> = (0..n).map(key).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let mut d = desc(k, &format!("198.51.{}.1:9001", i));
+        d.bandwidth = advertised;
+        dir.insert(&sign(&d, k), NOW).unwrap();
+    }
+    (dir, keys)
+}
+
+fn id(k: &Keypair) -> PeerId {
+    k.public().to_peer_id()
+}
+
+/// The fixed test vector: measurer key = 32 bytes of 0x02, one
+/// observation of the relay with key 0x01.
+const VECTOR_RECORD: &str = concat!(
+    "4d01",                                                             // tag, format
+    "8139770ea87d175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b394", // measurer key
+    "000000006553f100",                                                 // published
+    "01",                                                               // one observation
+    "26",                                                               // peer id length 38
+    "002408011220", // identity multihash, ed25519 protobuf
+    "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c", // target key
+    "00000000000f4240", // 1,000,000 B/s
+    "000000006553ed18", // since NOW - 1000
+    "01",           // reached
+);
+
+#[test]
+fn test_vector() {
+    let measurer = Keypair::ed25519_from_bytes([2u8; 32]).unwrap();
+    let target = Keypair::ed25519_from_bytes([1u8; 32]).unwrap();
+    let r = Report {
+        measurer: id(&measurer),
+        published: NOW,
+        observations: vec![obs(id(&target), 1_000_000)],
+    };
+    let record = r.sign(&measurer).unwrap();
+    let (body, sig) = record.split_at(record.len() - 64);
+    assert_eq!(hex::encode(body), VECTOR_RECORD);
+    // ed25519 is deterministic: the same key signs the same bytes alike.
+    let mut msg = veilnet_dir::measure::REPORT_CONTEXT.to_vec();
+    msg.extend_from_slice(body);
+    assert!(measurer.public().verify(&msg, sig));
+    assert_eq!(sig, measurer.sign(&msg).unwrap());
+    let v = VerifiedReport::decode(&record).unwrap();
+    assert_eq!(v.report, r);
+    assert!(veilnet_dir::is_report(&record));
+    assert!(!veilnet_dir::is_report(
+        &sign(&desc(&target, "198.51.100.1:1"), &target).to_bytes()
+    ));
+}
+
+#[test]
+fn every_changed_byte_and_every_truncation_is_refused() {
+    let (m, t) = (key(1), key(2));
+    let record = Report {
+        measurer: id(&m),
+        published: NOW,
+        observations: vec![obs(id(&t), 5_000), obs(id(&key(3)), 0)],
+    }
+    .sign(&m)
+    .unwrap();
+    for i in 0..record.len() {
+        let mut bad = record.clone();
+        bad[i] ^= 0x01;
+        let e = VerifiedReport::decode(&bad).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PeerMisbehaved, "byte {i}: {e}");
+    }
+    for len in 0..record.len() {
+        assert!(
+            VerifiedReport::decode(&record[..len]).is_err(),
+            "length {len}"
+        );
+    }
+    let mut longer = record.clone();
+    longer.push(0);
+    assert!(VerifiedReport::decode(&longer).is_err());
+}
+
+#[test]
+fn a_report_that_breaks_the_rules_cannot_be_signed() {
+    let m = key(1);
+    let twice = Report {
+        measurer: id(&m),
+        published: NOW,
+        observations: vec![obs(id(&key(2)), 1), obs(id(&key(2)), 1)],
+    };
+    assert!(matches!(
+        twice.sign(&m),
+        Err(ReportError::BadContents { .. })
+    ));
+    let itself = Report {
+        observations: vec![obs(id(&m), 1)],
+        ..twice.clone()
+    };
+    assert!(itself.sign(&m).is_err());
+    let unreached_bandwidth = Report {
+        observations: vec![Observation {
+            reached: false,
+            ..obs(id(&key(2)), 7)
+        }],
+        ..twice.clone()
+    };
+    assert!(unreached_bandwidth.sign(&m).is_err());
+    let too_many = Report {
+        observations: (0..=MAX_OBSERVATIONS as u32)
+            .map(|i| obs(id(&key(10 + i)), 1))
+            .collect(),
+        ..twice.clone()
+    };
+    assert!(too_many.sign(&m).is_err());
+    let wrong_key = Report {
+        observations: vec![],
+        ..twice
+    };
+    assert!(wrong_key.sign(&key(9)).is_err());
+}
+
+#[test]
+fn an_unmeasured_relay_is_unusable_and_a_measured_one_weighs_what_was_measured() {
+    let (mut dir, keys) = network(4, 1_000_000_000);
+    let w = dir.weights();
+    assert!(
+        keys.iter().all(|k| w.get(&id(k)) == 0),
+        "nobody measured yet"
+    );
+    // Relay 0 is measured by 1, 2 and 3 (in a network this small every
+    // measurer is assigned every relay).
+    for (m, bw) in [(1, 2_000_000), (2, 1_000_000), (3, 900_000)] {
+        let r = report(&keys[m], NOW, vec![obs(id(&keys[0]), bw)]);
+        assert_eq!(dir.insert_report(r, NOW).unwrap(), ReportInserted::New);
+    }
+    let w = dir.weights();
+    // The median of three (the upper half's median), capped by the 1 GB/s
+    // it advertises.
+    assert_eq!(w.get(&id(&keys[0])), 1_000_000);
+    let m = w.measured(&id(&keys[0])).unwrap();
+    assert!(m.reachable);
+    assert_eq!((m.reached_by, m.observed_by), (3, 3));
+    assert_eq!(w.get(&id(&keys[1])), 0, "relay 1 is still unmeasured");
+    // A relay measured above what it advertises weighs what it advertises.
+    let (mut dir, keys) = network(3, 50_000);
+    for m in [1, 2] {
+        dir.insert_report(
+            report(&keys[m], NOW, vec![obs(id(&keys[0]), 9_000_000)]),
+            NOW,
+        )
+        .unwrap();
+    }
+    assert_eq!(dir.weights().get(&id(&keys[0])), 50_000);
+}
+
+#[test]
+fn one_measurer_cannot_move_the_median_far_and_one_is_not_enough() {
+    let (mut dir, keys) = network(6, 10_000_000_000);
+    let target = id(&keys[0]);
+    dir.insert_report(
+        report(&keys[5], NOW, vec![obs(target, 10_000_000_000)]),
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(
+        dir.weights().get(&target),
+        0,
+        "one measurer is below min_measurers"
+    );
+    for m in &keys[1..=4] {
+        dir.insert_report(report(m, NOW, vec![obs(target, 1_000_000)]), NOW)
+            .unwrap();
+    }
+    assert_eq!(dir.weights().get(&target), 1_000_000);
+}
+
+#[test]
+fn a_relay_that_most_measurers_failed_to_reach_in_the_latest_period_is_unusable() {
+    let (mut dir, keys) = network(4, 1_000_000);
+    let target = id(&keys[0]);
+    for m in &keys[1..=3] {
+        dir.insert_report(report(m, NOW, vec![obs(target, 500_000)]), NOW)
+            .unwrap();
+    }
+    assert!(dir.weights().get(&target) > 0);
+    // Next period: two of them fail to reach it.
+    let later = NOW + PARAMS.period_secs;
+    for m in [1, 2] {
+        dir.insert_report(report(&keys[m], later, vec![obs(target, 0)]), later)
+            .unwrap();
+    }
+    let w = dir.weights();
+    assert_eq!(w.get(&target), 0);
+    assert!(!w.measured(&target).unwrap().reachable);
+    // Reports age out of the window with their periods.
+    let gone = later + u64::from(PARAMS.window_epochs) * PARAMS.period_secs;
+    dir.expire(gone);
+    assert!(dir.measurements().unwrap().is_empty());
+}
+
+#[test]
+fn unassigned_observations_do_not_count() {
+    // 60 relays, 3 measurers per relay: most measurers are not assigned a
+    // given relay in a given period, and their observations are ignored.
+    let (mut dir, keys) = network(60, 1_000_000);
+    let epoch = PARAMS.epoch(NOW);
+    let target = id(&keys[0]);
+    let (assigned_m, unassigned): (Vec<usize>, Vec<usize>) = (1..60).partition(|&m| {
+        assigned(
+            epoch,
+            &id(&keys[m]),
+            &target,
+            60,
+            PARAMS.measurers_per_target,
+            2,
+        )
+    });
+    assert!(unassigned.len() >= 40, "{} unassigned", unassigned.len());
+    for &m in &unassigned {
+        dir.insert_report(report(&keys[m], NOW, vec![obs(target, 9_000_000)]), NOW)
+            .unwrap();
+    }
+    let w = dir.weights();
+    assert!(w.measured(&target).is_none());
+    assert_eq!(w.get(&target), 0);
+    for &m in &assigned_m {
+        dir.insert_report(report(&keys[m], NOW, vec![obs(target, 700_000)]), NOW)
+            .unwrap();
+    }
+    assert!(assigned_m.len() >= 2, "{} assigned", assigned_m.len());
+    assert_eq!(dir.weights().get(&target), 700_000);
+}
+
+#[test]
+fn the_directory_keeps_one_report_per_measurer_and_period_from_listed_relays() {
+    let (mut dir, keys) = network(3, 1_000_000);
+    let stranger = key(77);
+    let e = dir
+        .insert_report(report(&stranger, NOW, vec![obs(id(&keys[0]), 1)]), NOW)
+        .unwrap_err();
+    assert!(matches!(e, ReportError::UnknownMeasurer(_)));
+    assert_eq!(e.kind(), ErrorKind::Transient);
+    let first = report(&keys[1], NOW, vec![obs(id(&keys[0]), 1_000)]);
+    let second = report(&keys[1], NOW + 5, vec![obs(id(&keys[0]), 2_000)]);
+    let (d1, d2) = (first.digest, second.digest);
+    dir.insert_report(first.clone(), NOW + 5).unwrap();
+    assert_eq!(
+        dir.insert_report(first.clone(), NOW + 5).unwrap(),
+        ReportInserted::Unchanged
+    );
+    assert_eq!(
+        dir.insert_report(second.clone(), NOW + 5).unwrap(),
+        ReportInserted::Updated
+    );
+    assert!(dir.holds(&d2) && !dir.holds(&d1));
+    assert!(matches!(
+        dir.insert_report(first, NOW + 5),
+        Err(ReportError::Superseded(_))
+    ));
+    assert!(dir.digests().contains(&d2));
+    assert_eq!(dir.record(&d2).unwrap(), second.record);
+    let future = report(&keys[1], NOW + MAX_CLOCK_SKEW + 100, vec![]);
+    assert!(matches!(
+        dir.insert_report(future, NOW),
+        Err(ReportError::OutOfWindow { .. })
+    ));
+    let old = report(&keys[2], NOW - 10 * PARAMS.period_secs, vec![]);
+    assert!(matches!(
+        dir.insert_report(old, NOW),
+        Err(ReportError::OutOfWindow { .. })
+    ));
+    let mut off = Directory::new(id(&key(1000)));
+    assert!(matches!(
+        off.insert_report(report(&keys[1], NOW, vec![]), NOW),
+        Err(ReportError::Disabled)
+    ));
+}
+
+#[test]
+fn a_newcomer_ramps_up_from_the_floor() {
+    let params = MeasureParams {
+        ramp_secs: 1000,
+        period_secs: 1000,
+        ..PARAMS
+    };
+    let mut dir = Directory::new(id(&key(1000)));
+    dir.use_measurements(Some(params));
+    let keys: Vec<Keypair> = (0..3).map(key).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let mut d = desc(k, &format!("198.51.{i}.1:9001"));
+        d.bandwidth = 10_000_000;
+        dir.insert(&sign(&d, k), NOW).unwrap();
+    }
+    let target = id(&keys[0]);
+    for m in [1, 2] {
+        let o = Observation {
+            since: NOW,
+            ..obs(target, 1_000_000)
+        };
+        dir.insert_report(report(&keys[m], NOW, vec![o]), NOW)
+            .unwrap();
+    }
+    assert_eq!(
+        dir.weights().get(&target),
+        1_000_000 * RAMP_FLOOR_PERCENT / 100
+    );
+    dir.expire(NOW + 500);
+    assert_eq!(dir.weights().get(&target), 500_000);
+    dir.expire(NOW + 2000);
+    assert_eq!(dir.weights().get(&target), 1_000_000);
+}

@@ -1,0 +1,382 @@
+//! The relay's measurer: each period it measures the relays it is
+//! assigned ([`veilnet_dir::measure::assigned`]) and publishes a signed
+//! report of what it saw.
+//!
+//! One measurement of relay `T`: a link to `T`'s listed address under a
+//! throwaway identity used for nothing else (`T` reached, or not), a
+//! circuit `T → H → us` with a helper `H` drawn by weight, and a stream to
+//! a sink in our own node ([`veilnet_proto::Sinks`]) that sends data at up
+//! to `max_rate` for `duration_ms`. What arrives after the first quarter
+//! of the time, per second, is the bandwidth (so a bucket's burst does not
+//! count). `T` sees a client that builds a circuit and downloads, as any
+//! client does; the sink's name is inside our own layer. Not hidden: `T`
+//! sees the client's address, which is a relay's.
+//!
+//! Measurements run one at a time, so their traffic is at most
+//! `max_rate`; it is counted in [`MeasureStats`], apart from the
+//! directory's.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use libp2p::identity::Keypair;
+use libp2p::PeerId;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+use veilnet_config::{unix_now, MeasureConfig};
+use veilnet_dir::measure::assigned;
+use veilnet_dir::{Descriptor, Directory, MeasureParams, Observation, Report, VerifiedReport};
+use veilnet_discovery::DiscoveryHandle;
+use veilnet_proto::{Core, HopSpec};
+
+use crate::lock;
+
+/// Longest a measurement circuit may take to build.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after start the first period's measurements begin (the
+/// directory needs a moment to fill).
+const FIRST_DELAY: Duration = Duration::from_secs(2);
+/// Bytes written to the sink at a time.
+const CHUNK: usize = 16 * 1024;
+
+/// The network's parameters from the `[measure]` section.
+pub(crate) fn params(c: &MeasureConfig) -> MeasureParams {
+    MeasureParams {
+        period_secs: c.period_secs,
+        measurers_per_target: c.measurers_per_target,
+        window_epochs: c.window_periods,
+        min_measurers: c.min_measurers,
+        ramp_secs: c.ramp_secs,
+        required: c.required,
+    }
+}
+
+/// What the measurer did, apart from the directory's traffic.
+#[derive(Debug, Default)]
+pub struct MeasureStats {
+    /// Measurements attempted.
+    pub measurements: AtomicU64,
+    /// Of those, relays not reached.
+    pub unreached: AtomicU64,
+    /// Bytes received through measurement circuits.
+    pub bytes: AtomicU64,
+    /// Reports published.
+    pub reports: AtomicU64,
+}
+
+pub(crate) struct Measurer {
+    pub(crate) directory: Arc<Mutex<Directory>>,
+    pub(crate) core: Arc<Core>,
+    pub(crate) identity: Keypair,
+    pub(crate) discovery: DiscoveryHandle,
+    pub(crate) config: MeasureConfig,
+    pub(crate) stats: Arc<MeasureStats>,
+}
+
+fn hop(d: &Descriptor) -> Option<HopSpec> {
+    Some(HopSpec {
+        peer: d.peer_id,
+        addr: *d.link_addrs.first()?,
+        onion_key: d.onion_key,
+        link_key: d.link_key,
+    })
+}
+
+impl Measurer {
+    fn own(&self) -> PeerId {
+        self.identity.public().to_peer_id()
+    }
+
+    /// The relays assigned to us in `epoch`, in random order.
+    fn assignments(&self, epoch: u64) -> Vec<PeerId> {
+        let own = self.own();
+        let k = self.config.measurers_per_target;
+        let dir = lock(&self.directory);
+        let weights = dir.weights();
+        // Without measurements in the directory (not required and not
+        // kept), every relay counts as a measurer.
+        let eligible = match weights.measurers().len() {
+            0 => dir.iter().filter(|d| d.roles.relay).count(),
+            n => n,
+        };
+        let mut targets: Vec<PeerId> = dir
+            .iter()
+            .filter(|d| d.roles.relay && d.peer_id != own && !d.link_addrs.is_empty())
+            .map(|d| d.peer_id)
+            .filter(|t| assigned(epoch, &own, t, eligible, k, 1))
+            .take(veilnet_dir::measure::MAX_OBSERVATIONS)
+            .collect();
+        targets.shuffle(&mut rand::thread_rng());
+        targets
+    }
+
+    /// The hops of a measurement of `target`: it, a helper drawn by weight
+    /// (any other relay while none weighs anything), and us.
+    fn path(&self, target: &PeerId) -> Option<Vec<HopSpec>> {
+        let own = self.own();
+        let dir = lock(&self.directory);
+        let weights = dir.weights();
+        let first = hop(dir.get(target)?)?;
+        let last = hop(dir.get(&own)?)?;
+        let others: Vec<&Descriptor> = dir
+            .iter()
+            .filter(|d| d.roles.relay && d.peer_id != own && d.peer_id != *target)
+            .filter(|d| !d.link_addrs.is_empty())
+            .collect();
+        let weighted: Vec<(&Descriptor, u64)> = others
+            .iter()
+            .map(|d| (*d, weights.get(&d.peer_id)))
+            .filter(|(_, w)| *w > 0)
+            .collect();
+        let mut rng = rand::thread_rng();
+        let helper = if weighted.is_empty() {
+            *others.choose(&mut rng)?
+        } else {
+            weighted.choose_weighted(&mut rng, |(_, w)| *w).ok()?.0
+        };
+        Some(vec![first, hop(helper)?, last])
+    }
+
+    /// Measures `target` once; `None` if the measurement says nothing
+    /// about it (our own side or the helper failed).
+    async fn measure(&self, target: PeerId) -> Option<Observation> {
+        let path = self.path(&target)?;
+        self.stats.measurements.fetch_add(1, Ordering::Relaxed);
+        let first = &path[0];
+        let unreached = Observation {
+            target,
+            bandwidth: 0,
+            reached: false,
+            since: 0,
+        };
+        let link = match self
+            .core
+            .separate_client_link(first.peer, first.addr, &first.link_key)
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                debug!(%target, "measurement: relay not reached: {e}");
+                self.stats.unreached.fetch_add(1, Ordering::Relaxed);
+                return Some(unreached);
+            }
+        };
+        let result = self.transfer(link.clone(), &path).await;
+        link.close();
+        let bandwidth = match result {
+            Ok(bw) => bw,
+            Err(e) => {
+                debug!(%target, "measurement inconclusive: {e}");
+                return None;
+            }
+        };
+        let since = lock(&self.directory)
+            .weights()
+            .measured(&target)
+            .map(|m| m.since)
+            .filter(|&s| s > 0)
+            .unwrap_or_else(unix_now);
+        Some(Observation {
+            target,
+            bandwidth,
+            reached: true,
+            since,
+        })
+    }
+
+    /// Builds the circuit over `link`, downloads from our sink and returns
+    /// the bandwidth seen.
+    async fn transfer(
+        &self,
+        link: Arc<veilnet_proto::Link>,
+        path: &[HopSpec],
+    ) -> Result<u64, String> {
+        let duration = Duration::from_millis(self.config.duration_ms);
+        let sink_listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(|e| format!("sink listener: {e}"))?;
+        let sink_addr = sink_listener
+            .local_addr()
+            .map_err(|e| format!("sink listener: {e}"))?;
+        let sink = self
+            .core
+            .sinks()
+            .register(sink_addr)
+            .ok_or("too many sinks")?;
+        let circuit = tokio::time::timeout(BUILD_TIMEOUT, self.core.build_circuit_on(link, path))
+            .await
+            .map_err(|_| "circuit build timed out".to_string())?
+            .map_err(|e| format!("circuit: {e}"))?;
+        let stream = circuit
+            .open_stream(sink.target())
+            .await
+            .map_err(|e| format!("stream: {e}"))?;
+        // The stream's end at our side is a socket pair on loopback.
+        let (app, mut reader) = socket_pair().await?;
+        let pump = tokio::spawn(stream.run(app, Vec::new()));
+        let (mut served, _) = tokio::time::timeout(BUILD_TIMEOUT, sink_listener.accept())
+            .await
+            .map_err(|_| "the sink was not reached".to_string())?
+            .map_err(|e| format!("sink accept: {e}"))?;
+        drop(sink);
+        let max_rate = self.config.max_rate;
+        let writer = tokio::spawn(async move {
+            let chunk = vec![0u8; CHUNK];
+            let start = Instant::now();
+            let mut sent: u64 = 0;
+            while start.elapsed() < duration {
+                // Paced to max_rate.
+                let allowed =
+                    (start.elapsed().as_secs_f64() * max_rate as f64) as u64 + CHUNK as u64;
+                if sent >= allowed {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                }
+                if served.write_all(&chunk).await.is_err() {
+                    break;
+                }
+                sent += CHUNK as u64;
+            }
+            let _ = served.shutdown().await;
+        });
+        let start = Instant::now();
+        let settle = duration / 4;
+        let mut buf = vec![0u8; 64 * 1024];
+        let (mut total, mut counted) = (0u64, 0u64);
+        let deadline = start + duration;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            match tokio::time::timeout(deadline - now, reader.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                Ok(Ok(n)) => {
+                    total += n as u64;
+                    if start.elapsed() >= settle {
+                        counted += n as u64;
+                    }
+                }
+            }
+        }
+        writer.abort();
+        pump.abort();
+        circuit.close();
+        self.stats.bytes.fetch_add(total, Ordering::Relaxed);
+        let window = (duration - settle).as_secs_f64().max(0.001);
+        Ok((counted as f64 / window) as u64)
+    }
+
+    /// Signs a report of `observations` at `now`, stores it and announces it.
+    async fn publish(&self, observations: &[Observation]) {
+        let report = Report {
+            measurer: self.own(),
+            published: unix_now(),
+            observations: observations.to_vec(),
+        };
+        let record = match report.sign(&self.identity) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("cannot sign a measurement report: {e}");
+                return;
+            }
+        };
+        let verified = match VerifiedReport::decode(&record) {
+            Ok(v) => v,
+            Err(e) => {
+                warn!("our own measurement report does not verify: {e}");
+                return;
+            }
+        };
+        let digest = verified.digest;
+        let stored = lock(&self.directory).insert_report(verified, report.published);
+        match stored {
+            Ok(_) => {
+                self.stats.reports.fetch_add(1, Ordering::Relaxed);
+                self.discovery.announce(vec![digest]).await;
+            }
+            Err(e) => debug!("our measurement report was not stored: {e}"),
+        }
+    }
+
+    /// Runs until shutdown.
+    pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let p = params(&self.config);
+        tokio::select! {
+            _ = tokio::time::sleep(FIRST_DELAY) => {}
+            _ = shutdown.changed() => return,
+        }
+        info!(
+            period_secs = p.period_secs,
+            "measuring the relays assigned to this node each period"
+        );
+        let duration = Duration::from_millis(self.config.duration_ms);
+        loop {
+            let started = std::time::SystemTime::now();
+            let now = unix_now();
+            let epoch = p.epoch(now);
+            let targets = self.assignments(epoch);
+            // At random moments over what is left of the period (all of it
+            // but the last two measurements' time), so measurements of
+            // different measurers seldom overlap: a relay measured while it
+            // carries another measurement shows less than it has.
+            let left = Duration::from_secs(((epoch + 1) * p.period_secs).saturating_sub(now))
+                .saturating_sub(duration * 2);
+
+            let mut at: Vec<Duration> = {
+                let mut rng = rand::thread_rng();
+                targets
+                    .iter()
+                    .map(|_| left.mul_f64(rng.gen_range(0.0..1.0)))
+                    .collect()
+            };
+            at.sort_unstable();
+            let mut observations = Vec::new();
+            for (target, at) in targets.into_iter().zip(at) {
+                let wait = at.saturating_sub(started.elapsed().unwrap_or_default());
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => return,
+                }
+                if p.epoch(unix_now()) != epoch {
+                    break;
+                }
+                let measured = tokio::select! {
+                    m = self.measure(target) => m,
+                    _ = shutdown.changed() => return,
+                };
+                if let Some(o) = measured {
+                    observations.push(o);
+                    // Republished as the period goes on: a later report of
+                    // the same period replaces the earlier everywhere.
+                    self.publish(&observations).await;
+                }
+            }
+            let next = (epoch + 1) * p.period_secs;
+            let wait = next.saturating_sub(unix_now());
+            let jitter = rand::thread_rng().gen_range(0..=p.period_secs / 10);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(wait + jitter)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// A connected pair of loopback sockets.
+async fn socket_pair() -> Result<(TcpStream, TcpStream), String> {
+    let l = TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(|e| format!("socket pair: {e}"))?;
+    let addr: SocketAddr = l.local_addr().map_err(|e| format!("socket pair: {e}"))?;
+    let (a, b) = tokio::join!(TcpStream::connect(addr), l.accept());
+    let a = a.map_err(|e| format!("socket pair: {e}"))?;
+    let (b, _) = b.map_err(|e| format!("socket pair: {e}"))?;
+    Ok((a, b))
+}
