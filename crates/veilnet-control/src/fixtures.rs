@@ -17,6 +17,8 @@ pub(crate) fn status() -> StatusView {
         open_circuits: 1,
         socks: Some("127.0.0.1:9050".into()),
         http_proxy: None,
+        measurements: 0,
+        measurement_bytes: 0,
     }
 }
 

@@ -100,6 +100,14 @@ pub struct StatusView {
     pub socks: Option<String>,
     /// HTTP proxy listener address, if enabled.
     pub http_proxy: Option<String>,
+    /// Measurements of other relays this node made (a relay that
+    /// measures; 0 otherwise).
+    #[serde(default)]
+    pub measurements: u64,
+    /// Bytes those measurements carried: measurement traffic, counted
+    /// apart from the directory's and the users'.
+    #[serde(default)]
+    pub measurement_bytes: u64,
 }
 
 /// A relay that signed two descriptors with one sequence number, as the

@@ -124,16 +124,14 @@ fn subnet(ip: IpAddr) -> Option<Subnet> {
     }
 }
 
-/// Whether any link address of `a` shares a /16 (IPv4) or /32 (IPv6) with
-/// any link address of `b`. Loopback addresses never count.
+/// Whether the link addresses clients dial (the first of each) share a
+/// /16 (IPv4) or /32 (IPv6). Loopback addresses never count. The other
+/// addresses a relay lists are its own claims: nobody dials or verifies
+/// them (measurers reach the first), so they neither let a relay keep
+/// itself off paths with others nor put it on paths it should not share.
 pub fn share_subnet(a: &Descriptor, b: &Descriptor) -> bool {
-    a.link_addrs.iter().any(|la| {
-        subnet(la.ip()).is_some_and(|sa| {
-            b.link_addrs
-                .iter()
-                .any(|lb| subnet(lb.ip()).is_some_and(|sb| sa == sb))
-        })
-    })
+    let dialled = |d: &Descriptor| d.link_addrs.first().and_then(|a| subnet(a.ip()));
+    matches!((dialled(a), dialled(b)), (Some(sa), Some(sb)) if sa == sb)
 }
 
 /// Whether `a` and `b` may be on the same path: different peers, not the
@@ -189,7 +187,8 @@ fn fits(d: &Descriptor, chosen: &[&Descriptor]) -> bool {
 ///   [`MAX_WEIGHTED_PER_PREFIX`](crate::MAX_WEIGHTED_PER_PREFIX) relays per
 ///   IPv4 /24 or IPv6 /48 carrying any); a relay that weighs nothing is
 ///   never chosen, as guard or otherwise;
-/// * no two hops share an IPv4 /16 or IPv6 /32 of any link address, except
+/// * no two hops' dialled link addresses (the first they list, the one
+///   measurers reach) share an IPv4 /16 or IPv6 /32, except
 ///   loopback (127.0.0.0/8, ::1), which is exempt so that local test networks
 ///   work; no two hops are in the same (mutually declared) family.
 ///

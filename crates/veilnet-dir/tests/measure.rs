@@ -7,7 +7,9 @@ mod common;
 use common::{desc, key, sign, NOW};
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
-use veilnet_dir::measure::{assigned, ReportInserted, MAX_OBSERVATIONS, RAMP_FLOOR_PERCENT};
+use veilnet_dir::measure::{
+    assigned, ReportInserted, ASSIGNMENT_SLACK_PERCENT, MAX_OBSERVATIONS, RAMP_FLOOR_PERCENT,
+};
 use veilnet_dir::{
     Directory, MeasureParams, Observation, Report, ReportError, VerifiedReport, MAX_CLOCK_SKEW,
 };
@@ -22,6 +24,7 @@ const PARAMS: MeasureParams = MeasureParams {
     min_measurers: 2,
     ramp_secs: 0,
     required: true,
+    max_rate: 20_000_000,
 };
 
 fn obs(target: PeerId, bandwidth: u64) -> Observation {
@@ -201,6 +204,18 @@ fn an_unmeasured_relay_is_unusable_and_a_measured_one_weighs_what_was_measured()
 }
 
 #[test]
+fn no_figure_counts_above_the_networks_measurement_rate() {
+    let (mut dir, keys) = network(4, 10_000_000_000);
+    let target = id(&keys[0]);
+    for m in &keys[1..=3] {
+        dir.insert_report(report(m, NOW, vec![obs(target, 5_000_000_000)]), NOW)
+            .unwrap();
+    }
+    // Every measurer says 5 GB/s; none can have measured above 20 MB/s.
+    assert_eq!(dir.weights().get(&target), PARAMS.max_rate);
+}
+
+#[test]
 fn one_measurer_cannot_move_the_median_far_and_one_is_not_enough() {
     let (mut dir, keys) = network(6, 10_000_000_000);
     let target = id(&keys[0]);
@@ -259,7 +274,7 @@ fn unassigned_observations_do_not_count() {
             &target,
             60,
             PARAMS.measurers_per_target,
-            2,
+            ASSIGNMENT_SLACK_PERCENT,
         )
     });
     assert!(unassigned.len() >= 40, "{} unassigned", unassigned.len());

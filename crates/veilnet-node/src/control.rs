@@ -1,5 +1,6 @@
 //! The control API's views of a running node.
 
+use std::sync::atomic::Ordering;
 use std::sync::Weak;
 
 use veilnet_circmgr::PooledCircuit;
@@ -24,6 +25,8 @@ impl ControlSource for NodeControl {
                 open_circuits: 0,
                 socks: None,
                 http_proxy: None,
+                measurements: 0,
+                measurement_bytes: 0,
             };
         };
         StatusView {
@@ -34,6 +37,8 @@ impl ControlSource for NodeControl {
             open_circuits: n.circuits.open_count(),
             socks: n.socks_addr.map(|a| a.to_string()),
             http_proxy: n.http_addr.map(|a| a.to_string()),
+            measurements: n.measure_stats.measurements.load(Ordering::Relaxed),
+            measurement_bytes: n.measure_stats.bytes.load(Ordering::Relaxed),
         }
     }
 

@@ -54,6 +54,7 @@ pub(crate) fn params(c: &MeasureConfig) -> MeasureParams {
         min_measurers: c.min_measurers,
         ramp_secs: c.ramp_secs,
         required: c.required,
+        max_rate: c.max_rate,
     }
 }
 
@@ -109,7 +110,7 @@ impl Measurer {
             .iter()
             .filter(|d| d.roles.relay && d.peer_id != own && !d.link_addrs.is_empty())
             .map(|d| d.peer_id)
-            .filter(|t| assigned(epoch, &own, t, eligible, k, 1))
+            .filter(|t| assigned(epoch, &own, t, eligible, k, 100))
             .take(veilnet_dir::measure::MAX_OBSERVATIONS)
             .collect();
         targets.shuffle(&mut rand::thread_rng());

@@ -78,6 +78,9 @@ pub struct SimConfig {
     /// What each attacker relay advertises (bytes/s); 0: its real
     /// bandwidth.
     pub sybil_advertised: u64,
+    /// Weigh relays by peer measurement for the Sybil figure (modelled at
+    /// the end of the run, see [`sybil`]); off: by what they advertise.
+    pub measure: bool,
     /// Circuits drawn for the Sybil figure.
     pub circuits: usize,
     /// Circuits per simulated client (each client has its own guard set).
@@ -111,6 +114,7 @@ impl Default for SimConfig {
             sybil_subnets: 10,
             sybil_bandwidth: 0.05,
             sybil_advertised: veilnet_dir::path::MAX_WEIGHT,
+            measure: true,
             circuits: 10_000,
             circuits_per_client: 10,
             check_wire: false,

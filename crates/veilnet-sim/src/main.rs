@@ -89,6 +89,10 @@ struct DirectoryArgs {
     /// What each attacker relay advertises (bytes/s; 0: its real bandwidth).
     #[arg(long, default_value_t = SimConfig::default().sybil_advertised)]
     sybil_advertised: u64,
+    /// Weigh relays by (modelled) peer measurement for the Sybil figure;
+    /// false: by what they advertise.
+    #[arg(long, default_value_t = SimConfig::default().measure, action = clap::ArgAction::Set)]
+    measure: bool,
     /// Circuits drawn for the Sybil figure.
     #[arg(long, default_value_t = SimConfig::default().circuits)]
     circuits: usize,
@@ -127,6 +131,7 @@ impl DirectoryArgs {
             sybil_subnets: self.sybil_subnets,
             sybil_bandwidth: self.sybil_bandwidth,
             sybil_advertised: self.sybil_advertised,
+            measure: self.measure,
             circuits: self.circuits,
             circuits_per_client: self.circuits_per_client,
             check_wire: self.check_wire,

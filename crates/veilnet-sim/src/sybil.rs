@@ -3,20 +3,36 @@
 //! circuits drawn from it with the real [`select_path`], each client's guards
 //! drawn by weight as the circuit manager's sampler draws them.
 //!
-//! The weights are whatever [`Directory::weights`] says (today: the
-//! bandwidth a relay advertises, clamped, with at most two relays per IPv4
-//! /24 or IPv6 /48 carrying any): [`selection_weight`] is the one seam
-//! through which this module reads them, and `select_path` reads the same
-//! weights, so a change there changes the figure here with no change in
-//! the simulator.
+//! The weights are whatever [`Directory::weights`] says: with measurements
+//! on (the default, `--measure true`), the peer-measured bandwidth capped
+//! by the advertised one, with at most two relays per IPv4 /24 or IPv6 /48
+//! carrying any. [`selection_weight`] is the one seam through which this
+//! module reads them, and `select_path` reads the same weights, so a
+//! change there changes the figure here with no change in the simulator.
+//!
+//! Measurements are modelled at the end of the run, not simulated through
+//! the network: for each period of the window, every measurer the
+//! directory counts makes the real assignment ([`assigned`]) and signs a
+//! real report ([`Report::sign`]) that the directory verifies and stores.
+//! An honest measurer's figure for a relay is the lowest of the relay's
+//! real bandwidth, its own and the network's `max_rate`, times a
+//! contention factor drawn from 0.5..1. The attacker's measurers report its relays at
+//! what they advertise and every honest relay they are assigned as
+//! unreached, and they report everything the verifiers' wider threshold
+//! ([`ASSIGNMENT_SLACK_PERCENT`]) lets them. Report gossip is not in the byte
+//! figures.
 
 use std::collections::HashSet;
 
 use libp2p::PeerId;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use veilnet_dir::measure::{assigned, ASSIGNMENT_SLACK_PERCENT};
 use veilnet_dir::path::is_usable_relay;
-use veilnet_dir::{select_path, Descriptor, Directory, PathRequest, SignedDescriptor, Weights};
+use veilnet_dir::{
+    select_path, Descriptor, Directory, MeasureParams, Observation, PathRequest, Report,
+    SignedDescriptor, VerifiedReport, Weights,
+};
 
 use crate::net::Sim;
 use crate::records::EPOCH_UNIX;
@@ -27,9 +43,105 @@ pub const GUARDS_PER_CLIENT: usize = 3;
 /// Hops per circuit.
 pub const HOPS: usize = 3;
 
+/// The public network's measurement parameters, with every relay measured
+/// long enough ago that no ramp applies (the attacker's relays too: the
+/// worst case).
+const PARAMS: MeasureParams = MeasureParams::PUBLIC;
+
+/// Fills `dir` with the reports of the last window of periods before
+/// `now` (see the module docs).
+fn measure(dir: &mut Directory, sim: &Sim, now: u64, rng: &mut StdRng) -> Result<(), SimError> {
+    use rand::Rng;
+    dir.use_measurements(Some(PARAMS));
+    let measurers: Vec<PeerId> = {
+        let w = dir.weights();
+        let mut m: Vec<PeerId> = w.measurers().iter().copied().collect();
+        m.sort();
+        m
+    };
+    let n = measurers.len();
+    let by_peer: std::collections::HashMap<PeerId, &crate::records::Relay> =
+        sim.relays.iter().map(|r| (r.peer_id(), r)).collect();
+    let targets: Vec<PeerId> = dir
+        .iter()
+        .filter(|d| is_usable_relay(d))
+        .map(|d| d.peer_id)
+        .collect();
+    let last = PARAMS.epoch(now);
+    let since = now.saturating_sub(PARAMS.ramp_secs * 2);
+    for epoch in PARAMS.first_epoch(now)..=last {
+        let published =
+            (epoch * PARAMS.period_secs).max(now.saturating_sub(PARAMS.period_secs * 4));
+        let published = published.min(now);
+        for m in &measurers {
+            let Some(relay) = by_peer.get(m) else {
+                continue;
+            };
+            let slack = if relay.sybil {
+                ASSIGNMENT_SLACK_PERCENT
+            } else {
+                100
+            };
+            let mut observations = Vec::new();
+            for t in &targets {
+                if !assigned(epoch, m, t, n, PARAMS.measurers_per_target, slack) {
+                    continue;
+                }
+                let Some(target) = by_peer.get(t) else {
+                    continue;
+                };
+                let o = if relay.sybil {
+                    if target.sybil {
+                        Observation {
+                            target: *t,
+                            bandwidth: target.template.bandwidth,
+                            reached: true,
+                            since: 0,
+                        }
+                    } else {
+                        Observation {
+                            target: *t,
+                            bandwidth: 0,
+                            reached: false,
+                            since: 0,
+                        }
+                    }
+                } else {
+                    let top = target
+                        .real_bandwidth
+                        .min(relay.real_bandwidth)
+                        .min(PARAMS.max_rate);
+                    Observation {
+                        target: *t,
+                        bandwidth: ((top as f64) * rng.gen_range(0.5..1.0)) as u64,
+                        reached: true,
+                        since,
+                    }
+                };
+                observations.push(o);
+                if observations.len() == veilnet_dir::measure::MAX_OBSERVATIONS {
+                    break;
+                }
+            }
+            let report = Report {
+                measurer: *m,
+                published,
+                observations,
+            };
+            let record = report
+                .sign(&relay.keypair)
+                .map_err(|e| SimError::Setup(format!("signing a report: {e}")))?;
+            let v = VerifiedReport::decode(&record)
+                .map_err(|e| SimError::Setup(format!("a report: {e}")))?;
+            dir.insert_report(v, now)
+                .map_err(|e| SimError::Setup(format!("storing a report: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
 /// The selection weight path selection gives a relay (the seam:
-/// [`Directory::weights`], today the relay's own advertised bandwidth with
-/// at most two relays per /24 or /48 carrying any).
+/// [`Directory::weights`]).
 pub fn selection_weight(weights: &Weights, d: &Descriptor) -> u64 {
     weights.get(&d.peer_id)
 }
@@ -118,6 +230,10 @@ pub fn circuits(sim: &Sim) -> Result<Option<SybilReport>, SimError> {
         dir.insert_verified(verified, now)
             .map_err(|e| SimError::Setup(format!("storing a held descriptor: {e}")))?;
     }
+    let mut rng = StdRng::seed_from_u64(sim.cfg.seed ^ 0x5eed_c1c5);
+    if sim.cfg.measure {
+        measure(&mut dir, sim, now, &mut rng)?;
+    }
     let sybils: HashSet<PeerId> = sim.sybil_peers();
     let weights = dir.weights();
     let usable: Vec<&Descriptor> = dir.iter().filter(|d| is_usable_relay(d)).collect();
@@ -150,7 +266,6 @@ pub fn circuits(sim: &Sim) -> Result<Option<SybilReport>, SimError> {
         0.0
     };
 
-    let mut rng = StdRng::seed_from_u64(sim.cfg.seed ^ 0x5eed_c1c5);
     let n = sim.cfg.circuits;
     let (mut both, mut guard, mut exit, mut failed) = (0usize, 0usize, 0usize, 0usize);
     let mut guards = Vec::new();

@@ -127,7 +127,7 @@ fn joining_relays_spread_and_runs_repeat_exactly() {
     assert_eq!(a.counters.messages, b.counters.messages);
 }
 
-fn sybil(advertised: Option<u64>) -> veilnet_sim::sybil::SybilReport {
+fn sybil(advertised: Option<u64>, measure: bool) -> veilnet_sim::sybil::SybilReport {
     let mut cfg = SimConfig {
         nodes: 160,
         hours: 0.15,
@@ -138,6 +138,7 @@ fn sybil(advertised: Option<u64>) -> veilnet_sim::sybil::SybilReport {
         sybil_subnets: 4,
         sybil_bandwidth: 0.5,
         circuits: 3000,
+        measure,
         ..SimConfig::default()
     };
     if let Some(a) = advertised {
@@ -147,20 +148,20 @@ fn sybil(advertised: Option<u64>) -> veilnet_sim::sybil::SybilReport {
 }
 
 #[test]
-fn liars_about_bandwidth_win_far_more_than_their_fair_share() {
-    let liars = sybil(None);
+fn liars_about_bandwidth_win_most_circuits_unless_relays_are_measured() {
+    // Every relay is an exit, so the fair share is (F / (1 + F))^2.
+    let fair = (0.5f64 / 1.5).powi(2);
+    let liars = sybil(None, false);
     println!("{liars:?}");
     assert_eq!(liars.sybils_in_directory, 40);
     assert_eq!(liars.circuits_failed, 0);
-    // Every relay is an exit, so the fair share is (F / (1 + F))^2.
-    let fair = (0.5f64 / 1.5).powi(2);
     // (Relays that joined and left shift it a little.)
     assert!(
         (liars.sybil_fair_share - fair).abs() < 0.01,
         "{}",
         liars.sybil_fair_share
     );
-    // Path weights are advertised bandwidth: 10 GB/s each wins nearly all.
+    // Weights by advertised bandwidth: 10 GB/s each wins nearly all.
     assert!(
         liars.sybil_weight_share > 0.99,
         "{}",
@@ -172,10 +173,27 @@ fn liars_about_bandwidth_win_far_more_than_their_fair_share() {
         liars.sybil_circuit_fraction
     );
 
-    // The same attacker advertising what it really has gets at most its
-    // fair share, and less: its relays crowd a few /24s, where only two
-    // each carry weight. The figure is computed, not fixed.
-    let truthful = sybil(Some(0));
+    // Measured, the same liars (whose own measurers vouch for each other
+    // and call every honest relay unreachable) get at most twice their
+    // fair share, and less: only two relays per /24 carry weight. The
+    // figure is computed, not fixed.
+    let measured = sybil(None, true);
+    println!("{measured:?}");
+    assert_eq!(measured.circuits_failed, 0);
+    assert!(
+        measured.sybil_weight_share < 1.0 / 3.0,
+        "{}",
+        measured.sybil_weight_share
+    );
+    assert!(
+        measured.sybil_circuit_fraction <= 2.0 * fair,
+        "{} vs fair {fair}",
+        measured.sybil_circuit_fraction
+    );
+
+    // Unmeasured, the attacker advertising what it really has gets at
+    // most its fair share, and less (the address caps).
+    let truthful = sybil(Some(0), false);
     println!("{truthful:?}");
     assert!((truthful.sybil_fair_share - fair).abs() < 0.01);
     assert!(

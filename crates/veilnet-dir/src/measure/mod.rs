@@ -8,8 +8,9 @@
 //! eligible measurers), so each relay gets about `k` measurers per period,
 //! drawn afresh each period, and a Sybil's measurers are assigned to the
 //! honest and the Sybil relays alike. Every node checks the assignment of
-//! each observation it counts (with [`ASSIGNMENT_SLACK`] times the
-//! threshold, since views differ a little) and ignores the rest.
+//! each observation it counts (with the threshold widened by
+//! [`ASSIGNMENT_SLACK_PERCENT`], since views differ a little) and ignores
+//! the rest.
 //!
 //! What a node concludes, per relay ([`Measured`], from the latest
 //! observation of each measurer over the last
@@ -18,10 +19,11 @@
 //! * **reachable** when at least [`MeasureParams::min_measurers`] distinct
 //!   measurers reached it, and in the latest period it was observed at
 //!   least as many reached it as failed to;
-//! * **bandwidth**: the median of the upper half of what those that
-//!   reached it measured (contention only lowers a figure, so the lower
-//!   half is left out, as TorFlow does); to raise it above every honest
-//!   figure takes more than a quarter of its measurers;
+//! * **bandwidth**: the median of what those that reached it measured,
+//!   each figure clamped to [`MeasureParams::max_rate`] (no honest
+//!   measurement goes faster), so raising it above every honest figure
+//!   takes more than half its measurers, and even then it is at most
+//!   `max_rate`;
 //! * **since**: the median of their claims of when it was first measured;
 //!   its weight ramps up from [`RAMP_FLOOR_PERCENT`] to the full figure
 //!   over [`MeasureParams::ramp_secs`] from then.
@@ -44,9 +46,12 @@ pub use report::{
 use crate::descriptor::{DescriptorDigest, MAX_CLOCK_SKEW};
 
 /// How much wider than the measurers' own threshold the assignment check
-/// of a counted observation is: measurers and verifiers count the eligible
-/// measurers in slightly different views.
-pub const ASSIGNMENT_SLACK: u32 = 2;
+/// of a counted observation is, in percent: measurers and verifiers count
+/// the eligible measurers in slightly different views. Kept small, since a
+/// dishonest measurer reports everything the wider threshold lets it (an
+/// attacker's measurers make this much more of the observations than
+/// their number).
+pub const ASSIGNMENT_SLACK_PERCENT: u32 = 125;
 /// A relay first measured just now gets this percentage of its measured
 /// weight; the rest comes over [`MeasureParams::ramp_secs`].
 pub const RAMP_FLOOR_PERCENT: u64 = 10;
@@ -74,6 +79,9 @@ pub struct MeasureParams {
     /// weighs 0). Off: reports are kept and shown, weights are the
     /// advertised bandwidths (private test networks).
     pub required: bool,
+    /// The fastest a measurement transfers (bytes/s): honest figures are
+    /// never above it, so every figure counted is clamped to it.
+    pub max_rate: u64,
 }
 
 impl MeasureParams {
@@ -87,6 +95,7 @@ impl MeasureParams {
         min_measurers: 3,
         ramp_secs: 3 * 24 * 60 * 60,
         required: true,
+        max_rate: 20_000_000,
     };
 
     /// The period `unix` falls in.
@@ -105,22 +114,23 @@ impl MeasureParams {
 }
 
 /// Whether `measurer` is assigned `target` in period `epoch` when there are
-/// `eligible` measurers, with the threshold widened `slack` times
-/// (measurers schedule with 1, verifiers check with [`ASSIGNMENT_SLACK`]).
+/// `eligible` measurers, with the threshold at `percent` of the nominal
+/// `k / (eligible - 1)` (measurers schedule with 100, verifiers check with
+/// [`ASSIGNMENT_SLACK_PERCENT`]).
 pub fn assigned(
     epoch: u64,
     measurer: &PeerId,
     target: &PeerId,
     eligible: usize,
     k: u32,
-    slack: u32,
+    percent: u32,
 ) -> bool {
     if measurer == target {
         return false;
     }
     // The target does not measure itself: n - 1 candidates.
-    let candidates = eligible.saturating_sub(1).max(1) as u128;
-    let num = u128::from(k) * u128::from(slack);
+    let candidates = eligible.saturating_sub(1).max(1) as u128 * 100;
+    let num = u128::from(k) * u128::from(percent);
     if num >= candidates {
         return true;
     }
@@ -140,7 +150,7 @@ pub fn assigned(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Measured {
     /// The bandwidth the measurers that reached it saw (bytes/s): the
-    /// median of the upper half of their figures.
+    /// median of their figures, each clamped to the network's `max_rate`.
     pub bandwidth: u64,
     /// Whether it counts as reachable (see the module docs).
     pub reachable: bool,
@@ -318,7 +328,7 @@ impl Measurements {
 
     /// What the reports say at `now` about each relay observed, counting
     /// only observations by `eligible` measurers that were assigned to
-    /// their target ([`assigned`] with [`ASSIGNMENT_SLACK`], over the
+    /// their target ([`assigned`] with [`ASSIGNMENT_SLACK_PERCENT`], over the
     /// `eligible.len()` measurers).
     pub fn aggregate(
         &self,
@@ -342,7 +352,7 @@ impl Measurements {
                         &o.target,
                         n,
                         p.measurers_per_target,
-                        ASSIGNMENT_SLACK,
+                        ASSIGNMENT_SLACK_PERCENT,
                     ) {
                         continue;
                     }
@@ -367,21 +377,6 @@ fn median(mut v: Vec<u64>) -> u64 {
     v[(v.len() - 1) / 2]
 }
 
-/// The (lower) median of the upper half of `v`: its third quartile, near
-/// enough. A measurement shares the relay with whatever else it carries
-/// then, so contention only ever lowers a figure; the upper half leaves the
-/// contended ones out (as TorFlow's filtered bandwidth does). To put the
-/// result above every honest figure, more than a quarter of the measurers
-/// must lie.
-fn upper_median(mut v: Vec<u64>) -> u64 {
-    if v.is_empty() {
-        return 0;
-    }
-    v.sort_unstable();
-    let upper = &v[v.len() / 2..];
-    upper[(upper.len() - 1) / 2]
-}
-
 fn conclude<'a>(
     p: &MeasureParams,
     obs: impl Iterator<Item = &'a (u64, Observation)>,
@@ -402,7 +397,12 @@ fn conclude<'a>(
     let reached: Vec<&Observation> = obs.iter().map(|(_, o)| o).filter(|o| o.reached).collect();
     let reachable = reached.len() >= p.min_measurers.max(1) as usize && ok_last >= failed_last;
     Measured {
-        bandwidth: upper_median(reached.iter().map(|o| o.bandwidth).collect()),
+        bandwidth: median(
+            reached
+                .iter()
+                .map(|o| o.bandwidth.min(p.max_rate))
+                .collect(),
+        ),
         reachable,
         since: median(reached.iter().map(|o| o.since.min(now)).collect()),
         reached_by: reached.len(),
@@ -423,7 +423,7 @@ mod tests {
             for t in &peers {
                 total += peers
                     .iter()
-                    .filter(|m| assigned(epoch, m, t, peers.len(), k, 1))
+                    .filter(|m| assigned(epoch, m, t, peers.len(), k, 100))
                     .count();
             }
         }
@@ -433,29 +433,27 @@ mod tests {
             "{per_target} measurers per relay and period"
         );
         // Small networks: everyone measures everyone else.
-        assert!(assigned(0, &peers[0], &peers[1], 3, 3, 1));
-        assert!(!assigned(0, &peers[0], &peers[0], 3, 3, 1));
+        assert!(assigned(0, &peers[0], &peers[1], 3, 3, 100));
+        assert!(!assigned(0, &peers[0], &peers[0], 3, 3, 100));
         // What a measurer schedules, a verifier accepts.
         for t in &peers[..20] {
             for m in &peers {
-                if assigned(7, m, t, 200, 3, 1) {
-                    assert!(assigned(7, m, t, 200, 3, ASSIGNMENT_SLACK));
+                if assigned(7, m, t, 200, 3, 100) {
+                    assert!(assigned(7, m, t, 200, 3, ASSIGNMENT_SLACK_PERCENT));
                 }
             }
         }
     }
 
     #[test]
-    fn the_bandwidth_is_the_median_of_the_upper_half() {
-        assert_eq!(upper_median(vec![]), 0);
-        assert_eq!(upper_median(vec![5]), 5);
-        assert_eq!(upper_median(vec![5, 9]), 9);
-        assert_eq!(upper_median(vec![9, 1, 5]), 5);
-        assert_eq!(upper_median(vec![1, 2, 3, 4]), 3);
-        // One liar among five moves it to another honest figure.
-        assert_eq!(upper_median(vec![1, 2, 3, 4, 1_000_000]), 4);
-        assert_eq!(upper_median(vec![1, 2, 3, 4, 5]), 4);
+    fn the_median_is_the_lower_one() {
+        assert_eq!(median(vec![]), 0);
+        assert_eq!(median(vec![5]), 5);
+        assert_eq!(median(vec![9, 5]), 5);
+        assert_eq!(median(vec![9, 1, 5]), 5);
         assert_eq!(median(vec![3, 1, 2, 9]), 2);
+        // Liars above need more than half.
+        assert_eq!(median(vec![1, 2, 3, u64::MAX, u64::MAX]), 3);
     }
 
     #[test]
