@@ -101,17 +101,20 @@ impl Default for MeasureConfig {
 
 impl MeasureConfig {
     /// Short periods for a test network on one host: every relay measured
-    /// within seconds of start, usable after 2 measurers, no ramp.
+    /// by about 4 others every 20 s (so that even in a network of a few
+    /// relays each gets 2 in most periods) in half-second samples (short
+    /// enough that they seldom overlap at one relay), usable after 2
+    /// measurers, no ramp.
     pub fn test_network() -> Self {
         MeasureConfig {
             enabled: true,
             required: true,
             period_secs: 20,
-            measurers_per_target: 3,
+            measurers_per_target: 4,
             window_periods: 4,
             min_measurers: 2,
             ramp_secs: 0,
-            duration_ms: 1_000,
+            duration_ms: 500,
             max_rate: 8_000_000,
         }
     }
