@@ -879,7 +879,11 @@ impl Sim {
         let id = self.new_record(relay, 0)?;
         let now_unix = self.unix();
         self.store(n, id, now_unix);
-        let next = self.now + self.republish_us() + self.housekeeping_jitter();
+        // As the node: the first republication comes up to half a period
+        // early, at random.
+        let republish = self.republish_us();
+        let early = self.rng.gen_range(0..=republish / 2);
+        let next = self.now + republish - early + self.housekeeping_jitter();
         self.schedule(next, Ev::Publish(relay));
         for _ in 0..self.cfg.degree {
             if let Some(q) = self.random_live_relay() {
