@@ -130,7 +130,11 @@ impl<P: Copy + Eq + Hash> Wants<P> {
         self.reassign(mine, now)
     }
 
-    fn reassign(&mut self, digests: Vec<RecordDigest>, now: Instant) -> Vec<(P, Vec<RecordDigest>)> {
+    fn reassign(
+        &mut self,
+        digests: Vec<RecordDigest>,
+        now: Instant,
+    ) -> Vec<(P, Vec<RecordDigest>)> {
         let mut asks: HashMap<P, Vec<RecordDigest>> = HashMap::new();
         for d in digests {
             let Some(mut w) = self.wants.remove(&d) else {
@@ -229,7 +233,13 @@ mod tests {
         let first = on_announce(&me, &mut wants, 1, &[record(1)], t0);
         assert_eq!(first.want, vec![sync::digest(&record(1))]);
         // The second announcer is not asked while the first may answer.
-        let second = on_announce(&me, &mut wants, 2, &[record(1)], t0 + Duration::from_secs(1));
+        let second = on_announce(
+            &me,
+            &mut wants,
+            2,
+            &[record(1)],
+            t0 + Duration::from_secs(1),
+        );
         assert!(second.is_empty(), "{second:?}");
         // The first delivers: nothing is left to ask anyone.
         assert!(wants.delivered(&sync::digest(&record(1))));
@@ -244,10 +254,24 @@ mod tests {
         let (me, mut wants, t0) = (Set::default(), Wants::default(), Instant::now());
         let offered = [record(1), record(2)];
         on_announce(&me, &mut wants, 1, &offered, t0);
-        on_announce(&me, &mut wants, 2, &offered, t0 + Duration::from_millis(500));
-        on_announce(&me, &mut wants, 3, &offered[..1], t0 + Duration::from_millis(700));
+        on_announce(
+            &me,
+            &mut wants,
+            2,
+            &offered,
+            t0 + Duration::from_millis(500),
+        );
+        on_announce(
+            &me,
+            &mut wants,
+            3,
+            &offered[..1],
+            t0 + Duration::from_millis(700),
+        );
         // Before the timeout peer 1 is still the one asked.
-        assert!(wants.expire(t0 + WANT_TIMEOUT - Duration::from_millis(1)).is_empty());
+        assert!(wants
+            .expire(t0 + WANT_TIMEOUT - Duration::from_millis(1))
+            .is_empty());
         // After it, peer 2 (the first other offerer) is asked for both, in
         // one message, and answers it as a plain want.
         let asks = wants.expire(t0 + WANT_TIMEOUT);
@@ -315,7 +339,10 @@ mod tests {
             wants.claim(peer, &mut want, t0);
             assert!(want.is_empty());
         }
-        assert!(wants.wants.values().all(|w| w.offerers.len() <= MAX_OFFERERS));
+        assert!(wants
+            .wants
+            .values()
+            .all(|w| w.offerers.len() <= MAX_OFFERERS));
         // And it all lapses: the per-peer counts follow the reassignments.
         let mut t = t0;
         for _ in 0..=MAX_OFFERERS + 1 {

@@ -266,7 +266,9 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let draws: Vec<Duration> = (0..200).map(|_| first_republish(&mut rng)).collect();
         let earliest = REPUBLISH_EVERY - FIRST_REPUBLISH_JITTER;
-        assert!(draws.iter().all(|d| (earliest..=REPUBLISH_EVERY).contains(d)));
+        assert!(draws
+            .iter()
+            .all(|d| (earliest..=REPUBLISH_EVERY).contains(d)));
         // Spread, not one instant: both quarters of the window are used.
         let mid = earliest + FIRST_REPUBLISH_JITTER / 2;
         assert!(draws.iter().any(|d| *d < mid) && draws.iter().any(|d| *d > mid));
