@@ -10,6 +10,7 @@
 //! (even an empty one) is a message with its own latency.
 
 use std::collections::{BinaryHeap, HashSet};
+use std::rc::Rc;
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -133,7 +134,8 @@ enum Ev {
     Deliver {
         ex: u32,
         to_responder: bool,
-        msg: SyncMessage,
+        /// Shared: an announcement goes to several peers.
+        msg: Rc<SyncMessage>,
         ids: Vec<RecordId>,
     },
     Connect(u32, u32),
@@ -604,7 +606,7 @@ impl Sim {
         if digests.is_empty() {
             return;
         }
-        let msg = sync::announce(&digests);
+        let msg = Rc::new(sync::announce(&digests));
         let from = node.push_from.take();
         let others: Vec<u32> = node
             .neighbours
@@ -617,7 +619,7 @@ impl Sim {
             .copied()
             .collect();
         for p in peers {
-            self.start(n, p, Kind::Push, msg.clone());
+            self.start(n, p, Kind::Push, Rc::clone(&msg));
         }
     }
 
@@ -671,10 +673,10 @@ impl Sim {
         let msg = sync::open(&Store::new(&self.nodes[a as usize].view, &self.records));
         self.nodes[a as usize].view.settle();
         self.nodes[a as usize].in_flight.push(b);
-        self.start(a, b, kind, msg);
+        self.start(a, b, kind, Rc::new(msg));
     }
 
-    fn start(&mut self, a: u32, b: u32, kind: Kind, first: SyncMessage) {
+    fn start(&mut self, a: u32, b: u32, kind: Kind, first: Rc<SyncMessage>) {
         self.counters.exchanges[kind.index()] += 1;
         let ex = Exchange {
             a,
@@ -709,7 +711,7 @@ impl Sim {
         }
     }
 
-    fn send(&mut self, ex: u32, to_responder: bool, msg: SyncMessage, ids: Vec<RecordId>) {
+    fn send(&mut self, ex: u32, to_responder: bool, msg: Rc<SyncMessage>, ids: Vec<RecordId>) {
         if !self.count(ex, to_responder, &msg, &ids) {
             return;
         }
@@ -759,7 +761,13 @@ impl Sim {
         true
     }
 
-    fn on_deliver(&mut self, ex: u32, to_responder: bool, msg: SyncMessage, ids: Vec<RecordId>) {
+    fn on_deliver(
+        &mut self,
+        ex: u32,
+        to_responder: bool,
+        msg: Rc<SyncMessage>,
+        ids: Vec<RecordId>,
+    ) {
         self.counters.messages += 1;
         let Some(e) = &self.exchanges[ex as usize] else {
             return;
@@ -806,12 +814,12 @@ impl Sim {
             self.counters.messages += 1;
             self.close(ex);
         } else if to_responder {
-            self.send(ex, false, answer, served);
+            self.send(ex, false, Rc::new(answer), served);
         } else if !answer.is_empty() && round < MAX_ROUNDS {
             if let Some(e) = &mut self.exchanges[ex as usize] {
                 e.round += 1;
             }
-            self.send(ex, true, answer, served);
+            self.send(ex, true, Rc::new(answer), served);
         } else {
             if !answer.is_empty() {
                 self.counters.exchanges_at_max_rounds += 1;
