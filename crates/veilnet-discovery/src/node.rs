@@ -389,7 +389,8 @@ struct Node {
     /// peers we open exchanges with after the first.
     servers: HashSet<PeerId>,
     /// Outbound sync requests in flight (the peer and the round of its
-    /// exchange), at most one per peer.
+    /// exchange): at most one exchange per peer, plus plain wants of
+    /// records another peer was late with ([`Node::ask`]).
     in_flight: HashMap<OutboundRequestId, (PeerId, usize)>,
     /// Digests we asked for and have not received, one set for all peers
     /// (a record several peers offer is asked of one at a time): the only
@@ -804,9 +805,13 @@ impl Node {
                     .map_or(MAX_ROUNDS, |(_, r)| r);
                 let mut next = sync::process(&*self.provider, &response, &self.limits);
                 self.deliver(peer, response.records);
-                self.wants.claim(peer, &mut next.want, Instant::now());
-                if !next.is_empty() && round < MAX_ROUNDS {
-                    self.send_sync(peer, next, round + 1);
+                if round < MAX_ROUNDS {
+                    // Claimed only when sent: a want we keep to ourselves
+                    // would hold the record back from other peers.
+                    self.wants.claim(peer, &mut next.want, Instant::now());
+                    if !next.is_empty() {
+                        self.send_sync(peer, next, round + 1);
+                    }
                 }
             }
             Event::OutboundFailure {
