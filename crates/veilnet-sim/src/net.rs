@@ -787,7 +787,10 @@ impl Sim {
         let answer = sync::process(&store, &msg, &self.limits);
         let mut served = store.into_served();
         self.nodes[me as usize].view.settle();
-        if self.cfg.dedup_wants && !answer.want.is_empty() {
+        // As the node: what a message asks for is claimed only if the
+        // message is sent (not by the initiator's last round).
+        let sent = to_responder || round < MAX_ROUNDS;
+        if self.cfg.dedup_wants && sent && !answer.want.is_empty() {
             let now = self.now;
             self.nodes[me as usize]
                 .view
