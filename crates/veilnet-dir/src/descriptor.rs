@@ -21,8 +21,31 @@ pub const MAX_DESCRIPTOR_BYTES: usize = 8 * 1024;
 pub const MAX_SIGNATURE_BYTES: usize = 512;
 /// How far in the future `published` may lie (clock skew), in seconds.
 pub const MAX_CLOCK_SKEW: u64 = 300;
-/// How old a descriptor may get before it is rejected / aged out, in seconds.
-pub const MAX_DESCRIPTOR_AGE: u64 = 3 * 60 * 60;
+/// How often a relay republishes its descriptor when nothing in it changed,
+/// in seconds (a changed descriptor, e.g. after an onion key rotation, is
+/// republished at once). Every publication reaches every relay (a push of
+/// its digest to six of them, then the record), so a relay's directory
+/// traffic grows with relays ÷ this period. At 5000 relays and 5 % churn an
+/// hour, 12 h makes about 420 republications an hour next to 250 new
+/// relays' first descriptors (`veilnet-sim`, BENCHMARKS.md session 6: 4.5 MB
+/// per relay-hour against 11.6 MB at 2000 nodes with 20 minutes); a longer
+/// period saves little more while churn costs as much. Tor republishes
+/// every 18 h. veilnet-node spreads its first republication at random over
+/// the second half of the period, so relays started together do not
+/// republish together.
+pub const REPUBLISH_EVERY: u64 = 12 * 60 * 60;
+/// How old a descriptor may get before it is rejected / aged out, in seconds:
+/// three republish periods, so a relay that misses two republications (a
+/// long restart, a partition) is not dropped. Expiry is not how dead relays
+/// leave the directory in time: the reachability measurement
+/// (`veilnet-dir`'s measure module, run by veilnet-node) marks relays that
+/// stop answering unusable, so a long lifetime costs memory and a joining
+/// node's first download, not failed circuits. Under heavy churn dead
+/// descriptors add up: at 5 % of 5000 relays leaving per hour, 36 h holds
+/// about 9000 of them next to the 5000 live ones, more than
+/// [`crate::MAX_NODES`] allows in all: at such churn the measurement must
+/// also drop relays it finds dead.
+pub const MAX_DESCRIPTOR_AGE: u64 = 3 * REPUBLISH_EVERY;
 /// Most link and most libp2p addresses a descriptor may list (each).
 pub const MAX_ADDRS: usize = 8;
 /// Most family members a descriptor may declare.

@@ -12,7 +12,7 @@ pub mod wire;
 pub use descriptor::{
     digest, Descriptor, DescriptorDigest, DescriptorError, Roles, SignedDescriptor, Verified,
     MAX_ADDRS, MAX_CLOCK_SKEW, MAX_DESCRIPTOR_AGE, MAX_DESCRIPTOR_BYTES, MAX_FAMILY,
-    MAX_SIGNATURE_BYTES, MAX_VERSION_LEN, SIGNING_CONTEXT,
+    MAX_SIGNATURE_BYTES, MAX_VERSION_LEN, REPUBLISH_EVERY, SIGNING_CONTEXT,
 };
 pub use directory::{
     supersedes, Directory, Inserted, SeqMark, SeqMarks, MAX_NODES, MAX_SEQ_MARKS,

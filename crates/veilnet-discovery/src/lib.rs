@@ -5,6 +5,7 @@ mod config;
 mod error;
 mod node;
 pub mod sync;
+mod wants;
 mod wire;
 
 pub use config::{DiscoveryConfig, RecordProvider};

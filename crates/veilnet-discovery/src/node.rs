@@ -29,7 +29,8 @@ use tracing::{debug, trace, warn};
 use crate::{
     config::{DiscoveryConfig, RecordProvider},
     error::DiscoveryError,
-    sync::{self, RecordDigest, SyncLimits, SyncMessage, MAX_ROUNDS},
+    sync::{self, RecordDigest, SyncLimits, SyncMessage, MAX_DIGESTS, MAX_ROUNDS},
+    wants::Wants,
     wire::{self, SyncCodec},
     IDENTIFY_PROTOCOL, KAD_PROTOCOL, MAX_ESTABLISHED, SYNC_PROTOCOL,
 };
@@ -42,6 +43,13 @@ const COMMAND_CHANNEL: usize = 64;
 const GOSSIP_FANOUT: usize = 3;
 /// Peers a newly accepted record is announced to.
 const PUSH_FANOUT: usize = 6;
+/// Records accepted within this window are announced together, in one
+/// message per peer: each announcement costs a stream and two messages
+/// (about 370 bytes with framing) whatever it carries, more than a
+/// descriptor, so a busy relay would otherwise spend most of its traffic
+/// on announcements of one digest each. Also how often late wants are
+/// asked of another peer.
+const PUSH_BATCH: Duration = Duration::from_secs(1);
 /// First random walk after start.
 const FIRST_WALK: Duration = Duration::from_secs(1);
 /// Time between random walks while the node has fewer connections of its
@@ -59,8 +67,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_RECORD_STREAMS: usize = 8;
 /// Addresses taken from one identify message.
 const MAX_IDENTIFY_ADDRS: usize = 8;
-/// Digests remembered as asked for, per peer.
-const MAX_WANTED: usize = 2 * crate::sync::MAX_DIGESTS;
 /// Pending connections allowed in each direction.
 const MAX_PENDING: u32 = 32;
 /// Established connections allowed per peer.
@@ -236,7 +242,8 @@ pub async fn spawn(
         connected: HashMap::new(),
         servers: HashSet::new(),
         in_flight: HashMap::new(),
-        wanted: HashMap::new(),
+        wants: Wants::default(),
+        push_pending: Vec::new(),
         pending_listeners,
         ready: Some(ready_tx),
         gossip_started: false,
@@ -382,11 +389,16 @@ struct Node {
     /// peers we open exchanges with after the first.
     servers: HashSet<PeerId>,
     /// Outbound sync requests in flight (the peer and the round of its
-    /// exchange), at most one per peer.
+    /// exchange): at most one exchange per peer, plus plain wants of
+    /// records another peer was late with ([`Node::ask`]).
     in_flight: HashMap<OutboundRequestId, (PeerId, usize)>,
-    /// Digests we asked each peer for and have not received: the only
-    /// records we take from it.
-    wanted: HashMap<PeerId, HashSet<RecordDigest>>,
+    /// Digests we asked for and have not received, one set for all peers
+    /// (a record several peers offer is asked of one at a time): the only
+    /// records we take.
+    wants: Wants<PeerId>,
+    /// Digests accepted since the last announcement (at most
+    /// [`MAX_DIGESTS`]; announced every [`PUSH_BATCH`]).
+    push_pending: Vec<RecordDigest>,
     pending_listeners: HashSet<libp2p::core::transport::ListenerId>,
     ready: Option<oneshot::Sender<Result<(), DiscoveryError>>>,
     gossip_started: bool,
@@ -396,6 +408,8 @@ impl Node {
     async fn run(mut self) {
         let mut gossip = tokio::time::interval(self.exchange_interval);
         gossip.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut batch = tokio::time::interval(PUSH_BATCH);
+        batch.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let walk = tokio::time::sleep(FIRST_WALK);
         tokio::pin!(walk);
         if self.pending_listeners.is_empty() {
@@ -419,7 +433,7 @@ impl Node {
                         self.gossip_round();
                         gossip.reset();
                     }
-                    Some(Command::Announce(digests)) => self.push(&digests),
+                    Some(Command::Announce(digests)) => self.queue_push(digests),
                     Some(Command::Shutdown(tx)) => {
                         debug!("discovery node shutting down");
                         drop(self.swarm);
@@ -432,6 +446,11 @@ impl Node {
                     }
                 },
                 _ = gossip.tick(), if self.gossip_started => self.gossip_round(),
+                _ = batch.tick() => {
+                    self.flush_push();
+                    let asks = self.wants.expire(Instant::now());
+                    self.ask(asks);
+                }
                 () = &mut walk, if !self.client_only => {
                     self.random_walk();
                     let next = if self.wants_peers() { WALK_INTERVAL } else { IDLE_WALK_INTERVAL };
@@ -525,15 +544,45 @@ impl Node {
         }
     }
 
-    /// Announces `digests` to [`PUSH_FANOUT`] relays. A relay busy with an
-    /// exchange is skipped: anti-entropy reaches it later.
-    fn push(&mut self, digests: &[RecordDigest]) {
+    /// Queues `digests` for the next announcement ([`PUSH_BATCH`]); a full
+    /// batch goes at once.
+    fn queue_push(&mut self, digests: Vec<RecordDigest>) {
         if self.client_only {
             return;
         }
-        let msg = sync::announce(digests);
+        for d in digests {
+            if self.push_pending.len() >= MAX_DIGESTS {
+                self.flush_push();
+            }
+            self.push_pending.push(d);
+        }
+    }
+
+    /// Announces the queued digests to [`PUSH_FANOUT`] relays, in one
+    /// message each. A relay busy with an exchange is skipped:
+    /// anti-entropy reaches it later.
+    fn flush_push(&mut self) {
+        if self.push_pending.is_empty() {
+            return;
+        }
+        let msg = sync::announce(&std::mem::take(&mut self.push_pending));
         for peer in self.idle_servers(PUSH_FANOUT) {
             self.send_sync(peer, msg.clone(), 1);
+        }
+    }
+
+    /// Sends plain wants (records asked of another peer after the first
+    /// did not deliver): one request each, whatever else is in flight with
+    /// the peer, answered without a further round.
+    fn ask(&mut self, asks: Vec<(PeerId, Vec<RecordDigest>)>) {
+        for (peer, want) in asks {
+            trace!(%peer, n = want.len(), "asking another peer for late records");
+            let msg = SyncMessage {
+                want,
+                ..SyncMessage::default()
+            };
+            let id = self.swarm.behaviour_mut().records.send_request(&peer, msg);
+            self.in_flight.insert(id, (peer, MAX_ROUNDS));
         }
     }
 
@@ -543,41 +592,23 @@ impl Node {
         if round == 1 && self.in_flight.values().any(|(p, _)| *p == peer) {
             return;
         }
-        self.note_wanted(peer, &msg.want);
         let id = self.swarm.behaviour_mut().records.send_request(&peer, msg);
         self.in_flight.insert(id, (peer, round));
     }
 
-    /// Remembers what we asked `peer` for (at most [`MAX_WANTED`] digests;
-    /// older wishes are forgotten first).
-    fn note_wanted(&mut self, peer: PeerId, want: &[RecordDigest]) {
-        if want.is_empty() {
-            return;
-        }
-        let set = self.wanted.entry(peer).or_default();
-        if set.len() + want.len() > MAX_WANTED {
-            set.clear();
-        }
-        set.extend(want.iter().copied());
-    }
-
     /// Hands the records a peer sent (unverified) to the node: only those
-    /// we asked it for, each once.
+    /// we asked for (of it, or of a peer that was late), each once.
     fn deliver(&mut self, from: PeerId, records: Vec<Vec<u8>>) {
         if records.is_empty() {
             return;
         }
         let total = records.len();
-        let asked = self.wanted.entry(from).or_default();
         let records: Vec<Vec<u8>> = records
             .into_iter()
-            .filter(|r| asked.remove(&sync::digest(r)))
+            .filter(|r| self.wants.delivered(&sync::digest(r)))
             .collect();
         if records.len() < total {
             debug!(%from, dropped = total - records.len(), "records nobody asked for");
-        }
-        if asked.is_empty() {
-            self.wanted.remove(&from);
         }
         if !records.is_empty() {
             self.emit(DiscoveryEvent::Records { from, records });
@@ -663,7 +694,8 @@ impl Node {
                     debug!(peer = %peer_id, "peer disconnected");
                     self.connected.remove(&peer_id);
                     self.servers.remove(&peer_id);
-                    self.wanted.remove(&peer_id);
+                    let asks = self.wants.peer_gone(peer_id, Instant::now());
+                    self.ask(asks);
                     self.emit(DiscoveryEvent::PeerDisconnected { peer: peer_id });
                 }
                 Some(n) => {
@@ -745,9 +777,9 @@ impl Node {
                     },
                 ..
             } => {
-                let response = sync::process(&*self.provider, &request, &self.limits);
+                let mut response = sync::process(&*self.provider, &request, &self.limits);
                 self.deliver(peer, request.records);
-                self.note_wanted(peer, &response.want);
+                self.wants.claim(peer, &mut response.want, Instant::now());
                 if self
                     .swarm
                     .behaviour_mut()
@@ -771,10 +803,15 @@ impl Node {
                     .in_flight
                     .remove(&request_id)
                     .map_or(MAX_ROUNDS, |(_, r)| r);
-                let next = sync::process(&*self.provider, &response, &self.limits);
+                let mut next = sync::process(&*self.provider, &response, &self.limits);
                 self.deliver(peer, response.records);
-                if !next.is_empty() && round < MAX_ROUNDS {
-                    self.send_sync(peer, next, round + 1);
+                if round < MAX_ROUNDS {
+                    // Claimed only when sent: a want we keep to ourselves
+                    // would hold the record back from other peers.
+                    self.wants.claim(peer, &mut next.want, Instant::now());
+                    if !next.is_empty() {
+                        self.send_sync(peer, next, round + 1);
+                    }
                 }
             }
             Event::OutboundFailure {

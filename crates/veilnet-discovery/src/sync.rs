@@ -480,8 +480,15 @@ pub fn process(set: &dyn RecordStore, msg: &SyncMessage, limits: &SyncLimits) ->
                 candidates.extend_from_slice(digests);
                 // Ours that the peer lacks: tell it, so it can ask.
                 if *answer {
-                    let theirs: HashSet<&RecordDigest> = digests.iter().collect();
-                    if mine.iter().any(|d| !theirs.contains(d)) {
+                    // Lists come sorted from honest peers: search them
+                    // instead of hashing every digest.
+                    let lacks = if digests.is_sorted() {
+                        mine.iter().any(|d| digests.binary_search(d).is_err())
+                    } else {
+                        let theirs: HashSet<&RecordDigest> = digests.iter().collect();
+                        mine.iter().any(|d| !theirs.contains(d))
+                    };
+                    if lacks {
                         listed += list_or_split(set, range, mine, false, &mut reply.ranges);
                     }
                 }
@@ -489,8 +496,14 @@ pub fn process(set: &dyn RecordStore, msg: &SyncMessage, limits: &SyncLimits) ->
         }
     }
     let max_want = MAX_DIGESTS.min(limits.max_records);
-    let mut seen = HashSet::new();
-    candidates.retain(|d| seen.insert(*d));
+    if candidates.is_sorted() {
+        // Ascending ranges of sorted lists (an honest peer's): duplicates
+        // are neighbours.
+        candidates.dedup();
+    } else {
+        let mut seen = HashSet::new();
+        candidates.retain(|d| seen.insert(*d));
+    }
     reply.want = set.unknown(&candidates);
     reply.want.truncate(max_want);
     let mut size = reply.encoded_len();

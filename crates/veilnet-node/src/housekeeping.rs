@@ -20,9 +20,16 @@ use veilnet_proto::Core;
 
 use crate::{lock, OwnDescriptor};
 
-/// How long a descriptor stays valid without being republished is decided by
-/// `veilnet-dir`; we republish well before that.
-const REPUBLISH_EVERY: Duration = Duration::from_secs(20 * 60);
+/// How often our descriptor is republished when nothing in it changed
+/// ([`veilnet_dir::REPUBLISH_EVERY`], where the reasons are; it stays valid
+/// for [`veilnet_dir::MAX_DESCRIPTOR_AGE`], three periods). A change (a new
+/// onion key) is republished at the next housekeeping tick instead.
+const REPUBLISH_EVERY: Duration = Duration::from_secs(veilnet_dir::REPUBLISH_EVERY);
+/// The first republication comes this much earlier at most, drawn at random:
+/// relays started together (a testnet, a restart after an outage) would
+/// otherwise republish together forever, and each wave costs every relay a
+/// burst of pushes.
+const FIRST_REPUBLISH_JITTER: Duration = Duration::from_secs(veilnet_dir::REPUBLISH_EVERY / 2);
 /// Links that carry no circuit for this long are closed.
 const IDLE_LINK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// How often the directory is pruned and known peers saved.
@@ -215,8 +222,15 @@ impl Housekeeping {
     }
 }
 
+/// How long after start the first republication is due: between
+/// `REPUBLISH_EVERY - FIRST_REPUBLISH_JITTER` and `REPUBLISH_EVERY`.
+fn first_republish(rng: &mut impl rand::Rng) -> Duration {
+    REPUBLISH_EVERY - rng.gen_range(Duration::ZERO..=FIRST_REPUBLISH_JITTER)
+}
+
 pub(crate) async fn housekeeping(hk: Housekeeping, mut shutdown: watch::Receiver<bool>) {
-    let mut last_publish = Instant::now();
+    // Our first descriptor was published at start.
+    let mut next_publish = Instant::now() + first_republish(&mut rand::thread_rng());
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
     let mut fast = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -238,11 +252,11 @@ pub(crate) async fn housekeeping(hk: Housekeeping, mut shutdown: watch::Receiver
             info!("{} stale nodes aged out of the directory", expired.len());
         }
         let rotated = hk.rotate_onion_key(now);
-        if hk.publish && (rotated || last_publish.elapsed() >= REPUBLISH_EVERY) {
+        if hk.publish && (rotated || Instant::now() >= next_publish) {
             let signed = lock(&hk.own).sign_new();
             match signed.map(|s| (s.digest(), lock(&hk.directory).insert(&s, now))) {
                 Ok((digest, Ok(_))) => {
-                    last_publish = Instant::now();
+                    next_publish = Instant::now() + REPUBLISH_EVERY;
                     hk.discovery.announce(vec![digest]).await;
                 }
                 Ok((_, Err(e))) => warn!("cannot store our own descriptor: {e}"),
@@ -291,6 +305,22 @@ pub(crate) fn load_seq_marks(directory: &Mutex<Directory>, dir: &std::path::Path
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_republication_is_spread_over_the_second_half_of_the_period() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let draws: Vec<Duration> = (0..200).map(|_| first_republish(&mut rng)).collect();
+        let earliest = REPUBLISH_EVERY - FIRST_REPUBLISH_JITTER;
+        assert!(draws
+            .iter()
+            .all(|d| (earliest..=REPUBLISH_EVERY).contains(d)));
+        // Spread, not one instant: both quarters of the window are used.
+        let mid = earliest + FIRST_REPUBLISH_JITTER / 2;
+        assert!(draws.iter().any(|d| *d < mid) && draws.iter().any(|d| *d > mid));
+        // Still well inside the descriptor's lifetime.
+        assert!(REPUBLISH_EVERY.as_secs() * 2 < veilnet_dir::MAX_DESCRIPTOR_AGE);
+    }
 
     #[test]
     fn sequence_marks_survive_a_restart_and_a_corrupt_file_is_ignored() {

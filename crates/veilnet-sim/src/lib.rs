@@ -51,17 +51,19 @@ pub struct SimConfig {
     /// Neighbours a relay announces newly accepted records to.
     pub push_fanout: usize,
     /// Milliseconds a relay collects newly accepted records before
-    /// announcing them in one message (0: at once).
+    /// announcing them in one message (0: at once; the node announces
+    /// what it stored every second, `PUSH_BATCH` in veilnet-discovery).
     pub push_delay_ms: u64,
     /// Whether a node leaves out of its `want` the records it asked another
-    /// peer for less than 10 s ago (the real node asks every peer that
-    /// offers a record it lacks).
+    /// peer for less than 10 s ago, as the node does (veilnet-discovery's
+    /// one set of wants for all peers); false: it asks every peer that
+    /// offers a record it lacks (the node before session 6).
     pub dedup_wants: bool,
     /// Connections each relay opens to random relays (links are two-way,
     /// so a relay has about twice as many neighbours).
     pub degree: usize,
-    /// Minutes between a relay's publications (veilnet-node's
-    /// `REPUBLISH_EVERY` in housekeeping.rs is 20).
+    /// Minutes between a relay's publications (default: the node's,
+    /// `veilnet_dir::REPUBLISH_EVERY`, 12 h).
     pub republish_mins: f64,
     /// Shortest one-way message latency (ms).
     pub latency_min_ms: u64,
@@ -103,10 +105,10 @@ impl Default for SimConfig {
             exchange_peers: 1,
             client_interval_s: 3600.0,
             push_fanout: 6,
-            push_delay_ms: 10_000,
+            push_delay_ms: 1000,
             dedup_wants: true,
             degree: 8,
-            republish_mins: 20.0,
+            republish_mins: (veilnet_dir::REPUBLISH_EVERY / 60) as f64,
             latency_min_ms: 20,
             latency_max_ms: 200,
             exit_fraction: 1.0,

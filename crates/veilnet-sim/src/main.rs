@@ -55,17 +55,17 @@ struct DirectoryArgs {
     /// Neighbours a relay announces new records to.
     #[arg(long, default_value_t = SimConfig::default().push_fanout)]
     push_fanout: usize,
-    /// Milliseconds a relay gathers new records before announcing them.
+    /// Milliseconds a relay gathers new records before announcing them (the node: 1000).
     #[arg(long, default_value_t = SimConfig::default().push_delay_ms)]
     push_delay_ms: u64,
     /// Leave out of `want` what was asked of another peer in the last 10 s
-    /// (the real node does not).
+    /// (as the node does).
     #[arg(long, default_value_t = SimConfig::default().dedup_wants, action = clap::ArgAction::Set)]
     dedup_wants: bool,
     /// Links each relay opens.
     #[arg(long, default_value_t = SimConfig::default().degree)]
     degree: usize,
-    /// Minutes between a relay's publications (the node's REPUBLISH_EVERY is 20).
+    /// Minutes between a relay's publications (the node's, veilnet_dir::REPUBLISH_EVERY, is 720).
     #[arg(long, default_value_t = SimConfig::default().republish_mins)]
     republish_mins: f64,
     /// Shortest one-way latency (ms).

@@ -9,8 +9,8 @@
 //! is empty or [`MAX_ROUNDS`] are done. Every request and every response
 //! (even an empty one) is a message with its own latency.
 
-use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashSet};
+use std::rc::Rc;
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -134,7 +134,8 @@ enum Ev {
     Deliver {
         ex: u32,
         to_responder: bool,
-        msg: SyncMessage,
+        /// Shared: an announcement goes to several peers.
+        msg: Rc<SyncMessage>,
         ids: Vec<RecordId>,
     },
     Connect(u32, u32),
@@ -143,29 +144,25 @@ enum Ev {
     Sample,
 }
 
-/// A queue entry: when, a tie-breaking count (so equal times keep their
-/// order and runs are deterministic), and the event's slot.
-struct Queued {
-    at: u64,
-    n: u64,
-    slot: u32,
-}
+/// A queue entry in one integer (a heap of 16-byte keys pops faster than
+/// one of structs): when (µs, the top 38 bits: 76 hours), a tie-breaking
+/// count (58 bits; so equal times keep their order and runs are
+/// deterministic), and the event's slot (the low 32 bits).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Queued(std::cmp::Reverse<u128>);
 
-impl PartialEq for Queued {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.n) == (o.at, o.n)
+impl Queued {
+    fn new(at: u64, n: u64, slot: u32) -> Self {
+        debug_assert!(at < 1 << 38 && n < 1 << 58);
+        Queued(std::cmp::Reverse(
+            (u128::from(at) << 90) | (u128::from(n) << 32) | u128::from(slot),
+        ))
     }
-}
-impl Eq for Queued {}
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
+    fn at(&self) -> u64 {
+        (self.0 .0 >> 90) as u64
     }
-}
-impl Ord for Queued {
-    // Earliest first out of a max-heap.
-    fn cmp(&self, o: &Self) -> Ordering {
-        (o.at, o.n).cmp(&(self.at, self.n))
+    fn slot(&self) -> u32 {
+        self.0 .0 as u32
     }
 }
 
@@ -371,6 +368,10 @@ impl Sim {
     }
 
     fn schedule(&mut self, at: u64, ev: Ev) {
+        if at > self.end {
+            // Never handled (descriptor expiry past the end, mostly).
+            return;
+        }
         self.queued += 1;
         let slot = match self.free_events.pop() {
             Some(i) => {
@@ -382,11 +383,7 @@ impl Sim {
                 u32::try_from(self.events.len() - 1).expect("fewer than 2^32 pending events")
             }
         };
-        self.queue.push(Queued {
-            at,
-            n: self.queued,
-            slot,
-        });
+        self.queue.push(Queued::new(at, self.queued, slot));
     }
 
     fn latency(&mut self) -> u64 {
@@ -528,16 +525,16 @@ impl Sim {
     pub fn run_until(&mut self, t: u64) {
         let t = t.min(self.end);
         while let Some(q) = self.queue.peek() {
-            if q.at > t || self.counters.events >= MAX_EVENTS {
+            if q.at() > t || self.counters.events >= MAX_EVENTS {
                 break;
             }
             let Some(q) = self.queue.pop() else { break };
-            self.now = q.at;
+            self.now = q.at();
             self.counters.events += 1;
-            let Some(ev) = self.events[q.slot as usize].take() else {
+            let Some(ev) = self.events[q.slot() as usize].take() else {
                 continue;
             };
-            self.free_events.push(q.slot);
+            self.free_events.push(q.slot());
             match ev {
                 Ev::Publish(r) => self.on_publish(r),
                 Ev::Gossip(n) => self.on_gossip(n),
@@ -609,7 +606,7 @@ impl Sim {
         if digests.is_empty() {
             return;
         }
-        let msg = sync::announce(&digests);
+        let msg = Rc::new(sync::announce(&digests));
         let from = node.push_from.take();
         let others: Vec<u32> = node
             .neighbours
@@ -622,7 +619,7 @@ impl Sim {
             .copied()
             .collect();
         for p in peers {
-            self.start(n, p, Kind::Push, msg.clone());
+            self.start(n, p, Kind::Push, Rc::clone(&msg));
         }
     }
 
@@ -676,10 +673,10 @@ impl Sim {
         let msg = sync::open(&Store::new(&self.nodes[a as usize].view, &self.records));
         self.nodes[a as usize].view.settle();
         self.nodes[a as usize].in_flight.push(b);
-        self.start(a, b, kind, msg);
+        self.start(a, b, kind, Rc::new(msg));
     }
 
-    fn start(&mut self, a: u32, b: u32, kind: Kind, first: SyncMessage) {
+    fn start(&mut self, a: u32, b: u32, kind: Kind, first: Rc<SyncMessage>) {
         self.counters.exchanges[kind.index()] += 1;
         let ex = Exchange {
             a,
@@ -714,9 +711,27 @@ impl Sim {
         }
     }
 
-    fn send(&mut self, ex: u32, to_responder: bool, msg: SyncMessage, ids: Vec<RecordId>) {
-        let Some(e) = &self.exchanges[ex as usize] else {
+    fn send(&mut self, ex: u32, to_responder: bool, msg: Rc<SyncMessage>, ids: Vec<RecordId>) {
+        if !self.count(ex, to_responder, &msg, &ids) {
             return;
+        }
+        let at = self.now + self.latency();
+        self.schedule(
+            at,
+            Ev::Deliver {
+                ex,
+                to_responder,
+                msg,
+                ids,
+            },
+        );
+    }
+
+    /// Counts the bytes of a message of exchange `ex` for both ends (false:
+    /// the exchange is gone).
+    fn count(&mut self, ex: u32, to_responder: bool, msg: &SyncMessage, ids: &[RecordId]) -> bool {
+        let Some(e) = &self.exchanges[ex as usize] else {
+            return false;
         };
         let (from, to, kind) = if to_responder {
             (e.a, e.b, e.kind)
@@ -727,8 +742,8 @@ impl Sim {
             let wire = msg.encode();
             assert_eq!(wire.len(), msg.encoded_len());
             let back = SyncMessage::decode(&wire, &self.limits).expect("our messages decode");
-            assert!(back == msg, "a message survives encoding");
-            for (bytes, id) in msg.records.iter().zip(&ids) {
+            assert!(back == *msg, "a message survives encoding");
+            for (bytes, id) in msg.records.iter().zip(ids) {
                 assert_eq!(sync::digest(bytes), self.records.get(*id).digest);
             }
             wire.len()
@@ -743,19 +758,16 @@ impl Sim {
         if steady == 1 {
             self.counters.steady_bytes[kind.index()] += bytes;
         }
-        let at = self.now + self.latency();
-        self.schedule(
-            at,
-            Ev::Deliver {
-                ex,
-                to_responder,
-                msg,
-                ids,
-            },
-        );
+        true
     }
 
-    fn on_deliver(&mut self, ex: u32, to_responder: bool, msg: SyncMessage, ids: Vec<RecordId>) {
+    fn on_deliver(
+        &mut self,
+        ex: u32,
+        to_responder: bool,
+        msg: Rc<SyncMessage>,
+        ids: Vec<RecordId>,
+    ) {
         self.counters.messages += 1;
         let Some(e) = &self.exchanges[ex as usize] else {
             return;
@@ -775,7 +787,10 @@ impl Sim {
         let answer = sync::process(&store, &msg, &self.limits);
         let mut served = store.into_served();
         self.nodes[me as usize].view.settle();
-        if self.cfg.dedup_wants && !answer.want.is_empty() {
+        // As the node: what a message asks for is claimed only if the
+        // message is sent (not by the initiator's last round).
+        let sent = to_responder || round < MAX_ROUNDS;
+        if self.cfg.dedup_wants && sent && !answer.want.is_empty() {
             let now = self.now;
             self.nodes[me as usize]
                 .view
@@ -784,13 +799,30 @@ impl Sim {
         // `process` may look a record up and then find the message full.
         served.truncate(answer.records.len());
         self.accept(me, peer, &ids);
-        if to_responder {
-            self.send(ex, false, answer, served);
+        let push = self.exchanges[ex as usize]
+            .as_ref()
+            .is_some_and(|e| e.kind == Kind::Push);
+        if to_responder && push && answer.is_empty() {
+            // The empty answer to a push (most of them: the receiver holds
+            // what was announced) ends the exchange, and processing it
+            // changes nothing (`process` of an empty message is empty):
+            // counted, not delivered. A push holds no exchange slot, so
+            // nothing waits for its end.
+            if self.cfg.check_wire {
+                let a = self.exchanges[ex as usize].as_ref().map_or(me, |e| e.a);
+                let store = Store::new(&self.nodes[a as usize].view, &self.records);
+                assert!(sync::process(&store, &answer, &self.limits).is_empty());
+            }
+            self.count(ex, false, &answer, &served);
+            self.counters.messages += 1;
+            self.close(ex);
+        } else if to_responder {
+            self.send(ex, false, Rc::new(answer), served);
         } else if !answer.is_empty() && round < MAX_ROUNDS {
             if let Some(e) = &mut self.exchanges[ex as usize] {
                 e.round += 1;
             }
-            self.send(ex, true, answer, served);
+            self.send(ex, true, Rc::new(answer), served);
         } else {
             if !answer.is_empty() {
                 self.counters.exchanges_at_max_rounds += 1;
@@ -879,7 +911,11 @@ impl Sim {
         let id = self.new_record(relay, 0)?;
         let now_unix = self.unix();
         self.store(n, id, now_unix);
-        let next = self.now + self.republish_us() + self.housekeeping_jitter();
+        // As the node: the first republication comes up to half a period
+        // early, at random.
+        let republish = self.republish_us();
+        let early = self.rng.gen_range(0..=republish / 2);
+        let next = self.now + republish - early + self.housekeeping_jitter();
         self.schedule(next, Ev::Publish(relay));
         for _ in 0..self.cfg.degree {
             if let Some(q) = self.random_live_relay() {

@@ -97,7 +97,14 @@ pub struct Cached {
     pub digests: Arc<[RecordDigest]>,
     /// [`veilnet_discovery::sync::fingerprint`] of all of them, once asked.
     pub fingerprint: std::sync::OnceLock<Fingerprint>,
+    /// Fingerprints of runs of them (by first index and length), as asked:
+    /// every node holding this set answers the same splits, so each is
+    /// hashed once (at most [`MAX_RANGE_FINGERPRINTS`] kept).
+    pub ranges: std::sync::Mutex<HashMap<(u32, u32), Fingerprint>>,
 }
+
+/// Range fingerprints kept per shared digest set.
+pub const MAX_RANGE_FINGERPRINTS: usize = 1 << 14;
 
 /// All records ever published in a run.
 #[derive(Debug, Default)]

@@ -8,10 +8,10 @@ use std::hash::BuildHasherDefault;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use veilnet_dir::{supersedes, REFUSED_REMEMBERED};
-use veilnet_discovery::sync::{self, Fingerprint};
+use veilnet_discovery::sync::{self, Fingerprint, LIST_THRESHOLD};
 use veilnet_discovery::{RecordDigest, RecordStore};
 
-use crate::records::{Cached, DigestHasher, RecordId, Records};
+use crate::records::{Cached, DigestHasher, RecordId, Records, MAX_RANGE_FINGERPRINTS};
 
 /// No record for this relay.
 const NONE: u32 = u32::MAX;
@@ -302,6 +302,7 @@ impl View {
                 }
                 let c = Arc::new(Cached {
                     fingerprint: OnceLock::new(),
+                    ranges: Mutex::new(HashMap::new()),
                     digests: digests.into(),
                 });
                 if interned.len() > 4096 {
@@ -397,6 +398,28 @@ impl RecordStore for Store<'_> {
         if let Some(c) = self.view.cache.get() {
             if range.len() == c.digests.len() && std::ptr::eq(range.as_ptr(), c.digests.as_ptr()) {
                 return *c.fingerprint.get_or_init(|| sync::fingerprint(range));
+            }
+            // A run of the shared digests (reconciliation splits the set
+            // it read): its index, found from the addresses.
+            let size = std::mem::size_of::<RecordDigest>();
+            let start = (range.as_ptr() as usize)
+                .checked_sub(c.digests.as_ptr() as usize)
+                .map_or(usize::MAX, |bytes| bytes / size);
+            let inside = start < c.digests.len()
+                && range.len() <= c.digests.len() - start
+                && std::ptr::eq(range.as_ptr(), c.digests[start..].as_ptr());
+            if inside && range.len() > LIST_THRESHOLD {
+                let key = (start as u32, range.len() as u32);
+                let mut memo = c.ranges.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(fp) = memo.get(&key) {
+                    return *fp;
+                }
+                let fp = sync::fingerprint(range);
+                if memo.len() >= MAX_RANGE_FINGERPRINTS {
+                    memo.clear();
+                }
+                memo.insert(key, fp);
+                return fp;
             }
         }
         sync::fingerprint(range)

@@ -1,0 +1,355 @@
+//! The records a node has asked for and not yet received: one set for all
+//! peers, so a record several peers announce is fetched from one of them.
+//!
+//! Sans-IO: every call takes the current time; the node ticks
+//! [`Wants::expire`] and sends the plain `want` requests it returns.
+//!
+//! A digest is asked of one peer at a time. Other peers that offer it while
+//! that request is out are remembered (a few per digest) and asked in turn
+//! if the first has not delivered within [`WANT_TIMEOUT`] or goes away.
+//! Everything is bounded: asks per peer ([`MAX_ASKED_PER_PEER`]), digests in
+//! all ([`MAX_WANTS`]), offerers remembered per digest
+//! ([`MAX_OFFERERS`]); what does not fit is not asked for now (a later
+//! announcement or anti-entropy brings it), so a hostile announcer can hold
+//! at most its share for [`WANT_TIMEOUT`] at a time.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::sync::{RecordDigest, MAX_DIGESTS};
+
+/// How long the peer asked for a record has to deliver it before another
+/// peer that offered it is asked (the request timeout of one exchange).
+pub(crate) const WANT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Digests asked of one peer and not delivered, at most: two messages'
+/// worth of wants.
+pub(crate) const MAX_ASKED_PER_PEER: usize = 2 * MAX_DIGESTS;
+/// Digests awaited in all, at most (about 100 bytes each with their
+/// offerers).
+pub(crate) const MAX_WANTS: usize = 4 * MAX_DIGESTS;
+/// Peers remembered per digest besides the one asked.
+pub(crate) const MAX_OFFERERS: usize = 3;
+
+#[derive(Debug)]
+struct Want<P> {
+    /// The peer asked, and when.
+    asked: P,
+    at: Instant,
+    /// Others that offered it since, to ask in turn.
+    offerers: Vec<P>,
+}
+
+/// The global set of records asked for (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Wants<P> {
+    wants: HashMap<RecordDigest, Want<P>>,
+    asked_of: HashMap<P, usize>,
+}
+
+impl<P> Default for Wants<P> {
+    fn default() -> Self {
+        Wants {
+            wants: HashMap::new(),
+            asked_of: HashMap::new(),
+        }
+    }
+}
+
+impl<P: Copy + Eq + Hash> Wants<P> {
+    /// `want` is what reconciliation would ask `peer` for; keeps in it only
+    /// the digests nobody is being asked for (and that fit the bounds), and
+    /// notes them as asked of `peer`. For the others, `peer` is remembered
+    /// as an offerer to ask later if the peer asked does not deliver.
+    pub(crate) fn claim(&mut self, peer: P, want: &mut Vec<RecordDigest>, now: Instant) {
+        want.retain(|d| {
+            if let Some(w) = self.wants.get_mut(d) {
+                if w.asked != peer && !w.offerers.contains(&peer) && w.offerers.len() < MAX_OFFERERS
+                {
+                    w.offerers.push(peer);
+                }
+                // Asking the same peer twice (a repeated announcement, the
+                // next round of an exchange) is harmless; anyone else waits.
+                return w.asked == peer;
+            }
+            let asked = self.asked_of.get(&peer).copied().unwrap_or(0);
+            if asked >= MAX_ASKED_PER_PEER || self.wants.len() >= MAX_WANTS {
+                return false;
+            }
+            self.wants.insert(
+                *d,
+                Want {
+                    asked: peer,
+                    at: now,
+                    offerers: Vec::new(),
+                },
+            );
+            *self.asked_of.entry(peer).or_default() += 1;
+            true
+        });
+    }
+
+    /// A record with this digest arrived: true if we asked anyone for it
+    /// (the node takes it then), and it is no longer awaited.
+    pub(crate) fn delivered(&mut self, digest: &RecordDigest) -> bool {
+        match self.wants.remove(digest) {
+            Some(w) => {
+                self.forget_ask(w.asked);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Moves every digest whose peer has not delivered within
+    /// [`WANT_TIMEOUT`] to its next offerer (dropping it if none is left);
+    /// returns what to ask of whom, one list per peer.
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<(P, Vec<RecordDigest>)> {
+        let late: Vec<RecordDigest> = self
+            .wants
+            .iter()
+            .filter(|(_, w)| now.saturating_duration_since(w.at) >= WANT_TIMEOUT)
+            .map(|(d, _)| *d)
+            .collect();
+        self.reassign(late, now)
+    }
+
+    /// `peer` went away: what it was asked for goes to the next offerer at
+    /// once, and it is no longer an offerer of anything. Returns what to ask
+    /// of whom, as [`expire`](Self::expire) does.
+    pub(crate) fn peer_gone(&mut self, peer: P, now: Instant) -> Vec<(P, Vec<RecordDigest>)> {
+        let mut mine = Vec::new();
+        for (d, w) in &mut self.wants {
+            w.offerers.retain(|p| *p != peer);
+            if w.asked == peer {
+                mine.push(*d);
+            }
+        }
+        self.reassign(mine, now)
+    }
+
+    fn reassign(
+        &mut self,
+        digests: Vec<RecordDigest>,
+        now: Instant,
+    ) -> Vec<(P, Vec<RecordDigest>)> {
+        let mut asks: HashMap<P, Vec<RecordDigest>> = HashMap::new();
+        for d in digests {
+            let Some(mut w) = self.wants.remove(&d) else {
+                continue;
+            };
+            self.forget_ask(w.asked);
+            // The first offerer with room is asked; the rest wait behind it.
+            while !w.offerers.is_empty() {
+                let next = w.offerers.remove(0);
+                if self.asked_of.get(&next).copied().unwrap_or(0) < MAX_ASKED_PER_PEER {
+                    *self.asked_of.entry(next).or_default() += 1;
+                    asks.entry(next).or_default().push(d);
+                    w.asked = next;
+                    w.at = now;
+                    self.wants.insert(d, w);
+                    break;
+                }
+            }
+        }
+        let mut asks: Vec<(P, Vec<RecordDigest>)> = asks.into_iter().collect();
+        for (_, ds) in &mut asks {
+            ds.sort_unstable();
+            ds.truncate(MAX_DIGESTS);
+        }
+        asks
+    }
+
+    fn forget_ask(&mut self, peer: P) {
+        if let Some(n) = self.asked_of.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.asked_of.remove(&peer);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::sync::{self, RecordStore, SyncLimits, SyncMessage};
+
+    const LIMITS: SyncLimits = SyncLimits {
+        max_records: 2048,
+        max_record_len: 4096,
+        max_message_bytes: 4 * 1024 * 1024,
+    };
+
+    /// A store of byte records.
+    #[derive(Default)]
+    struct Set(Vec<Vec<u8>>);
+
+    impl RecordStore for Set {
+        fn digests(&self) -> Arc<[RecordDigest]> {
+            let mut d: Vec<_> = self.0.iter().map(|r| sync::digest(r)).collect();
+            d.sort_unstable();
+            d.into()
+        }
+        fn record(&self, digest: &RecordDigest) -> Option<Vec<u8>> {
+            self.0.iter().find(|r| sync::digest(r) == *digest).cloned()
+        }
+        fn unknown(&self, digests: &[RecordDigest]) -> Vec<RecordDigest> {
+            let held = self.digests();
+            digests
+                .iter()
+                .filter(|d| held.binary_search(d).is_err())
+                .copied()
+                .collect()
+        }
+    }
+
+    fn record(i: u8) -> Vec<u8> {
+        vec![i; 300]
+    }
+
+    /// What `me` asks for after `from`'s announcement of `records`, with the
+    /// wants filtered as the node filters them.
+    fn on_announce(
+        me: &Set,
+        wants: &mut Wants<u32>,
+        from: u32,
+        records: &[Vec<u8>],
+        now: Instant,
+    ) -> SyncMessage {
+        let digests: Vec<_> = records.iter().map(|r| sync::digest(r)).collect();
+        let mut answer = sync::process(me, &sync::announce(&digests), &LIMITS);
+        wants.claim(from, &mut answer.want, now);
+        answer
+    }
+
+    #[test]
+    fn two_announcers_of_one_record_cost_one_fetch() {
+        let (me, mut wants, t0) = (Set::default(), Wants::default(), Instant::now());
+        let first = on_announce(&me, &mut wants, 1, &[record(1)], t0);
+        assert_eq!(first.want, vec![sync::digest(&record(1))]);
+        // The second announcer is not asked while the first may answer.
+        let second = on_announce(
+            &me,
+            &mut wants,
+            2,
+            &[record(1)],
+            t0 + Duration::from_secs(1),
+        );
+        assert!(second.is_empty(), "{second:?}");
+        // The first delivers: nothing is left to ask anyone.
+        assert!(wants.delivered(&sync::digest(&record(1))));
+        assert!(wants.expire(t0 + WANT_TIMEOUT * 3).is_empty());
+        assert_eq!(wants.wants.len(), 0);
+        // An unasked record is not taken.
+        assert!(!wants.delivered(&sync::digest(&record(2))));
+    }
+
+    #[test]
+    fn a_peer_that_never_answers_is_replaced_by_the_next_offerer_after_the_timeout() {
+        let (me, mut wants, t0) = (Set::default(), Wants::default(), Instant::now());
+        let offered = [record(1), record(2)];
+        on_announce(&me, &mut wants, 1, &offered, t0);
+        on_announce(
+            &me,
+            &mut wants,
+            2,
+            &offered,
+            t0 + Duration::from_millis(500),
+        );
+        on_announce(
+            &me,
+            &mut wants,
+            3,
+            &offered[..1],
+            t0 + Duration::from_millis(700),
+        );
+        // Before the timeout peer 1 is still the one asked.
+        assert!(wants
+            .expire(t0 + WANT_TIMEOUT - Duration::from_millis(1))
+            .is_empty());
+        // After it, peer 2 (the first other offerer) is asked for both, in
+        // one message, and answers it as a plain want.
+        let asks = wants.expire(t0 + WANT_TIMEOUT);
+        assert_eq!(asks.len(), 1, "{asks:?}");
+        let (peer, digests) = &asks[0];
+        assert_eq!(*peer, 2);
+        let mut expected: Vec<_> = offered.iter().map(|r| sync::digest(r)).collect();
+        expected.sort_unstable();
+        assert_eq!(*digests, expected);
+        let peer_two = Set(offered.to_vec());
+        let ask = SyncMessage {
+            want: digests.clone(),
+            ..SyncMessage::default()
+        };
+        let answer = sync::process(&peer_two, &ask, &LIMITS);
+        assert_eq!(answer.records.len(), 2);
+        // Peer 2 never answers either: only record 1 had a third offerer.
+        let asks = wants.expire(t0 + WANT_TIMEOUT * 2);
+        assert_eq!(asks, vec![(3, vec![sync::digest(&record(1))])]);
+        assert_eq!(wants.wants.len(), 1);
+        // Peer 3 goes away with nobody left to ask: the want is dropped.
+        assert!(wants.peer_gone(3, t0 + WANT_TIMEOUT * 2).is_empty());
+        assert_eq!(wants.wants.len(), 0);
+    }
+
+    #[test]
+    fn a_peer_that_leaves_is_replaced_at_once() {
+        let (me, mut wants, t0) = (Set::default(), Wants::default(), Instant::now());
+        on_announce(&me, &mut wants, 1, &[record(1)], t0);
+        on_announce(&me, &mut wants, 2, &[record(1)], t0);
+        assert_eq!(
+            wants.peer_gone(1, t0),
+            vec![(2, vec![sync::digest(&record(1))])]
+        );
+    }
+
+    #[test]
+    fn a_hostile_announcer_cannot_grow_the_set() {
+        let mut wants = Wants::default();
+        let t0 = Instant::now();
+        let digest = |i: u32| {
+            let mut d = [0u8; 32];
+            d[..4].copy_from_slice(&i.to_be_bytes());
+            d
+        };
+        // One announcer: at most its share, however often it announces.
+        for batch in 0..10u32 {
+            let mut want: Vec<_> = (0..MAX_DIGESTS as u32)
+                .map(|i| digest(batch * MAX_DIGESTS as u32 + i))
+                .collect();
+            wants.claim(1, &mut want, t0);
+        }
+        assert_eq!(wants.wants.len(), MAX_ASKED_PER_PEER);
+        // Many announcers: at most the total.
+        for peer in 2..20u32 {
+            let mut want: Vec<_> = (0..MAX_ASKED_PER_PEER as u32)
+                .map(|i| digest(peer << 20 | i))
+                .collect();
+            wants.claim(peer, &mut want, t0);
+        }
+        assert_eq!(wants.wants.len(), MAX_WANTS);
+        // Offerers per digest are bounded too: everybody offers digest 0.
+        for peer in 100..200u32 {
+            let mut want = vec![digest(0)];
+            wants.claim(peer, &mut want, t0);
+            assert!(want.is_empty());
+        }
+        assert!(wants
+            .wants
+            .values()
+            .all(|w| w.offerers.len() <= MAX_OFFERERS));
+        // And it all lapses: the per-peer counts follow the reassignments.
+        let mut t = t0;
+        for _ in 0..=MAX_OFFERERS + 1 {
+            t += WANT_TIMEOUT;
+            wants.expire(t);
+        }
+        assert_eq!(wants.wants.len(), 0);
+        assert!(wants.asked_of.is_empty());
+    }
+}
