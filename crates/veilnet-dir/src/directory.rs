@@ -134,6 +134,8 @@ pub struct Directory {
     /// The latest time it was told (by an insert or an expiry): what the
     /// weights are computed at.
     clock: u64,
+    /// Most nodes held: [`MAX_NODES`] unless lowered.
+    max_nodes: usize,
 }
 
 impl Directory {
@@ -152,6 +154,7 @@ impl Directory {
             allow_private: false,
             measure: None,
             clock: 0,
+            max_nodes: MAX_NODES,
             seqs: HashMap::new(),
             seqs_dirty: false,
         }
@@ -376,9 +379,10 @@ impl Directory {
     /// evidence expires any other descriptor of it is
     /// [`DescriptorError::Equivocated`] ([`Inserted::Equivocated`]); a lower
     /// seq is [`DescriptorError::Replayed`]. When the
-    /// directory is full, stale entries are dropped first; if it is still
-    /// full the descriptor is refused with
-    /// [`DescriptorError::DirectoryFull`]. `now` is the time the descriptor
+    /// directory is full, stale entries are dropped first, then one node
+    /// that carries no weight (`evict_weightless`: unreachable, over its
+    /// address cap, unmeasured, not a relay); if every node carries weight
+    /// the descriptor is refused with [`DescriptorError::DirectoryFull`]. `now` is the time the descriptor
     /// was verified at, or later.
     pub fn insert_verified(
         &mut self,
@@ -451,12 +455,13 @@ impl Directory {
             return Ok(Inserted::Updated);
         }
         // Evidence takes the place of the relay's entry, so it counts.
-        if self.nodes.len() + self.evidence.len() >= MAX_NODES && peer != self.own {
+        if self.nodes.len() + self.evidence.len() >= self.max_nodes && peer != self.own {
             self.expire(now);
-            if self.nodes.len() + self.evidence.len() >= MAX_NODES {
+            if self.nodes.len() + self.evidence.len() >= self.max_nodes && !self.evict_weightless()
+            {
                 return Err(DescriptorError::DirectoryFull {
                     peer,
-                    max: MAX_NODES,
+                    max: self.max_nodes,
                 });
             }
         }
@@ -465,6 +470,53 @@ impl Directory {
         self.changed();
         self.mark(mark);
         Ok(Inserted::New)
+    }
+
+    /// Makes room in a full directory: drops one listed node that carries
+    /// no weight, the least useful first: a relay measurers found
+    /// unreachable, then one over its address prefix's cap, then one not
+    /// measured yet (with measurements on), then a node that is not a
+    /// relay; within each, the one published longest ago. Our own
+    /// descriptor stays. Its digest is remembered as refused, so that
+    /// reconciliation does not fetch it straight back. Returns whether a
+    /// node went; `false` when every node carries weight (then the
+    /// newcomer is the one refused).
+    fn evict_weightless(&mut self) -> bool {
+        let weights = self.weights();
+        let class = |d: &Descriptor| -> Option<u8> {
+            if d.peer_id == self.own || weights.get(&d.peer_id) > 0 {
+                return None;
+            }
+            if !d.roles.relay {
+                return Some(3);
+            }
+            Some(match weights.measured(&d.peer_id) {
+                Some(m) if !m.reachable && m.observed_by > m.reached_by => 0,
+                Some(m) if m.reachable => 1,
+                _ if self.measure.is_none() => 1,
+                _ => 2,
+            })
+        };
+        let victim = self
+            .nodes
+            .values()
+            .filter_map(|e| class(&e.desc).map(|c| (c, e.desc.published, e.desc.peer_id)))
+            .min();
+        let Some((_, _, peer)) = victim else {
+            return false;
+        };
+        if let Some(e) = self.nodes.remove(&peer) {
+            self.digests.remove(&e.digest);
+            self.refused.insert(e.digest);
+        }
+        self.changed();
+        true
+    }
+
+    /// Lowers the most nodes this directory holds (tests of a full
+    /// directory; at most [`MAX_NODES`]).
+    pub fn set_max_nodes(&mut self, max: usize) {
+        self.max_nodes = max.clamp(1, MAX_NODES);
     }
 
     /// Remove descriptors that are too old or whose onion key has expired at

@@ -371,3 +371,72 @@ fn a_newcomer_ramps_up_from_the_floor() {
     dir.expire(NOW + 2000);
     assert_eq!(dir.weights().get(&target), 1_000_000);
 }
+
+#[test]
+fn a_full_directory_makes_room_by_dropping_weightless_relays_first() {
+    let (mut dir, keys) = network(5, 1_000_000);
+    dir.set_max_nodes(5);
+    let id_of = |i: usize| id(&keys[i]);
+    // 0 and 1 measured and reachable; 2 measured unreachable; 3 and 4
+    // never measured (4 published later than 3).
+    for m in [2, 3] {
+        let r = report(
+            &keys[m],
+            NOW,
+            vec![obs(id_of(0), 1_000_000), obs(id_of(1), 1_000_000)],
+        );
+        dir.insert_report(r, NOW).unwrap();
+    }
+    for m in [0, 1] {
+        let r = report(
+            &keys[m],
+            NOW,
+            vec![
+                obs(id_of(2), 0),
+                obs(id_of(if m == 0 { 1 } else { 0 }), 1_000_000),
+            ],
+        );
+        dir.insert_report(r, NOW).unwrap();
+    }
+    let w = dir.weights();
+    assert!(w.get(&id_of(0)) > 0 && w.get(&id_of(1)) > 0);
+    assert!(!w.measured(&id_of(2)).unwrap().reachable);
+    let newcomer = |n: u32, published: u64| {
+        let k = key(100 + n);
+        let mut d = desc(&k, &format!("203.0.{n}.1:9001"));
+        d.published = published;
+        (id(&k), sign(&d, &k))
+    };
+    // The unreachable relay goes first, then an unmeasured one published
+    // before the newcomers (3 or 4: the lower peer id of the two).
+    let (a, sa) = newcomer(1, NOW + 1);
+    dir.insert(&sa, NOW + 1).unwrap();
+    assert!(dir.get(&id_of(2)).is_none() && dir.get(&a).is_some());
+    let (b, sb) = newcomer(2, NOW + 2);
+    dir.insert(&sb, NOW + 2).unwrap();
+    let gone = if id_of(3) < id_of(4) { 3 } else { 4 };
+    assert!(dir.get(&id_of(gone)).is_none(), "relay {gone} dropped");
+    assert!(dir.get(&id_of(7 - gone)).is_some() && dir.get(&a).is_some() && dir.get(&b).is_some());
+    assert_eq!(dir.len(), 5);
+    // What was dropped is not fetched straight back.
+    let mut dropped = desc(&keys[gone], &format!("198.51.{gone}.1:9001"));
+    dropped.bandwidth = 1_000_000;
+    assert!(dir.knows(&sign(&dropped, &keys[gone]).digest()));
+
+    // With every listed relay weighted, the newcomer is the one refused.
+    let (mut full, keys) = network(3, 1_000_000);
+    for m in 0..3 {
+        let others = (0..3)
+            .filter(|&t| t != m)
+            .map(|t| obs(id(&keys[t]), 1_000_000));
+        full.insert_report(report(&keys[m], NOW, others.collect()), NOW)
+            .unwrap();
+    }
+    assert!((0..3).all(|i| full.weights().get(&id(&keys[i])) > 0));
+    full.set_max_nodes(3);
+    let (_, sc) = newcomer(3, NOW + 3);
+    assert!(matches!(
+        full.insert(&sc, NOW + 3),
+        Err(veilnet_dir::DescriptorError::DirectoryFull { .. })
+    ));
+}
