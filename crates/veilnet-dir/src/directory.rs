@@ -329,6 +329,13 @@ impl Directory {
     /// Lets relays at private, loopback and other special addresses carry
     /// weight, uncapped: for test networks on one host or one LAN only
     /// (`danger_allow_private_links`). Off by default: such relays weigh 0.
+    /// Whether relays at private and loopback addresses carry weight (and
+    /// may be measured).
+    pub fn allows_private_relays(&self) -> bool {
+        self.allow_private
+    }
+
+    /// See [`allows_private_relays`](Self::allows_private_relays).
     pub fn allow_private_relays(&mut self, allow: bool) {
         self.allow_private = allow;
         self.changed();

@@ -245,8 +245,12 @@ fn a_relay_that_most_measurers_failed_to_reach_in_the_latest_period_is_unusable(
             .unwrap();
     }
     assert!(dir.weights().get(&target) > 0);
-    // Next period: two of them fail to reach it.
+    // Next period: one measurer says it failed: one word is not enough.
     let later = NOW + PARAMS.period_secs;
+    dir.insert_report(report(&keys[3], later, vec![obs(target, 0)]), later)
+        .unwrap();
+    assert!(dir.weights().get(&target) > 0, "one failure is not enough");
+    // Two of them fail to reach it (min_measurers, and more than reached).
     for m in [1, 2] {
         dir.insert_report(report(&keys[m], later, vec![obs(target, 0)]), later)
             .unwrap();
@@ -303,7 +307,14 @@ fn the_directory_keeps_one_report_per_measurer_and_period_from_listed_relays() {
     assert!(matches!(e, ReportError::UnknownMeasurer(_)));
     assert_eq!(e.kind(), ErrorKind::Transient);
     let first = report(&keys[1], NOW, vec![obs(id(&keys[0]), 1_000)]);
-    let second = report(&keys[1], NOW + 5, vec![obs(id(&keys[0]), 2_000)]);
+    let second = report(
+        &keys[1],
+        NOW + 5,
+        vec![obs(id(&keys[0]), 1_000), obs(id(&keys[2]), 2_000)],
+    );
+    // A later report that drops what the held one said, or adds nothing,
+    // does not replace it.
+    let rewrite = report(&keys[1], NOW + 6, vec![obs(id(&keys[2]), 9_000)]);
     let (d1, d2) = (first.digest, second.digest);
     dir.insert_report(first.clone(), NOW + 5).unwrap();
     assert_eq!(
@@ -317,6 +328,10 @@ fn the_directory_keeps_one_report_per_measurer_and_period_from_listed_relays() {
     assert!(dir.holds(&d2) && !dir.holds(&d1));
     assert!(matches!(
         dir.insert_report(first, NOW + 5),
+        Err(ReportError::Superseded(_))
+    ));
+    assert!(matches!(
+        dir.insert_report(rewrite, NOW + 6),
         Err(ReportError::Superseded(_))
     ));
     assert!(dir.digests().contains(&d2));

@@ -139,7 +139,14 @@ fn feed_report(
     raw: &[u8],
     now: u64,
 ) -> bool {
-    let result = VerifiedReport::decode(raw).and_then(|v| lock(directory).insert_report(v, now));
+    // A report of a measurer we do not list costs no signature check (a
+    // record that names no key fails to decode below).
+    let unlisted = veilnet_dir::measure::claimed_measurer(raw)
+        .filter(|m| !lock(directory).get(m).is_some_and(|d| d.roles.relay));
+    let result = match unlisted {
+        Some(m) => Err(ReportError::UnknownMeasurer(m)),
+        None => VerifiedReport::decode(raw).and_then(|v| lock(directory).insert_report(v, now)),
+    };
     match result {
         Ok(ReportInserted::New | ReportInserted::Updated) => true,
         Ok(ReportInserted::Unchanged) => false,

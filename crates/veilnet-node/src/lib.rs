@@ -399,6 +399,7 @@ impl Node {
                 discovery: discovery.clone(),
                 config: config.measure.clone(),
                 stats: measure_stats.clone(),
+                first_reached: Mutex::new(std::collections::HashMap::new()),
             };
             tasks.push(tokio::spawn(measurer.run(shutdown_rx.clone())));
         }

@@ -17,6 +17,7 @@
 //! `max_rate`; it is counted in [`MeasureStats`], apart from the
 //! directory's.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,6 +33,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use veilnet_config::{unix_now, MeasureConfig};
 use veilnet_dir::measure::assigned;
+use veilnet_dir::path::compatible;
 use veilnet_dir::{Descriptor, Directory, MeasureParams, Observation, Report, VerifiedReport};
 use veilnet_discovery::DiscoveryHandle;
 use veilnet_proto::{Core, HopSpec};
@@ -81,6 +83,18 @@ pub(crate) struct Measurer {
     pub(crate) discovery: DiscoveryHandle,
     pub(crate) config: MeasureConfig,
     pub(crate) stats: Arc<MeasureStats>,
+    /// When we first reached each relay (what our reports claim as its
+    /// first measurement), for relays still listed.
+    pub(crate) first_reached: Mutex<HashMap<PeerId, u64>>,
+}
+
+/// How many measurers the directory counts: `n` of the assignment
+/// (without measurements in the directory, every relay).
+fn measurer_count(dir: &Directory) -> usize {
+    match dir.weights().measurers().len() {
+        0 => dir.iter().filter(|d| d.roles.relay).count(),
+        n => n,
+    }
 }
 
 fn hop(d: &Descriptor) -> Option<HopSpec> {
@@ -102,22 +116,40 @@ impl Measurer {
         let own = self.own();
         let k = self.config.measurers_per_target;
         let dir = lock(&self.directory);
-        let weights = dir.weights();
-        // Without measurements in the directory (not required and not
-        // kept), every relay counts as a measurer.
-        let eligible = match weights.measurers().len() {
-            0 => dir.iter().filter(|d| d.roles.relay).count(),
-            n => n,
+        let eligible = measurer_count(&dir);
+        let private_ok = dir.allows_private_relays();
+        // We dial each target's first address: never a private or
+        // loopback one a relay lists, unless this is a test network.
+        let dialable = |d: &Descriptor| {
+            d.link_addrs
+                .first()
+                .is_some_and(|a| private_ok || !veilnet_policy::is_private_or_special(a.ip()))
         };
         let mut targets: Vec<PeerId> = dir
             .iter()
-            .filter(|d| d.roles.relay && d.peer_id != own && !d.link_addrs.is_empty())
+            .filter(|d| d.roles.relay && d.peer_id != own && dialable(d))
             .map(|d| d.peer_id)
             .filter(|t| assigned(epoch, &own, t, eligible, k, 100))
-            .take(veilnet_dir::measure::MAX_OBSERVATIONS)
             .collect();
+        // Shuffled before cut to the report's size, so that low peer ids
+        // cannot crowd the others out.
         targets.shuffle(&mut rand::thread_rng());
+        targets.truncate(veilnet_dir::measure::MAX_OBSERVATIONS);
         targets
+    }
+
+    /// Whether `target` is still assigned to us in `epoch` with the
+    /// directory as it is now (it was when the period began).
+    fn still_assigned(&self, epoch: u64, target: &PeerId) -> bool {
+        let n = measurer_count(&lock(&self.directory));
+        assigned(
+            epoch,
+            &self.own(),
+            target,
+            n,
+            self.config.measurers_per_target,
+            100,
+        )
     }
 
     /// The hops of a measurement of `target`: it, a helper drawn by weight
@@ -128,10 +160,15 @@ impl Measurer {
         let weights = dir.weights();
         let first = hop(dir.get(target)?)?;
         let last = hop(dir.get(&own)?)?;
+        let target_desc = dir.get(target)?;
+        let own_desc = dir.get(&own)?;
+        // A helper that could share a path with both ends (not the same
+        // /16 or family as either).
         let others: Vec<&Descriptor> = dir
             .iter()
             .filter(|d| d.roles.relay && d.peer_id != own && d.peer_id != *target)
             .filter(|d| !d.link_addrs.is_empty())
+            .filter(|d| compatible(d, target_desc) && compatible(d, own_desc))
             .collect();
         let weighted: Vec<(&Descriptor, u64)> = others
             .iter()
@@ -180,12 +217,16 @@ impl Measurer {
                 return None;
             }
         };
-        let since = lock(&self.directory)
-            .weights()
-            .measured(&target)
-            .map(|m| m.since)
-            .filter(|&s| s > 0)
-            .unwrap_or_else(unix_now);
+        // Our own first reach of it, never another's claim.
+        let since = {
+            let mut first = lock(&self.first_reached);
+            if first.len() >= veilnet_dir::MAX_NODES && !first.contains_key(&target) {
+                // Forget those no longer listed.
+                let dir = lock(&self.directory);
+                first.retain(|p, _| dir.get(p).is_some());
+            }
+            *first.entry(target).or_insert_with(unix_now)
+        };
         Some(Observation {
             target,
             bandwidth,
@@ -328,10 +369,14 @@ impl Measurer {
     }
 
     /// Signs a report of `observations` at `now`, stores it and announces it.
-    async fn publish(&self, observations: &[Observation]) {
+    async fn publish(&self, observations: &[Observation], epoch: u64) {
+        // A measurement that ended just after its period is still that
+        // period's (its assignment is).
+        let period = self.config.period_secs;
+        let end = (epoch + 1) * period - 1;
         let report = Report {
             measurer: self.own(),
-            published: unix_now(),
+            published: unix_now().clamp(epoch * period, end),
             observations: observations.to_vec(),
         };
         let record = match report.sign(&self.identity) {
@@ -410,6 +455,10 @@ impl Measurer {
                 if p.epoch(unix_now()) != epoch {
                     break;
                 }
+                // Still ours in today's view of the measurers?
+                if !self.still_assigned(epoch, &target) {
+                    continue;
+                }
                 let measured = tokio::select! {
                     m = self.measure(target) => m,
                     _ = shutdown.changed() => return,
@@ -418,7 +467,7 @@ impl Measurer {
                     observations.push(o);
                     // Republished as the period goes on: a later report of
                     // the same period replaces the earlier everywhere.
-                    self.publish(&observations).await;
+                    self.publish(&observations, epoch).await;
                 }
             }
             let next = (epoch + 1) * p.period_secs;

@@ -17,16 +17,17 @@
 //! [`MeasureParams::window_epochs`] periods):
 //!
 //! * **reachable** when at least [`MeasureParams::min_measurers`] distinct
-//!   measurers reached it, and in the latest period it was observed at
-//!   least as many reached it as failed to;
+//!   measurers reached it, unless in the latest period it was observed at
+//!   least that many failed to and they outnumber those that reached it;
 //! * **bandwidth**: the median of what those that reached it measured,
 //!   each figure clamped to [`MeasureParams::max_rate`] (no honest
 //!   measurement goes faster), so raising it above every honest figure
 //!   takes more than half its measurers, and even then it is at most
 //!   `max_rate`;
-//! * **since**: the median of their claims of when it was first measured;
-//!   its weight ramps up from [`RAMP_FLOOR_PERCENT`] to the full figure
-//!   over [`MeasureParams::ramp_secs`] from then.
+//! * **since**: the `min_measurers`-th most recent of their claims of when
+//!   they first reached it (each measurer's own), so dating it earlier
+//!   takes that many liars; its weight ramps up from [`RAMP_FLOOR_PERCENT`]
+//!   to the full figure over [`MeasureParams::ramp_secs`] from then.
 //!
 //! The weight ([`crate::weight`]) is the measured figure capped by the
 //! advertised one, times the ramp; a relay that is not reachable weighs 0.
@@ -39,8 +40,8 @@ use libp2p::PeerId;
 use sha2::{Digest as _, Sha256};
 
 pub use report::{
-    is_report, Observation, Report, ReportError, VerifiedReport, MAX_OBSERVATIONS,
-    MAX_REPORT_BYTES, REPORT_CONTEXT, REPORT_FORMAT, REPORT_TAG,
+    claimed_measurer, is_report, Observation, Report, ReportError, VerifiedReport,
+    MAX_OBSERVATIONS, MAX_REPORT_BYTES, REPORT_CONTEXT, REPORT_FORMAT, REPORT_TAG,
 };
 
 use crate::descriptor::{DescriptorDigest, MAX_CLOCK_SKEW};
@@ -154,7 +155,8 @@ pub struct Measured {
     pub bandwidth: u64,
     /// Whether it counts as reachable (see the module docs).
     pub reachable: bool,
-    /// Median of the measurers' "first measured" claims (unix seconds).
+    /// The `min_measurers`-th most recent of the measurers' "first
+    /// reached" claims (unix seconds).
     pub since: u64,
     /// Distinct measurers whose latest observation reached it.
     pub reached_by: usize,
@@ -255,8 +257,9 @@ impl Measurements {
     /// Stores a verified report at `now`. The caller has checked that the
     /// measurer is a relay it lists. Refused: a report signed more than
     /// [`MAX_CLOCK_SKEW`] ahead of `now` or for a period before the window
-    /// ([`ReportError::OutOfWindow`]), and one older than the report held
-    /// for its period ([`ReportError::Superseded`]).
+    /// ([`ReportError::OutOfWindow`]), and one that is older than the report
+    /// held for its period or does not extend it (every relay it observed,
+    /// and more: [`ReportError::Superseded`]).
     pub fn insert(&mut self, v: VerifiedReport, now: u64) -> Result<ReportInserted, ReportError> {
         let p = self.params;
         let measurer = v.report.measurer;
@@ -279,9 +282,18 @@ impl Measurements {
             if held.digest == v.digest {
                 return Ok(ReportInserted::Unchanged);
             }
-            let later = (v.report.published, std::cmp::Reverse(v.digest))
-                > (held.report.published, std::cmp::Reverse(held.digest));
-            if !later {
+            // A measurer republishes its period's report as it measures
+            // more: a later report must keep every relay the held one
+            // observed and add one, so a measurer has at most
+            // MAX_OBSERVATIONS reports a period to pass around.
+            let later = v.report.published >= held.report.published;
+            let extends = v.report.observations.len() > held.report.observations.len()
+                && held
+                    .report
+                    .observations
+                    .iter()
+                    .all(|h| v.report.observations.iter().any(|o| o.target == h.target));
+            if !later || !extends {
                 return Err(ReportError::Superseded(measurer));
             }
             self.digests.remove(&held.digest);
@@ -344,7 +356,9 @@ impl Measurements {
             if !eligible.contains(m) {
                 continue;
             }
-            for (&epoch, stored) in per.range(first..) {
+            // Reports of a period still to come (a clock ahead of ours)
+            // wait for it.
+            for (&epoch, stored) in per.range(first..=p.epoch(now)) {
                 for o in &stored.report.observations {
                     if !assigned(
                         epoch,
@@ -377,12 +391,24 @@ fn median(mut v: Vec<u64>) -> u64 {
     v[(v.len() - 1) / 2]
 }
 
+/// The `n`th most recent of `claims` (`n` from 1), or the oldest if there
+/// are fewer: to date a relay's first measurement earlier than the truth,
+/// `n` measurers must lie.
+fn nth_most_recent(mut claims: Vec<u64>, n: usize) -> u64 {
+    if claims.is_empty() {
+        return 0;
+    }
+    claims.sort_unstable_by(|a, b| b.cmp(a));
+    claims[n.clamp(1, claims.len()) - 1]
+}
+
 fn conclude<'a>(
     p: &MeasureParams,
     obs: impl Iterator<Item = &'a (u64, Observation)>,
     now: u64,
 ) -> Measured {
     let obs: Vec<&(u64, Observation)> = obs.collect();
+    let min = p.min_measurers.max(1) as usize;
     let last = obs.iter().map(|(e, _)| *e).max().unwrap_or(0);
     let (mut ok_last, mut failed_last) = (0usize, 0usize);
     for (e, o) in &obs {
@@ -395,7 +421,11 @@ fn conclude<'a>(
         }
     }
     let reached: Vec<&Observation> = obs.iter().map(|(_, o)| o).filter(|o| o.reached).collect();
-    let reachable = reached.len() >= p.min_measurers.max(1) as usize && ok_last >= failed_last;
+    // Knocked out only by as many failures in one period as it takes
+    // reaches to be usable, and more failures than reaches then: one
+    // measurer's word does not take a relay out.
+    let failed = failed_last >= min && failed_last > ok_last;
+    let reachable = reached.len() >= min && !failed;
     Measured {
         bandwidth: median(
             reached
@@ -404,7 +434,7 @@ fn conclude<'a>(
                 .collect(),
         ),
         reachable,
-        since: median(reached.iter().map(|o| o.since.min(now)).collect()),
+        since: nth_most_recent(reached.iter().map(|o| o.since.min(now)).collect(), min),
         reached_by: reached.len(),
         observed_by: obs.len(),
     }
@@ -443,6 +473,14 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_first_measured_date_needs_min_measurers_to_move_earlier() {
+        assert_eq!(nth_most_recent(vec![], 2), 0);
+        assert_eq!(nth_most_recent(vec![1, 500, 600], 2), 500);
+        assert_eq!(nth_most_recent(vec![1, 500], 3), 1);
+        assert_eq!(nth_most_recent(vec![1, 2, 900], 1), 900);
     }
 
     #[test]

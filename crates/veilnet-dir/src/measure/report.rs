@@ -29,8 +29,9 @@ pub const REPORT_TAG: u8 = b'M';
 pub const REPORT_FORMAT: u8 = 1;
 /// Prefix of the message a report's signature covers.
 pub const REPORT_CONTEXT: &[u8] = b"veilnet measurement report v1\0";
-/// Most observations in one report.
-pub const MAX_OBSERVATIONS: usize = 64;
+/// Most observations in one report (a measurer is assigned about
+/// `measurers_per_target` relays a period; more only in tiny networks).
+pub const MAX_OBSERVATIONS: usize = 16;
 /// Largest report record: a full report of peer ids of the longest kind
 /// (64 bytes) fits.
 pub const MAX_REPORT_BYTES: usize = 2 + 32 + 8 + 1 + MAX_OBSERVATIONS * (1 + 64 + 17) + 64;
@@ -102,8 +103,9 @@ pub enum ReportError {
         /// Newest epoch accepted.
         last: u64,
     },
-    /// A later report of the same measurer and epoch is held.
-    #[error("measurement report of {0}: a later one for this epoch is held")]
+    /// A later report of the same measurer and epoch is held, or this one
+    /// does not extend the held one.
+    #[error("measurement report of {0}: a later one for this epoch is held, or it does not extend the one held")]
     Superseded(PeerId),
     /// The directory has measurement turned off.
     #[error("this node does not use measurements")]
@@ -128,6 +130,15 @@ impl HasKind for ReportError {
 /// Whether `record` is a measurement report (else a descriptor).
 pub fn is_report(record: &[u8]) -> bool {
     record.first() == Some(&REPORT_TAG)
+}
+
+/// The measurer a report record names, read without checking anything
+/// else (so a report of a measurer we do not list costs no signature
+/// check); `None` if the record is too short or the key is not a point.
+pub fn claimed_measurer(record: &[u8]) -> Option<PeerId> {
+    let raw = record.get(2..34)?;
+    let key = ed25519::PublicKey::try_from_bytes(raw).ok()?;
+    Some(PublicKey::from(key).to_peer_id())
 }
 
 fn malformed(reason: impl Into<String>) -> ReportError {
