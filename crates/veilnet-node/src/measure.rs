@@ -15,7 +15,8 @@
 //!
 //! Measurements run one at a time, so their traffic is at most
 //! `max_rate`; it is counted in [`MeasureStats`], apart from the
-//! directory's.
+//! directory's. The report goes out once a period (after each measurement
+//! in periods under an hour, as test networks use).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -45,6 +46,9 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long after start the first period's measurements begin (the
 /// directory needs a moment to fill).
 const FIRST_DELAY: Duration = Duration::from_secs(2);
+/// Periods shorter than this publish a report after each measurement;
+/// longer ones once per period.
+const PUBLISH_EACH_BELOW_SECS: u64 = 60 * 60;
 /// Downloads per measurement; the highest counts.
 const SAMPLES: usize = 2;
 /// Bytes written to the sink at a time.
@@ -465,10 +469,18 @@ impl Measurer {
                 };
                 if let Some(o) = measured {
                     observations.push(o);
-                    // Republished as the period goes on: a later report of
-                    // the same period replaces the earlier everywhere.
-                    self.publish(&observations, epoch).await;
+                    // With short periods (test networks) republished as the
+                    // period goes on, so a new network is usable soon (a
+                    // later report of the period replaces the earlier
+                    // everywhere); with long ones once, when done, so that
+                    // every node receives one report per measurer a period.
+                    if p.period_secs < PUBLISH_EACH_BELOW_SECS {
+                        self.publish(&observations, epoch).await;
+                    }
                 }
+            }
+            if p.period_secs >= PUBLISH_EACH_BELOW_SECS && !observations.is_empty() {
+                self.publish(&observations, epoch).await;
             }
             let next = (epoch + 1) * p.period_secs;
             let wait = next.saturating_sub(unix_now());
