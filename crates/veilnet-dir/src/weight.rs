@@ -77,6 +77,27 @@ pub struct Weights {
     measurers: HashSet<PeerId>,
 }
 
+/// Each relay's weight by `weigh`, 0 for those over the address caps
+/// (ranked by the same weight).
+fn capped_weights(
+    relays: &[&Descriptor],
+    allow_private: bool,
+    weigh: impl Fn(&Descriptor) -> u64,
+) -> HashMap<PeerId, u64> {
+    let capped = over_caps(relays, allow_private, &weigh);
+    relays
+        .iter()
+        .map(|d| {
+            let w = if capped.contains(&d.peer_id) {
+                0
+            } else {
+                weigh(d)
+            };
+            (d.peer_id, w)
+        })
+        .collect()
+}
+
 /// The relays of `relays` that weigh nothing by address: over their
 /// prefix's cap (the heaviest by `weigh` keep their place, then the lowest
 /// peer id), or at a private address where those are not allowed.
@@ -116,8 +137,9 @@ impl Weights {
     /// ([`crate::measure`]): nothing until it is reachable, then its
     /// measured bandwidth capped by its advertised one, ramped up from when
     /// it was first measured. The measurers counted are the relays that
-    /// carry weight by address (the caps ranked by advertised bandwidth),
-    /// so an attacker's measurers are as few as its weighted relays.
+    /// carry weight by address (the caps ranked by advertised bandwidth).
+    /// Not yet true: that costs an attacker little (a descriptor at a
+    /// public address; see ARCHITECTURE.md, "Measurement").
     pub fn of<'a>(
         descriptors: impl Iterator<Item = &'a Descriptor>,
         allow_private: bool,
@@ -125,22 +147,8 @@ impl Weights {
     ) -> Self {
         let relays: Vec<&Descriptor> = descriptors.filter(|d| is_usable_relay(d)).collect();
         let Some((m, now)) = measurements else {
-            let capped = over_caps(&relays, allow_private, weight);
-            let by_peer = relays
-                .iter()
-                .map(|d| {
-                    (
-                        d.peer_id,
-                        if capped.contains(&d.peer_id) {
-                            0
-                        } else {
-                            weight(d)
-                        },
-                    )
-                })
-                .collect();
             return Weights {
-                by_peer,
+                by_peer: capped_weights(&relays, allow_private, weight),
                 ..Weights::default()
             };
         };
@@ -166,20 +174,7 @@ impl Weights {
                 _ => 0,
             }
         };
-        let capped = over_caps(&relays, allow_private, base);
-        let by_peer = relays
-            .iter()
-            .map(|d| {
-                (
-                    d.peer_id,
-                    if capped.contains(&d.peer_id) {
-                        0
-                    } else {
-                        base(d)
-                    },
-                )
-            })
-            .collect();
+        let by_peer = capped_weights(&relays, allow_private, base);
         Weights {
             by_peer,
             measured,
