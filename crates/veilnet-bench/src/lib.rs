@@ -211,6 +211,31 @@ async fn fetch(s: TcpStream, n: usize, start: Instant) -> Result<Fetched, String
 struct Procs {
     children: Vec<(u32, Child)>,
     dir: PathBuf,
+    /// Set when the run failed: the logs stay for the reader.
+    keep: bool,
+}
+
+impl Procs {
+    /// A failure message that keeps the logs and quotes the end of each.
+    fn failed(&mut self, what: &str) -> String {
+        self.keep = true;
+        let mut msg = format!("{what}; logs in {}", self.dir.display());
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("node.log"))
+            .filter(|p| p.exists())
+            .collect();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(5)..];
+            msg.push_str(&format!("\n--- {}\n{}", log.display(), tail.join("\n")));
+        }
+        msg
+    }
 }
 
 impl Drop for Procs {
@@ -219,7 +244,9 @@ impl Drop for Procs {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -280,7 +307,10 @@ fn spawn_node(exe: &Path, dir: &Path, config: &Path) -> Result<Child, String> {
     cmd.arg("node")
         .arg("--config")
         .arg(config)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("VEILNET_BENCH_NODE_LOG").unwrap_or_else(|_| "warn".to_string()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -386,6 +416,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     let mut procs = Procs {
         children: Vec::new(),
         dir: base.clone(),
+        keep: false,
     };
     let exits = (opts.nodes / 3).max(1);
     let local = LocalNetwork {
@@ -438,18 +469,14 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
             }
         }
         if started.elapsed() > Duration::from_secs(90) {
-            return Err(format!(
-                "the network did not carry a stream within 90 s (logs in {})",
-                base.display()
-            ));
+            return Err(procs.failed("the network did not carry a stream within 90 s"));
         }
-        for (_, c) in procs.children.iter_mut() {
-            if let Ok(Some(st)) = c.try_wait() {
-                return Err(format!(
-                    "a node exited early ({st}); logs in {}",
-                    base.display()
-                ));
-            }
+        let exited = procs
+            .children
+            .iter_mut()
+            .find_map(|(_, c)| c.try_wait().ok().flatten());
+        if let Some(st) = exited {
+            return Err(procs.failed(&format!("a node exited early ({st})")));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };

@@ -71,6 +71,12 @@ const MAX_IDENTIFY_ADDRS: usize = 8;
 const MAX_PENDING: u32 = 32;
 /// Established connections allowed per peer.
 const MAX_PER_PEER: u32 = 2;
+/// First wait before a node with no connections dials its bootstrap and
+/// known peers again (they may have started after it, or the network may
+/// have been down); the wait doubles after each try up to [`REDIAL_MAX`].
+const REDIAL_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between two tries of the bootstrap peers.
+const REDIAL_MAX: Duration = Duration::from_secs(60);
 /// How long [`spawn`] waits for the listeners to report their addresses.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -214,14 +220,17 @@ pub async fn spawn(
     }
 
     let local_peer_id = *swarm.local_peer_id();
-    for (peer, addr) in bootstrap.iter().chain(cfg.known_peers.iter()) {
-        if *peer != local_peer_id {
-            swarm
-                .behaviour_mut()
-                .kad
-                .add_address(peer, without_p2p(addr));
-            dial(&mut swarm, *peer, vec![addr.clone()]);
-        }
+    let entry: Vec<(PeerId, Multiaddr)> = bootstrap
+        .into_iter()
+        .chain(cfg.known_peers.iter().cloned())
+        .filter(|(peer, _)| *peer != local_peer_id)
+        .collect();
+    for (peer, addr) in &entry {
+        swarm
+            .behaviour_mut()
+            .kad
+            .add_address(peer, without_p2p(addr));
+        dial(&mut swarm, *peer, vec![addr.clone()]);
     }
     if let Err(e) = swarm.behaviour_mut().kad.bootstrap() {
         debug!("kademlia bootstrap not started: {e}");
@@ -245,6 +254,7 @@ pub async fn spawn(
         wants: Wants::default(),
         push_pending: Vec::new(),
         pending_listeners,
+        entry,
         ready: Some(ready_tx),
         gossip_started: false,
     };
@@ -350,6 +360,12 @@ fn build_swarm(
     Ok(swarm)
 }
 
+/// `wait` give or take a quarter, so that nodes which lost the same peer
+/// do not all dial it again at the same moment.
+fn jittered(wait: Duration) -> Duration {
+    wait.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.75..1.25))
+}
+
 /// `addr` without its trailing `/p2p/<peer id>`, if any.
 fn without_p2p(addr: &Multiaddr) -> Multiaddr {
     addr.iter()
@@ -400,6 +416,9 @@ struct Node {
     /// [`MAX_DIGESTS`]; announced every [`PUSH_BATCH`]).
     push_pending: Vec<RecordDigest>,
     pending_listeners: HashSet<libp2p::core::transport::ListenerId>,
+    /// Bootstrap and known peers: dialled again while we have no
+    /// connection at all ([`REDIAL_FIRST`]).
+    entry: Vec<(PeerId, Multiaddr)>,
     ready: Option<oneshot::Sender<Result<(), DiscoveryError>>>,
     gossip_started: bool,
 }
@@ -412,6 +431,9 @@ impl Node {
         batch.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let walk = tokio::time::sleep(FIRST_WALK);
         tokio::pin!(walk);
+        let mut redial_wait = REDIAL_FIRST;
+        let redial = tokio::time::sleep(REDIAL_FIRST);
+        tokio::pin!(redial);
         if self.pending_listeners.is_empty() {
             self.signal_ready(Ok(()));
         }
@@ -456,6 +478,10 @@ impl Node {
                     let next = if self.wants_peers() { WALK_INTERVAL } else { IDLE_WALK_INTERVAL };
                     walk.as_mut().reset(Instant::now() + next);
                 }
+                () = &mut redial => {
+                    redial_wait = self.redial(redial_wait);
+                    redial.as_mut().reset(Instant::now() + jittered(redial_wait));
+                }
                 ev = self.swarm.select_next_some() => {
                     if self.handle_swarm_event(ev) {
                         // First connection: run the first round right away.
@@ -465,6 +491,23 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Dials the entry peers again if we have no connection at all, and
+    /// returns the next wait: doubled after a try, the first again once
+    /// connected (so a node that loses every peer later retries soon).
+    fn redial(&mut self, wait: Duration) -> Duration {
+        if !self.connected.is_empty() || self.entry.is_empty() {
+            return REDIAL_FIRST;
+        }
+        debug!(
+            peers = self.entry.len(),
+            "no connections: dialling the bootstrap peers again"
+        );
+        for (peer, addr) in self.entry.clone() {
+            dial(&mut self.swarm, peer, vec![addr]);
+        }
+        (wait * 2).min(REDIAL_MAX)
     }
 
     fn signal_ready(&mut self, res: Result<(), DiscoveryError>) {

@@ -87,3 +87,56 @@ async fn a_client_listens_nowhere_and_still_learns_the_relays() {
     .await
     .expect("test finished in time");
 }
+
+/// A client started before its bootstrap relay (or while the network is
+/// down) keeps trying, and learns the relay's record once it is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_started_before_its_bootstrap_relay_reaches_it_later() {
+    timeout(Duration::from_secs(30), async {
+        // A free port for the relay that is not there yet.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let relay_key = Keypair::generate_ed25519();
+        let relay_id = relay_key.public().to_peer_id();
+        let listen: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+
+        let mut cfg = DiscoveryConfig::new(Keypair::generate_ed25519());
+        cfg.client_only = true;
+        cfg.bootstrap = vec![listen.clone().with_p2p(relay_id).unwrap()];
+        cfg.exchange_interval = Duration::from_millis(200);
+        let known = Arc::new(Mutex::new(HashSet::<Vec<u8>>::new()));
+        let nothing: RecordProvider = Arc::new(Vec::new);
+        let (client, mut events) = spawn(cfg, nothing).await.unwrap();
+        let k = known.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                if let DiscoveryEvent::Records { records, .. } = ev {
+                    k.lock().unwrap().extend(records);
+                }
+            }
+        });
+        // The first dial was refused; the relay comes up 1.5 s later.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(client.connected_peers().await.is_empty());
+        let mut rcfg = DiscoveryConfig::new(relay_key);
+        rcfg.listen = vec![listen];
+        rcfg.exchange_interval = Duration::from_millis(200);
+        let own: RecordProvider = Arc::new(|| vec![b"late-relay".to_vec()]);
+        let (relay, _relay_events) = spawn(rcfg, own).await.unwrap();
+
+        timeout(Duration::from_secs(15), async {
+            while !known.lock().unwrap().contains(&b"late-relay"[..]) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the client dials its bootstrap peer again and learns its record");
+        client.shutdown().await;
+        relay.shutdown().await;
+    })
+    .await
+    .expect("test finished in time");
+}

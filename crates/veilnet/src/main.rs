@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tracing::{error, info};
+use tracing::info;
 use veilnet_node::{Node, NodeOptions};
 use veilnet_testnet::{Testnet, TestnetOptions};
 
@@ -265,7 +265,7 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e}");
+            // Printed once, whatever RUST_LOG filters (not also logged).
             eprintln!("veilnet: {e}");
             ExitCode::FAILURE
         }

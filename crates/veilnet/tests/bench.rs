@@ -29,7 +29,7 @@ fn bench_runs_small_and_reports_every_figure() {
         ])
         .arg(&json)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let start = Instant::now();
@@ -45,7 +45,14 @@ fn bench_runs_small_and_reports_every_figure() {
     };
     let mut table = String::new();
     std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut table).unwrap();
-    assert!(status.success(), "bench failed: {table}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    // Progress lines overwrite each other with \r; the error comes last.
+    assert!(
+        status.success(),
+        "bench failed:\n{}\n{table}",
+        err.replace('\r', "\n")
+    );
     assert!(
         table.contains("bulk throughput") && table.contains("verified"),
         "{table}"
