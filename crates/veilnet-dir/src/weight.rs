@@ -137,9 +137,9 @@ impl Weights {
     /// ([`crate::measure`]): nothing until it is reachable, then its
     /// measured bandwidth capped by its advertised one, ramped up from when
     /// it was first measured. The measurers counted are the relays that
-    /// carry weight by address (the caps ranked by advertised bandwidth).
-    /// Not yet true: that costs an attacker little (a descriptor at a
-    /// public address; see ARCHITECTURE.md, "Measurement").
+    /// carry weight by address (the caps ranked by advertised bandwidth)
+    /// and earned their place: most of those that tried reached them in an
+    /// earlier period ([`Measurements::earned`]).
     pub fn of<'a>(
         descriptors: impl Iterator<Item = &'a Descriptor>,
         allow_private: bool,
@@ -153,11 +153,12 @@ impl Weights {
             };
         };
         let by_address = over_caps(&relays, allow_private, weight);
-        let measurers: HashSet<PeerId> = relays
+        let candidates: HashSet<PeerId> = relays
             .iter()
             .map(|d| d.peer_id)
             .filter(|p| !by_address.contains(p))
             .collect();
+        let measurers = m.earned(&candidates, now);
         let measured = m.aggregate(&measurers, now);
         let ramp = m.params().ramp_secs;
         let required = m.params().required;

@@ -455,3 +455,77 @@ fn a_full_directory_makes_room_by_dropping_weightless_relays_first() {
         Err(veilnet_dir::DescriptorError::DirectoryFull { .. })
     ));
 }
+
+/// Keys with descriptors at addresses they do not hold (never reached
+/// there) vouch for each other and slander the honest relays: as long as
+/// they are fewer than the honest measurers they do not become measurers,
+/// so they neither give themselves weight nor move an honest relay's.
+#[test]
+fn descriptors_nobody_reached_do_not_measure() {
+    const HONEST: u32 = 24;
+    const FAKE: u32 = 16;
+    const HONEST_RATE: u64 = 5_000_000;
+    let mut dir = Directory::new(key(1000).public().to_peer_id());
+    dir.use_measurements(Some(PARAMS));
+    let keys: Vec<Keypair> = (0..HONEST + FAKE).map(key).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let mut d = desc(k, &format!("198.51.{}.1:9001", i));
+        d.bandwidth = 1_000_000_000;
+        dir.insert(&sign(&d, k), NOW).unwrap();
+    }
+    let fake = |i: usize| i >= HONEST as usize;
+    let n = keys.len();
+    let epoch = PARAMS.epoch(NOW);
+    let now = (epoch + 2) * PARAMS.period_secs + 1;
+    // Two periods of reports, each measurer's assigned targets as the
+    // measurers see them at first (every relay counted).
+    for e in [epoch, epoch + 1] {
+        let published = e * PARAMS.period_secs + 1;
+        for (m, mk) in keys.iter().enumerate() {
+            let observations: Vec<Observation> = keys
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| assigned(e, &id(mk), &id(t), n, PARAMS.measurers_per_target, 100))
+                .map(|(t, tk)| {
+                    let bandwidth = match (fake(m), fake(t)) {
+                        (false, false) => HONEST_RATE,
+                        (false, true) => 0,
+                        // Fakes say they reached each other at full speed
+                        // and the honest relays at a crawl.
+                        (true, true) => 1_000_000_000,
+                        (true, false) => 10_000,
+                    };
+                    obs(id(tk), bandwidth)
+                })
+                .take(MAX_OBSERVATIONS)
+                .collect();
+            dir.insert_report(report(mk, published, observations), now)
+                .unwrap();
+        }
+    }
+    dir.expire(now);
+    let w = dir.weights();
+    let measurers = w.measurers();
+    assert!(
+        keys.iter()
+            .enumerate()
+            .all(|(i, k)| !fake(i) || !measurers.contains(&id(k))),
+        "a fake key measures"
+    );
+    assert!(
+        measurers.len() > HONEST as usize / 2,
+        "{} measurers",
+        measurers.len()
+    );
+    let mut weighted = 0;
+    for (i, k) in keys.iter().enumerate() {
+        let got = w.get(&id(k));
+        if fake(i) {
+            assert_eq!(got, 0, "fake {i} carries weight");
+        } else if got > 0 {
+            assert_eq!(got, HONEST_RATE, "honest relay {i} moved by the fakes");
+            weighted += 1;
+        }
+    }
+    assert!(weighted >= HONEST / 2, "{weighted} honest relays weighted");
+}

@@ -120,6 +120,15 @@ impl Measurer {
         let own = self.own();
         let k = self.config.measurers_per_target;
         let dir = lock(&self.directory);
+        // Until we have earned our place (others reached us in an earlier
+        // period), our reports would not count: measuring would only cost
+        // the targets and us.
+        let weights = dir.weights();
+        let counted = weights.measurers();
+        if !counted.is_empty() && !counted.contains(&own) {
+            debug!("not measuring this period: not yet a counted measurer");
+            return Vec::new();
+        }
         let eligible = measurer_count(&dir);
         let private_ok = dir.allows_private_relays();
         // We dial each target's first address: never a private or

@@ -34,7 +34,7 @@
 
 mod report;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use libp2p::PeerId;
 use sha2::{Digest as _, Sha256};
@@ -56,6 +56,9 @@ pub const ASSIGNMENT_SLACK_PERCENT: u32 = 125;
 /// A relay first measured just now gets this percentage of its measured
 /// weight; the rest comes over [`MeasureParams::ramp_secs`].
 pub const RAMP_FLOOR_PERCENT: u64 = 10;
+/// Rounds of [`Measurements::earned`]: each drops the keys that only the
+/// keys dropped in the round before vouched for.
+const EARN_ROUNDS: usize = 4;
 /// Most periods a directory keeps reports for.
 pub const MAX_WINDOW_EPOCHS: u32 = 8;
 
@@ -126,15 +129,12 @@ pub fn assigned(
     k: u32,
     percent: u32,
 ) -> bool {
-    if measurer == target {
-        return false;
-    }
-    // The target does not measure itself: n - 1 candidates.
-    let candidates = eligible.saturating_sub(1).max(1) as u128 * 100;
-    let num = u128::from(k) * u128::from(percent);
-    if num >= candidates {
-        return true;
-    }
+    measurer != target && below(draw(epoch, measurer, target), eligible, k, percent)
+}
+
+/// The pseudo-random draw that decides whether `measurer` measures
+/// `target` in `epoch` (the first 8 bytes of a SHA-256).
+fn draw(epoch: u64, measurer: &PeerId, target: &PeerId) -> u64 {
     let mut h = Sha256::new();
     h.update(b"veilnet measurement assignment v1\0");
     h.update(epoch.to_be_bytes());
@@ -143,8 +143,16 @@ pub fn assigned(
     let out = h.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&out[..8]);
-    // h / 2^64 < num / candidates
-    u128::from(u64::from_be_bytes(first)) * candidates < num << 64
+    u64::from_be_bytes(first)
+}
+
+/// Whether `draw` falls under the threshold of [`assigned`].
+fn below(draw: u64, eligible: usize, k: u32, percent: u32) -> bool {
+    // The target does not measure itself: n - 1 candidates.
+    let candidates = eligible.saturating_sub(1).max(1) as u128 * 100;
+    let num = u128::from(k) * u128::from(percent);
+    // draw / 2^64 < num / candidates
+    num >= candidates || u128::from(draw) * candidates < num << 64
 }
 
 /// What a node concludes about one relay from the reports it holds.
@@ -182,6 +190,9 @@ struct Stored {
     report: Report,
     record: Vec<u8>,
     digest: DescriptorDigest,
+    /// Each observation's assignment [`draw`] (`None` for one of the
+    /// measurer itself), computed once when the report is stored.
+    draws: Vec<Option<u64>>,
 }
 
 /// The reports a directory holds: per measurer, the latest of each period
@@ -300,12 +311,19 @@ impl Measurements {
             result = ReportInserted::Updated;
         }
         self.digests.insert(v.digest, (measurer, epoch));
+        let draws = v
+            .report
+            .observations
+            .iter()
+            .map(|o| (o.target != measurer).then(|| draw(epoch, &measurer, &o.target)))
+            .collect();
         per.insert(
             epoch,
             Stored {
                 report: v.report,
                 record: v.record,
                 digest: v.digest,
+                draws,
             },
         );
         // Only the window's periods are kept.
@@ -342,32 +360,97 @@ impl Measurements {
     /// only observations by `eligible` measurers that were assigned to
     /// their target ([`assigned`] with [`ASSIGNMENT_SLACK_PERCENT`], over the
     /// `eligible.len()` measurers).
-    pub fn aggregate(
-        &self,
-        eligible: &std::collections::HashSet<PeerId>,
-        now: u64,
-    ) -> HashMap<PeerId, Measured> {
+    pub fn aggregate(&self, eligible: &HashSet<PeerId>, now: u64) -> HashMap<PeerId, Measured> {
         let p = self.params;
-        let first = p.first_epoch(now);
-        let n = eligible.len();
-        // Per target: each measurer's latest observation, with its period.
+        // Reports of a period still to come (a clock ahead of ours) wait
+        // for it.
+        let epochs = p.first_epoch(now)..=p.epoch(now);
+        self.latest(eligible, eligible.len(), epochs)
+            .into_iter()
+            .map(|(target, by)| (target, conclude(&p, by.values(), now)))
+            .collect()
+    }
+
+    /// The measurers that earned their place at `now`, among `candidates`
+    /// (the relays that carry weight by address): those that most of the
+    /// candidates which observed them in the window's earlier periods (not
+    /// this one) reached, and at least `min_measurers` did. A descriptor
+    /// that lists an address its owner does not hold is never reached
+    /// there, so it does not measure: to measure, a key has to be reached
+    /// first, and to outvote the honest measurers such keys would have to
+    /// outnumber them. While fewer than `min_measurers + 1` relays have
+    /// earned their place (a new network, or reports not yet fetched),
+    /// every candidate counts, as no measurement could start otherwise.
+    ///
+    /// The assignment is checked over the candidates that anyone reached
+    /// in those periods: the measurers used the earned set's size, and
+    /// descriptors of relays that left (or never were) would otherwise
+    /// make the threshold too strict.
+    pub fn earned(&self, candidates: &HashSet<PeerId>, now: u64) -> HashSet<PeerId> {
+        let p = self.params;
+        let min = p.min_measurers.max(1) as usize;
+        let current = p.epoch(now);
+        let Some(last) = current.checked_sub(1) else {
+            return candidates.clone();
+        };
+        let epochs = p.first_epoch(now)..=last;
+        let mut live: HashSet<PeerId> = HashSet::new();
+        for (m, per) in &self.reports {
+            if !candidates.contains(m) {
+                continue;
+            }
+            for (_, stored) in per.range(epochs.clone()) {
+                live.extend(
+                    stored
+                        .report
+                        .observations
+                        .iter()
+                        .filter(|o| o.reached && candidates.contains(&o.target))
+                        .map(|o| o.target),
+                );
+            }
+        }
+        // Whose word counts is itself decided by whose word counts: start
+        // from every candidate and drop those the counted measurers did not
+        // mostly reach, a few times over (a key vouched for only by keys
+        // that lose their place loses its own).
+        let mut counted = candidates.clone();
+        for _ in 0..EARN_ROUNDS {
+            let next: HashSet<PeerId> = self
+                .latest(&counted, live.len(), epochs.clone())
+                .into_iter()
+                .filter(|(target, by)| {
+                    let reached = by.values().filter(|(_, o)| o.reached).count();
+                    candidates.contains(target) && reached >= min && 2 * reached > by.len()
+                })
+                .map(|(target, _)| target)
+                .collect();
+            if next.len() <= min || next == counted {
+                break;
+            }
+            counted = next;
+        }
+        counted
+    }
+
+    /// Per target: the latest observation of each `eligible` measurer in
+    /// `epochs` that was assigned to it among `n` measurers (with
+    /// [`ASSIGNMENT_SLACK_PERCENT`]), with its period.
+    fn latest(
+        &self,
+        eligible: &HashSet<PeerId>,
+        n: usize,
+        epochs: std::ops::RangeInclusive<u64>,
+    ) -> HashMap<PeerId, HashMap<PeerId, (u64, Observation)>> {
+        let k = self.params.measurers_per_target;
         let mut latest: HashMap<PeerId, HashMap<PeerId, (u64, Observation)>> = HashMap::new();
         for (m, per) in &self.reports {
             if !eligible.contains(m) {
                 continue;
             }
-            // Reports of a period still to come (a clock ahead of ours)
-            // wait for it.
-            for (&epoch, stored) in per.range(first..=p.epoch(now)) {
-                for o in &stored.report.observations {
-                    if !assigned(
-                        epoch,
-                        m,
-                        &o.target,
-                        n,
-                        p.measurers_per_target,
-                        ASSIGNMENT_SLACK_PERCENT,
-                    ) {
+            for (&epoch, stored) in per.range(epochs.clone()) {
+                for (o, d) in stored.report.observations.iter().zip(&stored.draws) {
+                    if !d.is_some_and(|d| below(d, n, k, ASSIGNMENT_SLACK_PERCENT)) {
                         continue;
                     }
                     // Periods ascend: a later one overwrites.
@@ -376,9 +459,6 @@ impl Measurements {
             }
         }
         latest
-            .into_iter()
-            .map(|(target, by)| (target, conclude(&p, by.values(), now)))
-            .collect()
     }
 }
 
