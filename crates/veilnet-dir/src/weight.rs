@@ -158,8 +158,9 @@ impl Weights {
             .map(|d| d.peer_id)
             .filter(|p| !by_address.contains(p))
             .collect();
-        let measurers = m.earned(&candidates, now);
-        let measured = m.aggregate(&measurers, now);
+        let counted = m.earned(&candidates, now);
+        let measured = m.aggregate(&counted, now);
+        let measurers = counted.measurers;
         let ramp = m.params().ramp_secs;
         let required = m.params().required;
         let base = |d: &Descriptor| -> u64 {

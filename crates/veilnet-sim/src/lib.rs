@@ -80,6 +80,11 @@ pub struct SimConfig {
     /// What each attacker relay advertises (bytes/s); 0: its real
     /// bandwidth.
     pub sybil_advertised: u64,
+    /// Descriptors the attacker adds at the end of the run, each at an
+    /// address it does not hold (a /24 of its own, never reached there),
+    /// to measure: they vouch for the attacker's relays and call the
+    /// honest ones unreached (see [`sybil`]).
+    pub fake_measurers: usize,
     /// Weigh relays by peer measurement for the Sybil figure (modelled at
     /// the end of the run, see [`sybil`]); off: by what they advertise.
     pub measure: bool,
@@ -116,6 +121,7 @@ impl Default for SimConfig {
             sybil_subnets: 10,
             sybil_bandwidth: 0.05,
             sybil_advertised: veilnet_dir::path::MAX_WEIGHT,
+            fake_measurers: 0,
             measure: true,
             circuits: 10_000,
             circuits_per_client: 10,
@@ -165,6 +171,12 @@ impl SimConfig {
             if self.sybil_bandwidth.is_nan() || self.sybil_bandwidth <= 0.0 {
                 return bad("--sybil-bandwidth must be positive");
             }
+        }
+        if self.fake_measurers > 0 && (self.sybils == 0 || !self.measure) {
+            return bad("--fake-measurers needs --sybils and --measure true");
+        }
+        if self.fake_measurers > 100_000 {
+            return bad("--fake-measurers must be at most 100000");
         }
         if self.circuits_per_client == 0 {
             return bad("--circuits-per-client must be at least 1");

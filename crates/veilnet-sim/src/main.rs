@@ -89,6 +89,10 @@ struct DirectoryArgs {
     /// What each attacker relay advertises (bytes/s; 0: its real bandwidth).
     #[arg(long, default_value_t = SimConfig::default().sybil_advertised)]
     sybil_advertised: u64,
+    /// Descriptors the attacker adds at addresses it does not hold, to
+    /// measure for its relays (needs --sybils).
+    #[arg(long, default_value_t = 0)]
+    fake_measurers: usize,
     /// Weigh relays by (modelled) peer measurement for the Sybil figure;
     /// false: by what they advertise.
     #[arg(long, default_value_t = SimConfig::default().measure, action = clap::ArgAction::Set)]
@@ -131,6 +135,7 @@ impl DirectoryArgs {
             sybil_subnets: self.sybil_subnets,
             sybil_bandwidth: self.sybil_bandwidth,
             sybil_advertised: self.sybil_advertised,
+            fake_measurers: self.fake_measurers,
             measure: self.measure,
             circuits: self.circuits,
             circuits_per_client: self.circuits_per_client,

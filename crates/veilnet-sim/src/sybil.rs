@@ -19,8 +19,10 @@
 //! contention factor drawn from 0.5..1. The attacker's measurers report its relays at
 //! what they advertise and every honest relay they are assigned as
 //! unreached, and they report everything the verifiers' wider threshold
-//! ([`ASSIGNMENT_SLACK_PERCENT`]) lets them. Report gossip is not in the byte
-//! figures.
+//! ([`ASSIGNMENT_SLACK_PERCENT`]) lets them. With `--fake-measurers F` the
+//! attacker also lists F keys at addresses it does not hold, one per /24
+//! of its own: they measure as its relays do, and honest measurers find
+//! nobody at their addresses. Report gossip is not in the byte figures.
 
 use std::collections::HashSet;
 
@@ -35,7 +37,7 @@ use veilnet_dir::{
 };
 
 use crate::net::Sim;
-use crate::records::EPOCH_UNIX;
+use crate::records::{Relay, EPOCH_UNIX};
 use crate::SimError;
 
 /// Guards per client: veilnet-config's default `num_guards`.
@@ -50,18 +52,29 @@ const PARAMS: MeasureParams = MeasureParams::PUBLIC;
 
 /// Fills `dir` with the reports of the last window of periods before
 /// `now` (see the module docs).
-fn measure(dir: &mut Directory, sim: &Sim, now: u64, rng: &mut StdRng) -> Result<(), SimError> {
+fn measure(
+    dir: &mut Directory,
+    sim: &Sim,
+    fakes: &[Relay],
+    now: u64,
+    rng: &mut StdRng,
+) -> Result<(), SimError> {
     use rand::Rng;
     dir.use_measurements(Some(PARAMS));
-    let measurers: Vec<PeerId> = {
+    // Everyone who could measure: the relays that carry weight by address
+    // (what the directory counts before any report).
+    let candidates: Vec<PeerId> = {
         let w = dir.weights();
         let mut m: Vec<PeerId> = w.measurers().iter().copied().collect();
         m.sort();
         m
     };
-    let n = measurers.len();
-    let by_peer: std::collections::HashMap<PeerId, &crate::records::Relay> =
-        sim.relays.iter().map(|r| (r.peer_id(), r)).collect();
+    let by_peer: std::collections::HashMap<PeerId, &Relay> = sim
+        .relays
+        .iter()
+        .chain(fakes)
+        .map(|r| (r.peer_id(), r))
+        .collect();
     let targets: Vec<PeerId> = dir
         .iter()
         .filter(|d| is_usable_relay(d))
@@ -73,10 +86,19 @@ fn measure(dir: &mut Directory, sim: &Sim, now: u64, rng: &mut StdRng) -> Result
         let published =
             (epoch * PARAMS.period_secs).max(now.saturating_sub(PARAMS.period_secs * 4));
         let published = published.min(now);
-        for m in &measurers {
+        // Who counts in this period is decided by the reports of the
+        // periods before it, as a node decides it at the period's start;
+        // an honest relay that does not count does not measure, the
+        // attacker's keys always do.
+        let counted = dir.weights().measurers().clone();
+        let n = counted.len();
+        for m in &candidates {
             let Some(relay) = by_peer.get(m) else {
                 continue;
             };
+            if !relay.sybil && !counted.contains(m) {
+                continue;
+            }
             let slack = if relay.sybil {
                 ASSIGNMENT_SLACK_PERCENT
             } else {
@@ -105,6 +127,14 @@ fn measure(dir: &mut Directory, sim: &Sim, now: u64, rng: &mut StdRng) -> Result
                             reached: false,
                             since: 0,
                         }
+                    }
+                } else if target.real_bandwidth == 0 {
+                    // A fake: nobody answers at its address.
+                    Observation {
+                        target: *t,
+                        bandwidth: 0,
+                        reached: false,
+                        since: 0,
                     }
                 } else {
                     let top = target
@@ -138,6 +168,52 @@ fn measure(dir: &mut Directory, sim: &Sim, now: u64, rng: &mut StdRng) -> Result
         }
     }
     Ok(())
+}
+
+/// Adds `--fake-measurers` descriptors to `dir`: the attacker's keys, each
+/// listing an address in a /24 no other relay is in (so the address caps
+/// do not hold them back), advertising what its relays advertise, and
+/// answering nowhere (real bandwidth 0).
+fn add_fakes(
+    dir: &mut Directory,
+    sim: &Sim,
+    now: u64,
+    rng: &mut StdRng,
+) -> Result<Vec<Relay>, SimError> {
+    use rand::Rng;
+    let mut used: HashSet<[u8; 3]> = dir
+        .iter()
+        .filter_map(|d| d.link_addrs.first())
+        .filter_map(|a| match a.ip() {
+            std::net::IpAddr::V4(v4) => {
+                let o = v4.octets();
+                Some([o[0], o[1], o[2]])
+            }
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect();
+    let advertised = match sim.cfg.sybil_advertised {
+        0 => veilnet_dir::path::MAX_WEIGHT,
+        a => a,
+    };
+    let mut fakes = Vec::with_capacity(sim.cfg.fake_measurers);
+    while fakes.len() < sim.cfg.fake_measurers {
+        // 11-99: public unicast first octets only.
+        let net = [rng.gen_range(11..=99), rng.gen(), rng.gen()];
+        if !used.insert(net) {
+            continue;
+        }
+        let ip = std::net::Ipv4Addr::new(net[0], net[1], net[2], 1);
+        let mut fake = Relay::new(rng, ip, advertised, 0, true, true, u32::MAX)?;
+        let signed = fake.sign_new(now, now * 1000, now)?;
+        let verified = signed
+            .verify_into(now)
+            .map_err(|e| SimError::Setup(format!("a fake descriptor: {e}")))?;
+        dir.insert_verified(verified, now)
+            .map_err(|e| SimError::Setup(format!("storing a fake descriptor: {e}")))?;
+        fakes.push(fake);
+    }
+    Ok(fakes)
 }
 
 /// The selection weight path selection gives a relay (the seam:
@@ -185,6 +261,13 @@ pub struct SybilReport {
     pub sybils_in_directory: usize,
     /// Usable relays in that directory.
     pub relays_in_directory: usize,
+    /// Descriptors the attacker added at addresses it does not hold
+    /// (`--fake-measurers`; counted among its relays below).
+    pub fake_measurers: usize,
+    /// How many of them the directory counted as measurers.
+    pub fake_measurers_counted: usize,
+    /// Measurers the directory counted in all (0 without measurement).
+    pub measurers_counted: usize,
     /// Circuits drawn.
     pub circuits: usize,
     /// Circuits path selection could not build.
@@ -231,11 +314,17 @@ pub fn circuits(sim: &Sim) -> Result<Option<SybilReport>, SimError> {
             .map_err(|e| SimError::Setup(format!("storing a held descriptor: {e}")))?;
     }
     let mut rng = StdRng::seed_from_u64(sim.cfg.seed ^ 0x5eed_c1c5);
+    let fakes = add_fakes(&mut dir, sim, now, &mut rng)?;
     if sim.cfg.measure {
-        measure(&mut dir, sim, now, &mut rng)?;
+        measure(&mut dir, sim, &fakes, now, &mut rng)?;
     }
-    let sybils: HashSet<PeerId> = sim.sybil_peers();
+    let mut sybils: HashSet<PeerId> = sim.sybil_peers();
+    sybils.extend(fakes.iter().map(Relay::peer_id));
     let weights = dir.weights();
+    let fakes_measuring = fakes
+        .iter()
+        .filter(|f| weights.measurers().contains(&f.peer_id()))
+        .count();
     let usable: Vec<&Descriptor> = dir.iter().filter(|d| is_usable_relay(d)).collect();
     let total_weight: f64 = usable
         .iter()
@@ -299,6 +388,9 @@ pub fn circuits(sim: &Sim) -> Result<Option<SybilReport>, SimError> {
             .filter(|d| sybils.contains(&d.peer_id))
             .count(),
         relays_in_directory: usable.len(),
+        fake_measurers: fakes.len(),
+        fake_measurers_counted: fakes_measuring,
+        measurers_counted: weights.measurers().len(),
         circuits: n,
         circuits_failed: failed,
         sybil_circuit_fraction: both as f64 / built,

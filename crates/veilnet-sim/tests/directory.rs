@@ -130,6 +130,14 @@ fn joining_relays_spread_and_runs_repeat_exactly() {
 }
 
 fn sybil(advertised: Option<u64>, measure: bool) -> veilnet_sim::sybil::SybilReport {
+    sybil_with_fakes(advertised, measure, 0)
+}
+
+fn sybil_with_fakes(
+    advertised: Option<u64>,
+    measure: bool,
+    fake_measurers: usize,
+) -> veilnet_sim::sybil::SybilReport {
     let mut cfg = SimConfig {
         nodes: 160,
         hours: 0.15,
@@ -141,6 +149,7 @@ fn sybil(advertised: Option<u64>, measure: bool) -> veilnet_sim::sybil::SybilRep
         sybil_bandwidth: 0.5,
         circuits: 3000,
         measure,
+        fake_measurers,
         ..SimConfig::default()
     };
     if let Some(a) = advertised {
@@ -209,4 +218,38 @@ fn liars_about_bandwidth_win_most_circuits_unless_relays_are_measured() {
         truthful.sybil_circuit_fraction
     );
     assert!(truthful.sybil_circuit_fraction < liars.sybil_circuit_fraction);
+}
+
+#[test]
+fn descriptors_at_addresses_nobody_answers_do_not_measure_unless_they_outnumber_the_relays() {
+    let fair = (0.5f64 / 1.5).powi(2);
+    // About 80 honest relays (half of 160 nodes) and 40 keys at addresses
+    // the attacker does not hold, each in a /24 of its own, measuring for
+    // its 40 relays: none becomes a measurer, and the figure stays within
+    // twice the fair share.
+    let half = sybil_with_fakes(None, true, 40);
+    println!("{half:?}");
+    assert_eq!(half.fake_measurers, 40);
+    assert_eq!(half.fake_measurers_counted, 0);
+    assert!(half.measurers_counted > 60, "{}", half.measurers_counted);
+    assert!(
+        half.sybil_circuit_fraction <= 2.0 * fair,
+        "{} vs fair {fair}",
+        half.sybil_circuit_fraction
+    );
+    assert!(
+        half.sybil_weight_share < 1.0 / 3.0,
+        "{}",
+        half.sybil_weight_share
+    );
+    // Twice as many such keys as honest relays take measurement over: the
+    // limit the docs state.
+    let many = sybil_with_fakes(None, true, 160);
+    println!("{many:?}");
+    assert!(
+        many.fake_measurers_counted > 80,
+        "{}",
+        many.fake_measurers_counted
+    );
+    assert!(many.sybil_weight_share > 0.9, "{}", many.sybil_weight_share);
 }

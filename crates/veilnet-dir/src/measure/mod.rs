@@ -56,8 +56,8 @@ pub const ASSIGNMENT_SLACK_PERCENT: u32 = 125;
 /// A relay first measured just now gets this percentage of its measured
 /// weight; the rest comes over [`MeasureParams::ramp_secs`].
 pub const RAMP_FLOOR_PERCENT: u64 = 10;
-/// Rounds of [`Measurements::earned`]: each drops the keys that only the
-/// keys dropped in the round before vouched for.
+/// Rounds of [`Measurements::earned`]: each takes the word of the keys the
+/// round before found mostly unreached away.
 const EARN_ROUNDS: usize = 4;
 /// Most periods a directory keeps reports for.
 pub const MAX_WINDOW_EPOCHS: u32 = 8;
@@ -153,6 +153,24 @@ fn below(draw: u64, eligible: usize, k: u32, percent: u32) -> bool {
     let num = u128::from(k) * u128::from(percent);
     // draw / 2^64 < num / candidates
     num >= candidates || u128::from(draw) * candidates < num << 64
+}
+
+/// The measurers whose reports count, and how many counted in each period
+/// of the window (what the assignment of that period was drawn over).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counted {
+    /// The measurers counted now.
+    pub measurers: HashSet<PeerId>,
+    by_epoch: BTreeMap<u64, HashSet<PeerId>>,
+}
+
+impl Counted {
+    /// Whether `measurer` counted in `epoch`.
+    fn counts(&self, measurer: &PeerId, epoch: u64) -> bool {
+        self.by_epoch
+            .get(&epoch)
+            .is_some_and(|c| c.contains(measurer))
+    }
 }
 
 /// What a node concludes about one relay from the reports it holds.
@@ -357,98 +375,119 @@ impl Measurements {
     }
 
     /// What the reports say at `now` about each relay observed, counting
-    /// only observations by `eligible` measurers that were assigned to
-    /// their target ([`assigned`] with [`ASSIGNMENT_SLACK_PERCENT`], over the
-    /// `eligible.len()` measurers).
-    pub fn aggregate(&self, eligible: &HashSet<PeerId>, now: u64) -> HashMap<PeerId, Measured> {
+    /// only observations by measurers `counted` now and in the
+    /// observation's period that were assigned to their target
+    /// ([`assigned`] with [`ASSIGNMENT_SLACK_PERCENT`], over as many
+    /// measurers as counted in that period).
+    pub fn aggregate(&self, counted: &Counted, now: u64) -> HashMap<PeerId, Measured> {
         let p = self.params;
         // Reports of a period still to come (a clock ahead of ours) wait
         // for it.
         let epochs = p.first_epoch(now)..=p.epoch(now);
-        self.latest(eligible, eligible.len(), epochs)
+        let word =
+            |m: &PeerId, epoch: u64| counted.measurers.contains(m) && counted.counts(m, epoch);
+        self.latest(&word, &counted.by_epoch, epochs)
             .into_iter()
             .map(|(target, by)| (target, conclude(&p, by.values(), now)))
             .collect()
     }
 
-    /// The measurers that earned their place at `now`, among `candidates`
-    /// (the relays that carry weight by address): those that most of the
-    /// candidates which observed them in the window's earlier periods (not
-    /// this one) reached, and at least `min_measurers` did. A descriptor
-    /// that lists an address its owner does not hold is never reached
-    /// there, so it does not measure: to measure, a key has to be reached
-    /// first, and to outvote the honest measurers such keys would have to
-    /// outnumber them. While fewer than `min_measurers + 1` relays have
-    /// earned their place (a new network, or reports not yet fetched),
+    /// The measurers whose reports count at `now`, among `candidates` (the
+    /// relays that carry weight by address), and those that counted in
+    /// each period of the window.
+    ///
+    /// A candidate earns its place in a period when, over the window's
+    /// periods before it, most of its observers reached it and at least
+    /// `min_measurers` did. An observer is a measurer that counted in the
+    /// period of its observation, and whose word still counts: it loses it
+    /// when most of its own observers found nobody at its address (decided
+    /// over [`EARN_ROUNDS`] rounds). A descriptor that lists an address its
+    /// owner does not hold is never reached there, so it does not measure:
+    /// to measure, a key has to be reached first, and to outvote the
+    /// honest measurers such keys would have to outnumber them. In the
+    /// window's first period, and whenever no more than `min_measurers`
+    /// relays would count (a new network, or reports not yet fetched),
     /// every candidate counts, as no measurement could start otherwise.
     ///
-    /// The assignment is checked over the candidates that anyone reached
-    /// in those periods: the measurers used the earned set's size, and
-    /// descriptors of relays that left (or never were) would otherwise
-    /// make the threshold too strict.
-    pub fn earned(&self, candidates: &HashSet<PeerId>, now: u64) -> HashSet<PeerId> {
+    /// Each period's observations are checked for their assignment over
+    /// the number of measurers that counted in that period: the number
+    /// the measurers themselves drew with.
+    pub fn earned(&self, candidates: &HashSet<PeerId>, now: u64) -> Counted {
         let p = self.params;
-        let min = p.min_measurers.max(1) as usize;
-        let current = p.epoch(now);
-        let Some(last) = current.checked_sub(1) else {
-            return candidates.clone();
+        let first = p.first_epoch(now);
+        let mut counted = Counted {
+            measurers: candidates.clone(),
+            by_epoch: BTreeMap::from([(first, candidates.clone())]),
         };
-        let epochs = p.first_epoch(now)..=last;
-        let mut live: HashSet<PeerId> = HashSet::new();
-        for (m, per) in &self.reports {
-            if !candidates.contains(m) {
-                continue;
-            }
-            for (_, stored) in per.range(epochs.clone()) {
-                live.extend(
-                    stored
-                        .report
-                        .observations
-                        .iter()
-                        .filter(|o| o.reached && candidates.contains(&o.target))
-                        .map(|o| o.target),
-                );
-            }
-        }
-        // Whose word counts is itself decided by whose word counts: start
-        // from every candidate and drop those the counted measurers did not
-        // mostly reach, a few times over (a key vouched for only by keys
-        // that lose their place loses its own).
-        let mut counted = candidates.clone();
-        for _ in 0..EARN_ROUNDS {
-            let next: HashSet<PeerId> = self
-                .latest(&counted, live.len(), epochs.clone())
-                .into_iter()
-                .filter(|(target, by)| {
-                    let reached = by.values().filter(|(_, o)| o.reached).count();
-                    candidates.contains(target) && reached >= min && 2 * reached > by.len()
-                })
-                .map(|(target, _)| target)
-                .collect();
-            if next.len() <= min || next == counted {
-                break;
-            }
-            counted = next;
+        for epoch in first + 1..=p.epoch(now) {
+            let earned = self.earned_by(candidates, &counted, first..=epoch - 1);
+            counted.by_epoch.insert(epoch, earned.clone());
+            counted.measurers = earned;
         }
         counted
     }
 
-    /// Per target: the latest observation of each `eligible` measurer in
-    /// `epochs` that was assigned to it among `n` measurers (with
+    /// The candidates that earned their place by the observations of
+    /// `epochs` (see [`Measurements::earned`]).
+    fn earned_by(
+        &self,
+        candidates: &HashSet<PeerId>,
+        counted: &Counted,
+        epochs: std::ops::RangeInclusive<u64>,
+    ) -> HashSet<PeerId> {
+        let min = self.params.min_measurers.max(1) as usize;
+        // Whose word counts is itself decided by whose word counts. Each
+        // round, a candidate most of whose observers failed to reach it
+        // loses its word for the next (decided afresh each round, so a
+        // relay slandered by keys that lose their word gets its own back).
+        let mut rejected: HashSet<PeerId> = HashSet::new();
+        let mut earned: HashSet<PeerId> = HashSet::new();
+        for _ in 0..EARN_ROUNDS {
+            earned.clear();
+            let mut next: HashSet<PeerId> = HashSet::new();
+            let word = |m: &PeerId, epoch: u64| !rejected.contains(m) && counted.counts(m, epoch);
+            for (target, by) in self.latest(&word, &counted.by_epoch, epochs.clone()) {
+                if !candidates.contains(&target) {
+                    continue;
+                }
+                let reached = by.values().filter(|(_, o)| o.reached).count();
+                let failed = by.len() - reached;
+                if reached >= min && reached > failed {
+                    earned.insert(target);
+                } else if failed > reached {
+                    next.insert(target);
+                }
+            }
+            if next == rejected {
+                break;
+            }
+            rejected = next;
+        }
+        if earned.len() > min {
+            earned
+        } else {
+            candidates.clone()
+        }
+    }
+
+    /// Per target: the latest observation in `epochs` of each measurer
+    /// whose `word` counts in the observation's period, if it was assigned
+    /// to the target among those counted in that period (`by_epoch`; with
     /// [`ASSIGNMENT_SLACK_PERCENT`]), with its period.
     fn latest(
         &self,
-        eligible: &HashSet<PeerId>,
-        n: usize,
+        word: &dyn Fn(&PeerId, u64) -> bool,
+        by_epoch: &BTreeMap<u64, HashSet<PeerId>>,
         epochs: std::ops::RangeInclusive<u64>,
     ) -> HashMap<PeerId, HashMap<PeerId, (u64, Observation)>> {
         let k = self.params.measurers_per_target;
         let mut latest: HashMap<PeerId, HashMap<PeerId, (u64, Observation)>> = HashMap::new();
         for (m, per) in &self.reports {
-            if !eligible.contains(m) {
-                continue;
-            }
             for (&epoch, stored) in per.range(epochs.clone()) {
+                if !word(m, epoch) {
+                    continue;
+                }
+                let n = by_epoch.get(&epoch).map_or(0, HashSet::len);
                 for (o, d) in stored.report.observations.iter().zip(&stored.draws) {
                     if !d.is_some_and(|d| below(d, n, k, ASSIGNMENT_SLACK_PERCENT)) {
                         continue;
@@ -505,7 +544,10 @@ fn conclude<'a>(
     // reaches to be usable, and more failures than reaches then: one
     // measurer's word does not take a relay out.
     let failed = failed_last >= min && failed_last > ok_last;
-    let reachable = reached.len() >= min && !failed;
+    // And most of those that tried reached it: a key that only its own
+    // kind vouches for is not usable while they are fewer than the
+    // measurers that found nobody there.
+    let reachable = reached.len() >= min && !failed && 2 * reached.len() > obs.len();
     Measured {
         bandwidth: median(
             reached
