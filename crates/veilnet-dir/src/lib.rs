@@ -6,6 +6,7 @@ pub mod directory;
 pub mod evidence;
 pub mod measure;
 pub mod path;
+mod reader;
 pub mod weight;
 pub mod wire;
 

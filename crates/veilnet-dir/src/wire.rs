@@ -26,6 +26,7 @@ use libp2p::{Multiaddr, PeerId};
 use veilnet_policy::ExitPolicy;
 
 use crate::descriptor::{Descriptor, DescriptorError, Roles};
+use crate::reader::{Reader, Truncated};
 
 /// The body format [`encode`] writes and [`decode`] reads.
 pub const BODY_FORMAT: u8 = 2;
@@ -138,13 +139,13 @@ pub fn decode(body: &[u8]) -> Result<Descriptor, DescriptorError> {
     let link_key = r.array("link key")?;
     let exit_policy = ExitPolicy::decode_from(&mut r.0).map_err(|e| malformed(e.to_string()))?;
     let bandwidth = r.u64("bandwidth")?;
-    let region = r.string("region")?;
+    let region = string(r, "region")?;
     let mut family = Vec::new();
     for _ in 0..r.u8("family count")? {
         let b = r.bytes("family member")?;
         family.push(PeerId::from_bytes(b).map_err(|e| malformed(format!("family member: {e}")))?);
     }
-    let version = r.string("version")?;
+    let version = string(r, "version")?;
     let seq = r.u64("seq")?;
     let published = r.u64("published")?;
     if !r.0.is_empty() {
@@ -176,47 +177,18 @@ pub fn decode(body: &[u8]) -> Result<Descriptor, DescriptorError> {
     Ok(d)
 }
 
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DescriptorError> {
-        if self.0.len() < n {
-            return Err(DescriptorError::Truncated {
-                what,
-                needed: n,
-                have: self.0.len(),
-            });
+impl From<Truncated> for DescriptorError {
+    fn from(t: Truncated) -> Self {
+        DescriptorError::Truncated {
+            what: t.what,
+            needed: t.needed,
+            have: t.have,
         }
-        let (head, tail) = self.0.split_at(n);
-        self.0 = tail;
-        Ok(head)
     }
+}
 
-    fn u8(&mut self, what: &'static str) -> Result<u8, DescriptorError> {
-        Ok(self.take(1, what)?[0])
-    }
-
-    fn u16(&mut self, what: &'static str) -> Result<u16, DescriptorError> {
-        Ok(u16::from_be_bytes(self.array(what)?))
-    }
-
-    fn u64(&mut self, what: &'static str) -> Result<u64, DescriptorError> {
-        Ok(u64::from_be_bytes(self.array(what)?))
-    }
-
-    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DescriptorError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N, what)?);
-        Ok(a)
-    }
-
-    fn bytes(&mut self, what: &'static str) -> Result<&'a [u8], DescriptorError> {
-        let n = usize::from(self.u8(what)?);
-        self.take(n, what)
-    }
-
-    fn string(&mut self, what: &'static str) -> Result<String, DescriptorError> {
-        let b = self.bytes(what)?;
-        String::from_utf8(b.to_vec()).map_err(|_| malformed(format!("{what} is not UTF-8")))
-    }
+/// A UTF-8 string after a one-byte length.
+fn string(r: &mut Reader<'_>, what: &'static str) -> Result<String, DescriptorError> {
+    let b = r.bytes(what)?;
+    String::from_utf8(b.to_vec()).map_err(|_| malformed(format!("{what} is not UTF-8")))
 }

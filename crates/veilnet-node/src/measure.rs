@@ -171,10 +171,10 @@ impl Measurer {
         let own = self.own();
         let dir = lock(&self.directory);
         let weights = dir.weights();
-        let first = hop(dir.get(target)?)?;
-        let last = hop(dir.get(&own)?)?;
         let target_desc = dir.get(target)?;
         let own_desc = dir.get(&own)?;
+        let first = hop(target_desc)?;
+        let last = hop(own_desc)?;
         // A helper that could share a path with both ends (not the same
         // /16 or family as either).
         let others: Vec<&Descriptor> = dir

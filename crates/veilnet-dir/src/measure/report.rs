@@ -22,6 +22,7 @@ use libp2p::PeerId;
 use veilnet_error::{ErrorKind, HasKind};
 
 use crate::descriptor::{digest, DescriptorDigest};
+use crate::reader::{Reader, Truncated};
 
 /// First byte of a report record.
 pub const REPORT_TAG: u8 = b'M';
@@ -305,32 +306,11 @@ impl VerifiedReport {
     }
 }
 
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], ReportError> {
-        if self.0.len() < n {
-            return Err(malformed(format!(
-                "truncated in {what}: needs {n} bytes, {} left",
-                self.0.len()
-            )));
-        }
-        let (head, tail) = self.0.split_at(n);
-        self.0 = tail;
-        Ok(head)
-    }
-
-    fn u8(&mut self, what: &'static str) -> Result<u8, ReportError> {
-        Ok(self.take(1, what)?[0])
-    }
-
-    fn u64(&mut self, what: &'static str) -> Result<u64, ReportError> {
-        Ok(u64::from_be_bytes(self.array(what)?))
-    }
-
-    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], ReportError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N, what)?);
-        Ok(a)
+impl From<Truncated> for ReportError {
+    fn from(t: Truncated) -> Self {
+        malformed(format!(
+            "truncated in {}: needs {} bytes, {} left",
+            t.what, t.needed, t.have
+        ))
     }
 }
