@@ -69,7 +69,8 @@ pub struct MeasureConfig {
     pub period_secs: u64,
     /// Measurers assigned to each relay per period.
     pub measurers_per_target: u32,
-    /// Periods whose reports count.
+    /// Periods whose reports count (4 to 8; reports are kept for twice
+    /// as long, to decide who measures in each).
     pub window_periods: u32,
     /// Distinct measurers that must have reached a relay before it is used.
     pub min_measurers: u32,
@@ -142,10 +143,13 @@ impl MeasureConfig {
             1,
             16,
         )?;
+        // Who measures is decided over the window before each period: a
+        // window shorter than 4 periods decides it from too few
+        // observations (and 1 would let every key measure).
         range(
             "measure.window_periods",
             u64::from(self.window_periods),
-            1,
+            4,
             8,
         )?;
         range(

@@ -310,3 +310,16 @@ fn load_names_the_file() {
     assert!(err.to_string().contains("missing.toml"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_measurement_window_too_short_to_decide_who_measures_is_refused() {
+    assert_eq!(
+        invalid_field("[measure]\nwindow_periods = 2\n"),
+        "measure.window_periods"
+    );
+    assert_eq!(
+        invalid_field("[measure]\nwindow_periods = 9\n"),
+        "measure.window_periods"
+    );
+    assert!(parse("[measure]\nwindow_periods = 4\n").is_ok());
+}

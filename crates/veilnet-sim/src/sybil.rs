@@ -82,15 +82,21 @@ fn measure(
         .collect();
     let last = PARAMS.epoch(now);
     let since = now.saturating_sub(PARAMS.ramp_secs * 2);
-    for epoch in PARAMS.first_epoch(now)..=last {
-        let published =
-            (epoch * PARAMS.period_secs).max(now.saturating_sub(PARAMS.period_secs * 4));
-        let published = published.min(now);
+    for epoch in PARAMS.first_kept(now)..=last {
+        let published = (epoch * PARAMS.period_secs + 1).min(now);
         // Who counts in this period is decided by the reports of the
-        // periods before it, as a node decides it at the period's start;
+        // periods before it, as a node decides it at the period's start
+        // (with the reports kept then);
         // an honest relay that does not count does not measure, the
         // attacker's keys always do.
-        let counted = dir.weights().measurers().clone();
+        let counted = {
+            let start = (epoch * PARAMS.period_secs).max(1);
+            let all: HashSet<PeerId> = candidates.iter().copied().collect();
+            dir.measurements()
+                .ok_or_else(|| SimError::Setup("measurements are off".into()))?
+                .earned(&all, start)
+                .measurers
+        };
         let n = counted.len();
         for m in &candidates {
             let Some(relay) = by_peer.get(m) else {

@@ -115,6 +115,13 @@ impl MeasureParams {
     pub fn first_epoch(&self, now: u64) -> u64 {
         self.epoch(now).saturating_sub(self.window() - 1)
     }
+
+    /// The oldest period whose reports are kept at `now`: a window before
+    /// the window, from which the measurers counted in the window's own
+    /// periods are decided ([`Measurements::earned`]).
+    pub fn first_kept(&self, now: u64) -> u64 {
+        self.epoch(now).saturating_sub(2 * (self.window() - 1))
+    }
 }
 
 /// Whether `measurer` is assigned `target` in period `epoch` when there are
@@ -293,9 +300,13 @@ impl Measurements {
         let p = self.params;
         let measurer = v.report.measurer;
         let epoch = p.epoch(v.report.published);
+        // At most the next period ahead, whatever the skew allows: a
+        // measurer's reports for periods to come would otherwise push its
+        // kept ones out.
         let (first, last) = (
-            p.first_epoch(now),
-            p.epoch(now.saturating_add(MAX_CLOCK_SKEW)),
+            p.first_kept(now),
+            p.epoch(now.saturating_add(MAX_CLOCK_SKEW))
+                .min(p.epoch(now) + 1),
         );
         if v.report.published > now.saturating_add(MAX_CLOCK_SKEW) || epoch < first {
             return Err(ReportError::OutOfWindow {
@@ -345,7 +356,7 @@ impl Measurements {
             },
         );
         // Only the window's periods are kept.
-        while per.len() > MAX_WINDOW_EPOCHS as usize {
+        while per.len() > 2 * MAX_WINDOW_EPOCHS as usize {
             if let Some((_, old)) = per.pop_first() {
                 self.digests.remove(&old.digest);
             }
@@ -357,7 +368,7 @@ impl Measurements {
     /// measurers `keep` refuses (no longer listed); returns whether any
     /// went.
     pub fn expire(&mut self, now: u64, keep: impl Fn(&PeerId) -> bool) -> bool {
-        let first = self.params.first_epoch(now);
+        let first = self.params.first_kept(now);
         let before = self.digests.len();
         let digests = &mut self.digests;
         self.reports.retain(|m, per| {
@@ -396,16 +407,17 @@ impl Measurements {
     /// relays that carry weight by address), and those that counted in
     /// each period of the window.
     ///
-    /// A candidate earns its place in a period when, over the window's
-    /// periods before it, most of its observers reached it and at least
-    /// `min_measurers` did. An observer is a measurer that counted in the
+    /// A candidate earns its place in a period when, over the window of
+    /// periods before it (reports are kept for a window before the
+    /// window, [`MeasureParams::first_kept`]), most of its observers
+    /// reached it and at least `min_measurers` did. An observer is a measurer that counted in the
     /// period of its observation, and whose word still counts: it loses it
     /// when most of its own observers found nobody at its address (decided
     /// over [`EARN_ROUNDS`] rounds). A descriptor that lists an address its
     /// owner does not hold is never reached there, so it does not measure:
     /// to measure, a key has to be reached first, and to outvote the
     /// honest measurers such keys would have to outnumber them. In the
-    /// window's first period, and whenever no more than `min_measurers`
+    /// oldest period kept, and whenever no more than `min_measurers`
     /// relays would count (a new network, or reports not yet fetched),
     /// every candidate counts, as no measurement could start otherwise.
     ///
@@ -414,13 +426,14 @@ impl Measurements {
     /// the measurers themselves drew with.
     pub fn earned(&self, candidates: &HashSet<PeerId>, now: u64) -> Counted {
         let p = self.params;
-        let first = p.first_epoch(now);
+        let first = p.first_kept(now);
         let mut counted = Counted {
             measurers: candidates.clone(),
             by_epoch: BTreeMap::from([(first, candidates.clone())]),
         };
         for epoch in first + 1..=p.epoch(now) {
-            let earned = self.earned_by(candidates, &counted, first..=epoch - 1);
+            let from = epoch.saturating_sub(p.window()).max(first);
+            let earned = self.earned_by(candidates, &counted, from..=epoch - 1);
             counted.by_epoch.insert(epoch, earned.clone());
             counted.measurers = earned;
         }
