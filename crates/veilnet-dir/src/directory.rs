@@ -136,6 +136,11 @@ pub struct Directory {
     clock: u64,
     /// Most nodes held: [`MAX_NODES`] unless lowered.
     max_nodes: usize,
+    /// Least time between two recomputations of the weights for new
+    /// reports alone ([`Directory::set_reweigh_secs`]).
+    reweigh_secs: u64,
+    /// The clock when the weights were last dropped for recomputation.
+    weighed_at: u64,
 }
 
 impl Directory {
@@ -155,6 +160,8 @@ impl Directory {
             measure: None,
             clock: 0,
             max_nodes: MAX_NODES,
+            reweigh_secs: 0,
+            weighed_at: 0,
             seqs: HashMap::new(),
             seqs_dirty: false,
         }
@@ -260,6 +267,16 @@ impl Directory {
     fn changed(&mut self) {
         self.sorted = OnceLock::new();
         self.weights = OnceLock::new();
+        self.weighed_at = self.clock;
+    }
+
+    /// New reports change the weights at most once every `secs` of the
+    /// directory's clock (0, the default: at once); later ones wait for
+    /// the next change of a descriptor, expiry or report after that.
+    /// Weighing every relay costs tens of milliseconds at thousands of
+    /// relays, and reports arrive by the thousand after each period.
+    pub fn set_reweigh_secs(&mut self, secs: u64) {
+        self.reweigh_secs = secs;
     }
 
     /// Every usable relay's selection weight ([`Weights`]), with
@@ -309,7 +326,13 @@ impl Directory {
         self.clock = self.clock.max(now);
         let done = m.insert(report, now)?;
         if done != ReportInserted::Unchanged {
-            self.changed();
+            if self.clock >= self.weighed_at.saturating_add(self.reweigh_secs) {
+                self.changed();
+            } else {
+                // The report is held (and offered) at once; it weighs in
+                // with the next recomputation.
+                self.sorted = OnceLock::new();
+            }
         }
         Ok(done)
     }
@@ -562,6 +585,7 @@ impl Directory {
             self.changed();
         } else if self.measure.is_some() {
             self.weights = OnceLock::new();
+            self.weighed_at = self.clock;
         }
         removed
     }

@@ -139,7 +139,7 @@ impl Weights {
     /// it was first measured. The measurers counted are the relays that
     /// carry weight by address (the caps ranked by advertised bandwidth)
     /// and earned their place: most of those that tried reached them in an
-    /// earlier period ([`Measurements::earned`]).
+    /// earlier period ([`Measurements::assess`]).
     pub fn of<'a>(
         descriptors: impl Iterator<Item = &'a Descriptor>,
         allow_private: bool,
@@ -158,9 +158,8 @@ impl Weights {
             .map(|d| d.peer_id)
             .filter(|p| !by_address.contains(p))
             .collect();
-        let counted = m.earned(&candidates, now);
-        let measured = m.aggregate(&counted, now);
-        let measurers = counted.measurers;
+        let assessed = m.assess(&candidates, now);
+        let (measurers, measured) = (assessed.measurers, assessed.measured);
         let ramp = m.params().ramp_secs;
         let required = m.params().required;
         let base = |d: &Descriptor| -> u64 {

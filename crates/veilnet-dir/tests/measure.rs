@@ -540,3 +540,41 @@ fn descriptors_nobody_reached_do_not_measure() {
     }
     assert!(weighted >= HONEST / 2, "{weighted} honest relays weighted");
 }
+
+/// With a reweigh interval, a burst of reports costs one recomputation:
+/// the weights follow at the next report after the interval, or at the
+/// next expiry, and every report is held (and offered) at once.
+#[test]
+fn reports_weigh_in_at_most_once_per_reweigh_interval() {
+    let (mut dir, keys) = network(6, 1_000_000_000);
+    dir.set_reweigh_secs(10);
+    let target = id(&keys[0]);
+    // Recomputed now (the interval counts from the last recomputation).
+    dir.expire(NOW);
+    assert_eq!(dir.weights().get(&target), 0);
+    let first = report(&keys[1], NOW, vec![obs(target, 2_000_000)]);
+    let second = report(&keys[2], NOW, vec![obs(target, 2_000_000)]);
+    let d2 = second.digest;
+    dir.insert_report(first, NOW).unwrap();
+    dir.insert_report(second, NOW + 1).unwrap();
+    assert!(dir.holds(&d2) && dir.digests().contains(&d2));
+    assert_eq!(dir.weights().get(&target), 0, "not yet recomputed");
+    dir.insert_report(
+        report(&keys[3], NOW + 10, vec![obs(target, 2_000_000)]),
+        NOW + 10,
+    )
+    .unwrap();
+    assert_eq!(dir.weights().get(&target), 2_000_000);
+    // A later burst waits for the expiry.
+    let other = id(&keys[1]);
+    for m in [4, 5] {
+        dir.insert_report(
+            report(&keys[m], NOW + 11, vec![obs(other, 3_000_000)]),
+            NOW + 11,
+        )
+        .unwrap();
+    }
+    assert_eq!(dir.weights().get(&other), 0, "not yet recomputed");
+    dir.expire(NOW + 12);
+    assert_eq!(dir.weights().get(&other), 3_000_000);
+}

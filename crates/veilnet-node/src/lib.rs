@@ -191,6 +191,9 @@ impl Node {
         }
         if config.measure.required || measures {
             dir.use_measurements(Some(measure::params(&config.measure)));
+            // Reports weigh in within 10 s (a quarter period in test
+            // networks), not one recomputation each.
+            dir.set_reweigh_secs((config.measure.period_secs / 4).min(10));
         }
         let directory = Arc::new(Mutex::new(dir));
         // The one-hop rule (a circuit whose CREATE came from a peer that is

@@ -95,7 +95,6 @@ fn measure(
             dir.measurements()
                 .ok_or_else(|| SimError::Setup("measurements are off".into()))?
                 .earned(&all, start)
-                .measurers
         };
         let n = counted.len();
         for m in &candidates {
@@ -274,6 +273,10 @@ pub struct SybilReport {
     pub fake_measurers_counted: usize,
     /// Measurers the directory counted in all (0 without measurement).
     pub measurers_counted: usize,
+    /// Time the directory took to compute every relay's weight once from
+    /// the descriptors and reports it holds (ms; what a node spends each
+    /// time a new record changes them).
+    pub weights_ms: f64,
     /// Circuits drawn.
     pub circuits: usize,
     /// Circuits path selection could not build.
@@ -326,7 +329,9 @@ pub fn circuits(sim: &Sim) -> Result<Option<SybilReport>, SimError> {
     }
     let mut sybils: HashSet<PeerId> = sim.sybil_peers();
     sybils.extend(fakes.iter().map(Relay::peer_id));
+    let timer = std::time::Instant::now();
     let weights = dir.weights();
+    let weights_ms = timer.elapsed().as_secs_f64() * 1000.0;
     let fakes_measuring = fakes
         .iter()
         .filter(|f| weights.measurers().contains(&f.peer_id()))
@@ -397,6 +402,7 @@ pub fn circuits(sim: &Sim) -> Result<Option<SybilReport>, SimError> {
         fake_measurers: fakes.len(),
         fake_measurers_counted: fakes_measuring,
         measurers_counted: weights.measurers().len(),
+        weights_ms,
         circuits: n,
         circuits_failed: failed,
         sybil_circuit_fraction: both as f64 / built,

@@ -56,7 +56,7 @@ pub const ASSIGNMENT_SLACK_PERCENT: u32 = 125;
 /// A relay first measured just now gets this percentage of its measured
 /// weight; the rest comes over [`MeasureParams::ramp_secs`].
 pub const RAMP_FLOOR_PERCENT: u64 = 10;
-/// Rounds of [`Measurements::earned`]: each takes the word of the keys the
+/// Rounds of [`Measurements::assess`]: each takes the word of the keys the
 /// round before found mostly unreached away.
 const EARN_ROUNDS: usize = 4;
 /// Most periods a directory keeps reports for.
@@ -118,7 +118,7 @@ impl MeasureParams {
 
     /// The oldest period whose reports are kept at `now`: a window before
     /// the window, from which the measurers counted in the window's own
-    /// periods are decided ([`Measurements::earned`]).
+    /// periods are decided ([`Measurements::assess`]).
     pub fn first_kept(&self, now: u64) -> u64 {
         self.epoch(now).saturating_sub(2 * (self.window() - 1))
     }
@@ -160,24 +160,6 @@ fn below(draw: u64, eligible: usize, k: u32, percent: u32) -> bool {
     let num = u128::from(k) * u128::from(percent);
     // draw / 2^64 < num / candidates
     num >= candidates || u128::from(draw) * candidates < num << 64
-}
-
-/// The measurers whose reports count, and how many counted in each period
-/// of the window (what the assignment of that period was drawn over).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counted {
-    /// The measurers counted now.
-    pub measurers: HashSet<PeerId>,
-    by_epoch: BTreeMap<u64, HashSet<PeerId>>,
-}
-
-impl Counted {
-    /// Whether `measurer` counted in `epoch`.
-    fn counts(&self, measurer: &PeerId, epoch: u64) -> bool {
-        self.by_epoch
-            .get(&epoch)
-            .is_some_and(|c| c.contains(measurer))
-    }
 }
 
 /// What a node concludes about one relay from the reports it holds.
@@ -385,35 +367,19 @@ impl Measurements {
         self.digests.len() != before
     }
 
-    /// What the reports say at `now` about each relay observed, counting
-    /// only observations by measurers `counted` now and in the
-    /// observation's period that were assigned to their target
-    /// ([`assigned`] with [`ASSIGNMENT_SLACK_PERCENT`], over as many
-    /// measurers as counted in that period).
-    pub fn aggregate(&self, counted: &Counted, now: u64) -> HashMap<PeerId, Measured> {
-        let p = self.params;
-        // Reports of a period still to come (a clock ahead of ours) wait
-        // for it.
-        let epochs = p.first_epoch(now)..=p.epoch(now);
-        let word =
-            |m: &PeerId, epoch: u64| counted.measurers.contains(m) && counted.counts(m, epoch);
-        self.latest(&word, &counted.by_epoch, epochs)
-            .into_iter()
-            .map(|(target, by)| (target, conclude(&p, by.values(), now)))
-            .collect()
-    }
-
-    /// The measurers whose reports count at `now`, among `candidates` (the
-    /// relays that carry weight by address), and those that counted in
-    /// each period of the window.
+    /// The measurers whose reports count at `now` among `candidates`
+    /// (the relays that carry weight by address), and what their reports
+    /// say about each relay observed.
     ///
-    /// A candidate earns its place in a period when, over the window of
-    /// periods before it (reports are kept for a window before the
-    /// window, [`MeasureParams::first_kept`]), most of its observers
-    /// reached it and at least `min_measurers` did. An observer is a measurer that counted in the
-    /// period of its observation, and whose word still counts: it loses it
-    /// when most of its own observers found nobody at its address (decided
-    /// over [`EARN_ROUNDS`] rounds). A descriptor that lists an address its
+    /// **Who counts.** A candidate earns its place in a period when, over
+    /// the window of periods before it (reports are kept for a window
+    /// before the window, [`MeasureParams::first_kept`]), most of its
+    /// observers reached it and at least `min_measurers` did. An observer
+    /// is a measurer that counted in the period of its observation, and
+    /// whose word still counts: it loses it when most of its own observers
+    /// found nobody at its address (decided over [`EARN_ROUNDS`] rounds,
+    /// afresh each round, so a relay slandered by keys that lose their
+    /// word gets its own back). A descriptor that lists an address its
     /// owner does not hold is never reached there, so it does not measure:
     /// to measure, a key has to be reached first, and to outvote the
     /// honest measurers such keys would have to outnumber them. In the
@@ -421,96 +387,246 @@ impl Measurements {
     /// relays would count (a new network, or reports not yet fetched),
     /// every candidate counts, as no measurement could start otherwise.
     ///
-    /// Each period's observations are checked for their assignment over
-    /// the number of measurers that counted in that period: the number
-    /// the measurers themselves drew with.
-    pub fn earned(&self, candidates: &HashSet<PeerId>, now: u64) -> Counted {
+    /// **What they say.** Only observations by measurers counted now and
+    /// in the observation's period count, each checked for its assignment
+    /// ([`assigned`] with [`ASSIGNMENT_SLACK_PERCENT`]) over the number of
+    /// measurers counted in its period: the number the measurers drew
+    /// with. The latest observation of each measurer counts.
+    ///
+    /// Work: one pass to number the peers and flatten the kept reports,
+    /// then passes over plain integers (bounded by the reports kept: at
+    /// most `2 × window` periods of 16 observations per listed measurer).
+    pub fn assess(&self, candidates: &HashSet<PeerId>, now: u64) -> Assessment {
         let p = self.params;
+        let flat = Flat::of(self, candidates, now);
+        let cands = flat.candidates;
+        let min = p.min_measurers.max(1) as usize;
+        let periods = flat.periods;
+        // counted[e][m]: measurer m (a candidate index) counted in period
+        // first + e.
+        let mut counted: Vec<Vec<bool>> = vec![vec![true; cands]; periods];
+        for e in 1..periods {
+            let from = e.saturating_sub(p.window() as usize);
+            let sizes: Vec<usize> = counted
+                .iter()
+                .map(|c| c.iter().filter(|x| **x).count())
+                .collect();
+            let seen = flat.latest(from..e, &counted, &sizes, |_| true);
+            counted[e] = earned_by(&seen, cands, min);
+        }
+        let now_counted = counted.last().cloned().unwrap_or_default();
+        let sizes: Vec<usize> = counted
+            .iter()
+            .map(|c| c.iter().filter(|x| **x).count())
+            .collect();
+        let window_from = periods.saturating_sub(p.window() as usize);
+        let seen = flat.latest(window_from..periods, &counted, &sizes, |m| {
+            now_counted.get(m as usize).copied().unwrap_or(false)
+        });
+        // Grouped by target (seen is sorted by target, then measurer).
+        let mut measured = HashMap::new();
+        let mut at = 0;
+        while at < seen.len() {
+            let t = seen[at].target;
+            let end = at + seen[at..].iter().take_while(|s| s.target == t).count();
+            let obs: Vec<(u64, Observation)> = seen[at..end]
+                .iter()
+                .map(|s| (s.epoch, flat.obs[s.obs].o))
+                .collect();
+            measured.insert(flat.peers[t as usize], conclude(&p, obs.iter(), now));
+            at = end;
+        }
+        Assessment {
+            measurers: (0..cands)
+                .filter(|&m| now_counted.get(m).copied().unwrap_or(false))
+                .map(|m| flat.peers[m])
+                .collect(),
+            measured,
+        }
+    }
+
+    /// The measurers counted at `now` among `candidates` (see
+    /// [`Measurements::assess`]).
+    pub fn earned(&self, candidates: &HashSet<PeerId>, now: u64) -> HashSet<PeerId> {
+        self.assess(candidates, now).measurers
+    }
+}
+
+/// What [`Measurements::assess`] concludes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Assessment {
+    /// The measurers counted now.
+    pub measurers: HashSet<PeerId>,
+    /// What their reports say about each relay they observed.
+    pub measured: HashMap<PeerId, Measured>,
+}
+
+/// One observation of the kept reports, its peers numbered.
+struct FlatObs {
+    /// Period, from the oldest kept (0).
+    period: usize,
+    epoch: u64,
+    measurer: u32,
+    target: u32,
+    draw: u64,
+    o: Observation,
+}
+
+/// The latest counted observation of a measurer of a target.
+#[derive(Clone, Copy)]
+struct Seen {
+    target: u32,
+    measurer: u32,
+    epoch: u64,
+    reached: bool,
+    /// Index into [`Flat::obs`].
+    obs: usize,
+}
+
+/// The kept reports of candidate measurers, flattened for one assessment:
+/// peers numbered (candidates first, `0..candidates`), observations in
+/// period order.
+struct Flat {
+    peers: Vec<PeerId>,
+    candidates: usize,
+    periods: usize,
+    k: u32,
+    obs: Vec<FlatObs>,
+}
+
+impl Flat {
+    fn of(m: &Measurements, candidates: &HashSet<PeerId>, now: u64) -> Flat {
+        let p = m.params;
         let first = p.first_kept(now);
-        let mut counted = Counted {
-            measurers: candidates.clone(),
-            by_epoch: BTreeMap::from([(first, candidates.clone())]),
-        };
-        for epoch in first + 1..=p.epoch(now) {
-            let from = epoch.saturating_sub(p.window()).max(first);
-            let earned = self.earned_by(candidates, &counted, from..=epoch - 1);
-            counted.by_epoch.insert(epoch, earned.clone());
-            counted.measurers = earned;
-        }
-        counted
-    }
-
-    /// The candidates that earned their place by the observations of
-    /// `epochs` (see [`Measurements::earned`]).
-    fn earned_by(
-        &self,
-        candidates: &HashSet<PeerId>,
-        counted: &Counted,
-        epochs: std::ops::RangeInclusive<u64>,
-    ) -> HashSet<PeerId> {
-        let min = self.params.min_measurers.max(1) as usize;
-        // Whose word counts is itself decided by whose word counts. Each
-        // round, a candidate most of whose observers failed to reach it
-        // loses its word for the next (decided afresh each round, so a
-        // relay slandered by keys that lose their word gets its own back).
-        let mut rejected: HashSet<PeerId> = HashSet::new();
-        let mut earned: HashSet<PeerId> = HashSet::new();
-        for _ in 0..EARN_ROUNDS {
-            earned.clear();
-            let mut next: HashSet<PeerId> = HashSet::new();
-            let word = |m: &PeerId, epoch: u64| !rejected.contains(m) && counted.counts(m, epoch);
-            for (target, by) in self.latest(&word, &counted.by_epoch, epochs.clone()) {
-                if !candidates.contains(&target) {
-                    continue;
-                }
-                let reached = by.values().filter(|(_, o)| o.reached).count();
-                let failed = by.len() - reached;
-                if reached >= min && reached > failed {
-                    earned.insert(target);
-                } else if failed > reached {
-                    next.insert(target);
+        let current = p.epoch(now);
+        // Sorted, so that every node numbers them alike (and ties in
+        // grouping fall the same way).
+        let mut peers: Vec<PeerId> = candidates.iter().copied().collect();
+        peers.sort_unstable();
+        let mut ix: HashMap<u64, u32> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (peer_key(p), i as u32))
+            .collect();
+        let n_candidates = peers.len();
+        let mut obs = Vec::new();
+        for (measurer, per) in &m.reports {
+            let Some(&mi) = ix.get(&peer_key(measurer)) else {
+                continue;
+            };
+            // Reports of a period still to come (a clock ahead of ours)
+            // wait for it.
+            for (&epoch, stored) in per.range(first..=current) {
+                for (o, d) in stored.report.observations.iter().zip(&stored.draws) {
+                    let Some(draw) = *d else {
+                        continue;
+                    };
+                    let next = peers.len() as u32;
+                    let ti = *ix.entry(peer_key(&o.target)).or_insert_with(|| {
+                        peers.push(o.target);
+                        next
+                    });
+                    obs.push(FlatObs {
+                        period: (epoch - first) as usize,
+                        epoch,
+                        measurer: mi,
+                        target: ti,
+                        draw,
+                        o: *o,
+                    });
                 }
             }
-            if next == rejected {
-                break;
-            }
-            rejected = next;
         }
-        if earned.len() > min {
-            earned
-        } else {
-            candidates.clone()
+        obs.sort_unstable_by_key(|f| f.period);
+        Flat {
+            peers,
+            candidates: n_candidates,
+            periods: (current - first + 1) as usize,
+            k: p.measurers_per_target,
+            obs,
         }
     }
 
-    /// Per target: the latest observation in `epochs` of each measurer
-    /// whose `word` counts in the observation's period, if it was assigned
-    /// to the target among those counted in that period (`by_epoch`; with
-    /// [`ASSIGNMENT_SLACK_PERCENT`]), with its period.
+    /// Per (target, measurer), sorted so: the latest observation in
+    /// `periods` by a measurer that counted in its period (and that `keep`
+    /// keeps) and was assigned the target among those counted then.
     fn latest(
         &self,
-        word: &dyn Fn(&PeerId, u64) -> bool,
-        by_epoch: &BTreeMap<u64, HashSet<PeerId>>,
-        epochs: std::ops::RangeInclusive<u64>,
-    ) -> HashMap<PeerId, HashMap<PeerId, (u64, Observation)>> {
-        let k = self.params.measurers_per_target;
-        let mut latest: HashMap<PeerId, HashMap<PeerId, (u64, Observation)>> = HashMap::new();
-        for (m, per) in &self.reports {
-            for (&epoch, stored) in per.range(epochs.clone()) {
-                if !word(m, epoch) {
-                    continue;
-                }
-                let n = by_epoch.get(&epoch).map_or(0, HashSet::len);
-                for (o, d) in stored.report.observations.iter().zip(&stored.draws) {
-                    if !d.is_some_and(|d| below(d, n, k, ASSIGNMENT_SLACK_PERCENT)) {
-                        continue;
-                    }
-                    // Periods ascend: a later one overwrites.
-                    latest.entry(o.target).or_default().insert(*m, (epoch, *o));
-                }
+        periods: std::ops::Range<usize>,
+        counted: &[Vec<bool>],
+        sizes: &[usize],
+        keep: impl Fn(u32) -> bool,
+    ) -> Vec<Seen> {
+        let mut seen: Vec<Seen> = self
+            .obs
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| periods.contains(&f.period))
+            .filter(|(_, f)| counted[f.period][f.measurer as usize] && keep(f.measurer))
+            .filter(|(_, f)| below(f.draw, sizes[f.period], self.k, ASSIGNMENT_SLACK_PERCENT))
+            .map(|(i, f)| Seen {
+                target: f.target,
+                measurer: f.measurer,
+                epoch: f.epoch,
+                reached: f.o.reached,
+                obs: i,
+            })
+            .collect();
+        // Periods ascend within each pair after a stable sort: keep the
+        // last of each run.
+        seen.sort_by_key(|s| (s.target, s.measurer));
+        let mut out: Vec<Seen> = Vec::with_capacity(seen.len());
+        for s in seen {
+            match out.last_mut() {
+                Some(l) if l.target == s.target && l.measurer == s.measurer => *l = s,
+                _ => out.push(s),
             }
         }
-        latest
+        out
+    }
+}
+
+/// A peer's number for hashing: the last 8 bytes of its multihash digest
+/// (of an ed25519 key, the key's own last bytes). Hashing a `PeerId`
+/// itself encodes it afresh each time, which dominated an assessment; two
+/// keys that share these bytes would take 2^64 tries to make.
+fn peer_key(p: &PeerId) -> u64 {
+    let d = p.as_ref().digest();
+    let mut b = [0u8; 8];
+    let n = d.len().min(8);
+    b[8 - n..].copy_from_slice(&d[d.len() - n..]);
+    u64::from_be_bytes(b)
+}
+
+/// Which candidates (`0..candidates`) earned their place by `seen` (see
+/// [`Measurements::assess`]).
+fn earned_by(seen: &[Seen], candidates: usize, min: usize) -> Vec<bool> {
+    let mut rejected = vec![false; candidates];
+    let mut earned = vec![false; candidates];
+    for _ in 0..EARN_ROUNDS {
+        let mut tally = vec![(0usize, 0usize); candidates];
+        for s in seen {
+            let (t, m) = (s.target as usize, s.measurer as usize);
+            if t >= candidates || rejected[m] {
+                continue;
+            }
+            if s.reached {
+                tally[t].0 += 1;
+            } else {
+                tally[t].1 += 1;
+            }
+        }
+        earned = tally.iter().map(|(r, f)| *r >= min && r > f).collect();
+        let next: Vec<bool> = tally.iter().map(|(r, f)| f > r).collect();
+        if next == rejected {
+            break;
+        }
+        rejected = next;
+    }
+    if earned.iter().filter(|x| **x).count() > min {
+        earned
+    } else {
+        vec![true; candidates]
     }
 }
 
