@@ -354,7 +354,15 @@ impl CircuitManager {
         let first_hops = {
             let mut g = lock(&self.guards);
             let now = unix_now();
-            g.update(&relays, &self.config.guards, now, &mut rng);
+            // Guards are kept for months: none is sampled (or given up as
+            // unlisted) from a directory that holds reports of fewer than
+            // half the relays, which whoever served them first would
+            // weigh. Guards sampled before are used meanwhile.
+            if weights.settled() {
+                g.update(&relays, &self.config.guards, now, &mut rng);
+            } else {
+                debug!("measurements not settled yet: not sampling guards");
+            }
             let mut hops = g.first_hops(&self.config.guards, now);
             hops.retain(|p| !skip.contains(p));
             hops

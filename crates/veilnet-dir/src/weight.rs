@@ -75,6 +75,9 @@ pub struct Weights {
     by_peer: HashMap<PeerId, u64>,
     measured: HashMap<PeerId, Measured>,
     measurers: HashSet<PeerId>,
+    /// With measurements on: fewer than half the relays counted by address
+    /// have a report in the window yet.
+    unsettled: bool,
 }
 
 /// Each relay's weight by `weigh`, 0 for those over the address caps
@@ -159,6 +162,7 @@ impl Weights {
             .filter(|p| !by_address.contains(p))
             .collect();
         let assessed = m.assess(&candidates, now);
+        let settled = assessed.settled;
         let (measurers, measured) = (assessed.measurers, assessed.measured);
         let ramp = m.params().ramp_secs;
         let required = m.params().required;
@@ -180,6 +184,7 @@ impl Weights {
             by_peer,
             measured,
             measurers,
+            unsettled: !settled,
         }
     }
 
@@ -187,6 +192,13 @@ impl Weights {
     /// observed it.
     pub fn measured(&self, peer: &PeerId) -> Option<&Measured> {
         self.measured.get(peer)
+    }
+
+    /// Whether enough is known to choose long-lived guards: without
+    /// measurements always; with them, once at least half the relays
+    /// counted by address have a report in the window.
+    pub fn settled(&self) -> bool {
+        !self.unsettled
     }
 
     /// The relays whose observations count (with measurements on).

@@ -578,3 +578,21 @@ fn reports_weigh_in_at_most_once_per_reweigh_interval() {
     dir.expire(NOW + 12);
     assert_eq!(dir.weights().get(&other), 3_000_000);
 }
+
+/// A directory that holds reports of fewer than half its relays is not
+/// settled: too little is known to choose long-lived guards by it.
+#[test]
+fn weights_settle_once_most_relays_have_reported() {
+    let (mut dir, keys) = network(4, 1_000_000);
+    assert!(!dir.weights().settled(), "no reports");
+    dir.insert_report(report(&keys[1], NOW, vec![obs(id(&keys[0]), 1_000)]), NOW)
+        .unwrap();
+    assert!(!dir.weights().settled(), "one of four");
+    dir.insert_report(report(&keys[2], NOW, vec![obs(id(&keys[0]), 1_000)]), NOW)
+        .unwrap();
+    assert!(dir.weights().settled(), "two of four");
+    let mut off = Directory::new(id(&key(1000)));
+    off.insert(&sign(&desc(&keys[0], "198.51.0.1:9001"), &keys[0]), NOW)
+        .unwrap();
+    assert!(off.weights().settled(), "without measurements");
+}

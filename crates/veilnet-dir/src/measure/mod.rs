@@ -436,7 +436,17 @@ impl Measurements {
             measured.insert(flat.peers[t as usize], conclude(&p, obs.iter(), now));
             at = end;
         }
+        // Settled once most candidates have a report in the window: a
+        // node that has fetched only some (a fresh start, or a peer that
+        // served it only some) would otherwise weigh those most.
+        let window = p.first_epoch(now)..=p.epoch(now);
+        let reporting = self
+            .reports
+            .iter()
+            .filter(|(m, per)| candidates.contains(m) && per.range(window.clone()).next().is_some())
+            .count();
         Assessment {
+            settled: cands > 0 && 2 * reporting >= cands,
             measurers: (0..cands)
                 .filter(|&m| now_counted.get(m).copied().unwrap_or(false))
                 .map(|m| flat.peers[m])
@@ -455,6 +465,9 @@ impl Measurements {
 /// What [`Measurements::assess`] concludes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Assessment {
+    /// Whether at least half the candidates have a report in the window:
+    /// until then a node knows too little to choose long-lived guards.
+    pub settled: bool,
     /// The measurers counted now.
     pub measurers: HashSet<PeerId>,
     /// What their reports say about each relay they observed.
