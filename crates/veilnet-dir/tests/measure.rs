@@ -596,3 +596,32 @@ fn weights_settle_once_most_relays_have_reported() {
         .unwrap();
     assert!(off.weights().settled(), "without measurements");
 }
+
+/// A relay over its /24's cap is no candidate measurer, yet it is listed,
+/// may report, and may be another report's target: its report is held and
+/// does not count, and weighing does not trip over it.
+#[test]
+fn a_report_by_a_relay_over_its_address_cap_is_held_and_does_not_count() {
+    let (mut dir, keys) = network(4, 1_000_000);
+    // Three more relays in one /24: one of them is over the cap.
+    let crowd: Vec<Keypair> = (50..53).map(key).collect();
+    for (i, k) in crowd.iter().enumerate() {
+        let d = desc(k, &format!("203.0.113.{}:9001", i + 1));
+        dir.insert(&sign(&d, k), NOW).unwrap();
+    }
+    // Equal weights: the cap keeps the lowest peer ids.
+    let capped = crowd.iter().max_by_key(|k| id(k)).unwrap();
+    // It is observed by the candidates, and reports on relay 0 itself.
+    for m in &keys[1..] {
+        dir.insert_report(report(m, NOW, vec![obs(id(capped), 5_000)]), NOW)
+            .unwrap();
+    }
+    dir.insert_report(report(capped, NOW, vec![obs(id(&keys[0]), 9_000_000)]), NOW)
+        .unwrap();
+    let w = dir.weights();
+    assert!(!w.measurers().contains(&id(capped)));
+    assert!(
+        w.measured(&id(&keys[0])).is_none(),
+        "its word does not count"
+    );
+}

@@ -524,7 +524,13 @@ impl Flat {
         let n_candidates = peers.len();
         let mut obs = Vec::new();
         for (measurer, per) in &m.reports {
-            let Some(&mi) = ix.get(&peer_key(measurer)) else {
+            // Only candidates measure (indices below `n_candidates`; a
+            // listed relay over its address cap may also be a target).
+            let Some(mi) = ix
+                .get(&peer_key(measurer))
+                .copied()
+                .filter(|&i| (i as usize) < n_candidates)
+            else {
                 continue;
             };
             // Reports of a period still to come (a clock ahead of ours)
