@@ -405,20 +405,16 @@ impl Measurements {
         // counted[e][m]: measurer m (a candidate index) counted in period
         // first + e.
         let mut counted: Vec<Vec<bool>> = vec![vec![true; cands]; periods];
+        // sizes[e]: how many counted in period e (what its assignment was
+        // drawn over), kept beside `counted`.
+        let mut sizes: Vec<usize> = vec![cands; periods];
         for e in 1..periods {
             let from = e.saturating_sub(p.window() as usize);
-            let sizes: Vec<usize> = counted
-                .iter()
-                .map(|c| c.iter().filter(|x| **x).count())
-                .collect();
             let seen = flat.latest(from..e, &counted, &sizes, |_| true);
             counted[e] = earned_by(&seen, cands, min);
+            sizes[e] = counted[e].iter().filter(|x| **x).count();
         }
         let now_counted = counted.last().cloned().unwrap_or_default();
-        let sizes: Vec<usize> = counted
-            .iter()
-            .map(|c| c.iter().filter(|x| **x).count())
-            .collect();
         let window_from = periods.saturating_sub(p.window() as usize);
         let seen = flat.latest(window_from..periods, &counted, &sizes, |m| {
             now_counted.get(m as usize).copied().unwrap_or(false)
