@@ -50,6 +50,74 @@ pub struct Config {
     /// `[measure]`: how relays measure each other, and whether this node
     /// uses only measured relays.
     pub measure: MeasureConfig,
+    /// `[directory]`: how often the directory is reconciled, and the slots
+    /// at which every node takes its view.
+    pub directory: DirectoryConfig,
+}
+
+/// The `[directory]` section. The slot and margin are the network's:
+/// every node of one network should use the same, or its view differs
+/// from the others'.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectoryConfig {
+    /// Milliseconds between two reconciliations (anti-entropy) with a few
+    /// peers. New records spread by announcement at once; this only
+    /// repairs what an announcement missed.
+    pub exchange_interval_ms: u64,
+    /// Length of a slot, seconds: through a slot, paths are chosen from the
+    /// records published `cut_margin_secs` before it began.
+    pub cut_every_secs: u64,
+    /// How long before a slot's start a record must have been published to
+    /// count in it, seconds.
+    pub cut_margin_secs: u64,
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        DirectoryConfig {
+            exchange_interval_ms: 600_000,
+            cut_every_secs: 3600,
+            cut_margin_secs: 300,
+        }
+    }
+}
+
+impl DirectoryConfig {
+    /// A test network on one host: reconcile twice a second, every record
+    /// counts at once.
+    pub fn test_network() -> Self {
+        DirectoryConfig {
+            exchange_interval_ms: 500,
+            cut_every_secs: 1,
+            cut_margin_secs: 0,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(50..=3_600_000).contains(&self.exchange_interval_ms) {
+            return Err(ConfigError::invalid(
+                "directory.exchange_interval_ms",
+                format!(
+                    "{} is not between 50 and 3600000",
+                    self.exchange_interval_ms
+                ),
+            ));
+        }
+        if !(1..=86_400).contains(&self.cut_every_secs) {
+            return Err(ConfigError::invalid(
+                "directory.cut_every_secs",
+                format!("{} is not between 1 and 86400", self.cut_every_secs),
+            ));
+        }
+        if self.cut_margin_secs >= self.cut_every_secs {
+            return Err(ConfigError::invalid(
+                "directory.cut_margin_secs",
+                "must be less than directory.cut_every_secs".to_string(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The `[measure]` section. The period, measurers, window, minimum and
@@ -270,6 +338,7 @@ impl Default for Config {
             exit: ExitConfig::default(),
             control: ControlConfig::default(),
             measure: MeasureConfig::default(),
+            directory: DirectoryConfig::default(),
         }
     }
 }
@@ -378,6 +447,7 @@ impl Config {
     /// far: they fail the parse.)
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.measure.validate()?;
+        self.directory.validate()?;
         let c = &self.client;
         if !(1..=MAX_HOPS).contains(&usize::from(c.hops)) {
             return Err(ConfigError::invalid(

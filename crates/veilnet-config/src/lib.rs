@@ -8,7 +8,7 @@ mod keys;
 mod peers;
 mod state;
 
-pub use config::{ClientConfig, Config, ControlConfig, MeasureConfig, NodeConfig};
+pub use config::{ClientConfig, Config, ControlConfig, DirectoryConfig, MeasureConfig, NodeConfig};
 pub use error::ConfigError;
 pub use keys::unix_now;
 pub use keys::{

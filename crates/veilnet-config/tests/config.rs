@@ -323,3 +323,22 @@ fn a_measurement_window_too_short_to_decide_who_measures_is_refused() {
     );
     assert!(parse("[measure]\nwindow_periods = 4\n").is_ok());
 }
+
+#[test]
+fn a_cut_margin_as_long_as_its_slot_or_a_zero_slot_is_refused() {
+    assert_eq!(
+        invalid_field("[directory]\ncut_every_secs = 60\ncut_margin_secs = 60\n"),
+        "directory.cut_margin_secs"
+    );
+    assert_eq!(
+        invalid_field("[directory]\ncut_every_secs = 0\ncut_margin_secs = 0\n"),
+        "directory.cut_every_secs"
+    );
+    assert_eq!(
+        invalid_field("[directory]\nexchange_interval_ms = 10\n"),
+        "directory.exchange_interval_ms"
+    );
+    let c = parse("[directory]\ncut_every_secs = 60\ncut_margin_secs = 20\n").unwrap();
+    assert_eq!(c.directory.cut_margin_secs, 20);
+    assert_eq!(c.directory.exchange_interval_ms, 600_000, "default kept");
+}

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
+use crate::cut::Cut;
 use crate::descriptor::{
     is_too_old, Descriptor, DescriptorDigest, DescriptorError, SignedDescriptor, Verified,
 };
@@ -125,8 +126,21 @@ pub struct Directory {
     seqs_dirty: bool,
     /// The sorted digests, built on first use after a change.
     sorted: OnceLock<Arc<[DescriptorDigest]>>,
-    /// The relays' selection weights, built on first use after a change.
+    /// The relays' selection weights at the cut, built on first use after
+    /// a change.
     weights: OnceLock<Arc<Weights>>,
+    /// The weights of every record held at the latest time, built on first
+    /// use after a change.
+    latest: OnceLock<Arc<Weights>>,
+    /// Which records the weights count ([`Cut`]).
+    cut: Cut,
+    /// The earliest `published` of the records held that were after the
+    /// cut when they came (`u64::MAX`: none): when a later cut passes it,
+    /// the weights are taken again.
+    pending: u64,
+    /// Reports came in that the weights do not have yet (held back by
+    /// [`Directory::set_reweigh_secs`]).
+    unweighed: bool,
     /// Whether relays at private and loopback addresses carry weight.
     allow_private: bool,
     /// The measurement reports, if this directory weighs relays by them.
@@ -156,6 +170,10 @@ impl Directory {
             refused: RecentDigests::new(REFUSED_REMEMBERED),
             sorted: OnceLock::new(),
             weights: OnceLock::new(),
+            latest: OnceLock::new(),
+            cut: Cut::IMMEDIATE,
+            pending: u64::MAX,
+            unweighed: false,
             allow_private: false,
             measure: None,
             clock: 0,
@@ -165,6 +183,12 @@ impl Directory {
             seqs: HashMap::new(),
             seqs_dirty: false,
         }
+    }
+
+    /// The highest descriptor of `peer` accepted, kept after it is gone
+    /// (and across restarts, with [`Directory::restore_seq_marks`]).
+    pub fn seq_mark(&self, peer: &PeerId) -> Option<SeqMark> {
+        self.seqs.get(peer).copied()
     }
 
     /// The local node's peer id.
@@ -266,8 +290,74 @@ impl Directory {
     /// Forgets the sorted digests and the weights after a change.
     fn changed(&mut self) {
         self.sorted = OnceLock::new();
+        self.reweigh();
+    }
+
+    fn reweigh(&mut self) {
         self.weights = OnceLock::new();
+        self.latest = OnceLock::new();
         self.weighed_at = self.clock;
+        self.unweighed = false;
+    }
+
+    /// A record published after the cut came: it counts from the slot
+    /// whose cut passes `published`.
+    fn held_back(&mut self, published: u64) {
+        self.sorted = OnceLock::new();
+        self.latest = OnceLock::new();
+        self.pending = self.pending.min(published);
+    }
+
+    /// Weighs relays from the records published by the cut ([`Cut`]) of
+    /// the directory's latest time, instead of every record held (the
+    /// default, [`Cut::IMMEDIATE`], is every record published by then).
+    pub fn set_cut(&mut self, cut: Cut) {
+        self.cut = cut;
+        self.pending = 0;
+        self.tick(self.clock);
+        self.reweigh();
+    }
+
+    /// The slots and margin the weights are taken at.
+    pub fn cut_params(&self) -> Cut {
+        self.cut
+    }
+
+    /// The cut the weights are computed at: records published at or before
+    /// it count.
+    pub fn cut(&self) -> u64 {
+        self.cut.at(self.clock)
+    }
+
+    /// Tells the directory the time. When the cut moves past a record
+    /// held back, the weights are taken again at the new cut; with
+    /// measurements on they are also taken again when the cut moves and
+    /// the reweigh interval has passed (a newcomer's ramp grows with
+    /// time).
+    pub fn tick(&mut self, now: u64) {
+        let before = self.cut();
+        self.clock = self.clock.max(now);
+        let cut = self.cut();
+        if cut == before {
+            return;
+        }
+        let crossed = self.pending <= cut;
+        let ramp = self.measure.is_some()
+            && self.clock >= self.weighed_at.saturating_add(self.reweigh_secs);
+        if crossed {
+            let descriptors = self.nodes.values().map(|e| e.desc.published);
+            let reports = self.measure.as_ref().and_then(|m| m.earliest_after(cut));
+            self.pending = descriptors
+                .filter(|&p| p > cut)
+                .chain(reports)
+                .min()
+                .unwrap_or(u64::MAX);
+        }
+        if crossed || ramp {
+            self.weights = OnceLock::new();
+            self.weighed_at = self.clock;
+            self.unweighed = false;
+        }
     }
 
     /// New reports change the weights at most once every `secs` of the
@@ -279,11 +369,27 @@ impl Directory {
         self.reweigh_secs = secs;
     }
 
-    /// Every usable relay's selection weight ([`Weights`]), with
-    /// measurements if they are on, at the directory's latest time; kept
-    /// until the next change or expiry.
+    /// Every usable relay's selection weight ([`Weights`]) for paths:
+    /// of the relays whose descriptor was published by the cut
+    /// ([`Directory::cut`]), with measurements if they are on, from the
+    /// reports published by then; kept until the next change, expiry or
+    /// slot.
     pub fn weights(&self) -> Arc<Weights> {
         self.weights
+            .get_or_init(|| {
+                let cut = self.cut();
+                let m = self.measure.as_ref().map(|m| (m, cut));
+                let listed = self.iter().filter(|d| d.published <= cut);
+                Arc::new(Weights::of(listed, self.allow_private, m))
+            })
+            .clone()
+    }
+
+    /// The weights from every record held, at the directory's latest time:
+    /// what a measurer schedules by (who counts as a measurer this period)
+    /// rather than what paths use; kept until the next change or expiry.
+    pub fn latest_weights(&self) -> Arc<Weights> {
+        self.latest
             .get_or_init(|| {
                 let m = self.measure.as_ref().map(|m| (m, self.clock));
                 Arc::new(Weights::of(self.iter(), self.allow_private, m))
@@ -317,21 +423,30 @@ impl Directory {
             .nodes
             .get(&measurer)
             .is_some_and(|e| e.desc.roles.relay);
-        let Some(m) = self.measure.as_mut() else {
+        if self.measure.is_none() {
             return Err(ReportError::Disabled);
-        };
+        }
         if !listed {
             return Err(ReportError::UnknownMeasurer(measurer));
         }
-        self.clock = self.clock.max(now);
+        self.tick(now);
+        let published = report.report.published;
+        let Some(m) = self.measure.as_mut() else {
+            return Err(ReportError::Disabled);
+        };
         let done = m.insert(report, now)?;
         if done != ReportInserted::Unchanged {
-            if self.clock >= self.weighed_at.saturating_add(self.reweigh_secs) {
+            if published > self.cut() {
+                // It counts from the slot whose cut passes it; only what
+                // a measurer schedules by can change now.
+                self.held_back(published);
+            } else if self.clock >= self.weighed_at.saturating_add(self.reweigh_secs) {
                 self.changed();
             } else {
                 // The report is held (and offered) at once; it weighs in
                 // with the next recomputation.
                 self.sorted = OnceLock::new();
+                self.unweighed = true;
             }
         }
         Ok(done)
@@ -420,7 +535,7 @@ impl Directory {
         now: u64,
     ) -> Result<Inserted, DescriptorError> {
         let peer = verified.desc.peer_id;
-        self.clock = self.clock.max(now);
+        self.tick(now);
         if let Some(ev) = self.evidence.get(&peer) {
             if ev.digests.contains(&verified.digest) {
                 return Ok(Inserted::Unchanged);
@@ -496,8 +611,15 @@ impl Directory {
             }
         }
         self.digests.insert(verified.digest, peer);
+        let published = verified.desc.published;
+        let after_cut = published > self.cut();
         self.nodes.insert(peer, verified.into());
-        self.changed();
+        if after_cut {
+            // Not in the view until a cut passes it.
+            self.held_back(published);
+        } else {
+            self.changed();
+        }
         self.mark(mark);
         Ok(Inserted::New)
     }
@@ -555,7 +677,7 @@ impl Directory {
     /// window and of measurers no longer listed, and recomputes the
     /// weights at `now` (a newcomer's ramp grows with time).
     pub fn expire(&mut self, now: u64) -> Vec<PeerId> {
-        self.clock = self.clock.max(now);
+        self.tick(now);
         let mut removed = Vec::new();
         let digests = &mut self.digests;
         self.nodes.retain(|peer, e| {
@@ -583,9 +705,8 @@ impl Directory {
             .is_some_and(|m| m.expire(now, |p| nodes.contains_key(p)));
         if !removed.is_empty() || self.evidence.len() != before || reports_gone {
             self.changed();
-        } else if self.measure.is_some() {
-            self.weights = OnceLock::new();
-            self.weighed_at = self.clock;
+        } else if self.unweighed {
+            self.reweigh();
         }
         removed
     }

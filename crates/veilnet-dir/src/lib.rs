@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod cut;
 pub mod descriptor;
 pub mod directory;
 pub mod evidence;
@@ -10,6 +11,7 @@ mod reader;
 pub mod weight;
 pub mod wire;
 
+pub use cut::Cut;
 pub use descriptor::{
     digest, Descriptor, DescriptorDigest, DescriptorError, Roles, SignedDescriptor, Verified,
     MAX_ADDRS, MAX_CLOCK_SKEW, MAX_DESCRIPTOR_AGE, MAX_DESCRIPTOR_BYTES, MAX_FAMILY,

@@ -34,6 +34,41 @@ impl<F: Fn() -> Vec<Vec<u8>> + Send + Sync> RecordStore for F {
 /// The store a discovery node reconciles.
 pub type RecordProvider = Arc<dyn RecordStore>;
 
+/// When a client reconciles: once in each slot of `every` (aligned to unix
+/// time, like the directory's cut), at a random moment between `from` and
+/// `to` after the slot's start. A client that fetches just after the cut
+/// and before the next slot begins has, through that slot, the records
+/// every relay uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchSlots {
+    /// Length of a slot (non-zero).
+    pub every: Duration,
+    /// Earliest moment in a slot to fetch.
+    pub from: Duration,
+    /// Latest moment in a slot to fetch (at least `from`, at most `every`).
+    pub to: Duration,
+}
+
+impl FetchSlots {
+    /// How long from `now` (since the unix epoch) until the next fetch,
+    /// `pick` a number in `[0, 1)`: the moment of the current slot if it
+    /// is at least a second away, else the next slot's.
+    pub fn delay(&self, now: Duration, pick: f64) -> Duration {
+        let every = self.every.as_secs_f64().max(1.0);
+        let now = now.as_secs_f64();
+        let (from, to) = (
+            self.from.as_secs_f64(),
+            self.to.as_secs_f64().max(self.from.as_secs_f64()),
+        );
+        let start = (now / every).floor() * every;
+        let mut at = start + from + (to - from) * pick.clamp(0.0, 1.0);
+        if at < now + 1.0 {
+            at += every;
+        }
+        Duration::from_secs_f64((at - now).max(0.0))
+    }
+}
+
 /// Configuration of a discovery node. Build one with [`DiscoveryConfig::new`]
 /// and adjust the public fields.
 #[derive(Debug, Clone)]
@@ -57,6 +92,9 @@ pub struct DiscoveryConfig {
     pub target_peers: usize,
     /// Time between two gossip rounds. Must be non-zero. Default 2 s.
     pub exchange_interval: Duration,
+    /// A client's reconciliation times, in place of `exchange_interval`
+    /// (clients only; `None`, the default: every `exchange_interval`).
+    pub client_fetch: Option<FetchSlots>,
     /// Maximum number of records per message, sent or accepted. Default 2048.
     pub max_records: usize,
     /// Maximum length of one record in bytes; larger records are dropped
@@ -85,8 +123,32 @@ impl DiscoveryConfig {
             known_peers: Vec::new(),
             target_peers: Self::DEFAULT_TARGET_PEERS,
             exchange_interval: Self::DEFAULT_EXCHANGE_INTERVAL,
+            client_fetch: None,
             max_records: Self::DEFAULT_MAX_RECORDS,
             max_record_len: Self::DEFAULT_MAX_RECORD_LEN,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_fetches_in_the_window_before_the_next_slot() {
+        let slots = FetchSlots {
+            every: Duration::from_secs(3600),
+            from: Duration::from_secs(3360),
+            to: Duration::from_secs(3570),
+        };
+        let at = |now: u64, pick: f64| slots.delay(Duration::from_secs(now), pick).as_secs();
+        // Early in a slot: this slot's window.
+        assert_eq!(at(7200, 0.0), 3360);
+        assert_eq!(at(7200, 1.0), 3570);
+        // Past the window: the next slot's.
+        assert_eq!(at(7200 + 3575, 0.0), 3600 - 3575 + 3360);
+        // Inside the window but past the moment picked: the next slot's.
+        assert_eq!(at(7200 + 3400, 0.0), 3600 - 3400 + 3360);
+        assert_eq!(at(7200 + 3400, 1.0), 170);
     }
 }

@@ -8,7 +8,7 @@ pub mod sync;
 mod wants;
 mod wire;
 
-pub use config::{DiscoveryConfig, RecordProvider};
+pub use config::{DiscoveryConfig, FetchSlots, RecordProvider};
 pub use error::DiscoveryError;
 pub use node::{spawn, DiscoveryEvent, DiscoveryHandle};
 pub use sync::RecordDigest;

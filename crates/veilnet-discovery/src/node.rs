@@ -27,7 +27,7 @@ use tokio::{
 use tracing::{debug, trace, warn};
 
 use crate::{
-    config::{DiscoveryConfig, RecordProvider},
+    config::{DiscoveryConfig, FetchSlots, RecordProvider},
     error::DiscoveryError,
     sync::{self, RecordDigest, SyncLimits, SyncMessage, MAX_DIGESTS, MAX_ROUNDS},
     wants::Wants,
@@ -244,6 +244,7 @@ pub async fn spawn(
         provider,
         limits,
         exchange_interval: cfg.exchange_interval,
+        client_fetch: cfg.client_fetch.filter(|_| cfg.client_only),
         target_peers: cfg.target_peers,
         client_only: cfg.client_only,
         events: events_tx,
@@ -393,6 +394,8 @@ struct Node {
     provider: RecordProvider,
     limits: SyncLimits,
     exchange_interval: Duration,
+    /// A client's fetch slots, in place of `exchange_interval`.
+    client_fetch: Option<FetchSlots>,
     target_peers: usize,
     /// A client pushes nothing and does not walk the DHT after its first
     /// lookup: it fetches, and tells relays nothing about its view.
@@ -423,10 +426,16 @@ struct Node {
     gossip_started: bool,
 }
 
+/// A timer that is never meant to fire (a year).
+const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl Node {
     async fn run(mut self) {
         let mut gossip = tokio::time::interval(self.exchange_interval);
         gossip.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // A client with fetch slots reconciles at those instead.
+        let fetch = tokio::time::sleep(self.next_fetch().unwrap_or(NEVER));
+        tokio::pin!(fetch);
         let mut batch = tokio::time::interval(PUSH_BATCH);
         batch.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let walk = tokio::time::sleep(FIRST_WALK);
@@ -467,7 +476,14 @@ impl Node {
                         return;
                     }
                 },
-                _ = gossip.tick(), if self.gossip_started => self.gossip_round(),
+                _ = gossip.tick(), if self.gossip_started && self.client_fetch.is_none() => {
+                    self.gossip_round();
+                }
+                () = &mut fetch, if self.gossip_started && self.client_fetch.is_some() => {
+                    self.gossip_round();
+                    let next = self.next_fetch().unwrap_or(NEVER);
+                    fetch.as_mut().reset(Instant::now() + next);
+                }
                 _ = batch.tick() => {
                     self.flush_push();
                     let asks = self.wants.expire(Instant::now());
@@ -573,6 +589,16 @@ impl Node {
             .filter(|p| !busy.contains(p))
             .copied()
             .choose_multiple(&mut rand::thread_rng(), n)
+    }
+
+    /// How long until a client's next fetch ([`FetchSlots`]), if it has
+    /// fetch slots.
+    fn next_fetch(&self) -> Option<Duration> {
+        let slots = self.client_fetch?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Some(slots.delay(now, rand::random::<f64>()))
     }
 
     fn gossip_round(&mut self) {

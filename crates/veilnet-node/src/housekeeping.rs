@@ -245,6 +245,8 @@ pub(crate) async fn housekeeping(hk: Housekeeping, mut shutdown: watch::Receiver
             _ = tick.tick() => {}
             _ = fast.tick() => {
                 hk.circuits.prune();
+                // A new slot's cut may let records held back count.
+                lock(&hk.directory).tick(unix_now());
                 continue;
             }
             _ = shutdown.changed() => return,

@@ -20,7 +20,7 @@ use veilnet_circmgr::guard::PathBiasParams;
 use veilnet_circmgr::{CircMgrConfig, CircuitManager, GuardParams};
 use veilnet_config::{unix_now, Config, NodeKeys};
 use veilnet_control::ControlSource;
-use veilnet_dir::{Descriptor, Directory, Roles, SignedDescriptor};
+use veilnet_dir::{Cut, Descriptor, Directory, Roles, SignedDescriptor, MAX_DESCRIPTOR_AGE};
 use veilnet_discovery::{DiscoveryConfig, DiscoveryHandle};
 use veilnet_proto::{
     BandwidthLimit, Core, CoreConfig, DefaultRelayPolicy, Limits, LinkTap, RelayPolicy,
@@ -38,7 +38,8 @@ pub struct NodeOptions {
     pub config: Config,
     /// Its keys.
     pub keys: NodeKeys,
-    /// How often descriptors are gossiped.
+    /// How often the directory is reconciled with a few peers (from
+    /// `[directory] exchange_interval_ms`).
     pub gossip_interval: Duration,
     /// Test hook: sees every byte written on the node's links.
     pub tap: Option<LinkTap>,
@@ -57,9 +58,9 @@ impl NodeOptions {
     /// Options with the defaults for a real node.
     pub fn new(config: Config, keys: NodeKeys) -> Self {
         Self {
+            gossip_interval: Duration::from_millis(config.directory.exchange_interval_ms),
             config,
             keys,
-            gossip_interval: DiscoveryConfig::DEFAULT_EXCHANGE_INTERVAL,
             tap: None,
             persist: true,
             wrap_policy: None,
@@ -132,16 +133,57 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeE
         .map_err(|source| NodeError::Bind { what, addr, source })
 }
 
+/// When a client fetches the directory: once a slot, between a fifth of
+/// the margin after the cut (gossip has spread the last records by then)
+/// and a tenth of it before the slot begins; `None` (every exchange
+/// interval) when the margin is under 10 s, as in test networks.
+fn client_fetch(cut: Cut) -> Option<veilnet_discovery::FetchSlots> {
+    if cut.margin_secs < 10 || !cut.is_valid() {
+        return None;
+    }
+    let every = cut.every_secs;
+    let margin = cut.margin_secs;
+    Some(veilnet_discovery::FetchSlots {
+        every: Duration::from_secs(every),
+        from: Duration::from_secs(every - margin + margin / 5),
+        to: Duration::from_secs(every - margin / 10),
+    })
+}
+
+/// See [`OwnDescriptor::published_at`]; `last`: the last descriptor's.
+fn published_at(cut: Cut, listed: bool, last: u64, now: u64) -> u64 {
+    if listed {
+        cut.at(now).max(last).min(now)
+    } else {
+        now
+    }
+}
+
 /// This node's descriptor: the template it signs a fresh copy of whenever
 /// it republishes.
 pub(crate) struct OwnDescriptor {
     identity: libp2p::identity::Keypair,
     pub(crate) template: Descriptor,
+    /// The network's slots ([`Cut`]).
+    cut: Cut,
+    /// Whether nodes hold a descriptor of ours: one signed since start, or
+    /// (after a restart) one accepted less than [`MAX_DESCRIPTOR_AGE`] ago.
+    listed: bool,
 }
 
 impl OwnDescriptor {
+    /// The `published` time of our next descriptor at `now`: while we are
+    /// listed, the current cut (never before the last one), so that a
+    /// republication keeps us in every node's view; otherwise `now`, and
+    /// we count from the next slot like any newcomer.
+    fn published_at(&self, now: u64) -> u64 {
+        published_at(self.cut, self.listed, self.template.published, now)
+    }
+
     pub(crate) fn sign_new(&mut self) -> Result<SignedDescriptor, NodeError> {
         let now = unix_now();
+        let published = self.published_at(now);
+        self.listed = true;
         // Sequence numbers come from the clock (milliseconds) so they keep
         // increasing across restarts.
         let seq = std::time::SystemTime::now()
@@ -150,7 +192,7 @@ impl OwnDescriptor {
             .unwrap_or(0)
             .max(self.template.seq + 1);
         self.template.seq = seq;
-        self.template.published = now;
+        self.template.published = published;
         Ok(self.template.sign(&self.identity)?)
     }
 }
@@ -195,6 +237,11 @@ impl Node {
             // networks), not one recomputation each.
             dir.set_reweigh_secs((config.measure.period_secs / 4).min(10));
         }
+        let cut = Cut {
+            every_secs: config.directory.cut_every_secs,
+            margin_secs: config.directory.cut_margin_secs,
+        };
+        dir.set_cut(cut);
         let directory = Arc::new(Mutex::new(dir));
         // The one-hop rule (a circuit whose CREATE came from a peer that is
         // not a relay in our directory came straight from its client) and
@@ -293,6 +340,8 @@ impl Node {
         let own = Arc::new(Mutex::new(OwnDescriptor {
             identity: keys.identity.clone(),
             template,
+            cut,
+            listed: false,
         }));
 
         let provider: veilnet_discovery::RecordProvider =
@@ -310,10 +359,18 @@ impl Node {
             // A client needs a few relays to fetch the directory from, not
             // a place in the mesh.
             dcfg.target_peers = 3;
+            // It fetches once a slot, after the cut and before the slot it
+            // counts in begins, so that it has what every relay uses.
+            dcfg.client_fetch = client_fetch(cut);
         }
         dcfg.bootstrap = config.node.bootstrap.clone();
         if persist {
             housekeeping::load_seq_marks(&directory, &config.data_dir);
+            // Our last descriptor, if still held out there, keeps us listed.
+            let mark = lock(&directory).seq_mark(&keys.identity.public().to_peer_id());
+            let mut own = lock(&own);
+            own.listed = mark.is_some_and(|m| m.at.saturating_add(MAX_DESCRIPTOR_AGE) > now);
+            own.template.published = 0;
         }
         dcfg.known_peers = if persist {
             veilnet_config::load_peers(&config.data_dir).unwrap_or_else(|e| {

@@ -95,7 +95,7 @@ pub(crate) struct Measurer {
 /// How many measurers the directory counts: `n` of the assignment
 /// (without measurements in the directory, every relay).
 fn measurer_count(dir: &Directory) -> usize {
-    match dir.weights().measurers().len() {
+    match dir.latest_weights().measurers().len() {
         0 => dir.iter().filter(|d| d.roles.relay).count(),
         n => n,
     }
@@ -122,8 +122,9 @@ impl Measurer {
         let dir = lock(&self.directory);
         // Until we have earned our place (others reached us in an earlier
         // period), our reports would not count: measuring would only cost
-        // the targets and us.
-        let weights = dir.weights();
+        // the targets and us. Who counts is decided from every report held,
+        // not only those by the cut: the period's own reports come after.
+        let weights = dir.latest_weights();
         let counted = weights.measurers();
         if !counted.is_empty() && !counted.contains(&own) {
             debug!("not measuring this period: not yet a counted measurer");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use veilnet_config::{Config, MeasureConfig};
+use veilnet_config::{Config, DirectoryConfig, MeasureConfig};
 
 /// What a node of a local network does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +113,7 @@ impl LocalNetwork {
             required: false,
             ..MeasureConfig::default()
         });
+        c.directory = DirectoryConfig::test_network();
         c.exit.enabled = exit;
         c.exit.danger_allow_private_targets = exit && self.allow_private_targets;
         // Exits refuse one-hop circuits; a network that builds only those needs them.

@@ -128,6 +128,12 @@ min_measurers = 2
 ramp_secs = 0
 duration_ms = 1000
 max_rate = 8_000_000
+
+# Reconcile often; every record counts at once.
+[directory]
+exchange_interval_ms = 500
+cut_every_secs = 1
+cut_margin_secs = 0
 "#,
         p2p = ports.p2p,
         link = ports.link,

@@ -238,6 +238,17 @@ impl Measurements {
         &self.params
     }
 
+    /// The earliest `published` of the reports held that are published
+    /// after `cut`, if any.
+    pub fn earliest_after(&self, cut: u64) -> Option<u64> {
+        self.reports
+            .values()
+            .flat_map(|per| per.values())
+            .map(|s| s.report.published)
+            .filter(|&p| p > cut)
+            .min()
+    }
+
     /// Whether the report with this digest is held.
     pub fn holds(&self, digest: &DescriptorDigest) -> bool {
         self.digests.contains_key(digest)
@@ -393,6 +404,9 @@ impl Measurements {
     /// measurers counted in its period: the number the measurers drew
     /// with. The latest observation of each measurer counts.
     ///
+    /// Reports published after `now` do not count: a directory assesses at
+    /// its cut ([`crate::Cut`]) with the reports every node has by then.
+    ///
     /// Work: one pass to number the peers and flatten the kept reports,
     /// then passes over plain integers (bounded by the reports kept: at
     /// most `2 × window` periods of 16 observations per listed measurer).
@@ -439,7 +453,12 @@ impl Measurements {
         let reporting = self
             .reports
             .iter()
-            .filter(|(m, per)| candidates.contains(m) && per.range(window.clone()).next().is_some())
+            .filter(|(m, per)| {
+                candidates.contains(m)
+                    && per
+                        .range(window.clone())
+                        .any(|(_, s)| s.report.published <= now)
+            })
             .count();
         Assessment {
             settled: cands > 0 && 2 * reporting >= cands,
@@ -532,6 +551,10 @@ impl Flat {
             // Reports of a period still to come (a clock ahead of ours)
             // wait for it.
             for (&epoch, stored) in per.range(first..=current) {
+                // Published after `now` (a directory's cut): counts later.
+                if stored.report.published > now {
+                    continue;
+                }
                 for (o, d) in stored.report.observations.iter().zip(&stored.draws) {
                     let Some(draw) = *d else {
                         continue;

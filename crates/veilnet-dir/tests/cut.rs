@@ -1,0 +1,146 @@
+//! The cut: relays and weights are taken from the records published
+//! before it, so that directories that hold the same records by then agree
+//! whatever came after.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{desc, key, sign, NOW};
+use libp2p::identity::Keypair;
+use libp2p::PeerId;
+use veilnet_dir::{Cut, Directory, MeasureParams, Observation, Report, VerifiedReport};
+
+/// Hourly slots, a 5-minute margin.
+const CUT: Cut = Cut::PUBLIC;
+
+fn id(k: &Keypair) -> PeerId {
+    k.public().to_peer_id()
+}
+
+fn slot_start() -> u64 {
+    NOW - NOW % CUT.every_secs
+}
+
+fn relay(n: u32, published: u64) -> veilnet_dir::SignedDescriptor {
+    let k = key(n);
+    let mut d = desc(&k, &format!("198.51.{n}.1:9001"));
+    d.published = published;
+    sign(&d, &k)
+}
+
+fn directory() -> Directory {
+    let mut dir = Directory::new(id(&key(1000)));
+    dir.set_cut(CUT);
+    dir
+}
+
+#[test]
+fn a_relay_published_after_the_cut_is_held_and_weighs_from_the_next_slot() {
+    let mut dir = directory();
+    let cut = slot_start() - CUT.margin_secs;
+    let early = relay(1, cut);
+    let late = relay(2, cut + 1);
+    dir.insert(&early, NOW).unwrap();
+    dir.insert(&late, NOW).unwrap();
+    assert_eq!(dir.cut(), cut);
+    assert!(dir.weights().get(&id(&key(1))) > 0, "published by the cut");
+    assert!(dir.holds(&late.digest()) && dir.digests().contains(&late.digest()));
+    assert_eq!(dir.weights().get(&id(&key(2))), 0, "after the cut");
+    // Still the same slot: still out.
+    dir.tick(slot_start() + CUT.every_secs - 1);
+    assert_eq!(dir.weights().get(&id(&key(2))), 0);
+    // The next slot's cut passes it.
+    dir.tick(slot_start() + CUT.every_secs);
+    assert!(dir.weights().get(&id(&key(2))) > 0, "in the next slot");
+}
+
+/// Two directories that hold the same records published by the cut agree
+/// on every weight, whatever else each holds and whenever it came.
+#[test]
+fn directories_with_the_same_records_by_the_cut_agree_whatever_came_after() {
+    let cut = slot_start() - CUT.margin_secs;
+    let mut a = directory();
+    let mut b = directory();
+    for n in 0..5 {
+        a.insert(&relay(n, cut - 100 * u64::from(n)), NOW - 600)
+            .unwrap();
+    }
+    // The other got them later, in the other order, and more besides.
+    for n in (0..5).rev() {
+        b.insert(&relay(n, cut - 100 * u64::from(n)), NOW).unwrap();
+    }
+    for n in 5..8 {
+        b.insert(&relay(n, cut + 60 * u64::from(n)), NOW).unwrap();
+    }
+    a.tick(NOW);
+    assert_eq!(*a.weights(), *b.weights());
+    assert_ne!(a.len(), b.len());
+    // Without the cut, what came after shows.
+    a.set_cut(Cut::IMMEDIATE);
+    b.set_cut(Cut::IMMEDIATE);
+    assert_ne!(*a.weights(), *b.weights());
+}
+
+/// A republication dated at the cut keeps the relay in the view; one
+/// dated now takes it out until the next slot.
+#[test]
+fn a_republication_dated_at_the_cut_stays_in_the_view() {
+    let cut = slot_start() - CUT.margin_secs;
+    let k = key(1);
+    let mut dir = directory();
+    dir.insert(&relay(1, cut - 7200), NOW).unwrap();
+    let mut d = desc(&k, "198.51.1.1:9001");
+    d.seq = 2;
+    d.published = cut;
+    dir.insert(&sign(&d, &k), NOW).unwrap();
+    assert!(dir.weights().get(&id(&k)) > 0);
+    d.seq = 3;
+    d.published = NOW;
+    dir.insert(&sign(&d, &k), NOW).unwrap();
+    assert_eq!(dir.weights().get(&id(&k)), 0);
+}
+
+const PARAMS: MeasureParams = MeasureParams {
+    period_secs: 3600,
+    measurers_per_target: 3,
+    window_epochs: 4,
+    min_measurers: 2,
+    ramp_secs: 0,
+    required: true,
+    max_rate: 20_000_000,
+};
+
+fn report(measurer: &Keypair, published: u64, target: PeerId) -> VerifiedReport {
+    let r = Report {
+        measurer: id(measurer),
+        published,
+        observations: vec![Observation {
+            target,
+            bandwidth: 2_000_000,
+            reached: true,
+            since: NOW - 100_000,
+        }],
+    };
+    VerifiedReport::decode(&r.sign(measurer).unwrap()).unwrap()
+}
+
+/// Reports count from the cut that passes them, in path weights; what a
+/// measurer schedules by ([`Directory::latest_weights`]) has them at once.
+#[test]
+fn reports_published_after_the_cut_weigh_from_the_next_slot() {
+    let cut = slot_start() - CUT.margin_secs;
+    let mut dir = directory();
+    dir.use_measurements(Some(PARAMS));
+    for n in 0..4 {
+        dir.insert(&relay(n, cut - 7200), NOW).unwrap();
+    }
+    let target = id(&key(0));
+    dir.insert_report(report(&key(1), cut - 10, target), NOW)
+        .unwrap();
+    dir.insert_report(report(&key(2), cut + 10, target), NOW)
+        .unwrap();
+    assert_eq!(dir.weights().get(&target), 0, "one report by the cut");
+    assert_eq!(dir.latest_weights().get(&target), 1_000_000, "both held");
+    dir.tick(slot_start() + CUT.every_secs);
+    assert_eq!(dir.weights().get(&target), 1_000_000, "next slot");
+}
