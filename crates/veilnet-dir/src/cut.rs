@@ -68,6 +68,20 @@ impl Cut {
         self.slot_start(now).saturating_add(self.every())
     }
 
+    /// When in a slot a client fetches the directory (seconds after the
+    /// slot's start, from and to): between a fifth of the margin after the
+    /// next slot's cut (gossip has spread the last records by then) and a
+    /// tenth of the margin before that slot begins, so that through it the
+    /// client has what every relay uses. `None` when the margin is under
+    /// 10 s (test networks: clients reconcile as often as relays).
+    pub fn fetch_window(&self) -> Option<(u64, u64)> {
+        if self.margin_secs < 10 || !self.is_valid() {
+            return None;
+        }
+        let (every, margin) = (self.every_secs, self.margin_secs);
+        Some((every - margin + margin / 5, every - margin / 10))
+    }
+
     /// Whether the slot length and margin make sense: `every_secs` at
     /// least 1 and the margin shorter than a slot.
     pub fn is_valid(&self) -> bool {
@@ -98,6 +112,8 @@ mod tests {
         assert_eq!(c.at(100), 0);
         assert_eq!(Cut::IMMEDIATE.at(12_345), 12_345);
         assert!(c.is_valid() && Cut::IMMEDIATE.is_valid());
+        assert_eq!(c.fetch_window(), Some((3360, 3570)));
+        assert_eq!(Cut::IMMEDIATE.fetch_window(), None);
         assert!(!Cut {
             every_secs: 60,
             margin_secs: 60

@@ -34,38 +34,54 @@ impl<F: Fn() -> Vec<Vec<u8>> + Send + Sync> RecordStore for F {
 /// The store a discovery node reconciles.
 pub type RecordProvider = Arc<dyn RecordStore>;
 
-/// When a client reconciles: once in each slot of `every` (aligned to unix
-/// time, like the directory's cut), at a random moment between `from` and
-/// `to` after the slot's start. A client that fetches just after the cut
-/// and before the next slot begins has, through that slot, the records
-/// every relay uses.
+/// When a client reconciles: twice in each slot of `every` (aligned to
+/// unix time, like the directory's cut), once at a random moment in the
+/// first half of the window from `from` to `to` after the slot's start,
+/// with the relay it has been connected to longest, and once in the second
+/// half with the next (a relay may lack a record for a while; two seldom
+/// lack the same one, and the second fetch costs little: it finds little
+/// left to reconcile). A client that fetches after the cut and before the
+/// next slot begins has, through that slot, the records every relay uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FetchSlots {
     /// Length of a slot (non-zero).
     pub every: Duration,
-    /// Earliest moment in a slot to fetch.
+    /// Start of the window in a slot.
     pub from: Duration,
-    /// Latest moment in a slot to fetch (at least `from`, at most `every`).
+    /// End of the window in a slot (at least `from`, at most `every`).
     pub to: Duration,
 }
 
 impl FetchSlots {
-    /// How long from `now` (since the unix epoch) until the next fetch,
-    /// `pick` a number in `[0, 1)`: the moment of the current slot if it
-    /// is at least a second away, else the next slot's.
-    pub fn delay(&self, now: Duration, pick: f64) -> Duration {
+    /// How long from `now` (since the unix epoch) until the next fetch, and
+    /// which of the client's relays (0: the one connected longest, 1: the
+    /// next) it is with; `pick` is a number in `[0, 1)`: where in its half
+    /// of the window the fetch falls. A fetch less than a second away is
+    /// skipped for the next.
+    pub fn next(&self, now: Duration, pick: f64) -> (Duration, usize) {
         let every = self.every.as_secs_f64().max(1.0);
         let now = now.as_secs_f64();
-        let (from, to) = (
-            self.from.as_secs_f64(),
-            self.to.as_secs_f64().max(self.from.as_secs_f64()),
-        );
+        let from = self.from.as_secs_f64();
+        let to = self.to.as_secs_f64().max(from);
+        let mid = (from + to) / 2.0;
+        let pick = pick.clamp(0.0, 1.0);
         let start = (now / every).floor() * every;
-        let mut at = start + from + (to - from) * pick.clamp(0.0, 1.0);
-        if at < now + 1.0 {
-            at += every;
+        let moments = [
+            (from + (mid - from) * pick, 0),
+            (mid + (to - mid) * pick, 1),
+        ];
+        for slot in [start, start + every] {
+            for (at, rank) in moments {
+                if slot + at >= now + 1.0 {
+                    return (Duration::from_secs_f64(slot + at - now), rank);
+                }
+            }
         }
-        Duration::from_secs_f64((at - now).max(0.0))
+        // Unreachable with `to <= every`; the next slot's first moment.
+        (
+            Duration::from_secs_f64((start + 2.0 * every + moments[0].0 - now).max(0.0)),
+            0,
+        )
     }
 }
 
@@ -135,20 +151,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_client_fetches_in_the_window_before_the_next_slot() {
+    fn a_client_fetches_twice_in_the_window_before_the_next_slot() {
         let slots = FetchSlots {
             every: Duration::from_secs(3600),
             from: Duration::from_secs(3360),
             to: Duration::from_secs(3570),
         };
-        let at = |now: u64, pick: f64| slots.delay(Duration::from_secs(now), pick).as_secs();
-        // Early in a slot: this slot's window.
-        assert_eq!(at(7200, 0.0), 3360);
-        assert_eq!(at(7200, 1.0), 3570);
-        // Past the window: the next slot's.
-        assert_eq!(at(7200 + 3575, 0.0), 3600 - 3575 + 3360);
-        // Inside the window but past the moment picked: the next slot's.
-        assert_eq!(at(7200 + 3400, 0.0), 3600 - 3400 + 3360);
-        assert_eq!(at(7200 + 3400, 1.0), 170);
+        let at = |now: u64, pick: f64| {
+            let (d, rank) = slots.next(Duration::from_secs(now), pick);
+            (d.as_secs(), rank)
+        };
+        // Early in a slot: this slot's first fetch, with the oldest relay.
+        assert_eq!(at(7200, 0.0), (3360, 0));
+        assert_eq!(at(7200, 1.0), (3465, 0));
+        // Between the two: the second, with the next relay.
+        assert_eq!(at(7200 + 3400, 0.0), (65, 1));
+        // Still before the first moment picked: the first.
+        assert_eq!(at(7200 + 3400, 1.0), (65, 0));
+        // Past the window: the next slot's first.
+        assert_eq!(at(7200 + 3575, 0.0), (3600 - 3575 + 3360, 0));
     }
 }

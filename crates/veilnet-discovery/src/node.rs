@@ -29,7 +29,7 @@ use tracing::{debug, trace, warn};
 use crate::{
     config::{DiscoveryConfig, FetchSlots, RecordProvider},
     error::DiscoveryError,
-    sync::{self, RecordDigest, SyncLimits, SyncMessage, MAX_DIGESTS, MAX_ROUNDS},
+    sync::{self, AfterRound, RecordDigest, SyncLimits, SyncMessage, MAX_DIGESTS},
     wants::Wants,
     wire::{self, SyncCodec},
     IDENTIFY_PROTOCOL, KAD_PROTOCOL, MAX_ESTABLISHED, SYNC_PROTOCOL,
@@ -245,6 +245,7 @@ pub async fn spawn(
         limits,
         exchange_interval: cfg.exchange_interval,
         client_fetch: cfg.client_fetch.filter(|_| cfg.client_only),
+        fetch_rank: 0,
         target_peers: cfg.target_peers,
         client_only: cfg.client_only,
         events: events_tx,
@@ -387,6 +388,8 @@ fn dial(swarm: &mut Swarm<Behaviour>, peer: PeerId, addrs: Vec<Multiaddr>) {
 struct PeerState {
     addr: Multiaddr,
     connections: NonZeroU32,
+    /// When the first connection came up.
+    since: Instant,
 }
 
 struct Node {
@@ -396,6 +399,8 @@ struct Node {
     exchange_interval: Duration,
     /// A client's fetch slots, in place of `exchange_interval`.
     client_fetch: Option<FetchSlots>,
+    /// Which of its relays a client's next fetch is with (by age).
+    fetch_rank: usize,
     target_peers: usize,
     /// A client pushes nothing and does not walk the DHT after its first
     /// lookup: it fetches, and tells relays nothing about its view.
@@ -592,18 +597,44 @@ impl Node {
     }
 
     /// How long until a client's next fetch ([`FetchSlots`]), if it has
-    /// fetch slots.
-    fn next_fetch(&self) -> Option<Duration> {
+    /// fetch slots; notes which of its relays that fetch is with.
+    fn next_fetch(&mut self) -> Option<Duration> {
         let slots = self.client_fetch?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        Some(slots.delay(now, rand::random::<f64>()))
+        let (delay, rank) = slots.next(now, rand::random::<f64>());
+        self.fetch_rank = rank;
+        Some(delay)
+    }
+
+    /// The relay a client fetches from: of those with no exchange in
+    /// flight, by how long we have been connected, the `rank`-th (0: the
+    /// longest, which has had the longest to catch up with the network; a
+    /// relay that just joined may still be fetching itself), or the
+    /// newest if there are fewer.
+    fn client_server(&self, rank: usize) -> Option<PeerId> {
+        let busy: HashSet<PeerId> = self.in_flight.values().map(|(p, _)| *p).collect();
+        let mut by_age: Vec<(Instant, PeerId)> = self
+            .servers
+            .iter()
+            .filter(|p| !busy.contains(p))
+            .filter_map(|p| self.connected.get(p).map(|s| (s.since, *p)))
+            .collect();
+        by_age.sort_unstable();
+        by_age
+            .get(rank.min(by_age.len().saturating_sub(1)))
+            .map(|(_, p)| *p)
     }
 
     fn gossip_round(&mut self) {
         self.gossip_started = true;
-        let peers = self.idle_servers(GOSSIP_FANOUT);
+        // A client reconciles with one relay a round; a relay with a few.
+        let peers = if self.client_only {
+            self.client_server(self.fetch_rank).into_iter().collect()
+        } else {
+            self.idle_servers(GOSSIP_FANOUT)
+        };
         if peers.is_empty() {
             return;
         }
@@ -651,7 +682,8 @@ impl Node {
                 ..SyncMessage::default()
             };
             let id = self.swarm.behaviour_mut().records.send_request(&peer, msg);
-            self.in_flight.insert(id, (peer, MAX_ROUNDS));
+            // The last round there is: answered, never followed.
+            self.in_flight.insert(id, (peer, usize::MAX));
         }
     }
 
@@ -736,6 +768,7 @@ impl Node {
                         PeerState {
                             addr: addr.clone(),
                             connections: num_established,
+                            since: Instant::now(),
                         },
                     );
                     self.emit(DiscoveryEvent::PeerConnected {
@@ -871,16 +904,23 @@ impl Node {
                 let round = self
                     .in_flight
                     .remove(&request_id)
-                    .map_or(MAX_ROUNDS, |(_, r)| r);
+                    .map_or(usize::MAX, |(_, r)| r);
                 let mut next = sync::process(&*self.provider, &response, &self.limits);
                 self.deliver(peer, response.records);
-                if round < MAX_ROUNDS {
-                    // Claimed only when sent: a want we keep to ourselves
-                    // would hold the record back from other peers.
-                    self.wants.claim(peer, &mut next.want, Instant::now());
-                    if !next.is_empty() {
-                        self.send_sync(peer, next, round + 1);
+                match sync::after_round(round, next.is_empty()) {
+                    AfterRound::Continue => {
+                        // Claimed only when sent: a want we keep to
+                        // ourselves would hold the record back from others.
+                        self.wants.claim(peer, &mut next.want, Instant::now());
+                        if !next.is_empty() {
+                            self.send_sync(peer, next, round + 1);
+                        }
                     }
+                    AfterRound::Restart => {
+                        let fresh = sync::open(&*self.provider);
+                        self.send_sync(peer, fresh, round + 1);
+                    }
+                    AfterRound::Stop => {}
                 }
             }
             Event::OutboundFailure {

@@ -35,6 +35,37 @@ pub const MAX_RANGES: usize = 512;
 pub const MAX_DIGESTS: usize = 4096;
 /// Most request-response rounds of one exchange.
 pub const MAX_ROUNDS: usize = 12;
+/// Times an exchange that stopped at [`MAX_ROUNDS`] with work left starts
+/// afresh with the same peer (a node that joins a large network fetches
+/// the whole directory in one exchange and its restarts, instead of
+/// waiting for the next anti-entropy round).
+pub const RESTARTS: usize = 3;
+
+/// What the initiator of an exchange does after processing the answer to
+/// its `round` (from 1; [`after_round`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterRound {
+    /// Send the message `process` returned, as round `round + 1`.
+    Continue,
+    /// [`MAX_ROUNDS`] are done and work is left: send a fresh [`open`] as
+    /// round `round + 1`.
+    Restart,
+    /// The exchange is over.
+    Stop,
+}
+
+/// What comes after round `round` when the next message `is_empty`:
+/// rounds run in stretches of [`MAX_ROUNDS`], each after the first begun
+/// afresh, [`RESTARTS`] times at most.
+pub fn after_round(round: usize, is_empty: bool) -> AfterRound {
+    if is_empty || round >= MAX_ROUNDS * (1 + RESTARTS) {
+        AfterRound::Stop
+    } else if round % MAX_ROUNDS != 0 {
+        AfterRound::Continue
+    } else {
+        AfterRound::Restart
+    }
+}
 
 /// Bytes of a range fingerprint.
 const FINGERPRINT_LEN: usize = 16;
@@ -588,6 +619,26 @@ fn split(set: &dyn RecordStore, range: &Range, mine: &[RecordDigest], out: &mut 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exchange_stopped_at_max_rounds_with_work_left_starts_afresh_a_few_times() {
+        assert_eq!(after_round(1, false), AfterRound::Continue);
+        assert_eq!(after_round(1, true), AfterRound::Stop);
+        assert_eq!(after_round(MAX_ROUNDS - 1, false), AfterRound::Continue);
+        assert_eq!(after_round(MAX_ROUNDS, false), AfterRound::Restart);
+        assert_eq!(after_round(MAX_ROUNDS, true), AfterRound::Stop);
+        assert_eq!(after_round(MAX_ROUNDS + 1, false), AfterRound::Continue);
+        assert_eq!(
+            after_round(RESTARTS * MAX_ROUNDS, false),
+            AfterRound::Restart
+        );
+        assert_eq!(
+            after_round((RESTARTS + 1) * MAX_ROUNDS, false),
+            AfterRound::Stop
+        );
+        // A plain want's answer (the node marks it usize::MAX) is never followed.
+        assert_eq!(after_round(usize::MAX, false), AfterRound::Stop);
+    }
     use std::collections::BTreeMap;
 
     const LIMITS: SyncLimits = SyncLimits {

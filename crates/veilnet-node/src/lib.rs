@@ -133,20 +133,14 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeE
         .map_err(|source| NodeError::Bind { what, addr, source })
 }
 
-/// When a client fetches the directory: once a slot, between a fifth of
-/// the margin after the cut (gossip has spread the last records by then)
-/// and a tenth of it before the slot begins; `None` (every exchange
-/// interval) when the margin is under 10 s, as in test networks.
+/// When a client fetches the directory: once a slot, in the window of
+/// [`Cut::fetch_window`]; `None` (every exchange interval) without one.
 fn client_fetch(cut: Cut) -> Option<veilnet_discovery::FetchSlots> {
-    if cut.margin_secs < 10 || !cut.is_valid() {
-        return None;
-    }
-    let every = cut.every_secs;
-    let margin = cut.margin_secs;
+    let (from, to) = cut.fetch_window()?;
     Some(veilnet_discovery::FetchSlots {
-        every: Duration::from_secs(every),
-        from: Duration::from_secs(every - margin + margin / 5),
-        to: Duration::from_secs(every - margin / 10),
+        every: Duration::from_secs(cut.every_secs),
+        from: Duration::from_secs(from),
+        to: Duration::from_secs(to),
     })
 }
 

@@ -65,6 +65,11 @@ pub struct SimConfig {
     /// Minutes between a relay's publications (default: the node's,
     /// `veilnet_dir::REPUBLISH_EVERY`, 12 h).
     pub republish_mins: f64,
+    /// Seconds per slot of the cut every node takes its view at
+    /// ([`veilnet_dir::Cut`]; default the public network's, 3600).
+    pub cut_every_s: u64,
+    /// The cut's margin, seconds (default 300).
+    pub cut_margin_s: u64,
     /// Shortest one-way message latency (ms).
     pub latency_min_ms: u64,
     /// Longest one-way message latency (ms).
@@ -107,13 +112,15 @@ impl Default for SimConfig {
             churn: 0.05,
             seed: 1,
             exchange_interval_s: 600.0,
-            exchange_peers: 1,
+            exchange_peers: 3,
             client_interval_s: 3600.0,
             push_fanout: 6,
             push_delay_ms: 1000,
             dedup_wants: true,
             degree: 8,
             republish_mins: (veilnet_dir::REPUBLISH_EVERY / 60) as f64,
+            cut_every_s: veilnet_dir::Cut::PUBLIC.every_secs,
+            cut_margin_s: veilnet_dir::Cut::PUBLIC.margin_secs,
             latency_min_ms: 20,
             latency_max_ms: 200,
             exit_fraction: 1.0,
@@ -131,6 +138,14 @@ impl Default for SimConfig {
 }
 
 impl SimConfig {
+    /// The slots every node takes its view at.
+    pub fn cut(&self) -> veilnet_dir::Cut {
+        veilnet_dir::Cut {
+            every_secs: self.cut_every_s,
+            margin_secs: self.cut_margin_s,
+        }
+    }
+
     /// Checks the parameters.
     pub fn check(&self) -> Result<(), SimError> {
         let bad = |m: &str| Err(SimError::BadParameter(m.into()));
@@ -154,6 +169,9 @@ impl SimConfig {
         }
         if self.republish_mins.is_nan() || self.republish_mins < 1.0 {
             return bad("--republish-mins must be at least 1");
+        }
+        if !self.cut().is_valid() {
+            return bad("--cut-every must be at least 1 and --cut-margin less than it");
         }
         if self.latency_min_ms == 0 || self.latency_max_ms < self.latency_min_ms {
             return bad("latencies must satisfy 0 < min <= max");

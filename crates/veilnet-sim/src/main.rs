@@ -68,6 +68,12 @@ struct DirectoryArgs {
     /// Minutes between a relay's publications (the node's, veilnet_dir::REPUBLISH_EVERY, is 720).
     #[arg(long, default_value_t = SimConfig::default().republish_mins)]
     republish_mins: f64,
+    /// Seconds per slot of the cut nodes take their view at (the public network's: 3600).
+    #[arg(long, default_value_t = SimConfig::default().cut_every_s)]
+    cut_every: u64,
+    /// Seconds before a slot a record must be published to count in it (300).
+    #[arg(long, default_value_t = SimConfig::default().cut_margin_s)]
+    cut_margin: u64,
     /// Shortest one-way latency (ms).
     #[arg(long, default_value_t = SimConfig::default().latency_min_ms)]
     latency_min_ms: u64,
@@ -128,6 +134,8 @@ impl DirectoryArgs {
             dedup_wants: self.dedup_wants,
             degree: self.degree,
             republish_mins: self.republish_mins,
+            cut_every_s: self.cut_every,
+            cut_margin_s: self.cut_margin,
             latency_min_ms: self.latency_min_ms,
             latency_max_ms: self.latency_max_ms,
             exit_fraction: self.exit_fraction,

@@ -6,7 +6,7 @@
 //! request; the responder answers it with `process` (before storing the
 //! records the request carried, as the node does); the initiator answers
 //! the response with `process` and sends that as the next request unless it
-//! is empty or [`MAX_ROUNDS`] are done. Every request and every response
+//! is empty or [`MAX_ROUNDS`](veilnet_discovery::sync::MAX_ROUNDS) are done. Every request and every response
 //! (even an empty one) is a message with its own latency.
 
 use std::collections::{BinaryHeap, HashSet};
@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use veilnet_dir::MAX_DESCRIPTOR_AGE;
-use veilnet_discovery::sync::{self, SyncLimits, SyncMessage, MAX_ROUNDS};
+use veilnet_discovery::sync::{self, AfterRound, SyncLimits, SyncMessage};
 use veilnet_discovery::{DiscoveryConfig, MAX_MESSAGE_BYTES, SYNC_PROTOCOL};
 
 use crate::records::{log_normal, AddressPlan, Record, RecordId, Records, Relay, EPOCH_UNIX};
@@ -94,6 +94,10 @@ impl Kind {
     pub const NAMES: [&'static str; 4] = ["push", "relay_anti_entropy", "new_link", "client"];
 }
 
+/// Relays a client stays connected to (the node's `target_peers` for
+/// clients).
+pub const CLIENT_RELAYS: usize = 3;
+
 /// A simulated node.
 #[derive(Debug, Default)]
 pub struct Node {
@@ -107,6 +111,12 @@ pub struct Node {
     pub neighbours: Vec<u32>,
     /// Peers it has an anti-entropy exchange open with.
     in_flight: Vec<u32>,
+    /// A client's relays (node index, connected since, µs): it keeps
+    /// [`CLIENT_RELAYS`], replaces those that left, and fetches from the
+    /// one connected longest, as the node does.
+    relays_of_client: Vec<(u32, u64)>,
+    /// Which of them (by age) its next fetch is with.
+    fetch_rank: usize,
     /// Records accepted and not yet announced.
     push_pending: Vec<RecordId>,
     /// The peer all of them came from, if one did (not announced back to).
@@ -178,6 +188,14 @@ pub struct Agreement {
     pub relays: f64,
     /// The same among clients only.
     pub clients: f64,
+    /// Fraction of live nodes whose view at the cut (the relays whose
+    /// held descriptor was published by it: what paths are chosen from,
+    /// [`veilnet_dir::Cut`]) equals the most common one.
+    pub cut_all: f64,
+    /// The same among relays only.
+    pub cut_relays: f64,
+    /// The same among clients only.
+    pub cut_clients: f64,
     /// Fraction of live nodes holding exactly the most common set of
     /// descriptors (digests).
     pub digests_all: f64,
@@ -333,14 +351,12 @@ impl Sim {
         }
         // Timers, at random phases.
         let relay_interval = sim.secs(sim.cfg.exchange_interval_s);
-        let client_interval = sim.secs(sim.cfg.client_interval_s);
         for n in 0..sim.nodes.len() as u32 {
-            let every = if sim.nodes[n as usize].relay.is_some() {
-                relay_interval
+            let at = if sim.nodes[n as usize].relay.is_some() {
+                sim.rng.gen_range(0..relay_interval.max(1))
             } else {
-                client_interval
+                sim.next_client_fetch(n, true)
             };
-            let at = sim.rng.gen_range(0..every.max(1));
             sim.schedule(at, Ev::Gossip(n));
         }
         if sim.cfg.churn > 0.0 {
@@ -357,6 +373,32 @@ impl Sim {
 
     fn secs(&self, s: f64) -> u64 {
         (s * SEC as f64) as u64
+    }
+
+    /// When a client fetches next (µs): once a slot in the cut's fetch
+    /// window ([`veilnet_dir::Cut::fetch_window`], as the node does), or
+    /// every `client_interval_s` without one (at a random phase when
+    /// `first`).
+    fn next_client_fetch(&mut self, n: u32, first: bool) -> u64 {
+        let cut = self.cfg.cut();
+        let Some((from, to)) = cut.fetch_window() else {
+            let every = self.secs(self.cfg.client_interval_s).max(1);
+            return self.now
+                + if first {
+                    self.rng.gen_range(0..every)
+                } else {
+                    every
+                };
+        };
+        let slots = veilnet_discovery::FetchSlots {
+            every: std::time::Duration::from_secs(cut.every_secs),
+            from: std::time::Duration::from_secs(from),
+            to: std::time::Duration::from_secs(to),
+        };
+        let now = std::time::Duration::from_micros(EPOCH_UNIX * SEC + self.now);
+        let (delay, rank) = slots.next(now, self.rng.gen::<f64>());
+        self.nodes[n as usize].fetch_rank = rank;
+        self.now + delay.as_micros() as u64
     }
 
     fn republish_us(&self) -> u64 {
@@ -436,8 +478,17 @@ impl Sim {
     fn new_record(&mut self, relay: u32, back_us: u64) -> Result<RecordId, SimError> {
         let verify_at = self.unix();
         let at_us = (EPOCH_UNIX * SEC + self.now).saturating_sub(back_us);
+        let cut = self.cfg.cut();
         let r = &mut self.relays[relay as usize];
-        let signed = r.sign_new(at_us / SEC, at_us / 1000, verify_at)?;
+        // A listed relay republishes at the cut, as the node does
+        // (`OwnDescriptor::published_at`); a new one at its time.
+        let at = at_us / SEC;
+        let published = if r.template.seq > 0 {
+            cut.at(at).max(r.template.published).min(at)
+        } else {
+            at
+        };
+        let signed = r.sign_new(published, at_us / 1000, verify_at)?;
         let bytes = signed.to_bytes();
         let digest = signed.digest();
         if self.cfg.check_wire {
@@ -641,17 +692,40 @@ impl Sim {
                 .collect();
             (Kind::Gossip, self.secs(self.cfg.exchange_interval_s), peers)
         } else {
-            let peer = self.random_live_relay();
-            (
-                Kind::Client,
-                self.secs(self.cfg.client_interval_s),
-                peer.into_iter().collect(),
-            )
+            let rank = self.nodes[n as usize].fetch_rank;
+            let peer = self.client_relay(n, rank);
+            let next = self.next_client_fetch(n, false);
+            (Kind::Client, next - self.now, peer.into_iter().collect())
         };
         for p in peers {
             self.open_with(n, p, kind);
         }
         self.schedule(self.now + every, Ev::Gossip(n));
+    }
+
+    /// The relay client `n` fetches from: of its relays still alive (topped
+    /// up to [`CLIENT_RELAYS`] with random live ones), by how long it has
+    /// been connected, the `rank`-th (0: the longest).
+    fn client_relay(&mut self, n: u32, rank: usize) -> Option<u32> {
+        let mut mine = std::mem::take(&mut self.nodes[n as usize].relays_of_client);
+        mine.retain(|&(r, _)| self.nodes[r as usize].alive);
+        for _ in 0..2 * CLIENT_RELAYS {
+            if mine.len() >= CLIENT_RELAYS {
+                break;
+            }
+            if let Some(r) = self.random_live_relay() {
+                if !mine.iter().any(|&(m, _)| m == r) {
+                    mine.push((r, self.now));
+                }
+            }
+        }
+        let mut by_age: Vec<(u64, u32)> = mine.iter().map(|&(r, since)| (since, r)).collect();
+        by_age.sort_unstable();
+        let pick = by_age
+            .get(rank.min(by_age.len().saturating_sub(1)))
+            .map(|&(_, r)| r);
+        self.nodes[n as usize].relays_of_client = mine;
+        pick
     }
 
     fn random_live_relay(&mut self) -> Option<u32> {
@@ -789,7 +863,8 @@ impl Sim {
         self.nodes[me as usize].view.settle();
         // As the node: what a message asks for is claimed only if the
         // message is sent (not by the initiator's last round).
-        let sent = to_responder || round < MAX_ROUNDS;
+        let sent =
+            to_responder || sync::after_round(round, answer.is_empty()) == AfterRound::Continue;
         if self.cfg.dedup_wants && sent && !answer.want.is_empty() {
             let now = self.now;
             self.nodes[me as usize]
@@ -818,16 +893,32 @@ impl Sim {
             self.close(ex);
         } else if to_responder {
             self.send(ex, false, Rc::new(answer), served);
-        } else if !answer.is_empty() && round < MAX_ROUNDS {
-            if let Some(e) = &mut self.exchanges[ex as usize] {
-                e.round += 1;
-            }
-            self.send(ex, true, Rc::new(answer), served);
         } else {
-            if !answer.is_empty() {
-                self.counters.exchanges_at_max_rounds += 1;
+            match sync::after_round(round, answer.is_empty()) {
+                AfterRound::Continue => {
+                    if let Some(e) = &mut self.exchanges[ex as usize] {
+                        e.round += 1;
+                    }
+                    self.send(ex, true, Rc::new(answer), served);
+                }
+                // As the node: MAX_ROUNDS done with work left, start afresh.
+                AfterRound::Restart => {
+                    self.counters.exchanges_at_max_rounds += 1;
+                    let fresh =
+                        sync::open(&Store::new(&self.nodes[me as usize].view, &self.records));
+                    self.nodes[me as usize].view.settle();
+                    if let Some(e) = &mut self.exchanges[ex as usize] {
+                        e.round += 1;
+                    }
+                    self.send(ex, true, Rc::new(fresh), Vec::new());
+                }
+                AfterRound::Stop => {
+                    if !answer.is_empty() {
+                        self.counters.exchanges_at_max_rounds += 1;
+                    }
+                    self.close(ex);
+                }
             }
-            self.close(ex);
         }
     }
 
@@ -970,11 +1061,22 @@ impl Sim {
         let clients = |n: &Node| n.relay.is_none();
         let by_relays = |n: &Node| n.view.relays_hash();
         let by_digests = |n: &Node| n.view.records_hash();
+        let cut = self.cfg.cut().at(self.unix());
+        let by_cut = |n: &Node| {
+            n.view
+                .records()
+                .map(|id| self.records.get(id))
+                .filter(|r| r.published <= cut)
+                .fold(0u128, |h, r| h ^ crate::view::tag(r.relay, 1))
+        };
         Agreement {
             hour: self.now as f64 / (3600.0 * SEC as f64),
             all: frac(&all, &by_relays),
             relays: frac(&relays, &by_relays),
             clients: frac(&clients, &by_relays),
+            cut_all: frac(&all, &by_cut),
+            cut_relays: frac(&relays, &by_cut),
+            cut_clients: frac(&clients, &by_cut),
             digests_all: frac(&all, &by_digests),
             digests_relays: frac(&relays, &by_digests),
         }

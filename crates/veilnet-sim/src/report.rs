@@ -61,9 +61,13 @@ pub struct Report {
     pub not_converged: usize,
     /// Of them, those that never reached 99 % of all nodes.
     pub not_converged_all: usize,
-    /// Fraction of live nodes whose set of relays with a held, unexpired
-    /// descriptor equals the most common set, at the end.
+    /// Fraction of live nodes whose view at the cut (the relays they
+    /// choose paths from: a held, unexpired descriptor published by the
+    /// cut) equals the most common one, at the end.
     pub view_agreement: f64,
+    /// The lowest of `view_agreement` over the hourly samples after the
+    /// warm-up and the end.
+    pub view_agreement_min_hourly: f64,
     /// Agreement at the end and each simulated hour, also among relays
     /// and clients alone and on exact descriptor sets.
     pub agreement_end: Agreement,
@@ -162,7 +166,13 @@ pub fn build(sim: &Sim, sybil: Option<SybilReport>, wall_s: f64) -> Report {
         tracked_descriptors: tracked,
         not_converged: missed,
         not_converged_all: missed_all,
-        view_agreement: agreement_end.all,
+        view_agreement: agreement_end.cut_all,
+        view_agreement_min_hourly: sim
+            .samples
+            .iter()
+            .filter(|a| a.hour > sim.cfg.warmup_hours)
+            .map(|a| a.cut_all)
+            .fold(agreement_end.cut_all, f64::min),
         agreement_end,
         agreement_hourly: sim.samples.clone(),
         sybil,
@@ -181,7 +191,8 @@ impl Report {
              (whole run: {:.3} / {:.3})\n\
              convergence to 99% of relays: p50 {:.1} s, p99 {:.1} s ({} descriptors, {} never); \
              to 99% of all nodes: p50 {:.1} s, p99 {:.1} s\n\
-             view agreement at the end: {:.4} of nodes (relays {:.4}, clients {:.4}; exact descriptor sets {:.4})\n",
+             view agreement at the cut, at the end: {:.4} of nodes (relays {:.4}, clients {:.4}; lowest hourly {:.4})\n\
+             held relays at the end: {:.4} of nodes agree (relays {:.4}, clients {:.4}; exact descriptor sets {:.4})\n",
             self.relays,
             self.clients,
             self.config.hours,
@@ -199,6 +210,10 @@ impl Report {
             self.convergence_all_s_p50,
             self.convergence_all_s_p99,
             self.view_agreement,
+            self.agreement_end.cut_relays,
+            self.agreement_end.cut_clients,
+            self.view_agreement_min_hourly,
+            self.agreement_end.all,
             self.agreement_end.relays,
             self.agreement_end.clients,
             self.agreement_end.digests_all,

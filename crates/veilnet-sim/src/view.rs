@@ -20,7 +20,7 @@ const NONE: u32 = u32::MAX;
 const MARK: u32 = 1 << 31;
 
 /// A random 128-bit tag of a record or relay index, for set hashes.
-fn tag(i: u32, salt: u64) -> u128 {
+pub(crate) fn tag(i: u32, salt: u64) -> u128 {
     let mut x = u64::from(i) ^ salt;
     let mut mix = || {
         // splitmix64

@@ -20,8 +20,50 @@ fn small() -> SimConfig {
         push_fanout: 6,
         push_delay_ms: 1000,
         check_wire: true,
+        // Every record counts at once; clients reconcile every 120 s.
+        cut_every_s: 1,
+        cut_margin_s: 0,
         ..SimConfig::default()
     }
+}
+
+/// With the public network's cut, clients fetch once an hour in the minutes
+/// before the slot and every node agrees on the relays it chooses paths
+/// from, while the relays each holds differ between clients and relays
+/// (clients are up to an hour behind) and, under churn, among relays.
+#[test]
+fn nodes_agree_at_the_cut_while_what_they_hold_differs() {
+    let cfg = SimConfig {
+        nodes: 400,
+        hours: 2.5,
+        warmup_hours: 0.5,
+        churn: 0.2,
+        seed: 3,
+        ..SimConfig::default()
+    };
+    let r = run_directory(&cfg).unwrap();
+    println!("{}", r.summary());
+    assert!(
+        r.agreement_end.all < 0.9,
+        "clients lag: {}",
+        r.agreement_end.all
+    );
+    for h in r
+        .agreement_hourly
+        .iter()
+        .filter(|h| h.hour > cfg.warmup_hours)
+    {
+        assert_eq!(h.cut_all, 1.0, "at hour {}: {h:?}", h.hour);
+    }
+    assert_eq!(r.view_agreement, 1.0);
+    // Without the cut, the same run's clients see another set.
+    let r = run_directory(&SimConfig {
+        cut_every_s: 1,
+        cut_margin_s: 0,
+        ..cfg
+    })
+    .unwrap();
+    assert!(r.view_agreement < 0.9, "{}", r.view_agreement);
 }
 
 #[test]
