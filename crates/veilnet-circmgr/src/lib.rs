@@ -452,6 +452,16 @@ mod tests {
     fn manager(state_dir: &Path) -> Arc<CircuitManager> {
         let identity = libp2p::identity::Keypair::generate_ed25519();
         let own = identity.public().to_peer_id();
+        manager_with(identity, Directory::new(own), Some(state_dir.to_owned()))
+    }
+
+    /// A manager for `identity` over `directory`, its guards in
+    /// `state_dir` (or in memory).
+    fn manager_with(
+        identity: libp2p::identity::Keypair,
+        directory: Directory,
+        state_dir: Option<PathBuf>,
+    ) -> Arc<CircuitManager> {
         let no_relays = |_: &PeerId, _: Option<&SocketAddr>| false;
         let core = Core::new(CoreConfig {
             identity,
@@ -465,12 +475,12 @@ mod tests {
         .unwrap();
         CircuitManager::new(
             core,
-            Arc::new(Mutex::new(Directory::new(own))),
+            Arc::new(Mutex::new(directory)),
             CircMgrConfig {
                 hops: 3,
                 max_dirtiness: Duration::from_secs(600),
                 guards: GuardParams::default(),
-                state_dir: Some(state_dir.to_owned()),
+                state_dir,
             },
         )
     }
@@ -503,5 +513,121 @@ mod tests {
         std::fs::write(&file, &text[..text.len() / 2]).unwrap();
         assert!(manager(&dir).guards().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Relay `n`'s key (deterministic).
+    fn relay_key(n: u8) -> libp2p::identity::Keypair {
+        libp2p::identity::Keypair::ed25519_from_bytes([n + 1; 32]).unwrap()
+    }
+
+    /// A signed, verified measurement report by `measurer` at `now` that
+    /// reached each of `targets` at 1 MB/s.
+    fn reached(
+        measurer: &libp2p::identity::Keypair,
+        targets: &[PeerId],
+        now: u64,
+    ) -> veilnet_dir::VerifiedReport {
+        let r = veilnet_dir::Report {
+            measurer: measurer.public().to_peer_id(),
+            published: now,
+            observations: targets
+                .iter()
+                .map(|t| veilnet_dir::Observation {
+                    target: *t,
+                    bandwidth: 1_000_000,
+                    reached: true,
+                    since: now - 1000,
+                })
+                .collect(),
+        };
+        veilnet_dir::VerifiedReport::decode(&r.sign(measurer).unwrap()).unwrap()
+    }
+
+    /// The gate in `choose_path`: while the weights are not settled (with
+    /// measurements on, fewer than half the relays counted by address have
+    /// a report in the window), building paths samples no guard and gives
+    /// none up as unlisted, even though some relays already carry weight;
+    /// once enough relays have reported, guards are sampled.
+    #[tokio::test]
+    async fn no_guard_is_sampled_or_given_up_until_the_weights_settle() {
+        let identity = libp2p::identity::Keypair::generate_ed25519();
+        let now = unix_now();
+        let mut dir = Directory::new(identity.public().to_peer_id());
+        dir.use_measurements(Some(veilnet_dir::MeasureParams {
+            period_secs: 3600,
+            // Every measurer is assigned every relay.
+            measurers_per_target: 100,
+            window_epochs: 4,
+            min_measurers: 2,
+            ramp_secs: 0,
+            required: true,
+            max_rate: 20_000_000,
+        }));
+        // Ten relays, each in its own /24, all counted by address.
+        let keys: Vec<_> = (0..10).map(relay_key).collect();
+        let ids: Vec<PeerId> = keys.iter().map(|k| k.public().to_peer_id()).collect();
+        for (i, k) in keys.iter().enumerate() {
+            let d = veilnet_dir::Descriptor {
+                peer_id: ids[i],
+                identity_key: k.public().encode_protobuf(),
+                link_addrs: vec![SocketAddr::from(([198, 51, i as u8, 1], 9001))],
+                p2p_addrs: vec![],
+                onion_key: [0x11; 32],
+                onion_key_expires: now + 7 * 24 * 3600,
+                link_key: [0x24; 32],
+                roles: veilnet_dir::Roles {
+                    relay: true,
+                    exit: true,
+                },
+                exit_policy: veilnet_policy::ExitPolicy::default_exit(),
+                bandwidth: 1_000_000,
+                region: "ZZ".into(),
+                family: vec![],
+                version: "veilnet/test".into(),
+                seq: 1,
+                published: now,
+            };
+            dir.insert(&d.sign(k).unwrap(), now).unwrap();
+        }
+        // Four of ten report, each reaching relays 5..10: those weigh, but
+        // four is fewer than half.
+        for k in &keys[..4] {
+            dir.insert_report(reached(k, &ids[5..], now), now).unwrap();
+        }
+        let w = dir.weights();
+        assert!(!w.settled());
+        assert!(ids[5..].iter().all(|p| w.get(p) > 0), "some relays weigh");
+        let m = manager_with(identity, dir, None);
+        // A guard sampled before (from an old guards file): not listed.
+        let old = PeerId::random();
+        *lock(&m.guards) = GuardState::from_peers(&[old], now);
+        for _ in 0..3 {
+            let _ = m.choose_path(None, &[]);
+        }
+        let views = m.guards();
+        assert_eq!(
+            views.iter().map(|g| g.peer).collect::<Vec<_>>(),
+            vec![old],
+            "no guard sampled from unsettled weights"
+        );
+        assert!(views[0].listed, "nor one given up as unlisted meanwhile");
+        assert!(views[0].reachable);
+        // A fifth relay reports: five of ten, settled.
+        lock(&m.directory)
+            .insert_report(reached(&keys[4], &ids[5..], now), now)
+            .unwrap();
+        assert!(lock(&m.directory).weights().settled());
+        let _ = m.choose_path(None, &[]);
+        let views = m.guards();
+        let sampled: Vec<PeerId> = views.iter().map(|g| g.peer).filter(|p| *p != old).collect();
+        assert!(!sampled.is_empty(), "guards are sampled once settled");
+        assert!(
+            sampled.iter().all(|p| ids[5..].contains(p)),
+            "only relays that weigh are sampled"
+        );
+        assert!(
+            views.iter().any(|g| g.peer == old && !g.listed),
+            "and the unlisted guard is now marked so"
+        );
     }
 }

@@ -625,3 +625,56 @@ fn a_report_by_a_relay_over_its_address_cap_is_held_and_does_not_count() {
         "its word does not count"
     );
 }
+
+/// A peer id that ends in the same 8 bytes as `p`'s (a SHA-256 multihash
+/// of chosen bytes: a report may name any peer id).
+fn lookalike(p: &PeerId, salt: u8) -> PeerId {
+    let own = p.to_bytes();
+    let mut b = vec![0x12, 0x20, salt];
+    b.extend_from_slice(&[0; 21 + 2]);
+    b.extend_from_slice(&own[own.len() - 8..]);
+    PeerId::from_bytes(&b).unwrap()
+}
+
+/// Found by the `measure_assess` fuzz target: the assessment numbered
+/// peers by the last 8 bytes of their ids, so an observation of an id made
+/// to share them with a relay counted for that relay. Measurers could
+/// vouch for relays they were not assigned (the assignment was drawn for
+/// the lookalike, which can be ground) and for themselves.
+#[test]
+fn an_observation_of_a_lookalike_peer_id_does_not_count_for_the_relay() {
+    let (mut dir, keys) = network(4, 1_000_000);
+    let relay = id(&keys[0]);
+    let fake = lookalike(&relay, 1);
+    assert_ne!(fake, relay);
+    for m in &keys[1..=2] {
+        dir.insert_report(report(m, NOW, vec![obs(fake, 5_000_000)]), NOW)
+            .unwrap();
+    }
+    // Relay 3 vouches for itself under a lookalike.
+    let me = id(&keys[3]);
+    dir.insert_report(
+        report(&keys[3], NOW, vec![obs(lookalike(&me, 2), 5_000_000)]),
+        NOW,
+    )
+    .unwrap();
+    let w = dir.weights();
+    assert!(w.measured(&relay).is_none(), "nobody observed relay 0");
+    assert_eq!(w.get(&relay), 0);
+    assert!(w.measured(&me).is_none(), "nor relay 3");
+    // The lookalike is measured as what it is: a peer nobody lists.
+    assert_eq!(w.measured(&fake).map(|m| m.reached_by), Some(2));
+    assert_eq!(w.get(&fake), 0);
+    // A genuine observation next to them still counts.
+    dir.insert_report(
+        report(
+            &keys[3],
+            NOW,
+            vec![obs(lookalike(&me, 2), 5_000_000), obs(relay, 1_000)],
+        ),
+        NOW,
+    )
+    .unwrap();
+    let m = *dir.weights().measured(&relay).unwrap();
+    assert_eq!((m.reached_by, m.observed_by), (1, 1));
+}

@@ -537,6 +537,10 @@ impl Flat {
             .map(|(i, p)| (peer_key(p), i as u32))
             .collect();
         let n_candidates = peers.len();
+        // Targets whose hashing key another peer numbered already has: a
+        // report may name any peer id, and a SHA-256 one can end in any
+        // bytes, so one made to share a relay's would count as the relay.
+        let mut lookalikes: HashMap<PeerId, u32> = HashMap::new();
         let mut obs = Vec::new();
         for (measurer, per) in &m.reports {
             // Only candidates measure (indices below `n_candidates`; a
@@ -544,7 +548,7 @@ impl Flat {
             let Some(mi) = ix
                 .get(&peer_key(measurer))
                 .copied()
-                .filter(|&i| (i as usize) < n_candidates)
+                .filter(|&i| (i as usize) < n_candidates && peers[i as usize] == *measurer)
             else {
                 continue;
             };
@@ -560,10 +564,16 @@ impl Flat {
                         continue;
                     };
                     let next = peers.len() as u32;
-                    let ti = *ix.entry(peer_key(&o.target)).or_insert_with(|| {
+                    let mut ti = *ix.entry(peer_key(&o.target)).or_insert_with(|| {
                         peers.push(o.target);
                         next
                     });
+                    if peers[ti as usize] != o.target {
+                        ti = *lookalikes.entry(o.target).or_insert_with(|| {
+                            peers.push(o.target);
+                            next
+                        });
+                    }
                     obs.push(FlatObs {
                         period: (epoch - first) as usize,
                         epoch,
@@ -627,7 +637,9 @@ impl Flat {
 /// A peer's number for hashing: the last 8 bytes of its multihash digest
 /// (of an ed25519 key, the key's own last bytes). Hashing a `PeerId`
 /// itself encodes it afresh each time, which dominated an assessment; two
-/// keys that share these bytes would take 2^64 tries to make.
+/// ed25519 keys that share these bytes would take 2^64 tries to make, but
+/// a report may name any peer id, so [`Flat::of`] checks the peer behind
+/// each number.
 fn peer_key(p: &PeerId) -> u64 {
     let d = p.as_ref().digest();
     let mut b = [0u8; 8];
