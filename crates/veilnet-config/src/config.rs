@@ -65,6 +65,9 @@ pub struct DirectoryConfig {
     /// peers. New records spread by announcement at once; this only
     /// repairs what an announcement missed.
     pub exchange_interval_ms: u64,
+    /// Milliseconds over which records accepted are gathered and announced
+    /// together to a few relays.
+    pub announce_batch_ms: u64,
     /// Length of a slot, seconds: through a slot, paths are chosen from the
     /// records published `cut_margin_secs` before it began.
     pub cut_every_secs: u64,
@@ -77,6 +80,7 @@ impl Default for DirectoryConfig {
     fn default() -> Self {
         DirectoryConfig {
             exchange_interval_ms: 600_000,
+            announce_batch_ms: 10_000,
             cut_every_secs: 3600,
             cut_margin_secs: 300,
         }
@@ -84,11 +88,12 @@ impl Default for DirectoryConfig {
 }
 
 impl DirectoryConfig {
-    /// A test network on one host: reconcile twice a second, every record
-    /// counts at once.
+    /// A test network on one host: reconcile twice a second, announce
+    /// every second, every record counts at once.
     pub fn test_network() -> Self {
         DirectoryConfig {
             exchange_interval_ms: 500,
+            announce_batch_ms: 1000,
             cut_every_secs: 1,
             cut_margin_secs: 0,
         }
@@ -102,6 +107,12 @@ impl DirectoryConfig {
                     "{} is not between 50 and 3600000",
                     self.exchange_interval_ms
                 ),
+            ));
+        }
+        if !(100..=60_000).contains(&self.announce_batch_ms) {
+            return Err(ConfigError::invalid(
+                "directory.announce_batch_ms",
+                format!("{} is not between 100 and 60000", self.announce_batch_ms),
             ));
         }
         if !(1..=86_400).contains(&self.cut_every_secs) {

@@ -338,6 +338,10 @@ fn a_cut_margin_as_long_as_its_slot_or_a_zero_slot_is_refused() {
         invalid_field("[directory]\nexchange_interval_ms = 10\n"),
         "directory.exchange_interval_ms"
     );
+    assert_eq!(
+        invalid_field("[directory]\nannounce_batch_ms = 0\n"),
+        "directory.announce_batch_ms"
+    );
     let c = parse("[directory]\ncut_every_secs = 60\ncut_margin_secs = 20\n").unwrap();
     assert_eq!(c.directory.cut_margin_secs, 20);
     assert_eq!(c.directory.exchange_interval_ms, 600_000, "default kept");

@@ -93,11 +93,16 @@ struct Entry {
     desc: Descriptor,
     signed: SignedDescriptor,
     digest: DescriptorDigest,
+    /// The earliest `published` of the relay's descriptors this directory
+    /// has held in a row: the relay is in the view of a cut at or after it
+    /// (a later update does not take it out mid-slot).
+    since: u64,
 }
 
 impl From<Verified> for Entry {
     fn from(v: Verified) -> Self {
         Entry {
+            since: v.desc.published,
             desc: v.desc,
             signed: v.signed,
             digest: v.digest,
@@ -345,7 +350,7 @@ impl Directory {
         let ramp = self.measure.is_some()
             && self.clock >= self.weighed_at.saturating_add(self.reweigh_secs);
         if crossed {
-            let descriptors = self.nodes.values().map(|e| e.desc.published);
+            let descriptors = self.nodes.values().map(|e| e.since);
             let reports = self.measure.as_ref().and_then(|m| m.earliest_after(cut));
             self.pending = descriptors
                 .filter(|&p| p > cut)
@@ -370,16 +375,21 @@ impl Directory {
     }
 
     /// Every usable relay's selection weight ([`Weights`]) for paths:
-    /// of the relays whose descriptor was published by the cut
-    /// ([`Directory::cut`]), with measurements if they are on, from the
-    /// reports published by then; kept until the next change, expiry or
-    /// slot.
+    /// of the relays in the view of the cut ([`Directory::cut`]: the
+    /// earliest of their descriptors held in a row was published by it;
+    /// each weighs by its latest), with measurements if they are on, from
+    /// the reports published by then; kept until the next change, expiry
+    /// or slot.
     pub fn weights(&self) -> Arc<Weights> {
         self.weights
             .get_or_init(|| {
                 let cut = self.cut();
                 let m = self.measure.as_ref().map(|m| (m, cut));
-                let listed = self.iter().filter(|d| d.published <= cut);
+                let listed = self
+                    .nodes
+                    .values()
+                    .filter(|e| e.since <= cut)
+                    .map(|e| &e.desc);
                 Arc::new(Weights::of(listed, self.allow_private, m))
             })
             .clone()
@@ -594,8 +604,16 @@ impl Directory {
             }
             self.digests.remove(&old.digest);
             self.digests.insert(verified.digest, peer);
+            let since = old.since.min(verified.desc.published);
             *old = verified.into();
-            self.changed();
+            old.since = since;
+            if since > self.cut() {
+                // Still not in the view: it counts from the cut that
+                // passes `since`.
+                self.held_back(since);
+            } else {
+                self.changed();
+            }
             self.mark(mark);
             return Ok(Inserted::Updated);
         }
@@ -634,7 +652,10 @@ impl Directory {
     /// node went; `false` when every node carries weight (then the
     /// newcomer is the one refused).
     fn evict_weightless(&mut self) -> bool {
-        let weights = self.weights();
+        // By every record held, not the cut: a relay held back for the
+        // next slot weighs nothing at the cut, and must not be evicted for
+        // it (which relays those are depends on when each node got them).
+        let weights = self.latest_weights();
         let class = |d: &Descriptor| -> Option<u8> {
             if d.peer_id == self.own || weights.get(&d.peer_id) > 0 {
                 return None;

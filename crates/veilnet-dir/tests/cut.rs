@@ -81,8 +81,11 @@ fn directories_with_the_same_records_by_the_cut_agree_whatever_came_after() {
     assert_ne!(*a.weights(), *b.weights());
 }
 
-/// A republication dated at the cut keeps the relay in the view; one
-/// dated now takes it out until the next slot.
+/// A republication dated at the cut keeps the relay in the view, for a
+/// directory that held its earlier descriptor and for one that did not;
+/// one dated later keeps it in the view of a directory that held the
+/// earlier one (it was in the view, and an update does not take it out
+/// mid-slot).
 #[test]
 fn a_republication_dated_at_the_cut_stays_in_the_view() {
     let cut = slot_start() - CUT.margin_secs;
@@ -94,10 +97,47 @@ fn a_republication_dated_at_the_cut_stays_in_the_view() {
     d.published = cut;
     dir.insert(&sign(&d, &k), NOW).unwrap();
     assert!(dir.weights().get(&id(&k)) > 0);
+    let mut fresh = directory();
+    fresh.insert(&sign(&d, &k), NOW).unwrap();
+    assert!(fresh.weights().get(&id(&k)) > 0, "dated at the cut");
     d.seq = 3;
     d.published = NOW;
+    d.bandwidth = 2_000_000;
     dir.insert(&sign(&d, &k), NOW).unwrap();
-    assert_eq!(dir.weights().get(&id(&k)), 0);
+    assert_eq!(dir.weights().get(&id(&k)), 2_000_000, "in, as updated");
+    // A relay new since the cut stays out through its updates.
+    let n = key(2);
+    let mut e = desc(&n, "198.51.2.1:9001");
+    e.published = cut + 1;
+    dir.insert(&sign(&e, &n), NOW).unwrap();
+    e.seq = 2;
+    e.published = cut + 2;
+    dir.insert(&sign(&e, &n), NOW).unwrap();
+    assert_eq!(dir.weights().get(&id(&n)), 0);
+    dir.tick(slot_start() + CUT.every_secs);
+    assert!(dir.weights().get(&id(&n)) > 0, "the next slot");
+}
+
+/// A full directory makes room by what every record says, not by the cut:
+/// a measured relay held back for the next slot is not the one evicted.
+#[test]
+fn a_relay_held_back_for_the_next_slot_is_not_evicted_for_it() {
+    let cut = slot_start() - CUT.margin_secs;
+    let mut dir = directory();
+    dir.set_max_nodes(3);
+    // Two in the view, one after the cut; all weigh by what they advertise.
+    dir.insert(&relay(1, cut - 10), NOW).unwrap();
+    dir.insert(&relay(2, cut + 10), NOW).unwrap();
+    // A client's descriptor (not a relay) is the one to go.
+    let c = key(3);
+    let mut d = desc(&c, "198.51.3.1:9001");
+    d.roles.relay = false;
+    d.roles.exit = false;
+    d.published = cut - 10;
+    dir.insert(&sign(&d, &c), NOW).unwrap();
+    dir.insert(&relay(4, cut - 5), NOW).unwrap();
+    assert!(dir.get(&id(&key(2))).is_some(), "held back, kept");
+    assert!(dir.get(&id(&c)).is_none(), "the weightless one went");
 }
 
 const PARAMS: MeasureParams = MeasureParams {

@@ -56,8 +56,9 @@ impl FetchSlots {
     /// How long from `now` (since the unix epoch) until the next fetch, and
     /// which of the client's relays (0: the one connected longest, 1: the
     /// next) it is with; `pick` is a number in `[0, 1)`: where in its half
-    /// of the window the fetch falls. A fetch less than a second away is
-    /// skipped for the next.
+    /// of the window the fetch falls. A half already begun has had its
+    /// fetch (or the client started in it and fetched on connecting); a
+    /// fetch less than a second away is skipped for the next.
     pub fn next(&self, now: Duration, pick: f64) -> (Duration, usize) {
         let every = self.every.as_secs_f64().max(1.0);
         let now = now.as_secs_f64();
@@ -70,9 +71,13 @@ impl FetchSlots {
             (from + (mid - from) * pick, 0),
             (mid + (to - mid) * pick, 1),
         ];
+        // A half's moment counts only if its half has not begun (the first
+        // half's also while we are before it), so that each half gets one
+        // fetch however `pick` is drawn from call to call.
+        let halves = [(from, moments[0]), (mid, moments[1])];
         for slot in [start, start + every] {
-            for (at, rank) in moments {
-                if slot + at >= now + 1.0 {
+            for (begins, (at, rank)) in halves {
+                if now < slot + begins && slot + at >= now + 1.0 {
                     return (Duration::from_secs_f64(slot + at - now), rank);
                 }
             }
@@ -108,6 +113,14 @@ pub struct DiscoveryConfig {
     pub target_peers: usize,
     /// Time between two gossip rounds. Must be non-zero. Default 2 s.
     pub exchange_interval: Duration,
+    /// Records accepted within this window are announced together, in one
+    /// message per peer: each announcement costs a stream and two messages
+    /// (about 370 bytes with framing) whatever it carries, more than a
+    /// descriptor, so a relay that announced each record alone would spend
+    /// most of its traffic on announcements. Longer windows save bytes and
+    /// slow the spread (by about the window per hop). Must be non-zero.
+    /// Default 1 s.
+    pub announce_every: Duration,
     /// A client's reconciliation times, in place of `exchange_interval`
     /// (clients only; `None`, the default: every `exchange_interval`).
     pub client_fetch: Option<FetchSlots>,
@@ -121,6 +134,8 @@ pub struct DiscoveryConfig {
 impl DiscoveryConfig {
     /// Default time between gossip rounds.
     pub const DEFAULT_EXCHANGE_INTERVAL: Duration = Duration::from_secs(2);
+    /// Default announcement window ([`DiscoveryConfig::announce_every`]).
+    pub const DEFAULT_ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
     /// Default number of connections a node opens itself.
     pub const DEFAULT_TARGET_PEERS: usize = 8;
     /// Default maximum number of records per message.
@@ -139,6 +154,7 @@ impl DiscoveryConfig {
             known_peers: Vec::new(),
             target_peers: Self::DEFAULT_TARGET_PEERS,
             exchange_interval: Self::DEFAULT_EXCHANGE_INTERVAL,
+            announce_every: Self::DEFAULT_ANNOUNCE_EVERY,
             client_fetch: None,
             max_records: Self::DEFAULT_MAX_RECORDS,
             max_record_len: Self::DEFAULT_MAX_RECORD_LEN,
@@ -164,10 +180,12 @@ mod tests {
         // Early in a slot: this slot's first fetch, with the oldest relay.
         assert_eq!(at(7200, 0.0), (3360, 0));
         assert_eq!(at(7200, 1.0), (3465, 0));
-        // Between the two: the second, with the next relay.
+        // In the first half (after its fetch, whatever is drawn now): the
+        // second half's, with the next relay.
         assert_eq!(at(7200 + 3400, 0.0), (65, 1));
-        // Still before the first moment picked: the first.
-        assert_eq!(at(7200 + 3400, 1.0), (65, 0));
+        assert_eq!(at(7200 + 3400, 1.0), (170, 1));
+        // In the second half: the next slot's first.
+        assert_eq!(at(7200 + 3500, 1.0), (3600 - 3500 + 3465, 0));
         // Past the window: the next slot's first.
         assert_eq!(at(7200 + 3575, 0.0), (3600 - 3575 + 3360, 0));
     }

@@ -43,13 +43,8 @@ const COMMAND_CHANNEL: usize = 64;
 const GOSSIP_FANOUT: usize = 3;
 /// Peers a newly accepted record is announced to.
 const PUSH_FANOUT: usize = 6;
-/// Records accepted within this window are announced together, in one
-/// message per peer: each announcement costs a stream and two messages
-/// (about 370 bytes with framing) whatever it carries, more than a
-/// descriptor, so a busy relay would otherwise spend most of its traffic
-/// on announcements of one digest each. Also how often late wants are
-/// asked of another peer.
-const PUSH_BATCH: Duration = Duration::from_secs(1);
+/// How often late wants are asked of another peer.
+const WANTS_CHECK: Duration = Duration::from_secs(1);
 /// First random walk after start.
 const FIRST_WALK: Duration = Duration::from_secs(1);
 /// Time between random walks while the node has fewer connections of its
@@ -193,6 +188,11 @@ pub async fn spawn(
             "exchange_interval must be non-zero",
         ));
     }
+    if cfg.announce_every.is_zero() {
+        return Err(DiscoveryError::InvalidConfig(
+            "announce_every must be non-zero",
+        ));
+    }
     let mut bootstrap = Vec::with_capacity(cfg.bootstrap.len());
     for addr in &cfg.bootstrap {
         match addr.iter().last() {
@@ -245,6 +245,7 @@ pub async fn spawn(
         limits,
         exchange_interval: cfg.exchange_interval,
         client_fetch: cfg.client_fetch.filter(|_| cfg.client_only),
+        announce_every: cfg.announce_every,
         fetch_rank: 0,
         target_peers: cfg.target_peers,
         client_only: cfg.client_only,
@@ -399,6 +400,9 @@ struct Node {
     exchange_interval: Duration,
     /// A client's fetch slots, in place of `exchange_interval`.
     client_fetch: Option<FetchSlots>,
+    /// Records accepted within this window are announced together
+    /// ([`DiscoveryConfig::announce_every`]).
+    announce_every: Duration,
     /// Which of its relays a client's next fetch is with (by age).
     fetch_rank: usize,
     target_peers: usize,
@@ -421,7 +425,7 @@ struct Node {
     /// records we take.
     wants: Wants<PeerId>,
     /// Digests accepted since the last announcement (at most
-    /// [`MAX_DIGESTS`]; announced every [`PUSH_BATCH`]).
+    /// [`MAX_DIGESTS`]; announced every `announce_every`).
     push_pending: Vec<RecordDigest>,
     pending_listeners: HashSet<libp2p::core::transport::ListenerId>,
     /// Bootstrap and known peers: dialled again while we have no
@@ -441,8 +445,10 @@ impl Node {
         // A client with fetch slots reconciles at those instead.
         let fetch = tokio::time::sleep(self.next_fetch().unwrap_or(NEVER));
         tokio::pin!(fetch);
-        let mut batch = tokio::time::interval(PUSH_BATCH);
+        let mut batch = tokio::time::interval(self.announce_every);
         batch.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut wants_check = tokio::time::interval(WANTS_CHECK);
+        wants_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let walk = tokio::time::sleep(FIRST_WALK);
         tokio::pin!(walk);
         let mut redial_wait = REDIAL_FIRST;
@@ -489,8 +495,8 @@ impl Node {
                     let next = self.next_fetch().unwrap_or(NEVER);
                     fetch.as_mut().reset(Instant::now() + next);
                 }
-                _ = batch.tick() => {
-                    self.flush_push();
+                _ = batch.tick() => self.flush_push(),
+                _ = wants_check.tick() => {
                     let asks = self.wants.expire(Instant::now());
                     self.ask(asks);
                 }
@@ -644,7 +650,7 @@ impl Node {
         }
     }
 
-    /// Queues `digests` for the next announcement ([`PUSH_BATCH`]); a full
+    /// Queues `digests` for the next announcement (`announce_every`); a full
     /// batch goes at once.
     fn queue_push(&mut self, digests: Vec<RecordDigest>) {
         if self.client_only {

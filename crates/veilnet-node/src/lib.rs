@@ -375,6 +375,7 @@ impl Node {
             Vec::new()
         };
         dcfg.exchange_interval = gossip_interval;
+        dcfg.announce_every = Duration::from_millis(config.directory.announce_batch_ms);
         let (discovery, events) = veilnet_discovery::spawn(dcfg, provider).await?;
         let p2p_addrs = discovery.listen_addrs().await;
         {
@@ -606,6 +607,29 @@ impl veilnet_discovery::RecordStore for DirectoryRecords {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listed_relay_republishes_at_the_cut_and_a_new_one_now() {
+        let cut = Cut::PUBLIC;
+        let now = 1_700_000_000;
+        let at_cut = cut.at(now);
+        assert!(at_cut < now);
+        assert_eq!(published_at(cut, true, 0, now), at_cut);
+        // Never before the last descriptor (which may be after the cut).
+        assert_eq!(published_at(cut, true, at_cut + 7, now), at_cut + 7);
+        assert_eq!(published_at(cut, false, 0, now), now);
+        assert_eq!(published_at(Cut::IMMEDIATE, true, 0, now), now);
+    }
+
+    #[test]
+    fn clients_fetch_between_the_cut_and_the_next_slot() {
+        let f = client_fetch(Cut::PUBLIC).unwrap();
+        assert_eq!(f.every, Duration::from_secs(3600));
+        // The next slot's cut is 300 s before it: fetch after it.
+        assert_eq!(f.from, Duration::from_secs(3360));
+        assert_eq!(f.to, Duration::from_secs(3570));
+        assert_eq!(client_fetch(Cut::IMMEDIATE), None);
+    }
 
     #[test]
     fn own_addresses_come_from_the_config() {

@@ -51,8 +51,8 @@ pub struct SimConfig {
     /// Neighbours a relay announces newly accepted records to.
     pub push_fanout: usize,
     /// Milliseconds a relay collects newly accepted records before
-    /// announcing them in one message (0: at once; the node announces
-    /// what it stored every second, `PUSH_BATCH` in veilnet-discovery).
+    /// announcing them in one message (0: at once; the node's default is
+    /// `[directory] announce_batch_ms`, 10 s).
     pub push_delay_ms: u64,
     /// Whether a node leaves out of its `want` the records it asked another
     /// peer for less than 10 s ago, as the node does (veilnet-discovery's
@@ -115,7 +115,7 @@ impl Default for SimConfig {
             exchange_peers: 3,
             client_interval_s: 3600.0,
             push_fanout: 6,
-            push_delay_ms: 1000,
+            push_delay_ms: 10_000,
             dedup_wants: true,
             degree: 8,
             republish_mins: (veilnet_dir::REPUBLISH_EVERY / 60) as f64,

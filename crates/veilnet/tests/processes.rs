@@ -132,6 +132,7 @@ max_rate = 8_000_000
 # Reconcile often; every record counts at once.
 [directory]
 exchange_interval_ms = 500
+announce_batch_ms = 1000
 cut_every_secs = 1
 cut_margin_secs = 0
 "#,
