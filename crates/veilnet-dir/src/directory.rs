@@ -446,9 +446,11 @@ impl Directory {
         };
         let done = m.insert(report, now)?;
         if done != ReportInserted::Unchanged {
-            if published > self.cut() {
+            if published > self.cut() && done == ReportInserted::New {
                 // It counts from the slot whose cut passes it; only what
-                // a measurer schedules by can change now.
+                // a measurer schedules by can change now. (One that
+                // replaced a report changes the view at once: the report
+                // it replaced counted.)
                 self.held_back(published);
             } else if self.clock >= self.weighed_at.saturating_add(self.reweigh_secs) {
                 self.changed();
@@ -696,7 +698,9 @@ impl Directory {
     /// `now`; returns the removed peers.
     /// With measurements on, also drops reports of periods past the
     /// window and of measurers no longer listed, and recomputes the
-    /// weights at `now` (a newcomer's ramp grows with time).
+    /// weights if anything went or reports held back by the reweigh
+    /// interval are waiting (a newcomer's ramp grows with the cut:
+    /// [`Directory::tick`]).
     pub fn expire(&mut self, now: u64) -> Vec<PeerId> {
         self.tick(now);
         let mut removed = Vec::new();

@@ -184,3 +184,31 @@ fn reports_published_after_the_cut_weigh_from_the_next_slot() {
     dir.tick(slot_start() + CUT.every_secs);
     assert_eq!(dir.weights().get(&target), 1_000_000, "next slot");
 }
+
+/// A report that replaces one in the view changes the weights at once,
+/// whatever its date: the weights are those of the reports held.
+#[test]
+fn a_report_replacing_one_in_the_view_is_weighed_at_once() {
+    let cut = slot_start() - CUT.margin_secs;
+    let mut dir = directory();
+    dir.use_measurements(Some(PARAMS));
+    for n in 0..4 {
+        dir.insert(&relay(n, cut - 7200), NOW).unwrap();
+    }
+    let target = id(&key(0));
+    dir.insert_report(report(&key(1), cut - 20, target), NOW)
+        .unwrap();
+    dir.insert_report(report(&key(2), cut - 10, target), NOW)
+        .unwrap();
+    assert_eq!(dir.weights().get(&target), 1_000_000);
+    // Measurer 2's later report for the same period (it measured one more
+    // relay), dated after the cut: it replaces the one that counted, and
+    // does not count itself yet.
+    let mut later = report(&key(2), cut + 10, target).report;
+    let mut more = later.observations[0];
+    more.target = id(&key(3));
+    later.observations.push(more);
+    let later = VerifiedReport::decode(&later.sign(&key(2)).unwrap()).unwrap();
+    dir.insert_report(later, NOW).unwrap();
+    assert_eq!(dir.weights().get(&target), 0);
+}
