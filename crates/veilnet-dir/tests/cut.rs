@@ -164,16 +164,23 @@ fn report(measurer: &Keypair, published: u64, target: PeerId) -> VerifiedReport 
     VerifiedReport::decode(&r.sign(measurer).unwrap()).unwrap()
 }
 
-/// Reports count from the cut that passes them, in path weights; what a
-/// measurer schedules by ([`Directory::latest_weights`]) has them at once.
-#[test]
-fn reports_published_after_the_cut_weigh_from_the_next_slot() {
+/// A directory at the cut with measurements on, listing relays `key(0..4)`
+/// published well before it; and the cut.
+fn measured() -> (Directory, u64) {
     let cut = slot_start() - CUT.margin_secs;
     let mut dir = directory();
     dir.use_measurements(Some(PARAMS));
     for n in 0..4 {
         dir.insert(&relay(n, cut - 7200), NOW).unwrap();
     }
+    (dir, cut)
+}
+
+/// Reports count from the cut that passes them, in path weights; what a
+/// measurer schedules by ([`Directory::latest_weights`]) has them at once.
+#[test]
+fn reports_published_after_the_cut_weigh_from_the_next_slot() {
+    let (mut dir, cut) = measured();
     let target = id(&key(0));
     dir.insert_report(report(&key(1), cut - 10, target), NOW)
         .unwrap();
@@ -189,12 +196,7 @@ fn reports_published_after_the_cut_weigh_from_the_next_slot() {
 /// whatever its date: the weights are those of the reports held.
 #[test]
 fn a_report_replacing_one_in_the_view_is_weighed_at_once() {
-    let cut = slot_start() - CUT.margin_secs;
-    let mut dir = directory();
-    dir.use_measurements(Some(PARAMS));
-    for n in 0..4 {
-        dir.insert(&relay(n, cut - 7200), NOW).unwrap();
-    }
+    let (mut dir, cut) = measured();
     let target = id(&key(0));
     dir.insert_report(report(&key(1), cut - 20, target), NOW)
         .unwrap();
