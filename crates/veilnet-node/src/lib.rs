@@ -133,8 +133,9 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeE
         .map_err(|source| NodeError::Bind { what, addr, source })
 }
 
-/// When a client fetches the directory: once a slot, in the window of
-/// [`Cut::fetch_window`]; `None` (every exchange interval) without one.
+/// When a client fetches the directory: twice a slot, once in each half of
+/// the window of [`Cut::fetch_window`]; `None` (every exchange interval)
+/// without one.
 fn client_fetch(cut: Cut) -> Option<veilnet_discovery::FetchSlots> {
     let (from, to) = cut.fetch_window()?;
     Some(veilnet_discovery::FetchSlots {
