@@ -11,7 +11,9 @@
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
 
-use veilnet_discovery::sync::{self, RangeMode, RecordDigest, RecordStore, SyncLimits, SyncMessage};
+use veilnet_discovery::sync::{
+    self, RangeMode, RecordDigest, RecordKey, RecordStore, SyncLimits, SyncMessage,
+};
 
 const LIMITS: SyncLimits = SyncLimits {
     max_records: 64,
@@ -21,7 +23,8 @@ const LIMITS: SyncLimits = SyncLimits {
 
 struct Set {
     records: Vec<(RecordDigest, Vec<u8>)>,
-    sorted: Arc<[RecordDigest]>,
+    /// Keys with times 0 to 63 (four records a second).
+    sorted: Arc<[RecordKey]>,
 }
 
 impl Set {
@@ -33,13 +36,20 @@ impl Set {
             })
             .collect();
         records.sort();
-        let sorted = records.iter().map(|(d, _)| *d).collect();
-        Set { records, sorted }
+        let mut sorted: Vec<RecordKey> = records
+            .iter()
+            .map(|(d, r)| (u64::from(r[0] / 4), *d))
+            .collect();
+        sorted.sort_unstable();
+        Set {
+            records,
+            sorted: sorted.into(),
+        }
     }
 }
 
 impl RecordStore for Set {
-    fn digests(&self) -> Arc<[RecordDigest]> {
+    fn keys(&self) -> Arc<[RecordKey]> {
         self.sorted.clone()
     }
     fn record(&self, d: &RecordDigest) -> Option<Vec<u8>> {
@@ -48,7 +58,7 @@ impl RecordStore for Set {
     fn unknown(&self, digests: &[RecordDigest]) -> Vec<RecordDigest> {
         digests
             .iter()
-            .filter(|d| self.sorted.binary_search(d).is_err())
+            .filter(|d| self.records.binary_search_by(|(x, _)| x.cmp(d)).is_err())
             .copied()
             .collect()
     }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::cut::Cut;
 use crate::descriptor::{
     is_too_old, Descriptor, DescriptorDigest, DescriptorError, SignedDescriptor, Verified,
+    MAX_DESCRIPTOR_AGE,
 };
 use crate::evidence::Equivocation;
 use crate::measure::{MeasureParams, Measurements, ReportError, ReportInserted, VerifiedReport};
@@ -52,6 +53,12 @@ pub struct SeqMarks {
     /// The marks.
     pub marks: Vec<SeqMark>,
 }
+
+/// Where a stored record (a descriptor or a measurement report) sits in
+/// reconciliation: the `published` it carries, then its digest. Ordered by
+/// time, the records that changed since two nodes last agreed lie together
+/// (see `veilnet-discovery`'s `sync`, whose `RecordKey` this is).
+pub type RecordKey = (u64, DescriptorDigest);
 
 /// Digests of refused descriptors a [`Directory`] remembers, so that a
 /// peer offering the same bad descriptor again costs a lookup, not a
@@ -129,8 +136,8 @@ pub struct Directory {
     seqs: HashMap<PeerId, SeqMark>,
     /// Whether `seqs` changed since [`Directory::seq_marks`].
     seqs_dirty: bool,
-    /// The sorted digests, built on first use after a change.
-    sorted: OnceLock<Arc<[DescriptorDigest]>>,
+    /// The sorted record keys, built on first use after a change.
+    sorted: OnceLock<Arc<[RecordKey]>>,
     /// The relays' selection weights at the cut, built on first use after
     /// a change.
     weights: OnceLock<Arc<Weights>>,
@@ -219,20 +226,38 @@ impl Directory {
         self.refused.insert(digest);
     }
 
-    /// The digests of every stored record (descriptors and measurement
-    /// reports), sorted; kept until the next change, so repeated calls cost
-    /// a reference count.
-    pub fn digests(&self) -> Arc<[DescriptorDigest]> {
+    /// The [`RecordKey`]s of every stored record (descriptors and
+    /// measurement reports), sorted: by the time each carries, then by
+    /// digest, as reconciliation orders them. Kept until the next change,
+    /// so repeated calls cost a reference count.
+    pub fn keys(&self) -> Arc<[RecordKey]> {
         self.sorted
             .get_or_init(|| {
-                let mut d: Vec<_> = self.digests.keys().copied().collect();
+                let mut keys: Vec<RecordKey> = self
+                    .digests
+                    .iter()
+                    .map(|(d, peer)| (self.published_of(d, peer), *d))
+                    .collect();
                 if let Some(m) = &self.measure {
-                    d.extend(m.digests().copied());
+                    keys.extend(m.keys());
                 }
-                d.sort_unstable();
-                d.into()
+                keys.sort_unstable();
+                keys.into()
             })
             .clone()
+    }
+
+    /// The `published` of the stored descriptor `digest` of `peer`: the
+    /// listed one's, or for an equivocation's two, the later one's (what
+    /// the evidence keeps; the same on every node that holds both).
+    fn published_of(&self, digest: &DescriptorDigest, peer: &PeerId) -> u64 {
+        match self.nodes.get(peer) {
+            Some(e) if e.digest == *digest => e.desc.published,
+            _ => self
+                .evidence
+                .get(peer)
+                .map_or(0, |ev| ev.expires.saturating_sub(MAX_DESCRIPTOR_AGE)),
+        }
     }
 
     /// Records the highest descriptor of a relay, forgetting the least
@@ -605,6 +630,9 @@ impl Directory {
                 });
             }
             self.digests.remove(&old.digest);
+            // A replaced descriptor is never worth fetching back: a peer
+            // that still holds it offers it until it learns of this one.
+            self.refused.insert(old.digest);
             self.digests.insert(verified.digest, peer);
             let since = old.since.min(verified.desc.published);
             *old = verified.into();
@@ -705,11 +733,15 @@ impl Directory {
         self.tick(now);
         let mut removed = Vec::new();
         let digests = &mut self.digests;
+        let refused = &mut self.refused;
         self.nodes.retain(|peer, e| {
             let stale = is_too_old(e.desc.published, now) || e.desc.onion_key_expires <= now;
             if stale {
                 removed.push(*peer);
                 digests.remove(&e.digest);
+                // Offered again by a peer that has not expired it yet, it
+                // would only be refused.
+                refused.insert(e.digest);
             }
             !stale
         });

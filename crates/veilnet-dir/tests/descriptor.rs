@@ -552,11 +552,11 @@ fn equivocation_is_kept_as_evidence_and_excludes_the_relay() {
         // each one checks out on its own.
         for sd in [&low, &high] {
             assert!(view.holds(&sd.digest()));
-            assert!(view.digests().contains(&sd.digest()));
+            assert!(view.keys().iter().any(|k| k.1 == sd.digest()));
             assert_eq!(view.signed_by_digest(&sd.digest()), Some(sd));
             assert_eq!(sd.verify(NOW).unwrap().seq, 5);
         }
-        views.push(view.digests());
+        views.push(view.keys());
     }
     assert_eq!(views[0], views[1], "both orders end in the same view");
 
@@ -604,6 +604,9 @@ fn directory_expire() {
         dir.insert(&sign(d, k), NOW).unwrap();
     }
     assert_eq!(dir.len(), 3);
+    // Keys run in the order of the times the records carry.
+    let times: Vec<u64> = dir.keys().iter().map(|k| k.0).collect();
+    assert_eq!(times, vec![NOW - 1000, d3.published, NOW + 200]);
     assert!(dir.expire(NOW).is_empty());
     assert_eq!(dir.expire(NOW + 60), vec![k3.public().to_peer_id()]);
     assert!(dir.expire(NOW - 1000 + MAX_DESCRIPTOR_AGE).is_empty());
@@ -614,6 +617,8 @@ fn directory_expire() {
     assert_eq!(dir.len(), 1);
     assert!(dir.get(&k2.public().to_peer_id()).is_some());
     assert_eq!(dir.iter().count(), 1);
+    // an expired one is known: reconciliation does not fetch it back
+    assert!(dir.knows(&sign(&d1, &k1).digest()));
     // a stale descriptor is refused at insert time
     let err = dir.insert(&sign(&d1, &k1), NOW - 1000 + MAX_DESCRIPTOR_AGE + 1);
     assert!(matches!(err, Err(DescriptorError::Expired { .. })));
@@ -655,6 +660,8 @@ fn directory_recognises_held_descriptors_by_digest() {
     let s2 = sign(&d, &k);
     assert_eq!(dir.insert(&s2, NOW).unwrap(), Inserted::Updated);
     assert!(!dir.holds(&s1.digest()) && dir.holds(&s2.digest()));
+    // Known, so reconciliation never asks a peer that still has it for it.
+    assert!(dir.knows(&s1.digest()));
     // The replaced one is refused as a replay, not taken for "held".
     assert!(matches!(
         dir.insert(&s1, NOW),

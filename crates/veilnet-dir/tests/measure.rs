@@ -337,7 +337,7 @@ fn the_directory_keeps_one_report_per_measurer_and_period_from_listed_relays() {
         dir.insert_report(rewrite, NOW + 6),
         Err(ReportError::Superseded(_))
     ));
-    assert!(dir.digests().contains(&d2));
+    assert!(dir.keys().iter().any(|k| k.1 == d2));
     assert_eq!(dir.record(&d2).unwrap(), second.record);
     let future = report(&keys[1], NOW + MAX_CLOCK_SKEW + 100, vec![]);
     assert!(matches!(
@@ -557,7 +557,7 @@ fn reports_weigh_in_at_most_once_per_reweigh_interval() {
     let d2 = second.digest;
     dir.insert_report(first, NOW).unwrap();
     dir.insert_report(second, NOW + 1).unwrap();
-    assert!(dir.holds(&d2) && dir.digests().contains(&d2));
+    assert!(dir.holds(&d2) && dir.keys().iter().any(|k| k.1 == d2));
     assert_eq!(dir.weights().get(&target), 0, "not yet recomputed");
     dir.insert_report(
         report(&keys[3], NOW + 10, vec![obs(target, 2_000_000)]),

@@ -4,14 +4,14 @@ use std::{sync::Arc, time::Duration};
 
 use libp2p::{identity::Keypair, Multiaddr, PeerId};
 
-use crate::sync::{digest, RecordDigest, RecordStore};
+use crate::sync::{digest, RecordDigest, RecordKey, RecordStore};
 
 /// A closure returning every record is a store, for tests and small tools
 /// only: each call hashes every record, so it is no store for a network of
-/// any size.
+/// any size. It cannot tell the time a record carries: every key's is 0.
 impl<F: Fn() -> Vec<Vec<u8>> + Send + Sync> RecordStore for F {
-    fn digests(&self) -> Arc<[RecordDigest]> {
-        let mut d: Vec<RecordDigest> = self().iter().map(|r| digest(r)).collect();
+    fn keys(&self) -> Arc<[RecordKey]> {
+        let mut d: Vec<RecordKey> = self().iter().map(|r| (0, digest(r))).collect();
         d.sort_unstable();
         d.dedup();
         d.into()
@@ -22,10 +22,10 @@ impl<F: Fn() -> Vec<Vec<u8>> + Send + Sync> RecordStore for F {
     }
 
     fn unknown(&self, digests: &[RecordDigest]) -> Vec<RecordDigest> {
-        let held = self.digests();
+        let held = self.keys();
         digests
             .iter()
-            .filter(|d| held.binary_search(d).is_err())
+            .filter(|d| held.binary_search(&(0, **d)).is_err())
             .copied()
             .collect()
     }

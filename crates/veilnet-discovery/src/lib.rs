@@ -11,8 +11,8 @@ mod wire;
 pub use config::{DiscoveryConfig, FetchSlots, RecordProvider};
 pub use error::DiscoveryError;
 pub use node::{spawn, DiscoveryEvent, DiscoveryHandle};
-pub use sync::RecordDigest;
 pub use sync::RecordStore;
+pub use sync::{RecordDigest, RecordKey};
 
 /// Protocol version string announced through identify.
 pub const IDENTIFY_PROTOCOL: &str = "/veilnet/id/1.0.0";

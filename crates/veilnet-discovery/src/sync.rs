@@ -1,10 +1,20 @@
 //! Range-based set reconciliation of records by digest (sans-IO): two nodes
 //! learn which records one has and the other lacks by exchanging
-//! fingerprints of ranges of their sorted digest sets, splitting only the
+//! fingerprints of ranges of their sorted record sets, splitting only the
 //! ranges that differ (in the manner of Meyer's range-based set
 //! reconciliation, as Nostr's negentropy does). Two nodes that hold the same
 //! set exchange one fingerprint; each difference costs a few more rounds of
 //! small messages, and then exactly the missing records.
+//!
+//! Records are ordered by [`RecordKey`]: the time a record carries (its
+//! `published`), then its digest. Ordered by digest alone, the hour's few
+//! hundred changes to a directory of thousands would fall in nearly every
+//! range, and a node that reconciles once an hour would list nearly every
+//! digest both ways. Ordered by time, they fall together: what was
+//! published since the peers last agreed at the end, and what it replaced
+//! where the replaced records were published (relays republish on a fixed
+//! schedule, so those fall together too); the ranges in between match at
+//! the first fingerprint.
 //!
 //! Records travel only when asked for (a digest in `want`): a node never
 //! receives a record it already holds or has refused before, however often
@@ -22,8 +32,21 @@ use sha2::{Digest as _, Sha256};
 /// SHA-256 of a record's bytes: how records are named in reconciliation.
 pub type RecordDigest = [u8; 32];
 
-/// Wire format version of [`SyncMessage`].
-pub const SYNC_VERSION: u8 = 1;
+/// Where a record sits in reconciliation: the time it carries (unix
+/// seconds, its `published`; 0 from a store that cannot tell) and its
+/// digest, compared in that order. The time comes from the record's own
+/// bytes, so every honest node gives a record the same key.
+pub type RecordKey = (u64, RecordDigest);
+
+/// The smallest [`RecordKey`]: where the whole space begins.
+pub const KEY_MIN: RecordKey = (0, [0; 32]);
+
+/// Bytes of an encoded [`RecordKey`]: the time (u64) and the digest.
+const KEY_LEN: usize = 8 + 32;
+
+/// Wire format version of [`SyncMessage`] (2: ranges bounded by
+/// [`RecordKey`]s; 1 was bounded by digests).
+pub const SYNC_VERSION: u8 = 2;
 /// A range with at most this many of our records is answered with their
 /// digests instead of being split.
 pub const LIST_THRESHOLD: usize = 16;
@@ -71,40 +94,40 @@ pub fn after_round(round: usize, is_empty: bool) -> AfterRound {
 const FINGERPRINT_LEN: usize = 16;
 
 /// A fingerprint of the records in a range: SHA-256 over their count and
-/// digests, truncated.
+/// keys, truncated.
 pub type Fingerprint = [u8; FINGERPRINT_LEN];
 
 /// The records a node reconciles with its peers (its own descriptor and
-/// the verified others), named by [`RecordDigest`]. A discovery node calls
-/// it on its swarm task for every exchange step, so it must be cheap and
-/// must not block.
+/// the verified others), named by [`RecordDigest`] and ordered by
+/// [`RecordKey`]. A discovery node calls it on its swarm task for every
+/// exchange step, so it must be cheap and must not block.
 pub trait RecordStore: Send + Sync {
-    /// The digests of the records this node passes on, sorted ascending,
-    /// without duplicates (read once per message).
-    fn digests(&self) -> Arc<[RecordDigest]>;
+    /// The keys of the records this node passes on, sorted ascending, with
+    /// no digest twice (read once per message).
+    fn keys(&self) -> Arc<[RecordKey]>;
     /// The bytes of the record with this digest, if held.
     fn record(&self, digest: &RecordDigest) -> Option<Vec<u8>>;
     /// Those of `digests` that are worth fetching: neither held nor
     /// refused before (one call per message, so a store behind a lock
     /// takes it once).
     fn unknown(&self, digests: &[RecordDigest]) -> Vec<RecordDigest>;
-    /// The [`fingerprint`] of `range`, a run of the digests this store's
-    /// [`digests`](Self::digests) returned. A store may answer from a cache
+    /// The [`fingerprint`] of `range`, a run of the keys this store's
+    /// [`keys`](Self::keys) returned. A store may answer from a cache
     /// (say, the whole set's, kept until the next change) instead of
     /// hashing, as long as the answer is what [`fingerprint`] would give.
-    fn fingerprint_of(&self, range: &[RecordDigest]) -> Fingerprint {
+    fn fingerprint_of(&self, range: &[RecordKey]) -> Fingerprint {
         fingerprint(range)
     }
 }
 
-/// What a range of the digest space `[lower, upper)` carries.
+/// What a range of the key space `[lower, upper)` carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RangeMode {
     /// The sender's fingerprint of its records in the range.
     Fingerprint(Fingerprint),
-    /// The sender's digests in the range (all of them). With `reply`, the
-    /// receiver answers with its own digests there if it has any the sender
-    /// lacks.
+    /// The digests of the sender's records in the range (all of them, in
+    /// key order). With `reply`, the receiver answers with its own there if
+    /// it has any the sender lacks.
     List {
         /// The digests.
         digests: Vec<RecordDigest>,
@@ -113,14 +136,14 @@ pub enum RangeMode {
     },
 }
 
-/// A range of the digest space: `lower` inclusive, `upper` exclusive
+/// A range of the key space: `lower` inclusive, `upper` exclusive
 /// (`None`: to the end).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Range {
-    /// Smallest digest in the range.
-    pub lower: RecordDigest,
-    /// First digest after the range, or `None` for the end of the space.
-    pub upper: Option<RecordDigest>,
+    /// Smallest key in the range.
+    pub lower: RecordKey,
+    /// First key after the range, or `None` for the end of the space.
+    pub upper: Option<RecordKey>,
     /// What the sender says about it.
     pub mode: RangeMode,
 }
@@ -190,22 +213,27 @@ impl SyncMessage {
 
     /// The binary encoding:
     /// `version u8 | ranges u16 | range* | wants u16 | digest* | records u16 | (len u32 | bytes)*`;
-    /// a range is `lower [32] | has_upper u8 | upper [32]? | mode u8 | body`,
+    /// a range is `bounds u8 | lower key? | upper key? | mode u8 | body`
+    /// (a key is `time u64 | digest [32]`; `bounds` bit 0: an upper key
+    /// follows, else the range runs to the end; bit 1: no lower key, the
+    /// range starts where the previous one ended, as split ranges do),
     /// with body `fingerprint [16]` (mode 1) or `reply u8 | n u16 | digest*`
     /// (mode 2). Integers are big-endian.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len());
         out.push(SYNC_VERSION);
         put_u16(&mut out, self.ranges.len());
+        let mut prev_upper = None;
         for r in &self.ranges {
-            out.extend_from_slice(&r.lower);
-            match &r.upper {
-                Some(u) => {
-                    out.push(1);
-                    out.extend_from_slice(u);
-                }
-                None => out.push(0),
+            let follows = prev_upper == Some(r.lower);
+            out.push(u8::from(r.upper.is_some()) | (u8::from(follows) << 1));
+            if !follows {
+                put_key(&mut out, &r.lower);
             }
+            if let Some(u) = &r.upper {
+                put_key(&mut out, u);
+            }
+            prev_upper = r.upper;
             match &r.mode {
                 RangeMode::Fingerprint(fp) => {
                     out.push(1);
@@ -236,7 +264,16 @@ impl SyncMessage {
 
     /// Size of [`encode`](Self::encode)'s output.
     pub fn encoded_len(&self) -> usize {
-        let ranges: usize = self.ranges.iter().map(range_len).sum();
+        let mut prev_upper = None;
+        let ranges: usize = self
+            .ranges
+            .iter()
+            .map(|r| {
+                let follows = prev_upper == Some(r.lower);
+                prev_upper = r.upper;
+                range_len(r) - if follows { KEY_LEN } else { 0 }
+            })
+            .sum();
         let records: usize = self.records.iter().map(|r| 4 + r.len()).sum();
         1 + 2 + ranges + 2 + 32 * self.want.len() + 2 + records
     }
@@ -260,11 +297,34 @@ impl SyncMessage {
         let mut ranges = Vec::with_capacity(n);
         let mut listed = 0usize;
         for _ in 0..n {
-            let lower = take_digest(b, "range lower bound")?;
-            let upper = match take_u8(b, "range upper flag")? {
-                0 => None,
-                1 => Some(take_digest(b, "range upper bound")?),
-                _ => return Err(SyncError::BadRange("upper flag")),
+            let bounds = take_u8(b, "range bounds")?;
+            if bounds > 3 {
+                return Err(SyncError::BadRange("bounds flags"));
+            }
+            let lower = if bounds & 2 != 0 {
+                match ranges.last() {
+                    Some(Range {
+                        upper: Some(end), ..
+                    }) => *end,
+                    _ => return Err(SyncError::BadRange("no previous range to follow")),
+                }
+            } else {
+                let lower = take_key(b, "range lower bound")?;
+                // One encoding per message: a range that follows says so.
+                if ranges
+                    .last()
+                    .is_some_and(|r: &Range| r.upper == Some(lower))
+                {
+                    return Err(SyncError::BadRange(
+                        "lower bound written out where it follows",
+                    ));
+                }
+                lower
+            };
+            let upper = if bounds & 1 != 0 {
+                Some(take_key(b, "range upper bound")?)
+            } else {
+                None
             };
             if upper.is_some_and(|u| u <= lower) {
                 return Err(SyncError::BadRange("upper bound not above lower bound"));
@@ -334,13 +394,25 @@ impl SyncMessage {
     }
 }
 
+/// Encoded bytes of `r` with its lower key written out.
 fn range_len(r: &Range) -> usize {
-    let upper = if r.upper.is_some() { 33 } else { 1 };
+    let upper = if r.upper.is_some() { KEY_LEN } else { 0 };
     let body = match &r.mode {
         RangeMode::Fingerprint(_) => 1 + FINGERPRINT_LEN,
         RangeMode::List { digests, .. } => 1 + 1 + 2 + 32 * digests.len(),
     };
-    32 + upper + body
+    1 + KEY_LEN + upper + body
+}
+
+fn put_key(out: &mut Vec<u8>, key: &RecordKey) {
+    out.extend_from_slice(&key.0.to_be_bytes());
+    out.extend_from_slice(&key.1);
+}
+
+fn take_key(b: &mut &[u8], what: &'static str) -> Result<RecordKey, SyncError> {
+    let t = take(b, 8, what)?;
+    let time = u64::from_be_bytes([t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]]);
+    Ok((time, take_digest(b, what)?))
 }
 
 fn put_u16(out: &mut Vec<u8>, n: usize) {
@@ -385,12 +457,13 @@ pub fn digest(record: &[u8]) -> RecordDigest {
     Sha256::digest(record).into()
 }
 
-/// The fingerprint of `digests` (the records of one range).
-pub fn fingerprint(digests: &[RecordDigest]) -> Fingerprint {
+/// The fingerprint of `keys` (the records of one range).
+pub fn fingerprint(keys: &[RecordKey]) -> Fingerprint {
     let mut h = Sha256::new();
-    h.update((digests.len() as u64).to_be_bytes());
-    for d in digests {
-        h.update(d);
+    h.update((keys.len() as u64).to_be_bytes());
+    for (time, digest) in keys {
+        h.update(time.to_be_bytes());
+        h.update(digest);
     }
     let full: [u8; 32] = h.finalize().into();
     let mut f = [0u8; FINGERPRINT_LEN];
@@ -398,12 +471,12 @@ pub fn fingerprint(digests: &[RecordDigest]) -> Fingerprint {
     f
 }
 
-/// Our digests in `[lower, upper)`.
+/// Our keys in `[lower, upper)`.
 fn in_range<'a>(
-    sorted: &'a [RecordDigest],
-    lower: &RecordDigest,
-    upper: Option<&RecordDigest>,
-) -> &'a [RecordDigest] {
+    sorted: &'a [RecordKey],
+    lower: &RecordKey,
+    upper: Option<&RecordKey>,
+) -> &'a [RecordKey] {
     let start = sorted.partition_point(|d| d < lower);
     let end = match upper {
         Some(u) => sorted.partition_point(|d| d < u),
@@ -416,9 +489,9 @@ fn in_range<'a>(
 pub fn open(set: &dyn RecordStore) -> SyncMessage {
     SyncMessage {
         ranges: vec![Range {
-            lower: [0; 32],
+            lower: KEY_MIN,
             upper: None,
-            mode: RangeMode::Fingerprint(set.fingerprint_of(&set.digests())),
+            mode: RangeMode::Fingerprint(set.fingerprint_of(&set.keys())),
         }],
         ..SyncMessage::default()
     }
@@ -436,7 +509,7 @@ pub fn announce(digests: &[RecordDigest]) -> SyncMessage {
     digests.dedup();
     SyncMessage {
         ranges: vec![Range {
-            lower: [0; 32],
+            lower: KEY_MIN,
             upper: None,
             mode: RangeMode::List {
                 digests,
@@ -458,18 +531,14 @@ pub fn announce(digests: &[RecordDigest]) -> SyncMessage {
 /// one fingerprint range, so nothing is dropped unseen and a later round
 /// carries on where this one stopped.
 pub fn process(set: &dyn RecordStore, msg: &SyncMessage, limits: &SyncLimits) -> SyncMessage {
-    // Only fingerprints and lists that ask for ours back need our digests:
-    // a push or a plain `want` is answered without reading them.
+    // Only fingerprints and lists that ask for ours back need our keys: a
+    // push or a plain `want` is answered without reading them.
     let needs_ours = msg
         .ranges
         .iter()
         .any(|r| !matches!(r.mode, RangeMode::List { reply: false, .. }));
-    let ours: Arc<[RecordDigest]> = if needs_ours {
-        set.digests()
-    } else {
-        Arc::new([])
-    };
-    let ours: &[RecordDigest] = &ours;
+    let ours: Arc<[RecordKey]> = if needs_ours { set.keys() } else { Arc::new([]) };
+    let ours: &[RecordKey] = &ours;
     let mut reply = SyncMessage::default();
     let mut listed = 0usize;
     let mut candidates: Vec<RecordDigest> = Vec::new();
@@ -511,14 +580,11 @@ pub fn process(set: &dyn RecordStore, msg: &SyncMessage, limits: &SyncLimits) ->
                 candidates.extend_from_slice(digests);
                 // Ours that the peer lacks: tell it, so it can ask.
                 if *answer {
-                    // Lists come sorted from honest peers: search them
-                    // instead of hashing every digest.
-                    let lacks = if digests.is_sorted() {
-                        mine.iter().any(|d| digests.binary_search(d).is_err())
-                    } else {
-                        let theirs: HashSet<&RecordDigest> = digests.iter().collect();
-                        mine.iter().any(|d| !theirs.contains(d))
-                    };
+                    // Lists come in key order, not digest order: search a
+                    // sorted copy (at most MAX_DIGESTS digests a message).
+                    let mut theirs = digests.clone();
+                    theirs.sort_unstable();
+                    let lacks = mine.iter().any(|(_, d)| theirs.binary_search(d).is_err());
                     if lacks {
                         listed += list_or_split(set, range, mine, false, &mut reply.ranges);
                     }
@@ -527,14 +593,8 @@ pub fn process(set: &dyn RecordStore, msg: &SyncMessage, limits: &SyncLimits) ->
         }
     }
     let max_want = MAX_DIGESTS.min(limits.max_records);
-    if candidates.is_sorted() {
-        // Ascending ranges of sorted lists (an honest peer's): duplicates
-        // are neighbours.
-        candidates.dedup();
-    } else {
-        let mut seen = HashSet::new();
-        candidates.retain(|d| seen.insert(*d));
-    }
+    let mut seen = HashSet::new();
+    candidates.retain(|d| seen.insert(*d));
     reply.want = set.unknown(&candidates);
     reply.want.truncate(max_want);
     let mut size = reply.encoded_len();
@@ -567,7 +627,7 @@ pub fn process(set: &dyn RecordStore, msg: &SyncMessage, limits: &SyncLimits) ->
 fn list_or_split(
     set: &dyn RecordStore,
     range: &Range,
-    mine: &[RecordDigest],
+    mine: &[RecordKey],
     reply: bool,
     out: &mut Vec<Range>,
 ) -> usize {
@@ -579,7 +639,7 @@ fn list_or_split(
         lower: range.lower,
         upper: range.upper,
         mode: RangeMode::List {
-            digests: mine.to_vec(),
+            digests: mine.iter().map(|(_, d)| *d).collect(),
             reply,
         },
     });
@@ -587,9 +647,9 @@ fn list_or_split(
 }
 
 /// Splits `range` (in which we hold `mine`, more than [`LIST_THRESHOLD`])
-/// into [`SPLIT`] parts bounded by our own digests, each with our
+/// into [`SPLIT`] parts bounded by our own keys, each with our
 /// fingerprint.
-fn split(set: &dyn RecordStore, range: &Range, mine: &[RecordDigest], out: &mut Vec<Range>) {
+fn split(set: &dyn RecordStore, range: &Range, mine: &[RecordKey], out: &mut Vec<Range>) {
     let n = mine.len();
     let mut lower = range.lower;
     for k in 1..=SPLIT {
@@ -647,38 +707,66 @@ mod tests {
         max_message_bytes: 4 * 1024 * 1024,
     };
 
-    /// A node's records, by digest.
+    /// A node's records, by digest, with the time each carries.
     #[derive(Default)]
     struct Set {
         records: BTreeMap<RecordDigest, Vec<u8>>,
-        sorted: Arc<[RecordDigest]>,
+        sorted: Arc<[RecordKey]>,
         refused: HashSet<RecordDigest>,
     }
 
     impl Set {
         fn of(items: impl IntoIterator<Item = u32>) -> Self {
+            Self::timed(items.into_iter().map(|i| (i, 0)))
+        }
+
+        /// Records `(i, time)`.
+        fn timed(items: impl IntoIterator<Item = (u32, u64)>) -> Self {
             let mut s = Set::default();
-            for i in items {
-                s.add(record(i));
+            for (i, t) in items {
+                s.records.insert(digest(&timed(i, t)), timed(i, t));
             }
+            s.sort();
             s
         }
 
         fn add(&mut self, r: Vec<u8>) {
             self.records.insert(digest(&r), r);
-            self.sorted = self.records.keys().copied().collect();
+            self.sort();
+        }
+
+        fn sort(&mut self) {
+            let mut keys: Vec<RecordKey> =
+                self.records.iter().map(|(d, r)| (time_of(r), *d)).collect();
+            keys.sort_unstable();
+            self.sorted = keys.into();
         }
     }
 
-    /// A record of descriptor size.
+    /// A record of descriptor size, carrying time 0.
     fn record(i: u32) -> Vec<u8> {
-        let mut r = format!("record {i} ").into_bytes();
+        timed(i, 0)
+    }
+
+    /// A record of descriptor size that carries time `t` (as a descriptor
+    /// carries its `published`).
+    fn timed(i: u32, t: u64) -> Vec<u8> {
+        let mut r = format!("record {i} at {t} ").into_bytes();
         r.resize(600, b'.');
         r
     }
 
+    /// The time a [`timed`] record carries.
+    fn time_of(r: &[u8]) -> u64 {
+        let text = String::from_utf8_lossy(r);
+        text.split(' ')
+            .nth(3)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0)
+    }
+
     impl RecordStore for Set {
-        fn digests(&self) -> Arc<[RecordDigest]> {
+        fn keys(&self) -> Arc<[RecordKey]> {
             self.sorted.clone()
         }
         fn record(&self, d: &RecordDigest) -> Option<Vec<u8>> {
@@ -797,6 +885,68 @@ mod tests {
         }
     }
 
+    /// Reconciles a client's directory of an hour ago with a relay's now,
+    /// as the directory changes: 5000 records published over 36 hours;
+    /// since then 300 new ones, 139 republished (those published 12 hours
+    /// before: the relay has refused the client's old copies) and 50 of the
+    /// oldest expired on both. With `with_times`, records carry their
+    /// publication time; without, every key's time is 0 (digest order).
+    /// Returns the bytes beyond the records'.
+    fn an_hour_later(with_times: bool) -> usize {
+        let hour = 3600;
+        let now = 36 * hour;
+        let t = |i: u32| {
+            if with_times {
+                u64::from(i) * now / 5000
+            } else {
+                0
+            }
+        };
+        let republished = |i: u32| (3194..3333).contains(&i);
+        let mut client = Set::timed((50..5000).map(|i| (i, t(i))));
+        let new = (100_000..100_300).chain((3194..3333).map(|i| i + 200_000));
+        let mut relay = Set::timed(
+            (50..5000)
+                .filter(|&i| !republished(i))
+                .map(|i| (i, t(i)))
+                .chain(new.map(|i| (i, if with_times { now - 60 } else { 0 }))),
+        );
+        relay.refused = (3194..3333).map(|i| digest(&timed(i, t(i)))).collect();
+        let before: HashSet<RecordDigest> = client.records.keys().copied().collect();
+        let mut total = 0;
+        for _ in 0..3 {
+            let (_, bytes) = exchange(&mut client, &mut relay);
+            total += bytes;
+            if relay.records.keys().all(|d| client.records.contains_key(d)) {
+                break;
+            }
+        }
+        assert!(
+            relay.records.keys().all(|d| client.records.contains_key(d)),
+            "the client holds all the relay holds"
+        );
+        assert_eq!(relay.records.len(), 4950 - 139 + 439, "nothing went back");
+        let records: usize = client
+            .records
+            .iter()
+            .filter(|(d, _)| !before.contains(*d))
+            .map(|(_, r)| r.len())
+            .sum();
+        total - records
+    }
+
+    #[test]
+    fn an_hour_of_changes_costs_a_few_ranges_when_records_carry_their_time() {
+        let timed = an_hour_later(true);
+        let untimed = an_hour_later(false);
+        println!("overhead: {timed} bytes with times, {untimed} without");
+        // 578 differences: in digest order they fall in nearly every range
+        // and most digests are listed both ways; in time order the ranges
+        // between the two bands of change match at once.
+        assert!(timed * 3 < untimed, "{timed} against {untimed}");
+        assert!(timed < 578 * 200, "{timed} bytes of overhead");
+    }
+
     #[test]
     fn a_refused_record_is_never_fetched_again() {
         let mut a = Set::of(0..100);
@@ -820,7 +970,7 @@ mod tests {
         };
         let a = Set::of(0..50);
         let msg = SyncMessage {
-            want: a.sorted.to_vec(),
+            want: a.sorted.iter().map(|(_, d)| *d).collect(),
             ..SyncMessage::default()
         };
         let answer = process(&a, &msg, &small);
@@ -839,8 +989,8 @@ mod tests {
     fn malformed_messages_are_refused() {
         let good = SyncMessage {
             ranges: vec![Range {
-                lower: [1; 32],
-                upper: Some([2; 32]),
+                lower: (1, [1; 32]),
+                upper: Some((1, [2; 32])),
                 mode: RangeMode::List {
                     digests: vec![[1; 32]],
                     reply: true,
@@ -865,14 +1015,28 @@ mod tests {
             Err(SyncError::Trailing(1))
         );
         let mut v = wire.clone();
-        v[0] = 2;
-        assert_eq!(SyncMessage::decode(&v, &LIMITS), Err(SyncError::Version(2)));
+        v[0] = 1;
+        assert_eq!(SyncMessage::decode(&v, &LIMITS), Err(SyncError::Version(1)));
         let mut backwards = good.clone();
-        backwards.ranges[0].upper = Some([1; 32]);
+        backwards.ranges[0].upper = Some((1, [1; 32]));
         assert!(matches!(
             SyncMessage::decode(&backwards.encode(), &LIMITS),
             Err(SyncError::BadRange(_))
         ));
+        // Keys compare by time first: a later digest at an earlier time
+        // is below.
+        backwards.ranges[0].upper = Some((0, [9; 32]));
+        assert!(matches!(
+            SyncMessage::decode(&backwards.encode(), &LIMITS),
+            Err(SyncError::BadRange(_))
+        ));
+        // A range that starts where the previous one ended needs one.
+        let mut first = good.encode();
+        first[3] |= 2;
+        assert_eq!(
+            SyncMessage::decode(&first, &LIMITS),
+            Err(SyncError::BadRange("no previous range to follow"))
+        );
         // A count far above the limit is refused before anything is read.
         let mut huge = vec![SYNC_VERSION];
         huge.extend_from_slice(&u16::MAX.to_be_bytes());
@@ -885,7 +1049,7 @@ mod tests {
     #[test]
     fn overlapping_or_unordered_ranges_are_refused() {
         let whole = |fp: u8| Range {
-            lower: [0; 32],
+            lower: KEY_MIN,
             upper: None,
             mode: RangeMode::Fingerprint([fp; 16]),
         };
@@ -899,8 +1063,8 @@ mod tests {
             Err(SyncError::BadRange(_))
         ));
         let part = |lo: u8, hi: u8| Range {
-            lower: [lo; 32],
-            upper: Some([hi; 32]),
+            lower: (u64::from(lo), [lo; 32]),
+            upper: Some((u64::from(hi), [hi; 32])),
             mode: RangeMode::Fingerprint([0; 16]),
         };
         for ranges in [vec![part(5, 9), part(1, 3)], vec![part(1, 5), part(4, 9)]] {
@@ -915,6 +1079,27 @@ mod tests {
             ..SyncMessage::default()
         };
         assert!(SyncMessage::decode(&ok.encode(), &LIMITS).is_ok());
+        // Ranges that follow each other are written without their lower
+        // bound, and only so: one encoding per message.
+        assert_eq!(ok.encoded_len(), 3 + (1 + 80 + 17) + 2 * (1 + 40 + 17) + 4);
+        let gap = SyncMessage {
+            ranges: vec![part(1, 5), part(6, 9)],
+            ..SyncMessage::default()
+        };
+        let mut wire = gap.encode();
+        // The second range's written lower bound, made equal to the first's
+        // upper one.
+        wire[3 + 98 + 1..3 + 98 + 1 + 40].copy_from_slice(&{
+            let mut k = 5u64.to_be_bytes().to_vec();
+            k.extend_from_slice(&[5; 32]);
+            k
+        });
+        assert_eq!(
+            SyncMessage::decode(&wire, &LIMITS),
+            Err(SyncError::BadRange(
+                "lower bound written out where it follows"
+            ))
+        );
     }
 
     #[test]
@@ -958,13 +1143,13 @@ mod tests {
         assert_eq!(answer.ranges.len() - 1, first_unanswered * SPLIT);
     }
 
-    /// A store that counts how often its digests are read.
+    /// A store that counts how often its keys are read.
     struct Counting<'a>(&'a Set, std::sync::atomic::AtomicUsize);
 
     impl RecordStore for Counting<'_> {
-        fn digests(&self) -> Arc<[RecordDigest]> {
+        fn keys(&self) -> Arc<[RecordKey]> {
             self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.0.digests()
+            self.0.keys()
         }
         fn record(&self, d: &RecordDigest) -> Option<Vec<u8>> {
             self.0.record(d)
@@ -975,7 +1160,7 @@ mod tests {
     }
 
     #[test]
-    fn pushes_and_wants_are_answered_without_reading_our_digests() {
+    fn pushes_and_wants_are_answered_without_reading_our_keys() {
         let b = Set::of(0..100);
         let store = Counting(&b, Default::default());
         let reads = || store.1.load(std::sync::atomic::Ordering::Relaxed);
@@ -983,7 +1168,7 @@ mod tests {
         let answer = process(&store, &announce(&new), &LIMITS);
         assert_eq!(answer.want.len(), 2);
         let want = SyncMessage {
-            want: vec![b.sorted[0]],
+            want: vec![b.sorted[0].1],
             ..SyncMessage::default()
         };
         assert_eq!(process(&store, &want, &LIMITS).records.len(), 1);
@@ -998,7 +1183,7 @@ mod tests {
     fn repeated_wants_get_one_copy() {
         let a = Set::of(0..10);
         let msg = SyncMessage {
-            want: vec![a.sorted[3]; 100],
+            want: vec![a.sorted[3].1; 100],
             ..SyncMessage::default()
         };
         assert_eq!(process(&a, &msg, &LIMITS).records.len(), 1);

@@ -177,7 +177,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::sync::{self, RecordStore, SyncLimits, SyncMessage};
+    use crate::sync::{self, RecordKey, RecordStore, SyncLimits, SyncMessage};
 
     const LIMITS: SyncLimits = SyncLimits {
         max_records: 2048,
@@ -190,8 +190,8 @@ mod tests {
     struct Set(Vec<Vec<u8>>);
 
     impl RecordStore for Set {
-        fn digests(&self) -> Arc<[RecordDigest]> {
-            let mut d: Vec<_> = self.0.iter().map(|r| sync::digest(r)).collect();
+        fn keys(&self) -> Arc<[RecordKey]> {
+            let mut d: Vec<_> = self.0.iter().map(|r| (0, sync::digest(r))).collect();
             d.sort_unstable();
             d.into()
         }
@@ -199,10 +199,10 @@ mod tests {
             self.0.iter().find(|r| sync::digest(r) == *digest).cloned()
         }
         fn unknown(&self, digests: &[RecordDigest]) -> Vec<RecordDigest> {
-            let held = self.digests();
+            let held = self.keys();
             digests
                 .iter()
-                .filter(|d| held.binary_search(d).is_err())
+                .filter(|d| held.binary_search(&(0, **d)).is_err())
                 .copied()
                 .collect()
         }

@@ -119,7 +119,7 @@ async fn garbage_and_oversized_records_do_not_crash_the_node() {
         let oversized = vec![0x42u8; 20 * 1024]; // > 16 KiB default
         let open_with = |records: Vec<Vec<u8>>| SyncMessage {
             ranges: vec![Range {
-                lower: [0; 32],
+                lower: veilnet_discovery::sync::KEY_MIN,
                 upper: None,
                 mode: RangeMode::Fingerprint([0; 16]),
             }],

@@ -584,12 +584,12 @@ fn configured_addresses(config: &Config) -> Vec<IpAddr> {
 }
 
 /// The directory as discovery reconciles it: descriptors and measurement
-/// reports by digest.
+/// reports by digest, in the order of the time each carries.
 struct DirectoryRecords(Arc<Mutex<Directory>>);
 
 impl veilnet_discovery::RecordStore for DirectoryRecords {
-    fn digests(&self) -> Arc<[veilnet_discovery::RecordDigest]> {
-        lock(&self.0).digests()
+    fn keys(&self) -> Arc<[veilnet_discovery::RecordKey]> {
+        lock(&self.0).keys()
     }
 
     fn record(&self, digest: &veilnet_discovery::RecordDigest) -> Option<Vec<u8>> {

@@ -89,12 +89,12 @@ impl Record {
     }
 }
 
-/// A node's sorted digests and their whole-set fingerprint, shared by all
+/// A node's sorted keys and their whole-set fingerprint, shared by all
 /// nodes whose views are equal.
 #[derive(Debug)]
 pub struct Cached {
-    /// The sorted digests.
-    pub digests: Arc<[RecordDigest]>,
+    /// The sorted keys.
+    pub digests: Arc<[veilnet_discovery::RecordKey]>,
     /// [`veilnet_discovery::sync::fingerprint`] of all of them, once asked.
     pub fingerprint: std::sync::OnceLock<Fingerprint>,
     /// Fingerprints of runs of them (by first index and length), as asked:

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use veilnet_dir::{supersedes, REFUSED_REMEMBERED};
 use veilnet_discovery::sync::{self, Fingerprint, LIST_THRESHOLD};
-use veilnet_discovery::{RecordDigest, RecordStore};
+use veilnet_discovery::{RecordDigest, RecordKey, RecordStore};
 
 use crate::records::{Cached, DigestHasher, RecordId, Records, MAX_RANGE_FINGERPRINTS};
 
@@ -63,10 +63,10 @@ pub struct View {
     /// Records asked for and not yet received, with when (µs): not asked
     /// for again from another peer until [`ASK_TIMEOUT_US`] has passed.
     asked: HashMap<RecordId, u64, BuildHasherDefault<DigestHasher>>,
-    /// The sorted digests, built when reconciliation first asks after a
+    /// The sorted keys, built when reconciliation first asks after a
     /// change.
     cache: OnceLock<Arc<Cached>>,
-    /// The digests built last, and the changes since (record removed,
+    /// The keys built last, and the changes since (record removed,
     /// record added): the next build patches them instead of sorting.
     base: Option<Arc<Cached>>,
     since: Vec<(u32, u32)>,
@@ -103,7 +103,7 @@ impl View {
         }
     }
 
-    /// Keeps the digests built for the last exchange step as the base of
+    /// Keeps the keys built for the last exchange step as the base of
     /// the next build.
     pub fn settle(&mut self) {
         if let Some(c) = self.cache.get() {
@@ -170,15 +170,17 @@ impl View {
             supersedes(old.seq, &old.digest, rec.seq, &rec.digest)
         };
         if !newer || rec.too_old(now_unix) {
-            if self.refused.len() >= REFUSED_REMEMBERED {
-                self.refused.clear();
-            }
-            self.refused.insert(id);
+            self.remember_refused(id);
             return Offer::Refused;
         }
         let old = (s != NONE && s & MARK == 0).then_some(s);
         match old {
-            Some(o) => self.records_hash ^= tag(o, 0),
+            Some(o) => {
+                self.records_hash ^= tag(o, 0);
+                // As the directory: a replaced record is known, never
+                // fetched back.
+                self.remember_refused(o);
+            }
             None => {
                 self.relays_hash ^= tag(rec.relay, 1);
                 self.len += 1;
@@ -189,10 +191,20 @@ impl View {
         Offer::Stored(old)
     }
 
+    /// Remembers `id` as refused (among about the last
+    /// [`REFUSED_REMEMBERED`], as the directory).
+    fn remember_refused(&mut self, id: RecordId) {
+        if self.refused.len() >= REFUSED_REMEMBERED {
+            self.refused.clear();
+        }
+        self.refused.insert(id);
+    }
+
     /// Drops the record held for `relay` (it expired), remembering its
-    /// sequence number. Returns it.
+    /// sequence number, and it as refused (as the directory). Returns it.
     pub fn expire(&mut self, relay: u32) -> Option<RecordId> {
         let id = self.held(relay)?;
+        self.remember_refused(id);
         self.records_hash ^= tag(id, 0);
         self.relays_hash ^= tag(relay, 1);
         self.len -= 1;
@@ -217,7 +229,7 @@ impl View {
         }
     }
 
-    /// Forgets the built digests (they are rebuilt on the next exchange):
+    /// Forgets the built keys (they are rebuilt on the next exchange):
     /// frees their memory when the node will not reconcile for a while.
     pub fn drop_cache(&mut self) {
         self.cache = OnceLock::new();
@@ -225,12 +237,16 @@ impl View {
         self.since.clear();
     }
 
-    /// The sorted digests of the records held: the base patched with the
-    /// changes since, or sorted afresh.
-    fn build(&self, records: &Records) -> Vec<RecordDigest> {
-        let digest = |id: u32| records.get(id).digest;
+    /// The sorted keys of the records held (by the time each carries, its
+    /// `published`, then digest): the base patched with the changes since,
+    /// or sorted afresh.
+    fn build(&self, records: &Records) -> Vec<RecordKey> {
+        let digest = |id: u32| {
+            let r = records.get(id);
+            (r.published, r.digest)
+        };
         let Some(base) = &self.base else {
-            let mut d: Vec<RecordDigest> = self.records().map(digest).collect();
+            let mut d: Vec<RecordKey> = self.records().map(digest).collect();
             d.sort_unstable();
             return d;
         };
@@ -262,7 +278,7 @@ impl View {
         }
         gone.sort_unstable();
         new.sort_unstable();
-        let old: &[RecordDigest] = &base.digests;
+        let old: &[RecordKey] = &base.digests;
         let mut out = Vec::with_capacity(old.len() + new.len());
         let (mut g, mut a) = (0, 0);
         for d in old {
@@ -295,8 +311,10 @@ impl View {
                 let digests = self.build(records);
                 #[cfg(debug_assertions)]
                 {
-                    let mut full: Vec<RecordDigest> =
-                        self.records().map(|id| records.get(id).digest).collect();
+                    let mut full: Vec<RecordKey> = self
+                        .records()
+                        .map(|id| (records.get(id).published, records.get(id).digest))
+                        .collect();
                     full.sort_unstable();
                     assert!(full == digests, "patched digests equal sorted ones");
                 }
@@ -357,7 +375,7 @@ impl<'a> Store<'a> {
 }
 
 impl RecordStore for Store<'_> {
-    fn digests(&self) -> Arc<[RecordDigest]> {
+    fn keys(&self) -> Arc<[RecordKey]> {
         self.view.cached(self.records).digests.clone()
     }
 
@@ -394,14 +412,14 @@ impl RecordStore for Store<'_> {
             .collect()
     }
 
-    fn fingerprint_of(&self, range: &[RecordDigest]) -> Fingerprint {
+    fn fingerprint_of(&self, range: &[RecordKey]) -> Fingerprint {
         if let Some(c) = self.view.cache.get() {
             if range.len() == c.digests.len() && std::ptr::eq(range.as_ptr(), c.digests.as_ptr()) {
                 return *c.fingerprint.get_or_init(|| sync::fingerprint(range));
             }
             // A run of the shared digests (reconciliation splits the set
             // it read): its index, found from the addresses.
-            let size = std::mem::size_of::<RecordDigest>();
+            let size = std::mem::size_of::<RecordKey>();
             let start = (range.as_ptr() as usize)
                 .checked_sub(c.digests.as_ptr() as usize)
                 .map_or(usize::MAX, |bytes| bytes / size);

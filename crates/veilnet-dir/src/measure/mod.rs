@@ -260,9 +260,13 @@ impl Measurements {
         Some(&self.reports.get(m)?.get(e)?.record)
     }
 
-    /// The digests of every held report.
-    pub fn digests(&self) -> impl Iterator<Item = &DescriptorDigest> {
-        self.digests.keys()
+    /// The [`RecordKey`](crate::RecordKey)s of every held report: its
+    /// `published` and digest.
+    pub fn keys(&self) -> impl Iterator<Item = crate::RecordKey> + '_ {
+        self.reports
+            .values()
+            .flat_map(|per| per.values())
+            .map(|s| (s.report.published, s.digest))
     }
 
     /// Number of held reports.
