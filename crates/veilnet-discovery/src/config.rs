@@ -53,6 +53,17 @@ pub struct FetchSlots {
 }
 
 impl FetchSlots {
+    /// Slots of `every_secs` with the window `(from, to)` (seconds into
+    /// each): what `veilnet_dir::Cut::fetch_window` gives, as the node and
+    /// the simulator build it.
+    pub fn new(every_secs: u64, (from, to): (u64, u64)) -> Self {
+        FetchSlots {
+            every: Duration::from_secs(every_secs),
+            from: Duration::from_secs(from),
+            to: Duration::from_secs(to),
+        }
+    }
+
     /// How long from `now` (since the unix epoch) until the next fetch, and
     /// which of the client's relays (0: the one connected longest, 1: the
     /// next) it is with; `pick` is a number in `[0, 1)`: where in its half

@@ -594,12 +594,16 @@ impl Node {
 
     /// Up to `n` random relays we have no exchange in flight with.
     fn idle_servers(&self, n: usize) -> Vec<PeerId> {
+        self.idle().choose_multiple(&mut rand::thread_rng(), n)
+    }
+
+    /// The relays we serve with that have no exchange of ours in flight.
+    fn idle(&self) -> impl Iterator<Item = PeerId> + '_ {
         let busy: HashSet<PeerId> = self.in_flight.values().map(|(p, _)| *p).collect();
         self.servers
             .iter()
-            .filter(|p| !busy.contains(p))
             .copied()
-            .choose_multiple(&mut rand::thread_rng(), n)
+            .filter(move |p| !busy.contains(p))
     }
 
     /// How long until a client's next fetch ([`FetchSlots`]), if it has
@@ -620,12 +624,9 @@ impl Node {
     /// relay that just joined may still be fetching itself), or the
     /// newest if there are fewer.
     fn client_server(&self, rank: usize) -> Option<PeerId> {
-        let busy: HashSet<PeerId> = self.in_flight.values().map(|(p, _)| *p).collect();
         let mut by_age: Vec<(Instant, PeerId)> = self
-            .servers
-            .iter()
-            .filter(|p| !busy.contains(p))
-            .filter_map(|p| self.connected.get(p).map(|s| (s.since, *p)))
+            .idle()
+            .filter_map(|p| self.connected.get(&p).map(|s| (s.since, p)))
             .collect();
         by_age.sort_unstable();
         by_age

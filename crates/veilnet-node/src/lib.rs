@@ -137,12 +137,8 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeE
 /// the window of [`Cut::fetch_window`]; `None` (every exchange interval)
 /// without one.
 fn client_fetch(cut: Cut) -> Option<veilnet_discovery::FetchSlots> {
-    let (from, to) = cut.fetch_window()?;
-    Some(veilnet_discovery::FetchSlots {
-        every: Duration::from_secs(cut.every_secs),
-        from: Duration::from_secs(from),
-        to: Duration::from_secs(to),
-    })
+    let window = cut.fetch_window()?;
+    Some(veilnet_discovery::FetchSlots::new(cut.every_secs, window))
 }
 
 /// See [`OwnDescriptor::published_at`]; `last`: the last descriptor's.

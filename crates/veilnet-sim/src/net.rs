@@ -381,7 +381,7 @@ impl Sim {
     /// `first`).
     fn next_client_fetch(&mut self, n: u32, first: bool) -> u64 {
         let cut = self.cfg.cut();
-        let Some((from, to)) = cut.fetch_window() else {
+        let Some(window) = cut.fetch_window() else {
             let every = self.secs(self.cfg.client_interval_s).max(1);
             return self.now
                 + if first {
@@ -390,11 +390,7 @@ impl Sim {
                     every
                 };
         };
-        let slots = veilnet_discovery::FetchSlots {
-            every: std::time::Duration::from_secs(cut.every_secs),
-            from: std::time::Duration::from_secs(from),
-            to: std::time::Duration::from_secs(to),
-        };
+        let slots = veilnet_discovery::FetchSlots::new(cut.every_secs, window);
         let now = std::time::Duration::from_micros(EPOCH_UNIX * SEC + self.now);
         let (delay, rank) = slots.next(now, self.rng.gen::<f64>());
         self.nodes[n as usize].fetch_rank = rank;
