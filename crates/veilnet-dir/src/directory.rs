@@ -60,6 +60,13 @@ pub struct SeqMarks {
 /// (see `veilnet-discovery`'s `sync`, whose `RecordKey` this is).
 pub type RecordKey = (u64, DescriptorDigest);
 
+/// Digests of descriptors a [`Directory`] replaced with a later one that it
+/// remembers, apart from the refused (so a peer that gets junk refused
+/// cannot flush them): about a day of a 10,000-relay network's
+/// republications. A peer that still holds a replaced descriptor offers it
+/// until it learns of the new one; remembered, it is not fetched back.
+pub const REPLACED_REMEMBERED: usize = 16_384;
+
 /// Digests of refused descriptors a [`Directory`] remembers, so that a
 /// peer offering the same bad descriptor again costs a lookup, not a
 /// signature check, and reconciliation never asks for it again.
@@ -132,6 +139,8 @@ pub struct Directory {
     evidence: BTreeMap<PeerId, Equivocation>,
     /// Recently refused digests.
     refused: RecentDigests,
+    /// Digests of descriptors recently replaced by later ones.
+    replaced: RecentDigests,
     /// The highest descriptor accepted per relay, kept after it is gone.
     seqs: HashMap<PeerId, SeqMark>,
     /// Whether `seqs` changed since [`Directory::seq_marks`].
@@ -180,6 +189,7 @@ impl Directory {
             digests: HashMap::new(),
             evidence: BTreeMap::new(),
             refused: RecentDigests::new(REFUSED_REMEMBERED),
+            replaced: RecentDigests::new(REPLACED_REMEMBERED),
             sorted: OnceLock::new(),
             weights: OnceLock::new(),
             latest: OnceLock::new(),
@@ -214,10 +224,11 @@ impl Directory {
         self.digests.contains_key(digest) || self.measure.as_ref().is_some_and(|m| m.holds(digest))
     }
 
-    /// Whether a descriptor needs no fetching or checking: held, or
-    /// refused recently ([`note_refused`](Self::note_refused)).
+    /// Whether a descriptor needs no fetching or checking: held, refused
+    /// recently ([`note_refused`](Self::note_refused)), or replaced by a
+    /// later one recently ([`REPLACED_REMEMBERED`]).
     pub fn knows(&self, digest: &DescriptorDigest) -> bool {
-        self.holds(digest) || self.refused.contains(digest)
+        self.holds(digest) || self.refused.contains(digest) || self.replaced.contains(digest)
     }
 
     /// Remembers (among the last [`REFUSED_REMEMBERED`]) that the
@@ -632,7 +643,7 @@ impl Directory {
             self.digests.remove(&old.digest);
             // A replaced descriptor is never worth fetching back: a peer
             // that still holds it offers it until it learns of this one.
-            self.refused.insert(old.digest);
+            self.replaced.insert(old.digest);
             self.digests.insert(verified.digest, peer);
             let since = old.since.min(verified.desc.published);
             *old = verified.into();
@@ -733,15 +744,11 @@ impl Directory {
         self.tick(now);
         let mut removed = Vec::new();
         let digests = &mut self.digests;
-        let refused = &mut self.refused;
         self.nodes.retain(|peer, e| {
             let stale = is_too_old(e.desc.published, now) || e.desc.onion_key_expires <= now;
             if stale {
                 removed.push(*peer);
                 digests.remove(&e.digest);
-                // Offered again by a peer that has not expired it yet, it
-                // would only be refused.
-                refused.insert(e.digest);
             }
             !stale
         });

@@ -19,7 +19,7 @@ pub use descriptor::{
 };
 pub use directory::{
     supersedes, Directory, Inserted, RecordKey, SeqMark, SeqMarks, MAX_NODES, MAX_SEQ_MARKS,
-    MAX_SEQ_MARKS_FILE_BYTES, REFUSED_REMEMBERED, SEQ_MARKS_FILE,
+    MAX_SEQ_MARKS_FILE_BYTES, REFUSED_REMEMBERED, REPLACED_REMEMBERED, SEQ_MARKS_FILE,
 };
 pub use evidence::Equivocation;
 pub use measure::{

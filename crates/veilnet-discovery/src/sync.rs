@@ -543,6 +543,9 @@ pub fn process(set: &dyn RecordStore, msg: &SyncMessage, limits: &SyncLimits) ->
     let ours: &[RecordKey] = &ours;
     let mut reply = SyncMessage::default();
     let mut listed = 0usize;
+    // No more digests listed than the peer can ask for in one `want` (it
+    // drops the rest, and a listed range is closed for this exchange).
+    let max_listed = MAX_DIGESTS.min(limits.max_records.max(LIST_THRESHOLD));
     let mut candidates: Vec<RecordDigest> = Vec::new();
     for range in &msg.ranges {
         let mine = in_range(ours, &range.lower, range.upper.as_ref());
@@ -571,13 +574,14 @@ pub fn process(set: &dyn RecordStore, msg: &SyncMessage, limits: &SyncLimits) ->
             RangeMode::Fingerprint(_) if mine.len() <= LIST_THRESHOLD => (1, mine.len()),
             RangeMode::Fingerprint(_) => (SPLIT, 0),
             RangeMode::List { .. } if lacking.is_empty() => (0, 0),
-            // Listed if they fit, else split as a fingerprint would be.
-            RangeMode::List { .. } if listed + lacking.len() <= MAX_DIGESTS => (1, lacking.len()),
+            // Listed (in this answer, or else from the remainder in a
+            // later one); split only if more than one answer can list.
+            RangeMode::List { .. } if lacking.len() <= max_listed => (1, lacking.len()),
             RangeMode::List { .. } => (SPLIT, 0),
         };
         // One range is kept for the remainder.
         if reply.ranges.len() + ranges_needed + 1 > MAX_RANGES
-            || listed + digests_needed > MAX_DIGESTS
+            || listed + digests_needed > max_listed
         {
             let upper = msg.ranges.last().and_then(|r| r.upper);
             let rest = in_range(ours, &range.lower, upper.as_ref());
@@ -1206,6 +1210,35 @@ mod tests {
         let a = Set::of(0..101);
         process(&store, &open(&a), &LIMITS);
         assert_eq!(reads(), 1);
+    }
+
+    #[test]
+    fn an_empty_node_fetches_a_large_directory_in_one_exchange() {
+        // More records than one message may carry or one want may name:
+        // nothing listed is dropped for want of room, so one exchange
+        // (with its fresh starts, as the node runs it) fetches them all.
+        let mut relay = Set::of(0..10_000);
+        let mut client = Set::default();
+        let mut msg = open(&client);
+        let mut round = 1;
+        loop {
+            let got = process(&relay, &msg, &LIMITS);
+            for r in &got.records {
+                client.add(r.clone());
+            }
+            let next = process(&client, &got, &LIMITS);
+            for r in &next.records {
+                relay.add(r.clone());
+            }
+            match after_round(round, next.is_empty()) {
+                AfterRound::Continue => msg = next,
+                AfterRound::Restart => msg = open(&client),
+                AfterRound::Stop => break,
+            }
+            round += 1;
+        }
+        assert_eq!(client.records.len(), 10_000, "after {round} rounds");
+        assert!(round <= MAX_ROUNDS, "{round} rounds");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use veilnet_dir::{supersedes, REFUSED_REMEMBERED};
+use veilnet_dir::{supersedes, REFUSED_REMEMBERED, REPLACED_REMEMBERED};
 use veilnet_discovery::sync::{self, Fingerprint, LIST_THRESHOLD};
 use veilnet_discovery::{RecordDigest, RecordKey, RecordStore};
 
@@ -60,6 +60,9 @@ pub struct View {
     /// directory remembers the last [`REFUSED_REMEMBERED`]; this forgets
     /// all of them at once when full).
     refused: HashSet<RecordId, BuildHasherDefault<DigestHasher>>,
+    /// Records replaced by later ones, likewise (the directory remembers
+    /// the last [`REPLACED_REMEMBERED`], apart from the refused).
+    replaced: HashSet<RecordId, BuildHasherDefault<DigestHasher>>,
     /// Records asked for and not yet received, with when (µs): not asked
     /// for again from another peer until [`ASK_TIMEOUT_US`] has passed.
     asked: HashMap<RecordId, u64, BuildHasherDefault<DigestHasher>>,
@@ -179,7 +182,10 @@ impl View {
                 self.records_hash ^= tag(o, 0);
                 // As the directory: a replaced record is known, never
                 // fetched back.
-                self.remember_refused(o);
+                if self.replaced.len() >= REPLACED_REMEMBERED {
+                    self.replaced.clear();
+                }
+                self.replaced.insert(o);
             }
             None => {
                 self.relays_hash ^= tag(rec.relay, 1);
@@ -201,10 +207,9 @@ impl View {
     }
 
     /// Drops the record held for `relay` (it expired), remembering its
-    /// sequence number, and it as refused (as the directory). Returns it.
+    /// sequence number. Returns it.
     pub fn expire(&mut self, relay: u32) -> Option<RecordId> {
         let id = self.held(relay)?;
-        self.remember_refused(id);
         self.records_hash ^= tag(id, 0);
         self.relays_hash ^= tag(relay, 1);
         self.len -= 1;
@@ -400,6 +405,7 @@ impl RecordStore for Store<'_> {
                 Some(&(id, relay)) => {
                     self.view.held(relay) != Some(id)
                         && (self.view.refused.is_empty() || !self.view.refused.contains(&id))
+                        && (self.view.replaced.is_empty() || !self.view.replaced.contains(&id))
                         && self.asked_until.is_none_or(|now| {
                             self.view
                                 .asked
