@@ -93,6 +93,13 @@ pub fn after_round(round: usize, is_empty: bool) -> AfterRound {
 /// Bytes of a range fingerprint.
 const FINGERPRINT_LEN: usize = 16;
 
+/// The most bytes of a message that are not records: its counts,
+/// [`MAX_RANGES`] ranges with both bounds written out, and [`MAX_DIGESTS`]
+/// listed and as many wanted digests. A message-size limit has this much
+/// room on top of its records'.
+pub const MAX_NON_RECORD_BYTES: usize =
+    1 + 3 * 2 + MAX_RANGES * (1 + 2 * KEY_LEN + 1 + 1 + 2 + FINGERPRINT_LEN) + 2 * MAX_DIGESTS * 32;
+
 /// A fingerprint of the records in a range: SHA-256 over their count and
 /// keys, truncated.
 pub type Fingerprint = [u8; FINGERPRINT_LEN];
@@ -1239,6 +1246,33 @@ mod tests {
         }
         assert_eq!(client.records.len(), 10_000, "after {round} rounds");
         assert!(round <= MAX_ROUNDS, "{round} rounds");
+    }
+
+    #[test]
+    fn a_message_without_records_fits_in_the_room_left_for_them() {
+        let key = |i: usize| (i as u64, [0; 32]);
+        let mut ranges: Vec<Range> = (0..MAX_RANGES - 1)
+            .map(|i| Range {
+                lower: key(2 * i),
+                upper: Some(key(2 * i + 1)),
+                mode: RangeMode::Fingerprint([0; 16]),
+            })
+            .collect();
+        ranges.push(Range {
+            lower: key(2 * MAX_RANGES),
+            upper: Some(key(2 * MAX_RANGES + 1)),
+            mode: RangeMode::List {
+                digests: vec![[1; 32]; MAX_DIGESTS],
+                reply: true,
+            },
+        });
+        let worst = SyncMessage {
+            ranges,
+            want: vec![[2; 32]; MAX_DIGESTS],
+            records: Vec::new(),
+        };
+        assert!(worst.encoded_len() <= MAX_NON_RECORD_BYTES);
+        assert_eq!(worst.encode().len(), worst.encoded_len());
     }
 
     #[test]

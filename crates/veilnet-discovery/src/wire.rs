@@ -7,18 +7,19 @@ use std::io;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 
-use crate::sync::{SyncLimits, SyncMessage};
+use crate::sync::{SyncLimits, SyncMessage, MAX_NON_RECORD_BYTES};
 use crate::MAX_MESSAGE_BYTES;
 
 /// The limits for the given configuration values; the message size is what
-/// `max_records` records of `max_record_len` bytes need, capped by
-/// [`MAX_MESSAGE_BYTES`] (digest lists and ranges are far smaller).
+/// `max_records` records of `max_record_len` bytes need, with room for the
+/// most ranges, lists and wants a message may carry
+/// ([`MAX_NON_RECORD_BYTES`]), capped by [`MAX_MESSAGE_BYTES`].
 pub(crate) fn limits(max_records: usize, max_record_len: usize) -> SyncLimits {
     // Counts travel as u16.
     let max_records = max_records.min(usize::from(u16::MAX));
     let full = max_records
         .saturating_mul(max_record_len.saturating_add(4))
-        .saturating_add(64 * 1024);
+        .saturating_add(MAX_NON_RECORD_BYTES);
     SyncLimits {
         max_records,
         max_record_len,

@@ -36,7 +36,8 @@ pub fn limits() -> SyncLimits {
     SyncLimits {
         max_records,
         max_record_len,
-        max_message_bytes: (max_records * (max_record_len + 4) + 64 * 1024).min(MAX_MESSAGE_BYTES),
+        max_message_bytes: (max_records * (max_record_len + 4) + sync::MAX_NON_RECORD_BYTES)
+            .min(MAX_MESSAGE_BYTES),
     }
 }
 
