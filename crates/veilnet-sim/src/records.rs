@@ -94,7 +94,7 @@ impl Record {
 #[derive(Debug)]
 pub struct Cached {
     /// The sorted keys.
-    pub digests: Arc<[veilnet_discovery::RecordKey]>,
+    pub keys: Arc<[veilnet_discovery::RecordKey]>,
     /// [`veilnet_discovery::sync::fingerprint`] of all of them, once asked.
     pub fingerprint: std::sync::OnceLock<Fingerprint>,
     /// Fingerprints of runs of them (by first index and length), as asked:

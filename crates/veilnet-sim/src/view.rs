@@ -173,7 +173,7 @@ impl View {
             supersedes(old.seq, &old.digest, rec.seq, &rec.digest)
         };
         if !newer || rec.too_old(now_unix) {
-            self.remember_refused(id);
+            remember(&mut self.refused, REFUSED_REMEMBERED, id);
             return Offer::Refused;
         }
         let old = (s != NONE && s & MARK == 0).then_some(s);
@@ -182,10 +182,7 @@ impl View {
                 self.records_hash ^= tag(o, 0);
                 // As the directory: a replaced record is known, never
                 // fetched back.
-                if self.replaced.len() >= REPLACED_REMEMBERED {
-                    self.replaced.clear();
-                }
-                self.replaced.insert(o);
+                remember(&mut self.replaced, REPLACED_REMEMBERED, o);
             }
             None => {
                 self.relays_hash ^= tag(rec.relay, 1);
@@ -195,15 +192,6 @@ impl View {
         self.records_hash ^= tag(id, 0);
         self.set_slot(rec.relay, id);
         Offer::Stored(old)
-    }
-
-    /// Remembers `id` as refused (among about the last
-    /// [`REFUSED_REMEMBERED`], as the directory).
-    fn remember_refused(&mut self, id: RecordId) {
-        if self.refused.len() >= REFUSED_REMEMBERED {
-            self.refused.clear();
-        }
-        self.refused.insert(id);
     }
 
     /// Drops the record held for `relay` (it expired), remembering its
@@ -283,7 +271,7 @@ impl View {
         }
         gone.sort_unstable();
         new.sort_unstable();
-        let old: &[RecordKey] = &base.digests;
+        let old: &[RecordKey] = &base.keys;
         let mut out = Vec::with_capacity(old.len() + new.len());
         let (mut g, mut a) = (0, 0);
         for d in old {
@@ -326,7 +314,7 @@ impl View {
                 let c = Arc::new(Cached {
                     fingerprint: OnceLock::new(),
                     ranges: Mutex::new(HashMap::new()),
-                    digests: digests.into(),
+                    keys: digests.into(),
                 });
                 if interned.len() > 4096 {
                     interned.retain(|_, w| w.strong_count() > 0);
@@ -381,7 +369,7 @@ impl<'a> Store<'a> {
 
 impl RecordStore for Store<'_> {
     fn keys(&self) -> Arc<[RecordKey]> {
-        self.view.cached(self.records).digests.clone()
+        self.view.cached(self.records).keys.clone()
     }
 
     fn record(&self, digest: &RecordDigest) -> Option<Vec<u8>> {
@@ -420,18 +408,18 @@ impl RecordStore for Store<'_> {
 
     fn fingerprint_of(&self, range: &[RecordKey]) -> Fingerprint {
         if let Some(c) = self.view.cache.get() {
-            if range.len() == c.digests.len() && std::ptr::eq(range.as_ptr(), c.digests.as_ptr()) {
+            if range.len() == c.keys.len() && std::ptr::eq(range.as_ptr(), c.keys.as_ptr()) {
                 return *c.fingerprint.get_or_init(|| sync::fingerprint(range));
             }
             // A run of the shared digests (reconciliation splits the set
             // it read): its index, found from the addresses.
             let size = std::mem::size_of::<RecordKey>();
             let start = (range.as_ptr() as usize)
-                .checked_sub(c.digests.as_ptr() as usize)
+                .checked_sub(c.keys.as_ptr() as usize)
                 .map_or(usize::MAX, |bytes| bytes / size);
-            let inside = start < c.digests.len()
-                && range.len() <= c.digests.len() - start
-                && std::ptr::eq(range.as_ptr(), c.digests[start..].as_ptr());
+            let inside = start < c.keys.len()
+                && range.len() <= c.keys.len() - start
+                && std::ptr::eq(range.as_ptr(), c.keys[start..].as_ptr());
             if inside && range.len() > LIST_THRESHOLD {
                 let key = (start as u32, range.len() as u32);
                 let mut memo = c.ranges.lock().unwrap_or_else(|p| p.into_inner());
@@ -448,4 +436,17 @@ impl RecordStore for Store<'_> {
         }
         sync::fingerprint(range)
     }
+}
+
+/// Adds `id` to `set`, which holds about the last `max` (the directory
+/// forgets the oldest first; this forgets all at once when full).
+fn remember(
+    set: &mut HashSet<RecordId, BuildHasherDefault<DigestHasher>>,
+    max: usize,
+    id: RecordId,
+) {
+    if set.len() >= max {
+        set.clear();
+    }
+    set.insert(id);
 }
