@@ -351,7 +351,7 @@ impl CircuitManager {
             })
             .filter(|r| r.weight > 0)
             .collect();
-        let first_hops = {
+        let (first_hops, down) = {
             let mut g = lock(&self.guards);
             let now = unix_now();
             // Guards are kept for months: none is sampled (or given up as
@@ -365,12 +365,16 @@ impl CircuitManager {
             }
             let mut hops = g.first_hops(&self.config.guards, now);
             hops.retain(|p| !skip.contains(p));
-            hops
+            // A guard we could not reach is no middle or exit either, unless
+            // it is due for a retry as the first hop (then it heads the
+            // path, and a failure there is noted as such).
+            let down: Vec<PeerId> = g.unreachable().filter(|p| !hops.contains(p)).collect();
+            (hops, down)
         };
         let req = PathRequest {
             hops: self.config.hops,
             exit_target: target,
-            exclude: &[],
+            exclude: &down,
             guards: &first_hops,
         };
         let path = select_path(&dir, &req, &mut rng);

@@ -500,7 +500,7 @@ async fn an_unreachable_guard_gives_way_to_the_next_guard_and_stays_a_guard() {
     use veilnet_circmgr::Isolation;
     let opts = TestnetOptions {
         nodes: 6,
-        exits: 2,
+        exits: 3,
         socks: None,
         ..TestnetOptions::default()
     };
@@ -522,18 +522,39 @@ async fn an_unreachable_guard_gives_way_to_the_next_guard_and_stays_a_guard() {
             .find(|n| n.peer_id == primaries[0])
             .unwrap();
         down.shutdown().await;
+        let is_down = || {
+            circuits
+                .guards()
+                .iter()
+                .any(|g| g.peer == primaries[0] && !g.reachable)
+        };
         let mut built = 0;
         for _ in 0..10 {
-            // a path through the stopped relay as a middle or exit can fail
-            if let Ok(c) = circuits.build(None, Isolation::NONE).await {
-                assert_eq!(
-                    c.hops()[0],
-                    primaries[1],
-                    "the next primary guard, in order"
-                );
-                built += 1;
+            // Until the client has tried the stopped relay itself, a path
+            // through it (as any hop) can fail. Once it is marked
+            // unreachable, no path uses it and every build works: three
+            // exits leave the next guard an exit other than itself.
+            let known = is_down();
+            match circuits.build(None, Isolation::NONE).await {
+                Ok(c) => {
+                    assert_eq!(
+                        c.hops()[0],
+                        primaries[1],
+                        "the next primary guard, in order"
+                    );
+                    assert!(
+                        !c.hops().contains(&primaries[0]),
+                        "no hop is the guard we could not reach"
+                    );
+                    built += 1;
+                }
+                Err(e) => assert!(
+                    !known,
+                    "a build failed after the guard was marked down: {e}"
+                ),
             }
         }
+        assert!(is_down(), "the stopped guard was never tried");
         assert!(built > 0, "no circuit through the next guard");
         let view = circuits
             .guards()

@@ -529,6 +529,18 @@ impl GuardState {
         }
     }
 
+    /// Sampled guards whose link we could not open and have not opened
+    /// since. We saw that ourselves, so, as Tor marks a relay it cannot
+    /// reach as down, a path avoids them as middle or exit: a circuit
+    /// through them would fail at the hop before, and count against a guard
+    /// that did nothing wrong.
+    pub fn unreachable(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.sampled
+            .iter()
+            .filter(|g| g.unreachable_since.is_some())
+            .map(|g| g.peer)
+    }
+
     /// A link to `peer` opened (`reached`) or could not be opened. Returns
     /// whether its reachability changed.
     pub fn note_link(&mut self, peer: &PeerId, reached: bool, now: u64) -> bool {
