@@ -1,9 +1,11 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod announce;
 mod config;
 mod error;
 mod node;
+mod push;
 pub mod sync;
 mod wants;
 mod wire;

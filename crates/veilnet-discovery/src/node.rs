@@ -27,8 +27,10 @@ use tokio::{
 use tracing::{debug, trace, warn};
 
 use crate::{
+    announce::{self, Frame},
     config::{DiscoveryConfig, FetchSlots, RecordProvider},
     error::DiscoveryError,
+    push::{self, Offered},
     sync::{self, AfterRound, RecordDigest, SyncLimits, SyncMessage, MAX_DIGESTS},
     wants::Wants,
     wire::{self, SyncCodec},
@@ -173,6 +175,7 @@ struct Behaviour {
     ping: ping::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     records: request_response::Behaviour<SyncCodec>,
+    announce: libp2p_stream::Behaviour,
 }
 
 /// Starts a discovery node on the current tokio runtime.
@@ -236,6 +239,14 @@ pub async fn spawn(
         debug!("kademlia bootstrap not started: {e}");
     }
 
+    let control = swarm.behaviour().announce.new_control();
+    let (frames_tx, frames_rx) = mpsc::channel(push::INBOUND_QUEUE);
+    // A client announces nothing and is announced nothing: it does not
+    // accept the stream, so identify does not list it.
+    if !cfg.client_only {
+        push::accept(control.clone(), limits, frames_tx)
+            .map_err(|_| DiscoveryError::InvalidConfig("announcement protocol registered twice"))?;
+    }
     let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL);
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL);
     let (ready_tx, ready_rx) = oneshot::channel();
@@ -256,6 +267,13 @@ pub async fn spawn(
         in_flight: HashMap::new(),
         wants: Wants::default(),
         push_pending: Vec::new(),
+        control,
+        frames: frames_rx,
+        writers: HashMap::new(),
+        offered: HashMap::new(),
+        announcers: HashSet::new(),
+        delivered_by: HashMap::new(),
+        delivered_before: HashMap::new(),
         pending_listeners,
         entry,
         ready: Some(ready_tx),
@@ -355,6 +373,7 @@ fn build_swarm(
                 ping: ping::Behaviour::default(),
                 kad,
                 records,
+                announce: libp2p_stream::Behaviour::new(),
             }
         })
         .map_err(|e| transport_err(&e))?
@@ -427,6 +446,24 @@ struct Node {
     /// Digests accepted since the last announcement (at most
     /// [`MAX_DIGESTS`]; announced every `announce_every`).
     push_pending: Vec<RecordDigest>,
+    /// Opens announcement streams.
+    control: libp2p_stream::Control,
+    /// Frames read from peers' announcement streams ([`push::accept`]).
+    frames: mpsc::Receiver<push::Inbound>,
+    /// Our announcement stream to each peer we announced to, as the queue
+    /// of its writer task.
+    writers: HashMap<PeerId, mpsc::Sender<Vec<u8>>>,
+    /// What we announced to each peer lately: all it may ask for on the
+    /// stream.
+    offered: HashMap<PeerId, Offered>,
+    /// Connected relays that accept announcement streams.
+    announcers: HashSet<PeerId>,
+    /// Who sent each record delivered since the last announcement (at
+    /// most what we asked for): an announcement of records that all came
+    /// from one peer does not go back to it.
+    delivered_by: HashMap<RecordDigest, PeerId>,
+    /// The same for the window before.
+    delivered_before: HashMap<RecordDigest, PeerId>,
     pending_listeners: HashSet<libp2p::core::transport::ListenerId>,
     /// Bootstrap and known peers: dialled again while we have no
     /// connection at all ([`REDIAL_FIRST`]).
@@ -496,6 +533,7 @@ impl Node {
                     fetch.as_mut().reset(Instant::now() + next);
                 }
                 _ = batch.tick() => self.flush_push(),
+                Some((peer, frame)) = self.frames.recv() => self.handle_frame(peer, frame),
                 _ = wants_check.tick() => {
                     let asks = self.wants.expire(Instant::now());
                     self.ask(asks);
@@ -665,16 +703,91 @@ impl Node {
         }
     }
 
-    /// Announces the queued digests to [`PUSH_FANOUT`] relays, in one
-    /// message each. A relay busy with an exchange is skipped:
-    /// anti-entropy reaches it later.
+    /// Announces the queued digests to [`PUSH_FANOUT`] relays, one frame
+    /// on each one's announcement stream.
     fn flush_push(&mut self) {
+        // Deliveries of this window and the last (a record is verified and
+        // handed back for announcing a little after it arrived).
+        let before = std::mem::replace(
+            &mut self.delivered_before,
+            std::mem::take(&mut self.delivered_by),
+        );
         if self.push_pending.is_empty() {
             return;
         }
-        let msg = sync::announce(&std::mem::take(&mut self.push_pending));
-        for peer in self.idle_servers(PUSH_FANOUT) {
-            self.send_sync(peer, msg.clone(), 1);
+        let mut digests = std::mem::take(&mut self.push_pending);
+        digests.sort_unstable();
+        digests.dedup();
+        let frame = Frame::Announce(digests);
+        let wire = frame.encode();
+        let Frame::Announce(digests) = frame else {
+            return;
+        };
+        // Not back to the peer that sent them all (it holds them).
+        let origin = digests
+            .iter()
+            .map(|d| self.delivered_before.get(d).or_else(|| before.get(d)))
+            .reduce(|a, b| if a == b { a } else { None })
+            .flatten()
+            .copied();
+        let peers: Vec<PeerId> = self
+            .announcers
+            .iter()
+            .copied()
+            .filter(|p| Some(*p) != origin)
+            .choose_multiple(&mut rand::thread_rng(), PUSH_FANOUT);
+        let now = Instant::now();
+        for peer in peers {
+            self.offered.entry(peer).or_default().add(&digests, now);
+            self.send_frame(peer, wire.clone());
+        }
+    }
+
+    /// Queues an encoded frame on our announcement stream to `peer`,
+    /// opening one if there is none (or the last one failed). A full queue
+    /// drops the frame: reconciliation carries what it would have.
+    fn send_frame(&mut self, peer: PeerId, wire: Vec<u8>) {
+        let tx = match self.writers.get(&peer) {
+            Some(tx) if !tx.is_closed() => tx,
+            _ => {
+                let tx = push::writer(self.control.clone(), peer);
+                self.writers.entry(peer).insert_entry(tx).into_mut()
+            }
+        };
+        if let Err(e) = tx.try_send(wire) {
+            debug!(%peer, "announcement not sent: {e}");
+        }
+    }
+
+    /// Answers a frame from a peer's announcement stream: an announcement
+    /// with a want of what we lack (if anything), a want with the records
+    /// we announced to it, records by delivering those we asked for.
+    fn handle_frame(&mut self, peer: PeerId, frame: Frame) {
+        let now = Instant::now();
+        let limits = announce::frame_limits(&self.limits);
+        match frame {
+            Frame::Announce(_) => {
+                let mut answer = sync::process(&*self.provider, &frame.into_message(), &limits);
+                self.wants.claim(peer, &mut answer.want, now);
+                if !answer.want.is_empty() {
+                    self.send_frame(peer, Frame::Want(answer.want).encode());
+                }
+            }
+            Frame::Want(mut want) => {
+                match self.offered.get_mut(&peer) {
+                    Some(o) => o.take(&mut want, now),
+                    None => want.clear(),
+                }
+                if want.is_empty() {
+                    return;
+                }
+                let answer =
+                    sync::process(&*self.provider, &Frame::Want(want).into_message(), &limits);
+                if !answer.records.is_empty() {
+                    self.send_frame(peer, Frame::Records(answer.records).encode());
+                }
+            }
+            Frame::Records(records) => self.deliver(peer, records),
         }
     }
 
@@ -711,10 +824,17 @@ impl Node {
             return;
         }
         let total = records.len();
-        let records: Vec<Vec<u8>> = records
-            .into_iter()
-            .filter(|r| self.wants.delivered(&sync::digest(r)))
-            .collect();
+        let mut taken = Vec::with_capacity(records.len());
+        for r in records {
+            let d = sync::digest(&r);
+            if self.wants.delivered(&d) {
+                if !self.client_only {
+                    self.delivered_by.insert(d, from);
+                }
+                taken.push(r);
+            }
+        }
+        let records = taken;
         if records.len() < total {
             debug!(%from, dropped = total - records.len(), "records nobody asked for");
         }
@@ -803,6 +923,9 @@ impl Node {
                     debug!(peer = %peer_id, "peer disconnected");
                     self.connected.remove(&peer_id);
                     self.servers.remove(&peer_id);
+                    self.announcers.remove(&peer_id);
+                    self.writers.remove(&peer_id);
+                    self.offered.remove(&peer_id);
                     let asks = self.wants.peer_gone(peer_id, Instant::now());
                     self.ask(asks);
                     self.emit(DiscoveryEvent::PeerDisconnected { peer: peer_id });
@@ -837,6 +960,11 @@ impl Node {
                     && self.connected.contains_key(&peer_id)
                 {
                     self.servers.insert(peer_id);
+                }
+                if info.protocols.contains(&push::protocol())
+                    && self.connected.contains_key(&peer_id)
+                {
+                    self.announcers.insert(peer_id);
                 }
                 let kad_proto = StreamProtocol::new(KAD_PROTOCOL);
                 if !info.protocols.contains(&kad_proto) {

@@ -59,6 +59,12 @@ pub struct SimConfig {
     /// one set of wants for all peers); false: it asks every peer that
     /// offers a record it lacks (the node before session 6).
     pub dedup_wants: bool,
+    /// Whether announcements travel as frames on one long-lived stream per
+    /// link and direction, as the node sends them (`/veilnet/announce`):
+    /// no negotiation per message and no empty answer. False: each is a
+    /// request-response exchange on a new stream, as the node did before
+    /// session 10.
+    pub push_stream: bool,
     /// Connections each relay opens to random relays (links are two-way,
     /// so a relay has about twice as many neighbours).
     pub degree: usize,
@@ -117,6 +123,7 @@ impl Default for SimConfig {
             push_fanout: 6,
             push_delay_ms: 10_000,
             dedup_wants: true,
+            push_stream: true,
             degree: 8,
             republish_mins: (veilnet_dir::REPUBLISH_EVERY / 60) as f64,
             cut_every_s: veilnet_dir::Cut::PUBLIC.every_secs,

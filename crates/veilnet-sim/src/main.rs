@@ -62,6 +62,10 @@ struct DirectoryArgs {
     /// (as the node does).
     #[arg(long, default_value_t = SimConfig::default().dedup_wants, action = clap::ArgAction::Set)]
     dedup_wants: bool,
+    /// Announce on one long-lived stream per link (as the node does);
+    /// false: one request-response exchange per announcement.
+    #[arg(long, default_value_t = SimConfig::default().push_stream, action = clap::ArgAction::Set)]
+    push_stream: bool,
     /// Links each relay opens.
     #[arg(long, default_value_t = SimConfig::default().degree)]
     degree: usize,
@@ -132,6 +136,7 @@ impl DirectoryArgs {
             push_fanout: self.push_fanout,
             push_delay_ms: self.push_delay_ms,
             dedup_wants: self.dedup_wants,
+            push_stream: self.push_stream,
             degree: self.degree,
             republish_mins: self.republish_mins,
             cut_every_s: self.cut_every,

@@ -16,6 +16,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use veilnet_dir::MAX_DESCRIPTOR_AGE;
+use veilnet_discovery::announce::{Frame, ANNOUNCE_PROTOCOL};
 use veilnet_discovery::sync::{self, AfterRound, SyncLimits, SyncMessage};
 use veilnet_discovery::{DiscoveryConfig, MAX_MESSAGE_BYTES, SYNC_PROTOCOL};
 
@@ -67,6 +68,24 @@ pub fn wire_bytes(payload: usize) -> u64 {
     (payload + multistream_bytes() + frames * (YAMUX_HEADER + NOISE_FRAME)) as u64
 }
 
+/// The modelled bytes on the wire for one announcement frame of `frame`
+/// bytes ([`Frame::encoded_len`], its length prefix included) on a
+/// long-lived announcement stream: the frame and a yamux header plus Noise
+/// framing per 16 KiB (the stream's negotiation is counted once, by
+/// [`stream_open_bytes`]).
+pub fn frame_bytes(frame: usize) -> u64 {
+    let frames = frame.div_ceil(YAMUX_FRAME).max(1);
+    (frame + frames * (YAMUX_HEADER + NOISE_FRAME)) as u64
+}
+
+/// The modelled bytes of opening an announcement stream, once per link
+/// and direction: the negotiation, both ways, in one frame each.
+pub fn stream_open_bytes() -> u64 {
+    let protocol = ANNOUNCE_PROTOCOL.len() + 1 + 1;
+    let header = "/multistream/1.0.0\n".len() + 1;
+    (2 * (header + protocol + YAMUX_HEADER + NOISE_FRAME)) as u64
+}
+
 /// What an exchange is for (the byte figures are split by it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -110,6 +129,9 @@ pub struct Node {
     pub view: View,
     /// Relays it has a link to (relays only).
     pub neighbours: Vec<u32>,
+    /// Peers it has opened its announcement stream to (with
+    /// [`SimConfig::push_stream`]).
+    push_streams: Vec<u32>,
     /// Peers it has an anti-entropy exchange open with.
     in_flight: Vec<u32>,
     /// A client's relays (node index, connected since, µs): it keeps
@@ -809,7 +831,26 @@ impl Sim {
         } else {
             (e.b, e.a, e.kind)
         };
-        let payload = if self.cfg.check_wire {
+        let stream = kind == Kind::Push && self.cfg.push_stream;
+        // On an announcement stream a message travels as its frame.
+        let frame = stream.then(|| Frame::len_of(msg)).flatten();
+        debug_assert!(!stream || frame.is_some(), "a push message has a frame");
+        if stream && self.cfg.check_wire {
+            let f = Frame::from_message(msg).expect("a push message has a frame");
+            let wire = f.encode();
+            assert_eq!(Some(wire.len()), frame);
+            let body = Frame::body_len(wire[..4].try_into().expect("4 bytes"), &self.limits)
+                .expect("our frames are within the limits");
+            let back = Frame::decode(&wire[4..4 + body], &self.limits).expect("our frames decode");
+            assert!(back == f, "a frame survives encoding");
+            assert!(
+                back.into_message() == *msg,
+                "a frame stands for its message"
+            );
+        }
+        let payload = if let Some(len) = frame {
+            len
+        } else if self.cfg.check_wire {
             let wire = msg.encode();
             assert_eq!(wire.len(), msg.encoded_len());
             let back = SyncMessage::decode(&wire, &self.limits).expect("our messages decode");
@@ -822,7 +863,15 @@ impl Sim {
             msg.encoded_len()
         };
         debug_assert_eq!(msg.records.len(), ids.len());
-        let bytes = wire_bytes(payload);
+        let mut bytes = if frame.is_some() {
+            frame_bytes(payload)
+        } else {
+            wire_bytes(payload)
+        };
+        if stream && !self.nodes[from as usize].push_streams.contains(&to) {
+            self.nodes[from as usize].push_streams.push(to);
+            bytes += stream_open_bytes();
+        }
         let steady = usize::from(self.now >= self.warmup);
         self.nodes[from as usize].bytes[steady] += bytes;
         self.nodes[to as usize].bytes[steady] += bytes;
@@ -885,8 +934,11 @@ impl Sim {
                 let store = Store::new(&self.nodes[a as usize].view, &self.records);
                 assert!(sync::process(&store, &answer, &self.limits).is_empty());
             }
-            self.count(ex, false, &answer, &served);
-            self.counters.messages += 1;
+            // On an announcement stream an empty answer is not sent.
+            if !self.cfg.push_stream {
+                self.count(ex, false, &answer, &served);
+                self.counters.messages += 1;
+            }
             self.close(ex);
         } else if to_responder {
             self.send(ex, false, Rc::new(answer), served);
@@ -971,6 +1023,7 @@ impl Sim {
         node.died_us = Some(self.now);
         let held: Vec<RecordId> = node.view.records().collect();
         let neighbours = std::mem::take(&mut node.neighbours);
+        node.push_streams.clear();
         node.view = View::default();
         node.push_pending.clear();
         for id in held {
@@ -983,6 +1036,7 @@ impl Sim {
         // Its neighbours drop the link and each finds another relay.
         for p in neighbours {
             self.nodes[p as usize].neighbours.retain(|&x| x != n);
+            self.nodes[p as usize].push_streams.retain(|&x| x != n);
             if let Some(q) = self.random_live_relay() {
                 let at = self.now + self.latency();
                 self.schedule(at, Ev::Connect(p, q));

@@ -12,7 +12,7 @@ use crate::SimConfig;
 pub const BYTES_MODEL: &str = "encoded SyncMessage bytes of every request and response, both \
 directions, counted for sender and receiver; plus, per message, a modelled libp2p stream \
 overhead: multistream-select negotiation and 12-byte yamux headers with 18 bytes of Noise \
-framing per frame (negotiation, 16 KiB data frames, FIN); TCP/IP headers not counted";
+framing per frame (negotiation, 16 KiB data frames, FIN); announcements (push) instead as frames on one long-lived stream per link and direction (a 4-byte length, yamux and Noise framing per 16 KiB, no empty answers; the stream's negotiation counted once); TCP/IP headers not counted";
 
 /// Descriptors published less than this before the end of a run are left
 /// out of the convergence figures (they had no time to spread).

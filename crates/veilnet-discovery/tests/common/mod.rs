@@ -10,6 +10,7 @@ use std::{
 };
 
 use libp2p::{identity::Keypair, Multiaddr, PeerId};
+use veilnet_discovery::sync;
 use veilnet_discovery::{spawn, DiscoveryConfig, DiscoveryEvent, DiscoveryHandle, RecordProvider};
 
 pub struct TestNode {
@@ -29,10 +30,25 @@ impl TestNode {
         interval: Duration,
         relay: bool,
     ) -> TestNode {
+        Self::start_with(own, bootstrap, interval, relay, false, |_| {}).await
+    }
+
+    /// As [`TestNode::start`]; with `announcing`, a node also announces
+    /// every record it receives for the first time, as the real node does
+    /// once it has accepted one; `tweak` changes the config last.
+    pub async fn start_with(
+        own: Vec<u8>,
+        bootstrap: Vec<Multiaddr>,
+        interval: Duration,
+        relay: bool,
+        announcing: bool,
+        tweak: impl FnOnce(&mut DiscoveryConfig),
+    ) -> TestNode {
         let mut cfg = DiscoveryConfig::new(Keypair::generate_ed25519());
         cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
         cfg.bootstrap = bootstrap;
         cfg.exchange_interval = interval;
+        tweak(&mut cfg);
         let known = Arc::new(Mutex::new(HashSet::from([own.clone()])));
         let provider: RecordProvider = if relay {
             let k = known.clone();
@@ -42,10 +58,21 @@ impl TestNode {
         };
         let (handle, mut events) = spawn(cfg, provider).await.unwrap();
         let k = known.clone();
+        let h = handle.clone();
         let collector = tokio::spawn(async move {
             while let Some(ev) = events.recv().await {
                 if let DiscoveryEvent::Records { records, .. } = ev {
-                    k.lock().unwrap().extend(records);
+                    let new: Vec<_> = {
+                        let mut k = k.lock().unwrap();
+                        records
+                            .into_iter()
+                            .filter(|r| k.insert(r.clone()))
+                            .collect()
+                    };
+                    if announcing && !new.is_empty() {
+                        h.announce(new.iter().map(|r| sync::digest(r)).collect())
+                            .await;
+                    }
                 }
             }
         });
@@ -60,6 +87,12 @@ impl TestNode {
             addr,
             collector,
         }
+    }
+
+    /// Takes `record` as its own and announces it.
+    pub async fn publish(&self, record: &[u8]) {
+        self.known.lock().unwrap().insert(record.to_vec());
+        self.handle.announce(vec![sync::digest(record)]).await;
     }
 
     pub fn knows(&self, record: &[u8]) -> bool {

@@ -1,0 +1,274 @@
+//! The announcement streams' IO: one writer task per peer we announce to,
+//! one reader task per peer that announces to us, and what we announced to
+//! whom ([`Offered`]). The frames are [`announce`](crate::announce)'s.
+//!
+//! Bounds: a writer queues at most [`WRITER_QUEUE`] frames (more are
+//! dropped: anti-entropy carries what a dropped announcement would have);
+//! a reader reads one frame at a time, of at most
+//! [`announce::frame_limits`]' size, and waits while the node's inbound
+//! queue ([`INBOUND_QUEUE`] frames for all peers) is full, so a fast sender
+//! is slowed by its own stream's flow control; one inbound stream per peer
+//! (a new one replaces the old).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, StreamProtocol};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tracing::{debug, trace};
+
+use crate::announce::{self, Frame, ANNOUNCE_PROTOCOL, LENGTH_BYTES};
+use crate::sync::{RecordDigest, SyncLimits, MAX_DIGESTS};
+
+/// Frames queued for one peer's stream.
+pub(crate) const WRITER_QUEUE: usize = 16;
+/// Frames read from all peers and not yet handled by the node.
+pub(crate) const INBOUND_QUEUE: usize = 16;
+/// How long opening a stream may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long writing one frame may take before the stream is given up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an announced digest may be asked for by the peer it was
+/// announced to.
+pub(crate) const OFFER_TTL: Duration = Duration::from_secs(60);
+/// Digests remembered as announced to one peer (older ones are forgotten
+/// first).
+pub(crate) const MAX_OFFERED: usize = 2 * MAX_DIGESTS;
+
+/// A frame read from a peer.
+pub(crate) type Inbound = (PeerId, Frame);
+
+/// The protocol, as libp2p names it.
+pub(crate) fn protocol() -> StreamProtocol {
+    StreamProtocol::new(ANNOUNCE_PROTOCOL)
+}
+
+/// Starts the task that accepts announcement streams and a reader for each;
+/// frames go to `tx`.
+pub(crate) fn accept(
+    mut control: libp2p_stream::Control,
+    limits: SyncLimits,
+    tx: mpsc::Sender<Inbound>,
+) -> Result<(), libp2p_stream::AlreadyRegistered> {
+    let mut incoming = control.accept(protocol())?;
+    tokio::spawn(async move {
+        let mut readers: HashMap<PeerId, AbortHandle> = HashMap::new();
+        while let Some((peer, stream)) = incoming.next().await {
+            trace!(%peer, "announcement stream accepted");
+            let task = tokio::spawn(read_frames(peer, stream, limits, tx.clone()));
+            if let Some(old) = readers.insert(peer, task.abort_handle()) {
+                old.abort();
+            }
+            if readers.len() > 2 * crate::MAX_ESTABLISHED as usize {
+                readers.retain(|_, t| !t.is_finished());
+            }
+        }
+        for t in readers.values() {
+            t.abort();
+        }
+    });
+    Ok(())
+}
+
+/// Reads frames from `peer`'s stream until it ends or sends a bad frame.
+async fn read_frames(
+    peer: PeerId,
+    mut stream: libp2p::Stream,
+    limits: SyncLimits,
+    tx: mpsc::Sender<Inbound>,
+) {
+    let limits = announce::frame_limits(&limits);
+    loop {
+        match read_frame(&mut stream, &limits).await {
+            Ok(Some(frame)) => {
+                if tx.send((peer, frame)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {
+                trace!(%peer, "announcement stream closed");
+                return;
+            }
+            Err(e) => {
+                debug!(%peer, "announcement stream dropped: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// One frame, or `None` at a clean end of the stream (between frames).
+async fn read_frame(
+    stream: &mut libp2p::Stream,
+    limits: &SyncLimits,
+) -> std::io::Result<Option<Frame>> {
+    let mut prefix = [0u8; LENGTH_BYTES];
+    let mut got = 0;
+    while got < LENGTH_BYTES {
+        let n = stream.read(&mut prefix[got..]).await?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(std::io::ErrorKind::UnexpectedEof.into())
+            };
+        }
+        got += n;
+    }
+    let invalid = |e: announce::FrameError| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let len = Frame::body_len(prefix, limits).map_err(invalid)?;
+    // Grows as bytes arrive: a length prefix alone reserves nothing.
+    let mut body = Vec::new();
+    (&mut *stream)
+        .take(len as u64)
+        .read_to_end(&mut body)
+        .await?;
+    if body.len() < len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Frame::decode(&body, limits).map(Some).map_err(invalid)
+}
+
+/// Starts a writer for `peer`: it opens the stream and writes the frames
+/// sent to the returned queue, in order, until the queue is dropped or the
+/// stream fails (then the queue's sender reports closed, and the node
+/// starts another writer the next time it announces to `peer`).
+pub(crate) fn writer(mut control: libp2p_stream::Control, peer: PeerId) -> mpsc::Sender<Vec<u8>> {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITER_QUEUE);
+    tokio::spawn(async move {
+        let open = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, protocol())).await;
+        let mut stream = match open {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                debug!(%peer, "cannot open an announcement stream: {e}");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "opening an announcement stream timed out");
+                return;
+            }
+        };
+        while let Some(frame) = rx.recv().await {
+            let write = async {
+                stream.write_all(&frame).await?;
+                stream.flush().await
+            };
+            match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    debug!(%peer, "announcement stream failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "announcement stream stalled; closing it");
+                    return;
+                }
+            }
+        }
+        let _ = stream.close().await;
+    });
+    tx
+}
+
+/// The digests announced to one peer in the last [`OFFER_TTL`]: the only
+/// ones it may ask for on the stream, each once (an announcement stream
+/// serves announcements, not fetches; anything else is asked by
+/// reconciliation, which has its own bounds).
+#[derive(Debug, Default)]
+pub(crate) struct Offered {
+    /// When each digest was (last) announced, oldest first; entries whose
+    /// digest was taken or announced again since stay until they leave.
+    order: VecDeque<(Instant, RecordDigest)>,
+    /// Each announced digest and when, until it is taken or too old.
+    when: HashMap<RecordDigest, Instant>,
+}
+
+impl Offered {
+    /// Notes `digests` as announced at `now`.
+    pub(crate) fn add(&mut self, digests: &[RecordDigest], now: Instant) {
+        self.expire(now);
+        for d in digests {
+            self.when.insert(*d, now);
+            self.order.push_back((now, *d));
+        }
+        while self.order.len() > MAX_OFFERED {
+            self.pop();
+        }
+    }
+
+    /// Keeps of `want` what was announced and not yet asked for, and
+    /// forgets it (a second want of the same digest is not served).
+    pub(crate) fn take(&mut self, want: &mut Vec<RecordDigest>, now: Instant) {
+        self.expire(now);
+        want.retain(|d| self.when.remove(d).is_some());
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= OFFER_TTL)
+        {
+            self.pop();
+        }
+    }
+
+    /// Drops the oldest entry, and its digest unless announced again since.
+    fn pop(&mut self) {
+        if let Some((t, d)) = self.order.pop_front() {
+            if self.when.get(&d) == Some(&t) {
+                self.when.remove(&d);
+            }
+        }
+    }
+
+    /// Digests held.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.when.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_may_ask_for_what_was_announced_to_it_once_and_not_for_long() {
+        let t0 = Instant::now();
+        let mut o = Offered::default();
+        o.add(&[[1; 32], [2; 32]], t0);
+        let mut want = vec![[1; 32], [3; 32]];
+        o.take(&mut want, t0);
+        assert_eq!(want, vec![[1; 32]], "only what was announced");
+        let mut again = vec![[1; 32]];
+        o.take(&mut again, t0);
+        assert!(again.is_empty(), "each digest is served once");
+        let mut late = vec![[2; 32]];
+        o.take(&mut late, t0 + OFFER_TTL);
+        assert!(late.is_empty(), "not after OFFER_TTL");
+        assert_eq!(o.len(), 0);
+    }
+
+    #[test]
+    fn the_offered_set_stays_bounded() {
+        let t0 = Instant::now();
+        let mut o = Offered::default();
+        for i in 0..3 * MAX_OFFERED as u32 {
+            let mut d = [0; 32];
+            d[..4].copy_from_slice(&i.to_be_bytes());
+            o.add(&[d], t0);
+        }
+        assert_eq!(o.len(), MAX_OFFERED);
+        assert!(o.order.len() <= MAX_OFFERED);
+        // the newest are kept
+        let mut d = [0; 32];
+        d[..4].copy_from_slice(&(3 * MAX_OFFERED as u32 - 1).to_be_bytes());
+        let mut want = vec![d];
+        o.take(&mut want, t0);
+        assert_eq!(want.len(), 1);
+    }
+}

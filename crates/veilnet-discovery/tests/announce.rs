@@ -1,0 +1,248 @@
+//! Announcement streams (`/veilnet/announce`) on loopback: they alone carry
+//! a new record to every relay, and a peer that misuses them gets
+//! nothing it did not earn and cannot disturb the node.
+
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestNode;
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{identify, noise, swarm::NetworkBehaviour, tcp, yamux, StreamProtocol, SwarmBuilder};
+use tokio::time::timeout;
+use veilnet_discovery::announce::{Frame, ANNOUNCE_PROTOCOL};
+use veilnet_discovery::sync;
+use veilnet_discovery::IDENTIFY_PROTOCOL;
+
+/// No reconciliation round within a test.
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn quiet(cfg: &mut veilnet_discovery::DiscoveryConfig) {
+    // One link of its own per node, announcements every 100 ms.
+    cfg.target_peers = 1;
+    cfg.announce_every = Duration::from_millis(100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announcements_alone_carry_a_new_record_to_every_relay() {
+    const N: usize = 6;
+    timeout(Duration::from_secs(60), async {
+        let mut nodes: Vec<TestNode> = Vec::new();
+        for i in 0..N {
+            let boot = nodes
+                .last()
+                .map(|n| vec![n.addr.clone()])
+                .unwrap_or_default();
+            let own = format!("own-{i}").into_bytes();
+            nodes.push(TestNode::start_with(own, boot, HOUR, true, true, quiet).await);
+        }
+        // Each node's first exchange (the dialer's, on its link to its
+        // bootstrap) has run, and nothing is reconciled for an hour.
+        timeout(Duration::from_secs(10), async {
+            while !(1..N).all(|i| nodes[i].knows(format!("own-{}", i - 1).as_bytes())) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("first exchanges");
+        // Identify tells each node which peers take announcements.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The control: a record the head holds and does not announce
+        // reaches nobody (nothing else carries records now) ...
+        nodes[0].known.lock().unwrap().insert(b"silent".to_vec());
+        // ... and the one it announces reaches every relay, most through
+        // others that announce it on.
+        nodes[0].publish(b"news from the head").await;
+        let started = std::time::Instant::now();
+        timeout(Duration::from_secs(15), async {
+            while !nodes.iter().all(|n| n.knows(b"news from the head")) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            let got: Vec<bool> = nodes
+                .iter()
+                .map(|n| n.knows(b"news from the head"))
+                .collect();
+            panic!("the record did not reach every relay by announcements: {got:?}")
+        });
+        println!("{N} relays have the record after {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for (i, n) in nodes.iter().enumerate().skip(1) {
+            assert!(
+                !n.knows(b"silent"),
+                "node {i} reconciled: the test proves nothing"
+            );
+        }
+        for n in nodes {
+            n.stop().await;
+        }
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[derive(NetworkBehaviour)]
+struct Peer {
+    identify: identify::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+async fn write(s: &mut libp2p::Stream, bytes: &[u8]) {
+    s.write_all(bytes).await.unwrap();
+    s.flush().await.unwrap();
+}
+
+/// Reads one frame body (or `None` if the stream ends or `wait` passes).
+async fn read(s: &mut libp2p::Stream, wait: Duration) -> Option<Vec<u8>> {
+    timeout(wait, async {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await.ok()?;
+        let mut body = vec![0; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut body).await.ok()?;
+        Some(body)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Whether the stream was closed by the other side within `wait`.
+async fn closed(s: &mut libp2p::Stream, wait: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(timeout(wait, s.read(&mut byte)).await, Ok(Ok(0) | Err(_)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_gets_only_what_was_announced_to_it_and_bad_frames_close_only_its_stream() {
+    timeout(Duration::from_secs(60), async {
+        let victim =
+            TestNode::start_with(b"victim-own".to_vec(), vec![], HOUR, true, true, quiet).await;
+        let limits = sync::SyncLimits {
+            max_records: 64,
+            max_record_len: 16 * 1024,
+            max_message_bytes: 1 << 20,
+        };
+        let mut peer = SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|key| Peer {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    IDENTIFY_PROTOCOL.to_owned(),
+                    key.public(),
+                )),
+                stream: libp2p_stream::Behaviour::new(),
+            })
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+            .build();
+        let protocol = StreamProtocol::new(ANNOUNCE_PROTOCOL);
+        let mut control = peer.behaviour().stream.new_control();
+        let mut incoming = control.accept(protocol.clone()).unwrap();
+        peer.dial(victim.addr.clone()).unwrap();
+        tokio::spawn(async move {
+            loop {
+                peer.select_next_some().await;
+            }
+        });
+
+        // An announcement draws a want, on the victim's stream back to us,
+        // and the records we send then are taken.
+        let mut out = control
+            .open_stream(victim.peer_id, protocol.clone())
+            .await
+            .unwrap();
+        let news = b"from-the-peer".to_vec();
+        write(
+            &mut out,
+            &Frame::Announce(vec![sync::digest(&news)]).encode(),
+        )
+        .await;
+        let (from, mut back) = timeout(Duration::from_secs(10), incoming.next())
+            .await
+            .expect("the victim opens its stream to us")
+            .unwrap();
+        assert_eq!(from, victim.peer_id);
+        let body = read(&mut back, Duration::from_secs(10))
+            .await
+            .expect("a want");
+        assert_eq!(
+            Frame::decode(&body, &limits).unwrap(),
+            Frame::Want(vec![sync::digest(&news)])
+        );
+        write(&mut out, &Frame::Records(vec![news.clone()]).encode()).await;
+        timeout(Duration::from_secs(10), async {
+            while !victim.knows(&news) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the announced record is taken");
+
+        // A want of a record never announced to us is not served, and
+        // records nobody asked for are not taken.
+        write(
+            &mut out,
+            &Frame::Want(vec![sync::digest(b"victim-own")]).encode(),
+        )
+        .await;
+        write(
+            &mut out,
+            &Frame::Records(vec![b"unasked".to_vec()]).encode(),
+        )
+        .await;
+        assert_eq!(
+            read(&mut back, Duration::from_secs(2)).await,
+            None,
+            "nothing served"
+        );
+        assert!(!victim.knows(b"unasked"));
+
+        // Bad frames close our stream (each time), and a new one works.
+        let bad: Vec<(&str, Vec<u8>)> = vec![
+            ("unknown kind", vec![0, 0, 0, 3, 9, 0, 0]),
+            ("length over the limit", u32::MAX.to_be_bytes().to_vec()),
+            ("count beyond the body", vec![0, 0, 0, 3, 1, 0, 1]),
+            ("short header", vec![0, 0, 0, 1, 1]),
+        ];
+        for (what, bytes) in bad {
+            let mut s = control
+                .open_stream(victim.peer_id, protocol.clone())
+                .await
+                .unwrap();
+            write(&mut s, &bytes).await;
+            assert!(
+                closed(&mut s, Duration::from_secs(10)).await,
+                "{what}: stream not closed"
+            );
+        }
+        let mut again = control
+            .open_stream(victim.peer_id, protocol.clone())
+            .await
+            .unwrap();
+        let later = b"later-news".to_vec();
+        write(
+            &mut again,
+            &Frame::Announce(vec![sync::digest(&later)]).encode(),
+        )
+        .await;
+        let body = read(&mut back, Duration::from_secs(10))
+            .await
+            .expect("a want again");
+        assert_eq!(
+            Frame::decode(&body, &limits).unwrap(),
+            Frame::Want(vec![sync::digest(&later)])
+        );
+        victim.stop().await;
+    })
+    .await
+    .expect("test finished in time");
+}
