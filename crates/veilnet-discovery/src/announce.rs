@@ -178,13 +178,18 @@ impl Frame {
         }
     }
 
-    /// Bytes of the encoded frame, length prefix included.
+    /// Bytes of the encoded frame, length prefix included (as
+    /// [`encode`](Self::encode) writes it, with its limits).
     pub fn encoded_len(&self) -> usize {
         LENGTH_BYTES
             + HEADER_BYTES
             + match self {
-                Frame::Announce(d) | Frame::Want(d) => d.len() * 32,
-                Frame::Records(r) => r.iter().map(|r| 4 + r.len()).sum(),
+                Frame::Announce(d) | Frame::Want(d) => d.len().min(MAX_DIGESTS) * 32,
+                Frame::Records(r) => r
+                    .iter()
+                    .take(usize::from(u16::MAX))
+                    .map(|r| 4 + r.len())
+                    .sum(),
             }
     }
 

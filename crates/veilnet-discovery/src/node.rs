@@ -32,7 +32,7 @@ use crate::{
     error::DiscoveryError,
     push::{self, Offered},
     sync::{self, AfterRound, RecordDigest, SyncLimits, SyncMessage, MAX_DIGESTS},
-    wants::Wants,
+    wants::{Budget, Wants},
     wire::{self, SyncCodec},
     IDENTIFY_PROTOCOL, KAD_PROTOCOL, MAX_ESTABLISHED, SYNC_PROTOCOL,
 };
@@ -452,7 +452,7 @@ struct Node {
     frames: mpsc::Receiver<push::Inbound>,
     /// Our announcement stream to each peer we announced to, as the queue
     /// of its writer task.
-    writers: HashMap<PeerId, mpsc::Sender<Vec<u8>>>,
+    writers: HashMap<PeerId, push::Writer>,
     /// What we announced to each peer lately: all it may ask for on the
     /// stream.
     offered: HashMap<PeerId, Offered>,
@@ -533,7 +533,6 @@ impl Node {
                     fetch.as_mut().reset(Instant::now() + next);
                 }
                 _ = batch.tick() => self.flush_push(),
-                Some((peer, frame)) = self.frames.recv() => self.handle_frame(peer, frame),
                 _ = wants_check.tick() => {
                     let asks = self.wants.expire(Instant::now());
                     self.ask(asks);
@@ -554,6 +553,9 @@ impl Node {
                         gossip.reset();
                     }
                 }
+                // After the swarm's events: a flood of frames cannot hold
+                // back connections, identify or reconciliation.
+                Some((peer, frame)) = self.frames.recv() => self.handle_frame(peer, frame),
             }
         }
     }
@@ -743,20 +745,28 @@ impl Node {
         }
     }
 
-    /// Queues an encoded frame on our announcement stream to `peer`,
-    /// opening one if there is none (or the last one failed). A full queue
-    /// drops the frame: reconciliation carries what it would have.
-    fn send_frame(&mut self, peer: PeerId, wire: Vec<u8>) {
-        let tx = match self.writers.get(&peer) {
-            Some(tx) if !tx.is_closed() => tx,
-            _ => {
-                let tx = push::writer(self.control.clone(), peer);
-                self.writers.entry(peer).insert_entry(tx).into_mut()
-            }
-        };
-        if let Err(e) = tx.try_send(wire) {
-            debug!(%peer, "announcement not sent: {e}");
+    /// Our announcement stream to `peer`, opened if there is none (or the
+    /// last one failed); none for a peer that is not a connected relay
+    /// taking announcements (opening a stream would dial it).
+    fn writer(&mut self, peer: PeerId) -> Option<&push::Writer> {
+        if !self.announcers.contains(&peer) || !self.connected.contains_key(&peer) {
+            return None;
         }
+        if self.writers.get(&peer).is_none_or(push::Writer::is_closed) {
+            let w = push::writer(self.control.clone(), peer);
+            self.writers.insert(peer, w);
+        }
+        self.writers.get(&peer)
+    }
+
+    /// Queues an encoded frame on our announcement stream to `peer`. A
+    /// full queue drops it: reconciliation carries what it would have.
+    fn send_frame(&mut self, peer: PeerId, wire: Vec<u8>) -> bool {
+        let sent = self.writer(peer).is_some_and(|w| w.send(wire));
+        if !sent {
+            debug!(%peer, "announcement frame not sent: no stream or its queue is full");
+        }
+        sent
     }
 
     /// Answers a frame from a peer's announcement stream: an announcement
@@ -766,25 +776,42 @@ impl Node {
         let now = Instant::now();
         let limits = announce::frame_limits(&self.limits);
         match frame {
-            Frame::Announce(_) => {
+            Frame::Announce(ref digests) => {
+                // Only what we can ask for now is claimed: a want that is
+                // not sent would hold the records back from other peers.
+                let room = Frame::Want(digests.clone()).encoded_len();
+                if !self.writer(peer).is_some_and(|w| w.has_room(room)) {
+                    return;
+                }
                 let mut answer = sync::process(&*self.provider, &frame.into_message(), &limits);
-                self.wants.claim(peer, &mut answer.want, now);
+                self.wants
+                    .claim_within(peer, &mut answer.want, now, Budget::ANNOUNCED);
                 if !answer.want.is_empty() {
                     self.send_frame(peer, Frame::Want(answer.want).encode());
                 }
             }
             Frame::Want(mut want) => {
-                match self.offered.get_mut(&peer) {
-                    Some(o) => o.take(&mut want, now),
-                    None => want.clear(),
-                }
-                if want.is_empty() {
+                let Some(offered) = self.offered.get_mut(&peer) else {
                     return;
-                }
-                let answer =
-                    sync::process(&*self.provider, &Frame::Want(want).into_message(), &limits);
-                if !answer.records.is_empty() {
-                    self.send_frame(peer, Frame::Records(answer.records).encode());
+                };
+                offered.filter(&mut want, now);
+                // As many records frames as the want needs and the queue
+                // takes; what is left stays offered for a later want.
+                while !want.is_empty() {
+                    let msg = Frame::Want(want.clone()).into_message();
+                    let answer = sync::process(&*self.provider, &msg, &limits);
+                    if answer.records.is_empty() {
+                        return;
+                    }
+                    let served: Vec<RecordDigest> =
+                        answer.records.iter().map(|r| sync::digest(r)).collect();
+                    if !self.send_frame(peer, Frame::Records(answer.records).encode()) {
+                        return;
+                    }
+                    if let Some(o) = self.offered.get_mut(&peer) {
+                        o.served(&served);
+                    }
+                    want.retain(|d| !served.contains(d));
                 }
             }
             Frame::Records(records) => self.deliver(peer, records),

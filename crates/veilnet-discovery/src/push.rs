@@ -2,15 +2,18 @@
 //! one reader task per peer that announces to us, and what we announced to
 //! whom ([`Offered`]). The frames are [`announce`](crate::announce)'s.
 //!
-//! Bounds: a writer queues at most [`WRITER_QUEUE`] frames (more are
-//! dropped: anti-entropy carries what a dropped announcement would have);
-//! a reader reads one frame at a time, of at most
-//! [`announce::frame_limits`]' size, and waits while the node's inbound
-//! queue ([`INBOUND_QUEUE`] frames for all peers) is full, so a fast sender
-//! is slowed by its own stream's flow control; one inbound stream per peer
-//! (a new one replaces the old).
+//! Bounds: a writer queues at most [`WRITER_QUEUE`] frames and
+//! [`WRITER_BYTES`] bytes (more are dropped: reconciliation carries what a
+//! dropped announcement would have); a reader reads one frame at a time, of
+//! at most [`announce::frame_limits`]' size and within [`READ_TIMEOUT`] of
+//! its first byte, and waits while the node's inbound queue
+//! ([`INBOUND_QUEUE`] frames for all peers) is full, so a fast sender is
+//! slowed by its own stream's flow control; one inbound stream per peer (a
+//! new one replaces the old), which does not keep the connection open.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
@@ -25,6 +28,11 @@ use crate::sync::{RecordDigest, SyncLimits, MAX_DIGESTS};
 
 /// Frames queued for one peer's stream.
 pub(crate) const WRITER_QUEUE: usize = 16;
+/// Bytes queued for one peer's stream, at most (a frame that would go over
+/// waits for the next announcement or is left to reconciliation).
+pub(crate) const WRITER_BYTES: usize = 512 * 1024;
+/// How long one frame may take to arrive once its first byte has.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Frames read from all peers and not yet handled by the node.
 pub(crate) const INBOUND_QUEUE: usize = 16;
 /// How long opening a stream may take.
@@ -80,6 +88,9 @@ async fn read_frames(
     limits: SyncLimits,
     tx: mpsc::Sender<Inbound>,
 ) {
+    // A peer's stream does not keep our side of the connection open (ours
+    // to a relay we announce to does).
+    stream.ignore_for_keep_alive();
     let limits = announce::frame_limits(&limits);
     loop {
         match read_frame(&mut stream, &limits).await {
@@ -106,15 +117,29 @@ async fn read_frame(
     limits: &SyncLimits,
 ) -> std::io::Result<Option<Frame>> {
     let mut prefix = [0u8; LENGTH_BYTES];
-    let mut got = 0;
+    // Between frames a stream may be quiet for as long as it likes; once a
+    // frame has begun, all of it must come within READ_TIMEOUT.
+    let n = stream.read(&mut prefix).await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    match tokio::time::timeout(READ_TIMEOUT, read_rest(stream, prefix, n, limits)).await {
+        Ok(r) => r.map(Some),
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// The rest of a frame whose first `got` bytes are in `prefix`.
+async fn read_rest(
+    stream: &mut libp2p::Stream,
+    mut prefix: [u8; LENGTH_BYTES],
+    mut got: usize,
+    limits: &SyncLimits,
+) -> std::io::Result<Frame> {
     while got < LENGTH_BYTES {
         let n = stream.read(&mut prefix[got..]).await?;
         if n == 0 {
-            return if got == 0 {
-                Ok(None)
-            } else {
-                Err(std::io::ErrorKind::UnexpectedEof.into())
-            };
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         got += n;
     }
@@ -129,15 +154,53 @@ async fn read_frame(
     if body.len() < len {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
-    Frame::decode(&body, limits).map(Some).map_err(invalid)
+    Frame::decode(&body, limits).map_err(invalid)
+}
+
+/// The queue of a writer task: frames for one peer's stream.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    tx: mpsc::Sender<Vec<u8>>,
+    /// Bytes queued and not yet written.
+    queued: Arc<AtomicUsize>,
+}
+
+impl Writer {
+    /// Whether the stream is gone (a new writer is needed).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Whether a frame of `len` bytes fits in the queue now.
+    pub(crate) fn has_room(&self, len: usize) -> bool {
+        !self.tx.is_closed()
+            && self.tx.capacity() > 0
+            && self.queued.load(Ordering::Relaxed).saturating_add(len) <= WRITER_BYTES
+    }
+
+    /// Queues `wire` if it fits; false if it was dropped.
+    pub(crate) fn send(&self, wire: Vec<u8>) -> bool {
+        if !self.has_room(wire.len()) {
+            return false;
+        }
+        let len = wire.len();
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        if self.tx.try_send(wire).is_err() {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
 }
 
 /// Starts a writer for `peer`: it opens the stream and writes the frames
 /// sent to the returned queue, in order, until the queue is dropped or the
-/// stream fails (then the queue's sender reports closed, and the node
-/// starts another writer the next time it announces to `peer`).
-pub(crate) fn writer(mut control: libp2p_stream::Control, peer: PeerId) -> mpsc::Sender<Vec<u8>> {
+/// stream fails (then the queue reports closed, and the node starts
+/// another writer the next time it announces to `peer`).
+pub(crate) fn writer(mut control: libp2p_stream::Control, peer: PeerId) -> Writer {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITER_QUEUE);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let left = queued.clone();
     tokio::spawn(async move {
         let open = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, protocol())).await;
         let mut stream = match open {
@@ -152,11 +215,14 @@ pub(crate) fn writer(mut control: libp2p_stream::Control, peer: PeerId) -> mpsc:
             }
         };
         while let Some(frame) = rx.recv().await {
+            let len = frame.len();
             let write = async {
                 stream.write_all(&frame).await?;
                 stream.flush().await
             };
-            match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            let written = tokio::time::timeout(WRITE_TIMEOUT, write).await;
+            left.fetch_sub(len, Ordering::Relaxed);
+            match written {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     debug!(%peer, "announcement stream failed: {e}");
@@ -170,7 +236,7 @@ pub(crate) fn writer(mut control: libp2p_stream::Control, peer: PeerId) -> mpsc:
         }
         let _ = stream.close().await;
     });
-    tx
+    Writer { tx, queued }
 }
 
 /// The digests announced to one peer in the last [`OFFER_TTL`]: the only
@@ -199,11 +265,17 @@ impl Offered {
         }
     }
 
-    /// Keeps of `want` what was announced and not yet asked for, and
-    /// forgets it (a second want of the same digest is not served).
-    pub(crate) fn take(&mut self, want: &mut Vec<RecordDigest>, now: Instant) {
+    /// Keeps of `want` what was announced and not yet served.
+    pub(crate) fn filter(&mut self, want: &mut Vec<RecordDigest>, now: Instant) {
         self.expire(now);
-        want.retain(|d| self.when.remove(d).is_some());
+        want.retain(|d| self.when.contains_key(d));
+    }
+
+    /// Notes `digests` as served: a second want of one is not served.
+    pub(crate) fn served(&mut self, digests: &[RecordDigest]) {
+        for d in digests {
+            self.when.remove(d);
+        }
     }
 
     fn expire(&mut self, now: Instant) {
@@ -242,13 +314,17 @@ mod tests {
         let mut o = Offered::default();
         o.add(&[[1; 32], [2; 32]], t0);
         let mut want = vec![[1; 32], [3; 32]];
-        o.take(&mut want, t0);
+        o.filter(&mut want, t0);
         assert_eq!(want, vec![[1; 32]], "only what was announced");
+        // not served yet (it did not fit): still offered
         let mut again = vec![[1; 32]];
-        o.take(&mut again, t0);
+        o.filter(&mut again, t0);
+        assert_eq!(again, vec![[1; 32]]);
+        o.served(&again);
+        o.filter(&mut again, t0);
         assert!(again.is_empty(), "each digest is served once");
         let mut late = vec![[2; 32]];
-        o.take(&mut late, t0 + OFFER_TTL);
+        o.filter(&mut late, t0 + OFFER_TTL);
         assert!(late.is_empty(), "not after OFFER_TTL");
         assert_eq!(o.len(), 0);
     }
@@ -268,7 +344,7 @@ mod tests {
         let mut d = [0; 32];
         d[..4].copy_from_slice(&(3 * MAX_OFFERED as u32 - 1).to_be_bytes());
         let mut want = vec![d];
-        o.take(&mut want, t0);
+        o.filter(&mut want, t0);
         assert_eq!(want.len(), 1);
     }
 }

@@ -33,6 +33,34 @@ pub(crate) const MAX_WANTS: usize = 4 * MAX_DIGESTS;
 /// Peers remembered per digest besides the one asked.
 pub(crate) const MAX_OFFERERS: usize = 3;
 
+/// How much of the set one claim may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Budget {
+    /// Digests asked of the peer, at most, after the claim.
+    pub(crate) per_peer: usize,
+    /// Digests awaited in all, at most, after the claim.
+    pub(crate) total: usize,
+}
+
+impl Budget {
+    /// Reconciliation, which we start or answer: the whole set.
+    pub(crate) const RECONCILE: Budget = Budget {
+        per_peer: MAX_ASKED_PER_PEER,
+        total: MAX_WANTS,
+    };
+    /// An announcement, which any peer may send unasked: a small share
+    /// per peer and half the set in all, so announcers (Sybils among them)
+    /// that never deliver cannot crowd out reconciliation.
+    pub(crate) const ANNOUNCED: Budget = Budget {
+        per_peer: MAX_ANNOUNCED_PER_PEER,
+        total: MAX_WANTS / 2,
+    };
+}
+
+/// Digests asked of one peer because it announced them, at most (an
+/// announcement batch is a few dozen records).
+pub(crate) const MAX_ANNOUNCED_PER_PEER: usize = 512;
+
 #[derive(Debug)]
 struct Want<P> {
     /// The peer asked, and when.
@@ -64,6 +92,17 @@ impl<P: Copy + Eq + Hash> Wants<P> {
     /// notes them as asked of `peer`. For the others, `peer` is remembered
     /// as an offerer to ask later if the peer asked does not deliver.
     pub(crate) fn claim(&mut self, peer: P, want: &mut Vec<RecordDigest>, now: Instant) {
+        self.claim_within(peer, want, now, Budget::RECONCILE);
+    }
+
+    /// [`claim`](Self::claim) within `budget`.
+    pub(crate) fn claim_within(
+        &mut self,
+        peer: P,
+        want: &mut Vec<RecordDigest>,
+        now: Instant,
+        budget: Budget,
+    ) {
         want.retain(|d| {
             if let Some(w) = self.wants.get_mut(d) {
                 if w.asked != peer && !w.offerers.contains(&peer) && w.offerers.len() < MAX_OFFERERS
@@ -75,7 +114,9 @@ impl<P: Copy + Eq + Hash> Wants<P> {
                 return w.asked == peer;
             }
             let asked = self.asked_of.get(&peer).copied().unwrap_or(0);
-            if asked >= MAX_ASKED_PER_PEER || self.wants.len() >= MAX_WANTS {
+            if asked >= budget.per_peer.min(MAX_ASKED_PER_PEER)
+                || self.wants.len() >= budget.total.min(MAX_WANTS)
+            {
                 return false;
             }
             self.wants.insert(
@@ -306,6 +347,34 @@ mod tests {
             wants.peer_gone(1, t0),
             vec![(2, vec![sync::digest(&record(1))])]
         );
+    }
+
+    #[test]
+    fn announcers_that_never_deliver_leave_reconciliation_half_the_set() {
+        let mut wants = Wants::default();
+        let t0 = Instant::now();
+        let digest = |peer: u32, i: u32| {
+            let mut d = [0u8; 32];
+            d[..4].copy_from_slice(&peer.to_be_bytes());
+            d[4..8].copy_from_slice(&i.to_be_bytes());
+            d
+        };
+        // One announcer gets its small share, however much it announces.
+        let mut want: Vec<_> = (0..MAX_DIGESTS as u32).map(|i| digest(1, i)).collect();
+        wants.claim_within(1, &mut want, t0, Budget::ANNOUNCED);
+        assert_eq!(want.len(), MAX_ANNOUNCED_PER_PEER);
+        // Fifty Sybil announcers: half the set at most.
+        for peer in 2..52u32 {
+            let mut want: Vec<_> = (0..MAX_DIGESTS as u32).map(|i| digest(peer, i)).collect();
+            wants.claim_within(peer, &mut want, t0, Budget::ANNOUNCED);
+        }
+        assert_eq!(wants.wants.len(), MAX_WANTS / 2);
+        // Reconciliation with an honest peer still gets its full share.
+        let mut want: Vec<_> = (0..MAX_ASKED_PER_PEER as u32)
+            .map(|i| digest(999, i))
+            .collect();
+        wants.claim(999, &mut want, t0);
+        assert_eq!(want.len(), MAX_ASKED_PER_PEER);
     }
 
     #[test]

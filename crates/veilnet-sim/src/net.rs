@@ -147,6 +147,8 @@ pub struct Node {
     push_scheduled: bool,
     /// Bytes sent and received: before and after warm-up.
     pub bytes: [u64; 2],
+    /// Of them, bytes received after warm-up.
+    pub received: u64,
     /// When it started and stopped (µs).
     pub born_us: u64,
     /// When it stopped, if it did.
@@ -875,6 +877,7 @@ impl Sim {
         let steady = usize::from(self.now >= self.warmup);
         self.nodes[from as usize].bytes[steady] += bytes;
         self.nodes[to as usize].bytes[steady] += bytes;
+        self.nodes[to as usize].received += bytes * steady as u64;
         if steady == 1 {
             self.counters.steady_bytes[kind.index()] += bytes;
         }

@@ -34,6 +34,10 @@ pub struct Report {
     pub bytes_per_relay_hour: f64,
     /// Directory traffic per client per hour after warm-up.
     pub bytes_per_client_hour: f64,
+    /// Of `bytes_per_relay_hour`, what a relay receives (downloads).
+    pub bytes_received_per_relay_hour: f64,
+    /// Of `bytes_per_client_hour`, what a client receives.
+    pub bytes_received_per_client_hour: f64,
     /// The same two over the whole run, warm-up included.
     pub bytes_per_relay_hour_all: f64,
     /// See `bytes_per_relay_hour_all`.
@@ -94,6 +98,7 @@ pub fn build(sim: &Sim, sybil: Option<SybilReport>, wall_s: f64) -> Report {
     let end = sim.end;
     let warm = sim.warmup;
     let (mut relay_bytes, mut relay_us, mut client_bytes, mut client_us) = (0u64, 0u64, 0u64, 0u64);
+    let (mut relay_received, mut client_received) = (0u64, 0u64);
     let (mut relay_all, mut relay_all_us, mut client_all, mut client_all_us) =
         (0u64, 0u64, 0u64, 0u64);
     for n in &sim.nodes {
@@ -102,11 +107,13 @@ pub fn build(sim: &Sim, sybil: Option<SybilReport>, wall_s: f64) -> Report {
         let all_us = stop.saturating_sub(n.born_us);
         if n.relay.is_some() {
             relay_bytes += n.bytes[1];
+            relay_received += n.received;
             relay_us += steady_us;
             relay_all += n.bytes[0] + n.bytes[1];
             relay_all_us += all_us;
         } else {
             client_bytes += n.bytes[1];
+            client_received += n.received;
             client_us += steady_us;
             client_all += n.bytes[0] + n.bytes[1];
             client_all_us += all_us;
@@ -150,6 +157,8 @@ pub fn build(sim: &Sim, sybil: Option<SybilReport>, wall_s: f64) -> Report {
         descriptor_bytes: sizes.get(sizes.len() / 2).copied().unwrap_or(0),
         bytes_per_relay_hour: per_hour(relay_bytes, relay_us),
         bytes_per_client_hour: per_hour(client_bytes, client_us),
+        bytes_received_per_relay_hour: per_hour(relay_received, relay_us),
+        bytes_received_per_client_hour: per_hour(client_received, client_us),
         bytes_per_relay_hour_all: per_hour(relay_all, relay_all_us),
         bytes_per_client_hour_all: per_hour(client_all, client_all_us),
         bytes_by_kind: Kind::NAMES
@@ -188,7 +197,7 @@ impl Report {
         let mut s = format!(
             "{} relays, {} clients, {} h (first {} h warm-up), churn {}/h, descriptor {} B\n\
              directory traffic (modelled wire bytes): {:.3} MB per relay-hour, {:.3} MB per client-hour \
-             (whole run: {:.3} / {:.3})\n\
+             (whole run: {:.3} / {:.3}; received of it: {:.3} / {:.3})\n\
              convergence to 99% of relays: p50 {:.1} s, p99 {:.1} s ({} descriptors, {} never); \
              to 99% of all nodes: p50 {:.1} s, p99 {:.1} s\n\
              view agreement at the cut, at the end: {:.4} of nodes (relays {:.4}, clients {:.4}; lowest hourly {:.4})\n\
@@ -203,6 +212,8 @@ impl Report {
             mb(self.bytes_per_client_hour),
             mb(self.bytes_per_relay_hour_all),
             mb(self.bytes_per_client_hour_all),
+            mb(self.bytes_received_per_relay_hour),
+            mb(self.bytes_received_per_client_hour),
             self.convergence_s_p50,
             self.convergence_s_p99,
             self.tracked_descriptors,
