@@ -2,6 +2,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod announce;
+pub mod budget;
 mod config;
 mod error;
 mod node;

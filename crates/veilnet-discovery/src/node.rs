@@ -28,6 +28,7 @@ use tracing::{debug, trace, warn};
 
 use crate::{
     announce::{self, Frame},
+    budget::AnswerBudget,
     config::{DiscoveryConfig, FetchSlots, RecordProvider},
     error::DiscoveryError,
     push::{self, Offered},
@@ -274,6 +275,7 @@ pub async fn spawn(
         announcers: HashSet::new(),
         delivered_by: HashMap::new(),
         delivered_before: HashMap::new(),
+        answers: AnswerBudget::default(),
         pending_listeners,
         entry,
         ready: Some(ready_tx),
@@ -464,6 +466,8 @@ struct Node {
     delivered_by: HashMap<RecordDigest, PeerId>,
     /// The same for the window before.
     delivered_before: HashMap<RecordDigest, PeerId>,
+    /// Bytes of answers to reconciliation requests, per peer and in all.
+    answers: AnswerBudget<PeerId>,
     pending_listeners: HashSet<libp2p::core::transport::ListenerId>,
     /// Bootstrap and known peers: dialled again while we have no
     /// connection at all ([`REDIAL_FIRST`]).
@@ -953,6 +957,7 @@ impl Node {
                     self.announcers.remove(&peer_id);
                     self.writers.remove(&peer_id);
                     self.offered.remove(&peer_id);
+                    self.answers.forget(&peer_id);
                     let asks = self.wants.peer_gone(peer_id, Instant::now());
                     self.ask(asks);
                     self.emit(DiscoveryEvent::PeerDisconnected { peer: peer_id });
@@ -1043,7 +1048,12 @@ impl Node {
             } => {
                 let mut response = sync::process(&*self.provider, &request, &self.limits);
                 self.deliver(peer, request.records);
-                self.wants.claim(peer, &mut response.want, Instant::now());
+                let now = Instant::now();
+                if !self.answers.take(peer, response.encoded_len(), now) {
+                    debug!(%peer, bytes = response.encoded_len(), "answer over the peer's budget: ending the exchange");
+                    response = SyncMessage::default();
+                }
+                self.wants.claim(peer, &mut response.want, now);
                 if self
                     .swarm
                     .behaviour_mut()

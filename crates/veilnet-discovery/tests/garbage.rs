@@ -264,3 +264,116 @@ async fn garbage_and_oversized_records_do_not_crash_the_node() {
     .await
     .expect("test finished in time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_asks_for_everything_again_and_again_gets_its_budget_and_no_more() {
+    use veilnet_discovery::budget::{PER_PEER_BURST, PER_PEER_RATE};
+    timeout(Duration::from_secs(60), async {
+        let victim = TestNode::start(
+            b"victim-record".to_vec(),
+            vec![],
+            Duration::from_secs(3600),
+            true,
+        )
+        .await;
+        // 2000 records: a list of them all is 64 KB (a node lists at most
+        // as many digests as it may be asked for at once, 2048 by default).
+        victim
+            .known
+            .lock()
+            .unwrap()
+            .extend((0..1999u32).map(|i| format!("record-{i}").into_bytes()));
+        let mut attacker = SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|key| Attacker {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    IDENTIFY_PROTOCOL.to_owned(),
+                    key.public(),
+                )),
+                rr: request_response::Behaviour::with_codec(
+                    RawCodec,
+                    [(
+                        StreamProtocol::new(SYNC_PROTOCOL),
+                        ProtocolSupport::Outbound,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(10)),
+                ),
+            })
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+            .build();
+        attacker.dial(victim.addr.clone()).unwrap();
+        // 46 bytes: "here is my (empty) list of everything; send me yours".
+        let ask = SyncMessage {
+            ranges: vec![Range {
+                lower: veilnet_discovery::sync::KEY_MIN,
+                upper: None,
+                mode: RangeMode::List {
+                    digests: Vec::new(),
+                    reply: true,
+                },
+            }],
+            ..SyncMessage::default()
+        }
+        .encode();
+        // Without the budget: 250 answers of 64 KB, 16 MB.
+        const ASKS: usize = 250;
+        let started = std::time::Instant::now();
+        let mut sizes = Vec::new();
+        let mut victim_id = None;
+        while sizes.len() < ASKS {
+            match attacker.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                    victim_id = Some(peer_id);
+                    attacker
+                        .behaviour_mut()
+                        .rr
+                        .send_request(&peer_id, ask.clone());
+                }
+                SwarmEvent::Behaviour(AttackerEvent::Rr(Event::Message {
+                    message: Message::Response { response, .. },
+                    ..
+                })) => {
+                    sizes.push(response.len());
+                    if sizes.len() < ASKS {
+                        let peer = victim_id.unwrap();
+                        attacker.behaviour_mut().rr.send_request(&peer, ask.clone());
+                    }
+                }
+                SwarmEvent::Behaviour(AttackerEvent::Rr(Event::OutboundFailure {
+                    error, ..
+                })) => panic!("a request failed: {error}"),
+                _ => {}
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let total: usize = sizes.iter().sum();
+        println!(
+            "{ASKS} asks of {} bytes drew {total} bytes in {elapsed:.1} s; first {}, last {}",
+            ask.len(),
+            sizes[0],
+            sizes[ASKS - 1]
+        );
+        assert!(sizes[0] > 2000 * 32, "the first ask is answered in full");
+        let allowed = PER_PEER_BURST as f64 + PER_PEER_RATE as f64 * elapsed + sizes[0] as f64;
+        assert!(
+            (total as f64) <= allowed,
+            "{total} bytes drawn, more than the budget's {allowed:.0}"
+        );
+        assert!(
+            sizes[ASKS - 1] < 64,
+            "past the budget the answer is empty: {}",
+            sizes[ASKS - 1]
+        );
+        victim.stop().await;
+    })
+    .await
+    .expect("test finished in time");
+}

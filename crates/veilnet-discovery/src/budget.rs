@@ -1,0 +1,140 @@
+//! How many bytes of answers a node gives to reconciliation requests: a
+//! token bucket per peer and one for all peers together (sans-IO: the
+//! caller passes the time).
+//!
+//! A request costs its sender little and can ask for much: an empty list
+//! that asks for ours back is 46 bytes and draws every digest we hold (up
+//! to 4096 of them, 131 KB), a want of 4096 digests draws as many records.
+//! That is what a joining relay must do once, so the per-peer burst is a
+//! whole directory; after it, a peer gets [`PER_PEER_RATE`] on average,
+//! far above what reconciliation between nodes that agree needs, and all
+//! peers together [`TOTAL_RATE`]. An answer that does not fit is replaced
+//! by an empty one, which ends the exchange; the peer tries again later.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use tokio::time::Instant;
+
+/// Bytes one peer may draw at once: a whole directory and its digests.
+pub const PER_PEER_BURST: u64 = 8 * 1024 * 1024;
+/// Bytes per second one peer may draw on average after its burst.
+pub const PER_PEER_RATE: u64 = 32 * 1024;
+/// Bytes all peers together may draw at once.
+pub const TOTAL_BURST: u64 = 32 * 1024 * 1024;
+/// Bytes per second all peers together may draw on average.
+pub const TOTAL_RATE: u64 = 512 * 1024;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: u64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(burst: u64, now: Instant) -> Self {
+        Bucket {
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, rate: u64, burst: u64, now: Instant) {
+        let us = now.saturating_duration_since(self.at).as_micros();
+        let add = (us.saturating_mul(u128::from(rate)) / 1_000_000).min(u128::from(burst));
+        self.tokens = self
+            .tokens
+            .saturating_add(u64::try_from(add).unwrap_or(u64::MAX))
+            .min(burst);
+        self.at = now;
+    }
+}
+
+/// The answer budget (see the module docs).
+#[derive(Debug)]
+pub(crate) struct AnswerBudget<P> {
+    peers: HashMap<P, Bucket>,
+    total: Option<Bucket>,
+}
+
+impl<P> Default for AnswerBudget<P> {
+    fn default() -> Self {
+        AnswerBudget {
+            peers: HashMap::new(),
+            total: None,
+        }
+    }
+}
+
+impl<P: Copy + Eq + Hash> AnswerBudget<P> {
+    /// Takes `bytes` from `peer`'s bucket and the total one if both hold
+    /// them; false (and nothing taken) otherwise.
+    pub(crate) fn take(&mut self, peer: P, bytes: usize, now: Instant) -> bool {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        let total = self
+            .total
+            .get_or_insert_with(|| Bucket::full(TOTAL_BURST, now));
+        total.refill(TOTAL_RATE, TOTAL_BURST, now);
+        let mine = self
+            .peers
+            .entry(peer)
+            .or_insert_with(|| Bucket::full(PER_PEER_BURST, now));
+        mine.refill(PER_PEER_RATE, PER_PEER_BURST, now);
+        if mine.tokens < bytes || total.tokens < bytes {
+            return false;
+        }
+        mine.tokens -= bytes;
+        total.tokens -= bytes;
+        true
+    }
+
+    /// `peer` disconnected: its bucket goes (a peer that reconnects starts
+    /// full again, but reconnecting is not free and the total bucket
+    /// remembers).
+    pub(crate) fn forget(&mut self, peer: &P) {
+        self.peers.remove(peer);
+    }
+
+    /// Peers with a bucket.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.peers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_peer_gets_its_burst_then_its_rate_and_all_peers_the_total() {
+        let t0 = Instant::now();
+        let mut b = AnswerBudget::default();
+        let mb = 1024 * 1024;
+        for _ in 0..8 {
+            assert!(b.take(1u32, mb, t0));
+        }
+        assert!(!b.take(1, 1, t0), "the burst is spent");
+        // one second later: one second's worth
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(b.take(1, PER_PEER_RATE as usize, t1));
+        assert!(!b.take(1, 1, t1));
+        // other peers have their own buckets, up to the total
+        let mut got = 0;
+        for peer in 2..100u32 {
+            if b.take(peer, 4 * mb, t1) {
+                got += 4 * mb;
+            }
+        }
+        assert!(got as u64 <= TOTAL_BURST, "{got}");
+        assert!(got as u64 >= TOTAL_BURST - 8 * mb as u64 - 4 * mb as u64);
+        // the total refills at its own rate
+        let t2 = t1 + Duration::from_secs(2);
+        assert!(!b.take(3, 4 * mb, t2));
+        assert!(b.take(3, (2 * PER_PEER_RATE) as usize, t2 + Duration::from_secs(2)));
+        b.forget(&3);
+        assert_eq!(b.len(), 98);
+    }
+}
