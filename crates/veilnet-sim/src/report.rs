@@ -197,7 +197,7 @@ impl Report {
         let mut s = format!(
             "{} relays, {} clients, {} h (first {} h warm-up), churn {}/h, descriptor {} B\n\
              directory traffic (modelled wire bytes): {:.3} MB per relay-hour, {:.3} MB per client-hour \
-             (whole run: {:.3} / {:.3}; received of it: {:.3} / {:.3})\n\
+             (received of it: {:.3} / {:.3}; whole run: {:.3} / {:.3})\n\
              convergence to 99% of relays: p50 {:.1} s, p99 {:.1} s ({} descriptors, {} never); \
              to 99% of all nodes: p50 {:.1} s, p99 {:.1} s\n\
              view agreement at the cut, at the end: {:.4} of nodes (relays {:.4}, clients {:.4}; lowest hourly {:.4})\n\
@@ -210,10 +210,10 @@ impl Report {
             self.descriptor_bytes,
             mb(self.bytes_per_relay_hour),
             mb(self.bytes_per_client_hour),
-            mb(self.bytes_per_relay_hour_all),
-            mb(self.bytes_per_client_hour_all),
             mb(self.bytes_received_per_relay_hour),
             mb(self.bytes_received_per_client_hour),
+            mb(self.bytes_per_relay_hour_all),
+            mb(self.bytes_per_client_hour_all),
             self.convergence_s_p50,
             self.convergence_s_p99,
             self.tracked_descriptors,

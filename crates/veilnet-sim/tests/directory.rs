@@ -140,6 +140,36 @@ fn bytes_counted_are_at_least_the_descriptors_moved_and_not_wildly_more() {
     assert!(by_kind > 0);
 }
 
+/// Announcements as frames on a long-lived stream (as the node sends them)
+/// cost fewer bytes than one request-response exchange each, and carry
+/// records just as fast; what a relay receives is part of what it moves.
+#[test]
+fn announcing_on_streams_costs_less_and_spreads_as_fast() {
+    let streams = run_directory(&small()).unwrap();
+    let exchanges = run_directory(&SimConfig {
+        push_stream: false,
+        ..small()
+    })
+    .unwrap();
+    let push = |r: &veilnet_sim::Report| r.bytes_by_kind[0].1 as f64;
+    println!(
+        "push bytes: {} on streams, {} as exchanges; per relay-hour {:.0} vs {:.0}",
+        push(&streams),
+        push(&exchanges),
+        streams.bytes_per_relay_hour,
+        exchanges.bytes_per_relay_hour
+    );
+    assert!(push(&streams) < 0.8 * push(&exchanges));
+    assert!(streams.bytes_per_relay_hour < exchanges.bytes_per_relay_hour);
+    assert_eq!(streams.not_converged, 0);
+    assert!(streams.convergence_s_p99 <= exchanges.convergence_s_p99 * 1.05);
+    for r in [&streams, &exchanges] {
+        assert!(r.bytes_received_per_relay_hour > 0.0);
+        assert!(r.bytes_received_per_relay_hour < r.bytes_per_relay_hour);
+        assert!(r.bytes_received_per_client_hour <= r.bytes_per_client_hour);
+    }
+}
+
 #[test]
 fn joining_relays_spread_and_runs_repeat_exactly() {
     let cfg = SimConfig {
