@@ -10,11 +10,10 @@ use std::time::Duration;
 
 use common::TestNode;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::{identify, noise, swarm::NetworkBehaviour, tcp, yamux, StreamProtocol, SwarmBuilder};
+use libp2p::{identify, swarm::NetworkBehaviour, StreamProtocol};
 use tokio::time::timeout;
 use veilnet_discovery::announce::{Frame, ANNOUNCE_PROTOCOL};
 use veilnet_discovery::sync;
-use veilnet_discovery::IDENTIFY_PROTOCOL;
 
 /// No reconciliation round within a test.
 const HOUR: Duration = Duration::from_secs(3600);
@@ -126,24 +125,10 @@ async fn a_peer_gets_only_what_was_announced_to_it_and_bad_frames_close_only_its
             max_record_len: 16 * 1024,
             max_message_bytes: 1 << 20,
         };
-        let mut peer = SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|key| Peer {
-                identify: identify::Behaviour::new(identify::Config::new(
-                    IDENTIFY_PROTOCOL.to_owned(),
-                    key.public(),
-                )),
-                stream: libp2p_stream::Behaviour::new(),
-            })
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
-            .build();
+        let mut peer = common::swarm(|key| Peer {
+            identify: common::veilnet_identify(key),
+            stream: libp2p_stream::Behaviour::new(),
+        });
         let protocol = StreamProtocol::new(ANNOUNCE_PROTOCOL);
         let mut control = peer.behaviour().stream.new_control();
         let mut incoming = control.accept(protocol.clone()).unwrap();

@@ -10,14 +10,14 @@ use std::{collections::HashMap, io, time::Duration};
 use common::TestNode;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::{
-    identify, noise,
+    identify,
     request_response::{self, Codec, Event, Message, OutboundRequestId, ProtocolSupport},
     swarm::{NetworkBehaviour, SwarmEvent},
-    tcp, yamux, StreamProtocol, SwarmBuilder,
+    StreamProtocol,
 };
 use tokio::time::timeout;
 use veilnet_discovery::sync::{self, Range, RangeMode, SyncLimits, SyncMessage};
-use veilnet_discovery::{IDENTIFY_PROTOCOL, SYNC_PROTOCOL};
+use veilnet_discovery::SYNC_PROTOCOL;
 
 /// Sends and receives raw bytes, whatever they are.
 #[derive(Clone, Default)]
@@ -77,6 +77,17 @@ struct Attacker {
     rr: request_response::Behaviour<RawCodec>,
 }
 
+fn attacker(key: &libp2p::identity::Keypair, support: ProtocolSupport) -> Attacker {
+    Attacker {
+        identify: common::veilnet_identify(key),
+        rr: request_response::Behaviour::with_codec(
+            RawCodec,
+            [(StreamProtocol::new(SYNC_PROTOCOL), support)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+        ),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_oversized_records_do_not_crash_the_node() {
     timeout(Duration::from_secs(40), async {
@@ -88,32 +99,9 @@ async fn garbage_and_oversized_records_do_not_crash_the_node() {
         )
         .await;
 
-        let mut attacker = SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|key| Attacker {
-                // Identify as a veilnet relay, so the victim opens
-                // exchanges with us (it does only with peers that list the
-                // sync protocol).
-                identify: identify::Behaviour::new(identify::Config::new(
-                    IDENTIFY_PROTOCOL.to_owned(),
-                    key.public(),
-                )),
-                rr: request_response::Behaviour::with_codec(
-                    RawCodec,
-                    [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(10)),
-                ),
-            })
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
-            .build();
+        // Identify as a veilnet relay, so the victim opens exchanges with
+        // us (it does only with peers that list the sync protocol).
+        let mut attacker = common::swarm(|key| attacker(key, ProtocolSupport::Full));
         attacker.dial(victim.addr.clone()).unwrap();
 
         let oversized = vec![0x42u8; 20 * 1024]; // > 16 KiB default
@@ -283,32 +271,7 @@ async fn a_peer_that_asks_for_everything_again_and_again_gets_its_budget_and_no_
             .lock()
             .unwrap()
             .extend((0..1999u32).map(|i| format!("record-{i}").into_bytes()));
-        let mut attacker = SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|key| Attacker {
-                identify: identify::Behaviour::new(identify::Config::new(
-                    IDENTIFY_PROTOCOL.to_owned(),
-                    key.public(),
-                )),
-                rr: request_response::Behaviour::with_codec(
-                    RawCodec,
-                    [(
-                        StreamProtocol::new(SYNC_PROTOCOL),
-                        ProtocolSupport::Outbound,
-                    )],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(10)),
-                ),
-            })
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
-            .build();
+        let mut attacker = common::swarm(|key| attacker(key, ProtocolSupport::Outbound));
         attacker.dial(victim.addr.clone()).unwrap();
         // 46 bytes: "here is my (empty) list of everything; send me yours".
         let ask = SyncMessage {

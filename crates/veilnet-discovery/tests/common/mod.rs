@@ -112,3 +112,29 @@ impl TestNode {
             .unwrap();
     }
 }
+
+/// A bare libp2p swarm on TCP with Noise and yamux, as a test's own peer.
+pub fn swarm<B: libp2p::swarm::NetworkBehaviour>(
+    behaviour: impl FnOnce(&Keypair) -> B,
+) -> libp2p::Swarm<B> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|key| behaviour(key))
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+        .build()
+}
+
+/// Identify as a veilnet node does, so a victim takes the peer for one.
+pub fn veilnet_identify(key: &Keypair) -> libp2p::identify::Behaviour {
+    libp2p::identify::Behaviour::new(libp2p::identify::Config::new(
+        veilnet_discovery::IDENTIFY_PROTOCOL.to_owned(),
+        key.public(),
+    ))
+}
