@@ -5,8 +5,10 @@
 //! A request costs its sender little and can ask for much: an empty list
 //! that asks for ours back is 46 bytes and draws every digest we hold (up
 //! to 4096 of them, 131 KB), a want of 4096 digests draws as many records.
-//! That is what a joining relay must do once, so the per-peer burst is a
-//! whole directory; after it, a peer gets [`PER_PEER_RATE`] on average,
+//! A fingerprint of the whole range is smaller still and makes us hash
+//! every key we hold, so answers are charged for the keys they read too
+//! ([`sync::answer_cost`](crate::sync::answer_cost)). A whole directory is
+//! what a joining relay must fetch once, so the per-peer burst is one; after it, a peer gets [`PER_PEER_RATE`] on average,
 //! far above what reconciliation between nodes that agree needs, and all
 //! peers together [`TOTAL_RATE`]. An answer that does not fit is replaced
 //! by an empty one, which ends the exchange; the peer tries again later.

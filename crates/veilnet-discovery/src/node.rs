@@ -1047,10 +1047,11 @@ impl Node {
                 ..
             } => {
                 let mut response = sync::process(&*self.provider, &request, &self.limits);
+                let cost = sync::answer_cost(&*self.provider, &request, &response);
                 self.deliver(peer, request.records);
                 let now = Instant::now();
-                if !self.answers.take(peer, response.encoded_len(), now) {
-                    debug!(%peer, bytes = response.encoded_len(), "answer over the peer's budget: ending the exchange");
+                if !self.answers.take(peer, cost, now) {
+                    debug!(%peer, cost, "answer over the peer's budget: ending the exchange");
                     response = SyncMessage::default();
                 }
                 self.wants.claim(peer, &mut response.want, now);

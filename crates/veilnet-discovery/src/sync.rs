@@ -529,6 +529,27 @@ pub fn announce(digests: &[RecordDigest]) -> SyncMessage {
     }
 }
 
+/// What answering `msg` with `answer` costs us, in bytes of an answer
+/// budget: the answer's bytes, and [`KEY_COST`] for each of our keys when
+/// `msg` made us read them (fingerprints and lists that ask for ours back
+/// hash and compare up to all of them, whatever the answer's size).
+pub fn answer_cost(set: &dyn RecordStore, msg: &SyncMessage, answer: &SyncMessage) -> usize {
+    let scanned = if needs_ours(msg) { set.keys().len() } else { 0 };
+    answer
+        .encoded_len()
+        .saturating_add(scanned.saturating_mul(KEY_COST))
+}
+
+/// Budget bytes a key read to answer a message costs (see
+/// [`answer_cost`]): a key is 40 bytes hashed or compared.
+pub const KEY_COST: usize = 4;
+
+fn needs_ours(msg: &SyncMessage) -> bool {
+    msg.ranges
+        .iter()
+        .any(|r| !matches!(r.mode, RangeMode::List { reply: false, .. }))
+}
+
 /// Answers `msg` from our side: ranges whose fingerprints differ are split
 /// or listed, lists are compared (what the peer has and we do not know
 /// goes into `want`), and the records the peer wants are attached within
@@ -542,11 +563,11 @@ pub fn announce(digests: &[RecordDigest]) -> SyncMessage {
 pub fn process(set: &dyn RecordStore, msg: &SyncMessage, limits: &SyncLimits) -> SyncMessage {
     // Only fingerprints and lists that ask for ours back need our keys: a
     // push or a plain `want` is answered without reading them.
-    let needs_ours = msg
-        .ranges
-        .iter()
-        .any(|r| !matches!(r.mode, RangeMode::List { reply: false, .. }));
-    let ours: Arc<[RecordKey]> = if needs_ours { set.keys() } else { Arc::new([]) };
+    let ours: Arc<[RecordKey]> = if needs_ours(msg) {
+        set.keys()
+    } else {
+        Arc::new([])
+    };
     let ours: &[RecordKey] = &ours;
     let mut reply = SyncMessage::default();
     let mut listed = 0usize;

@@ -253,70 +253,88 @@ async fn garbage_and_oversized_records_do_not_crash_the_node() {
     .expect("test finished in time");
 }
 
+/// A relay holding 2000 records besides its own (a list of them all is
+/// 64 KB: a node lists at most as many digests as it may be asked for at
+/// once, 2048 by default).
+async fn victim_with_2000_records() -> TestNode {
+    let victim = TestNode::start(
+        b"victim-record".to_vec(),
+        vec![],
+        Duration::from_secs(3600),
+        true,
+    )
+    .await;
+    victim
+        .known
+        .lock()
+        .unwrap()
+        .extend((0..1999u32).map(|i| format!("record-{i}").into_bytes()));
+    victim
+}
+
+/// Sends `ask` to `victim` `n` times, one after the other; the answers'
+/// sizes and the seconds it took.
+async fn ask_again_and_again(victim: &TestNode, ask: &[u8], n: usize) -> (Vec<usize>, f64) {
+    let mut attacker = common::swarm(|key| attacker(key, ProtocolSupport::Outbound));
+    attacker.dial(victim.addr.clone()).unwrap();
+    let started = std::time::Instant::now();
+    let mut sizes = Vec::new();
+    while sizes.len() < n {
+        match attacker.select_next_some().await {
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                attacker
+                    .behaviour_mut()
+                    .rr
+                    .send_request(&peer_id, ask.to_vec());
+            }
+            SwarmEvent::Behaviour(AttackerEvent::Rr(Event::Message {
+                peer,
+                message: Message::Response { response, .. },
+                ..
+            })) => {
+                sizes.push(response.len());
+                if sizes.len() < n {
+                    attacker
+                        .behaviour_mut()
+                        .rr
+                        .send_request(&peer, ask.to_vec());
+                }
+            }
+            SwarmEvent::Behaviour(AttackerEvent::Rr(Event::OutboundFailure { error, .. })) => {
+                panic!("a request failed: {error}")
+            }
+            _ => {}
+        }
+    }
+    (sizes, started.elapsed().as_secs_f64())
+}
+
+/// A request about the whole key space.
+fn whole(mode: RangeMode) -> Vec<u8> {
+    SyncMessage {
+        ranges: vec![Range {
+            lower: veilnet_discovery::sync::KEY_MIN,
+            upper: None,
+            mode,
+        }],
+        ..SyncMessage::default()
+    }
+    .encode()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_asks_for_everything_again_and_again_gets_its_budget_and_no_more() {
     use veilnet_discovery::budget::{PER_PEER_BURST, PER_PEER_RATE};
     timeout(Duration::from_secs(60), async {
-        let victim = TestNode::start(
-            b"victim-record".to_vec(),
-            vec![],
-            Duration::from_secs(3600),
-            true,
-        )
-        .await;
-        // 2000 records: a list of them all is 64 KB (a node lists at most
-        // as many digests as it may be asked for at once, 2048 by default).
-        victim
-            .known
-            .lock()
-            .unwrap()
-            .extend((0..1999u32).map(|i| format!("record-{i}").into_bytes()));
-        let mut attacker = common::swarm(|key| attacker(key, ProtocolSupport::Outbound));
-        attacker.dial(victim.addr.clone()).unwrap();
-        // 46 bytes: "here is my (empty) list of everything; send me yours".
-        let ask = SyncMessage {
-            ranges: vec![Range {
-                lower: veilnet_discovery::sync::KEY_MIN,
-                upper: None,
-                mode: RangeMode::List {
-                    digests: Vec::new(),
-                    reply: true,
-                },
-            }],
-            ..SyncMessage::default()
-        }
-        .encode();
+        let victim = victim_with_2000_records().await;
+        // "Here is my (empty) list of everything; send me yours."
+        let ask = whole(RangeMode::List {
+            digests: Vec::new(),
+            reply: true,
+        });
         // Without the budget: 250 answers of 64 KB, 16 MB.
         const ASKS: usize = 250;
-        let started = std::time::Instant::now();
-        let mut sizes = Vec::new();
-        let mut victim_id = None;
-        while sizes.len() < ASKS {
-            match attacker.select_next_some().await {
-                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                    victim_id = Some(peer_id);
-                    attacker
-                        .behaviour_mut()
-                        .rr
-                        .send_request(&peer_id, ask.clone());
-                }
-                SwarmEvent::Behaviour(AttackerEvent::Rr(Event::Message {
-                    message: Message::Response { response, .. },
-                    ..
-                })) => {
-                    sizes.push(response.len());
-                    if sizes.len() < ASKS {
-                        let peer = victim_id.unwrap();
-                        attacker.behaviour_mut().rr.send_request(&peer, ask.clone());
-                    }
-                }
-                SwarmEvent::Behaviour(AttackerEvent::Rr(Event::OutboundFailure {
-                    error, ..
-                })) => panic!("a request failed: {error}"),
-                _ => {}
-            }
-        }
-        let elapsed = started.elapsed().as_secs_f64();
+        let (sizes, elapsed) = ask_again_and_again(&victim, &ask, ASKS).await;
         let total: usize = sizes.iter().sum();
         println!(
             "{ASKS} asks of {} bytes drew {total} bytes in {elapsed:.1} s; first {}, last {}",
@@ -334,6 +352,37 @@ async fn a_peer_that_asks_for_everything_again_and_again_gets_its_budget_and_no_
             sizes[ASKS - 1] < 64,
             "past the budget the answer is empty: {}",
             sizes[ASKS - 1]
+        );
+        victim.stop().await;
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_makes_us_hash_every_key_again_and_again_is_cut_off_too() {
+    use veilnet_discovery::budget::{PER_PEER_BURST, PER_PEER_RATE};
+    use veilnet_discovery::sync::KEY_COST;
+    timeout(Duration::from_secs(60), async {
+        let victim = victim_with_2000_records().await;
+        // A wrong fingerprint of everything: a small answer (the range split
+        // in a few), but every key hashed to make it.
+        let ask = whole(RangeMode::Fingerprint([0; 16]));
+        // Without charging for the keys read: all 2000 answered (2 MB).
+        const ASKS: usize = 2000;
+        let (sizes, elapsed) = ask_again_and_again(&victim, &ask, ASKS).await;
+        let answered = sizes.iter().filter(|&&n| n > 64).count();
+        let per_answer = sizes[0] + 2000 * KEY_COST;
+        let allowed = (PER_PEER_BURST as f64 + PER_PEER_RATE as f64 * elapsed) / per_answer as f64;
+        println!(
+            "{ASKS} fingerprint asks of {} bytes: {answered} answered ({} bytes each) in {elapsed:.1} s, budget for {allowed:.0}",
+            ask.len(),
+            sizes[0]
+        );
+        assert!(sizes[0] > 64, "the first is answered");
+        assert!(
+            answered as f64 <= allowed + 1.0,
+            "{answered} answered, more than the budget's {allowed:.0}"
         );
         victim.stop().await;
     })
