@@ -9,7 +9,8 @@
 //! its first byte, and waits while the node's inbound queue
 //! ([`INBOUND_QUEUE`] frames for all peers) is full, so a fast sender is
 //! slowed by its own stream's flow control; one inbound stream per peer (a
-//! new one replaces the old), which does not keep the connection open.
+//! new one replaces the old). No announcement stream keeps a connection
+//! open.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -88,8 +89,7 @@ async fn read_frames(
     limits: SyncLimits,
     tx: mpsc::Sender<Inbound>,
 ) {
-    // A peer's stream does not keep our side of the connection open (ours
-    // to a relay we announce to does).
+    // Announcement streams never keep a connection open (see `writer`).
     stream.ignore_for_keep_alive();
     let limits = announce::frame_limits(&limits);
     loop {
@@ -204,7 +204,14 @@ pub(crate) fn writer(mut control: libp2p_stream::Control, peer: PeerId) -> Write
     tokio::spawn(async move {
         let open = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, protocol())).await;
         let mut stream = match open {
-            Ok(Ok(s)) => s,
+            // A link lives as long as it would without the stream (closed
+            // after a minute with nothing else on it): a stream that kept
+            // every link it touched open would fill a relay's 50
+            // connections, a bootstrap relay's first, and shut joiners out.
+            Ok(Ok(mut s)) => {
+                s.ignore_for_keep_alive();
+                s
+            }
             Ok(Err(e)) => {
                 debug!(%peer, "cannot open an announcement stream: {e}");
                 return;
