@@ -40,6 +40,9 @@ pub(crate) struct Budget {
     pub(crate) per_peer: usize,
     /// Digests awaited in all, at most, after the claim.
     pub(crate) total: usize,
+    /// Whether a peer that let a want time out in the last
+    /// [`LATE_MEMORY`] may be asked first.
+    pub(crate) late_peers: bool,
 }
 
 impl Budget {
@@ -47,19 +50,27 @@ impl Budget {
     pub(crate) const RECONCILE: Budget = Budget {
         per_peer: MAX_ASKED_PER_PEER,
         total: MAX_WANTS,
+        late_peers: true,
     };
     /// An announcement, which any peer may send unasked: a small share
     /// per peer and half the set in all, so announcers (Sybils among them)
     /// that never deliver cannot crowd out reconciliation.
+    /// A peer that announced and then did not deliver is not asked first
+    /// again for a while (it is still remembered as an offerer behind
+    /// others), so one that gets its want in first delays a record once.
     pub(crate) const ANNOUNCED: Budget = Budget {
         per_peer: MAX_ANNOUNCED_PER_PEER,
         total: MAX_WANTS / 2,
+        late_peers: false,
     };
 }
 
 /// Digests asked of one peer because it announced them, at most (an
 /// announcement batch is a few dozen records).
 pub(crate) const MAX_ANNOUNCED_PER_PEER: usize = 512;
+/// How long a peer that let a want time out is not asked first because of
+/// its announcements.
+pub(crate) const LATE_MEMORY: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 struct Want<P> {
@@ -75,6 +86,8 @@ struct Want<P> {
 pub(crate) struct Wants<P> {
     wants: HashMap<RecordDigest, Want<P>>,
     asked_of: HashMap<P, usize>,
+    /// When each peer last let a want time out (within [`LATE_MEMORY`]).
+    late: HashMap<P, Instant>,
 }
 
 impl<P> Default for Wants<P> {
@@ -82,6 +95,7 @@ impl<P> Default for Wants<P> {
         Wants {
             wants: HashMap::new(),
             asked_of: HashMap::new(),
+            late: HashMap::new(),
         }
     }
 }
@@ -103,6 +117,11 @@ impl<P: Copy + Eq + Hash> Wants<P> {
         now: Instant,
         budget: Budget,
     ) {
+        let late = !budget.late_peers
+            && self
+                .late
+                .get(&peer)
+                .is_some_and(|t| now.saturating_duration_since(*t) < LATE_MEMORY);
         want.retain(|d| {
             if let Some(w) = self.wants.get_mut(d) {
                 if w.asked != peer && !w.offerers.contains(&peer) && w.offerers.len() < MAX_OFFERERS
@@ -112,6 +131,9 @@ impl<P: Copy + Eq + Hash> Wants<P> {
                 // Asking the same peer twice (a repeated announcement, the
                 // next round of an exchange) is harmless; anyone else waits.
                 return w.asked == peer;
+            }
+            if late {
+                return false;
             }
             let asked = self.asked_of.get(&peer).copied().unwrap_or(0);
             if asked >= budget.per_peer.min(MAX_ASKED_PER_PEER)
@@ -152,8 +174,13 @@ impl<P: Copy + Eq + Hash> Wants<P> {
             .wants
             .iter()
             .filter(|(_, w)| now.saturating_duration_since(w.at) >= WANT_TIMEOUT)
-            .map(|(d, _)| *d)
+            .map(|(d, w)| {
+                self.late.insert(w.asked, now);
+                *d
+            })
             .collect();
+        self.late
+            .retain(|_, t| now.saturating_duration_since(*t) < LATE_MEMORY);
         self.reassign(late, now)
     }
 
@@ -161,6 +188,7 @@ impl<P: Copy + Eq + Hash> Wants<P> {
     /// once, and it is no longer an offerer of anything. Returns what to ask
     /// of whom, as [`expire`](Self::expire) does.
     pub(crate) fn peer_gone(&mut self, peer: P, now: Instant) -> Vec<(P, Vec<RecordDigest>)> {
+        self.late.remove(&peer);
         let mut mine = Vec::new();
         for (d, w) in &mut self.wants {
             w.offerers.retain(|p| *p != peer);
@@ -375,6 +403,38 @@ mod tests {
             .collect();
         wants.claim(999, &mut want, t0);
         assert_eq!(want.len(), MAX_ASKED_PER_PEER);
+    }
+
+    #[test]
+    fn an_announcer_that_did_not_deliver_is_not_asked_first_for_a_while() {
+        let mut wants = Wants::default();
+        let t0 = Instant::now();
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let mut want = vec![a];
+        wants.claim_within(1u32, &mut want, t0, Budget::ANNOUNCED);
+        assert_eq!(want, vec![a]);
+        // Peer 1 never delivers; nobody else offered it.
+        let t1 = t0 + WANT_TIMEOUT;
+        assert!(wants.expire(t1).is_empty());
+        // Its next announcement is not asked of it first...
+        let mut want = vec![b];
+        wants.claim_within(1, &mut want, t1, Budget::ANNOUNCED);
+        assert!(want.is_empty());
+        // ...but of the next announcer...
+        let mut want = vec![b];
+        wants.claim_within(2, &mut want, t1, Budget::ANNOUNCED);
+        assert_eq!(want, vec![b]);
+        // ...and reconciliation still asks it, and after a while it is asked
+        // first again.
+        let mut want = vec![[3; 32]];
+        wants.claim(1, &mut want, t1);
+        assert_eq!(want.len(), 1);
+        assert!(wants.delivered(&[3; 32]) && wants.delivered(&b));
+        let t2 = t1 + LATE_MEMORY;
+        wants.expire(t2);
+        let mut want = vec![[4; 32]];
+        wants.claim_within(1, &mut want, t2, Budget::ANNOUNCED);
+        assert_eq!(want.len(), 1);
     }
 
     #[test]
