@@ -178,19 +178,26 @@ impl Frame {
         }
     }
 
+    /// Bytes of an announce or want frame of `count` digests, length
+    /// prefix included.
+    pub fn digests_len(count: usize) -> usize {
+        LENGTH_BYTES + HEADER_BYTES + count.min(MAX_DIGESTS) * 32
+    }
+
     /// Bytes of the encoded frame, length prefix included (as
     /// [`encode`](Self::encode) writes it, with its limits).
     pub fn encoded_len(&self) -> usize {
-        LENGTH_BYTES
-            + HEADER_BYTES
-            + match self {
-                Frame::Announce(d) | Frame::Want(d) => d.len().min(MAX_DIGESTS) * 32,
-                Frame::Records(r) => r
-                    .iter()
-                    .take(usize::from(u16::MAX))
-                    .map(|r| 4 + r.len())
-                    .sum(),
+        match self {
+            Frame::Announce(d) | Frame::Want(d) => Self::digests_len(d.len()),
+            Frame::Records(r) => {
+                LENGTH_BYTES
+                    + HEADER_BYTES
+                    + r.iter()
+                        .take(usize::from(u16::MAX))
+                        .map(|r| 4 + r.len())
+                        .sum::<usize>()
             }
+        }
     }
 
     /// The frame's bytes, length prefix included. At most [`MAX_DIGESTS`]

@@ -724,11 +724,7 @@ impl Node {
         let mut digests = std::mem::take(&mut self.push_pending);
         digests.sort_unstable();
         digests.dedup();
-        let frame = Frame::Announce(digests);
-        let wire = frame.encode();
-        let Frame::Announce(digests) = frame else {
-            return;
-        };
+        let wire = Frame::Announce(digests.clone()).encode();
         // Not back to the peer that sent them all (it holds them).
         let origin = digests
             .iter()
@@ -783,7 +779,7 @@ impl Node {
             Frame::Announce(ref digests) => {
                 // Only what we can ask for now is claimed: a want that is
                 // not sent would hold the records back from other peers.
-                let room = Frame::Want(digests.clone()).encoded_len();
+                let room = Frame::digests_len(digests.len());
                 if !self.writer(peer).is_some_and(|w| w.has_room(room)) {
                     return;
                 }
