@@ -93,7 +93,7 @@ async fn read_frames(
     stream.ignore_for_keep_alive();
     let limits = announce::frame_limits(&limits);
     loop {
-        match read_frame(&mut stream, &limits).await {
+        match read_frame(&mut stream, &limits, READ_TIMEOUT).await {
             Ok(Some(frame)) => {
                 if tx.send((peer, frame)).await.is_err() {
                     return;
@@ -112,26 +112,27 @@ async fn read_frames(
 }
 
 /// One frame, or `None` at a clean end of the stream (between frames).
-async fn read_frame(
-    stream: &mut libp2p::Stream,
+/// Between frames a stream may be quiet for as long as it likes; once a
+/// frame has begun, all of it must come within `within`.
+async fn read_frame<S: futures::AsyncRead + Unpin>(
+    stream: &mut S,
     limits: &SyncLimits,
+    within: Duration,
 ) -> std::io::Result<Option<Frame>> {
     let mut prefix = [0u8; LENGTH_BYTES];
-    // Between frames a stream may be quiet for as long as it likes; once a
-    // frame has begun, all of it must come within READ_TIMEOUT.
     let n = stream.read(&mut prefix).await?;
     if n == 0 {
         return Ok(None);
     }
-    match tokio::time::timeout(READ_TIMEOUT, read_rest(stream, prefix, n, limits)).await {
+    match tokio::time::timeout(within, read_rest(stream, prefix, n, limits)).await {
         Ok(r) => r.map(Some),
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }
 }
 
 /// The rest of a frame whose first `got` bytes are in `prefix`.
-async fn read_rest(
-    stream: &mut libp2p::Stream,
+async fn read_rest<S: futures::AsyncRead + Unpin>(
+    stream: &mut S,
     mut prefix: [u8; LENGTH_BYTES],
     mut got: usize,
     limits: &SyncLimits,
@@ -166,6 +167,14 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
+    /// A writer with no task: the test holds the queue's other end.
+    #[cfg(test)]
+    fn detached() -> (Self, mpsc::Receiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
+        (Writer { tx, queued }, rx)
+    }
+
     /// Whether the stream is gone (a new writer is needed).
     pub(crate) fn is_closed(&self) -> bool {
         self.tx.is_closed()
@@ -334,6 +343,75 @@ mod tests {
         o.filter(&mut late, t0 + OFFER_TTL);
         assert!(late.is_empty(), "not after OFFER_TTL");
         assert_eq!(o.len(), 0);
+    }
+
+    #[test]
+    fn a_writer_queues_at_most_its_frames_and_bytes() {
+        let (w, rx) = Writer::detached();
+        let big = vec![0u8; 100 * 1024];
+        let fit = WRITER_BYTES / big.len();
+        for _ in 0..fit {
+            assert!(w.send(big.clone()));
+        }
+        assert!(!w.send(big.clone()), "over {WRITER_BYTES} bytes");
+        drop(rx);
+        assert!(w.is_closed() && !w.send(vec![1]));
+        let (w, _rx) = Writer::detached();
+        for _ in 0..WRITER_QUEUE {
+            assert!(w.send(vec![1]));
+        }
+        assert!(!w.send(vec![1]), "over {WRITER_QUEUE} frames");
+    }
+
+    /// Gives `bytes`, then never anything again (a peer that stops
+    /// mid-frame).
+    struct Stalls(Vec<u8>);
+
+    impl futures::AsyncRead for Stalls {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            if self.0.is_empty() {
+                return std::task::Poll::Pending;
+            }
+            let n = buf.len().min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0.drain(..n);
+            std::task::Poll::Ready(Ok(n))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_begun_must_end_in_time_and_a_quiet_stream_may_wait() {
+        let limits = SyncLimits {
+            max_records: 4,
+            max_record_len: 64,
+            max_message_bytes: 1024,
+        };
+        let wait = Duration::from_millis(50);
+        // Half a frame, then nothing: given up.
+        let frame = Frame::Announce(vec![[7; 32]]).encode();
+        let mut half = Stalls(frame[..10].to_vec());
+        let err = read_frame(&mut half, &limits, wait).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        // A whole frame is read; a stream quiet between frames is waited on.
+        let mut whole = Stalls(frame.clone());
+        let got = read_frame(&mut whole, &limits, wait).await.unwrap();
+        assert_eq!(got, Some(Frame::Announce(vec![[7; 32]])));
+        let quiet = tokio::time::timeout(4 * wait, read_frame(&mut whole, &limits, wait)).await;
+        assert!(quiet.is_err(), "no frame begun: still waiting");
+        // A clean end between frames is the end.
+        let mut ended = futures::io::Cursor::new(frame);
+        assert!(read_frame(&mut ended, &limits, wait)
+            .await
+            .unwrap()
+            .is_some());
+        assert!(read_frame(&mut ended, &limits, wait)
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[test]
