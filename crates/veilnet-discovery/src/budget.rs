@@ -10,8 +10,12 @@
 //! ([`sync::answer_cost`](crate::sync::answer_cost)). A whole directory is
 //! what a joining relay must fetch once, so the per-peer burst is one; after it, a peer gets [`PER_PEER_RATE`] on average,
 //! far above what reconciliation between nodes that agree needs, and all
-//! peers together [`TOTAL_RATE`]. An answer that does not fit is replaced
-//! by an empty one, which ends the exchange; the peer tries again later.
+//! peers together [`TOTAL_RATE`]. A request whose least cost does not fit
+//! is refused before any work, and one whose answer does not fit is
+//! refused after: the request fails at the peer (an empty answer would
+//! read as "we agree"), which then tries elsewhere. A peer's bucket
+//! outlives its connection until it has refilled, so reconnecting does not
+//! refill it (a new identity does: the total bucket bounds that).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -26,6 +30,10 @@ pub const PER_PEER_RATE: u64 = 32 * 1024;
 pub const TOTAL_BURST: u64 = 32 * 1024 * 1024;
 /// Bytes per second all peers together may draw on average.
 pub const TOTAL_RATE: u64 = 512 * 1024;
+/// Per-peer buckets kept before full ones are dropped (a bucket that is
+/// not full belongs to a peer that drew in the last few minutes; there can
+/// be more of them than connections, and full ones are dropped first).
+const MAX_PEER_BUCKETS: usize = 1024;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -69,10 +77,40 @@ impl<P> Default for AnswerBudget<P> {
 }
 
 impl<P: Copy + Eq + Hash> AnswerBudget<P> {
+    /// Whether `peer`'s bucket and the total one both hold `bytes` now.
+    pub(crate) fn allows(&mut self, peer: P, bytes: usize, now: Instant) -> bool {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        let (mine, total) = self.refilled(peer, now);
+        mine.tokens >= bytes && total.tokens >= bytes
+    }
+
     /// Takes `bytes` from `peer`'s bucket and the total one if both hold
     /// them; false (and nothing taken) otherwise.
     pub(crate) fn take(&mut self, peer: P, bytes: usize, now: Instant) -> bool {
         let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        let (mine, total) = self.refilled(peer, now);
+        if mine.tokens < bytes || total.tokens < bytes {
+            return false;
+        }
+        mine.tokens -= bytes;
+        total.tokens -= bytes;
+        true
+    }
+
+    /// Both buckets, refilled to `now`. Buckets of peers that have
+    /// refilled entirely say nothing and are dropped when there are many.
+    fn refilled(&mut self, peer: P, now: Instant) -> (&mut Bucket, &mut Bucket) {
+        if self.peers.len() >= MAX_PEER_BUCKETS {
+            self.peers.retain(|_, b| {
+                b.refill(PER_PEER_RATE, PER_PEER_BURST, now);
+                b.tokens < PER_PEER_BURST
+            });
+            // Still as many (identities made to drain it): the total
+            // bucket is what bounds them.
+            if self.peers.len() >= MAX_PEER_BUCKETS {
+                self.peers.clear();
+            }
+        }
         let total = self
             .total
             .get_or_insert_with(|| Bucket::full(TOTAL_BURST, now));
@@ -82,19 +120,7 @@ impl<P: Copy + Eq + Hash> AnswerBudget<P> {
             .entry(peer)
             .or_insert_with(|| Bucket::full(PER_PEER_BURST, now));
         mine.refill(PER_PEER_RATE, PER_PEER_BURST, now);
-        if mine.tokens < bytes || total.tokens < bytes {
-            return false;
-        }
-        mine.tokens -= bytes;
-        total.tokens -= bytes;
-        true
-    }
-
-    /// `peer` disconnected: its bucket goes (a peer that reconnects starts
-    /// full again, but reconnecting is not free and the total bucket
-    /// remembers).
-    pub(crate) fn forget(&mut self, peer: &P) {
-        self.peers.remove(peer);
+        (mine, total)
     }
 
     /// Peers with a bucket.
@@ -136,7 +162,7 @@ mod tests {
         let t2 = t1 + Duration::from_secs(2);
         assert!(!b.take(3, 4 * mb, t2));
         assert!(b.take(3, (2 * PER_PEER_RATE) as usize, t2 + Duration::from_secs(2)));
-        b.forget(&3);
-        assert_eq!(b.len(), 98);
+        assert!(!b.allows(1, 1024 * 1024, t2));
+        assert_eq!(b.len(), 99);
     }
 }

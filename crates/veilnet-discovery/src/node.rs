@@ -46,6 +46,11 @@ const COMMAND_CHANNEL: usize = 64;
 const GOSSIP_FANOUT: usize = 3;
 /// Peers a newly accepted record is announced to.
 const PUSH_FANOUT: usize = 6;
+/// How long a client waits before it fetches from its next relay after a
+/// failed fetch.
+const FETCH_RETRY: Duration = Duration::from_secs(5);
+/// Retries a client makes between two scheduled fetches.
+const MAX_FETCH_RETRIES: usize = 2;
 /// How often late wants are asked of another peer.
 const WANTS_CHECK: Duration = Duration::from_secs(1);
 /// First random walk after start.
@@ -276,6 +281,8 @@ pub async fn spawn(
         delivered_by: HashMap::new(),
         delivered_before: HashMap::new(),
         answers: AnswerBudget::default(),
+        refetch_at: None,
+        fetch_retries: 0,
         pending_listeners,
         entry,
         ready: Some(ready_tx),
@@ -468,6 +475,10 @@ struct Node {
     delivered_before: HashMap<RecordDigest, PeerId>,
     /// Bytes of answers to reconciliation requests, per peer and in all.
     answers: AnswerBudget<PeerId>,
+    /// When a client tries another relay after a failed fetch.
+    refetch_at: Option<Instant>,
+    /// Fetches a client has retried since its last scheduled one.
+    fetch_retries: usize,
     pending_listeners: HashSet<libp2p::core::transport::ListenerId>,
     /// Bootstrap and known peers: dialled again while we have no
     /// connection at all ([`REDIAL_FIRST`]).
@@ -540,6 +551,10 @@ impl Node {
                 _ = wants_check.tick() => {
                     let asks = self.wants.expire(Instant::now());
                     self.ask(asks);
+                    if self.refetch_at.is_some_and(|t| Instant::now() >= t) {
+                        self.refetch_at = None;
+                        self.gossip_round();
+                    }
                 }
                 () = &mut walk, if !self.client_only => {
                     self.random_walk();
@@ -659,6 +674,7 @@ impl Node {
             .unwrap_or_default();
         let (delay, rank) = slots.next(now, rand::random::<f64>());
         self.fetch_rank = rank;
+        self.fetch_retries = 0;
         Some(delay)
     }
 
@@ -953,7 +969,6 @@ impl Node {
                     self.announcers.remove(&peer_id);
                     self.writers.remove(&peer_id);
                     self.offered.remove(&peer_id);
-                    self.answers.forget(&peer_id);
                     let asks = self.wants.peer_gone(peer_id, Instant::now());
                     self.ask(asks);
                     self.emit(DiscoveryEvent::PeerDisconnected { peer: peer_id });
@@ -1042,13 +1057,24 @@ impl Node {
                     },
                 ..
             } => {
+                let now = Instant::now();
+                // The least it can cost (the keys it makes us read) is
+                // checked before any work, the whole cost after. Over
+                // budget, the request fails at the peer: an empty answer
+                // would read as "we agree".
+                let least = sync::answer_cost(&*self.provider, &request, &SyncMessage::default());
+                if !self.answers.allows(peer, least, now) {
+                    debug!(%peer, least, "request over the peer's answer budget: refused");
+                    drop(channel);
+                    return;
+                }
                 let mut response = sync::process(&*self.provider, &request, &self.limits);
                 let cost = sync::answer_cost(&*self.provider, &request, &response);
                 self.deliver(peer, request.records);
-                let now = Instant::now();
                 if !self.answers.take(peer, cost, now) {
-                    debug!(%peer, cost, "answer over the peer's budget: ending the exchange");
-                    response = SyncMessage::default();
+                    debug!(%peer, cost, "answer over the peer's answer budget: refused");
+                    drop(channel);
+                    return;
                 }
                 self.wants.claim(peer, &mut response.want, now);
                 if self
@@ -1100,6 +1126,17 @@ impl Node {
             } => {
                 self.in_flight.remove(&request_id);
                 debug!(%peer, "sync exchange failed: {error}");
+                // What we asked of it goes to the next offerer now (it was
+                // refused or lost, not late).
+                let asks = self.wants.refused(peer, Instant::now());
+                self.ask(asks);
+                // A client whose fetch failed tries its next relay soon,
+                // a few times a slot, instead of waiting for the next slot.
+                if self.client_only && self.fetch_retries < MAX_FETCH_RETRIES {
+                    self.fetch_retries += 1;
+                    self.fetch_rank += 1;
+                    self.refetch_at = Some(Instant::now() + FETCH_RETRY);
+                }
             }
             Event::InboundFailure { peer, error, .. } => {
                 debug!(%peer, "inbound sync exchange failed: {error}");

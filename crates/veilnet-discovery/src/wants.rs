@@ -56,8 +56,10 @@ impl Budget {
     /// per peer and half the set in all, so announcers (Sybils among them)
     /// that never deliver cannot crowd out reconciliation.
     /// A peer that announced and then did not deliver is not asked first
-    /// again for a while (it is still remembered as an offerer behind
-    /// others), so one that gets its want in first delays a record once.
+    /// again for a while: what it announces that nobody is asked for is
+    /// not asked of it (another announcer, or reconciliation, brings it);
+    /// for what another peer is asked, it is remembered as an offerer
+    /// behind it. So one that gets its want in first delays a record once.
     pub(crate) const ANNOUNCED: Budget = Budget {
         per_peer: MAX_ANNOUNCED_PER_PEER,
         total: MAX_WANTS / 2,
@@ -196,6 +198,20 @@ impl<P: Copy + Eq + Hash> Wants<P> {
                 mine.push(*d);
             }
         }
+        self.reassign(mine, now)
+    }
+
+    /// A request to `peer` failed (refused, or its stream broke): what it
+    /// was asked for goes to the next offerer at once. Unlike
+    /// [`peer_gone`](Self::peer_gone) it stays an offerer of the rest, and
+    /// unlike a timeout it is not marked late.
+    pub(crate) fn refused(&mut self, peer: P, now: Instant) -> Vec<(P, Vec<RecordDigest>)> {
+        let mine: Vec<RecordDigest> = self
+            .wants
+            .iter()
+            .filter(|(_, w)| w.asked == peer)
+            .map(|(d, _)| *d)
+            .collect();
         self.reassign(mine, now)
     }
 
@@ -416,7 +432,16 @@ mod tests {
         // Peer 1 never delivers; nobody else offered it.
         let t1 = t0 + WANT_TIMEOUT;
         assert!(wants.expire(t1).is_empty());
-        // Its next announcement is not asked of it first...
+        // (A refused request is not lateness: peer 3 stays askable.)
+        let mut want = vec![[9; 32]];
+        wants.claim(3, &mut want, t0);
+        let mut offer = vec![[9; 32]];
+        wants.claim(4, &mut offer, t0);
+        assert_eq!(wants.refused(3, t0), vec![(4, vec![[9; 32]])]);
+        let mut want = vec![[8; 32]];
+        wants.claim_within(3, &mut want, t0, Budget::ANNOUNCED);
+        assert_eq!(want.len(), 1, "not late");
+        // Its next announcement is not asked of it...
         let mut want = vec![b];
         wants.claim_within(1, &mut want, t1, Budget::ANNOUNCED);
         assert!(want.is_empty());
