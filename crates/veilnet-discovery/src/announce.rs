@@ -152,14 +152,10 @@ impl Frame {
     /// What [`Frame::from_message`]`(msg)` would encode to, in bytes,
     /// without building it.
     pub fn len_of(msg: &SyncMessage) -> Option<usize> {
-        Some(
-            LENGTH_BYTES
-                + HEADER_BYTES
-                + match Shape::of(msg)? {
-                    Shape::Announce(d) | Shape::Want(d) => d.len() * 32,
-                    Shape::Records(r) => r.iter().map(|r| 4 + r.len()).sum(),
-                },
-        )
+        Some(match Shape::of(msg)? {
+            Shape::Announce(d) | Shape::Want(d) => Self::digests_len(d.len()),
+            Shape::Records(r) => Self::records_len(r),
+        })
     }
 
     /// The sync message this frame stands for, to answer with
@@ -189,15 +185,20 @@ impl Frame {
     pub fn encoded_len(&self) -> usize {
         match self {
             Frame::Announce(d) | Frame::Want(d) => Self::digests_len(d.len()),
-            Frame::Records(r) => {
-                LENGTH_BYTES
-                    + HEADER_BYTES
-                    + r.iter()
-                        .take(usize::from(u16::MAX))
-                        .map(|r| 4 + r.len())
-                        .sum::<usize>()
-            }
+            Frame::Records(r) => Self::records_len(r),
         }
+    }
+
+    /// Bytes of a records frame holding `records` (as
+    /// [`encode`](Self::encode) writes it: at most `u16::MAX` of them).
+    fn records_len(records: &[Vec<u8>]) -> usize {
+        LENGTH_BYTES
+            + HEADER_BYTES
+            + records
+                .iter()
+                .take(usize::from(u16::MAX))
+                .map(|r| 4 + r.len())
+                .sum::<usize>()
     }
 
     /// The frame's bytes, length prefix included. At most [`MAX_DIGESTS`]

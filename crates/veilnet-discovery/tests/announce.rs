@@ -91,9 +91,30 @@ struct Peer {
     stream: libp2p_stream::Behaviour,
 }
 
+/// `fut`, or a panic naming `what` if it takes longer than `secs` (each
+/// step bounded on its own, so a failure says which one stalled).
+async fn within<T>(what: &str, secs: u64, fut: impl std::future::Future<Output = T>) -> T {
+    timeout(Duration::from_secs(secs), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no progress in {secs} s"))
+}
+
 async fn write(s: &mut libp2p::Stream, bytes: &[u8]) {
-    s.write_all(bytes).await.unwrap();
-    s.flush().await.unwrap();
+    within("writing a frame", 10, async {
+        s.write_all(bytes).await.unwrap();
+        s.flush().await.unwrap();
+    })
+    .await
+}
+
+async fn open(control: &mut libp2p_stream::Control, peer: libp2p::PeerId) -> libp2p::Stream {
+    within(
+        "opening a stream",
+        10,
+        control.open_stream(peer, StreamProtocol::new(ANNOUNCE_PROTOCOL)),
+    )
+    .await
+    .unwrap()
 }
 
 /// Reads one frame body (or `None` if the stream ends or `wait` passes).
@@ -119,8 +140,12 @@ async fn closed(s: &mut libp2p::Stream, wait: Duration) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_gets_only_what_was_announced_to_it_and_bad_frames_close_only_its_stream() {
     timeout(Duration::from_secs(60), async {
-        let victim =
-            TestNode::start_with(b"victim-own".to_vec(), vec![], HOUR, true, true, quiet).await;
+        let victim = within(
+            "starting the victim",
+            10,
+            TestNode::start_with(b"victim-own".to_vec(), vec![], HOUR, true, true, quiet),
+        )
+        .await;
         let limits = sync::SyncLimits {
             max_records: 64,
             max_record_len: 16 * 1024,
@@ -132,7 +157,7 @@ async fn a_peer_gets_only_what_was_announced_to_it_and_bad_frames_close_only_its
         });
         let protocol = StreamProtocol::new(ANNOUNCE_PROTOCOL);
         let mut control = peer.behaviour().stream.new_control();
-        let mut incoming = control.accept(protocol.clone()).unwrap();
+        let mut incoming = control.accept(protocol).unwrap();
         peer.dial(victim.addr.clone()).unwrap();
         tokio::spawn(async move {
             loop {
@@ -142,10 +167,7 @@ async fn a_peer_gets_only_what_was_announced_to_it_and_bad_frames_close_only_its
 
         // An announcement draws a want, on the victim's stream back to us,
         // and the records we send then are taken.
-        let mut out = control
-            .open_stream(victim.peer_id, protocol.clone())
-            .await
-            .unwrap();
+        let mut out = open(&mut control, victim.peer_id).await;
         let news = b"from-the-peer".to_vec();
         // The victim answers announcements only from peers whose identify
         // it has seen (those it can announce to): until then, ask again.
@@ -193,7 +215,10 @@ async fn a_peer_gets_only_what_was_announced_to_it_and_bad_frames_close_only_its
         .await;
         // (A want repeated for an announcement sent again above may
         // still come; records may not.)
-        while let Some(body) = read(&mut back, Duration::from_secs(2)).await {
+        for _ in 0..50 {
+            let Some(body) = read(&mut back, Duration::from_secs(2)).await else {
+                break;
+            };
             let frame = Frame::decode(&body, &limits).unwrap();
             assert_eq!(
                 frame,
@@ -211,20 +236,14 @@ async fn a_peer_gets_only_what_was_announced_to_it_and_bad_frames_close_only_its
             ("short header", vec![0, 0, 0, 1, 1]),
         ];
         for (what, bytes) in bad {
-            let mut s = control
-                .open_stream(victim.peer_id, protocol.clone())
-                .await
-                .unwrap();
+            let mut s = open(&mut control, victim.peer_id).await;
             write(&mut s, &bytes).await;
             assert!(
                 closed(&mut s, Duration::from_secs(10)).await,
                 "{what}: stream not closed"
             );
         }
-        let mut again = control
-            .open_stream(victim.peer_id, protocol.clone())
-            .await
-            .unwrap();
+        let mut again = open(&mut control, victim.peer_id).await;
         let later = b"later-news".to_vec();
         write(
             &mut again,
@@ -239,7 +258,7 @@ async fn a_peer_gets_only_what_was_announced_to_it_and_bad_frames_close_only_its
             Frame::Want(vec![sync::digest(&later)]),
             "the victim still answers announcements"
         );
-        victim.stop().await;
+        within("stopping the victim", 10, victim.stop()).await;
     })
     .await
     .expect("test finished in time");
