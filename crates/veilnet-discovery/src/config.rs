@@ -124,6 +124,10 @@ pub struct DiscoveryConfig {
     pub target_peers: usize,
     /// Time between two gossip rounds. Must be non-zero. Default 2 s.
     pub exchange_interval: Duration,
+    /// How long a connection with nothing keeping it open stays before it
+    /// is closed. The links a relay keeps for announcements
+    /// (`push::Kept`) do not close for this. Default 60 s.
+    pub idle_timeout: Duration,
     /// Records accepted within this window are announced together, in one
     /// message per peer: each announcement costs a stream and two messages
     /// (about 370 bytes with framing) whatever it carries, more than a
@@ -145,6 +149,8 @@ pub struct DiscoveryConfig {
 impl DiscoveryConfig {
     /// Default time between gossip rounds.
     pub const DEFAULT_EXCHANGE_INTERVAL: Duration = Duration::from_secs(2);
+    /// Default idle connection timeout.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     /// Default announcement window ([`DiscoveryConfig::announce_every`]).
     pub const DEFAULT_ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
     /// Default number of connections a node opens itself.
@@ -165,6 +171,7 @@ impl DiscoveryConfig {
             known_peers: Vec::new(),
             target_peers: Self::DEFAULT_TARGET_PEERS,
             exchange_interval: Self::DEFAULT_EXCHANGE_INTERVAL,
+            idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
             announce_every: Self::DEFAULT_ANNOUNCE_EVERY,
             client_fetch: None,
             max_records: Self::DEFAULT_MAX_RECORDS,

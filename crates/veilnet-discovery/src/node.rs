@@ -62,8 +62,19 @@ const WALK_INTERVAL: Duration = Duration::from_secs(10);
 /// dozen peers for their neighbours, so walking often would cost each node
 /// more as the network grows (up to the size of a Kademlia bucket).
 const IDLE_WALK_INTERVAL: Duration = Duration::from_secs(300);
-/// Idle connection timeout.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time between two pings on a connection. A ping keeps no connection
+/// open; it measures and, on a link kept for announcements, makes a dead
+/// peer's connection fail within a few minutes instead of TCP's hours.
+/// libp2p's default (15 s) would cost a relay's 16 kept links about
+/// 0.5 MB an hour, more than the directory they carry.
+const PING_INTERVAL: Duration = Duration::from_secs(5 * 60);
+
+/// Links other relays chose to us that we keep open
+/// ([`push::Kept`]): twice the links we choose, so that on average every
+/// relay's choices are kept, and at most a third of the connection limit.
+fn kept_inbound(target_peers: usize) -> usize {
+    (2 * target_peers).min(MAX_ESTABLISHED as usize / 3)
+}
 /// Timeout of one record exchange.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent record streams per connection.
@@ -278,6 +289,7 @@ pub async fn spawn(
         writers: HashMap::new(),
         offered: HashMap::new(),
         announcers: HashSet::new(),
+        kept: push::Kept::new(kept_inbound(cfg.target_peers)),
         delivered_by: HashMap::new(),
         delivered_before: HashMap::new(),
         answers: AnswerBudget::default(),
@@ -379,14 +391,14 @@ fn build_swarm(
             Behaviour {
                 limits: connection_limits::Behaviour::new(limits_cfg),
                 identify,
-                ping: ping::Behaviour::default(),
+                ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
                 kad,
                 records,
                 announce: libp2p_stream::Behaviour::new(),
             }
         })
         .map_err(|e| transport_err(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+        .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout))
         .build();
     Ok(swarm)
 }
@@ -417,6 +429,8 @@ fn dial(swarm: &mut Swarm<Behaviour>, peer: PeerId, addrs: Vec<Multiaddr>) {
 struct PeerState {
     addr: Multiaddr,
     connections: NonZeroU32,
+    /// Whether we opened the first connection (a link of our choosing).
+    dialed: bool,
     /// When the first connection came up.
     since: Instant,
 }
@@ -467,6 +481,8 @@ struct Node {
     offered: HashMap<PeerId, Offered>,
     /// Connected relays that accept announcement streams.
     announcers: HashSet<PeerId>,
+    /// The announcers whose links we keep open.
+    kept: push::Kept,
     /// Who sent each record delivered since the last announcement (at
     /// most what we asked for): an announcement of records that all came
     /// from one peer does not go back to it.
@@ -769,7 +785,8 @@ impl Node {
             return None;
         }
         if self.writers.get(&peer).is_none_or(push::Writer::is_closed) {
-            let w = push::writer(self.control.clone(), peer);
+            let keep = self.kept.contains(&peer);
+            let w = push::writer(self.control.clone(), peer, keep);
             self.writers.insert(peer, w);
         }
         self.writers.get(&peer)
@@ -938,6 +955,7 @@ impl Node {
                         PeerState {
                             addr: addr.clone(),
                             connections: num_established,
+                            dialed: endpoint.is_dialer(),
                             since: Instant::now(),
                         },
                     );
@@ -967,6 +985,7 @@ impl Node {
                     self.connected.remove(&peer_id);
                     self.servers.remove(&peer_id);
                     self.announcers.remove(&peer_id);
+                    self.kept.remove(&peer_id);
                     self.writers.remove(&peer_id);
                     self.offered.remove(&peer_id);
                     let asks = self.wants.peer_gone(peer_id, Instant::now());
@@ -1008,6 +1027,12 @@ impl Node {
                     && self.connected.contains_key(&peer_id)
                 {
                     self.announcers.insert(peer_id);
+                    let dialed = self.connected.get(&peer_id).is_some_and(|s| s.dialed);
+                    if self.kept.admit(peer_id, dialed) {
+                        // The stream that keeps the link open, before
+                        // there is anything to announce on it.
+                        let _ = self.writer(peer_id);
+                    }
                 }
                 let kad_proto = StreamProtocol::new(KAD_PROTOCOL);
                 if !info.protocols.contains(&kad_proto) {

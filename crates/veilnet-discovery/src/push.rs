@@ -12,7 +12,7 @@
 //! new one replaces the old). No announcement stream keeps a connection
 //! open.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -205,20 +205,25 @@ impl Writer {
 /// Starts a writer for `peer`: it opens the stream and writes the frames
 /// sent to the returned queue, in order, until the queue is dropped or the
 /// stream fails (then the queue reports closed, and the node starts
-/// another writer the next time it announces to `peer`).
-pub(crate) fn writer(mut control: libp2p_stream::Control, peer: PeerId) -> Writer {
+/// another writer the next time it announces to `peer`). With `keep`, the
+/// open stream keeps our side of the connection open ([`Kept`] says for
+/// which peers).
+pub(crate) fn writer(mut control: libp2p_stream::Control, peer: PeerId, keep: bool) -> Writer {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITER_QUEUE);
     let queued = Arc::new(AtomicUsize::new(0));
     let left = queued.clone();
     tokio::spawn(async move {
         let open = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, protocol())).await;
         let mut stream = match open {
-            // A link lives as long as it would without the stream (closed
-            // after a minute with nothing else on it): a stream that kept
-            // every link it touched open would fill a relay's 50
-            // connections, a bootstrap relay's first, and shut joiners out.
+            // Any other link lives as long as it would without the
+            // stream (closed after a minute with nothing else on it): a
+            // stream that kept every link it touched open would fill a
+            // relay's 50 connections, a bootstrap relay's first, and shut
+            // joiners out.
             Ok(Ok(mut s)) => {
-                s.ignore_for_keep_alive();
+                if !keep {
+                    s.ignore_for_keep_alive();
+                }
                 s
             }
             Ok(Err(e)) => {
@@ -253,6 +258,58 @@ pub(crate) fn writer(mut control: libp2p_stream::Control, peer: PeerId) -> Write
         let _ = stream.close().await;
     });
     Writer { tx, queued }
+}
+
+/// The links a relay keeps open with nothing to send: the ones it chose
+/// (at most its `target_peers`) and, up to `inbound_cap`, ones other
+/// relays chose to it. The announcements of the next hour need these
+/// links; without them a link closes a minute after its last exchange and
+/// is dialed, secured, identified and reconciled again. A relay that many
+/// joiners dial first (a bootstrap relay) keeps the first `inbound_cap`
+/// and lets the rest close, so its connections stay open to newcomers and
+/// those dialers find links elsewhere. Clients are never kept: a relay
+/// announces nothing to them, and a client connects when it fetches.
+#[derive(Debug)]
+pub(crate) struct Kept {
+    own: HashSet<PeerId>,
+    inbound: HashSet<PeerId>,
+    inbound_cap: usize,
+}
+
+impl Kept {
+    pub(crate) fn new(inbound_cap: usize) -> Self {
+        Kept {
+            own: HashSet::new(),
+            inbound: HashSet::new(),
+            inbound_cap,
+        }
+    }
+
+    /// Decides for a relay that takes announcements, on a link we
+    /// `dialed` or it did: whether to keep it. Asking again changes
+    /// nothing.
+    pub(crate) fn admit(&mut self, peer: PeerId, dialed: bool) -> bool {
+        if self.contains(&peer) {
+            return true;
+        }
+        if dialed {
+            self.own.insert(peer)
+        } else if self.inbound.len() < self.inbound_cap {
+            self.inbound.insert(peer)
+        } else {
+            false
+        }
+    }
+
+    pub(crate) fn contains(&self, peer: &PeerId) -> bool {
+        self.own.contains(peer) || self.inbound.contains(peer)
+    }
+
+    /// The link to `peer` is gone: its place is free.
+    pub(crate) fn remove(&mut self, peer: &PeerId) {
+        self.own.remove(peer);
+        self.inbound.remove(peer);
+    }
 }
 
 /// The digests announced to one peer in the last [`OFFER_TTL`]: the only
@@ -431,5 +488,25 @@ mod tests {
         let mut want = vec![d];
         o.filter(&mut want, t0);
         assert_eq!(want.len(), 1);
+    }
+
+    #[test]
+    fn a_relay_keeps_the_links_it_chose_and_a_few_that_others_chose() {
+        let mut kept = Kept::new(2);
+        let own: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
+        let theirs: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        // Every link we chose (the node dials at most target_peers).
+        assert!(own.iter().all(|p| kept.admit(*p, true)));
+        // Of those others chose, the cap's worth.
+        assert!(kept.admit(theirs[0], false));
+        assert!(kept.admit(theirs[1], false));
+        assert!(!kept.admit(theirs[2], false), "over the inbound cap");
+        assert!(kept.admit(theirs[1], false), "asking again changes nothing");
+        assert!(!kept.contains(&theirs[2]));
+        // A place freed by a closed link goes to the next.
+        kept.remove(&theirs[0]);
+        assert!(kept.admit(theirs[2], false));
+        kept.remove(&own[0]);
+        assert!(!kept.contains(&own[0]));
     }
 }
