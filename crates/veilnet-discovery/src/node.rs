@@ -51,6 +51,11 @@ const PUSH_FANOUT: usize = 6;
 const FETCH_RETRY: Duration = Duration::from_secs(5);
 /// Retries a client makes between two scheduled fetches.
 const MAX_FETCH_RETRIES: usize = 2;
+/// Relays a client with fetch slots fetches from, in turn: the first it
+/// reached, remembered for as long as it runs (Tor's directory guards: a
+/// client that asked a new relay each time would show itself to every
+/// relay in turn).
+const FETCH_RELAYS: usize = 3;
 /// How often late wants are asked of another peer.
 const WANTS_CHECK: Duration = Duration::from_secs(1);
 /// First random walk after start.
@@ -294,6 +299,8 @@ pub async fn spawn(
         delivered_before: HashMap::new(),
         answers: AnswerBudget::default(),
         refetch_at: None,
+        fetch_relays: Vec::new(),
+        fetch_dialed: None,
         fetch_retries: 0,
         pending_listeners,
         entry,
@@ -493,6 +500,11 @@ struct Node {
     answers: AnswerBudget<PeerId>,
     /// When a client tries another relay after a failed fetch.
     refetch_at: Option<Instant>,
+    /// A client's fetch relays ([`FETCH_RELAYS`]), first reached first.
+    fetch_relays: Vec<(PeerId, Multiaddr)>,
+    /// The relay a client with fetch slots dialed to fetch from (it
+    /// fetches once the link is up).
+    fetch_dialed: Option<PeerId>,
     /// Fetches a client has retried since its last scheduled one.
     fetch_retries: usize,
     pending_listeners: HashSet<libp2p::core::transport::ListenerId>,
@@ -599,7 +611,7 @@ impl Node {
     /// returns the next wait: doubled after a try, the first again once
     /// connected (so a node that loses every peer later retries soon).
     fn redial(&mut self, wait: Duration) -> Duration {
-        if !self.connected.is_empty() || self.entry.is_empty() {
+        if !self.connected.is_empty() || self.entry.is_empty() || self.fetches_on_demand() {
             return REDIAL_FIRST;
         }
         debug!(
@@ -700,6 +712,13 @@ impl Node {
     /// relay that just joined may still be fetching itself), or the
     /// newest if there are fewer.
     fn client_server(&self, rank: usize) -> Option<PeerId> {
+        if self.fetches_on_demand() {
+            // Its fetch relay of that rank, if connected; else one to dial.
+            let (peer, _) = self
+                .fetch_relays
+                .get(rank % self.fetch_relays.len().max(1))?;
+            return self.idle().any(|p| p == *peer).then_some(*peer);
+        }
         let mut by_age: Vec<(Instant, PeerId)> = self
             .idle()
             .filter_map(|p| self.connected.get(&p).map(|s| (s.since, p)))
@@ -710,15 +729,53 @@ impl Node {
             .map(|(_, p)| *p)
     }
 
+    /// Whether this is a client that connects to fetch, at its fetch slots
+    /// (after its first fetch): it keeps no link open in between (a relay
+    /// keeps none open for it) and reconciles only when it fetches.
+    fn fetches_on_demand(&self) -> bool {
+        self.client_only && self.client_fetch.is_some() && !self.fetch_relays.is_empty()
+    }
+
+    /// Dials the client's fetch relay for this fetch (its rank among them)
+    /// to fetch once the link is up; a failed dial counts as a failed
+    /// fetch (the next relay is tried soon).
+    fn dial_for_fetch(&mut self) {
+        let n = self.fetch_relays.len();
+        let Some((peer, addr)) = self.fetch_relays.get(self.fetch_rank % n.max(1)).cloned() else {
+            return;
+        };
+        if self.connected.contains_key(&peer) {
+            // Connected but busy with an exchange: it fetches with that.
+            return;
+        }
+        debug!(%peer, "dialing a fetch relay");
+        self.fetch_dialed = Some(peer);
+        dial(&mut self.swarm, peer, vec![addr]);
+    }
+
+    /// A fetch failed (the exchange or the dial): a client tries its next
+    /// relay soon, a few times a slot, instead of waiting for the next
+    /// slot.
+    fn fetch_failed(&mut self) {
+        if self.client_only && self.fetch_retries < MAX_FETCH_RETRIES {
+            self.fetch_retries += 1;
+            self.fetch_rank += 1;
+            self.refetch_at = Some(Instant::now() + FETCH_RETRY);
+        }
+    }
+
     fn gossip_round(&mut self) {
         self.gossip_started = true;
         // A client reconciles with one relay a round; a relay with a few.
-        let peers = if self.client_only {
+        let peers: Vec<PeerId> = if self.client_only {
             self.client_server(self.fetch_rank).into_iter().collect()
         } else {
             self.idle_servers(GOSSIP_FANOUT)
         };
         if peers.is_empty() {
+            if self.fetches_on_demand() {
+                self.dial_for_fetch();
+            }
             return;
         }
         let msg = sync::open(&*self.provider);
@@ -965,8 +1022,24 @@ impl Node {
                     });
                     // Exchange at once with peers we dialed (the dialer
                     // does it, so a new link carries one exchange, not two;
-                    // a client only ever dials).
-                    if endpoint.is_dialer() {
+                    // a client only ever dials). A client with fetch slots
+                    // that has its directory fetches at those only: with
+                    // the relay it dialed for the fetch.
+                    let on_demand = self.fetches_on_demand();
+                    if self.client_only
+                        && self.client_fetch.is_some()
+                        && endpoint.is_dialer()
+                        && self.fetch_relays.len() < FETCH_RELAYS
+                        && !self.fetch_relays.iter().any(|(p, _)| *p == peer_id)
+                    {
+                        let addr = endpoint.get_remote_address().clone();
+                        self.fetch_relays.push((peer_id, addr));
+                    }
+                    let for_fetch = self.fetch_dialed == Some(peer_id);
+                    if for_fetch {
+                        self.fetch_dialed = None;
+                    }
+                    if endpoint.is_dialer() && (!on_demand || for_fetch) {
                         let msg = sync::open(&*self.provider);
                         self.send_sync(peer_id, msg, 1);
                     }
@@ -1000,6 +1073,10 @@ impl Node {
             },
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(?peer_id, "dial failed: {error}");
+                if peer_id.is_some() && peer_id == self.fetch_dialed {
+                    self.fetch_dialed = None;
+                    self.fetch_failed();
+                }
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
                 debug!("incoming connection failed: {error}");
@@ -1155,13 +1232,7 @@ impl Node {
                 // refused or lost, not late).
                 let asks = self.wants.refused(peer, Instant::now());
                 self.ask(asks);
-                // A client whose fetch failed tries its next relay soon,
-                // a few times a slot, instead of waiting for the next slot.
-                if self.client_only && self.fetch_retries < MAX_FETCH_RETRIES {
-                    self.fetch_retries += 1;
-                    self.fetch_rank += 1;
-                    self.refetch_at = Some(Instant::now() + FETCH_RETRY);
-                }
+                self.fetch_failed();
             }
             Event::InboundFailure { peer, error, .. } => {
                 debug!(%peer, "inbound sync exchange failed: {error}");

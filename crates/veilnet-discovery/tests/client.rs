@@ -140,3 +140,87 @@ async fn a_client_started_before_its_bootstrap_relay_reaches_it_later() {
     .await
     .expect("test finished in time");
 }
+
+/// Where `t` falls in a slot of `every`, in seconds.
+fn phase(t: std::time::SystemTime, every: Duration) -> f64 {
+    let unix = t.duration_since(std::time::UNIX_EPOCH).unwrap();
+    (unix.as_millis() % every.as_millis()) as f64 / 1000.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_fetch_slots_connects_and_reconciles_only_at_them() {
+    // Slots of 4 s, fetches between 2.5 s and 3 s into each; links close
+    // after 1 s with nothing on them (60 s in a real node).
+    let slots = veilnet_discovery::FetchSlots {
+        every: Duration::from_secs(4),
+        from: Duration::from_millis(2500),
+        to: Duration::from_millis(3000),
+    };
+    let idle = Duration::from_secs(1);
+    timeout(Duration::from_secs(40), async {
+        let relay = TestNode::start_with(
+            b"relay".to_vec(),
+            vec![],
+            Duration::from_secs(3600),
+            true,
+            false,
+            |cfg| cfg.idle_timeout = idle,
+        )
+        .await;
+        let mut cfg = DiscoveryConfig::new(Keypair::generate_ed25519());
+        cfg.client_only = true;
+        cfg.bootstrap = vec![relay.addr.clone()];
+        cfg.client_fetch = Some(slots);
+        cfg.idle_timeout = idle;
+        let nothing: RecordProvider = Arc::new(Vec::new);
+        let (client, mut events) = spawn(cfg, nothing).await.unwrap();
+        // The first fetch comes at once (a client with no directory).
+        let first = timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(DiscoveryEvent::Records { .. }) = events.recv().await {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(first.is_ok(), "no first fetch");
+        // Then, for three slots, the relay takes a new record every
+        // 200 ms: every exchange brings some, so each shows as an event.
+        let started = std::time::Instant::now();
+        let (mut fetches, mut connects) = (Vec::new(), 0);
+        let mut n = 0;
+        while started.elapsed() < Duration::from_secs(12) {
+            n += 1;
+            relay
+                .known
+                .lock()
+                .unwrap()
+                .insert(format!("new-{n}").into_bytes());
+            match timeout(Duration::from_millis(200), events.recv()).await {
+                Ok(Some(DiscoveryEvent::Records { .. })) => {
+                    fetches.push(phase(std::time::SystemTime::now(), slots.every));
+                }
+                Ok(Some(DiscoveryEvent::PeerConnected { .. })) => connects += 1,
+                _ => {}
+            }
+        }
+        // Each fetch in its window (or just after, as the answer comes).
+        assert!(
+            fetches.len() >= 2,
+            "fetches at the slots: {fetches:?} (phases)"
+        );
+        for p in &fetches {
+            assert!(
+                (2.4..3.9).contains(p),
+                "a fetch outside the window, {p:.2} s into a slot: {fetches:?}"
+            );
+        }
+        // One connection a slot at most (both fetches of a slot use the
+        // one relay here), not one every idle timeout.
+        assert!(connects <= 4, "{connects} connections in 3 slots");
+        drop(client);
+        relay.stop().await;
+    })
+    .await
+    .expect("test finished in time");
+}
