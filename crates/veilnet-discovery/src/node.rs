@@ -63,9 +63,12 @@ const FIRST_WALK: Duration = Duration::from_secs(1);
 /// Time between random walks while the node has fewer connections of its
 /// own than it wants.
 const WALK_INTERVAL: Duration = Duration::from_secs(10);
-/// Time between random walks once it has them: a walk asks a couple of
-/// dozen peers for their neighbours, so walking often would cost each node
-/// more as the network grows (up to the size of a Kademlia bucket).
+/// Longest time between random walks while the node wants links and its
+/// walks find none it can dial (a network with fewer relays than it
+/// wants): the wait doubles from [`WALK_INTERVAL`] after each such walk.
+/// A walk asks a couple of dozen peers for their neighbours, dialing
+/// those it is not connected to, so a node with the links it wants does
+/// not walk at all.
 const IDLE_WALK_INTERVAL: Duration = Duration::from_secs(300);
 /// Time between two pings on a connection. A ping keeps no connection
 /// open; it measures and, on a link kept for announcements, makes a dead
@@ -365,6 +368,13 @@ fn build_swarm(
             // We do not use the DHT's record store: drop inbound PUTs.
             kad_cfg.set_record_filtering(kad::StoreInserts::FilterBoth);
             kad_cfg.set_query_timeout(Duration::from_secs(30));
+            // No periodic bootstrap of kad's own (every 5 minutes): each
+            // is a dozen lookups that dial a few dozen peers, each dial
+            // some 7.5 KB of handshakes and identify, which would cost a
+            // relay of a large network more than its directory. (Its
+            // automatic one runs only while the routing table holds fewer
+            // than 20 peers: at start.) We walk only while we want links.
+            kad_cfg.set_periodic_bootstrap_interval(None);
             let mut kad = kad::Behaviour::with_config(
                 peer_id,
                 kad::store::MemoryStore::new(peer_id),
@@ -531,6 +541,9 @@ impl Node {
         wants_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let walk = tokio::time::sleep(FIRST_WALK);
         tokio::pin!(walk);
+        // The wait after the next walk, and our own links when the last
+        // one was made.
+        let (mut walk_wait, mut walked_with) = (WALK_INTERVAL / 2, 0);
         let mut redial_wait = REDIAL_FIRST;
         let redial = tokio::time::sleep(REDIAL_FIRST);
         tokio::pin!(redial);
@@ -585,9 +598,25 @@ impl Node {
                     }
                 }
                 () = &mut walk, if !self.client_only => {
-                    self.random_walk();
-                    let next = if self.wants_peers() { WALK_INTERVAL } else { IDLE_WALK_INTERVAL };
-                    walk.as_mut().reset(Instant::now() + next);
+                    let next = if self.wants_peers() {
+                        // Walks that found us no link since the last one
+                        // lengthen the wait.
+                        let outgoing = self.outgoing();
+                        walk_wait = if outgoing > walked_with {
+                            WALK_INTERVAL
+                        } else {
+                            (walk_wait * 2).min(IDLE_WALK_INTERVAL)
+                        };
+                        walked_with = outgoing;
+                        self.random_walk();
+                        walk_wait
+                    } else {
+                        // Nothing to walk for; look again soon.
+                        walked_with = 0;
+                        walk_wait = WALK_INTERVAL;
+                        WALK_INTERVAL
+                    };
+                    walk.as_mut().reset(Instant::now() + jittered(next));
                 }
                 () = &mut redial => {
                     redial_wait = self.redial(redial_wait);
@@ -649,11 +678,16 @@ impl Node {
             .get_closest_peers(PeerId::random());
     }
 
-    /// Whether we hold fewer connections of our own than `target_peers`.
-    fn wants_peers(&self) -> bool {
+    /// Connections of our own (dialed by us), established or being opened.
+    fn outgoing(&self) -> usize {
         let info = self.swarm.network_info();
         let c = info.connection_counters();
-        ((c.num_established_outgoing() + c.num_pending_outgoing()) as usize) < self.target_peers
+        (c.num_established_outgoing() + c.num_pending_outgoing()) as usize
+    }
+
+    /// Whether we hold fewer connections of our own than `target_peers`.
+    fn wants_peers(&self) -> bool {
+        self.outgoing() < self.target_peers
     }
 
     /// Dials `peer` if we are not connected, hold fewer than

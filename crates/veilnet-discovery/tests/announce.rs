@@ -169,25 +169,26 @@ async fn a_peer_gets_only_what_was_announced_to_it_and_bad_frames_close_only_its
         // and the records we send then are taken.
         let mut out = open(&mut control, victim.peer_id).await;
         let news = b"from-the-peer".to_vec();
-        // The victim answers announcements only from peers whose identify
-        // it has seen (those it can announce to): until then, ask again.
-        let mut opened = None;
+        // The victim opens its stream to us once identify says we take
+        // announcements (and keeps it: we chose the link), and answers
+        // announcements only from such peers: until then, announce again.
+        let (from, mut back) = within("the victim's stream to us", 10, incoming.next())
+            .await
+            .expect("the victim opens its stream to us");
+        assert_eq!(from, victim.peer_id);
+        let mut want = None;
         for _ in 0..20 {
             write(
                 &mut out,
                 &Frame::Announce(vec![sync::digest(&news)]).encode(),
             )
             .await;
-            if let Ok(s) = timeout(Duration::from_millis(500), incoming.next()).await {
-                opened = s;
+            want = read(&mut back, Duration::from_millis(500)).await;
+            if want.is_some() {
                 break;
             }
         }
-        let (from, mut back) = opened.expect("the victim opens its stream to us");
-        assert_eq!(from, victim.peer_id);
-        let body = read(&mut back, Duration::from_secs(10))
-            .await
-            .expect("a want");
+        let body = want.expect("a want");
         assert_eq!(
             Frame::decode(&body, &limits).unwrap(),
             Frame::Want(vec![sync::digest(&news)])
