@@ -740,11 +740,12 @@ impl Node {
         Some(delay)
     }
 
-    /// The relay a client fetches from: of those with no exchange in
-    /// flight, by how long we have been connected, the `rank`-th (0: the
-    /// longest, which has had the longest to catch up with the network; a
-    /// relay that just joined may still be fetching itself), or the
-    /// newest if there are fewer.
+    /// The relay a client fetches from: with fetch slots, its fetch relay
+    /// of that rank if connected and idle (`None`: dial it); otherwise, of
+    /// the relays with no exchange in flight, by how long we have been
+    /// connected, the `rank`-th (0: the longest, which has had the longest
+    /// to catch up with the network; a relay that just joined may still be
+    /// fetching itself), or the newest if there are fewer.
     fn client_server(&self, rank: usize) -> Option<PeerId> {
         if self.fetches_on_demand() {
             // Its fetch relay of that rank, if connected; else one to dial.

@@ -43,7 +43,7 @@ struct DirectoryArgs {
     /// Seed of every random choice.
     #[arg(long, default_value_t = SimConfig::default().seed)]
     seed: u64,
-    /// Seconds between a relay's anti-entropy rounds (the node's default is 2).
+    /// Seconds between a relay's anti-entropy rounds (the node's, `[directory] exchange_interval_ms`, is 600).
     #[arg(long, default_value_t = SimConfig::default().exchange_interval_s)]
     exchange_interval: f64,
     /// Peers per anti-entropy round (the node's GOSSIP_FANOUT is 3).

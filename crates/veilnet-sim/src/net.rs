@@ -86,6 +86,22 @@ pub fn stream_open_bytes() -> u64 {
     (2 * (header + protocol + YAMUX_HEADER + NOISE_FRAME)) as u64
 }
 
+/// Bytes each way of setting up a link between two relays, measured on
+/// loopback (`ss`, payload bytes) between two veilnet-discovery nodes:
+/// multistream negotiation, the Noise XX handshake, yamux, identify both
+/// ways, the announcement stream's opening and a first exchange of one
+/// small record each (which the model also counts on its own, so a link is
+/// over-counted by a few hundred bytes).
+pub const RELAY_LINK_SETUP: u64 = 2_400;
+/// The same for a client's connection to the relay it fetches from (no
+/// announcement stream; a client connects for each fetch).
+pub const CLIENT_CONNECT_SETUP: u64 = 2_000;
+/// One ping each way: 32 bytes, a yamux header and Noise framing.
+pub const PING_BYTES: u64 = (32 + YAMUX_HEADER + NOISE_FRAME) as u64;
+/// Seconds between two pings by each end of a link (veilnet-discovery's
+/// `PING_INTERVAL`).
+pub const PING_INTERVAL_S: f64 = 300.0;
+
 /// What an exchange is for (the byte figures are split by it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -235,6 +251,9 @@ pub struct Counters {
     pub exchanges: [u64; 4],
     /// Modelled wire bytes after warm-up, by [`Kind`].
     pub steady_bytes: [u64; 4],
+    /// Modelled bytes after warm-up of setting up connections and of
+    /// pings on links, apart from any exchange.
+    pub connection_bytes: u64,
     /// Messages delivered.
     pub messages: u64,
     /// Records carried.
@@ -711,11 +730,20 @@ impl Sim {
                 .choose_multiple(&mut self.rng, self.cfg.exchange_peers)
                 .copied()
                 .collect();
+            // Our pings on every link since the last round.
+            let ping = (PING_BYTES as f64 * self.cfg.exchange_interval_s / PING_INTERVAL_S) as u64;
+            for p in node.neighbours.clone() {
+                self.charge(n, p, ping);
+            }
             (Kind::Gossip, self.secs(self.cfg.exchange_interval_s), peers)
         } else {
             let rank = self.nodes[n as usize].fetch_rank;
             let peer = self.client_relay(n, rank);
             let next = self.next_client_fetch(n, false);
+            // A client connects for each fetch.
+            if let Some(p) = peer {
+                self.charge(n, p, CLIENT_CONNECT_SETUP);
+            }
             (Kind::Client, next - self.now, peer.into_iter().collect())
         };
         for p in peers {
@@ -820,6 +848,18 @@ impl Sim {
                 ids,
             },
         );
+    }
+
+    /// Counts `each_way` bytes sent by `a` to `b` and as many back, for
+    /// both ends, outside any exchange (connection setup, pings).
+    fn charge(&mut self, a: u32, b: u32, each_way: u64) {
+        let steady = u64::from(self.now >= self.warmup);
+        for n in [a, b] {
+            let node = &mut self.nodes[n as usize];
+            node.bytes[steady as usize] += 2 * each_way;
+            node.received += each_way * steady;
+        }
+        self.counters.connection_bytes += 2 * each_way * steady;
     }
 
     /// Counts the bytes of a message of exchange `ex` for both ends (false:
@@ -991,6 +1031,9 @@ impl Sim {
     fn on_connect(&mut self, a: u32, b: u32) {
         if !self.nodes[a as usize].alive || !self.nodes[b as usize].alive {
             return;
+        }
+        if !self.nodes[a as usize].neighbours.contains(&b) {
+            self.charge(a, b, RELAY_LINK_SETUP);
         }
         self.link(a, b);
         // The dialer reconciles at once with a new link.

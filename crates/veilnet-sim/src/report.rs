@@ -12,7 +12,7 @@ use crate::SimConfig;
 pub const BYTES_MODEL: &str = "encoded SyncMessage bytes of every request and response, both \
 directions, counted for sender and receiver; plus, per message, a modelled libp2p stream \
 overhead: multistream-select negotiation and 12-byte yamux headers with 18 bytes of Noise \
-framing per frame (negotiation, 16 KiB data frames, FIN); announcements (push) instead as frames on one long-lived stream per link and direction (a 4-byte length, yamux and Noise framing per 16 KiB, no empty answers; the stream's negotiation counted once); TCP/IP headers not counted";
+framing per frame (negotiation, 16 KiB data frames, FIN); announcements (push) instead as frames on one long-lived stream per link and direction (a 4-byte length, yamux and Noise framing per 16 KiB, no empty answers; the stream's negotiation counted once); and, apart from exchanges (as \"connections\"), each link's setup between relays (2.4 KB each way, measured), each client fetch's connection (2.0 KB each way) and pings (62 bytes each way every 5 min by each end of a link); TCP/IP headers not counted";
 
 /// Descriptors published less than this before the end of a run are left
 /// out of the convergence figures (they had no time to spread).
@@ -165,6 +165,7 @@ pub fn build(sim: &Sim, sybil: Option<SybilReport>, wall_s: f64) -> Report {
             .iter()
             .zip(sim.counters.steady_bytes)
             .map(|(k, b)| ((*k).to_owned(), b))
+            .chain([("connections".to_owned(), sim.counters.connection_bytes)])
             .collect(),
         bytes_model: BYTES_MODEL,
         overhead_per_message: (multistream_bytes() + 3 * (YAMUX_HEADER + NOISE_FRAME)) as u64,

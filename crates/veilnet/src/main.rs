@@ -59,7 +59,7 @@ enum Command {
         #[arg(long)]
         allow_private_targets: bool,
         /// Milliseconds between two directory reconciliation rounds of
-        /// each node (a real node's default is 2000; a test network
+        /// each node (a real node's default is 600000; a test network
         /// converges faster with less).
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..=600_000))]
         gossip_interval_ms: u64,
