@@ -302,6 +302,7 @@ pub async fn spawn(
         delivered_before: HashMap::new(),
         answers: AnswerBudget::default(),
         refetch_at: None,
+        synced: false,
         fetch_relays: Vec::new(),
         fetch_dialed: None,
         fetch_retries: 0,
@@ -510,6 +511,8 @@ struct Node {
     answers: AnswerBudget<PeerId>,
     /// When a client tries another relay after a failed fetch.
     refetch_at: Option<Instant>,
+    /// Whether any exchange of ours was answered yet.
+    synced: bool,
     /// A client's fetch relays ([`FETCH_RELAYS`]), first reached first.
     fetch_relays: Vec<(PeerId, Multiaddr)>,
     /// The relay a client with fetch slots dialed to fetch from (it
@@ -1074,7 +1077,12 @@ impl Node {
                     if for_fetch {
                         self.fetch_dialed = None;
                     }
-                    if endpoint.is_dialer() && (!on_demand || for_fetch) {
+                    // A relay that is reconciling already (a joining
+                    // relay's first links: the first brings the directory,
+                    // the rest would bring all its digests again) leaves
+                    // the new link to its rounds and announcements.
+                    let busy = !self.client_only && !self.in_flight.is_empty();
+                    if endpoint.is_dialer() && (!on_demand || for_fetch) && !busy {
                         let msg = sync::open(&*self.provider);
                         self.send_sync(peer_id, msg, 1);
                     }
@@ -1237,6 +1245,7 @@ impl Node {
                     .in_flight
                     .remove(&request_id)
                     .map_or(usize::MAX, |(_, r)| r);
+                self.synced = true;
                 let mut next = sync::process(&*self.provider, &response, &self.limits);
                 self.deliver(peer, response.records);
                 match sync::after_round(round, next.is_empty()) {
@@ -1268,6 +1277,12 @@ impl Node {
                 let asks = self.wants.refused(peer, Instant::now());
                 self.ask(asks);
                 self.fetch_failed();
+                // A relay whose first exchanges all failed tries again
+                // soon (its other links did not reconcile at once), every
+                // 5 s until one is answered.
+                if !self.client_only && !self.synced && self.in_flight.is_empty() {
+                    self.refetch_at.get_or_insert(Instant::now() + FETCH_RETRY);
+                }
             }
             Event::InboundFailure { peer, error, .. } => {
                 debug!(%peer, "inbound sync exchange failed: {error}");

@@ -1036,8 +1036,12 @@ impl Sim {
             self.charge(a, b, RELAY_LINK_SETUP);
         }
         self.link(a, b);
-        // The dialer reconciles at once with a new link.
-        self.open_with(a, b, Kind::Link);
+        // The dialer reconciles at once with a new link, unless it is
+        // reconciling already (a joining relay's first links: the first
+        // brings the directory, the rest would bring its digests again).
+        if self.nodes[a as usize].in_flight.is_empty() {
+            self.open_with(a, b, Kind::Link);
+        }
     }
 
     fn on_churn(&mut self) {
