@@ -56,6 +56,10 @@ const MAX_FETCH_RETRIES: usize = 2;
 /// client that asked a new relay each time would show itself to every
 /// relay in turn).
 const FETCH_RELAYS: usize = 3;
+/// Dials in a row a fetch relay may fail before the client forgets it (and
+/// takes the next relay it reaches in its place; with none left, it dials
+/// its bootstrap and remembered peers again).
+const FETCH_RELAY_FAILURES: u32 = 3;
 /// How often late wants are asked of another peer.
 const WANTS_CHECK: Duration = Duration::from_secs(1);
 /// First random walk after start.
@@ -444,6 +448,15 @@ fn dial(swarm: &mut Swarm<Behaviour>, peer: PeerId, addrs: Vec<Multiaddr>) {
     }
 }
 
+/// One of a client's fetch relays.
+#[derive(Debug, Clone)]
+struct FetchRelay {
+    peer: PeerId,
+    addr: Multiaddr,
+    /// Dials that failed since the last that worked.
+    failures: u32,
+}
+
 struct PeerState {
     addr: Multiaddr,
     connections: NonZeroU32,
@@ -514,7 +527,7 @@ struct Node {
     /// Whether any exchange of ours was answered yet.
     synced: bool,
     /// A client's fetch relays ([`FETCH_RELAYS`]), first reached first.
-    fetch_relays: Vec<(PeerId, Multiaddr)>,
+    fetch_relays: Vec<FetchRelay>,
     /// The relay a client with fetch slots dialed to fetch from (it
     /// fetches once the link is up).
     fetch_dialed: Option<PeerId>,
@@ -752,10 +765,10 @@ impl Node {
     fn client_server(&self, rank: usize) -> Option<PeerId> {
         if self.fetches_on_demand() {
             // Its fetch relay of that rank, if connected; else one to dial.
-            let (peer, _) = self
+            let relay = self
                 .fetch_relays
                 .get(rank % self.fetch_relays.len().max(1))?;
-            return self.idle().any(|p| p == *peer).then_some(*peer);
+            return self.idle().any(|p| p == relay.peer).then_some(relay.peer);
         }
         let mut by_age: Vec<(Instant, PeerId)> = self
             .idle()
@@ -779,7 +792,9 @@ impl Node {
     /// fetch (the next relay is tried soon).
     fn dial_for_fetch(&mut self) {
         let n = self.fetch_relays.len();
-        let Some((peer, addr)) = self.fetch_relays.get(self.fetch_rank % n.max(1)).cloned() else {
+        let Some(FetchRelay { peer, addr, .. }) =
+            self.fetch_relays.get(self.fetch_rank % n.max(1)).cloned()
+        else {
             return;
         };
         if self.connected.contains_key(&peer) {
@@ -1068,10 +1083,17 @@ impl Node {
                         && self.client_fetch.is_some()
                         && endpoint.is_dialer()
                         && self.fetch_relays.len() < FETCH_RELAYS
-                        && !self.fetch_relays.iter().any(|(p, _)| *p == peer_id)
+                        && !self.fetch_relays.iter().any(|r| r.peer == peer_id)
                     {
                         let addr = endpoint.get_remote_address().clone();
-                        self.fetch_relays.push((peer_id, addr));
+                        self.fetch_relays.push(FetchRelay {
+                            peer: peer_id,
+                            addr,
+                            failures: 0,
+                        });
+                    }
+                    if let Some(r) = self.fetch_relays.iter_mut().find(|r| r.peer == peer_id) {
+                        r.failures = 0;
                     }
                     let for_fetch = self.fetch_dialed == Some(peer_id);
                     if for_fetch {
@@ -1118,6 +1140,15 @@ impl Node {
                 debug!(?peer_id, "dial failed: {error}");
                 if peer_id.is_some() && peer_id == self.fetch_dialed {
                     self.fetch_dialed = None;
+                    if let Some(r) = self
+                        .fetch_relays
+                        .iter_mut()
+                        .find(|r| Some(r.peer) == peer_id)
+                    {
+                        r.failures += 1;
+                    }
+                    self.fetch_relays
+                        .retain(|r| r.failures < FETCH_RELAY_FAILURES);
                     self.fetch_failed();
                 }
             }
