@@ -35,7 +35,7 @@ use crate::{
     sync::{self, AfterRound, RecordDigest, SyncLimits, SyncMessage, MAX_DIGESTS},
     wants::{Budget, Wants},
     wire::{self, SyncCodec},
-    IDENTIFY_PROTOCOL, KAD_PROTOCOL, MAX_ESTABLISHED, SYNC_PROTOCOL,
+    IDENTIFY_PROTOCOL, KAD_PROTOCOL, MAX_ESTABLISHED, PING_INTERVAL, SYNC_PROTOCOL,
 };
 
 /// Capacity of the event channel.
@@ -74,13 +74,6 @@ const WALK_INTERVAL: Duration = Duration::from_secs(10);
 /// those it is not connected to, so a node with the links it wants does
 /// not walk at all.
 const IDLE_WALK_INTERVAL: Duration = Duration::from_secs(300);
-/// Time between two pings on a connection. A ping keeps no connection
-/// open; it measures and, on a link kept for announcements, makes a dead
-/// peer's connection fail within a few minutes instead of TCP's hours.
-/// libp2p's default (15 s) would cost a relay's 16 kept links about
-/// 0.5 MB an hour, more than the directory they carry.
-const PING_INTERVAL: Duration = Duration::from_secs(5 * 60);
-
 /// Links other relays chose to us that we keep open
 /// ([`push::Kept`]): twice the links we choose, so that on average every
 /// relay's choices are kept, and at most a third of the connection limit.
@@ -784,7 +777,12 @@ impl Node {
     /// (after its first fetch): it keeps no link open in between (a relay
     /// keeps none open for it) and reconciles only when it fetches.
     fn fetches_on_demand(&self) -> bool {
-        self.client_only && self.client_fetch.is_some() && !self.fetch_relays.is_empty()
+        self.has_fetch_slots() && !self.fetch_relays.is_empty()
+    }
+
+    /// Whether this is a client with fetch slots.
+    fn has_fetch_slots(&self) -> bool {
+        self.client_only && self.client_fetch.is_some()
     }
 
     /// Dials the client's fetch relay for this fetch (its rank among them)
@@ -1079,8 +1077,7 @@ impl Node {
                     // that has its directory fetches at those only: with
                     // the relay it dialed for the fetch.
                     let on_demand = self.fetches_on_demand();
-                    if self.client_only
-                        && self.client_fetch.is_some()
+                    if self.has_fetch_slots()
                         && endpoint.is_dialer()
                         && self.fetch_relays.len() < FETCH_RELAYS
                         && !self.fetch_relays.iter().any(|r| r.peer == peer_id)
@@ -1138,7 +1135,7 @@ impl Node {
             },
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(?peer_id, "dial failed: {error}");
-                if peer_id.is_some() && peer_id == self.fetch_dialed {
+                if peer_id.is_some_and(|p| Some(p) == self.fetch_dialed) {
                     self.fetch_dialed = None;
                     if let Some(r) = self
                         .fetch_relays

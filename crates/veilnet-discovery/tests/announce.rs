@@ -28,15 +28,7 @@ fn quiet(cfg: &mut veilnet_discovery::DiscoveryConfig) {
 async fn announcements_alone_carry_a_new_record_to_every_relay() {
     const N: usize = 6;
     timeout(Duration::from_secs(60), async {
-        let mut nodes: Vec<TestNode> = Vec::new();
-        for i in 0..N {
-            let boot = nodes
-                .last()
-                .map(|n| vec![n.addr.clone()])
-                .unwrap_or_default();
-            let own = format!("own-{i}").into_bytes();
-            nodes.push(TestNode::start_with(own, boot, HOUR, true, true, quiet).await);
-        }
+        let nodes = TestNode::chain(N, HOUR, true, quiet).await;
         // Each node's first exchange (the dialer's, on its link to its
         // bootstrap) has run, and nothing is reconciled for an hour.
         timeout(Duration::from_secs(10), async {

@@ -25,15 +25,7 @@ async fn relays_keep_the_links_they_chose_with_nothing_to_send() {
     timeout(Duration::from_secs(60), async {
         // A chain: each relay dials the one before (its only link of its
         // own) and is dialed by the next.
-        let mut nodes: Vec<TestNode> = Vec::new();
-        for i in 0..3 {
-            let boot = nodes
-                .last()
-                .map(|n| vec![n.addr.clone()])
-                .unwrap_or_default();
-            let own = format!("own-{i}").into_bytes();
-            nodes.push(TestNode::start_with(own, boot, HOUR, true, false, idle_soon).await);
-        }
+        let nodes = TestNode::chain(3, HOUR, false, idle_soon).await;
         // The first exchanges ran (the links are up).
         timeout(Duration::from_secs(10), async {
             while !(1..3).all(|i| nodes[i].knows(format!("own-{}", i - 1).as_bytes())) {

@@ -98,9 +98,6 @@ pub const RELAY_LINK_SETUP: u64 = 2_400;
 pub const CLIENT_CONNECT_SETUP: u64 = 2_000;
 /// One ping each way: 32 bytes, a yamux header and Noise framing.
 pub const PING_BYTES: u64 = (32 + YAMUX_HEADER + NOISE_FRAME) as u64;
-/// Seconds between two pings by each end of a link (veilnet-discovery's
-/// `PING_INTERVAL`).
-pub const PING_INTERVAL_S: f64 = 300.0;
 
 /// What an exchange is for (the byte figures are split by it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -731,7 +728,8 @@ impl Sim {
                 .copied()
                 .collect();
             // Our pings on every link since the last round.
-            let ping = (PING_BYTES as f64 * self.cfg.exchange_interval_s / PING_INTERVAL_S) as u64;
+            let ping = (PING_BYTES as f64 * self.cfg.exchange_interval_s
+                / veilnet_discovery::PING_INTERVAL.as_secs_f64()) as u64;
             for p in node.neighbours.clone() {
                 self.charge(n, p, ping);
             }

@@ -89,6 +89,28 @@ impl TestNode {
         }
     }
 
+    /// `n` relays in a chain, each bootstrapped from the one before (its
+    /// only link of its own) and holding `own-{i}` as its own record;
+    /// `announcing` and `tweak` as for [`TestNode::start_with`].
+    pub async fn chain(
+        n: usize,
+        interval: Duration,
+        announcing: bool,
+        tweak: impl Fn(&mut DiscoveryConfig),
+    ) -> Vec<TestNode> {
+        let mut nodes: Vec<TestNode> = Vec::new();
+        for i in 0..n {
+            let boot = nodes
+                .last()
+                .map(|n| vec![n.addr.clone()])
+                .unwrap_or_default();
+            let own = format!("own-{i}").into_bytes();
+            let node = Self::start_with(own, boot, interval, true, announcing, |c| tweak(c)).await;
+            nodes.push(node);
+        }
+        nodes
+    }
+
     /// Takes `record` as its own and announces it.
     pub async fn publish(&self, record: &[u8]) {
         self.known.lock().unwrap().insert(record.to_vec());
