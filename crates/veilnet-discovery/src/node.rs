@@ -19,7 +19,7 @@ use libp2p::{
     },
     tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder,
 };
-use rand::seq::IteratorRandom;
+use rand::seq::{IteratorRandom, SliceRandom};
 use tokio::{
     sync::{mpsc, oneshot},
     time::{Instant, MissedTickBehavior},
@@ -31,6 +31,7 @@ use crate::{
     budget::AnswerBudget,
     config::{DiscoveryConfig, FetchSlots, RecordProvider},
     error::DiscoveryError,
+    kept::{Kept, NetGroup},
     push::{self, Offered},
     sync::{self, AfterRound, RecordDigest, SyncLimits, SyncMessage, MAX_DIGESTS},
     wants::{Budget, Wants},
@@ -62,6 +63,9 @@ const FETCH_RELAYS: usize = 3;
 const FETCH_RELAY_FAILURES: u32 = 3;
 /// How often late wants are asked of another peer.
 const WANTS_CHECK: Duration = Duration::from_secs(1);
+/// How often a kept link whose announcement stream failed gets a new one
+/// (within the idle timeout, so the link stays).
+const KEEP_CHECK: Duration = Duration::from_secs(20);
 /// First random walk after start.
 const FIRST_WALK: Duration = Duration::from_secs(1);
 /// Time between random walks while the node has fewer connections of its
@@ -250,12 +254,16 @@ pub async fn spawn(
         .chain(cfg.known_peers.iter().cloned())
         .filter(|(peer, _)| *peer != local_peer_id)
         .collect();
+    // The first of them we reach are links of our choosing.
+    let mut chosen = HashSet::new();
     for (peer, addr) in &entry {
         swarm
             .behaviour_mut()
             .kad
             .add_address(peer, without_p2p(addr));
-        dial(&mut swarm, *peer, vec![addr.clone()]);
+        if dial(&mut swarm, *peer, vec![addr.clone()]) && chosen.len() < cfg.target_peers {
+            chosen.insert(*peer);
+        }
     }
     if let Err(e) = swarm.behaviour_mut().kad.bootstrap() {
         debug!("kademlia bootstrap not started: {e}");
@@ -294,7 +302,8 @@ pub async fn spawn(
         writers: HashMap::new(),
         offered: HashMap::new(),
         announcers: HashSet::new(),
-        kept: push::Kept::new(kept_inbound(cfg.target_peers)),
+        kept: Kept::new(cfg.target_peers, kept_inbound(cfg.target_peers)),
+        chosen,
         delivered_by: HashMap::new(),
         delivered_before: HashMap::new(),
         answers: AnswerBudget::default(),
@@ -431,13 +440,19 @@ fn without_p2p(addr: &Multiaddr) -> Multiaddr {
         .collect()
 }
 
-fn dial(swarm: &mut Swarm<Behaviour>, peer: PeerId, addrs: Vec<Multiaddr>) {
+/// Dials `peer` unless connected or dialing it already; false if no dial
+/// was started.
+fn dial(swarm: &mut Swarm<Behaviour>, peer: PeerId, addrs: Vec<Multiaddr>) -> bool {
     let opts = DialOpts::peer_id(peer)
         .addresses(addrs)
         .condition(PeerCondition::DisconnectedAndNotDialing)
         .build();
-    if let Err(e) = swarm.dial(opts) {
-        trace!(%peer, "not dialing: {e}");
+    match swarm.dial(opts) {
+        Ok(()) => true,
+        Err(e) => {
+            trace!(%peer, "not dialing: {e}");
+            false
+        }
     }
 }
 
@@ -506,7 +521,12 @@ struct Node {
     /// Connected relays that accept announcement streams.
     announcers: HashSet<PeerId>,
     /// The announcers whose links we keep open.
-    kept: push::Kept,
+    kept: Kept,
+    /// The links of our choosing, connected or being dialed (at most
+    /// `target_peers`): dialed by our walks, at start, or to fetch; not
+    /// the dials a Kademlia query makes on its own, which close when
+    /// idle.
+    chosen: HashSet<PeerId>,
     /// Who sent each record delivered since the last announcement (at
     /// most what we asked for): an announcement of records that all came
     /// from one peer does not go back to it.
@@ -548,6 +568,8 @@ impl Node {
         batch.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut wants_check = tokio::time::interval(WANTS_CHECK);
         wants_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut keep_check = tokio::time::interval(KEEP_CHECK);
+        keep_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let walk = tokio::time::sleep(FIRST_WALK);
         tokio::pin!(walk);
         // The wait after the next walk, and our own links when the last
@@ -606,11 +628,12 @@ impl Node {
                         self.gossip_round();
                     }
                 }
+                _ = keep_check.tick() => self.keep_streams(),
                 () = &mut walk, if !self.client_only => {
                     let next = if self.wants_peers() {
                         // Walks that found us no link since the last one
                         // lengthen the wait.
-                        let outgoing = self.outgoing();
+                        let outgoing = self.chosen.len();
                         walk_wait = if outgoing > walked_with {
                             WALK_INTERVAL
                         } else {
@@ -657,7 +680,9 @@ impl Node {
             "no connections: dialling the bootstrap peers again"
         );
         for (peer, addr) in self.entry.clone() {
-            dial(&mut self.swarm, peer, vec![addr]);
+            if dial(&mut self.swarm, peer, vec![addr]) && self.wants_peers() {
+                self.chosen.insert(peer);
+            }
         }
         (wait * 2).min(REDIAL_MAX)
     }
@@ -687,28 +712,31 @@ impl Node {
             .get_closest_peers(PeerId::random());
     }
 
-    /// Connections of our own (dialed by us), established or being opened.
-    fn outgoing(&self) -> usize {
-        let info = self.swarm.network_info();
-        let c = info.connection_counters();
-        (c.num_established_outgoing() + c.num_pending_outgoing()) as usize
-    }
-
-    /// Whether we hold fewer connections of our own than `target_peers`.
+    /// Whether we hold fewer links of our choosing than `target_peers`.
     fn wants_peers(&self) -> bool {
-        self.outgoing() < self.target_peers
+        self.chosen.len() < self.target_peers
     }
 
-    /// Dials `peer` if we are not connected, hold fewer than
-    /// `target_peers` connections we opened (established or being opened)
-    /// and are below the connection limit. Each node keeps a few links of
-    /// its own choosing and accepts others', so its connections (and their
-    /// pings, identify and reconciliation) do not grow with the network.
+    /// Makes `peer` a link of our choosing if we hold fewer than
+    /// `target_peers`: dials it if we are not connected and are below the
+    /// connection limit, or takes a link we dialed already (a Kademlia
+    /// query's) as one. Each node keeps a few links of its own choosing and
+    /// accepts others', so its connections (and their pings, identify and
+    /// reconciliation) do not grow with the network. A client that fetches
+    /// from its fetch relays chooses no links.
     fn maybe_dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
         if peer == *self.swarm.local_peer_id()
-            || self.connected.contains_key(&peer)
-            || addrs.is_empty()
+            || self.chosen.contains(&peer)
+            || !self.wants_peers()
+            || self.fetches_on_demand()
         {
+            return;
+        }
+        if let Some(state) = self.connected.get(&peer) {
+            if state.dialed {
+                self.chosen.insert(peer);
+                self.keep(peer);
+            }
             return;
         }
         let established = self
@@ -716,10 +744,50 @@ impl Node {
             .network_info()
             .connection_counters()
             .num_established();
-        if !self.wants_peers() || established >= MAX_ESTABLISHED {
+        if addrs.is_empty() || established >= MAX_ESTABLISHED {
             return;
         }
-        dial(&mut self.swarm, peer, addrs);
+        if dial(&mut self.swarm, peer, addrs) {
+            self.chosen.insert(peer);
+        }
+    }
+
+    /// Keeps the link to `peer`, a connected relay that takes
+    /// announcements, open if [`Kept`] admits it (a client keeps none):
+    /// opens the announcement stream that holds it, before there is
+    /// anything to announce on it, and lets go of a link it evicted.
+    fn keep(&mut self, peer: PeerId) {
+        if self.client_only || !self.announcers.contains(&peer) {
+            return;
+        }
+        let Some(state) = self.connected.get(&peer) else {
+            return;
+        };
+        let group = NetGroup::of(&state.addr, peer);
+        let chose = self.chosen.contains(&peer);
+        let admit = self.kept.admit(peer, chose, group);
+        if let Some(out) = admit.evicted {
+            debug!(%peer, evicted = %out, "an inbound link from a busier network is no longer kept");
+            // Its stream closes; a new one, if we announce to it, does not
+            // hold the link.
+            self.writers.remove(&out);
+        }
+        if admit.kept {
+            let _ = self.writer(peer);
+        }
+    }
+
+    /// Opens again the stream of a kept link whose stream failed (without
+    /// it the link closes when idle).
+    fn keep_streams(&mut self) {
+        let dead: Vec<PeerId> = self
+            .kept
+            .peers()
+            .filter(|p| self.writers.get(p).is_none_or(push::Writer::is_closed))
+            .collect();
+        for peer in dead {
+            let _ = self.writer(peer);
+        }
     }
 
     /// Up to `n` random relays we have no exchange in flight with.
@@ -800,8 +868,42 @@ impl Node {
             return;
         }
         debug!(%peer, "dialing a fetch relay");
-        self.fetch_dialed = Some(peer);
-        dial(&mut self.swarm, peer, vec![addr]);
+        if dial(&mut self.swarm, peer, vec![addr]) {
+            self.fetch_dialed = Some(peer);
+        } else {
+            // Being dialed already (its connection comes, and fetches), or
+            // not dialable: then it failed.
+            if !self.swarm.is_connected(&peer) && self.fetch_dialed != Some(peer) {
+                self.fetch_relay_failed(peer);
+                self.fetch_failed();
+            }
+        }
+    }
+
+    /// A dial of a fetch relay or an exchange with one failed: after
+    /// [`FETCH_RELAY_FAILURES`] in a row it is forgotten, and with none
+    /// left the client dials relays from its directory (or, with none
+    /// there, its bootstrap peers) and takes the first that serve.
+    fn fetch_relay_failed(&mut self, peer: PeerId) {
+        let Some(r) = self.fetch_relays.iter_mut().find(|r| r.peer == peer) else {
+            return;
+        };
+        r.failures += 1;
+        if r.failures < FETCH_RELAY_FAILURES {
+            return;
+        }
+        debug!(%peer, "forgetting a fetch relay that failed {FETCH_RELAY_FAILURES} times in a row");
+        self.fetch_relays.retain(|r| r.peer != peer);
+        if self.fetch_relays.is_empty() {
+            let relays = self.provider.relays(FETCH_RELAYS);
+            debug!(
+                found = relays.len(),
+                "no fetch relay left: dialing relays from the directory"
+            );
+            for (p, addr) in relays {
+                dial(&mut self.swarm, p, vec![addr]);
+            }
+        }
     }
 
     /// A fetch failed (the exchange or the dial): a client tries its next
@@ -872,12 +974,29 @@ impl Node {
             .reduce(|a, b| if a == b { a } else { None })
             .flatten()
             .copied();
-        let peers: Vec<PeerId> = self
+        // Half on links we chose (no one else can place those: Sybils
+        // holding our inbound places cannot swallow them all), the rest on
+        // any. Not all on our own: a relay new to the network has few
+        // links others chose, and would hear of little until its next
+        // reconciliation (the simulator's p50 went from 50 to 290 s).
+        let (own, others): (Vec<PeerId>, Vec<PeerId>) = self
             .announcers
             .iter()
             .copied()
             .filter(|p| Some(*p) != origin)
-            .choose_multiple(&mut rand::thread_rng(), PUSH_FANOUT);
+            .partition(|p| self.kept.is_own(p));
+        let rng = &mut rand::thread_rng();
+        let mut peers: Vec<PeerId> = own
+            .choose_multiple(rng, PUSH_FANOUT.div_ceil(2))
+            .copied()
+            .collect();
+        let rest = own
+            .iter()
+            .copied()
+            .filter(|p| !peers.contains(p))
+            .chain(others)
+            .choose_multiple(rng, PUSH_FANOUT - peers.len());
+        peers.extend(rest);
         let now = Instant::now();
         for peer in peers {
             self.offered.entry(peer).or_default().add(&digests, now);
@@ -892,8 +1011,13 @@ impl Node {
         if !self.announcers.contains(&peer) || !self.connected.contains_key(&peer) {
             return None;
         }
-        if self.writers.get(&peer).is_none_or(push::Writer::is_closed) {
-            let keep = self.kept.contains(&peer);
+        let keep = self.kept.contains(&peer);
+        // A stream opened before the link was kept does not hold it.
+        if self
+            .writers
+            .get(&peer)
+            .is_none_or(|w| w.is_closed() || (keep && !w.keeps_link()))
+        {
             let w = push::writer(self.control.clone(), peer, keep);
             self.writers.insert(peer, w);
         }
@@ -1077,21 +1201,6 @@ impl Node {
                     // that has its directory fetches at those only: with
                     // the relay it dialed for the fetch.
                     let on_demand = self.fetches_on_demand();
-                    if self.has_fetch_slots()
-                        && endpoint.is_dialer()
-                        && self.fetch_relays.len() < FETCH_RELAYS
-                        && !self.fetch_relays.iter().any(|r| r.peer == peer_id)
-                    {
-                        let addr = endpoint.get_remote_address().clone();
-                        self.fetch_relays.push(FetchRelay {
-                            peer: peer_id,
-                            addr,
-                            failures: 0,
-                        });
-                    }
-                    if let Some(r) = self.fetch_relays.iter_mut().find(|r| r.peer == peer_id) {
-                        r.failures = 0;
-                    }
                     let for_fetch = self.fetch_dialed == Some(peer_id);
                     if for_fetch {
                         self.fetch_dialed = None;
@@ -1121,11 +1230,16 @@ impl Node {
                     self.servers.remove(&peer_id);
                     self.announcers.remove(&peer_id);
                     self.kept.remove(&peer_id);
+                    self.chosen.remove(&peer_id);
                     self.writers.remove(&peer_id);
                     self.offered.remove(&peer_id);
                     let asks = self.wants.peer_gone(peer_id, Instant::now());
                     self.ask(asks);
                     self.emit(DiscoveryEvent::PeerDisconnected { peer: peer_id });
+                    if self.connected.is_empty() {
+                        // Cut off: the next links bring what we missed.
+                        self.synced = false;
+                    }
                 }
                 Some(n) => {
                     if let Some(state) = self.connected.get_mut(&peer_id) {
@@ -1135,18 +1249,15 @@ impl Node {
             },
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(?peer_id, "dial failed: {error}");
-                if peer_id.is_some_and(|p| Some(p) == self.fetch_dialed) {
-                    self.fetch_dialed = None;
-                    if let Some(r) = self
-                        .fetch_relays
-                        .iter_mut()
-                        .find(|r| Some(r.peer) == peer_id)
-                    {
-                        r.failures += 1;
+                if let Some(peer) = peer_id {
+                    if !self.connected.contains_key(&peer) {
+                        self.chosen.remove(&peer);
                     }
-                    self.fetch_relays
-                        .retain(|r| r.failures < FETCH_RELAY_FAILURES);
-                    self.fetch_failed();
+                    if Some(peer) == self.fetch_dialed {
+                        self.fetch_dialed = None;
+                        self.fetch_relay_failed(peer);
+                        self.fetch_failed();
+                    }
                 }
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
@@ -1166,21 +1277,29 @@ impl Node {
                     debug!(peer = %peer_id, "peer is not a veilnet node; ignoring its addresses");
                     return;
                 }
-                if info.protocols.contains(&StreamProtocol::new(SYNC_PROTOCOL))
-                    && self.connected.contains_key(&peer_id)
-                {
-                    self.servers.insert(peer_id);
+                if info.protocols.contains(&StreamProtocol::new(SYNC_PROTOCOL)) {
+                    if let Some(state) = self.connected.get(&peer_id) {
+                        self.servers.insert(peer_id);
+                        // A client's first relays it dialed that serve the
+                        // directory are its fetch relays.
+                        if self.has_fetch_slots()
+                            && state.dialed
+                            && self.fetch_relays.len() < FETCH_RELAYS
+                            && !self.fetch_relays.iter().any(|r| r.peer == peer_id)
+                        {
+                            self.fetch_relays.push(FetchRelay {
+                                peer: peer_id,
+                                addr: state.addr.clone(),
+                                failures: 0,
+                            });
+                        }
+                    }
                 }
                 if info.protocols.contains(&push::protocol())
                     && self.connected.contains_key(&peer_id)
                 {
                     self.announcers.insert(peer_id);
-                    let dialed = self.connected.get(&peer_id).is_some_and(|s| s.dialed);
-                    if self.kept.admit(peer_id, dialed) {
-                        // The stream that keeps the link open, before
-                        // there is anything to announce on it.
-                        let _ = self.writer(peer_id);
-                    }
+                    self.keep(peer_id);
                 }
                 let kad_proto = StreamProtocol::new(KAD_PROTOCOL);
                 if !info.protocols.contains(&kad_proto) {
@@ -1273,7 +1392,9 @@ impl Node {
                     .in_flight
                     .remove(&request_id)
                     .map_or(usize::MAX, |(_, r)| r);
-                self.synced = true;
+                if let Some(r) = self.fetch_relays.iter_mut().find(|r| r.peer == peer) {
+                    r.failures = 0;
+                }
                 let mut next = sync::process(&*self.provider, &response, &self.limits);
                 self.deliver(peer, response.records);
                 match sync::after_round(round, next.is_empty()) {
@@ -1289,7 +1410,18 @@ impl Node {
                         let fresh = sync::open(&*self.provider);
                         self.send_sync(peer, fresh, round + 1);
                     }
-                    AfterRound::Stop => {}
+                    AfterRound::Stop => {
+                        if !self.synced {
+                            self.synced = true;
+                            // A relay's first complete exchange brought the
+                            // directory from one link; one round with others
+                            // now (a few fingerprints each when they agree)
+                            // brings what that link held back.
+                            if !self.client_only {
+                                self.gossip_round();
+                            }
+                        }
+                    }
                 }
             }
             Event::OutboundFailure {
@@ -1304,6 +1436,7 @@ impl Node {
                 // refused or lost, not late).
                 let asks = self.wants.refused(peer, Instant::now());
                 self.ask(asks);
+                self.fetch_relay_failed(peer);
                 self.fetch_failed();
                 // A relay whose first exchanges all failed tries again
                 // soon (its other links did not reconcile at once), every

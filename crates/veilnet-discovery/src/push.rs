@@ -12,7 +12,7 @@
 //! new one replaces the old). No announcement stream keeps a connection
 //! open.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -164,6 +164,8 @@ pub(crate) struct Writer {
     tx: mpsc::Sender<Vec<u8>>,
     /// Bytes queued and not yet written.
     queued: Arc<AtomicUsize>,
+    /// Whether its stream holds the link open.
+    keep: bool,
 }
 
 impl Writer {
@@ -172,7 +174,19 @@ impl Writer {
     fn detached() -> (Self, mpsc::Receiver<Vec<u8>>) {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         let queued = Arc::new(AtomicUsize::new(0));
-        (Writer { tx, queued }, rx)
+        (
+            Writer {
+                tx,
+                queued,
+                keep: false,
+            },
+            rx,
+        )
+    }
+
+    /// Whether its stream holds the link open ([`crate::kept`]).
+    pub(crate) fn keeps_link(&self) -> bool {
+        self.keep
     }
 
     /// Whether the stream is gone (a new writer is needed).
@@ -206,7 +220,7 @@ impl Writer {
 /// sent to the returned queue, in order, until the queue is dropped or the
 /// stream fails (then the queue reports closed, and the node starts
 /// another writer the next time it announces to `peer`). With `keep`, the
-/// open stream keeps our side of the connection open ([`Kept`] says for
+/// open stream keeps our side of the connection open ([`crate::kept`] says for
 /// which peers).
 pub(crate) fn writer(mut control: libp2p_stream::Control, peer: PeerId, keep: bool) -> Writer {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITER_QUEUE);
@@ -257,59 +271,7 @@ pub(crate) fn writer(mut control: libp2p_stream::Control, peer: PeerId, keep: bo
         }
         let _ = stream.close().await;
     });
-    Writer { tx, queued }
-}
-
-/// The links a relay keeps open with nothing to send: the ones it chose
-/// (at most its `target_peers`) and, up to `inbound_cap`, ones other
-/// relays chose to it. The announcements of the next hour need these
-/// links; without them a link closes a minute after its last exchange and
-/// is dialed, secured, identified and reconciled again. A relay that many
-/// joiners dial first (a bootstrap relay) keeps the first `inbound_cap`
-/// and lets the rest close, so its connections stay open to newcomers and
-/// those dialers find links elsewhere. Clients are never kept: a relay
-/// announces nothing to them, and a client connects when it fetches.
-#[derive(Debug)]
-pub(crate) struct Kept {
-    own: HashSet<PeerId>,
-    inbound: HashSet<PeerId>,
-    inbound_cap: usize,
-}
-
-impl Kept {
-    pub(crate) fn new(inbound_cap: usize) -> Self {
-        Kept {
-            own: HashSet::new(),
-            inbound: HashSet::new(),
-            inbound_cap,
-        }
-    }
-
-    /// Decides for a relay that takes announcements, on a link we
-    /// `dialed` or it did: whether to keep it. Asking again changes
-    /// nothing.
-    pub(crate) fn admit(&mut self, peer: PeerId, dialed: bool) -> bool {
-        if self.contains(&peer) {
-            return true;
-        }
-        if dialed {
-            self.own.insert(peer)
-        } else if self.inbound.len() < self.inbound_cap {
-            self.inbound.insert(peer)
-        } else {
-            false
-        }
-    }
-
-    pub(crate) fn contains(&self, peer: &PeerId) -> bool {
-        self.own.contains(peer) || self.inbound.contains(peer)
-    }
-
-    /// The link to `peer` is gone: its place is free.
-    pub(crate) fn remove(&mut self, peer: &PeerId) {
-        self.own.remove(peer);
-        self.inbound.remove(peer);
-    }
+    Writer { tx, queued, keep }
 }
 
 /// The digests announced to one peer in the last [`OFFER_TTL`]: the only
@@ -488,25 +450,5 @@ mod tests {
         let mut want = vec![d];
         o.filter(&mut want, t0);
         assert_eq!(want.len(), 1);
-    }
-
-    #[test]
-    fn a_relay_keeps_the_links_it_chose_and_a_few_that_others_chose() {
-        let mut kept = Kept::new(2);
-        let own: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
-        let theirs: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
-        // Every link we chose (the node dials at most target_peers).
-        assert!(own.iter().all(|p| kept.admit(*p, true)));
-        // Of those others chose, the cap's worth.
-        assert!(kept.admit(theirs[0], false));
-        assert!(kept.admit(theirs[1], false));
-        assert!(!kept.admit(theirs[2], false), "over the inbound cap");
-        assert!(kept.admit(theirs[1], false), "asking again changes nothing");
-        assert!(!kept.contains(&theirs[2]));
-        // A place freed by a closed link goes to the next.
-        kept.remove(&theirs[0]);
-        assert!(kept.admit(theirs[2], false));
-        kept.remove(&own[0]);
-        assert!(!kept.contains(&own[0]));
     }
 }

@@ -125,6 +125,15 @@ pub trait RecordStore: Send + Sync {
     fn fingerprint_of(&self, range: &[RecordKey]) -> Fingerprint {
         fingerprint(range)
     }
+    /// Up to `n` relays the records list, with an address to dial them:
+    /// where a client that lost every relay it fetches from turns
+    /// (instead of its bootstrap peers, which may be gone or few). Picked
+    /// at random, from distinct networks where it can. A store that cannot
+    /// tell (the default) lists none.
+    fn relays(&self, n: usize) -> Vec<(libp2p::PeerId, libp2p::Multiaddr)> {
+        let _ = n;
+        Vec::new()
+    }
 }
 
 /// What a range of the key space `[lower, upper)` carries.

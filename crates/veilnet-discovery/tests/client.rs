@@ -224,3 +224,92 @@ async fn a_client_with_fetch_slots_connects_and_reconciles_only_at_them() {
     .await
     .expect("test finished in time");
 }
+
+/// A client's store that lists one relay it may dial (as the node's
+/// directory lists the relays its descriptors name).
+struct Listing {
+    records: RecordProvider,
+    relay: (libp2p::PeerId, libp2p::Multiaddr),
+}
+
+impl veilnet_discovery::RecordStore for Listing {
+    fn keys(&self) -> Arc<[veilnet_discovery::RecordKey]> {
+        self.records.keys()
+    }
+    fn record(&self, d: &veilnet_discovery::RecordDigest) -> Option<Vec<u8>> {
+        self.records.record(d)
+    }
+    fn unknown(
+        &self,
+        d: &[veilnet_discovery::RecordDigest],
+    ) -> Vec<veilnet_discovery::RecordDigest> {
+        self.records.unknown(d)
+    }
+    fn relays(&self, n: usize) -> Vec<(libp2p::PeerId, libp2p::Multiaddr)> {
+        vec![self.relay.clone()].into_iter().take(n).collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_loses_its_fetch_relay_turns_to_a_relay_its_directory_lists() {
+    // Slots of 2 s; the bootstrap relay, the client's one fetch relay,
+    // goes away for good. After 3 failed dials the client forgets it and
+    // dials a relay its store lists, which it was never told of
+    // otherwise (the two relays do not know each other).
+    let slots = veilnet_discovery::FetchSlots {
+        every: Duration::from_secs(2),
+        from: Duration::from_millis(500),
+        to: Duration::from_millis(1500),
+    };
+    timeout(Duration::from_secs(60), async {
+        let first =
+            TestNode::start(b"first".to_vec(), vec![], Duration::from_secs(3600), true).await;
+        let listed =
+            TestNode::start(b"listed".to_vec(), vec![], Duration::from_secs(3600), true).await;
+        let mut cfg = DiscoveryConfig::new(Keypair::generate_ed25519());
+        cfg.client_only = true;
+        cfg.bootstrap = vec![first.addr.clone()];
+        cfg.client_fetch = Some(slots);
+        cfg.idle_timeout = Duration::from_secs(1);
+        let known = Arc::new(Mutex::new(HashSet::<Vec<u8>>::new()));
+        let k = known.clone();
+        let records: RecordProvider = Arc::new(move || k.lock().unwrap().iter().cloned().collect());
+        let listing = Listing {
+            records,
+            relay: (listed.peer_id, listed.addr.clone()),
+        };
+        let (client, mut events) = spawn(cfg, Arc::new(listing)).await.unwrap();
+        let learned = |want: &'static [u8]| {
+            let known = known.clone();
+            async move {
+                while !known.lock().unwrap().contains(want) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        let collect = tokio::spawn({
+            let known = known.clone();
+            async move {
+                while let Some(ev) = events.recv().await {
+                    if let DiscoveryEvent::Records { records, .. } = ev {
+                        known.lock().unwrap().extend(records);
+                    }
+                }
+            }
+        });
+        timeout(Duration::from_secs(10), learned(b"first"))
+            .await
+            .expect("the first fetch, from the bootstrap relay");
+        first.stop().await;
+        // Three failed fetches (one a slot and two retries 5 s apart),
+        // then the listed relay.
+        timeout(Duration::from_secs(40), learned(b"listed"))
+            .await
+            .expect("the client fetches from the relay its store lists");
+        client.shutdown().await;
+        listed.stop().await;
+        collect.await.unwrap();
+    })
+    .await
+    .expect("test finished in time");
+}

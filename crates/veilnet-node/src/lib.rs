@@ -599,6 +599,31 @@ impl veilnet_discovery::RecordStore for DirectoryRecords {
         let dir = lock(&self.0);
         digests.iter().filter(|d| !dir.knows(d)).copied().collect()
     }
+    fn relays(&self, n: usize) -> Vec<(PeerId, Multiaddr)> {
+        use rand::seq::SliceRandom;
+        let mut found: Vec<(PeerId, Multiaddr)> = lock(&self.0)
+            .iter()
+            .filter(|d| veilnet_dir::path::is_usable_relay(d))
+            .filter_map(|d| Some((d.peer_id, d.p2p_addrs.first()?.clone())))
+            .collect();
+        found.shuffle(&mut rand::thread_rng());
+        // Distinct networks first (a /16's worth of relays is one
+        // operator's as often as not), then any.
+        let net = |a: &Multiaddr| {
+            a.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::Ip4(ip) => Some(ip.octets()[..2].to_vec()),
+                libp2p::multiaddr::Protocol::Ip6(ip) => Some(ip.octets()[..4].to_vec()),
+                _ => None,
+            })
+        };
+        let mut nets = std::collections::HashSet::new();
+        let (mut picked, rest): (Vec<_>, Vec<_>) = found
+            .into_iter()
+            .partition(|(_, a)| net(a).is_none_or(|k| nets.insert(k)));
+        picked.truncate(n);
+        picked.extend(rest.into_iter().take(n - picked.len()));
+        picked
+    }
 }
 
 #[cfg(test)]

@@ -142,6 +142,9 @@ pub struct Node {
     pub view: View,
     /// Relays it has a link to (relays only).
     pub neighbours: Vec<u32>,
+    /// Those of them it dialed: links of its choosing, where its
+    /// announcements go first, as the node's do.
+    chosen: Vec<u32>,
     /// Peers it has opened its announcement stream to (with
     /// [`SimConfig::push_stream`]).
     push_streams: Vec<u32>,
@@ -507,6 +510,7 @@ impl Sim {
             return;
         }
         self.nodes[a as usize].neighbours.push(b);
+        self.nodes[a as usize].chosen.push(b);
         self.nodes[b as usize].neighbours.push(a);
     }
 
@@ -696,16 +700,24 @@ impl Sim {
         }
         let msg = Rc::new(sync::announce(&digests));
         let from = node.push_from.take();
-        let others: Vec<u32> = node
+        // Half on links it chose, the rest on any, as the node.
+        let (own, others): (Vec<u32>, Vec<u32>) = node
             .neighbours
             .iter()
             .copied()
             .filter(|&p| Some(p) != from)
-            .collect();
-        let peers: Vec<u32> = others
-            .choose_multiple(&mut self.rng, self.cfg.push_fanout)
+            .partition(|p| node.chosen.contains(p));
+        let mut peers: Vec<u32> = own
+            .choose_multiple(&mut self.rng, self.cfg.push_fanout.div_ceil(2))
             .copied()
             .collect();
+        let more = self.cfg.push_fanout.saturating_sub(peers.len());
+        let rest: Vec<u32> = own
+            .into_iter()
+            .filter(|p| !peers.contains(p))
+            .chain(others)
+            .collect();
+        peers.extend(rest.choose_multiple(&mut self.rng, more).copied());
         for p in peers {
             self.start(n, p, Kind::Push, Rc::clone(&msg));
         }
@@ -1071,6 +1083,7 @@ impl Sim {
         node.died_us = Some(self.now);
         let held: Vec<RecordId> = node.view.records().collect();
         let neighbours = std::mem::take(&mut node.neighbours);
+        node.chosen.clear();
         node.push_streams.clear();
         node.view = View::default();
         node.push_pending.clear();
@@ -1084,6 +1097,7 @@ impl Sim {
         // Its neighbours drop the link and each finds another relay.
         for p in neighbours {
             self.nodes[p as usize].neighbours.retain(|&x| x != n);
+            self.nodes[p as usize].chosen.retain(|&x| x != n);
             self.nodes[p as usize].push_streams.retain(|&x| x != n);
             if let Some(q) = self.random_live_relay() {
                 let at = self.now + self.latency();

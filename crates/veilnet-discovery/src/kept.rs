@@ -1,0 +1,279 @@
+//! Which links a relay keeps open with nothing to send on them.
+//!
+//! The announcements of the next hour need open links: without them a
+//! link closes a minute after its last exchange and is dialed, secured,
+//! identified and reconciled again. A relay keeps the links it chose (at
+//! most its `target_peers`, dialed by its own walks and bootstrap, never
+//! the dials a Kademlia query makes on its own) and a few that other
+//! relays chose to it. The second kind is where a Sybil would sit: any
+//! key can dial anyone. So places for inbound links are shared out by
+//! network: when they are full, a link from a network that holds fewer of
+//! them takes the place of the newest link from the network that holds
+//! the most (the eviction rule of Bitcoin's inbound slots, without its
+//! other protections). An attacker with addresses in `k` /16 networks
+//! keeps at most about `k` of them once honest relays from other networks
+//! have dialed; a relay's announcements go first on the links it chose,
+//! which no one else can place.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
+
+use libp2p::{multiaddr::Protocol, Multiaddr, PeerId};
+
+/// The network an address is counted in: its IPv4 /16 or IPv6 /32, or, for
+/// an address on loopback, in a private range or without an IP, the peer
+/// itself (a test network on one machine has one address for all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum NetGroup {
+    V4([u8; 2]),
+    V6([u8; 4]),
+    Peer(PeerId),
+}
+
+impl NetGroup {
+    pub(crate) fn of(addr: &Multiaddr, peer: PeerId) -> NetGroup {
+        let ip = addr.iter().find_map(|p| match p {
+            Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+            Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+            _ => None,
+        });
+        match ip {
+            Some(IpAddr::V4(ip))
+                if !(ip.is_loopback()
+                    || ip.is_private()
+                    || ip.is_link_local()
+                    || ip.is_unspecified()) =>
+            {
+                let o = ip.octets();
+                NetGroup::V4([o[0], o[1]])
+            }
+            Some(IpAddr::V6(ip))
+                if !(ip.is_loopback()
+                    || ip.is_unspecified()
+                    // fc00::/7 (unique local) and fe80::/10 (link local)
+                    || (ip.segments()[0] & 0xfe00) == 0xfc00
+                    || (ip.segments()[0] & 0xffc0) == 0xfe80) =>
+            {
+                let o = ip.octets();
+                NetGroup::V6([o[0], o[1], o[2], o[3]])
+            }
+            _ => NetGroup::Peer(peer),
+        }
+    }
+}
+
+/// What [`Kept::admit`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Admit {
+    /// Whether the link is kept.
+    pub kept: bool,
+    /// A link no longer kept to make room for it.
+    pub evicted: Option<PeerId>,
+}
+
+/// The links a relay keeps open ([module docs](self)).
+#[derive(Debug)]
+pub(crate) struct Kept {
+    own: HashSet<PeerId>,
+    own_cap: usize,
+    /// Inbound links kept: their network and when (an admission count).
+    inbound: HashMap<PeerId, (NetGroup, u64)>,
+    inbound_cap: usize,
+    admitted: u64,
+}
+
+impl Kept {
+    pub(crate) fn new(own_cap: usize, inbound_cap: usize) -> Self {
+        Kept {
+            own: HashSet::new(),
+            own_cap,
+            inbound: HashMap::new(),
+            inbound_cap,
+            admitted: 0,
+        }
+    }
+
+    /// Decides for a relay that takes announcements whether to keep its
+    /// link: one we `chose` (up to the cap of those) or one it chose to us
+    /// (from network `group`). Asking again changes nothing, except that a
+    /// link we chose that was kept as inbound moves to our own.
+    pub(crate) fn admit(&mut self, peer: PeerId, chose: bool, group: NetGroup) -> Admit {
+        let kept = |kept| Admit {
+            kept,
+            evicted: None,
+        };
+        if self.own.contains(&peer) {
+            return kept(true);
+        }
+        if chose && self.own.len() < self.own_cap {
+            self.inbound.remove(&peer);
+            self.own.insert(peer);
+            return kept(true);
+        }
+        if self.inbound.contains_key(&peer) {
+            return kept(true);
+        }
+        self.admitted += 1;
+        if self.inbound.len() < self.inbound_cap {
+            self.inbound.insert(peer, (group, self.admitted));
+            return kept(true);
+        }
+        // Full: the network holding the most places gives up its newest,
+        // if it holds at least two more than the newcomer's.
+        let mut count: HashMap<NetGroup, usize> = HashMap::new();
+        for (g, _) in self.inbound.values() {
+            *count.entry(*g).or_default() += 1;
+        }
+        let theirs = count.get(&group).copied().unwrap_or(0);
+        let Some((&most, &n)) = count.iter().max_by_key(|(_, n)| **n) else {
+            return kept(false);
+        };
+        if n < theirs + 2 {
+            return kept(false);
+        }
+        let newest = self
+            .inbound
+            .iter()
+            .filter(|(_, (g, _))| *g == most)
+            .max_by_key(|(_, (_, at))| *at)
+            .map(|(p, _)| *p);
+        let Some(out) = newest else {
+            return kept(false);
+        };
+        self.inbound.remove(&out);
+        self.inbound.insert(peer, (group, self.admitted));
+        Admit {
+            kept: true,
+            evicted: Some(out),
+        }
+    }
+
+    pub(crate) fn contains(&self, peer: &PeerId) -> bool {
+        self.own.contains(peer) || self.inbound.contains_key(peer)
+    }
+
+    /// Whether the link to `peer` is one we chose and keep.
+    pub(crate) fn is_own(&self, peer: &PeerId) -> bool {
+        self.own.contains(peer)
+    }
+
+    /// Every kept link.
+    pub(crate) fn peers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.own.iter().chain(self.inbound.keys()).copied()
+    }
+
+    /// The link to `peer` is gone: its place is free.
+    pub(crate) fn remove(&mut self, peer: &PeerId) {
+        self.own.remove(peer);
+        self.inbound.remove(peer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ip: &str) -> Multiaddr {
+        format!("/ip4/{ip}/tcp/4000").parse().unwrap()
+    }
+
+    fn group(ip: &str) -> NetGroup {
+        NetGroup::of(&at(ip), PeerId::random())
+    }
+
+    #[test]
+    fn networks_are_counted_by_16_and_loopback_by_peer() {
+        assert_eq!(group("203.0.113.5"), group("203.0.7.9"));
+        assert_ne!(group("203.0.113.5"), group("203.1.113.5"));
+        // Loopback and private addresses: each peer its own.
+        assert_ne!(group("127.0.0.1"), group("127.0.0.1"));
+        assert_ne!(group("10.0.0.1"), group("10.0.0.2"));
+        let p = PeerId::random();
+        let v6: Multiaddr = "/ip6/2001:db8:1:2::1/tcp/1".parse().unwrap();
+        let v6b: Multiaddr = "/ip6/2001:db8:ffff::9/tcp/1".parse().unwrap();
+        assert_eq!(NetGroup::of(&v6, p), NetGroup::of(&v6b, PeerId::random()));
+        let lo6: Multiaddr = "/ip6/::1/tcp/1".parse().unwrap();
+        assert_eq!(NetGroup::of(&lo6, p), NetGroup::Peer(p));
+    }
+
+    #[test]
+    fn a_relay_keeps_the_links_it_chose_and_a_few_that_others_chose() {
+        let mut kept = Kept::new(3, 2);
+        let own: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+        let theirs: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        let g = |p: &PeerId| NetGroup::Peer(*p);
+        // The links we chose, up to the cap of them; a fourth dialed link
+        // (a Kademlia query's, say) is an inbound candidate like any other.
+        assert!(own[..3].iter().all(|p| kept.admit(*p, true, g(p)).kept));
+        assert!(own[..3].iter().all(|p| kept.is_own(p)));
+        assert!(kept.admit(own[3], true, g(&own[3])).kept);
+        assert!(!kept.is_own(&own[3]));
+        kept.remove(&own[3]);
+        // Of those others chose, the cap's worth.
+        assert!(kept.admit(theirs[0], false, g(&theirs[0])).kept);
+        assert!(kept.admit(theirs[1], false, g(&theirs[1])).kept);
+        let third = kept.admit(theirs[2], false, g(&theirs[2]));
+        assert_eq!(
+            third,
+            Admit {
+                kept: false,
+                evicted: None
+            },
+            "over the cap, all networks distinct"
+        );
+        assert!(
+            kept.admit(theirs[1], false, g(&theirs[1])).kept,
+            "asking again changes nothing"
+        );
+        assert!(!kept.contains(&theirs[2]));
+        // A place freed by a closed link goes to the next.
+        kept.remove(&theirs[0]);
+        assert!(kept.admit(theirs[2], false, g(&theirs[2])).kept);
+        kept.remove(&own[0]);
+        assert!(!kept.contains(&own[0]));
+        assert_eq!(kept.peers().count(), 4);
+    }
+
+    #[test]
+    fn sybils_in_one_network_give_their_places_to_other_networks() {
+        let mut kept = Kept::new(8, 4);
+        let sybil_net = group("198.51.100.1");
+        let sybils: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+        for s in &sybils {
+            assert!(kept.admit(*s, false, sybil_net).kept);
+        }
+        // Honest relays from other networks each take the newest Sybil's
+        // place until the Sybils' network holds no more than the others
+        // could displace.
+        let mut evicted = Vec::new();
+        for i in 0..4u8 {
+            let honest = PeerId::random();
+            let a = kept.admit(honest, false, group(&format!("203.{i}.0.1")));
+            if let Some(out) = a.evicted {
+                assert!(a.kept);
+                evicted.push(out);
+            }
+        }
+        assert_eq!(
+            evicted,
+            vec![sybils[3], sybils[2], sybils[1]],
+            "newest first"
+        );
+        assert_eq!(sybils.iter().filter(|s| kept.contains(s)).count(), 1);
+        // Another Sybil from the same network cannot come back in.
+        let again = kept.admit(PeerId::random(), false, sybil_net);
+        assert!(!again.kept);
+        // Nor can one from a network that already holds a place push out
+        // another network's only one.
+        let a = kept.admit(PeerId::random(), false, group("203.0.9.9"));
+        assert_eq!(
+            a,
+            Admit {
+                kept: false,
+                evicted: None
+            }
+        );
+    }
+}
