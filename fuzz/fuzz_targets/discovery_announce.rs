@@ -3,14 +3,15 @@
 //! Checks: no panic; a frame body is accepted only if re-encoding it gives
 //! back exactly its length prefix and that body; a length prefix is
 //! accepted only within the frame limits; an accepted frame stands for a
-//! sync message that maps back to the same frame (the empty lists and
+//! sync message (short ids as their stand-in digests) that maps back to
+//! the same frame (the empty lists and
 //! empty frames aside, which have no message of their own).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 use veilnet_discovery::announce::{self, Frame, LENGTH_BYTES};
-use veilnet_discovery::sync::SyncLimits;
+use veilnet_discovery::sync::{self, SyncLimits, SyncMessage};
 
 const LIMITS: SyncLimits = SyncLimits {
     max_records: 64,
@@ -37,17 +38,32 @@ fuzz_target!(|data: &[u8]| {
         Frame::Announce(d) | Frame::Want(d) => d.is_empty(),
         Frame::Records(r) => r.is_empty(),
     };
-    // An announcement's digests come back sorted and without repeats.
-    let expected = match &frame {
+    // The sync message a frame stands for (short ids as their stand-in
+    // digests) maps back to it; an announcement's come back sorted and
+    // without repeats.
+    let (msg, expected) = match &frame {
         Frame::Announce(d) => {
             let mut d = d.clone();
             d.sort_unstable();
             d.dedup();
-            Frame::Announce(d)
+            let full: Vec<_> = d.iter().map(announce::stand_in).collect();
+            (sync::announce(&full), Frame::Announce(d))
         }
-        other => other.clone(),
+        Frame::Want(d) => (
+            SyncMessage {
+                want: d.iter().map(announce::stand_in).collect(),
+                ..SyncMessage::default()
+            },
+            frame.clone(),
+        ),
+        Frame::Records(r) => (
+            SyncMessage {
+                records: r.clone(),
+                ..SyncMessage::default()
+            },
+            frame.clone(),
+        ),
     };
-    let msg = frame.into_message();
     if !empty {
         assert_eq!(Frame::len_of(&msg), Some(expected.encoded_len()));
         assert_eq!(Frame::from_message(&msg), Some(expected));

@@ -26,16 +26,15 @@ pub const MAX_CLOCK_SKEW: u64 = 300;
 /// republished at once). Every publication reaches every relay (a push of
 /// its digest to six of them, then the record), so a relay's directory
 /// traffic grows with relays ÷ this period. At 5000 relays and 5 % churn an
-/// hour, 12 h makes about 420 republications an hour next to 250 new
-/// relays' first descriptors (`veilnet-sim`, BENCHMARKS.md session 6: 4.5 MB
-/// per relay-hour against 11.6 MB at 2000 nodes with 20 minutes); a longer
-/// period saves little more while churn costs as much. Tor republishes
-/// every 18 h. veilnet-node spreads its first republication at random over
+/// hour, 18 h makes about 280 republications an hour next to 250 new
+/// relays' first descriptors (12 h made 420: `veilnet-sim`, BENCHMARKS.md
+/// session 12); a longer period saves less and less while churn costs as
+/// much. Tor republishes every 18 h too. veilnet-node spreads its first republication at random over
 /// the second half of the period, so relays started together do not
 /// republish together.
-pub const REPUBLISH_EVERY: u64 = 12 * 60 * 60;
+pub const REPUBLISH_EVERY: u64 = 18 * 60 * 60;
 /// How old a descriptor may get before it is rejected / aged out, in seconds:
-/// three republish periods, so a relay that misses two republications (a
+/// two republish periods, so a relay that misses one republication (a
 /// long restart, a partition) is not dropped. Expiry is not how dead relays
 /// leave the directory in time: the reachability measurement
 /// (`veilnet-dir`'s measure module, run by veilnet-node) marks relays that
@@ -45,7 +44,7 @@ pub const REPUBLISH_EVERY: u64 = 12 * 60 * 60;
 /// about 9000 of them next to the 5000 live ones, more than
 /// [`crate::MAX_NODES`] allows in all: at such churn the measurement must
 /// also drop relays it finds dead.
-pub const MAX_DESCRIPTOR_AGE: u64 = 3 * REPUBLISH_EVERY;
+pub const MAX_DESCRIPTOR_AGE: u64 = 2 * REPUBLISH_EVERY;
 /// Most link and most libp2p addresses a descriptor may list (each).
 pub const MAX_ADDRS: usize = 8;
 /// Most family members a descriptor may declare.

@@ -1,7 +1,7 @@
 //! The verified local directory: every descriptor in it passed
 //! [`SignedDescriptor::verify`].
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 
 use libp2p::PeerId;
@@ -134,7 +134,9 @@ pub struct Directory {
     nodes: BTreeMap<PeerId, Entry>,
     /// The digests of the stored descriptors' signed forms, and of both
     /// descriptors of each equivocation.
-    digests: HashMap<DescriptorDigest, PeerId>,
+    /// By digest, ordered so that a short id (a digest's first bytes,
+    /// as announcements name records) finds its descriptors.
+    digests: BTreeMap<DescriptorDigest, PeerId>,
     /// Relays that equivocated, with the proof; they are not in `nodes`.
     evidence: BTreeMap<PeerId, Equivocation>,
     /// Recently refused digests.
@@ -186,7 +188,7 @@ impl Directory {
         Directory {
             own,
             nodes: BTreeMap::new(),
-            digests: HashMap::new(),
+            digests: BTreeMap::new(),
             evidence: BTreeMap::new(),
             refused: RecentDigests::new(REFUSED_REMEMBERED),
             replaced: RecentDigests::new(REPLACED_REMEMBERED),
@@ -229,6 +231,19 @@ impl Directory {
     /// later one recently ([`REPLACED_REMEMBERED`]).
     pub fn knows(&self, digest: &DescriptorDigest) -> bool {
         self.holds(digest) || self.refused.contains(digest) || self.replaced.contains(digest)
+    }
+
+    /// [`knows`](Self::knows) of any record whose digest begins with
+    /// `prefix` (a short id, as announcements name records): true if one
+    /// is held, refused or replaced.
+    pub fn knows_prefix(&self, prefix: &[u8]) -> bool {
+        self.digests.range(prefix_range(prefix)).next().is_some()
+            || self
+                .measure
+                .as_ref()
+                .is_some_and(|m| m.holds_prefix(prefix))
+            || self.refused.contains_prefix(prefix)
+            || self.replaced.contains_prefix(prefix)
     }
 
     /// Remembers (among the last [`REFUSED_REMEMBERED`]) that the
@@ -815,9 +830,18 @@ impl Directory {
 }
 
 /// A bounded set of digests; the oldest is forgotten first.
+/// The digests that begin with `prefix` (at most 32 bytes of it count).
+pub(crate) fn prefix_range(prefix: &[u8]) -> std::ops::RangeInclusive<DescriptorDigest> {
+    let n = prefix.len().min(32);
+    let (mut lo, mut hi) = ([0u8; 32], [0xffu8; 32]);
+    lo[..n].copy_from_slice(&prefix[..n]);
+    hi[..n].copy_from_slice(&prefix[..n]);
+    lo..=hi
+}
+
 #[derive(Debug, Clone)]
 struct RecentDigests {
-    set: HashSet<DescriptorDigest>,
+    set: BTreeSet<DescriptorDigest>,
     order: VecDeque<DescriptorDigest>,
     max: usize,
 }
@@ -825,7 +849,7 @@ struct RecentDigests {
 impl RecentDigests {
     fn new(max: usize) -> Self {
         Self {
-            set: HashSet::new(),
+            set: BTreeSet::new(),
             order: VecDeque::new(),
             max,
         }
@@ -833,6 +857,10 @@ impl RecentDigests {
 
     fn contains(&self, d: &DescriptorDigest) -> bool {
         self.set.contains(d)
+    }
+
+    fn contains_prefix(&self, prefix: &[u8]) -> bool {
+        self.set.range(prefix_range(prefix)).next().is_some()
     }
 
     fn insert(&mut self, d: DescriptorDigest) {

@@ -666,6 +666,17 @@ fn directory_recognises_held_descriptors_by_digest() {
         dir.note_refused(junk);
     }
     assert!(dir.knows(&s1.digest()));
+    // By short id (the first 8 bytes, as announcements name records) too:
+    // held, replaced and refused are known; another prefix is not.
+    assert!(dir.knows_prefix(&s2.digest()[..8]));
+    assert!(dir.knows_prefix(&s1.digest()[..8]));
+    let mut refused = [0x5a; 32];
+    refused[31] = 1;
+    dir.note_refused(refused);
+    assert!(dir.knows_prefix(&refused[..8]));
+    let mut other = s2.digest();
+    other[7] ^= 1;
+    assert!(!dir.knows_prefix(&other[..8]));
     // The replaced one is refused as a replay, not taken for "held".
     assert!(matches!(
         dir.insert(&s1, NOW),

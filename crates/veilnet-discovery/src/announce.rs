@@ -7,25 +7,57 @@
 //! a relay by about as many peers as push to it). On a stream that stays
 //! open an announcement is one frame and needs no answer:
 //!
-//! * [`Frame::Announce`]: digests of records the sender has just accepted;
+//! * [`Frame::Announce`]: short ids of records the sender has just
+//!   accepted;
 //! * [`Frame::Want`]: the receiver's answer, on its own stream back, with
-//!   the digests it lacks (only if it lacks any);
+//!   the short ids it lacks (only if it lacks any);
 //! * [`Frame::Records`]: the sender's answer to a want, with the records
 //!   (only those it announced to that peer: a want is no general fetch).
 //!
+//! A record is named here by its [`ShortId`], the first 8 bytes of its
+//! digest, not the whole 32: each record is announced to a relay by about
+//! as many peers as push to it, so the announcements were a third of a
+//! relay's directory bytes. Two records whose digests share 8 bytes (only
+//! by design: finding a second one costs about 2^64 hashes) look alike
+//! here: a relay holding one does not ask for the other, and
+//! reconciliation, which names records by their full digests, brings it.
+//! Records themselves are checked by their full digest against what was
+//! asked for.
+//!
 //! Wire format, sans-IO: a frame is `length u32 | kind u8 | count u16 |
-//! item*`, `length` counting the bytes after it; an item is a 32-byte
-//! digest (kinds 1 and 2) or `len u32 | bytes` (kind 3). Integers are
+//! item*`, `length` counting the bytes after it; an item is an 8-byte
+//! short id (kinds 1 and 2) or `len u32 | bytes` (kind 3). Integers are
 //! big-endian. Anything else (an unknown kind, a count above the limits, a
 //! short or long body) is refused and the stream closed: anti-entropy still
 //! reconciles with that peer, and nothing else on the link is affected.
 
+pub use crate::sync::{short_id, ShortId, SHORT_ID_BYTES};
 use crate::sync::{RecordDigest, SyncLimits, SyncMessage, MAX_DIGESTS};
 
 /// The protocol name; its major version follows [`FRAME_VERSION`].
-pub const ANNOUNCE_PROTOCOL: &str = "/veilnet/announce/1.0.0";
-/// The version of the frame format (in the protocol name, not the frames).
-pub const FRAME_VERSION: u8 = 1;
+pub const ANNOUNCE_PROTOCOL: &str = "/veilnet/announce/2.0.0";
+/// The version of the frame format (in the protocol name, not the frames):
+/// 2 names records by [`ShortId`], 1 by full digest.
+pub const FRAME_VERSION: u8 = 2;
+/// The digest a want of a short id is kept under until the record comes
+/// (the id, then zeros): a record is taken if its digest was asked for or
+/// its short id's stand-in was ([`stand_in_of`]).
+pub fn stand_in(id: &ShortId) -> RecordDigest {
+    let mut d = [0; 32];
+    d[..SHORT_ID_BYTES].copy_from_slice(id);
+    d
+}
+
+/// Whether `d` is a [`stand_in`] (a real digest ends in 24 zero bytes
+/// about once in 2^192).
+pub fn is_stand_in(d: &RecordDigest) -> bool {
+    d[SHORT_ID_BYTES..].iter().all(|b| *b == 0)
+}
+
+/// The stand-in of the record with digest `d`.
+pub fn stand_in_of(d: &RecordDigest) -> RecordDigest {
+    stand_in(&short_id(d))
+}
 /// Bytes of a frame's length prefix.
 pub const LENGTH_BYTES: usize = 4;
 /// Bytes of a frame's header after its length: kind and count.
@@ -39,9 +71,9 @@ const KIND_RECORDS: u8 = 3;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// Records the sender has just accepted (at most [`MAX_DIGESTS`]).
-    Announce(Vec<RecordDigest>),
+    Announce(Vec<ShortId>),
     /// Announced records the sender lacks (at most [`MAX_DIGESTS`]).
-    Want(Vec<RecordDigest>),
+    Want(Vec<ShortId>),
     /// Records asked for by a want, unverified (within the limits'
     /// record count, record length and message size).
     Records(Vec<Vec<u8>>),
@@ -107,7 +139,7 @@ pub fn frame_limits(limits: &SyncLimits) -> SyncLimits {
 pub fn max_body(limits: &SyncLimits) -> usize {
     limits
         .max_message_bytes
-        .max(HEADER_BYTES + MAX_DIGESTS * 32)
+        .max(HEADER_BYTES + MAX_DIGESTS * SHORT_ID_BYTES)
 }
 
 /// A push message of the sync protocol, borrowed.
@@ -138,13 +170,14 @@ impl<'a> Shape<'a> {
 impl Frame {
     /// The frame a push message of the sync protocol is sent as, if it is
     /// one: an announcement ([`sync::announce`](crate::sync::announce)),
-    /// a message with only wants, or one with only records. Empty
-    /// messages and all others (fingerprints, lists that ask for a reply)
-    /// are not sent on an announcement stream.
+    /// a message with only wants, or one with only records (digests
+    /// become short ids). Empty messages and all others (fingerprints,
+    /// lists that ask for a reply) are not sent on an announcement stream.
     pub fn from_message(msg: &SyncMessage) -> Option<Frame> {
+        let ids = |d: &[RecordDigest]| d.iter().map(short_id).collect();
         Some(match Shape::of(msg)? {
-            Shape::Announce(d) => Frame::Announce(d.to_vec()),
-            Shape::Want(d) => Frame::Want(d.to_vec()),
+            Shape::Announce(d) => Frame::Announce(ids(d)),
+            Shape::Want(d) => Frame::Want(ids(d)),
             Shape::Records(r) => Frame::Records(r.to_vec()),
         })
     }
@@ -153,38 +186,22 @@ impl Frame {
     /// without building it.
     pub fn len_of(msg: &SyncMessage) -> Option<usize> {
         Some(match Shape::of(msg)? {
-            Shape::Announce(d) | Shape::Want(d) => Self::digests_len(d.len()),
+            Shape::Announce(d) | Shape::Want(d) => Self::ids_len(d.len()),
             Shape::Records(r) => Self::records_len(r),
         })
     }
 
-    /// The sync message this frame stands for, to answer with
-    /// [`sync::process`](crate::sync::process) as any other.
-    pub fn into_message(self) -> SyncMessage {
-        match self {
-            Frame::Announce(digests) => crate::sync::announce(&digests),
-            Frame::Want(want) => SyncMessage {
-                want,
-                ..SyncMessage::default()
-            },
-            Frame::Records(records) => SyncMessage {
-                records,
-                ..SyncMessage::default()
-            },
-        }
-    }
-
-    /// Bytes of an announce or want frame of `count` digests, length
+    /// Bytes of an announce or want frame of `count` short ids, length
     /// prefix included.
-    pub fn digests_len(count: usize) -> usize {
-        LENGTH_BYTES + HEADER_BYTES + count.min(MAX_DIGESTS) * 32
+    pub fn ids_len(count: usize) -> usize {
+        LENGTH_BYTES + HEADER_BYTES + count.min(MAX_DIGESTS) * SHORT_ID_BYTES
     }
 
     /// Bytes of the encoded frame, length prefix included (as
     /// [`encode`](Self::encode) writes it, with its limits).
     pub fn encoded_len(&self) -> usize {
         match self {
-            Frame::Announce(d) | Frame::Want(d) => Self::digests_len(d.len()),
+            Frame::Announce(d) | Frame::Want(d) => Self::ids_len(d.len()),
             Frame::Records(r) => Self::records_len(r),
         }
     }
@@ -269,19 +286,19 @@ impl Frame {
             KIND_ANNOUNCE | KIND_WANT => {
                 if count > MAX_DIGESTS {
                     return Err(FrameError::TooMany {
-                        what: "digests",
+                        what: "short ids",
                         count,
                         max: MAX_DIGESTS,
                     });
                 }
-                if rest.len() < count * 32 {
-                    return Err(FrameError::Truncated("digests"));
+                if rest.len() < count * SHORT_ID_BYTES {
+                    return Err(FrameError::Truncated("short ids"));
                 }
                 let mut digests = Vec::with_capacity(count);
                 for _ in 0..count {
                     let (d, r) = rest
-                        .split_first_chunk::<32>()
-                        .ok_or(FrameError::Truncated("digests"))?;
+                        .split_first_chunk::<SHORT_ID_BYTES>()
+                        .ok_or(FrameError::Truncated("short ids"))?;
                     digests.push(*d);
                     rest = r;
                 }
@@ -353,9 +370,9 @@ mod tests {
 
     #[test]
     fn known_answer_vectors() {
-        let a = Frame::Announce(vec![[0xab; 32]]);
-        let mut want = vec![0, 0, 0, 35, 1, 0, 1];
-        want.extend_from_slice(&[0xab; 32]);
+        let a = Frame::Announce(vec![[0xab; 8]]);
+        let mut want = vec![0, 0, 0, 11, 1, 0, 1];
+        want.extend_from_slice(&[0xab; 8]);
         assert_eq!(a.encode(), want);
         let r = Frame::Records(vec![b"xy".to_vec(), Vec::new()]);
         assert_eq!(
@@ -367,21 +384,43 @@ mod tests {
 
     #[test]
     fn frames_round_trip_and_stand_for_their_sync_messages() {
-        for f in [
-            Frame::Announce(vec![[1; 32], [2; 32]]),
-            Frame::Want(vec![[3; 32]]),
-            Frame::Records(vec![b"one".to_vec(), b"two".to_vec()]),
+        let (d1, d2, d3) = ([1; 32], [2; 32], [3; 32]);
+        for (msg, f) in [
+            (
+                sync::announce(&[d2, d1]),
+                Frame::Announce(vec![[1; 8], [2; 8]]),
+            ),
+            (
+                SyncMessage {
+                    want: vec![d3],
+                    ..SyncMessage::default()
+                },
+                Frame::Want(vec![[3; 8]]),
+            ),
+            (
+                SyncMessage {
+                    records: vec![b"one".to_vec(), b"two".to_vec()],
+                    ..SyncMessage::default()
+                },
+                Frame::Records(vec![b"one".to_vec(), b"two".to_vec()]),
+            ),
         ] {
             assert_eq!(round_trip(&f), f);
-            let msg = f.clone().into_message();
             assert_eq!(Frame::len_of(&msg), Some(f.encoded_len()));
             assert_eq!(Frame::from_message(&msg), Some(f));
         }
-        // what sync::announce and a want-only answer look like
-        assert_eq!(
-            Frame::from_message(&sync::announce(&[[2; 32], [1; 32]])),
-            Some(Frame::Announce(vec![[1; 32], [2; 32]]))
-        );
+    }
+
+    #[test]
+    fn a_short_id_is_the_digest_s_first_8_bytes_and_its_stand_in_is_no_digest() {
+        let d = sync::digest(b"record");
+        let id = short_id(&d);
+        assert_eq!(id[..], d[..8]);
+        let s = stand_in(&id);
+        assert_eq!(s, stand_in_of(&d));
+        assert!(is_stand_in(&s));
+        assert!(!is_stand_in(&d));
+        assert_eq!(short_id(&s), id);
     }
 
     #[test]
@@ -433,7 +472,7 @@ mod tests {
         assert_eq!(Frame::decode(&[9, 0, 0], &l), Err(FrameError::Kind(9)));
         assert_eq!(
             Frame::decode(&[1, 0, 1, 7], &l),
-            Err(FrameError::Truncated("digests"))
+            Err(FrameError::Truncated("short ids"))
         );
         assert_eq!(
             Frame::decode(&[2, 0, 0, 7], &l),
@@ -442,7 +481,7 @@ mod tests {
         assert!(matches!(
             Frame::decode(&[1, 0xff, 0xff], &l),
             Err(FrameError::TooMany {
-                what: "digests",
+                what: "short ids",
                 ..
             })
         ));

@@ -966,7 +966,7 @@ impl Node {
         let mut digests = std::mem::take(&mut self.push_pending);
         digests.sort_unstable();
         digests.dedup();
-        let wire = Frame::Announce(digests.clone()).encode();
+        let wire = Frame::Announce(digests.iter().map(announce::short_id).collect()).encode();
         // Not back to the peer that sent them all (it holds them).
         let origin = digests
             .iter()
@@ -1041,29 +1041,42 @@ impl Node {
         let now = Instant::now();
         let limits = announce::frame_limits(&self.limits);
         match frame {
-            Frame::Announce(ref digests) => {
+            Frame::Announce(mut ids) => {
                 // Only what we can ask for now is claimed: a want that is
                 // not sent would hold the records back from other peers.
-                let room = Frame::digests_len(digests.len());
+                let room = Frame::ids_len(ids.len());
                 if !self.writer(peer).is_some_and(|w| w.has_room(room)) {
                     return;
                 }
-                let mut answer = sync::process(&*self.provider, &frame.into_message(), &limits);
+                ids.sort_unstable();
+                ids.dedup();
+                // Kept under their stand-ins until the records come (we
+                // know them by short id only).
+                let mut want: Vec<RecordDigest> = self
+                    .provider
+                    .unknown_short(&ids)
+                    .iter()
+                    .map(announce::stand_in)
+                    .collect();
                 self.wants
-                    .claim_within(peer, &mut answer.want, now, Budget::ANNOUNCED);
-                if !answer.want.is_empty() {
-                    self.send_frame(peer, Frame::Want(answer.want).encode());
+                    .claim_within(peer, &mut want, now, Budget::ANNOUNCED);
+                if !want.is_empty() {
+                    let ids = want.iter().map(announce::short_id).collect();
+                    self.send_frame(peer, Frame::Want(ids).encode());
                 }
             }
-            Frame::Want(mut want) => {
+            Frame::Want(ids) => {
                 let Some(offered) = self.offered.get_mut(&peer) else {
                     return;
                 };
-                offered.filter(&mut want, now);
+                let mut want = offered.resolve(&ids, now);
                 // As many records frames as the want needs and the queue
                 // takes; what is left stays offered for a later want.
                 while !want.is_empty() {
-                    let msg = Frame::Want(want.clone()).into_message();
+                    let msg = SyncMessage {
+                        want: want.clone(),
+                        ..SyncMessage::default()
+                    };
                     let answer = sync::process(&*self.provider, &msg, &limits);
                     if answer.records.is_empty() {
                         return;
@@ -1087,8 +1100,20 @@ impl Node {
     /// did not deliver): one request each, whatever else is in flight with
     /// the peer, answered without a further round.
     fn ask(&mut self, asks: Vec<(PeerId, Vec<RecordDigest>)>) {
-        for (peer, want) in asks {
+        for (peer, mut want) in asks {
             trace!(%peer, n = want.len(), "asking another peer for late records");
+            // Records known by short id only (announced) are asked on the
+            // announcement stream: the peer offered them there.
+            let (short, full): (Vec<RecordDigest>, Vec<RecordDigest>) =
+                want.drain(..).partition(announce::is_stand_in);
+            want = full;
+            if !short.is_empty() {
+                let ids = short.iter().map(announce::short_id).collect();
+                self.send_frame(peer, Frame::Want(ids).encode());
+            }
+            if want.is_empty() {
+                continue;
+            }
             let msg = SyncMessage {
                 want,
                 ..SyncMessage::default()
@@ -1119,7 +1144,10 @@ impl Node {
         let mut taken = Vec::with_capacity(records.len());
         for r in records {
             let d = sync::digest(&r);
-            if self.wants.delivered(&d) {
+            // Asked for by digest, or by short id (announced).
+            let by_digest = self.wants.delivered(&d);
+            let by_short = self.wants.delivered(&announce::stand_in_of(&d));
+            if by_digest || by_short {
                 if !self.client_only {
                     self.delivered_by.insert(d, from);
                 }

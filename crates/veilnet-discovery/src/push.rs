@@ -24,7 +24,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, trace};
 
-use crate::announce::{self, Frame, ANNOUNCE_PROTOCOL, LENGTH_BYTES};
+use crate::announce::{self, short_id, Frame, ShortId, ANNOUNCE_PROTOCOL, LENGTH_BYTES};
 use crate::sync::{RecordDigest, SyncLimits, MAX_DIGESTS};
 
 /// Frames queued for one peer's stream.
@@ -274,17 +274,19 @@ pub(crate) fn writer(mut control: libp2p_stream::Control, peer: PeerId, keep: bo
     Writer { tx, queued, keep }
 }
 
-/// The digests announced to one peer in the last [`OFFER_TTL`]: the only
-/// ones it may ask for on the stream, each once (an announcement stream
-/// serves announcements, not fetches; anything else is asked by
-/// reconciliation, which has its own bounds).
+/// The records announced to one peer in the last [`OFFER_TTL`]: the only
+/// ones it may ask for on the stream (by short id), each once (an
+/// announcement stream serves announcements, not fetches; anything else is
+/// asked by reconciliation, which has its own bounds).
 #[derive(Debug, Default)]
 pub(crate) struct Offered {
-    /// When each digest was (last) announced, oldest first; entries whose
-    /// digest was taken or announced again since stay until they leave.
-    order: VecDeque<(Instant, RecordDigest)>,
-    /// Each announced digest and when, until it is taken or too old.
-    when: HashMap<RecordDigest, Instant>,
+    /// When each short id was (last) announced, oldest first; entries
+    /// whose record was taken or announced again since stay until they
+    /// leave.
+    order: VecDeque<(Instant, ShortId)>,
+    /// Each announced record by short id: its digest and when, until it
+    /// is taken or too old.
+    when: HashMap<ShortId, (RecordDigest, Instant)>,
 }
 
 impl Offered {
@@ -292,24 +294,28 @@ impl Offered {
     pub(crate) fn add(&mut self, digests: &[RecordDigest], now: Instant) {
         self.expire(now);
         for d in digests {
-            self.when.insert(*d, now);
-            self.order.push_back((now, *d));
+            let id = short_id(d);
+            self.when.insert(id, (*d, now));
+            self.order.push_back((now, id));
         }
         while self.order.len() > MAX_OFFERED {
             self.pop();
         }
     }
 
-    /// Keeps of `want` what was announced and not yet served.
-    pub(crate) fn filter(&mut self, want: &mut Vec<RecordDigest>, now: Instant) {
+    /// The digests of those of `want` that were announced and not yet
+    /// served.
+    pub(crate) fn resolve(&mut self, want: &[ShortId], now: Instant) -> Vec<RecordDigest> {
         self.expire(now);
-        want.retain(|d| self.when.contains_key(d));
+        want.iter()
+            .filter_map(|id| self.when.get(id).map(|(d, _)| *d))
+            .collect()
     }
 
     /// Notes `digests` as served: a second want of one is not served.
     pub(crate) fn served(&mut self, digests: &[RecordDigest]) {
         for d in digests {
-            self.when.remove(d);
+            self.when.remove(&short_id(d));
         }
     }
 
@@ -323,16 +329,16 @@ impl Offered {
         }
     }
 
-    /// Drops the oldest entry, and its digest unless announced again since.
+    /// Drops the oldest entry, and its record unless announced again since.
     fn pop(&mut self) {
-        if let Some((t, d)) = self.order.pop_front() {
-            if self.when.get(&d) == Some(&t) {
-                self.when.remove(&d);
+        if let Some((t, id)) = self.order.pop_front() {
+            if self.when.get(&id).is_some_and(|(_, at)| *at == t) {
+                self.when.remove(&id);
             }
         }
     }
 
-    /// Digests held.
+    /// Records held.
     #[cfg(test)]
     fn len(&self) -> usize {
         self.when.len()
@@ -348,19 +354,24 @@ mod tests {
         let t0 = Instant::now();
         let mut o = Offered::default();
         o.add(&[[1; 32], [2; 32]], t0);
-        let mut want = vec![[1; 32], [3; 32]];
-        o.filter(&mut want, t0);
-        assert_eq!(want, vec![[1; 32]], "only what was announced");
+        let want = o.resolve(&[[1; 8], [3; 8]], t0);
+        assert_eq!(
+            want,
+            vec![[1; 32]],
+            "only what was announced, by its digest"
+        );
         // not served yet (it did not fit): still offered
-        let mut again = vec![[1; 32]];
-        o.filter(&mut again, t0);
+        let again = o.resolve(&[[1; 8]], t0);
         assert_eq!(again, vec![[1; 32]]);
         o.served(&again);
-        o.filter(&mut again, t0);
-        assert!(again.is_empty(), "each digest is served once");
-        let mut late = vec![[2; 32]];
-        o.filter(&mut late, t0 + OFFER_TTL);
-        assert!(late.is_empty(), "not after OFFER_TTL");
+        assert!(
+            o.resolve(&[[1; 8]], t0).is_empty(),
+            "each record is served once"
+        );
+        assert!(
+            o.resolve(&[[2; 8]], t0 + OFFER_TTL).is_empty(),
+            "not after OFFER_TTL"
+        );
         assert_eq!(o.len(), 0);
     }
 
@@ -411,14 +422,14 @@ mod tests {
         };
         let wait = Duration::from_millis(50);
         // Half a frame, then nothing: given up.
-        let frame = Frame::Announce(vec![[7; 32]]).encode();
+        let frame = Frame::Announce(vec![[7; 8]]).encode();
         let mut half = Stalls(frame[..10].to_vec());
         let err = read_frame(&mut half, &limits, wait).await.unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
         // A whole frame is read; a stream quiet between frames is waited on.
         let mut whole = Stalls(frame.clone());
         let got = read_frame(&mut whole, &limits, wait).await.unwrap();
-        assert_eq!(got, Some(Frame::Announce(vec![[7; 32]])));
+        assert_eq!(got, Some(Frame::Announce(vec![[7; 8]])));
         let quiet = tokio::time::timeout(4 * wait, read_frame(&mut whole, &limits, wait)).await;
         assert!(quiet.is_err(), "no frame begun: still waiting");
         // A clean end between frames is the end.
@@ -447,8 +458,6 @@ mod tests {
         // the newest are kept
         let mut d = [0; 32];
         d[..4].copy_from_slice(&(3 * MAX_OFFERED as u32 - 1).to_be_bytes());
-        let mut want = vec![d];
-        o.filter(&mut want, t0);
-        assert_eq!(want.len(), 1);
+        assert_eq!(o.resolve(&[short_id(&d)], t0), vec![d]);
     }
 }

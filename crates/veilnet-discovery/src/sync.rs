@@ -32,6 +32,20 @@ use sha2::{Digest as _, Sha256};
 /// SHA-256 of a record's bytes: how records are named in reconciliation.
 pub type RecordDigest = [u8; 32];
 
+/// Bytes of a [`ShortId`].
+pub const SHORT_ID_BYTES: usize = 8;
+
+/// What announcements name a record by ([`crate::announce`]): the first
+/// [`SHORT_ID_BYTES`] of its digest.
+pub type ShortId = [u8; SHORT_ID_BYTES];
+
+/// The short id of the record with digest `d`.
+pub fn short_id(d: &RecordDigest) -> ShortId {
+    let mut id = [0; SHORT_ID_BYTES];
+    id.copy_from_slice(&d[..SHORT_ID_BYTES]);
+    id
+}
+
 /// Where a record sits in reconciliation: the time it carries (unix
 /// seconds, its `published`; 0 from a store that cannot tell) and its
 /// digest, compared in that order. The time comes from the record's own
@@ -124,6 +138,19 @@ pub trait RecordStore: Send + Sync {
     /// hashing, as long as the answer is what [`fingerprint`] would give.
     fn fingerprint_of(&self, range: &[RecordKey]) -> Fingerprint {
         fingerprint(range)
+    }
+    /// Those of `ids` (short ids, as announcements name records) that
+    /// match no record held or refused: the ones worth asking for. The
+    /// default looks at the held records' [`keys`](Self::keys) only (one
+    /// pass over them a call); a store that remembers refused records
+    /// should say so here as [`unknown`](Self::unknown) does, or an
+    /// announcer could have it fetch a refused record again and again.
+    fn unknown_short(&self, ids: &[ShortId]) -> Vec<ShortId> {
+        let held: HashSet<ShortId> = self.keys().iter().map(|(_, d)| short_id(d)).collect();
+        ids.iter()
+            .filter(|id| !held.contains(*id))
+            .copied()
+            .collect()
     }
     /// Up to `n` relays the records list, with an address to dial them:
     /// where a client that lost every relay it fetches from turns

@@ -172,7 +172,7 @@ async fn a_peer_gets_only_what_was_announced_to_it_and_bad_frames_close_only_its
         for _ in 0..20 {
             write(
                 &mut out,
-                &Frame::Announce(vec![sync::digest(&news)]).encode(),
+                &Frame::Announce(vec![sync::short_id(&sync::digest(&news))]).encode(),
             )
             .await;
             want = read(&mut back, Duration::from_millis(500)).await;
@@ -183,7 +183,7 @@ async fn a_peer_gets_only_what_was_announced_to_it_and_bad_frames_close_only_its
         let body = want.expect("a want");
         assert_eq!(
             Frame::decode(&body, &limits).unwrap(),
-            Frame::Want(vec![sync::digest(&news)])
+            Frame::Want(vec![sync::short_id(&sync::digest(&news))])
         );
         write(&mut out, &Frame::Records(vec![news.clone()]).encode()).await;
         timeout(Duration::from_secs(10), async {
@@ -198,7 +198,7 @@ async fn a_peer_gets_only_what_was_announced_to_it_and_bad_frames_close_only_its
         // records nobody asked for are not taken.
         write(
             &mut out,
-            &Frame::Want(vec![sync::digest(b"victim-own")]).encode(),
+            &Frame::Want(vec![sync::short_id(&sync::digest(b"victim-own"))]).encode(),
         )
         .await;
         write(
@@ -215,7 +215,7 @@ async fn a_peer_gets_only_what_was_announced_to_it_and_bad_frames_close_only_its
             let frame = Frame::decode(&body, &limits).unwrap();
             assert_eq!(
                 frame,
-                Frame::Want(vec![sync::digest(&news)]),
+                Frame::Want(vec![sync::short_id(&sync::digest(&news))]),
                 "nothing served"
             );
         }
@@ -240,7 +240,7 @@ async fn a_peer_gets_only_what_was_announced_to_it_and_bad_frames_close_only_its
         let later = b"later-news".to_vec();
         write(
             &mut again,
-            &Frame::Announce(vec![sync::digest(&later)]).encode(),
+            &Frame::Announce(vec![sync::short_id(&sync::digest(&later))]).encode(),
         )
         .await;
         let body = read(&mut back, Duration::from_secs(10))
@@ -248,7 +248,7 @@ async fn a_peer_gets_only_what_was_announced_to_it_and_bad_frames_close_only_its
             .expect("a want again");
         assert_eq!(
             Frame::decode(&body, &limits).unwrap(),
-            Frame::Want(vec![sync::digest(&later)]),
+            Frame::Want(vec![sync::short_id(&sync::digest(&later))]),
             "the victim still answers announcements"
         );
         within("stopping the victim", 10, victim.stop()).await;

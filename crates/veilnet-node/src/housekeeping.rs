@@ -22,7 +22,7 @@ use crate::{lock, OwnDescriptor};
 
 /// How often our descriptor is republished when nothing in it changed
 /// ([`veilnet_dir::REPUBLISH_EVERY`], where the reasons are; it stays valid
-/// for [`veilnet_dir::MAX_DESCRIPTOR_AGE`], three periods). A change (a new
+/// for [`veilnet_dir::MAX_DESCRIPTOR_AGE`], two periods). A change (a new
 /// onion key) is republished at the next housekeeping tick instead.
 const REPUBLISH_EVERY: Duration = Duration::from_secs(veilnet_dir::REPUBLISH_EVERY);
 /// The first republication comes this much earlier at most, drawn at random:
@@ -327,8 +327,8 @@ mod tests {
         // Spread, not one instant: both quarters of the window are used.
         let mid = earliest + FIRST_REPUBLISH_JITTER / 2;
         assert!(draws.iter().any(|d| *d < mid) && draws.iter().any(|d| *d > mid));
-        // Still well inside the descriptor's lifetime.
-        assert!(REPUBLISH_EVERY.as_secs() * 2 < veilnet_dir::MAX_DESCRIPTOR_AGE);
+        // A republication may be missed without the descriptor expiring.
+        assert!(REPUBLISH_EVERY.as_secs() * 2 <= veilnet_dir::MAX_DESCRIPTOR_AGE);
     }
 
     #[test]

@@ -599,6 +599,17 @@ impl veilnet_discovery::RecordStore for DirectoryRecords {
         let dir = lock(&self.0);
         digests.iter().filter(|d| !dir.knows(d)).copied().collect()
     }
+    fn unknown_short(
+        &self,
+        ids: &[veilnet_discovery::sync::ShortId],
+    ) -> Vec<veilnet_discovery::sync::ShortId> {
+        let dir = lock(&self.0);
+        ids.iter()
+            .filter(|id| !dir.knows_prefix(&id[..]))
+            .copied()
+            .collect()
+    }
+
     fn relays(&self, n: usize) -> Vec<(PeerId, Multiaddr)> {
         use rand::seq::SliceRandom;
         let mut found: Vec<(PeerId, Multiaddr)> = lock(&self.0)

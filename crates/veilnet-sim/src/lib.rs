@@ -69,7 +69,7 @@ pub struct SimConfig {
     /// so a relay has about twice as many neighbours).
     pub degree: usize,
     /// Minutes between a relay's publications (default: the node's,
-    /// `veilnet_dir::REPUBLISH_EVERY`, 12 h).
+    /// `veilnet_dir::REPUBLISH_EVERY`, 18 h).
     pub republish_mins: f64,
     /// Seconds per slot of the cut every node takes its view at
     /// ([`veilnet_dir::Cut`]; default the public network's, 3600).

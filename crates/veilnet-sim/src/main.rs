@@ -69,7 +69,7 @@ struct DirectoryArgs {
     /// Links each relay opens.
     #[arg(long, default_value_t = SimConfig::default().degree)]
     degree: usize,
-    /// Minutes between a relay's publications (the node's, veilnet_dir::REPUBLISH_EVERY, is 720).
+    /// Minutes between a relay's publications (the node's, veilnet_dir::REPUBLISH_EVERY, is 1080).
     #[arg(long, default_value_t = SimConfig::default().republish_mins)]
     republish_mins: f64,
     /// Seconds per slot of the cut nodes take their view at (the public network's: 3600).

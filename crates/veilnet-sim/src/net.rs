@@ -895,10 +895,6 @@ impl Sim {
                 .expect("our frames are within the limits");
             let back = Frame::decode(&wire[4..4 + body], &self.limits).expect("our frames decode");
             assert!(back == f, "a frame survives encoding");
-            assert!(
-                back.into_message() == *msg,
-                "a frame stands for its message"
-            );
         }
         let payload = if let Some(len) = frame {
             len

@@ -209,7 +209,7 @@ struct Stored {
 pub struct Measurements {
     params: MeasureParams,
     reports: BTreeMap<PeerId, BTreeMap<u64, Stored>>,
-    digests: HashMap<DescriptorDigest, (PeerId, u64)>,
+    digests: BTreeMap<DescriptorDigest, (PeerId, u64)>,
 }
 
 /// What [`Measurements::insert`] did.
@@ -229,7 +229,7 @@ impl Measurements {
         Self {
             params,
             reports: BTreeMap::new(),
-            digests: HashMap::new(),
+            digests: BTreeMap::new(),
         }
     }
 
@@ -252,6 +252,14 @@ impl Measurements {
     /// Whether the report with this digest is held.
     pub fn holds(&self, digest: &DescriptorDigest) -> bool {
         self.digests.contains_key(digest)
+    }
+
+    /// Whether a held report's digest begins with `prefix`.
+    pub fn holds_prefix(&self, prefix: &[u8]) -> bool {
+        self.digests
+            .range(crate::directory::prefix_range(prefix))
+            .next()
+            .is_some()
     }
 
     /// The record of the held report with this digest.
