@@ -19,7 +19,6 @@ use libp2p::{
     },
     tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder,
 };
-use rand::seq::{IteratorRandom, SliceRandom};
 use tokio::{
     sync::{mpsc, oneshot},
     time::{Instant, MissedTickBehavior},
@@ -31,7 +30,7 @@ use crate::{
     budget::AnswerBudget,
     config::{DiscoveryConfig, FetchSlots, RecordProvider},
     error::DiscoveryError,
-    kept::{Kept, NetGroup},
+    kept::{choose_with_own, Kept, NetGroup},
     push::{self, Offered},
     sync::{self, AfterRound, RecordDigest, SyncLimits, SyncMessage, MAX_DIGESTS},
     wants::{Budget, Wants},
@@ -79,7 +78,7 @@ const WALK_INTERVAL: Duration = Duration::from_secs(10);
 /// not walk at all.
 const IDLE_WALK_INTERVAL: Duration = Duration::from_secs(300);
 /// Links other relays chose to us that we keep open
-/// ([`push::Kept`]): twice the links we choose, so that on average every
+/// ([`Kept`]): twice the links we choose, so that on average every
 /// relay's choices are kept, and at most a third of the connection limit.
 fn kept_inbound(target_peers: usize) -> usize {
     (2 * target_peers).min(MAX_ESTABLISHED as usize / 3)
@@ -792,7 +791,10 @@ impl Node {
 
     /// Up to `n` random relays we have no exchange in flight with.
     fn idle_servers(&self, n: usize) -> Vec<PeerId> {
-        self.idle().choose_multiple(&mut rand::thread_rng(), n)
+        // One on a link we chose, if one is idle: whatever our own links
+        // hold reaches us within a round or two.
+        let idle: Vec<PeerId> = self.idle().collect();
+        choose_with_own(&idle, |p| self.kept.is_own(p), n, &mut rand::thread_rng())
     }
 
     /// The relays we serve with that have no exchange of ours in flight.
@@ -974,29 +976,19 @@ impl Node {
             .reduce(|a, b| if a == b { a } else { None })
             .flatten()
             .copied();
-        // Half on links we chose (no one else can place those: Sybils
-        // holding our inbound places cannot swallow them all), the rest on
-        // any. Not all on our own: a relay new to the network has few
-        // links others chose, and would hear of little until its next
-        // reconciliation (the simulator's p50 went from 50 to 290 s).
-        let (own, others): (Vec<PeerId>, Vec<PeerId>) = self
+        // One on a link we chose, the rest on any.
+        let candidates: Vec<PeerId> = self
             .announcers
             .iter()
             .copied()
             .filter(|p| Some(*p) != origin)
-            .partition(|p| self.kept.is_own(p));
-        let rng = &mut rand::thread_rng();
-        let mut peers: Vec<PeerId> = own
-            .choose_multiple(rng, PUSH_FANOUT.div_ceil(2))
-            .copied()
             .collect();
-        let rest = own
-            .iter()
-            .copied()
-            .filter(|p| !peers.contains(p))
-            .chain(others)
-            .choose_multiple(rng, PUSH_FANOUT - peers.len());
-        peers.extend(rest);
+        let peers = choose_with_own(
+            &candidates,
+            |p| self.kept.is_own(p),
+            PUSH_FANOUT,
+            &mut rand::thread_rng(),
+        );
         let now = Instant::now();
         for peer in peers {
             self.offered.entry(peer).or_default().add(&digests, now);

@@ -50,6 +50,9 @@ pub struct SimConfig {
     pub client_interval_s: f64,
     /// Neighbours a relay announces newly accepted records to.
     pub push_fanout: usize,
+    /// How many of those go on links the relay chose itself (the rest on
+    /// any link; the node: one).
+    pub push_own: usize,
     /// Milliseconds a relay collects newly accepted records before
     /// announcing them in one message (0: at once; the node's default is
     /// `[directory] announce_batch_ms`, 10 s).
@@ -121,6 +124,7 @@ impl Default for SimConfig {
             exchange_peers: 3,
             client_interval_s: 3600.0,
             push_fanout: 6,
+            push_own: 1,
             push_delay_ms: 10_000,
             dedup_wants: true,
             push_stream: true,

@@ -55,6 +55,9 @@ struct DirectoryArgs {
     /// Neighbours a relay announces new records to.
     #[arg(long, default_value_t = SimConfig::default().push_fanout)]
     push_fanout: usize,
+    /// How many of those go on links the relay chose (the node: one).
+    #[arg(long, default_value_t = SimConfig::default().push_own)]
+    push_own: usize,
     /// Milliseconds a relay gathers new records before announcing them (the node: 1000).
     #[arg(long, default_value_t = SimConfig::default().push_delay_ms)]
     push_delay_ms: u64,
@@ -134,6 +137,7 @@ impl DirectoryArgs {
             exchange_peers: self.exchange_peers,
             client_interval_s: self.client_interval,
             push_fanout: self.push_fanout,
+            push_own: self.push_own,
             push_delay_ms: self.push_delay_ms,
             dedup_wants: self.dedup_wants,
             push_stream: self.push_stream,

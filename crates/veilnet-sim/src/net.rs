@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use veilnet_dir::MAX_DESCRIPTOR_AGE;
 use veilnet_discovery::announce::{Frame, ANNOUNCE_PROTOCOL};
 use veilnet_discovery::sync::{self, AfterRound, SyncLimits, SyncMessage};
-use veilnet_discovery::{DiscoveryConfig, MAX_MESSAGE_BYTES, SYNC_PROTOCOL};
+use veilnet_discovery::{choose_with_own, DiscoveryConfig, MAX_MESSAGE_BYTES, SYNC_PROTOCOL};
 
 use crate::records::{log_normal, AddressPlan, Record, RecordId, Records, Relay, EPOCH_UNIX};
 use crate::view::{Offer, Store, View};
@@ -700,7 +700,8 @@ impl Sim {
         }
         let msg = Rc::new(sync::announce(&digests));
         let from = node.push_from.take();
-        // Half on links it chose, the rest on any, as the node.
+        // `push_own` on links it chose, the rest on any (the node: one,
+        // `choose_with_own`).
         let (own, others): (Vec<u32>, Vec<u32>) = node
             .neighbours
             .iter()
@@ -708,7 +709,7 @@ impl Sim {
             .filter(|&p| Some(p) != from)
             .partition(|p| node.chosen.contains(p));
         let mut peers: Vec<u32> = own
-            .choose_multiple(&mut self.rng, self.cfg.push_fanout.div_ceil(2))
+            .choose_multiple(&mut self.rng, self.cfg.push_own.min(self.cfg.push_fanout))
             .copied()
             .collect();
         let more = self.cfg.push_fanout.saturating_sub(peers.len());
@@ -735,10 +736,13 @@ impl Sim {
                 .copied()
                 .filter(|p| !node.in_flight.contains(p))
                 .collect();
-            let peers: Vec<u32> = free
-                .choose_multiple(&mut self.rng, self.cfg.exchange_peers)
-                .copied()
-                .collect();
+            // One on a link it chose, if one is free, as the node.
+            let peers = choose_with_own(
+                &free,
+                |p| node.chosen.contains(p),
+                self.cfg.exchange_peers,
+                &mut self.rng,
+            );
             // Our pings on every link since the last round.
             let ping = (PING_BYTES as f64 * self.cfg.exchange_interval_s
                 / veilnet_discovery::PING_INTERVAL.as_secs_f64()) as u64;
