@@ -16,6 +16,12 @@
 //! read as "we agree"), which then tries elsewhere. A peer's bucket
 //! outlives its connection until it has refilled, so reconnecting does not
 //! refill it (a new identity does: the total bucket bounds that).
+//!
+//! The node keys the buckets by the asker's network (`NetGroup`: a /16,
+//! or the peer itself on loopback), so identities made in one network
+//! share one bucket, and a link the node chose is not refused by the total
+//! (it is charged to it): strangers that drain the total still leave the
+//! relay's own links their answers.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -77,23 +83,25 @@ impl<P> Default for AnswerBudget<P> {
 }
 
 impl<P: Copy + Eq + Hash> AnswerBudget<P> {
-    /// Whether `peer`'s bucket and the total one both hold `bytes` now.
-    pub(crate) fn allows(&mut self, peer: P, bytes: usize, now: Instant) -> bool {
+    /// Whether `peer`'s bucket and the total one both hold `bytes` now
+    /// (only `peer`'s for a link of `ours`).
+    pub(crate) fn allows(&mut self, peer: P, bytes: usize, now: Instant, ours: bool) -> bool {
         let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
         let (mine, total) = self.refilled(peer, now);
-        mine.tokens >= bytes && total.tokens >= bytes
+        mine.tokens >= bytes && (ours || total.tokens >= bytes)
     }
 
     /// Takes `bytes` from `peer`'s bucket and the total one if both hold
-    /// them; false (and nothing taken) otherwise.
-    pub(crate) fn take(&mut self, peer: P, bytes: usize, now: Instant) -> bool {
+    /// them (for `ours`, if `peer`'s does; the total gives what it has);
+    /// false (and nothing taken) otherwise.
+    pub(crate) fn take(&mut self, peer: P, bytes: usize, now: Instant, ours: bool) -> bool {
         let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
         let (mine, total) = self.refilled(peer, now);
-        if mine.tokens < bytes || total.tokens < bytes {
+        if mine.tokens < bytes || (!ours && total.tokens < bytes) {
             return false;
         }
         mine.tokens -= bytes;
-        total.tokens -= bytes;
+        total.tokens = total.tokens.saturating_sub(bytes);
         true
     }
 
@@ -142,17 +150,17 @@ mod tests {
         let mut b = AnswerBudget::default();
         let mb = 1024 * 1024;
         for _ in 0..8 {
-            assert!(b.take(1u32, mb, t0));
+            assert!(b.take(1u32, mb, t0, false));
         }
-        assert!(!b.take(1, 1, t0), "the burst is spent");
+        assert!(!b.take(1, 1, t0, false), "the burst is spent");
         // one second later: one second's worth
         let t1 = t0 + Duration::from_secs(1);
-        assert!(b.take(1, PER_PEER_RATE as usize, t1));
-        assert!(!b.take(1, 1, t1));
+        assert!(b.take(1, PER_PEER_RATE as usize, t1, false));
+        assert!(!b.take(1, 1, t1, false));
         // other peers have their own buckets, up to the total
         let mut got = 0;
         for peer in 2..100u32 {
-            if b.take(peer, 4 * mb, t1) {
+            if b.take(peer, 4 * mb, t1, false) {
                 got += 4 * mb;
             }
         }
@@ -160,9 +168,29 @@ mod tests {
         assert!(got as u64 >= TOTAL_BURST - 8 * mb as u64 - 4 * mb as u64);
         // the total refills at its own rate
         let t2 = t1 + Duration::from_secs(2);
-        assert!(!b.take(3, 4 * mb, t2));
-        assert!(b.take(3, (2 * PER_PEER_RATE) as usize, t2 + Duration::from_secs(2)));
-        assert!(!b.allows(1, 1024 * 1024, t2));
+        assert!(!b.take(3, 4 * mb, t2, false));
+        assert!(b.take(
+            3,
+            (2 * PER_PEER_RATE) as usize,
+            t2 + Duration::from_secs(2),
+            false
+        ));
+        assert!(!b.allows(1, 1024 * 1024, t2, false));
         assert_eq!(b.len(), 99);
+    }
+
+    #[test]
+    fn strangers_that_drain_the_total_leave_our_own_links_their_answers() {
+        let t0 = Instant::now();
+        let mut b = AnswerBudget::default();
+        let mb = 1024 * 1024;
+        for peer in 1..=4u32 {
+            assert!(b.take(peer, 8 * mb, t0, false));
+        }
+        assert!(!b.allows(5, mb, t0, false), "the total is spent");
+        // A link we chose still draws on its own bucket, and only on that.
+        assert!(b.allows(6, mb, t0, true));
+        assert!(b.take(6, 8 * mb, t0, true));
+        assert!(!b.take(6, 1, t0, true));
     }
 }

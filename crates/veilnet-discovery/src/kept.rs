@@ -27,6 +27,20 @@ use rand::{
     Rng,
 };
 
+/// Whether `addr` is in the same network as one of `others` (never for
+/// an address counted per peer: loopback, private).
+pub(crate) fn shares_network<'a>(
+    addr: &Multiaddr,
+    others: impl IntoIterator<Item = &'a Multiaddr>,
+) -> bool {
+    let Some(group) = NetGroup::network(addr) else {
+        return false;
+    };
+    others
+        .into_iter()
+        .any(|o| NetGroup::network(o) == Some(group))
+}
+
 /// `n` of `peers` at random, one of them (if `peers` has one) a peer that
 /// `own` says we chose: an attacker holding every inbound place still
 /// cannot take a whole announcement or reconciliation round. Only one:
@@ -71,6 +85,11 @@ pub(crate) enum NetGroup {
 
 impl NetGroup {
     pub(crate) fn of(addr: &Multiaddr, peer: PeerId) -> NetGroup {
+        NetGroup::network(addr).unwrap_or(NetGroup::Peer(peer))
+    }
+
+    /// The network of a public address; `None` for one counted per peer.
+    pub(crate) fn network(addr: &Multiaddr) -> Option<NetGroup> {
         let ip = addr.iter().find_map(|p| match p {
             Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
             Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
@@ -84,7 +103,7 @@ impl NetGroup {
                     || ip.is_unspecified()) =>
             {
                 let o = ip.octets();
-                NetGroup::V4([o[0], o[1]])
+                Some(NetGroup::V4([o[0], o[1]]))
             }
             Some(IpAddr::V6(ip))
                 if !(ip.is_loopback()
@@ -94,9 +113,9 @@ impl NetGroup {
                     || (ip.segments()[0] & 0xffc0) == 0xfe80) =>
             {
                 let o = ip.octets();
-                NetGroup::V6([o[0], o[1], o[2], o[3]])
+                Some(NetGroup::V6([o[0], o[1], o[2], o[3]]))
             }
-            _ => NetGroup::Peer(peer),
+            _ => None,
         }
     }
 }
@@ -312,6 +331,18 @@ mod tests {
                 evicted: None
             }
         );
+    }
+
+    #[test]
+    fn a_network_holds_one_link_of_our_choosing() {
+        let a = |s: &str| -> Multiaddr { s.parse().unwrap() };
+        let ours = [a("/ip4/203.0.113.7/tcp/1"), a("/ip6/2001:db8:1::1/tcp/1")];
+        assert!(shares_network(&a("/ip4/203.0.9.9/tcp/2"), &ours));
+        assert!(shares_network(&a("/ip6/2001:db8:ffff::2/tcp/2"), &ours));
+        assert!(!shares_network(&a("/ip4/198.51.100.1/tcp/2"), &ours));
+        let local = [a("/ip4/127.0.0.1/tcp/1"), a("/ip4/10.0.0.1/tcp/1")];
+        assert!(!shares_network(&a("/ip4/127.0.0.1/tcp/2"), &local));
+        assert!(!shares_network(&a("/ip4/10.0.0.1/tcp/2"), &local));
     }
 
     #[test]

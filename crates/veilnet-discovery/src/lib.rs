@@ -5,6 +5,7 @@ pub mod announce;
 pub mod budget;
 mod config;
 mod error;
+mod inbound;
 mod kept;
 mod node;
 mod push;

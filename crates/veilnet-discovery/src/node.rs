@@ -30,7 +30,8 @@ use crate::{
     budget::AnswerBudget,
     config::{DiscoveryConfig, FetchSlots, RecordProvider},
     error::DiscoveryError,
-    kept::{choose_with_own, Kept, NetGroup},
+    inbound,
+    kept::{self, choose_with_own, Kept, NetGroup},
     push::{self, Offered},
     sync::{self, AfterRound, RecordDigest, SyncLimits, SyncMessage, MAX_DIGESTS},
     wants::{Budget, Wants},
@@ -93,6 +94,10 @@ const MAX_IDENTIFY_ADDRS: usize = 8;
 const MAX_PENDING: u32 = 32;
 /// Established connections allowed per peer.
 const MAX_PER_PEER: u32 = 2;
+/// Connections kept for our own dials, which inbound ones cannot take:
+/// the links we choose (`target_peers`, 8 by default), fetches and
+/// lookups.
+const OUTBOUND_RESERVE: u32 = 16;
 /// First wait before a node with no connections dials its bootstrap and
 /// known peers again (they may have started after it, or the network may
 /// have been down); the wait doubles after each try up to [`REDIAL_MAX`].
@@ -196,6 +201,7 @@ impl DiscoveryHandle {
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     limits: connection_limits::Behaviour,
+    networks: inbound::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -361,6 +367,7 @@ fn build_swarm(
 
             let limits_cfg = ConnectionLimits::default()
                 .with_max_established(Some(MAX_ESTABLISHED))
+                .with_max_established_incoming(Some(MAX_ESTABLISHED - OUTBOUND_RESERVE))
                 .with_max_established_per_peer(Some(MAX_PER_PEER))
                 .with_max_pending_incoming(Some(MAX_PENDING))
                 .with_max_pending_outgoing(Some(MAX_PENDING));
@@ -413,6 +420,7 @@ fn build_swarm(
 
             Behaviour {
                 limits: connection_limits::Behaviour::new(limits_cfg),
+                networks: inbound::Behaviour::default(),
                 identify,
                 ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
                 kad,
@@ -532,8 +540,8 @@ struct Node {
     delivered_by: HashMap<RecordDigest, PeerId>,
     /// The same for the window before.
     delivered_before: HashMap<RecordDigest, PeerId>,
-    /// Bytes of answers to reconciliation requests, per peer and in all.
-    answers: AnswerBudget<PeerId>,
+    /// Bytes of answers to reconciliation requests, per network and in all.
+    answers: AnswerBudget<NetGroup>,
     /// When a client tries another relay after a failed fetch.
     refetch_at: Option<Instant>,
     /// Whether any exchange of ours was answered yet.
@@ -718,12 +726,14 @@ impl Node {
 
     /// Makes `peer` a link of our choosing if we hold fewer than
     /// `target_peers`: dials it if we are not connected and are below the
-    /// connection limit, or takes a link we dialed already (a Kademlia
-    /// query's) as one. Each node keeps a few links of its own choosing and
-    /// accepts others', so its connections (and their pings, identify and
-    /// reconciliation) do not grow with the network. A client that fetches
-    /// from its fetch relays chooses no links.
-    fn maybe_dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+    /// connection limit, or, if `adopt`, takes a link we dialed already (a
+    /// walk's query's) as one. Each node keeps a few links of its own
+    /// choosing and accepts others', so its connections (and their pings,
+    /// identify and reconciliation) do not grow with the network. At most
+    /// one chosen link per network ([`NetGroup`]): whoever answers our
+    /// walks cannot fill them from one. A client that fetches from its
+    /// fetch relays chooses no links.
+    fn maybe_dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, adopt: bool) {
         if peer == *self.swarm.local_peer_id()
             || self.chosen.contains(&peer)
             || !self.wants_peers()
@@ -731,8 +741,16 @@ impl Node {
         {
             return;
         }
+        let addr = self.connected.get(&peer).map(|c| &c.addr).or(addrs.first());
+        let ours = self
+            .chosen
+            .iter()
+            .filter_map(|c| self.connected.get(c).map(|s| &s.addr));
+        if addr.is_some_and(|a| kept::shares_network(a, ours)) {
+            return;
+        }
         if let Some(state) = self.connected.get(&peer) {
-            if state.dialed {
+            if state.dialed && adopt {
                 self.chosen.insert(peer);
                 self.keep(peer);
             }
@@ -882,6 +900,57 @@ impl Node {
         }
     }
 
+    /// Whether our directory lists relays but not `peer` among them.
+    fn unlisted(&self, peer: &PeerId) -> bool {
+        self.provider.lists_relay(peer) == Some(false) && !self.provider.relays(1).is_empty()
+    }
+
+    /// After a complete fetch: fetch relays the directory we now hold does
+    /// not list are dropped (any key can claim to serve it; the first
+    /// relays a client meets are its bootstrap peers' choice) and, while
+    /// there are fewer than [`FETCH_RELAYS`], relays it lists are taken or
+    /// dialed.
+    fn drop_unlisted_fetch_relays(&mut self) {
+        let unlisted: Vec<PeerId> = self
+            .fetch_relays
+            .iter()
+            .map(|r| r.peer)
+            .filter(|p| self.unlisted(p))
+            .collect();
+        if !unlisted.is_empty() {
+            debug!(
+                dropped = unlisted.len(),
+                "fetch relays the directory does not list: dropped"
+            );
+            self.fetch_relays.retain(|r| !unlisted.contains(&r.peer));
+        }
+        if self.fetch_relays.len() >= FETCH_RELAYS {
+            return;
+        }
+        for (p, addr) in self.provider.relays(FETCH_RELAYS) {
+            if self.fetch_relays.iter().any(|r| r.peer == p) {
+                continue;
+            }
+            match self.connected.get(&p) {
+                // Connected and serving already: taken now (identify,
+                // which takes fetch relays, has been and gone).
+                Some(state) if state.dialed && self.servers.contains(&p) => {
+                    if self.fetch_relays.len() < FETCH_RELAYS {
+                        self.fetch_relays.push(FetchRelay {
+                            peer: p,
+                            addr: state.addr.clone(),
+                            failures: 0,
+                        });
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    dial(&mut self.swarm, p, vec![addr]);
+                }
+            }
+        }
+    }
+
     /// A dial of a fetch relay or an exchange with one failed: after
     /// [`FETCH_RELAY_FAILURES`] in a row it is forgotten, and with none
     /// left the client dials relays from its directory (or, with none
@@ -897,11 +966,14 @@ impl Node {
         debug!(%peer, "forgetting a fetch relay that failed {FETCH_RELAY_FAILURES} times in a row");
         self.fetch_relays.retain(|r| r.peer != peer);
         if self.fetch_relays.is_empty() {
-            let relays = self.provider.relays(FETCH_RELAYS);
+            let mut relays = self.provider.relays(FETCH_RELAYS);
             debug!(
                 found = relays.len(),
                 "no fetch relay left: dialing relays from the directory"
             );
+            if relays.is_empty() {
+                relays = self.entry.clone();
+            }
             for (p, addr) in relays {
                 dial(&mut self.swarm, p, vec![addr]);
             }
@@ -1050,8 +1122,9 @@ impl Node {
                     .iter()
                     .map(announce::stand_in)
                     .collect();
+                let own = self.kept.is_own(&peer);
                 self.wants
-                    .claim_within(peer, &mut want, now, Budget::ANNOUNCED);
+                    .claim_within(peer, &mut want, now, Budget::ANNOUNCED.on_own(own));
                 if !want.is_empty() {
                     let ids = want.iter().map(announce::short_id).collect();
                     self.send_frame(peer, Frame::Want(ids).encode());
@@ -1306,6 +1379,7 @@ impl Node {
                             && state.dialed
                             && self.fetch_relays.len() < FETCH_RELAYS
                             && !self.fetch_relays.iter().any(|r| r.peer == peer_id)
+                            && !self.unlisted(&peer_id)
                         {
                             self.fetch_relays.push(FetchRelay {
                                 peer: peer_id,
@@ -1335,8 +1409,10 @@ impl Node {
             BehaviourEvent::Kad(kad::Event::RoutingUpdated {
                 peer, addresses, ..
             }) => {
+                // Not a Kademlia query's own dial: those are not ours to
+                // keep (anyone can be in a query's path).
                 let addrs = addresses.into_vec();
-                self.maybe_dial(peer, addrs);
+                self.maybe_dial(peer, addrs, false);
             }
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { result, .. }) => {
                 let peers = match result {
@@ -1351,7 +1427,7 @@ impl Node {
                     _ => return,
                 };
                 for p in peers {
-                    self.maybe_dial(p.peer_id, p.addrs);
+                    self.maybe_dial(p.peer_id, p.addrs, true);
                 }
             }
             _ => {}
@@ -1375,7 +1451,14 @@ impl Node {
                 // budget, the request fails at the peer: an empty answer
                 // would read as "we agree".
                 let least = sync::answer_cost(&*self.provider, &request, &SyncMessage::default());
-                if !self.answers.allows(peer, least, now) {
+                // Budgets by network; a link we chose is not refused by the
+                // total that strangers can drain.
+                let asker = self
+                    .connected
+                    .get(&peer)
+                    .map_or(NetGroup::Peer(peer), |c| NetGroup::of(&c.addr, peer));
+                let ours = self.kept.is_own(&peer);
+                if !self.answers.allows(asker, least, now, ours) {
                     debug!(%peer, least, "request over the peer's answer budget: refused");
                     drop(channel);
                     return;
@@ -1383,12 +1466,22 @@ impl Node {
                 let mut response = sync::process(&*self.provider, &request, &self.limits);
                 let cost = sync::answer_cost(&*self.provider, &request, &response);
                 self.deliver(peer, request.records);
-                if !self.answers.take(peer, cost, now) {
+                if !self.answers.take(asker, cost, now, ours) {
                     debug!(%peer, cost, "answer over the peer's answer budget: refused");
                     drop(channel);
                     return;
                 }
-                self.wants.claim(peer, &mut response.want, now);
+                // A stranger's unasked exchange claims from a smaller
+                // share than ours (`Budget::ANSWERED`).
+                // (Never a digest shaped as an announcement's stand-in: a
+                // real one is that by a chance of 2^-192.)
+                response.want.retain(|d| !announce::is_stand_in(d));
+                self.wants.claim_within(
+                    peer,
+                    &mut response.want,
+                    now,
+                    Budget::ANSWERED.on_own(ours),
+                );
                 if self
                     .swarm
                     .behaviour_mut()
@@ -1421,7 +1514,14 @@ impl Node {
                     AfterRound::Continue => {
                         // Claimed only when sent: a want we keep to
                         // ourselves would hold the record back from others.
-                        self.wants.claim(peer, &mut next.want, Instant::now());
+                        next.want.retain(|d| !announce::is_stand_in(d));
+                        let own = self.kept.is_own(&peer);
+                        self.wants.claim_within(
+                            peer,
+                            &mut next.want,
+                            Instant::now(),
+                            Budget::RECONCILE.on_own(own),
+                        );
                         if !next.is_empty() {
                             self.send_sync(peer, next, round + 1);
                         }
@@ -1431,7 +1531,14 @@ impl Node {
                         self.send_sync(peer, fresh, round + 1);
                     }
                     AfterRound::Stop => {
-                        if !self.synced {
+                        // Complete: an exchange of ours (not a plain want,
+                        // not an answer we no longer wait for) that ended
+                        // with nothing left, not at the round cap.
+                        let complete = round != usize::MAX && next.is_empty();
+                        if complete && self.has_fetch_slots() {
+                            self.drop_unlisted_fetch_relays();
+                        }
+                        if !self.synced && complete {
                             self.synced = true;
                             // A relay's first complete exchange brought the
                             // directory from one link; one round with others

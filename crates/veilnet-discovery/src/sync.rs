@@ -161,6 +161,14 @@ pub trait RecordStore: Send + Sync {
         let _ = n;
         Vec::new()
     }
+    /// Whether the records list `peer` as a usable relay; `None` if the
+    /// store cannot tell (the default). A client whose store lists relays
+    /// fetches only from listed ones: any key can claim to serve the
+    /// directory.
+    fn lists_relay(&self, peer: &libp2p::PeerId) -> Option<bool> {
+        let _ = peer;
+        None
+    }
 }
 
 /// What a range of the key space `[lower, upper)` carries.

@@ -43,14 +43,24 @@ pub(crate) struct Budget {
     /// Whether a peer that let a want time out in the last
     /// [`LATE_MEMORY`] may be asked first.
     pub(crate) late_peers: bool,
+    /// Whether the peer is on a link we chose: as an offerer it takes the
+    /// place of one that is not when the [`MAX_OFFERERS`] are full, and is
+    /// asked before them (strangers who announce first cannot fill them).
+    pub(crate) own: bool,
 }
 
 impl Budget {
-    /// Reconciliation, which we start or answer: the whole set.
+    /// This budget for a peer on a link we chose (or not).
+    pub(crate) fn on_own(self, own: bool) -> Budget {
+        Budget { own, ..self }
+    }
+
+    /// Reconciliation, which we start: the whole set.
     pub(crate) const RECONCILE: Budget = Budget {
         per_peer: MAX_ASKED_PER_PEER,
         total: MAX_WANTS,
         late_peers: true,
+        own: false,
     };
     /// An announcement, which any peer may send unasked: a small share
     /// per peer and half the set in all, so announcers (Sybils among them)
@@ -64,6 +74,19 @@ impl Budget {
         per_peer: MAX_ANNOUNCED_PER_PEER,
         total: MAX_WANTS / 2,
         late_peers: false,
+        own: false,
+    };
+    /// An exchange a peer started, whose list shows records we lack: any
+    /// identity may send one unasked, listing digests that exist nowhere,
+    /// so it gets a quarter of the set in all and a small share per peer
+    /// (what it holds back comes in our own rounds). With announcements'
+    /// half, the exchanges we start keep at least a quarter of the set
+    /// whatever strangers send.
+    pub(crate) const ANSWERED: Budget = Budget {
+        per_peer: MAX_DIGESTS / 4,
+        total: MAX_WANTS / 4,
+        late_peers: false,
+        own: false,
     };
 }
 
@@ -80,7 +103,7 @@ struct Want<P> {
     asked: P,
     at: Instant,
     /// Others that offered it since, to ask in turn.
-    offerers: Vec<P>,
+    offerers: Vec<(P, bool)>,
 }
 
 /// The global set of records asked for (see the module docs).
@@ -103,15 +126,17 @@ impl<P> Default for Wants<P> {
 }
 
 impl<P: Copy + Eq + Hash> Wants<P> {
-    /// `want` is what reconciliation would ask `peer` for; keeps in it only
-    /// the digests nobody is being asked for (and that fit the bounds), and
-    /// notes them as asked of `peer`. For the others, `peer` is remembered
-    /// as an offerer to ask later if the peer asked does not deliver.
+    /// [`claim_within`](Self::claim_within) the budget of exchanges we
+    /// start.
+    #[cfg(test)]
     pub(crate) fn claim(&mut self, peer: P, want: &mut Vec<RecordDigest>, now: Instant) {
         self.claim_within(peer, want, now, Budget::RECONCILE);
     }
 
-    /// [`claim`](Self::claim) within `budget`.
+    /// `want` is what we would ask `peer` for; keeps in it only the digests
+    /// nobody is being asked for (and that fit `budget`), and notes them as
+    /// asked of `peer`. For the others, `peer` is remembered as an offerer
+    /// to ask later if the peer asked does not deliver.
     pub(crate) fn claim_within(
         &mut self,
         peer: P,
@@ -126,9 +151,16 @@ impl<P: Copy + Eq + Hash> Wants<P> {
                 .is_some_and(|t| now.saturating_duration_since(*t) < LATE_MEMORY);
         want.retain(|d| {
             if let Some(w) = self.wants.get_mut(d) {
-                if w.asked != peer && !w.offerers.contains(&peer) && w.offerers.len() < MAX_OFFERERS
-                {
-                    w.offerers.push(peer);
+                if w.asked != peer && !w.offerers.iter().any(|(p, _)| *p == peer) {
+                    if w.offerers.len() < MAX_OFFERERS {
+                        w.offerers.push((peer, budget.own));
+                    } else if budget.own {
+                        if let Some(o) = w.offerers.iter_mut().rev().find(|(_, own)| !own) {
+                            *o = (peer, true);
+                        }
+                    }
+                    // Ours are asked first, in the order they came.
+                    w.offerers.sort_by_key(|(_, own)| !own);
                 }
                 // Asking the same peer twice (a repeated announcement, the
                 // next round of an exchange) is harmless; anyone else waits.
@@ -189,11 +221,11 @@ impl<P: Copy + Eq + Hash> Wants<P> {
     /// `peer` went away: what it was asked for goes to the next offerer at
     /// once, and it is no longer an offerer of anything. Returns what to ask
     /// of whom, as [`expire`](Self::expire) does.
+    /// It stays late if it was (a reconnection does not clear that).
     pub(crate) fn peer_gone(&mut self, peer: P, now: Instant) -> Vec<(P, Vec<RecordDigest>)> {
-        self.late.remove(&peer);
         let mut mine = Vec::new();
         for (d, w) in &mut self.wants {
-            w.offerers.retain(|p| *p != peer);
+            w.offerers.retain(|(p, _)| *p != peer);
             if w.asked == peer {
                 mine.push(*d);
             }
@@ -228,7 +260,7 @@ impl<P: Copy + Eq + Hash> Wants<P> {
             self.forget_ask(w.asked);
             // The first offerer with room is asked; the rest wait behind it.
             while !w.offerers.is_empty() {
-                let next = w.offerers.remove(0);
+                let (next, _) = w.offerers.remove(0);
                 if self.asked_of.get(&next).copied().unwrap_or(0) < MAX_ASKED_PER_PEER {
                     *self.asked_of.entry(next).or_default() += 1;
                     asks.entry(next).or_default().push(d);
@@ -419,6 +451,74 @@ mod tests {
             .collect();
         wants.claim(999, &mut want, t0);
         assert_eq!(want.len(), MAX_ASKED_PER_PEER);
+    }
+
+    #[test]
+    fn strangers_that_never_deliver_leave_our_own_exchanges_their_share() {
+        let mut wants = Wants::default();
+        let t0 = Instant::now();
+        let digest = |peer: u32, i: u32| {
+            let mut d = [0u8; 32];
+            d[..4].copy_from_slice(&peer.to_be_bytes());
+            d[4..8].copy_from_slice(&i.to_be_bytes());
+            d
+        };
+        let many = |peer: u32| -> Vec<RecordDigest> {
+            (0..MAX_DIGESTS as u32).map(|i| digest(peer, i)).collect()
+        };
+        // Exchanges strangers start, listing digests nobody has: a small
+        // share each, a quarter of the set in all.
+        let mut want = many(1);
+        wants.claim_within(1, &mut want, t0, Budget::ANSWERED);
+        assert_eq!(want.len(), MAX_DIGESTS / 4);
+        for peer in 2..40 {
+            wants.claim_within(peer, &mut many(peer), t0, Budget::ANSWERED);
+        }
+        assert_eq!(wants.wants.len(), MAX_WANTS / 4);
+        // Announcers fill the set to half, no more.
+        for peer in 100..140 {
+            wants.claim_within(peer, &mut many(peer), t0, Budget::ANNOUNCED);
+        }
+        assert_eq!(wants.wants.len(), MAX_WANTS / 2);
+        // An exchange of ours still gets a whole peer's share.
+        let mut want = many(999);
+        want.extend(many(998));
+        wants.claim(999, &mut want, t0);
+        assert_eq!(want.len(), MAX_ASKED_PER_PEER);
+    }
+
+    #[test]
+    fn strangers_announcing_first_do_not_keep_our_own_links_from_offering() {
+        let mut wants = Wants::default();
+        let t0 = Instant::now();
+        let d = [7u8; 32];
+        // Four strangers announce it first: one asked, three offerers.
+        for peer in 1..=4u32 {
+            wants.claim_within(peer, &mut vec![d], t0, Budget::ANNOUNCED);
+        }
+        // A link we chose offers it too: it takes a stranger's place, and
+        // is asked next when the first stranger does not deliver.
+        let mut want = vec![d];
+        wants.claim_within(9, &mut want, t0, Budget::ANNOUNCED.on_own(true));
+        assert!(want.is_empty(), "someone is asked already");
+        assert_eq!(wants.expire(t0 + WANT_TIMEOUT), vec![(9, vec![d])]);
+    }
+
+    #[test]
+    fn a_late_peer_stays_late_when_it_reconnects() {
+        let mut wants = Wants::default();
+        let t0 = Instant::now();
+        let mut want = vec![[1; 32]];
+        wants.claim_within(1u32, &mut want, t0, Budget::ANNOUNCED);
+        let t1 = t0 + WANT_TIMEOUT;
+        wants.expire(t1);
+        wants.peer_gone(1, t1);
+        let mut want = vec![[2; 32]];
+        wants.claim_within(1, &mut want, t1, Budget::ANNOUNCED);
+        assert!(want.is_empty());
+        let mut want = vec![[2; 32]];
+        wants.claim_within(1, &mut want, t1, Budget::ANSWERED);
+        assert!(want.is_empty());
     }
 
     #[test]

@@ -230,6 +230,8 @@ async fn a_client_with_fetch_slots_connects_and_reconciles_only_at_them() {
 struct Listing {
     records: RecordProvider,
     relay: (libp2p::PeerId, libp2p::Multiaddr),
+    /// Whether it says which relays it lists (else it cannot tell).
+    tells: bool,
 }
 
 impl veilnet_discovery::RecordStore for Listing {
@@ -247,6 +249,9 @@ impl veilnet_discovery::RecordStore for Listing {
     }
     fn relays(&self, n: usize) -> Vec<(libp2p::PeerId, libp2p::Multiaddr)> {
         vec![self.relay.clone()].into_iter().take(n).collect()
+    }
+    fn lists_relay(&self, peer: &libp2p::PeerId) -> Option<bool> {
+        self.tells.then_some(*peer == self.relay.0)
     }
 }
 
@@ -277,6 +282,7 @@ async fn a_client_that_loses_its_fetch_relay_turns_to_a_relay_its_directory_list
         let listing = Listing {
             records,
             relay: (listed.peer_id, listed.addr.clone()),
+            tells: false,
         };
         let (client, mut events) = spawn(cfg, Arc::new(listing)).await.unwrap();
         let learned = |want: &'static [u8]| {
@@ -307,6 +313,68 @@ async fn a_client_that_loses_its_fetch_relay_turns_to_a_relay_its_directory_list
             .await
             .expect("the client fetches from the relay its store lists");
         client.shutdown().await;
+        listed.stop().await;
+        collect.await.unwrap();
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaves_a_fetch_relay_its_directory_does_not_list_for_one_it_does() {
+    // The bootstrap relay serves the directory but is not in it (any key
+    // can claim to serve): after the first complete fetch the client
+    // drops it and fetches from the relay the directory lists, which it
+    // was never told of otherwise. The bootstrap relay stays up.
+    let slots = veilnet_discovery::FetchSlots {
+        every: Duration::from_secs(2),
+        from: Duration::from_millis(500),
+        to: Duration::from_millis(1500),
+    };
+    timeout(Duration::from_secs(60), async {
+        let first =
+            TestNode::start(b"first".to_vec(), vec![], Duration::from_secs(3600), true).await;
+        let listed =
+            TestNode::start(b"listed".to_vec(), vec![], Duration::from_secs(3600), true).await;
+        let mut cfg = DiscoveryConfig::new(Keypair::generate_ed25519());
+        cfg.client_only = true;
+        cfg.bootstrap = vec![first.addr.clone()];
+        cfg.client_fetch = Some(slots);
+        let known = Arc::new(Mutex::new(HashSet::<Vec<u8>>::new()));
+        let k = known.clone();
+        let records: RecordProvider = Arc::new(move || k.lock().unwrap().iter().cloned().collect());
+        let listing = Listing {
+            records,
+            relay: (listed.peer_id, listed.addr.clone()),
+            tells: true,
+        };
+        let (client, mut events) = spawn(cfg, Arc::new(listing)).await.unwrap();
+        let learned = |want: &'static [u8]| {
+            let known = known.clone();
+            async move {
+                while !known.lock().unwrap().contains(want) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        let collect = tokio::spawn({
+            let known = known.clone();
+            async move {
+                while let Some(ev) = events.recv().await {
+                    if let DiscoveryEvent::Records { records, .. } = ev {
+                        known.lock().unwrap().extend(records);
+                    }
+                }
+            }
+        });
+        timeout(Duration::from_secs(10), learned(b"first"))
+            .await
+            .expect("the first fetch, from the bootstrap relay");
+        timeout(Duration::from_secs(20), learned(b"listed"))
+            .await
+            .expect("the client fetches from the relay its directory lists");
+        client.shutdown().await;
+        first.stop().await;
         listed.stop().await;
         collect.await.unwrap();
     })

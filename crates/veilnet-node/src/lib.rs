@@ -635,6 +635,14 @@ impl veilnet_discovery::RecordStore for DirectoryRecords {
         picked.extend(rest.into_iter().take(n - picked.len()));
         picked
     }
+
+    fn lists_relay(&self, peer: &PeerId) -> Option<bool> {
+        Some(
+            lock(&self.0)
+                .get(peer)
+                .is_some_and(veilnet_dir::path::is_usable_relay),
+        )
+    }
 }
 
 #[cfg(test)]
