@@ -17,5 +17,8 @@ pub use keys::{
     ONION_KEY_LIFETIME, ONION_KEY_ROTATE_BEFORE, ONION_KEY_SIGNATURE_CONTEXT,
     PREVIOUS_ONION_KEY_FILE,
 };
-pub use peers::{load_peers, save_peers, MAX_PEERS, PEERS_FILE};
+pub use peers::{
+    load_fetch_relays, load_peers, save_fetch_relays, save_peers, FETCH_RELAYS_FILE, MAX_PEERS,
+    PEERS_FILE,
+};
 pub use state::{load_state, save_state};

@@ -1,5 +1,7 @@
 //! The list of known peers, `peers.json`, kept across restarts so that a node
-//! does not depend on its bootstrap nodes every time it starts.
+//! does not depend on its bootstrap nodes every time it starts; and, in the
+//! same form, a client's fetch relays, `fetch-relays.json` (its directory
+//! guards: it goes back to them, not to new relays, after a restart).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -13,6 +15,8 @@ use crate::ConfigError;
 
 /// File name of the known-peers list.
 pub const PEERS_FILE: &str = "peers.json";
+/// File name of a client's fetch relays.
+pub const FETCH_RELAYS_FILE: &str = "fetch-relays.json";
 /// Most entries saved to or loaded from [`PEERS_FILE`].
 pub const MAX_PEERS: usize = 1000;
 /// Largest peers file read.
@@ -45,7 +49,23 @@ fn consistent(peer: &PeerId, addr: &Multiaddr) -> bool {
 /// [`MAX_PEERS`] entries are returned; entries whose address names another
 /// peer id are skipped.
 pub fn load_peers(dir: &Path) -> Result<Vec<(PeerId, Multiaddr)>, ConfigError> {
-    let path = dir.join(PEERS_FILE);
+    load_list(dir, PEERS_FILE)
+}
+
+/// Loads a client's fetch relays from `dir/fetch-relays.json`, as
+/// [`load_peers`] does.
+pub fn load_fetch_relays(dir: &Path) -> Result<Vec<(PeerId, Multiaddr)>, ConfigError> {
+    load_list(dir, FETCH_RELAYS_FILE)
+}
+
+/// Atomically replaces `dir/fetch-relays.json` (mode 0600), as
+/// [`save_peers`] does.
+pub fn save_fetch_relays(dir: &Path, relays: &[(PeerId, Multiaddr)]) -> Result<(), ConfigError> {
+    save_list(dir, FETCH_RELAYS_FILE, relays)
+}
+
+fn load_list(dir: &Path, name: &str) -> Result<Vec<(PeerId, Multiaddr)>, ConfigError> {
+    let path = dir.join(name);
     let Some(bytes) = fsutil::read_bounded(&path, MAX_PEERS_FILE_BYTES, false)? else {
         return Ok(Vec::new());
     };
@@ -78,6 +98,10 @@ pub fn load_peers(dir: &Path) -> Result<Vec<(PeerId, Multiaddr)>, ConfigError> {
 /// Keeps the first [`MAX_PEERS`] distinct entries; entries whose address
 /// names a different peer id are dropped.
 pub fn save_peers(dir: &Path, peers: &[(PeerId, Multiaddr)]) -> Result<(), ConfigError> {
+    save_list(dir, PEERS_FILE, peers)
+}
+
+fn save_list(dir: &Path, name: &str, peers: &[(PeerId, Multiaddr)]) -> Result<(), ConfigError> {
     let mut seen = HashSet::new();
     let entries: Vec<PeerEntry> = peers
         .iter()
@@ -92,7 +116,7 @@ pub fn save_peers(dir: &Path, peers: &[(PeerId, Multiaddr)]) -> Result<(), Confi
         version: 1,
         peers: entries,
     };
-    let path = dir.join(PEERS_FILE);
+    let path = dir.join(name);
     let json = serde_json::to_vec_pretty(&file)
         .map_err(|e| ConfigError::io("encoding", &path, std::io::Error::other(e)))?;
     fsutil::write_atomic(&path, &json, PRIVATE_FILE_MODE)

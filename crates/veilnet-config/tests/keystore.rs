@@ -315,6 +315,25 @@ fn peers_round_trip() {
 }
 
 #[test]
+fn fetch_relays_round_trip_apart_from_the_known_peers() {
+    let tmp = TempDir::new("fetch-relays");
+    std::fs::create_dir_all(tmp.path()).unwrap();
+    assert!(load_fetch_relays(tmp.path()).unwrap().is_empty());
+    let relays: Vec<_> = (0..3).map(peer).collect();
+    save_fetch_relays(tmp.path(), &relays).unwrap();
+    assert_eq!(load_fetch_relays(tmp.path()).unwrap(), relays);
+    assert_eq!(mode(&tmp.path().join(FETCH_RELAYS_FILE)), 0o600);
+    assert!(load_peers(tmp.path()).unwrap().is_empty());
+    std::fs::write(
+        tmp.path().join(FETCH_RELAYS_FILE),
+        b"{\"version\": 1, \"peers\": [",
+    )
+    .unwrap();
+    let err = load_fetch_relays(tmp.path()).unwrap_err();
+    assert!(err.to_string().contains(FETCH_RELAYS_FILE), "{err}");
+}
+
+#[test]
 fn peers_are_bounded_and_checked() {
     let tmp = TempDir::new("peers-bound");
     std::fs::create_dir_all(tmp.path()).unwrap();

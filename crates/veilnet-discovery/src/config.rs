@@ -119,6 +119,14 @@ pub struct DiscoveryConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// Peers remembered from a previous run.
     pub known_peers: Vec<(PeerId, Multiaddr)>,
+    /// A client's fetch relays from a previous run
+    /// ([`DiscoveryHandle::fetch_relays`](crate::DiscoveryHandle::fetch_relays)):
+    /// with fetch slots it takes them back (its first three) and dials them
+    /// at start instead of its bootstrap and known peers, which it turns to
+    /// only when they fail, as Tor's clients keep their directory guards.
+    /// Ignored by a relay and by a client without fetch slots. Default:
+    /// none.
+    pub fetch_relays: Vec<(PeerId, Multiaddr)>,
     /// How many connections this node opens itself (it accepts more, up
     /// to [`MAX_ESTABLISHED`](crate::MAX_ESTABLISHED)). Default 8.
     pub target_peers: usize,
@@ -169,6 +177,7 @@ impl DiscoveryConfig {
             client_only: false,
             bootstrap: Vec::new(),
             known_peers: Vec::new(),
+            fetch_relays: Vec::new(),
             target_peers: Self::DEFAULT_TARGET_PEERS,
             exchange_interval: Self::DEFAULT_EXCHANGE_INTERVAL,
             idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,

@@ -14,6 +14,7 @@ use libp2p::{
     noise, ping,
     request_response::{self, OutboundRequestId, ProtocolSupport},
     swarm::{
+        behaviour::toggle::Toggle,
         dial_opts::{DialOpts, PeerCondition},
         NetworkBehaviour, SwarmEvent,
     },
@@ -145,6 +146,7 @@ pub struct DiscoveryHandle {
 enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     ConnectedPeers(oneshot::Sender<Vec<(PeerId, Multiaddr)>>),
+    FetchRelays(oneshot::Sender<Vec<(PeerId, Multiaddr)>>),
     ExchangeNow,
     Announce(Vec<RecordDigest>),
     Shutdown(oneshot::Sender<()>),
@@ -165,6 +167,14 @@ impl DiscoveryHandle {
     /// (empty once stopped).
     pub async fn connected_peers(&self) -> Vec<(PeerId, Multiaddr)> {
         self.ask(Command::ConnectedPeers).await.unwrap_or_default()
+    }
+
+    /// A client's fetch relays, in order, with the address it reached each
+    /// at: what to remember across a restart
+    /// ([`DiscoveryConfig::fetch_relays`]). Empty for a relay and once
+    /// stopped.
+    pub async fn fetch_relays(&self) -> Vec<(PeerId, Multiaddr)> {
+        self.ask(Command::FetchRelays).await.unwrap_or_default()
     }
 
     /// Triggers an immediate gossip round (e.g. after our descriptor changed).
@@ -204,7 +214,9 @@ struct Behaviour {
     networks: inbound::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
-    kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// None for a client with fetch slots: it needs no one but its fetch
+    /// relays, and a lookup would dial relays that need not know of it.
+    kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
     records: request_response::Behaviour<SyncCodec>,
     announce: libp2p_stream::Behaviour,
 }
@@ -259,18 +271,40 @@ pub async fn spawn(
         .chain(cfg.known_peers.iter().cloned())
         .filter(|(peer, _)| *peer != local_peer_id)
         .collect();
+    // A client with fetch slots goes back to the fetch relays it had, and
+    // to nobody else while they serve.
+    let remembered: Vec<FetchRelay> = if cfg.client_only && cfg.client_fetch.is_some() {
+        let mut seen = HashSet::new();
+        cfg.fetch_relays
+            .iter()
+            .filter(|(peer, _)| *peer != local_peer_id && seen.insert(*peer))
+            .take(FETCH_RELAYS)
+            .map(|(peer, addr)| FetchRelay {
+                peer: *peer,
+                addr: addr.clone(),
+                failures: 0,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     // The first of them we reach are links of our choosing.
     let mut chosen = HashSet::new();
     for (peer, addr) in &entry {
-        swarm
-            .behaviour_mut()
-            .kad
-            .add_address(peer, without_p2p(addr));
-        if dial(&mut swarm, *peer, vec![addr.clone()]) && chosen.len() < cfg.target_peers {
+        if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
+            kad.add_address(peer, without_p2p(addr));
+        }
+        if remembered.is_empty()
+            && dial(&mut swarm, *peer, vec![addr.clone()])
+            && chosen.len() < cfg.target_peers
+        {
             chosen.insert(*peer);
         }
     }
-    if let Err(e) = swarm.behaviour_mut().kad.bootstrap() {
+    for r in &remembered {
+        dial(&mut swarm, r.peer, vec![r.addr.clone()]);
+    }
+    if let Some(Err(e)) = swarm.behaviour_mut().kad.as_mut().map(|k| k.bootstrap()) {
         debug!("kademlia bootstrap not started: {e}");
     }
 
@@ -314,7 +348,7 @@ pub async fn spawn(
         answers: AnswerBudget::default(),
         refetch_at: None,
         synced: false,
-        fetch_relays: Vec::new(),
+        fetch_relays: remembered,
         fetch_dialed: None,
         fetch_retries: 0,
         pending_listeners,
@@ -423,7 +457,9 @@ fn build_swarm(
                 networks: inbound::Behaviour::default(),
                 identify,
                 ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
-                kad,
+                kad: Toggle::from(
+                    (!(cfg.client_only && cfg.client_fetch.is_some())).then_some(kad),
+                ),
                 records,
                 announce: libp2p_stream::Behaviour::new(),
             }
@@ -602,6 +638,11 @@ impl Node {
                             self.connected.iter().map(|(p, s)| (*p, s.addr.clone())).collect(),
                         );
                     }
+                    Some(Command::FetchRelays(tx)) => {
+                        let _ = tx.send(
+                            self.fetch_relays.iter().map(|r| (r.peer, r.addr.clone())).collect(),
+                        );
+                    }
                     Some(Command::ExchangeNow) => {
                         self.gossip_round();
                         gossip.reset();
@@ -713,10 +754,9 @@ impl Node {
 
     fn random_walk(&mut self) {
         trace!("random walk");
-        self.swarm
-            .behaviour_mut()
-            .kad
-            .get_closest_peers(PeerId::random());
+        if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+            kad.get_closest_peers(PeerId::random());
+        }
     }
 
     /// Whether we hold fewer links of our choosing than `target_peers`.
@@ -952,18 +992,23 @@ impl Node {
     }
 
     /// A dial of a fetch relay or an exchange with one failed: after
-    /// [`FETCH_RELAY_FAILURES`] in a row it is forgotten, and with none
+    /// [`FETCH_RELAY_FAILURES`] in a row (one before the first fetch) it is
+    /// forgotten, and with none
     /// left the client dials relays from its directory (or, with none
     /// there, its bootstrap peers) and takes the first that serve.
     fn fetch_relay_failed(&mut self, peer: PeerId) {
+        // Before the first fetch (a client back with the fetch relays of
+        // its last run) one failure is enough: it has no directory to wait
+        // with.
+        let limit = if self.synced { FETCH_RELAY_FAILURES } else { 1 };
         let Some(r) = self.fetch_relays.iter_mut().find(|r| r.peer == peer) else {
             return;
         };
         r.failures += 1;
-        if r.failures < FETCH_RELAY_FAILURES {
+        if r.failures < limit {
             return;
         }
-        debug!(%peer, "forgetting a fetch relay that failed {FETCH_RELAY_FAILURES} times in a row");
+        debug!(%peer, failures = limit, "forgetting a fetch relay that failed in a row");
         self.fetch_relays.retain(|r| r.peer != peer);
         if self.fetch_relays.is_empty() {
             let mut relays = self.provider.relays(FETCH_RELAYS);
@@ -1303,7 +1348,11 @@ impl Node {
                     // the rest would bring all its digests again) leaves
                     // the new link to its rounds and announcements.
                     let busy = !self.client_only && !self.in_flight.is_empty();
-                    if endpoint.is_dialer() && (!on_demand || for_fetch) && !busy {
+                    // A client that has no directory yet fetches from the
+                    // first relay it reaches (its remembered fetch relays
+                    // are all it dials).
+                    let first = !self.synced && self.in_flight.is_empty();
+                    if endpoint.is_dialer() && (!on_demand || for_fetch || first) && !busy {
                         let msg = sync::open(&*self.provider);
                         self.send_sync(peer_id, msg, 1);
                     }
@@ -1350,6 +1399,9 @@ impl Node {
                         self.fetch_dialed = None;
                         self.fetch_relay_failed(peer);
                         self.fetch_failed();
+                    } else if !self.synced {
+                        // A remembered fetch relay dialed at start.
+                        self.fetch_relay_failed(peer);
                     }
                 }
             }
@@ -1399,11 +1451,10 @@ impl Node {
                 if !info.protocols.contains(&kad_proto) {
                     return;
                 }
-                for addr in info.listen_addrs.into_iter().take(MAX_IDENTIFY_ADDRS) {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer_id, without_p2p(&addr));
+                if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                    for addr in info.listen_addrs.into_iter().take(MAX_IDENTIFY_ADDRS) {
+                        kad.add_address(&peer_id, without_p2p(&addr));
+                    }
                 }
             }
             BehaviourEvent::Kad(kad::Event::RoutingUpdated {

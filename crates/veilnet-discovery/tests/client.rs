@@ -381,3 +381,114 @@ async fn a_client_leaves_a_fetch_relay_its_directory_does_not_list_for_one_it_do
     .await
     .expect("test finished in time");
 }
+
+/// A client with fetch slots bootstrapping from `bootstrap` and coming
+/// back with `fetch_relays`; returns it and the records it has learned.
+async fn returning_client(
+    bootstrap: &TestNode,
+    fetch_relays: Vec<(libp2p::PeerId, libp2p::Multiaddr)>,
+) -> (
+    veilnet_discovery::DiscoveryHandle,
+    Arc<Mutex<HashSet<Vec<u8>>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut cfg = DiscoveryConfig::new(Keypair::generate_ed25519());
+    cfg.client_only = true;
+    cfg.bootstrap = vec![bootstrap.addr.clone()];
+    cfg.fetch_relays = fetch_relays;
+    cfg.client_fetch = Some(veilnet_discovery::FetchSlots {
+        every: Duration::from_secs(3600),
+        from: Duration::from_secs(600),
+        to: Duration::from_secs(1200),
+    });
+    let known = Arc::new(Mutex::new(HashSet::<Vec<u8>>::new()));
+    let k = known.clone();
+    let records: RecordProvider = Arc::new(move || k.lock().unwrap().iter().cloned().collect());
+    let (client, mut events) = spawn(cfg, records).await.unwrap();
+    let collect = tokio::spawn({
+        let known = known.clone();
+        async move {
+            while let Some(ev) = events.recv().await {
+                if let DiscoveryEvent::Records { records, .. } = ev {
+                    known.lock().unwrap().extend(records);
+                }
+            }
+        }
+    });
+    (client, known, collect)
+}
+
+async fn learned(known: &Arc<Mutex<HashSet<Vec<u8>>>>, want: &[u8]) {
+    while !known.lock().unwrap().contains(want) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_goes_back_to_its_fetch_relays_and_not_to_its_bootstrap_peers() {
+    // Slots an hour apart: what the client learns, it learns at start. It
+    // remembers one fetch relay from its last run: it fetches from that
+    // one at once and never connects to its bootstrap relay.
+    timeout(Duration::from_secs(60), async {
+        let bootstrap = TestNode::start(
+            b"bootstrap".to_vec(),
+            vec![],
+            Duration::from_secs(3600),
+            true,
+        )
+        .await;
+        let guard =
+            TestNode::start(b"guard".to_vec(), vec![], Duration::from_secs(3600), true).await;
+        let (client, known, collect) =
+            returning_client(&bootstrap, vec![(guard.peer_id, guard.addr.clone())]).await;
+        timeout(Duration::from_secs(10), learned(&known, b"guard"))
+            .await
+            .expect("the client fetches from its remembered fetch relay at start");
+        let me = client.local_peer_id();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !bootstrap
+                .handle
+                .connected_peers()
+                .await
+                .iter()
+                .any(|(p, _)| *p == me),
+            "the bootstrap relay saw the returning client"
+        );
+        assert!(!known.lock().unwrap().contains(&b"bootstrap"[..]));
+        let relays = client.fetch_relays().await;
+        assert_eq!(relays.first().map(|(p, _)| *p), Some(guard.peer_id));
+        client.shutdown().await;
+        bootstrap.stop().await;
+        guard.stop().await;
+        collect.await.unwrap();
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_remembered_fetch_relays_are_gone_falls_back_at_once() {
+    timeout(Duration::from_secs(60), async {
+        let bootstrap = TestNode::start(
+            b"bootstrap".to_vec(),
+            vec![],
+            Duration::from_secs(3600),
+            true,
+        )
+        .await;
+        let gone = TestNode::start(b"gone".to_vec(), vec![], Duration::from_secs(3600), true).await;
+        let remembered = vec![(gone.peer_id, gone.addr.clone())];
+        gone.stop().await;
+        let (client, known, collect) = returning_client(&bootstrap, remembered).await;
+        // Not at the next slot, an hour away: now.
+        timeout(Duration::from_secs(15), learned(&known, b"bootstrap"))
+            .await
+            .expect("the client falls back to its bootstrap relay");
+        client.shutdown().await;
+        bootstrap.stop().await;
+        collect.await.unwrap();
+    })
+    .await
+    .expect("test finished in time");
+}

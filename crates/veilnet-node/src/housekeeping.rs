@@ -280,7 +280,23 @@ pub(crate) async fn housekeeping(hk: Housekeeping, mut shutdown: watch::Receiver
                     debug!("cannot save known peers: {e}");
                 }
             }
+            save_fetch_relays(&hk.discovery, dir).await;
         }
+    }
+}
+
+/// Saves a client's fetch relays to `dir` (a relay has none; an empty
+/// list, before the first fetch, leaves the file as it was).
+pub(crate) async fn save_fetch_relays(
+    discovery: &veilnet_discovery::DiscoveryHandle,
+    dir: &std::path::Path,
+) {
+    let relays = discovery.fetch_relays().await;
+    if relays.is_empty() {
+        return;
+    }
+    if let Err(e) = veilnet_config::save_fetch_relays(dir, &relays) {
+        warn!("cannot save the fetch relays: {e}");
     }
 }
 

@@ -371,6 +371,15 @@ impl Node {
         } else {
             Vec::new()
         };
+        // A client goes back to the relays it fetched from (its directory
+        // guards), not to new ones, after a restart.
+        if persist && dcfg.client_only {
+            dcfg.fetch_relays =
+                veilnet_config::load_fetch_relays(&config.data_dir).unwrap_or_else(|e| {
+                    warn!("ignoring the remembered fetch relays: {e}");
+                    Vec::new()
+                });
+        }
         dcfg.exchange_interval = gossip_interval;
         dcfg.announce_every = Duration::from_millis(config.directory.announce_batch_ms);
         let (discovery, events) = veilnet_discovery::spawn(dcfg, provider).await?;
@@ -521,6 +530,7 @@ impl Node {
             if let Err(e) = veilnet_config::save_peers(&self.data_dir, &peers) {
                 warn!("cannot save known peers: {e}");
             }
+            housekeeping::save_fetch_relays(&self.discovery, &self.data_dir).await;
         }
         self.circuits.close_all();
         self.discovery.shutdown().await;
