@@ -27,18 +27,18 @@ use rand::{
     Rng,
 };
 
-/// Whether `addr` is in the same network as one of `others` (never for
-/// an address counted per peer: loopback, private).
-pub(crate) fn shares_network<'a>(
-    addr: &Multiaddr,
-    others: impl IntoIterator<Item = &'a Multiaddr>,
+/// Whether any of a candidate's addresses is in a network that `ours`
+/// (the networks of the links we chose) holds already; addresses counted
+/// per peer (loopback, private) never are.
+pub(crate) fn network_taken<'a>(
+    candidate: impl IntoIterator<Item = &'a Multiaddr>,
+    ours: impl IntoIterator<Item = &'a NetGroup>,
 ) -> bool {
-    let Some(group) = NetGroup::network(addr) else {
-        return false;
-    };
-    others
+    let ours: HashSet<&NetGroup> = ours.into_iter().collect();
+    candidate
         .into_iter()
-        .any(|o| NetGroup::network(o) == Some(group))
+        .filter_map(NetGroup::network)
+        .any(|g| ours.contains(&g))
 }
 
 /// `n` of `peers` at random, one of them (if `peers` has one) a peer that
@@ -336,13 +336,21 @@ mod tests {
     #[test]
     fn a_network_holds_one_link_of_our_choosing() {
         let a = |s: &str| -> Multiaddr { s.parse().unwrap() };
-        let ours = [a("/ip4/203.0.113.7/tcp/1"), a("/ip6/2001:db8:1::1/tcp/1")];
-        assert!(shares_network(&a("/ip4/203.0.9.9/tcp/2"), &ours));
-        assert!(shares_network(&a("/ip6/2001:db8:ffff::2/tcp/2"), &ours));
-        assert!(!shares_network(&a("/ip4/198.51.100.1/tcp/2"), &ours));
-        let local = [a("/ip4/127.0.0.1/tcp/1"), a("/ip4/10.0.0.1/tcp/1")];
-        assert!(!shares_network(&a("/ip4/127.0.0.1/tcp/2"), &local));
-        assert!(!shares_network(&a("/ip4/10.0.0.1/tcp/2"), &local));
+        let ours: Vec<NetGroup> = [a("/ip4/203.0.113.7/tcp/1"), a("/ip6/2001:db8:1::1/tcp/1")]
+            .iter()
+            .filter_map(NetGroup::network)
+            .collect();
+        assert!(network_taken(&[a("/ip4/203.0.9.9/tcp/2")], &ours));
+        assert!(network_taken(&[a("/ip6/2001:db8:ffff::2/tcp/2")], &ours));
+        assert!(!network_taken(&[a("/ip4/198.51.100.1/tcp/2")], &ours));
+        // Any of its addresses: a private one listed first hides nothing.
+        assert!(network_taken(
+            &[a("/ip4/10.0.0.1/tcp/2"), a("/ip4/203.0.1.1/tcp/2")],
+            &ours
+        ));
+        // Loopback and private addresses are each their own.
+        assert!(!network_taken(&[a("/ip4/127.0.0.1/tcp/2")], &ours));
+        assert!(!network_taken(&[a("/ip4/10.0.0.1/tcp/2")], &ours));
     }
 
     #[test]

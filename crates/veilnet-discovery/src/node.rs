@@ -289,7 +289,7 @@ pub async fn spawn(
         Vec::new()
     };
     // The first of them we reach are links of our choosing.
-    let mut chosen = HashSet::new();
+    let mut chosen = HashMap::new();
     for (peer, addr) in &entry {
         if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
             kad.add_address(peer, without_p2p(addr));
@@ -298,7 +298,7 @@ pub async fn spawn(
             && dial(&mut swarm, *peer, vec![addr.clone()])
             && chosen.len() < cfg.target_peers
         {
-            chosen.insert(*peer);
+            chosen.insert(*peer, NetGroup::network(addr));
         }
     }
     for r in &remembered {
@@ -348,6 +348,7 @@ pub async fn spawn(
         answers: AnswerBudget::default(),
         refetch_at: None,
         synced: false,
+        fetched_once: false,
         fetch_relays: remembered,
         fetch_dialed: None,
         fetch_retries: 0,
@@ -569,7 +570,9 @@ struct Node {
     /// `target_peers`): dialed by our walks, at start, or to fetch; not
     /// the dials a Kademlia query makes on its own, which close when
     /// idle.
-    chosen: HashSet<PeerId>,
+    /// With the network of the address dialed (`None`: one counted per
+    /// peer), so that a dial still pending holds its network.
+    chosen: HashMap<PeerId, Option<NetGroup>>,
     /// Who sent each record delivered since the last announcement (at
     /// most what we asked for): an announcement of records that all came
     /// from one peer does not go back to it.
@@ -582,6 +585,10 @@ struct Node {
     refetch_at: Option<Instant>,
     /// Whether any exchange of ours was answered yet.
     synced: bool,
+    /// Whether an exchange of ours ever completed in this run (never
+    /// cleared; `synced` is, when the node is cut off, and a client with
+    /// fetch slots is cut off between its fetches).
+    fetched_once: bool,
     /// A client's fetch relays ([`FETCH_RELAYS`]), first reached first.
     fetch_relays: Vec<FetchRelay>,
     /// The relay a client with fetch slots dialed to fetch from (it
@@ -720,6 +727,16 @@ impl Node {
     /// returns the next wait: doubled after a try, the first again once
     /// connected (so a node that loses every peer later retries soon).
     fn redial(&mut self, wait: Duration) -> Duration {
+        // A client back with its fetch relays and no directory yet tries
+        // them again (they failed, or it was offline), with the same
+        // backoff; their failures bring in the bootstrap peers.
+        if self.connected.is_empty() && self.fetches_on_demand() && !self.fetched_once {
+            debug!("no connections: dialling the fetch relays again");
+            for r in self.fetch_relays.clone() {
+                dial(&mut self.swarm, r.peer, vec![r.addr]);
+            }
+            return (wait * 2).min(REDIAL_MAX);
+        }
         if !self.connected.is_empty() || self.entry.is_empty() || self.fetches_on_demand() {
             return REDIAL_FIRST;
         }
@@ -728,8 +745,9 @@ impl Node {
             "no connections: dialling the bootstrap peers again"
         );
         for (peer, addr) in self.entry.clone() {
+            let network = NetGroup::network(&addr);
             if dial(&mut self.swarm, peer, vec![addr]) && self.wants_peers() {
-                self.chosen.insert(peer);
+                self.chosen.insert(peer, network);
             }
         }
         (wait * 2).min(REDIAL_MAX)
@@ -775,23 +793,21 @@ impl Node {
     /// fetch relays chooses no links.
     fn maybe_dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, adopt: bool) {
         if peer == *self.swarm.local_peer_id()
-            || self.chosen.contains(&peer)
+            || self.chosen.contains_key(&peer)
             || !self.wants_peers()
             || self.fetches_on_demand()
         {
             return;
         }
-        let addr = self.connected.get(&peer).map(|c| &c.addr).or(addrs.first());
-        let ours = self
-            .chosen
-            .iter()
-            .filter_map(|c| self.connected.get(c).map(|s| &s.addr));
-        if addr.is_some_and(|a| kept::shares_network(a, ours)) {
+        // Every address it could be reached at counts, not the first only.
+        let connected = self.connected.get(&peer).map(|c| &c.addr);
+        let candidate: Vec<&Multiaddr> = connected.into_iter().chain(&addrs).collect();
+        if kept::network_taken(candidate, self.chosen.values().flatten()) {
             return;
         }
         if let Some(state) = self.connected.get(&peer) {
             if state.dialed && adopt {
-                self.chosen.insert(peer);
+                self.chosen.insert(peer, NetGroup::network(&state.addr));
                 self.keep(peer);
             }
             return;
@@ -804,8 +820,9 @@ impl Node {
         if addrs.is_empty() || established >= MAX_ESTABLISHED {
             return;
         }
+        let network = addrs.iter().find_map(NetGroup::network);
         if dial(&mut self.swarm, peer, addrs) {
-            self.chosen.insert(peer);
+            self.chosen.insert(peer, network);
         }
     }
 
@@ -821,7 +838,7 @@ impl Node {
             return;
         };
         let group = NetGroup::of(&state.addr, peer);
-        let chose = self.chosen.contains(&peer);
+        let chose = self.chosen.contains_key(&peer);
         let admit = self.kept.admit(peer, chose, group);
         if let Some(out) = admit.evicted {
             debug!(%peer, evicted = %out, "an inbound link from a busier network is no longer kept");
@@ -945,11 +962,11 @@ impl Node {
         self.provider.lists_relay(peer) == Some(false) && !self.provider.relays(1).is_empty()
     }
 
-    /// After a complete fetch: fetch relays the directory we now hold does
-    /// not list are dropped (any key can claim to serve it; the first
-    /// relays a client meets are its bootstrap peers' choice) and, while
-    /// there are fewer than [`FETCH_RELAYS`], relays it lists are taken or
-    /// dialed.
+    /// At a fetch: fetch relays the directory we hold does not list are
+    /// dropped (any key can claim to serve it; the first relays a client
+    /// meets are its bootstrap peers' choice) and, while there are fewer
+    /// than [`FETCH_RELAYS`], relays it lists are taken or dialed, no more
+    /// than are missing.
     fn drop_unlisted_fetch_relays(&mut self) {
         let unlisted: Vec<PeerId> = self
             .fetch_relays
@@ -967,10 +984,15 @@ impl Node {
         if self.fetch_relays.len() >= FETCH_RELAYS {
             return;
         }
+        let mut missing = FETCH_RELAYS - self.fetch_relays.len();
         for (p, addr) in self.provider.relays(FETCH_RELAYS) {
+            if missing == 0 {
+                break;
+            }
             if self.fetch_relays.iter().any(|r| r.peer == p) {
                 continue;
             }
+            missing -= 1;
             match self.connected.get(&p) {
                 // Connected and serving already: taken now (identify,
                 // which takes fetch relays, has been and gone).
@@ -992,23 +1014,28 @@ impl Node {
     }
 
     /// A dial of a fetch relay or an exchange with one failed: after
-    /// [`FETCH_RELAY_FAILURES`] in a row (one before the first fetch) it is
-    /// forgotten, and with none
+    /// [`FETCH_RELAY_FAILURES`] in a row it is forgotten, and with none
     /// left the client dials relays from its directory (or, with none
-    /// there, its bootstrap peers) and takes the first that serve.
+    /// there, its bootstrap peers) and takes the first that serve. Before
+    /// its first fetch (a client back with the fetch relays of its last
+    /// run), once every fetch relay has failed, it also dials its bootstrap
+    /// peers to fetch from, and keeps its fetch relays (it may only be
+    /// offline).
     fn fetch_relay_failed(&mut self, peer: PeerId) {
-        // Before the first fetch (a client back with the fetch relays of
-        // its last run) one failure is enough: it has no directory to wait
-        // with.
-        let limit = if self.synced { FETCH_RELAY_FAILURES } else { 1 };
         let Some(r) = self.fetch_relays.iter_mut().find(|r| r.peer == peer) else {
             return;
         };
         r.failures += 1;
-        if r.failures < limit {
+        if r.failures < FETCH_RELAY_FAILURES {
+            if !self.fetched_once && self.fetch_relays.iter().all(|r| r.failures > 0) {
+                debug!("no remembered fetch relay answers: fetching from the bootstrap peers");
+                for (p, addr) in self.entry.clone() {
+                    dial(&mut self.swarm, p, vec![addr]);
+                }
+            }
             return;
         }
-        debug!(%peer, failures = limit, "forgetting a fetch relay that failed in a row");
+        debug!(%peer, "forgetting a fetch relay that failed {FETCH_RELAY_FAILURES} times in a row");
         self.fetch_relays.retain(|r| r.peer != peer);
         if self.fetch_relays.is_empty() {
             let mut relays = self.provider.relays(FETCH_RELAYS);
@@ -1039,6 +1066,12 @@ impl Node {
     fn gossip_round(&mut self) {
         self.gossip_started = true;
         // A client reconciles with one relay a round; a relay with a few.
+        // At each fetch after its first, a client checks its fetch relays
+        // against the directory it holds (the first fetch's records are
+        // in it by now).
+        if self.has_fetch_slots() && self.fetched_once {
+            self.drop_unlisted_fetch_relays();
+        }
         let peers: Vec<PeerId> = if self.client_only {
             self.client_server(self.fetch_rank).into_iter().collect()
         } else {
@@ -1351,7 +1384,7 @@ impl Node {
                     // A client that has no directory yet fetches from the
                     // first relay it reaches (its remembered fetch relays
                     // are all it dials).
-                    let first = !self.synced && self.in_flight.is_empty();
+                    let first = !self.fetched_once && self.in_flight.is_empty();
                     if endpoint.is_dialer() && (!on_demand || for_fetch || first) && !busy {
                         let msg = sync::open(&*self.provider);
                         self.send_sync(peer_id, msg, 1);
@@ -1399,8 +1432,9 @@ impl Node {
                         self.fetch_dialed = None;
                         self.fetch_relay_failed(peer);
                         self.fetch_failed();
-                    } else if !self.synced {
-                        // A remembered fetch relay dialed at start.
+                    } else if !self.fetched_once {
+                        // A remembered fetch relay dialed at start (or
+                        // again by `redial`).
                         self.fetch_relay_failed(peer);
                     }
                 }
@@ -1504,11 +1538,13 @@ impl Node {
                 let least = sync::answer_cost(&*self.provider, &request, &SyncMessage::default());
                 // Budgets by network; a link we chose is not refused by the
                 // total that strangers can drain.
-                let asker = self
-                    .connected
-                    .get(&peer)
-                    .map_or(NetGroup::Peer(peer), |c| NetGroup::of(&c.addr, peer));
                 let ours = self.kept.is_own(&peer);
+                // (A link we chose has a bucket of its own, not its
+                // network's, which strangers in it could drain.)
+                let asker = match self.connected.get(&peer) {
+                    Some(c) if !ours => NetGroup::of(&c.addr, peer),
+                    _ => NetGroup::Peer(peer),
+                };
                 if !self.answers.allows(asker, least, now, ours) {
                     debug!(%peer, least, "request over the peer's answer budget: refused");
                     drop(channel);
@@ -1522,7 +1558,7 @@ impl Node {
                     drop(channel);
                     return;
                 }
-                // A stranger's unasked exchange claims from a smaller
+                // An exchange another peer started claims from a smaller
                 // share than ours (`Budget::ANSWERED`).
                 // (Never a digest shaped as an announcement's stand-in: a
                 // real one is that by a chance of 2^-192.)
@@ -1586,8 +1622,8 @@ impl Node {
                         // not an answer we no longer wait for) that ended
                         // with nothing left, not at the round cap.
                         let complete = round != usize::MAX && next.is_empty();
-                        if complete && self.has_fetch_slots() {
-                            self.drop_unlisted_fetch_relays();
+                        if complete {
+                            self.fetched_once = true;
                         }
                         if !self.synced && complete {
                             self.synced = true;

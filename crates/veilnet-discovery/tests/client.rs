@@ -230,8 +230,16 @@ async fn a_client_with_fetch_slots_connects_and_reconciles_only_at_them() {
 struct Listing {
     records: RecordProvider,
     relay: (libp2p::PeerId, libp2p::Multiaddr),
+    /// Whether it lists the relay yet (before, it lists none).
+    listed_now: Arc<std::sync::atomic::AtomicBool>,
     /// Whether it says which relays it lists (else it cannot tell).
     tells: bool,
+}
+
+impl Listing {
+    fn lists(&self) -> bool {
+        self.listed_now.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl veilnet_discovery::RecordStore for Listing {
@@ -248,10 +256,11 @@ impl veilnet_discovery::RecordStore for Listing {
         self.records.unknown(d)
     }
     fn relays(&self, n: usize) -> Vec<(libp2p::PeerId, libp2p::Multiaddr)> {
-        vec![self.relay.clone()].into_iter().take(n).collect()
+        let listed = self.lists().then(|| self.relay.clone());
+        listed.into_iter().take(n).collect()
     }
     fn lists_relay(&self, peer: &libp2p::PeerId) -> Option<bool> {
-        self.tells.then_some(*peer == self.relay.0)
+        self.tells.then_some(self.lists() && *peer == self.relay.0)
     }
 }
 
@@ -282,6 +291,7 @@ async fn a_client_that_loses_its_fetch_relay_turns_to_a_relay_its_directory_list
         let listing = Listing {
             records,
             relay: (listed.peer_id, listed.addr.clone()),
+            listed_now: Arc::new(true.into()),
             tells: false,
         };
         let (client, mut events) = spawn(cfg, Arc::new(listing)).await.unwrap();
@@ -343,9 +353,12 @@ async fn a_client_leaves_a_fetch_relay_its_directory_does_not_list_for_one_it_do
         let known = Arc::new(Mutex::new(HashSet::<Vec<u8>>::new()));
         let k = known.clone();
         let records: RecordProvider = Arc::new(move || k.lock().unwrap().iter().cloned().collect());
+        // The directory lists no relay until the first fetch is in.
+        let listed_now = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let listing = Listing {
             records,
             relay: (listed.peer_id, listed.addr.clone()),
+            listed_now: listed_now.clone(),
             tells: true,
         };
         let (client, mut events) = spawn(cfg, Arc::new(listing)).await.unwrap();
@@ -370,9 +383,21 @@ async fn a_client_leaves_a_fetch_relay_its_directory_does_not_list_for_one_it_do
         timeout(Duration::from_secs(10), learned(b"first"))
             .await
             .expect("the first fetch, from the bootstrap relay");
+        assert_eq!(
+            client.fetch_relays().await.first().map(|(p, _)| *p),
+            Some(first.peer_id)
+        );
+        listed_now.store(true, std::sync::atomic::Ordering::SeqCst);
         timeout(Duration::from_secs(20), learned(b"listed"))
             .await
             .expect("the client fetches from the relay its directory lists");
+        let now: Vec<_> = client
+            .fetch_relays()
+            .await
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(now, vec![listed.peer_id], "the unlisted relay is dropped");
         client.shutdown().await;
         first.stop().await;
         listed.stop().await;
