@@ -8,7 +8,7 @@
 //! machine are not limited) and a network past [`MAX_INBOUND_PER_NETWORK`]
 //! is refused, before its handshake when the address already says so.
 //! Room for our own dials is kept by the connection limits (inbound at
-//! most `MAX_ESTABLISHED - OUTBOUND_RESERVE`, see `node.rs`).
+//! most `MAX_ESTABLISHED - OUTBOUND_RESERVE`, 42 of 50, see `node.rs`).
 
 use std::{
     collections::HashMap,

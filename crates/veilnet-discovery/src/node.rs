@@ -96,9 +96,11 @@ const MAX_PENDING: u32 = 32;
 /// Established connections allowed per peer.
 const MAX_PER_PEER: u32 = 2;
 /// Connections kept for our own dials, which inbound ones cannot take:
-/// the links we choose (`target_peers`, 8 by default), fetches and
-/// lookups.
-const OUTBOUND_RESERVE: u32 = 16;
+/// the links we choose (`target_peers`, 8 by default; a walk's lookups
+/// run only while we have fewer, in the room the missing ones leave).
+/// Not more: a test network's first relay is every other node's bootstrap
+/// peer, and 40 nodes must fit in its 42.
+const OUTBOUND_RESERVE: u32 = 8;
 /// First wait before a node with no connections dials its bootstrap and
 /// known peers again (they may have started after it, or the network may
 /// have been down); the wait doubles after each try up to [`REDIAL_MAX`].
@@ -940,8 +942,15 @@ impl Node {
         else {
             return;
         };
-        if self.connected.contains_key(&peer) {
+        if let Some(state) = self.connected.get(&peer) {
             // Connected but busy with an exchange: it fetches with that.
+            // Connected a while and no longer serving (identify says so
+            // within a second of connecting): that is a failure.
+            let settled = state.since.elapsed() > Duration::from_secs(5);
+            if settled && !self.servers.contains(&peer) {
+                self.fetch_relay_failed(peer);
+                self.fetch_failed();
+            }
             return;
         }
         debug!(%peer, "dialing a fetch relay");
