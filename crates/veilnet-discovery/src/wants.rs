@@ -325,6 +325,14 @@ mod tests {
         }
     }
 
+    /// The `i`-th made-up digest that `peer` offers.
+    fn digest(peer: u32, i: u32) -> RecordDigest {
+        let mut d = [0u8; 32];
+        d[..4].copy_from_slice(&peer.to_be_bytes());
+        d[4..8].copy_from_slice(&i.to_be_bytes());
+        d
+    }
+
     fn record(i: u8) -> Vec<u8> {
         vec![i; 300]
     }
@@ -429,12 +437,6 @@ mod tests {
     fn announcers_that_never_deliver_leave_reconciliation_half_the_set() {
         let mut wants = Wants::default();
         let t0 = Instant::now();
-        let digest = |peer: u32, i: u32| {
-            let mut d = [0u8; 32];
-            d[..4].copy_from_slice(&peer.to_be_bytes());
-            d[4..8].copy_from_slice(&i.to_be_bytes());
-            d
-        };
         // One announcer gets its small share, however much it announces.
         let mut want: Vec<_> = (0..MAX_DIGESTS as u32).map(|i| digest(1, i)).collect();
         wants.claim_within(1, &mut want, t0, Budget::ANNOUNCED);
@@ -457,12 +459,6 @@ mod tests {
     fn strangers_that_never_deliver_leave_our_own_exchanges_their_share() {
         let mut wants = Wants::default();
         let t0 = Instant::now();
-        let digest = |peer: u32, i: u32| {
-            let mut d = [0u8; 32];
-            d[..4].copy_from_slice(&peer.to_be_bytes());
-            d[4..8].copy_from_slice(&i.to_be_bytes());
-            d
-        };
         let many = |peer: u32| -> Vec<RecordDigest> {
             (0..MAX_DIGESTS as u32).map(|i| digest(peer, i)).collect()
         };

@@ -264,62 +264,49 @@ impl veilnet_discovery::RecordStore for Listing {
     }
 }
 
+/// Two relays that do not know each other (records `first` and
+/// `listed`), and a client with fetch slots 2 s apart that bootstraps from
+/// the first.
+async fn first_and_listed() -> (TestNode, TestNode, DiscoveryConfig) {
+    let first = TestNode::start(b"first".to_vec(), vec![], Duration::from_secs(3600), true).await;
+    let listed = TestNode::start(b"listed".to_vec(), vec![], Duration::from_secs(3600), true).await;
+    let mut cfg = DiscoveryConfig::new(Keypair::generate_ed25519());
+    cfg.client_only = true;
+    cfg.bootstrap = vec![first.addr.clone()];
+    cfg.client_fetch = Some(veilnet_discovery::FetchSlots {
+        every: Duration::from_secs(2),
+        from: Duration::from_millis(500),
+        to: Duration::from_millis(1500),
+    });
+    (first, listed, cfg)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_loses_its_fetch_relay_turns_to_a_relay_its_directory_lists() {
     // Slots of 2 s; the bootstrap relay, the client's one fetch relay,
     // goes away for good. After 3 failed dials the client forgets it and
     // dials a relay its store lists, which it was never told of
     // otherwise (the two relays do not know each other).
-    let slots = veilnet_discovery::FetchSlots {
-        every: Duration::from_secs(2),
-        from: Duration::from_millis(500),
-        to: Duration::from_millis(1500),
-    };
     timeout(Duration::from_secs(60), async {
-        let first =
-            TestNode::start(b"first".to_vec(), vec![], Duration::from_secs(3600), true).await;
-        let listed =
-            TestNode::start(b"listed".to_vec(), vec![], Duration::from_secs(3600), true).await;
-        let mut cfg = DiscoveryConfig::new(Keypair::generate_ed25519());
-        cfg.client_only = true;
-        cfg.bootstrap = vec![first.addr.clone()];
-        cfg.client_fetch = Some(slots);
+        let (first, listed, mut cfg) = first_and_listed().await;
         cfg.idle_timeout = Duration::from_secs(1);
-        let known = Arc::new(Mutex::new(HashSet::<Vec<u8>>::new()));
-        let k = known.clone();
-        let records: RecordProvider = Arc::new(move || k.lock().unwrap().iter().cloned().collect());
-        let listing = Listing {
-            records,
-            relay: (listed.peer_id, listed.addr.clone()),
-            listed_now: Arc::new(true.into()),
-            tells: false,
-        };
-        let (client, mut events) = spawn(cfg, Arc::new(listing)).await.unwrap();
-        let learned = |want: &'static [u8]| {
-            let known = known.clone();
-            async move {
-                while !known.lock().unwrap().contains(want) {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        };
-        let collect = tokio::spawn({
-            let known = known.clone();
-            async move {
-                while let Some(ev) = events.recv().await {
-                    if let DiscoveryEvent::Records { records, .. } = ev {
-                        known.lock().unwrap().extend(records);
-                    }
-                }
-            }
-        });
-        timeout(Duration::from_secs(10), learned(b"first"))
+        let relay = (listed.peer_id, listed.addr.clone());
+        let (client, known, collect) = collecting(cfg, |records| {
+            Arc::new(Listing {
+                records,
+                relay,
+                listed_now: Arc::new(true.into()),
+                tells: false,
+            })
+        })
+        .await;
+        timeout(Duration::from_secs(10), learned(&known, b"first"))
             .await
             .expect("the first fetch, from the bootstrap relay");
         first.stop().await;
         // Three failed fetches (one a slot and two retries 5 s apart),
         // then the listed relay.
-        timeout(Duration::from_secs(40), learned(b"listed"))
+        timeout(Duration::from_secs(40), learned(&known, b"listed"))
             .await
             .expect("the client fetches from the relay its store lists");
         client.shutdown().await;
@@ -336,51 +323,21 @@ async fn a_client_leaves_a_fetch_relay_its_directory_does_not_list_for_one_it_do
     // can claim to serve): after the first complete fetch the client
     // drops it and fetches from the relay the directory lists, which it
     // was never told of otherwise. The bootstrap relay stays up.
-    let slots = veilnet_discovery::FetchSlots {
-        every: Duration::from_secs(2),
-        from: Duration::from_millis(500),
-        to: Duration::from_millis(1500),
-    };
     timeout(Duration::from_secs(60), async {
-        let first =
-            TestNode::start(b"first".to_vec(), vec![], Duration::from_secs(3600), true).await;
-        let listed =
-            TestNode::start(b"listed".to_vec(), vec![], Duration::from_secs(3600), true).await;
-        let mut cfg = DiscoveryConfig::new(Keypair::generate_ed25519());
-        cfg.client_only = true;
-        cfg.bootstrap = vec![first.addr.clone()];
-        cfg.client_fetch = Some(slots);
-        let known = Arc::new(Mutex::new(HashSet::<Vec<u8>>::new()));
-        let k = known.clone();
-        let records: RecordProvider = Arc::new(move || k.lock().unwrap().iter().cloned().collect());
+        let (first, listed, cfg) = first_and_listed().await;
         // The directory lists no relay until the first fetch is in.
         let listed_now = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let listing = Listing {
-            records,
-            relay: (listed.peer_id, listed.addr.clone()),
-            listed_now: listed_now.clone(),
-            tells: true,
-        };
-        let (client, mut events) = spawn(cfg, Arc::new(listing)).await.unwrap();
-        let learned = |want: &'static [u8]| {
-            let known = known.clone();
-            async move {
-                while !known.lock().unwrap().contains(want) {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        };
-        let collect = tokio::spawn({
-            let known = known.clone();
-            async move {
-                while let Some(ev) = events.recv().await {
-                    if let DiscoveryEvent::Records { records, .. } = ev {
-                        known.lock().unwrap().extend(records);
-                    }
-                }
-            }
-        });
-        timeout(Duration::from_secs(10), learned(b"first"))
+        let relay = (listed.peer_id, listed.addr.clone());
+        let (client, known, collect) = collecting(cfg, |records| {
+            Arc::new(Listing {
+                records,
+                relay,
+                listed_now: listed_now.clone(),
+                tells: true,
+            })
+        })
+        .await;
+        timeout(Duration::from_secs(10), learned(&known, b"first"))
             .await
             .expect("the first fetch, from the bootstrap relay");
         assert_eq!(
@@ -388,7 +345,7 @@ async fn a_client_leaves_a_fetch_relay_its_directory_does_not_list_for_one_it_do
             Some(first.peer_id)
         );
         listed_now.store(true, std::sync::atomic::Ordering::SeqCst);
-        timeout(Duration::from_secs(20), learned(b"listed"))
+        timeout(Duration::from_secs(20), learned(&known, b"listed"))
             .await
             .expect("the client fetches from the relay its directory lists");
         let now: Vec<_> = client
@@ -407,29 +364,22 @@ async fn a_client_leaves_a_fetch_relay_its_directory_does_not_list_for_one_it_do
     .expect("test finished in time");
 }
 
-/// A client with fetch slots bootstrapping from `bootstrap` and coming
-/// back with `fetch_relays`; returns it and the records it has learned.
-async fn returning_client(
-    bootstrap: &TestNode,
-    fetch_relays: Vec<(libp2p::PeerId, libp2p::Multiaddr)>,
+type Learned = Arc<Mutex<HashSet<Vec<u8>>>>;
+
+/// Starts a node with `cfg` whose store is what `store` makes of the
+/// records it has learned, and collects what it learns.
+async fn collecting(
+    cfg: DiscoveryConfig,
+    store: impl FnOnce(RecordProvider) -> RecordProvider,
 ) -> (
     veilnet_discovery::DiscoveryHandle,
-    Arc<Mutex<HashSet<Vec<u8>>>>,
+    Learned,
     tokio::task::JoinHandle<()>,
 ) {
-    let mut cfg = DiscoveryConfig::new(Keypair::generate_ed25519());
-    cfg.client_only = true;
-    cfg.bootstrap = vec![bootstrap.addr.clone()];
-    cfg.fetch_relays = fetch_relays;
-    cfg.client_fetch = Some(veilnet_discovery::FetchSlots {
-        every: Duration::from_secs(3600),
-        from: Duration::from_secs(600),
-        to: Duration::from_secs(1200),
-    });
-    let known = Arc::new(Mutex::new(HashSet::<Vec<u8>>::new()));
+    let known: Learned = Arc::new(Mutex::new(HashSet::new()));
     let k = known.clone();
     let records: RecordProvider = Arc::new(move || k.lock().unwrap().iter().cloned().collect());
-    let (client, mut events) = spawn(cfg, records).await.unwrap();
+    let (client, mut events) = spawn(cfg, store(records)).await.unwrap();
     let collect = tokio::spawn({
         let known = known.clone();
         async move {
@@ -443,7 +393,29 @@ async fn returning_client(
     (client, known, collect)
 }
 
-async fn learned(known: &Arc<Mutex<HashSet<Vec<u8>>>>, want: &[u8]) {
+/// A client with fetch slots bootstrapping from `bootstrap` and coming
+/// back with `fetch_relays`.
+async fn returning_client(
+    bootstrap: &TestNode,
+    fetch_relays: Vec<(libp2p::PeerId, libp2p::Multiaddr)>,
+) -> (
+    veilnet_discovery::DiscoveryHandle,
+    Learned,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut cfg = DiscoveryConfig::new(Keypair::generate_ed25519());
+    cfg.client_only = true;
+    cfg.bootstrap = vec![bootstrap.addr.clone()];
+    cfg.fetch_relays = fetch_relays;
+    cfg.client_fetch = Some(veilnet_discovery::FetchSlots {
+        every: Duration::from_secs(3600),
+        from: Duration::from_secs(600),
+        to: Duration::from_secs(1200),
+    });
+    collecting(cfg, |records| records).await
+}
+
+async fn learned(known: &Learned, want: &[u8]) {
     while !known.lock().unwrap().contains(want) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
