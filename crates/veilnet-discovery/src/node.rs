@@ -281,11 +281,7 @@ pub async fn spawn(
             .iter()
             .filter(|(peer, _)| *peer != local_peer_id && seen.insert(*peer))
             .take(FETCH_RELAYS)
-            .map(|(peer, addr)| FetchRelay {
-                peer: *peer,
-                addr: addr.clone(),
-                failures: 0,
-            })
+            .map(|(peer, addr)| FetchRelay::new(*peer, addr.clone()))
             .collect()
     } else {
         Vec::new()
@@ -509,6 +505,16 @@ struct FetchRelay {
     addr: Multiaddr,
     /// Dials that failed since the last that worked.
     failures: u32,
+}
+
+impl FetchRelay {
+    fn new(peer: PeerId, addr: Multiaddr) -> Self {
+        FetchRelay {
+            peer,
+            addr,
+            failures: 0,
+        }
+    }
 }
 
 struct PeerState {
@@ -871,7 +877,13 @@ impl Node {
         // One on a link we chose, if one is idle: whatever our own links
         // hold reaches us within a round or two.
         let idle: Vec<PeerId> = self.idle().collect();
-        choose_with_own(&idle, |p| self.kept.is_own(p), n, &mut rand::thread_rng())
+        choose_with_own(
+            &idle,
+            |p| self.kept.is_own(p),
+            1,
+            n,
+            &mut rand::thread_rng(),
+        )
     }
 
     /// The relays we serve with that have no exchange of ours in flight.
@@ -1007,11 +1019,8 @@ impl Node {
                 // which takes fetch relays, has been and gone).
                 Some(state) if state.dialed && self.servers.contains(&p) => {
                     if self.fetch_relays.len() < FETCH_RELAYS {
-                        self.fetch_relays.push(FetchRelay {
-                            peer: p,
-                            addr: state.addr.clone(),
-                            failures: 0,
-                        });
+                        self.fetch_relays
+                            .push(FetchRelay::new(p, state.addr.clone()));
                     }
                 }
                 Some(_) => {}
@@ -1145,6 +1154,7 @@ impl Node {
         let peers = choose_with_own(
             &candidates,
             |p| self.kept.is_own(p),
+            1,
             PUSH_FANOUT,
             &mut rand::thread_rng(),
         );
@@ -1476,11 +1486,8 @@ impl Node {
                             && !self.fetch_relays.iter().any(|r| r.peer == peer_id)
                             && !self.unlisted(&peer_id)
                         {
-                            self.fetch_relays.push(FetchRelay {
-                                peer: peer_id,
-                                addr: state.addr.clone(),
-                                failures: 0,
-                            });
+                            self.fetch_relays
+                                .push(FetchRelay::new(peer_id, state.addr.clone()));
                         }
                     }
                 }

@@ -13,7 +13,6 @@ use std::collections::{BinaryHeap, HashSet};
 use std::rc::Rc;
 
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use veilnet_dir::MAX_DESCRIPTOR_AGE;
 use veilnet_discovery::announce::{Frame, ANNOUNCE_PROTOCOL};
@@ -700,25 +699,20 @@ impl Sim {
         }
         let msg = Rc::new(sync::announce(&digests));
         let from = node.push_from.take();
-        // `push_own` on links it chose, the rest on any (the node: one,
-        // `choose_with_own`).
-        let (own, others): (Vec<u32>, Vec<u32>) = node
+        // `push_own` on links it chose, the rest on any (the node: one).
+        let candidates: Vec<u32> = node
             .neighbours
             .iter()
             .copied()
             .filter(|&p| Some(p) != from)
-            .partition(|p| node.chosen.contains(p));
-        let mut peers: Vec<u32> = own
-            .choose_multiple(&mut self.rng, self.cfg.push_own.min(self.cfg.push_fanout))
-            .copied()
             .collect();
-        let more = self.cfg.push_fanout.saturating_sub(peers.len());
-        let rest: Vec<u32> = own
-            .into_iter()
-            .filter(|p| !peers.contains(p))
-            .chain(others)
-            .collect();
-        peers.extend(rest.choose_multiple(&mut self.rng, more).copied());
+        let peers = choose_with_own(
+            &candidates,
+            |p| node.chosen.contains(p),
+            self.cfg.push_own,
+            self.cfg.push_fanout,
+            &mut self.rng,
+        );
         for p in peers {
             self.start(n, p, Kind::Push, Rc::clone(&msg));
         }
@@ -740,6 +734,7 @@ impl Sim {
             let peers = choose_with_own(
                 &free,
                 |p| node.chosen.contains(p),
+                1,
                 self.cfg.exchange_peers,
                 &mut self.rng,
             );
