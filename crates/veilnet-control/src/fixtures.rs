@@ -1,6 +1,9 @@
 //! A fixed control source for the tests of this crate.
 
-use crate::view::{CircuitView, ControlSource, EquivocationView, GuardView, NodeView, StatusView};
+use crate::view::{
+    CircuitView, ControlSource, EquivocationView, GuardView, NodeView, StatusView,
+    EQUIVOCATED_DESCRIPTOR, EQUIVOCATED_REPORT,
+};
 
 pub(crate) const PEER_A: &str = "12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 pub(crate) const PEER_B: &str = "12D3KooWBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
@@ -69,14 +72,30 @@ pub(crate) fn circuits() -> Vec<CircuitView> {
 }
 
 pub(crate) fn equivocations() -> Vec<EquivocationView> {
-    vec![EquivocationView {
-        peer_id: "12D3KooWEquivocator".into(),
-        seq: 7,
-        detected: 1_700_000_100,
-        expires: 1_700_010_000,
-        digests: vec!["aa".repeat(32), "bb".repeat(32)],
-        descriptors: vec!["00".into(), "01".into()],
-    }]
+    vec![
+        EquivocationView {
+            peer_id: "12D3KooWEquivocator".into(),
+            kind: EQUIVOCATED_DESCRIPTOR.into(),
+            seq: Some(7),
+            epoch: None,
+            detected: 1_700_000_100,
+            expires: 1_700_010_000,
+            digests: vec!["aa".repeat(32), "bb".repeat(32)],
+            descriptors: vec!["00".into(), "01".into()],
+            reports: Vec::new(),
+        },
+        EquivocationView {
+            peer_id: "12D3KooWForker".into(),
+            kind: EQUIVOCATED_REPORT.into(),
+            seq: None,
+            epoch: Some(472_222),
+            detected: 1_700_000_200,
+            expires: 1_700_020_000,
+            digests: vec!["cc".repeat(32), "dd".repeat(32)],
+            descriptors: Vec::new(),
+            reports: vec!["4d01".into(), "4d02".into()],
+        },
+    ]
 }
 
 pub(crate) fn guards() -> Vec<GuardView> {

@@ -15,4 +15,7 @@ pub use client::{
 };
 pub use render::render_status;
 pub use server::{serve, CONNECTION_LIFETIME, MAX_CONNECTIONS};
-pub use view::{CircuitView, ControlSource, EquivocationView, GuardView, NodeView, StatusView};
+pub use view::{
+    CircuitView, ControlSource, EquivocationView, GuardView, NodeView, StatusView,
+    EQUIVOCATED_DESCRIPTOR, EQUIVOCATED_REPORT,
+};

@@ -110,23 +110,47 @@ pub struct StatusView {
     pub measurement_bytes: u64,
 }
 
-/// A relay that signed two descriptors with one sequence number, as the
+/// A relay that signed two records that cannot both be true, as the
 /// control API shows it: the proof itself, which anyone can check with the
-/// relay's public key.
+/// relay's public key. Either two descriptors with one sequence number
+/// (`kind` "descriptor") or two measurement reports of one period, neither
+/// of which extends the other (`kind` "report").
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct EquivocationView {
     /// The relay's libp2p peer id.
     pub peer_id: String,
-    /// The sequence number it signed twice.
-    pub seq: u64,
-    /// When this node saw the second descriptor (unix seconds).
+    /// What it signed twice: "descriptor" or "report".
+    #[serde(default = "descriptor_kind")]
+    pub kind: String,
+    /// The sequence number it signed twice (descriptors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// The measurement period both reports are for (reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// When this node saw the second record (unix seconds).
     pub detected: u64,
     /// When the evidence, and the relay's exclusion, end (unix seconds).
     pub expires: u64,
-    /// SHA-256 digests of the two signed descriptors (hex), lower first.
+    /// SHA-256 digests of the two signed records (hex), lower first.
     pub digests: Vec<String>,
-    /// The two signed descriptors in their wire form (hex), same order.
+    /// The two signed descriptors in their wire form (hex), same order
+    /// (descriptors).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub descriptors: Vec<String>,
+    /// The two signed reports in their wire form (hex), same order
+    /// (reports).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reports: Vec<String>,
+}
+
+/// [`EquivocationView::kind`] of two descriptors.
+pub const EQUIVOCATED_DESCRIPTOR: &str = "descriptor";
+/// [`EquivocationView::kind`] of two reports.
+pub const EQUIVOCATED_REPORT: &str = "report";
+
+fn descriptor_kind() -> String {
+    EQUIVOCATED_DESCRIPTOR.into()
 }
 
 /// What the control API reads from the running node.

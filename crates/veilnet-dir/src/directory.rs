@@ -496,7 +496,11 @@ impl Directory {
             return Err(ReportError::Disabled);
         };
         let done = m.insert(report, now)?;
-        if done != ReportInserted::Unchanged {
+        if done == ReportInserted::Forked {
+            // The measurer leaves the view at once, as a relay that
+            // equivocated does.
+            self.changed();
+        } else if done != ReportInserted::Unchanged {
             if published > self.cut() && done == ReportInserted::New {
                 // It counts from the slot whose cut passes it; only what
                 // a measurer schedules by can change now. (One that

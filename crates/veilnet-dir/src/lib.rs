@@ -23,8 +23,8 @@ pub use directory::{
 };
 pub use evidence::Equivocation;
 pub use measure::{
-    is_report, MeasureParams, Measured, Observation, Report, ReportError, ReportInserted,
-    VerifiedReport,
+    is_report, MeasureParams, Measured, Observation, Report, ReportError, ReportFork,
+    ReportInserted, VerifiedReport,
 };
 pub use path::{select_path, PathError, PathRequest};
 pub use weight::{Weights, MAX_WEIGHTED_PER_PREFIX};

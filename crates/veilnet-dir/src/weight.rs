@@ -155,6 +155,12 @@ impl Weights {
                 ..Weights::default()
             };
         };
+        // A measurer that forked a report weighs nothing and measures
+        // nothing while the proof lasts.
+        let relays: Vec<&Descriptor> = relays
+            .into_iter()
+            .filter(|d| !m.forked(&d.peer_id))
+            .collect();
         let by_address = over_caps(&relays, allow_private, weight);
         let candidates: HashSet<PeerId> = relays
             .iter()

@@ -11,7 +11,8 @@ use veilnet_dir::measure::{
     assigned, ReportInserted, ASSIGNMENT_SLACK_PERCENT, MAX_OBSERVATIONS, RAMP_FLOOR_PERCENT,
 };
 use veilnet_dir::{
-    Directory, MeasureParams, Observation, Report, ReportError, VerifiedReport, MAX_CLOCK_SKEW,
+    Directory, MeasureParams, Observation, Report, ReportError, ReportFork, VerifiedReport,
+    MAX_CLOCK_SKEW,
 };
 use veilnet_error::{ErrorKind, HasKind};
 
@@ -315,9 +316,6 @@ fn the_directory_keeps_one_report_per_measurer_and_period_from_listed_relays() {
         NOW + 5,
         vec![obs(id(&keys[0]), 1_000), obs(id(&keys[2]), 2_000)],
     );
-    // A later report that drops what the held one said, or adds nothing,
-    // does not replace it.
-    let rewrite = report(&keys[1], NOW + 6, vec![obs(id(&keys[2]), 9_000)]);
     let (d1, d2) = (first.digest, second.digest);
     dir.insert_report(first.clone(), NOW + 5).unwrap();
     assert_eq!(
@@ -331,10 +329,6 @@ fn the_directory_keeps_one_report_per_measurer_and_period_from_listed_relays() {
     assert!(dir.holds(&d2) && !dir.holds(&d1));
     assert!(matches!(
         dir.insert_report(first, NOW + 5),
-        Err(ReportError::Superseded(_))
-    ));
-    assert!(matches!(
-        dir.insert_report(rewrite, NOW + 6),
         Err(ReportError::Superseded(_))
     ));
     assert!(dir.keys().iter().any(|k| k.1 == d2));
@@ -354,6 +348,197 @@ fn the_directory_keeps_one_report_per_measurer_and_period_from_listed_relays() {
         off.insert_report(report(&keys[1], NOW, vec![]), NOW),
         Err(ReportError::Disabled)
     ));
+}
+
+/// Relays 0..4, each measured by the other three at `NOW`.
+fn measured_network() -> (Directory, Vec<Keypair>) {
+    let (mut dir, keys) = network(4, 1_000_000);
+    for m in 0..4 {
+        let seen = (0..4)
+            .filter(|&t| t != m)
+            .map(|t| obs(id(&keys[t]), 500_000))
+            .collect();
+        dir.insert_report(report(&keys[m], NOW, seen), NOW).unwrap();
+    }
+    (dir, keys)
+}
+
+#[test]
+fn a_measurer_that_forks_a_report_is_kept_as_evidence_and_weighs_nothing() {
+    let (dir, keys) = measured_network();
+    let liar = id(&keys[1]);
+    assert_eq!(dir.weights().get(&liar), 500_000);
+    assert_eq!(
+        dir.weights().measured(&id(&keys[0])).unwrap().observed_by,
+        3
+    );
+    // Two reports of one period, each observing a relay the other does
+    // not: nodes keeping whichever came first would disagree.
+    let epoch_start = PARAMS.epoch(NOW) * PARAMS.period_secs;
+    let a = report(
+        &keys[1],
+        NOW + 1,
+        vec![
+            obs(id(&keys[0]), 100),
+            obs(id(&keys[2]), 100),
+            obs(id(&keys[3]), 100),
+            obs(id(&key(50)), 1),
+        ],
+    );
+    let b = report(
+        &keys[1],
+        NOW + 2,
+        vec![
+            obs(id(&keys[0]), 9_000_000),
+            obs(id(&keys[2]), 1),
+            obs(id(&keys[3]), 1),
+            obs(id(&key(51)), 1),
+        ],
+    );
+    let mut views = Vec::new();
+    for (first, second) in [(&a, &b), (&b, &a)] {
+        let mut d = dir.clone();
+        assert_eq!(
+            d.insert_report(first.clone(), NOW + 2).unwrap(),
+            ReportInserted::Updated
+        );
+        assert_eq!(
+            d.insert_report(second.clone(), NOW + 2).unwrap(),
+            ReportInserted::Forked
+        );
+        assert_eq!(
+            d.insert_report(second.clone(), NOW + 2).unwrap(),
+            ReportInserted::Unchanged
+        );
+        let forks: Vec<ReportFork> = d.measurements().unwrap().forks().cloned().collect();
+        assert_eq!(forks.len(), 1);
+        let f = &forks[0];
+        assert_eq!((f.measurer, f.epoch), (liar, PARAMS.epoch(NOW)));
+        // Both are passed on, and the proof lasts as long as the period's
+        // reports are kept.
+        assert!(d.holds(&a.digest) && d.holds(&b.digest));
+        assert_eq!(d.record(&a.digest).unwrap(), a.record);
+        assert_eq!(d.record(&b.digest).unwrap(), b.record);
+        assert!(
+            d.keys().iter().any(|k| k.1 == a.digest) && d.keys().iter().any(|k| k.1 == b.digest)
+        );
+        assert_eq!(
+            f.expires,
+            epoch_start + (2 * (PARAMS.window_epochs as u64 - 1) + 1) * PARAMS.period_secs
+        );
+        // The liar weighs nothing and its word no longer counts.
+        let w = d.weights();
+        assert_eq!(w.get(&liar), 0);
+        assert!(!w.measurers().contains(&liar));
+        assert_eq!(w.measured(&id(&keys[0])).unwrap().observed_by, 2);
+        assert_eq!(w.get(&id(&keys[0])), 500_000);
+        // Any later report of it is refused while the proof lasts.
+        let more = report(
+            &keys[1],
+            NOW + PARAMS.period_secs,
+            vec![obs(id(&keys[0]), 1)],
+        );
+        let e = d.insert_report(more, NOW + PARAMS.period_secs).unwrap_err();
+        assert!(
+            matches!(e, ReportError::Forked { fork_epoch, .. } if fork_epoch == f.epoch),
+            "{e}"
+        );
+        assert_eq!(e.kind(), ErrorKind::Refused);
+        views.push((forks, d.keys()));
+    }
+    assert_eq!(
+        views[0], views[1],
+        "whichever came first, nodes keep the same"
+    );
+    // When the period's reports leave the window, so does the proof.
+    let mut d = dir.clone();
+    d.insert_report(a.clone(), NOW + 2).unwrap();
+    d.insert_report(b.clone(), NOW + 2).unwrap();
+    let expires = d.measurements().unwrap().forks().next().unwrap().expires;
+    d.expire(expires - 1);
+    assert_eq!(d.measurements().unwrap().forks().count(), 1);
+    d.expire(expires);
+    assert_eq!(d.measurements().unwrap().forks().count(), 0);
+    assert!(!d.holds(&a.digest) && !d.holds(&b.digest));
+}
+
+#[test]
+fn only_reports_off_one_chain_are_a_fork() {
+    let (dir, keys) = measured_network();
+    let t = |i: u32| obs(id(&key(60 + i)), 1);
+    let held = || {
+        vec![
+            obs(id(&keys[0]), 500_000),
+            obs(id(&keys[2]), 500_000),
+            obs(id(&keys[3]), 500_000),
+        ]
+    };
+    let with = |extra: Vec<Observation>| {
+        let mut v = held();
+        v.extend(extra);
+        v
+    };
+    let cases = [
+        // A later report that extends the held one replaces it.
+        (
+            "extends",
+            report(&keys[1], NOW + 5, with(vec![t(0)])),
+            Ok(ReportInserted::Updated),
+        ),
+        // The held one again, or an earlier one of its chain: superseded.
+        (
+            "earlier of the chain",
+            report(&keys[1], NOW - 5, vec![obs(id(&keys[0]), 500_000)]),
+            Err(()),
+        ),
+        // The same relays with other figures: a fork.
+        (
+            "same relays, other figures",
+            report(
+                &keys[1],
+                NOW + 5,
+                vec![
+                    obs(id(&keys[0]), 1),
+                    obs(id(&keys[2]), 1),
+                    obs(id(&keys[3]), 1),
+                ],
+            ),
+            Ok(ReportInserted::Forked),
+        ),
+        // More relays, dated before the held one: a fork (nodes holding
+        // either would refuse the other).
+        (
+            "extends, dated earlier",
+            report(&keys[1], NOW - 5, with(vec![t(1)])),
+            Ok(ReportInserted::Forked),
+        ),
+        // Drops one it observed: a fork.
+        (
+            "drops one",
+            report(
+                &keys[1],
+                NOW + 5,
+                vec![
+                    obs(id(&keys[0]), 500_000),
+                    obs(id(&keys[2]), 500_000),
+                    t(2),
+                    t(3),
+                ],
+            ),
+            Ok(ReportInserted::Forked),
+        ),
+    ];
+    for (what, r, expected) in cases {
+        let mut d = dir.clone();
+        let got = d.insert_report(r, NOW + 5);
+        match expected {
+            Ok(e) => assert_eq!(got.as_ref().ok(), Some(&e), "{what}: {got:?}"),
+            Err(()) => assert!(
+                matches!(got, Err(ReportError::Superseded(_))),
+                "{what}: {got:?}"
+            ),
+        }
+    }
 }
 
 #[test]

@@ -6,6 +6,7 @@ use std::sync::Weak;
 use veilnet_circmgr::PooledCircuit;
 use veilnet_control::{
     CircuitView, ControlSource, EquivocationView, GuardView, NodeView, StatusView,
+    EQUIVOCATED_DESCRIPTOR, EQUIVOCATED_REPORT,
 };
 use veilnet_dir::Descriptor;
 
@@ -68,20 +69,37 @@ impl ControlSource for NodeControl {
             return Vec::new();
         };
         let dir = lock(&n.directory);
-        dir.equivocations()
-            .map(|e| EquivocationView {
-                peer_id: e.peer.to_string(),
-                seq: e.seq,
-                detected: e.detected,
-                expires: e.expires,
-                digests: e.digests.iter().map(hex::encode).collect(),
-                descriptors: e
-                    .descriptors
-                    .iter()
-                    .map(|d| hex::encode(d.to_bytes()))
-                    .collect(),
-            })
-            .collect()
+        let descriptors = dir.equivocations().map(|e| EquivocationView {
+            peer_id: e.peer.to_string(),
+            kind: EQUIVOCATED_DESCRIPTOR.into(),
+            seq: Some(e.seq),
+            epoch: None,
+            detected: e.detected,
+            expires: e.expires,
+            digests: e.digests.iter().map(hex::encode).collect(),
+            descriptors: e
+                .descriptors
+                .iter()
+                .map(|d| hex::encode(d.to_bytes()))
+                .collect(),
+            reports: Vec::new(),
+        });
+        let reports = dir
+            .measurements()
+            .into_iter()
+            .flat_map(|m| m.forks())
+            .map(|f| EquivocationView {
+                peer_id: f.measurer.to_string(),
+                kind: EQUIVOCATED_REPORT.into(),
+                seq: None,
+                epoch: Some(f.epoch),
+                detected: f.detected,
+                expires: f.expires,
+                digests: f.digests.iter().map(hex::encode).collect(),
+                descriptors: Vec::new(),
+                reports: f.records.iter().map(hex::encode).collect(),
+            });
+        descriptors.chain(reports).collect()
     }
 
     fn circuits(&self) -> Vec<CircuitView> {

@@ -149,14 +149,23 @@ fn feed_report(
     };
     match result {
         Ok(ReportInserted::New | ReportInserted::Updated) => true,
+        Ok(ReportInserted::Forked) => {
+            warn!("a measurer signed two reports of one period that do not extend each other (via {from}); its reports are refused while the proof lasts");
+            true
+        }
         Ok(ReportInserted::Unchanged) => false,
         Err(e) => {
             // A report of a measurer we do not list yet may count once its
-            // descriptor arrives, and one from a little ahead of our clock
-            // once we catch up; any other is refused for good.
+            // descriptor arrives, one from a little ahead of our clock
+            // once we catch up, and one of a measurer that forked a report
+            // once the proof runs out if it is for a later period; any
+            // other is refused for good.
             let later = match &e {
                 ReportError::UnknownMeasurer(_) => true,
                 ReportError::OutOfWindow { epoch, first, .. } => epoch >= first,
+                ReportError::Forked {
+                    epoch, fork_epoch, ..
+                } => epoch > fork_epoch,
                 _ => false,
             };
             if !later {

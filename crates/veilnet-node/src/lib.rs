@@ -222,7 +222,11 @@ impl Node {
                  so every figure would be this node's own limit"
             );
         }
-        if config.measure.required || measures {
+        // Measurement on in this network: every node keeps the reports
+        // (and the proofs against measurers that forked one), clients and
+        // relays that do not measure too; they weigh relays by them only
+        // when `required`.
+        if config.measure.required || config.measure.enabled {
             dir.use_measurements(Some(measure::params(&config.measure)));
             // Reports weigh in within 10 s (a quarter period in test
             // networks), not one recomputation each.
@@ -461,6 +465,7 @@ impl Node {
                 config: config.measure.clone(),
                 stats: measure_stats.clone(),
                 first_reached: Mutex::new(std::collections::HashMap::new()),
+                state_dir: persist.then(|| config.data_dir.clone()),
             };
             tasks.push(tokio::spawn(measurer.run(shutdown_rx.clone())));
         }

@@ -34,6 +34,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use veilnet_config::{unix_now, MeasureConfig};
 use veilnet_dir::measure::assigned;
+use veilnet_dir::measure::MAX_REPORT_BYTES;
 use veilnet_dir::path::compatible;
 use veilnet_dir::{Descriptor, Directory, MeasureParams, Observation, Report, VerifiedReport};
 use veilnet_discovery::DiscoveryHandle;
@@ -90,6 +91,38 @@ pub(crate) struct Measurer {
     /// When we first reached each relay (what our reports claim as its
     /// first measurement), for relays still listed.
     pub(crate) first_reached: Mutex<HashMap<PeerId, u64>>,
+    /// Where our latest report is kept across restarts
+    /// ([`OWN_REPORT_FILE`]), if anywhere.
+    pub(crate) state_dir: Option<std::path::PathBuf>,
+}
+
+/// Our latest signed report, in the data directory: a restarted measurer
+/// continues its period's chain from it, so that it never signs two
+/// reports of one period that do not extend each other (which every node
+/// would keep as proof against it, [`veilnet_dir::ReportFork`]).
+pub(crate) const OWN_REPORT_FILE: &str = "own-report.json";
+
+/// [`OWN_REPORT_FILE`]'s contents.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedReport {
+    /// The signed report (hex).
+    record: String,
+}
+
+/// Whether `observations` add a relay to `held` (what our latest report of
+/// the period observed), and so make a report that extends it:
+/// `held`'s observations first, then the new relays, at most
+/// [`MAX_OBSERVATIONS`](veilnet_dir::measure::MAX_OBSERVATIONS).
+fn continue_chain(held: &[Observation], observations: &[Observation]) -> Option<Vec<Observation>> {
+    let mut all = held.to_vec();
+    for o in observations {
+        if all.len() < veilnet_dir::measure::MAX_OBSERVATIONS
+            && !all.iter().any(|h| h.target == o.target)
+        {
+            all.push(*o);
+        }
+    }
+    (all.len() > held.len()).then_some(all)
 }
 
 /// How many measurers the directory counts: `n` of the assignment
@@ -382,16 +415,78 @@ impl Measurer {
         Ok(rate(counted, first, last, duration))
     }
 
-    /// Signs a report of `observations` at `now`, stores it and announces it.
+    /// Our held report of `epoch`, if any.
+    fn held_report(&self, epoch: u64) -> Option<Report> {
+        let own = self.own();
+        let dir = lock(&self.directory);
+        let m = dir.measurements()?;
+        let p = *m.params();
+        let held = m
+            .reports_of(&own)
+            .find(|r| p.epoch(r.published) == epoch)
+            .cloned();
+        held
+    }
+
+    /// Puts our saved report back into the directory, so the period's chain
+    /// goes on from it after a restart.
+    fn restore(&self) {
+        let Some(dir) = &self.state_dir else {
+            return;
+        };
+        let saved: SavedReport =
+            match veilnet_config::load_state(dir, OWN_REPORT_FILE, 4 * MAX_REPORT_BYTES as u64) {
+                Ok(Some(s)) => s,
+                Ok(None) => return,
+                Err(e) => {
+                    warn!("ignoring our saved measurement report: {e}");
+                    return;
+                }
+            };
+        let verified = hex::decode(&saved.record)
+            .map_err(|e| e.to_string())
+            .and_then(|b| VerifiedReport::decode(&b).map_err(|e| e.to_string()))
+            .and_then(|v| {
+                if v.report.measurer == self.own() {
+                    Ok(v)
+                } else {
+                    Err(format!("it is {}'s", v.report.measurer))
+                }
+            });
+        match verified {
+            Ok(v) => {
+                if let Err(e) = lock(&self.directory).insert_report(v, unix_now()) {
+                    debug!("our saved measurement report was not restored: {e}");
+                }
+            }
+            Err(e) => warn!(
+                "ignoring our saved measurement report {}: {e}",
+                dir.join(OWN_REPORT_FILE).display()
+            ),
+        }
+    }
+
+    /// Signs a report of `observations` at `now`, stores it and announces
+    /// it. It extends our report of the period held before (observing all
+    /// it did, and more), or is not made.
     async fn publish(&self, observations: &[Observation], epoch: u64) {
         // A measurement that ended just after its period is still that
         // period's (its assignment is).
         let period = self.config.period_secs;
         let end = (epoch + 1) * period - 1;
+        let held = self.held_report(epoch);
+        let Some(observations) = continue_chain(
+            held.as_ref().map_or(&[][..], |h| &h.observations),
+            observations,
+        ) else {
+            return;
+        };
         let report = Report {
             measurer: self.own(),
-            published: unix_now().clamp(epoch * period, end),
-            observations: observations.to_vec(),
+            published: unix_now()
+                .clamp(epoch * period, end)
+                .max(held.map_or(0, |h| h.published)),
+            observations,
         };
         let record = match report.sign(&self.identity) {
             Ok(r) => r,
@@ -407,6 +502,16 @@ impl Measurer {
                 return;
             }
         };
+        // Saved before anyone sees it: after a restart we go on from it.
+        if let Some(dir) = &self.state_dir {
+            let saved = SavedReport {
+                record: hex::encode(&record),
+            };
+            if let Err(e) = veilnet_config::save_state(dir, OWN_REPORT_FILE, &saved) {
+                warn!("cannot save our measurement report, so it is not published: {e}");
+                return;
+            }
+        }
         let digest = verified.digest;
         let stored = lock(&self.directory).insert_report(verified, report.published);
         match stored {
@@ -425,6 +530,7 @@ impl Measurer {
             _ = tokio::time::sleep(FIRST_DELAY) => {}
             _ = shutdown.changed() => return,
         }
+        self.restore();
         info!(
             period_secs = p.period_secs,
             "measuring the relays assigned to this node each period"
@@ -523,4 +629,40 @@ async fn socket_pair() -> Result<(TcpStream, TcpStream), String> {
     let a = a.map_err(|e| format!("socket pair: {e}"))?;
     let (b, _) = b.map_err(|e| format!("socket pair: {e}"))?;
     Ok((a, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(seed: u8, bandwidth: u64) -> Observation {
+        Observation {
+            target: Keypair::ed25519_from_bytes([seed; 32])
+                .unwrap()
+                .public()
+                .to_peer_id(),
+            bandwidth,
+            reached: true,
+            since: 1,
+        }
+    }
+
+    #[test]
+    fn a_report_goes_on_from_the_held_one_or_is_not_made() {
+        let held = [o(1, 10), o(2, 20)];
+        // The held observations stay as they were; only new relays come in.
+        assert_eq!(
+            continue_chain(&held, &[o(2, 99), o(3, 30)]),
+            Some(vec![o(1, 10), o(2, 20), o(3, 30)])
+        );
+        // Nothing new (a restart measured the same relay again): no
+        // report, since it would not extend the held one.
+        assert_eq!(continue_chain(&held, &[o(1, 5)]), None);
+        assert_eq!(continue_chain(&[], &[]), None);
+        // Never past the most a report may hold.
+        let full: Vec<Observation> = (0..veilnet_dir::measure::MAX_OBSERVATIONS as u8)
+            .map(|i| o(i + 10, 1))
+            .collect();
+        assert_eq!(continue_chain(&full, &[o(200, 1)]), None);
+    }
 }

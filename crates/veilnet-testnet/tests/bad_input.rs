@@ -848,7 +848,8 @@ async fn an_equivocating_relay_is_shown_and_avoided_by_every_node() {
             get_json(control, "/v1/equivocations").await.unwrap();
         assert_eq!(shown.len(), 1, "{shown:?}");
         assert_eq!(shown[0].peer_id, rogue_peer.to_string());
-        assert_eq!(shown[0].seq, 7);
+        assert_eq!(shown[0].seq, Some(7));
+        assert_eq!(shown[0].kind, veilnet_control::EQUIVOCATED_DESCRIPTOR);
         assert_eq!(shown[0].digests, digests);
         for hexed in &shown[0].descriptors {
             let sd = SignedDescriptor::from_bytes(&hex::decode(hexed).unwrap()).unwrap();
@@ -865,6 +866,118 @@ async fn an_equivocating_relay_is_shown_and_avoided_by_every_node() {
         http::download(proxy, target, DL, Duration::from_secs(30))
             .await
             .unwrap();
+    };
+    timeout(TEST_LIMIT, run).await.expect("test timed out");
+    assert_no_task_panics();
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_measurer_that_forks_its_report_is_shown_and_weighs_nothing_on_every_node() {
+    common::init();
+    let opts = TestnetOptions {
+        nodes: 5,
+        exits: 2,
+        control: Some("127.0.0.1:0".parse().unwrap()),
+        // Reports are kept and shown; weights stay the advertised ones, so
+        // the rogue would weigh something but for the proof.
+        measure: Some(veilnet_config::MeasureConfig {
+            required: false,
+            ..veilnet_config::MeasureConfig::test_network()
+        }),
+        ..TestnetOptions::default()
+    };
+    let net = Testnet::start(opts).await.expect("start the test network");
+    net.wait_ready(Duration::from_secs(45))
+        .await
+        .expect("test network ready");
+    let run = async {
+        let now = veilnet_config::unix_now();
+        // A relay, listed like any other...
+        let template = {
+            let dir = net.client.directory.lock().unwrap();
+            dir.get(&net.relays[1].peer_id).cloned().unwrap()
+        };
+        let rogue = Keypair::generate_ed25519();
+        let rogue_peer = rogue.public().to_peer_id();
+        let descriptor = exit_as(&template, &rogue, 7, now).sign(&rogue).unwrap();
+        // ...that signs two reports of one period, each observing a relay
+        // the other does not.
+        let report = |target: PeerId| {
+            veilnet_dir::Report {
+                measurer: rogue_peer,
+                published: now,
+                observations: vec![veilnet_dir::Observation {
+                    target,
+                    bandwidth: 1_000_000,
+                    reached: true,
+                    since: now,
+                }],
+            }
+            .sign(&rogue)
+            .unwrap()
+        };
+        let (a, b) = (report(net.relays[0].peer_id), report(net.relays[2].peer_id));
+        let mut digests = [
+            hex::encode(veilnet_discovery::sync::digest(&a)),
+            hex::encode(veilnet_discovery::sync::digest(&b)),
+        ];
+        digests.sort();
+
+        // It offers all three to one relay only.
+        let target = net.relays[0].clone();
+        let records = vec![descriptor.to_bytes(), a, b];
+        let (_, handle, drain) = gossip_to(&target, records).await;
+
+        // Every node ends up with the proof, whichever report reached it
+        // first, and gives the rogue no weight.
+        let all: Vec<&Arc<Node>> = net.relays.iter().chain([&net.client]).collect();
+        assert!(
+            eventually(Duration::from_secs(30), || all.iter().all(|n| {
+                let dir = n.directory.lock().unwrap();
+                let forked = dir
+                    .measurements()
+                    .is_some_and(|m| m.forks().any(|f| f.measurer == rogue_peer));
+                forked && dir.get(&rogue_peer).is_some() && dir.weights().get(&rogue_peer) == 0
+            }))
+            .await,
+            "not every node holds the proof and weighs the rogue at nothing: {:?}",
+            all.iter()
+                .map(|n| {
+                    let dir = n.directory.lock().unwrap();
+                    (
+                        dir.measurements().map(|m| (m.len(), m.forks().count())),
+                        dir.get(&rogue_peer).is_some(),
+                        dir.weights().get(&rogue_peer),
+                    )
+                })
+                .collect::<Vec<_>>()
+        );
+        // An honest relay listed the same way weighs what it advertises.
+        assert!(
+            net.client
+                .directory
+                .lock()
+                .unwrap()
+                .weights()
+                .get(&net.relays[1].peer_id)
+                > 0
+        );
+
+        // The client's control API shows it, with both signed reports.
+        let control = net.client.control_addr().unwrap();
+        let shown: Vec<veilnet_control::EquivocationView> =
+            get_json(control, "/v1/equivocations").await.unwrap();
+        assert_eq!(shown.len(), 1, "{shown:?}");
+        assert_eq!(shown[0].peer_id, rogue_peer.to_string());
+        assert_eq!(shown[0].kind, veilnet_control::EQUIVOCATED_REPORT);
+        assert_eq!(shown[0].digests, digests);
+        for hexed in &shown[0].reports {
+            let v = veilnet_dir::VerifiedReport::decode(&hex::decode(hexed).unwrap()).unwrap();
+            assert_eq!(v.report.measurer, rogue_peer);
+        }
+        handle.shutdown().await;
+        drain.abort();
     };
     timeout(TEST_LIMIT, run).await.expect("test timed out");
     assert_no_task_panics();

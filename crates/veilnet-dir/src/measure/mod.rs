@@ -32,6 +32,7 @@
 //! The weight ([`crate::weight`]) is the measured figure capped by the
 //! advertised one, times the ramp; a relay that is not reachable weighs 0.
 
+mod fork;
 mod report;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -39,6 +40,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use libp2p::PeerId;
 use sha2::{Digest as _, Sha256};
 
+pub use fork::{extends, ReportFork, MAX_FORKS};
 pub use report::{
     claimed_measurer, is_report, Observation, Report, ReportError, VerifiedReport,
     MAX_OBSERVATIONS, MAX_REPORT_BYTES, REPORT_CONTEXT, REPORT_FORMAT, REPORT_TAG,
@@ -203,13 +205,18 @@ struct Stored {
 }
 
 /// The reports a directory holds: per measurer, the latest of each period
-/// in the window. Bounded by the directory: only listed relays' reports
-/// are taken, at most [`MAX_WINDOW_EPOCHS`] each.
+/// in the window, and the proofs of measurers that forked a period's
+/// report ([`ReportFork`]). Bounded by the directory: only listed relays'
+/// reports are taken, at most [`MAX_WINDOW_EPOCHS`] each, and at most
+/// [`MAX_FORKS`] proofs.
 #[derive(Debug, Clone)]
 pub struct Measurements {
     params: MeasureParams,
     reports: BTreeMap<PeerId, BTreeMap<u64, Stored>>,
     digests: BTreeMap<DescriptorDigest, (PeerId, u64)>,
+    forks: BTreeMap<PeerId, ReportFork>,
+    /// The digests of the forks' reports.
+    fork_digests: BTreeMap<DescriptorDigest, PeerId>,
 }
 
 /// What [`Measurements::insert`] did.
@@ -221,6 +228,10 @@ pub enum ReportInserted {
     Updated,
     /// Exactly the report held.
     Unchanged,
+    /// It and the report held for its period do not extend one another:
+    /// both are kept as a [`ReportFork`], and the measurer's reports no
+    /// longer count.
+    Forked,
 }
 
 impl Measurements {
@@ -230,6 +241,8 @@ impl Measurements {
             params,
             reports: BTreeMap::new(),
             digests: BTreeMap::new(),
+            forks: BTreeMap::new(),
+            fork_digests: BTreeMap::new(),
         }
     }
 
@@ -249,42 +262,63 @@ impl Measurements {
             .min()
     }
 
-    /// Whether the report with this digest is held.
+    /// Whether the report with this digest is held (one of a fork's too).
     pub fn holds(&self, digest: &DescriptorDigest) -> bool {
-        self.digests.contains_key(digest)
+        self.digests.contains_key(digest) || self.fork_digests.contains_key(digest)
     }
 
     /// Whether a held report's digest begins with `prefix`.
     pub fn holds_prefix(&self, prefix: &[u8]) -> bool {
-        self.digests
-            .range(crate::directory::prefix_range(prefix))
-            .next()
-            .is_some()
+        let range = crate::directory::prefix_range(prefix);
+        self.digests.range(range.clone()).next().is_some()
+            || self.fork_digests.range(range).next().is_some()
     }
 
     /// The record of the held report with this digest.
     pub fn record(&self, digest: &DescriptorDigest) -> Option<&[u8]> {
+        if let Some(m) = self.fork_digests.get(digest) {
+            let f = self.forks.get(m)?;
+            let i = f.digests.iter().position(|d| d == digest)?;
+            return Some(&f.records[i]);
+        }
         let (m, e) = self.digests.get(digest)?;
         Some(&self.reports.get(m)?.get(e)?.record)
     }
 
-    /// The [`RecordKey`](crate::RecordKey)s of every held report: its
-    /// `published` and digest.
+    /// The [`RecordKey`](crate::RecordKey)s of every held report (the
+    /// forks' included, so they are passed on): its `published` and
+    /// digest.
     pub fn keys(&self) -> impl Iterator<Item = crate::RecordKey> + '_ {
         self.reports
             .values()
             .flat_map(|per| per.values())
             .map(|s| (s.report.published, s.digest))
+            .chain(
+                self.forks
+                    .values()
+                    .flat_map(|f| f.published.into_iter().zip(f.digests)),
+            )
     }
 
-    /// Number of held reports.
+    /// Number of held reports (the forks' included).
     pub fn len(&self) -> usize {
-        self.digests.len()
+        self.digests.len() + self.fork_digests.len()
     }
 
     /// Whether none is held.
     pub fn is_empty(&self) -> bool {
-        self.digests.is_empty()
+        self.len() == 0
+    }
+
+    /// The measurers that forked a report, with the proof, in peer id
+    /// order.
+    pub fn forks(&self) -> impl Iterator<Item = &ReportFork> {
+        self.forks.values()
+    }
+
+    /// Whether `measurer` forked a report whose proof still lasts.
+    pub fn forked(&self, measurer: &PeerId) -> bool {
+        self.forks.contains_key(measurer)
     }
 
     /// The held reports of `measurer`, oldest period first.
@@ -298,9 +332,11 @@ impl Measurements {
     /// Stores a verified report at `now`. The caller has checked that the
     /// measurer is a relay it lists. Refused: a report signed more than
     /// [`MAX_CLOCK_SKEW`] ahead of `now` or for a period before the window
-    /// ([`ReportError::OutOfWindow`]), and one that is older than the report
-    /// held for its period or does not extend it (every relay it observed,
-    /// and more: [`ReportError::Superseded`]).
+    /// ([`ReportError::OutOfWindow`]), one that the report held for its
+    /// period extends (an earlier one of its chain:
+    /// [`ReportError::Superseded`]), and any of a measurer whose fork's
+    /// proof lasts ([`ReportError::Forked`]). One that neither extends the
+    /// held one nor is extended by it is kept with it as a [`ReportFork`].
     pub fn insert(&mut self, v: VerifiedReport, now: u64) -> Result<ReportInserted, ReportError> {
         let p = self.params;
         let measurer = v.report.measurer;
@@ -321,6 +357,16 @@ impl Measurements {
                 last,
             });
         }
+        if let Some(f) = self.forks.get(&measurer) {
+            if f.digests.contains(&v.digest) {
+                return Ok(ReportInserted::Unchanged);
+            }
+            return Err(ReportError::Forked {
+                measurer,
+                epoch,
+                fork_epoch: f.epoch,
+            });
+        }
         let per = self.reports.entry(measurer).or_default();
         let mut result = ReportInserted::New;
         if let Some(held) = per.get(&epoch) {
@@ -328,22 +374,26 @@ impl Measurements {
                 return Ok(ReportInserted::Unchanged);
             }
             // A measurer republishes its period's report as it measures
-            // more: a later report must keep every relay the held one
-            // observed and add one, so a measurer has at most
+            // more: each later report keeps every relay the one before
+            // observed and adds one, so a measurer has at most
             // MAX_OBSERVATIONS reports a period to pass around.
-            let later = v.report.published >= held.report.published;
-            let extends = v.report.observations.len() > held.report.observations.len()
-                && held
-                    .report
-                    .observations
-                    .iter()
-                    .all(|h| v.report.observations.iter().any(|o| o.target == h.target));
-            if !later || !extends {
+            if extends(&held.report, &v.report) {
                 return Err(ReportError::Superseded(measurer));
+            }
+            if !extends(&v.report, &held.report) {
+                let fork = ReportFork::of(
+                    &p,
+                    (&held.record, held.digest, &held.report),
+                    (&v.record, v.digest, &v.report),
+                    now,
+                );
+                self.keep_fork(fork);
+                return Ok(ReportInserted::Forked);
             }
             self.digests.remove(&held.digest);
             result = ReportInserted::Updated;
         }
+        let per = self.reports.entry(measurer).or_default();
         self.digests.insert(v.digest, (measurer, epoch));
         let draws = v
             .report
@@ -369,12 +419,22 @@ impl Measurements {
         Ok(result)
     }
 
-    /// Drops reports of periods before the window at `now`, and those of
-    /// measurers `keep` refuses (no longer listed); returns whether any
-    /// went.
+    /// Drops reports of periods before the window at `now`, those of
+    /// measurers `keep` refuses (no longer listed), and forks whose proof
+    /// has run out; returns whether any went.
     pub fn expire(&mut self, now: u64, keep: impl Fn(&PeerId) -> bool) -> bool {
         let first = self.params.first_kept(now);
-        let before = self.digests.len();
+        let before = self.len();
+        let fork_digests = &mut self.fork_digests;
+        self.forks.retain(|_, f| {
+            let lasts = !f.expired(now);
+            if !lasts {
+                for d in &f.digests {
+                    fork_digests.remove(d);
+                }
+            }
+            lasts
+        });
         let digests = &mut self.digests;
         self.reports.retain(|m, per| {
             let listed = keep(m);
@@ -387,7 +447,33 @@ impl Measurements {
             });
             !per.is_empty()
         });
-        self.digests.len() != before
+        self.len() != before
+    }
+
+    /// Keeps `fork` in place of its measurer's reports, which no longer
+    /// count; beyond [`MAX_FORKS`], the proof that ends first goes.
+    fn keep_fork(&mut self, fork: ReportFork) {
+        if let Some(per) = self.reports.remove(&fork.measurer) {
+            for s in per.values() {
+                self.digests.remove(&s.digest);
+            }
+        }
+        if self.forks.len() >= MAX_FORKS {
+            let first = self
+                .forks
+                .values()
+                .min_by_key(|f| (f.expires, f.measurer))
+                .map(|f| f.measurer);
+            if let Some(old) = first.and_then(|m| self.forks.remove(&m)) {
+                for d in &old.digests {
+                    self.fork_digests.remove(d);
+                }
+            }
+        }
+        for d in fork.digests {
+            self.fork_digests.insert(d, fork.measurer);
+        }
+        self.forks.insert(fork.measurer, fork);
     }
 
     /// The measurers whose reports count at `now` among `candidates`

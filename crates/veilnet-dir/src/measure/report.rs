@@ -108,6 +108,17 @@ pub enum ReportError {
     /// does not extend the held one.
     #[error("measurement report of {0}: a later one for this epoch is held, or it does not extend the one held")]
     Superseded(PeerId),
+    /// The measurer forked a report ([`crate::measure::ReportFork`]): none
+    /// of its reports counts while the proof lasts.
+    #[error("measurement report of {measurer} for epoch {epoch}: it forked its report of epoch {fork_epoch}, and its reports are refused while the proof lasts")]
+    Forked {
+        /// The measurer.
+        measurer: PeerId,
+        /// The report's epoch.
+        epoch: u64,
+        /// The epoch of the forked reports.
+        fork_epoch: u64,
+    },
     /// The directory has measurement turned off.
     #[error("this node does not use measurements")]
     Disabled,
@@ -123,7 +134,8 @@ impl HasKind for ReportError {
             ReportError::UnknownMeasurer(_)
             | ReportError::OutOfWindow { .. }
             | ReportError::Superseded(_) => ErrorKind::Transient,
-            ReportError::Disabled => ErrorKind::Refused,
+            // The measurer is at fault, not the peer that passed it on.
+            ReportError::Forked { .. } | ReportError::Disabled => ErrorKind::Refused,
         }
     }
 }
