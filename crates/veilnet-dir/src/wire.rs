@@ -1,9 +1,10 @@
 //! The binary body of a descriptor: what a relay signs.
 //!
-//! Format 2, integers big-endian, counts and lengths one byte:
+//! Format 3, integers big-endian, counts and lengths one byte (format 2
+//! wrote the exit policy's private rejections out rule by rule):
 //!
 //! ```text
-//! format u8 = 2 | identity [32] (raw ed25519 key) | roles u8 (bit 0 relay, bit 1 exit)
+//! format u8 = 3 | identity [32] (raw ed25519 key) | roles u8 (bit 0 relay, bit 1 exit)
 //! | link addrs: n u8, (4 [4] port u16 | 6 [16] port u16)*
 //! | p2p addrs: n u8, (len u8, multiaddr bytes)*
 //! | onion_key [32] | onion_key_expires u64 | link_key [32]
@@ -29,7 +30,7 @@ use crate::descriptor::{Descriptor, DescriptorError, Roles};
 use crate::reader::{Reader, Truncated};
 
 /// The body format [`encode`] writes and [`decode`] reads.
-pub const BODY_FORMAT: u8 = 2;
+pub const BODY_FORMAT: u8 = 3;
 
 const RELAY: u8 = 1;
 const EXIT: u8 = 2;

@@ -438,6 +438,16 @@ const PRIVATE_NETS: [IpNet; 17] = [
     v6(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),
 ];
 
+/// `reject NET:*` for each of [`PRIVATE_NETS`], in order: how the default
+/// policy begins (and what its binary form writes as one flag).
+pub(crate) fn private_rejections() -> impl ExactSizeIterator<Item = Rule> {
+    PRIVATE_NETS.iter().map(|net| Rule {
+        action: Action::Reject,
+        addr: AddrPattern::Net(*net),
+        ports: PortRange::ALL,
+    })
+}
+
 const fn v4(a: u8, b: u8, c: u8, d: u8, len: u8) -> IpNet {
     IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(a, b, c, d), len))
 }
@@ -533,14 +543,7 @@ impl ExitPolicy {
     /// (SMTP: an open exit on port 25 is a spam relay, so Tor's default
     /// policy refuses it too), then `accept *:*`.
     pub fn default_exit() -> Self {
-        let mut rules: Vec<Rule> = PRIVATE_NETS
-            .iter()
-            .map(|net| Rule {
-                action: Action::Reject,
-                addr: AddrPattern::Net(*net),
-                ports: PortRange::ALL,
-            })
-            .collect();
+        let mut rules: Vec<Rule> = private_rejections().collect();
         rules.push(Rule {
             action: Action::Reject,
             addr: AddrPattern::Any,

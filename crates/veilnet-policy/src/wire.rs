@@ -1,20 +1,29 @@
 //! The binary form of an exit policy, as descriptors carry it.
 //!
-//! `count u16 | rule*`, integers big-endian; a rule is one flags byte
+//! `count u16 | rule*`, integers big-endian. The count's top bit set
+//! means the policy begins with the built-in private rejections (`reject
+//! NET:*` for each private and special network, in their fixed order, as
+//! the default policy does) before the `count & 0x7fff` rules written:
+//! those 17 rules would take 95 of a typical exit descriptor's ~340 bytes.
+//! A rule is one flags byte
 //! (bit 0: accept, bits 1-2: address kind 0 `*`, 1 IPv4, 2 IPv6; bit 3: all
 //! ports; bit 4: a single port; other bits zero), then for a network its
 //! prefix length and the prefix's significant bytes (`ceil(len / 8)`), then
 //! the ports: none for all ports, `u16` for a single port, `lo u16 | hi u16`
 //! for a range. The encoding is canonical: a network with host bits set, an
 //! IPv4-mapped IPv6 network, a single port written as a range, or a set
-//! reserved bit is refused, so one policy has exactly one encoding and the
-//! descriptor digest names one descriptor.
+//! reserved bit is refused, and so are the private rejections written out
+//! rule by rule, so one policy has exactly one encoding and the descriptor
+//! digest names one descriptor.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
-use crate::{normalise_mapped, Action, AddrPattern, ExitPolicy, PortRange, Rule, MAX_RULES};
+use crate::{
+    normalise_mapped, private_rejections, Action, AddrPattern, ExitPolicy, PortRange, Rule,
+    MAX_RULES,
+};
 
 const ACCEPT: u8 = 1;
 const KIND_SHIFT: u8 = 1;
@@ -22,6 +31,10 @@ const KIND_MASK: u8 = 0b11 << KIND_SHIFT;
 const ALL_PORTS: u8 = 1 << 3;
 const ONE_PORT: u8 = 1 << 4;
 const KNOWN: u8 = ACCEPT | KIND_MASK | ALL_PORTS | ONE_PORT;
+/// In the rule count: the built-in private rejections come first.
+const PRIVATE_FIRST: u16 = 0x8000;
+/// The rule count proper.
+const COUNT_MASK: u16 = 0x7fff;
 
 /// Why a binary exit policy was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,30 +58,62 @@ pub enum PolicyWireError {
 impl ExitPolicy {
     /// Appends the binary form of the policy to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        let n = u16::try_from(self.rules.len()).unwrap_or(u16::MAX);
-        out.extend_from_slice(&n.to_be_bytes());
-        for rule in self.rules.iter().take(usize::from(n)) {
+        let private = self.starts_with_private_rejections();
+        let rest = if private {
+            &self.rules[private_rejections().len()..]
+        } else {
+            &self.rules[..]
+        };
+        let n = u16::try_from(rest.len())
+            .unwrap_or(COUNT_MASK)
+            .min(COUNT_MASK);
+        let flag = if private { PRIVATE_FIRST } else { 0 };
+        out.extend_from_slice(&(n | flag).to_be_bytes());
+        for rule in rest.iter().take(usize::from(n)) {
             encode_rule(rule, out);
         }
+    }
+
+    /// Whether the rules begin with the built-in private rejections.
+    fn starts_with_private_rejections(&self) -> bool {
+        self.rules.len() >= private_rejections().len()
+            && private_rejections()
+                .zip(&self.rules)
+                .all(|(p, r)| p == *r)
     }
 
     /// Reads a policy written by [`encode_into`](Self::encode_into) from the
     /// front of `b`, advancing it.
     pub fn decode_from(b: &mut &[u8]) -> Result<Self, PolicyWireError> {
-        let n = usize::from(u16::from_be_bytes(
-            take(b, 2, "rule count")?.try_into().unwrap_or([0; 2]),
-        ));
-        if n > MAX_RULES {
-            return Err(PolicyWireError::TooManyRules(n));
+        let count = u16::from_be_bytes(take(b, 2, "rule count")?.try_into().unwrap_or([0; 2]));
+        let private = count & PRIVATE_FIRST != 0;
+        let n = usize::from(count & COUNT_MASK);
+        let first = if private {
+            private_rejections().len()
+        } else {
+            0
+        };
+        if first + n > MAX_RULES {
+            return Err(PolicyWireError::TooManyRules(first + n));
         }
-        let mut rules = Vec::with_capacity(n);
-        for index in 0..n {
+        let mut rules = Vec::with_capacity(first + n);
+        if private {
+            rules.extend(private_rejections());
+        }
+        for index in first..first + n {
             rules.push(decode_rule(b).map_err(|reason| match reason {
                 RuleFault::Truncated(what) => PolicyWireError::Truncated(what),
                 RuleFault::Bad(reason) => PolicyWireError::BadRule { index, reason },
             })?);
         }
-        Ok(ExitPolicy { rules })
+        let policy = ExitPolicy { rules };
+        if !private && policy.starts_with_private_rejections() {
+            return Err(PolicyWireError::BadRule {
+                index: 0,
+                reason: "the built-in private rejections written out instead of flagged",
+            });
+        }
+        Ok(policy)
     }
 }
 
@@ -218,8 +263,46 @@ mod tests {
         round_trip(&ExitPolicy::default_exit());
         round_trip(&ExitPolicy::reject_all());
         round_trip(&ExitPolicy::new(Vec::new()).unwrap());
-        // The default exit policy, private ranges included, stays small.
-        assert!(round_trip(&ExitPolicy::default_exit()).len() < 110);
+        // The default exit policy: the private rejections as one flag, then
+        // `reject *:25` and `accept *:*`.
+        let default = round_trip(&ExitPolicy::default_exit());
+        assert_eq!(default, [0x80, 2, ONE_PORT, 0, 25, ALL_PORTS | ACCEPT]);
+        // Without them (test networks) or with them in another order, the
+        // rules are written out.
+        let open = ExitPolicy::default_exit().with_private_targets_allowed();
+        assert_eq!(round_trip(&open), [0, 2, ONE_PORT, 0, 25, ALL_PORTS | ACCEPT]);
+        let mut reordered = ExitPolicy::default_exit();
+        reordered.rules.swap(0, 1);
+        assert!(round_trip(&reordered)[0] & 0x80 == 0);
+    }
+
+    #[test]
+    fn the_private_rejections_have_one_form_and_count_towards_the_rules() {
+        // Written out rule by rule they are refused: one policy, one encoding.
+        let mut out = Vec::new();
+        let default = ExitPolicy::default_exit();
+        out.extend_from_slice(&(default.rules.len() as u16).to_be_bytes());
+        for r in &default.rules {
+            encode_rule(r, &mut out);
+        }
+        let mut b = out.as_slice();
+        assert!(matches!(
+            ExitPolicy::decode_from(&mut b),
+            Err(PolicyWireError::BadRule { index: 0, .. })
+        ));
+        // The flag's 17 rules count towards MAX_RULES.
+        let most = (MAX_RULES - private_rejections().len()) as u16;
+        let mut over = (PRIVATE_FIRST | (most + 1)).to_be_bytes().to_vec();
+        over.extend(std::iter::repeat_n(ALL_PORTS, usize::from(most) + 1));
+        let mut b = over.as_slice();
+        assert!(matches!(
+            ExitPolicy::decode_from(&mut b),
+            Err(PolicyWireError::TooManyRules(n)) if n == MAX_RULES + 1
+        ));
+        let mut full = (PRIVATE_FIRST | most).to_be_bytes().to_vec();
+        full.extend(std::iter::repeat_n(ALL_PORTS, usize::from(most)));
+        let mut b = full.as_slice();
+        assert_eq!(ExitPolicy::decode_from(&mut b).unwrap().rules.len(), MAX_RULES);
     }
 
     #[test]
