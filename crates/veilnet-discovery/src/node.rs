@@ -1101,7 +1101,10 @@ impl Node {
             }
             return;
         }
-        let msg = sync::open(&*self.provider);
+        let msg = match self.provider.settled_below() {
+            Some(upper) if !self.client_only => sync::open_below(&*self.provider, upper),
+            _ => sync::open(&*self.provider),
+        };
         for peer in peers {
             self.send_sync(peer, msg.clone(), 1);
         }

@@ -161,6 +161,16 @@ pub trait RecordStore: Send + Sync {
         let _ = n;
         Vec::new()
     }
+    /// Where a relay's periodic rounds with other relays stop: the records
+    /// from this key on are still spreading by announcement (what the cut
+    /// does not count yet, in a directory with one), and reconciling them
+    /// would split ranges down to records some peers are only about to
+    /// receive ([`open_below`]). New links, restarts and clients' fetches
+    /// still reconcile everything. `None` (the default): rounds reconcile
+    /// everything.
+    fn settled_below(&self) -> Option<RecordKey> {
+        None
+    }
     /// Whether the records list `peer` as a usable relay; `None` if the
     /// store cannot tell (the default). A client whose store lists relays
     /// fetches only from listed ones: any key can claim to serve the
@@ -550,6 +560,30 @@ pub fn open(set: &dyn RecordStore) -> SyncMessage {
     }
 }
 
+/// The first message of an exchange over the records below `upper` only:
+/// their fingerprint. A relay's rounds reconcile below the cut
+/// ([`RecordStore::settled_below`]), so the records still spreading by
+/// announcement, which some peers hold and some do not yet, do not make
+/// every round split its ranges down to them.
+pub fn open_below(set: &dyn RecordStore, upper: RecordKey) -> SyncMessage {
+    let keys = set.keys();
+    let mine = in_range(&keys, &KEY_MIN, Some(&upper));
+    SyncMessage {
+        ranges: vec![Range {
+            lower: KEY_MIN,
+            upper: Some(upper),
+            mode: RangeMode::Fingerprint(set.fingerprint_of(mine)),
+        }],
+        ..SyncMessage::default()
+    }
+}
+
+/// The bound of [`open_below`] for records whose time (their `published`)
+/// is before `time`.
+pub fn settled_below(time: u64) -> RecordKey {
+    (time, [0; 32])
+}
+
 /// A push of records the sender has just accepted: one list range naming
 /// `digests` (at most [`MAX_DIGESTS`]; the rest are dropped) that asks for
 /// no list back and claims nothing about the sender's other records. The
@@ -931,6 +965,32 @@ mod tests {
         assert_eq!(rounds, 1);
         // The fingerprint range one way, an empty answer the other.
         assert!(bytes < 80, "{bytes} bytes");
+    }
+
+    #[test]
+    fn a_round_below_the_cut_leaves_what_is_still_spreading_alone() {
+        // Peers that agree on everything before time 100 and differ in
+        // what came after (records still spreading by announcement).
+        let old = (0..3000).map(|i| (i, i as u64 % 100));
+        let mut a = Set::timed(old.clone().chain([(9000, 100), (9001, 150)]));
+        let mut b = Set::timed(old.chain([(9002, 120)]));
+        let bound = settled_below(100);
+        let first = open_below(&a, bound);
+        let (rounds, bytes) = exchange_from(&mut a, &mut b, first);
+        assert_eq!(rounds, 1, "one fingerprint, nothing split");
+        assert!(bytes < 120, "{bytes} bytes");
+        assert_eq!((a.records.len(), b.records.len()), (3002, 3001));
+        // A difference below the bound is found and mended; the ones above
+        // are still left to announcements.
+        b.add(timed(7000, 50));
+        let first = open_below(&a, bound);
+        let (rounds, _) = exchange_from(&mut a, &mut b, first);
+        assert!(rounds > 1);
+        assert!(a.records.contains_key(&digest(&timed(7000, 50))));
+        assert!(!a.records.contains_key(&digest(&timed(9002, 120))));
+        // An unbounded exchange (a new link, a client's fetch) takes all.
+        exchange(&mut a, &mut b);
+        assert_eq!(a.records.len(), b.records.len());
     }
 
     #[test]

@@ -651,6 +651,13 @@ impl veilnet_discovery::RecordStore for DirectoryRecords {
         picked
     }
 
+    fn settled_below(&self) -> Option<veilnet_discovery::RecordKey> {
+        // Below the cut now (the directory's own clock may be a tick
+        // behind): what every relay's view counts.
+        let cut = lock(&self.0).cut_params().at(veilnet_config::unix_now());
+        Some(veilnet_discovery::sync::settled_below(cut))
+    }
+
     fn lists_relay(&self, peer: &PeerId) -> Option<bool> {
         Some(
             lock(&self.0)

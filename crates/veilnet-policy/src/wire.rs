@@ -77,9 +77,7 @@ impl ExitPolicy {
     /// Whether the rules begin with the built-in private rejections.
     fn starts_with_private_rejections(&self) -> bool {
         self.rules.len() >= private_rejections().len()
-            && private_rejections()
-                .zip(&self.rules)
-                .all(|(p, r)| p == *r)
+            && private_rejections().zip(&self.rules).all(|(p, r)| p == *r)
     }
 
     /// Reads a policy written by [`encode_into`](Self::encode_into) from the
@@ -270,7 +268,10 @@ mod tests {
         // Without them (test networks) or with them in another order, the
         // rules are written out.
         let open = ExitPolicy::default_exit().with_private_targets_allowed();
-        assert_eq!(round_trip(&open), [0, 2, ONE_PORT, 0, 25, ALL_PORTS | ACCEPT]);
+        assert_eq!(
+            round_trip(&open),
+            [0, 2, ONE_PORT, 0, 25, ALL_PORTS | ACCEPT]
+        );
         let mut reordered = ExitPolicy::default_exit();
         reordered.rules.swap(0, 1);
         assert!(round_trip(&reordered)[0] & 0x80 == 0);
@@ -302,7 +303,10 @@ mod tests {
         let mut full = (PRIVATE_FIRST | most).to_be_bytes().to_vec();
         full.extend(std::iter::repeat_n(ALL_PORTS, usize::from(most)));
         let mut b = full.as_slice();
-        assert_eq!(ExitPolicy::decode_from(&mut b).unwrap().rules.len(), MAX_RULES);
+        assert_eq!(
+            ExitPolicy::decode_from(&mut b).unwrap().rules.len(),
+            MAX_RULES
+        );
     }
 
     #[test]

@@ -109,6 +109,9 @@ pub struct SimConfig {
     /// Encode and decode every message and check both sides agree (slow;
     /// for tests).
     pub check_wire: bool,
+    /// Relays reconcile with one another only the records below the cut
+    /// ([`veilnet_discovery::sync::open_below`]), as the node does.
+    pub settled_only: bool,
 }
 
 impl Default for SimConfig {
@@ -144,6 +147,7 @@ impl Default for SimConfig {
             circuits: 10_000,
             circuits_per_client: 10,
             check_wire: false,
+            settled_only: true,
         }
     }
 }

@@ -119,6 +119,10 @@ struct DirectoryArgs {
     /// Encode and decode every message (slow).
     #[arg(long)]
     check_wire: bool,
+    /// Relays reconcile with one another only the records below the cut,
+    /// as the node does; false: every record.
+    #[arg(long, default_value_t = SimConfig::default().settled_only, action = clap::ArgAction::Set)]
+    settled_only: bool,
     /// Write the report here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -157,6 +161,7 @@ impl DirectoryArgs {
             circuits: self.circuits,
             circuits_per_client: self.circuits_per_client,
             check_wire: self.check_wire,
+            settled_only: self.settled_only,
         }
     }
 }

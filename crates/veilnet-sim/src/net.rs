@@ -269,6 +269,9 @@ pub struct Counters {
     pub churned: u64,
     /// Events handled.
     pub events: u64,
+    /// Of `steady_bytes`, the records' own bytes (the rest is ranges,
+    /// digests and framing), by [`Kind`].
+    pub steady_record_bytes: [u64; 4],
 }
 
 /// The whole simulated network.
@@ -295,7 +298,12 @@ pub struct Sim {
     pub live_relays: u32,
     /// Live nodes.
     pub live_nodes: u32,
+    /// For what the nodes choose (peers, latencies).
     rng: StdRng,
+    /// For what happens to the network (keys, churn, joiners, publication
+    /// times): its own stream, so two runs of one seed that differ only in
+    /// protocol settings see the same relays come and go.
+    world: StdRng,
     queue: BinaryHeap<Queued>,
     queued: u64,
     /// Events by slot (the heap holds only their keys).
@@ -318,6 +326,7 @@ impl Sim {
     pub fn new(cfg: SimConfig) -> Result<Sim, SimError> {
         let mut sim = Sim {
             rng: StdRng::seed_from_u64(cfg.seed),
+            world: StdRng::seed_from_u64(cfg.seed ^ 0x776f_726c_6400_0000),
             end: (cfg.hours * 3600.0 * SEC as f64) as u64,
             warmup: (cfg.warmup_hours * 3600.0 * SEC as f64) as u64,
             cfg,
@@ -499,7 +508,7 @@ impl Sim {
     ) -> Result<u32, SimError> {
         let id = self.relays.len() as u32;
         let node = self.add_node(Some(id));
-        let relay = Relay::new(&mut self.rng, ip, advertised, real, exit, sybil, node)?;
+        let relay = Relay::new(&mut self.world, ip, advertised, real, exit, sybil, node)?;
         self.relays.push(relay);
         Ok(id)
     }
@@ -564,13 +573,13 @@ impl Sim {
     /// The node's housekeeping runs every 30 s, so a republication comes up
     /// to 30 s after its due time.
     fn housekeeping_jitter(&mut self) -> u64 {
-        self.rng.gen_range(0..30 * SEC)
+        self.world.gen_range(0..30 * SEC)
     }
 
     fn churn_gap(&mut self) -> u64 {
         let honest = (self.cfg.nodes as f64 * (1.0 - self.cfg.client_fraction)).round();
         let per_sec = self.cfg.churn * honest / 3600.0;
-        let u: f64 = self.rng.gen_range(f64::MIN_POSITIVE..1.0);
+        let u: f64 = self.world.gen_range(f64::MIN_POSITIVE..1.0);
         self.now + ((-u.ln() / per_sec) * SEC as f64) as u64
     }
 
@@ -802,7 +811,13 @@ impl Sim {
         if self.nodes[a as usize].in_flight.contains(&b) {
             return;
         }
-        let msg = sync::open(&Store::new(&self.nodes[a as usize].view, &self.records));
+        let store = Store::new(&self.nodes[a as usize].view, &self.records);
+        let msg = if kind == Kind::Gossip && self.cfg.settled_only {
+            let cut = self.cfg.cut().at(self.unix());
+            sync::open_below(&store, sync::settled_below(cut))
+        } else {
+            sync::open(&store)
+        };
         self.nodes[a as usize].view.settle();
         self.nodes[a as usize].in_flight.push(b);
         self.start(a, b, kind, Rc::new(msg));
@@ -925,6 +940,8 @@ impl Sim {
         self.nodes[to as usize].received += bytes * steady as u64;
         if steady == 1 {
             self.counters.steady_bytes[kind.index()] += bytes;
+            self.counters.steady_record_bytes[kind.index()] +=
+                msg.records.iter().map(|r| r.len() as u64).sum::<u64>();
         }
         true
     }
@@ -1058,7 +1075,7 @@ impl Sim {
             })
             .collect();
         if honest_live.len() > 4 {
-            let r = honest_live[self.rng.gen_range(0..honest_live.len())];
+            let r = honest_live[self.world.gen_range(0..honest_live.len())];
             self.leave(r);
         }
         // ...and a new one joins.
@@ -1102,9 +1119,9 @@ impl Sim {
     }
 
     fn join(&mut self) -> Result<(), SimError> {
-        let exit = self.rng.gen_bool(self.cfg.exit_fraction);
-        let bw = honest_bandwidth(&mut self.rng);
-        let ip = self.addresses.address(&mut self.rng)?;
+        let exit = self.world.gen_bool(self.cfg.exit_fraction);
+        let bw = honest_bandwidth(&mut self.world);
+        let ip = self.addresses.address(&mut self.world)?;
         let relay = self.add_relay(ip, bw, bw, exit, false)?;
         let n = self.relays[relay as usize].node;
         let id = self.new_record(relay, 0)?;
@@ -1113,7 +1130,7 @@ impl Sim {
         // As the node: the first republication comes up to half a period
         // early, at random.
         let republish = self.republish_us();
-        let early = self.rng.gen_range(0..=republish / 2);
+        let early = self.world.gen_range(0..=republish / 2);
         let next = self.now + republish - early + self.housekeeping_jitter();
         self.schedule(next, Ev::Publish(relay));
         for _ in 0..self.cfg.degree {

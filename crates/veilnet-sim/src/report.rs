@@ -238,7 +238,11 @@ impl Report {
                 100.0 * *b as f64 / total.max(1) as f64
             ));
         }
-        s.push('\n');
+        let records: u64 = self.counters.steady_record_bytes.iter().sum();
+        s.push_str(&format!(
+            "; the records themselves {:.1}% of all\n",
+            100.0 * records as f64 / total.max(1) as f64
+        ));
         if let Some(y) = &self.sybil {
             s.push_str(&format!(
                 "sybil: {} of {} relays; guard and exit both the attacker's in {:.4} of {} circuits \
