@@ -15,7 +15,7 @@ mod wire;
 
 pub use config::{DiscoveryConfig, FetchSlots, RecordProvider};
 pub use error::DiscoveryError;
-pub use kept::choose_with_own;
+pub use kept::{announcement_peers, choose_with_own};
 pub use node::{spawn, DiscoveryEvent, DiscoveryHandle};
 pub use sync::RecordStore;
 pub use sync::{RecordDigest, RecordKey};

@@ -32,7 +32,7 @@ use crate::{
     config::{DiscoveryConfig, FetchSlots, RecordProvider},
     error::DiscoveryError,
     inbound,
-    kept::{self, choose_with_own, Kept, NetGroup},
+    kept::{self, announcement_peers, choose_with_own, Kept, NetGroup},
     push::{self, Offered},
     sync::{self, AfterRound, RecordDigest, SyncLimits, SyncMessage, MAX_DIGESTS},
     wants::{Budget, Wants},
@@ -46,8 +46,6 @@ const EVENT_CHANNEL: usize = 256;
 const COMMAND_CHANNEL: usize = 64;
 /// Peers contacted per gossip round.
 const GOSSIP_FANOUT: usize = 3;
-/// Peers a newly accepted record is announced to.
-const PUSH_FANOUT: usize = 6;
 /// How long a client waits before it fetches from its next relay after a
 /// failed fetch.
 const FETCH_RETRY: Duration = Duration::from_secs(5);
@@ -1124,8 +1122,9 @@ impl Node {
         }
     }
 
-    /// Announces the queued digests to [`PUSH_FANOUT`] relays, one frame
-    /// on each one's announcement stream.
+    /// Announces the queued digests to the relays
+    /// [`announcement_peers`] picks, one frame on each one's announcement
+    /// stream.
     fn flush_push(&mut self) {
         // Deliveries of this window and the last (a record is verified and
         // handed back for announcing a little after it arrived).
@@ -1147,18 +1146,17 @@ impl Node {
             .reduce(|a, b| if a == b { a } else { None })
             .flatten()
             .copied();
-        // One on a link we chose, the rest on any.
+        // Most of the links others chose to us, and one we chose.
         let candidates: Vec<PeerId> = self
             .announcers
             .iter()
             .copied()
             .filter(|p| Some(*p) != origin)
             .collect();
-        let peers = choose_with_own(
+        let peers = announcement_peers(
             &candidates,
             |p| self.kept.is_own(p),
-            1,
-            PUSH_FANOUT,
+            |p| self.kept.contains(p) && !self.kept.is_own(p),
             &mut rand::thread_rng(),
         );
         let now = Instant::now();

@@ -112,6 +112,10 @@ pub struct SimConfig {
     /// Relays reconcile with one another only the records below the cut
     /// ([`veilnet_discovery::sync::open_below`]), as the node does.
     pub settled_only: bool,
+    /// Announce as the node does ([`veilnet_discovery::announcement_peers`]:
+    /// to most of the relays that chose us, and one we chose); false: to
+    /// `push_fanout` of all, `push_own` of them on links we chose.
+    pub push_inbound: bool,
 }
 
 impl Default for SimConfig {
@@ -148,6 +152,7 @@ impl Default for SimConfig {
             circuits_per_client: 10,
             check_wire: false,
             settled_only: true,
+            push_inbound: true,
         }
     }
 }

@@ -123,6 +123,11 @@ struct DirectoryArgs {
     /// as the node does; false: every record.
     #[arg(long, default_value_t = SimConfig::default().settled_only, action = clap::ArgAction::Set)]
     settled_only: bool,
+    /// Announce to most of the relays that chose us and one we chose, as
+    /// the node does; false: to --push-fanout of all, --push-own of them on
+    /// links we chose.
+    #[arg(long, default_value_t = SimConfig::default().push_inbound, action = clap::ArgAction::Set)]
+    push_inbound: bool,
     /// Write the report here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -162,6 +167,7 @@ impl DirectoryArgs {
             circuits_per_client: self.circuits_per_client,
             check_wire: self.check_wire,
             settled_only: self.settled_only,
+            push_inbound: self.push_inbound,
         }
     }
 }

@@ -17,7 +17,9 @@ use rand::{Rng, SeedableRng};
 use veilnet_dir::MAX_DESCRIPTOR_AGE;
 use veilnet_discovery::announce::{Frame, ANNOUNCE_PROTOCOL};
 use veilnet_discovery::sync::{self, AfterRound, SyncLimits, SyncMessage};
-use veilnet_discovery::{choose_with_own, DiscoveryConfig, MAX_MESSAGE_BYTES, SYNC_PROTOCOL};
+use veilnet_discovery::{
+    announcement_peers, choose_with_own, DiscoveryConfig, MAX_MESSAGE_BYTES, SYNC_PROTOCOL,
+};
 
 use crate::records::{log_normal, AddressPlan, Record, RecordId, Records, Relay, EPOCH_UNIX};
 use crate::view::{Offer, Store, View};
@@ -715,13 +717,22 @@ impl Sim {
             .copied()
             .filter(|&p| Some(p) != from)
             .collect();
-        let peers = choose_with_own(
-            &candidates,
-            |p| node.chosen.contains(p),
-            self.cfg.push_own,
-            self.cfg.push_fanout,
-            &mut self.rng,
-        );
+        let peers = if self.cfg.push_inbound {
+            announcement_peers(
+                &candidates,
+                |p| node.chosen.contains(p),
+                |p| !node.chosen.contains(p),
+                &mut self.rng,
+            )
+        } else {
+            choose_with_own(
+                &candidates,
+                |p| node.chosen.contains(p),
+                self.cfg.push_own,
+                self.cfg.push_fanout,
+                &mut self.rng,
+            )
+        };
         for p in peers {
             self.start(n, p, Kind::Push, Rc::clone(&msg));
         }
@@ -1106,11 +1117,17 @@ impl Sim {
         }
         self.live_nodes -= 1;
         self.live_relays -= 1;
-        // Its neighbours drop the link and each finds another relay.
+        // Its neighbours drop the link; those that had chosen it find
+        // another relay (as the node redials only the links it chose: one
+        // that another relay chose to it is that relay's to replace).
         for p in neighbours {
+            let had_chosen = self.nodes[p as usize].chosen.contains(&n);
             self.nodes[p as usize].neighbours.retain(|&x| x != n);
             self.nodes[p as usize].chosen.retain(|&x| x != n);
             self.nodes[p as usize].push_streams.retain(|&x| x != n);
+            if !had_chosen {
+                continue;
+            }
             if let Some(q) = self.random_live_relay() {
                 let at = self.now + self.latency();
                 self.schedule(at, Ev::Connect(p, q));
