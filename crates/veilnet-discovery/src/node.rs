@@ -1099,10 +1099,7 @@ impl Node {
             }
             return;
         }
-        let msg = match self.provider.settled_below() {
-            Some(upper) if !self.client_only => sync::open_below(&*self.provider, upper),
-            _ => sync::open(&*self.provider),
-        };
+        let msg = sync::open(&*self.provider);
         for peer in peers {
             self.send_sync(peer, msg.clone(), 1);
         }

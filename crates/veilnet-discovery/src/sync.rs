@@ -161,16 +161,6 @@ pub trait RecordStore: Send + Sync {
         let _ = n;
         Vec::new()
     }
-    /// Where a relay's periodic rounds with other relays stop: the records
-    /// from this key on are still spreading by announcement (what the cut
-    /// does not count yet, in a directory with one), and reconciling them
-    /// would split ranges down to records some peers are only about to
-    /// receive ([`open_below`]). New links, restarts and clients' fetches
-    /// still reconcile everything. `None` (the default): rounds reconcile
-    /// everything.
-    fn settled_below(&self) -> Option<RecordKey> {
-        None
-    }
     /// Whether the records list `peer` as a usable relay; `None` if the
     /// store cannot tell (the default). A client whose store lists relays
     /// fetches only from listed ones: any key can claim to serve the
@@ -561,10 +551,13 @@ pub fn open(set: &dyn RecordStore) -> SyncMessage {
 }
 
 /// The first message of an exchange over the records below `upper` only:
-/// their fingerprint. A relay's rounds reconcile below the cut
-/// ([`RecordStore::settled_below`]), so the records still spreading by
-/// announcement, which some peers hold and some do not yet, do not make
-/// every round split its ranges down to them.
+/// their fingerprint, so that the records still spreading by announcement,
+/// which some peers hold and some do not yet, do not make the exchange
+/// split its ranges down to them. The simulator's `--settled-only` opens
+/// relays' rounds so (below the cut); the node does not: rounds that leave
+/// a slot's records alone leave a relay that announcements missed without
+/// them for the slot, and whoever can starve its announcements decides
+/// who sees what (session 14's review).
 pub fn open_below(set: &dyn RecordStore, upper: RecordKey) -> SyncMessage {
     let keys = set.keys();
     let mine = in_range(&keys, &KEY_MIN, Some(&upper));

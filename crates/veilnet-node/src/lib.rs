@@ -225,7 +225,7 @@ impl Node {
         // Measurement on in this network: every node keeps the reports
         // (and the proofs against measurers that forked one), clients and
         // relays that do not measure too; they weigh relays by them only
-        // when `required`.
+        // when `required` (a measurer's fork takes it out either way).
         if config.measure.required || config.measure.enabled {
             dir.use_measurements(Some(measure::params(&config.measure)));
             // Reports weigh in within 10 s (a quarter period in test
@@ -649,13 +649,6 @@ impl veilnet_discovery::RecordStore for DirectoryRecords {
         picked.truncate(n);
         picked.extend(rest.into_iter().take(n - picked.len()));
         picked
-    }
-
-    fn settled_below(&self) -> Option<veilnet_discovery::RecordKey> {
-        // Below the cut now (the directory's own clock may be a tick
-        // behind): what every relay's view counts.
-        let cut = lock(&self.0).cut_params().at(veilnet_config::unix_now());
-        Some(veilnet_discovery::sync::settled_below(cut))
     }
 
     fn lists_relay(&self, peer: &PeerId) -> Option<bool> {

@@ -429,20 +429,26 @@ impl Measurer {
     }
 
     /// Puts our saved report back into the directory, so the period's chain
-    /// goes on from it after a restart.
-    fn restore(&self) {
-        let Some(dir) = &self.state_dir else {
-            return;
+    /// goes on from it after a restart. Returns the period of a saved report
+    /// that could not be put back: nothing is published for that period,
+    /// since a report that does not extend the one the network holds would
+    /// be taken as a fork.
+    fn restore(&self) -> Option<u64> {
+        let dir = self.state_dir.as_ref()?;
+        let period = params(&self.config);
+        let saved: SavedReport = match veilnet_config::load_state(
+            dir,
+            OWN_REPORT_FILE,
+            4 * MAX_REPORT_BYTES as u64,
+        ) {
+            Ok(Some(s)) => s,
+            Ok(None) => return None,
+            Err(e) => {
+                // Which period it was for is unknown: this one may be.
+                warn!("cannot read our saved measurement report, so none is published this period: {e}");
+                return Some(period.epoch(unix_now()));
+            }
         };
-        let saved: SavedReport =
-            match veilnet_config::load_state(dir, OWN_REPORT_FILE, 4 * MAX_REPORT_BYTES as u64) {
-                Ok(Some(s)) => s,
-                Ok(None) => return,
-                Err(e) => {
-                    warn!("ignoring our saved measurement report: {e}");
-                    return;
-                }
-            };
         let verified = hex::decode(&saved.record)
             .map_err(|e| e.to_string())
             .and_then(|b| VerifiedReport::decode(&b).map_err(|e| e.to_string()))
@@ -455,14 +461,25 @@ impl Measurer {
             });
         match verified {
             Ok(v) => {
-                if let Err(e) = lock(&self.directory).insert_report(v, unix_now()) {
-                    debug!("our saved measurement report was not restored: {e}");
+                let epoch = period.epoch(v.report.published);
+                let current = epoch == period.epoch(unix_now());
+                match lock(&self.directory).insert_report(v, unix_now()) {
+                    Ok(_) => None,
+                    // One of a past period is of no use now.
+                    Err(_) if !current => None,
+                    Err(e) => {
+                        warn!("our saved measurement report of this period could not be restored, so none is published until the next: {e}");
+                        Some(epoch)
+                    }
                 }
             }
-            Err(e) => warn!(
-                "ignoring our saved measurement report {}: {e}",
-                dir.join(OWN_REPORT_FILE).display()
-            ),
+            Err(e) => {
+                warn!(
+                    "cannot use our saved measurement report {}, so none is published this period: {e}",
+                    dir.join(OWN_REPORT_FILE).display()
+                );
+                Some(period.epoch(unix_now()))
+            }
         }
     }
 
@@ -530,7 +547,7 @@ impl Measurer {
             _ = tokio::time::sleep(FIRST_DELAY) => {}
             _ = shutdown.changed() => return,
         }
-        self.restore();
+        let blocked = self.restore();
         info!(
             period_secs = p.period_secs,
             "measuring the relays assigned to this node each period"
@@ -548,8 +565,9 @@ impl Measurer {
             let remaining = ((epoch + 1) * p.period_secs).saturating_sub(now);
             // A node that starts late in a period waits for the next:
             // nodes started together would otherwise crowd their
-            // measurements into what is left of it.
-            if remaining * 2 < p.period_secs {
+            // measurements into what is left of it. So does one whose
+            // saved report of this period could not be put back.
+            if remaining * 2 < p.period_secs || blocked == Some(epoch) {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(remaining)) => continue,
                     _ = shutdown.changed() => return,

@@ -110,7 +110,8 @@ pub struct SimConfig {
     /// for tests).
     pub check_wire: bool,
     /// Relays reconcile with one another only the records below the cut
-    /// ([`veilnet_discovery::sync::open_below`]), as the node does.
+    /// ([`veilnet_discovery::sync::open_below`]); the node does not (see
+    /// there why).
     pub settled_only: bool,
     /// Announce as the node does ([`veilnet_discovery::announcement_peers`]:
     /// to most of the relays that chose us, and one we chose); false: to
@@ -151,7 +152,7 @@ impl Default for SimConfig {
             circuits: 10_000,
             circuits_per_client: 10,
             check_wire: false,
-            settled_only: true,
+            settled_only: false,
             push_inbound: true,
         }
     }

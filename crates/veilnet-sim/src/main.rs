@@ -119,8 +119,8 @@ struct DirectoryArgs {
     /// Encode and decode every message (slow).
     #[arg(long)]
     check_wire: bool,
-    /// Relays reconcile with one another only the records below the cut,
-    /// as the node does; false: every record.
+    /// Relays reconcile with one another only the records below the cut
+    /// (an experiment: the node reconciles every record).
     #[arg(long, default_value_t = SimConfig::default().settled_only, action = clap::ArgAction::Set)]
     settled_only: bool,
     /// Announce to most of the relays that chose us and one we chose, as
