@@ -1,7 +1,8 @@
 //! Fuzz measurement reports: the decoder and signature check, and the
 //! directory's store and aggregation of what passes.
 //!
-//! Checks: no panic; `VerifiedReport::decode` accepts an input only if its
+//! Checks: no panic; `ReportFork::decode` refuses as the peer's fault or
+//! accepts a proof that re-encodes to the same bytes; `VerifiedReport::decode` accepts an input only if its
 //! signature verifies, and then re-signing the same report with a fixed key
 //! gives a record that decodes back to the same report (one encoding per
 //! report); every refusal is of kind `PeerMisbehaved`. The input is also
@@ -144,6 +145,12 @@ fn targets() -> Vec<Keypair> {
 }
 
 fn check(data: &[u8]) {
+    // A fork proof: refused as a peer's fault, or one that re-encodes to
+    // exactly these bytes (one encoding per proof).
+    match veilnet_dir::ReportFork::decode(data, &PARAMS, 1_700_000_000) {
+        Ok(f) => assert_eq!(f.record, data),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::PeerMisbehaved, "{e}"),
+    }
     match VerifiedReport::decode(data) {
         Ok(v) => {
             assert_eq!(v.record, data);

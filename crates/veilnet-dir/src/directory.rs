@@ -519,6 +519,36 @@ impl Directory {
         Ok(done)
     }
 
+    /// Stores a checked fork proof ([`crate::measure::ReportFork::decode`],
+    /// [`Measurements::insert_fork`]): its measurer must be a relay this
+    /// directory lists. The measurer leaves the view at once.
+    pub fn insert_report_fork(
+        &mut self,
+        fork: crate::measure::ReportFork,
+        now: u64,
+    ) -> Result<ReportInserted, ReportError> {
+        let measurer = fork.measurer;
+        let listed = self
+            .nodes
+            .get(&measurer)
+            .is_some_and(|e| e.desc.roles.relay);
+        if self.measure.is_none() {
+            return Err(ReportError::Disabled);
+        }
+        if !listed {
+            return Err(ReportError::UnknownMeasurer(measurer));
+        }
+        self.tick(now);
+        let Some(m) = self.measure.as_mut() else {
+            return Err(ReportError::Disabled);
+        };
+        let done = m.insert_fork(fork, now)?;
+        if done == ReportInserted::Forked {
+            self.changed();
+        }
+        Ok(done)
+    }
+
     /// The record with this digest, a descriptor's or a report's, as it
     /// travels.
     pub fn record(&self, digest: &DescriptorDigest) -> Option<Vec<u8>> {

@@ -414,13 +414,20 @@ fn a_measurer_that_forks_a_report_is_kept_as_evidence_and_weighs_nothing() {
         assert_eq!(forks.len(), 1);
         let f = &forks[0];
         assert_eq!((f.measurer, f.epoch), (liar, PARAMS.epoch(NOW)));
-        // Both are passed on, and the proof lasts as long as the period's
+        // Both are held, and the proof lasts as long as the period's
         // reports are kept.
         assert!(d.holds(&a.digest) && d.holds(&b.digest));
         assert_eq!(d.record(&a.digest).unwrap(), a.record);
         assert_eq!(d.record(&b.digest).unwrap(), b.record);
-        assert!(
-            d.keys().iter().any(|k| k.1 == a.digest) && d.keys().iter().any(|k| k.1 == b.digest)
+        // The proof goes on as one record, in place of the two.
+        assert!(d.keys().iter().any(|k| k.1 == f.digest));
+        assert!(!d.keys().iter().any(|k| k.1 == a.digest || k.1 == b.digest));
+        assert_eq!(d.record(&f.digest).unwrap(), f.record);
+        assert_eq!(
+            ReportFork::decode(&f.record, &PARAMS, NOW + 2)
+                .unwrap()
+                .digest,
+            f.digest
         );
         assert_eq!(
             f.expires,
@@ -460,6 +467,165 @@ fn a_measurer_that_forks_a_report_is_kept_as_evidence_and_weighs_nothing() {
     d.expire(expires);
     assert_eq!(d.measurements().unwrap().forks().count(), 0);
     assert!(!d.holds(&a.digest) && !d.holds(&b.digest));
+}
+
+#[test]
+fn a_report_that_covers_a_fork_does_not_hide_it() {
+    let (dir, keys) = measured_network();
+    let liar = id(&keys[1]);
+    let base = || {
+        vec![
+            obs(id(&keys[0]), 500_000),
+            obs(id(&keys[2]), 500_000),
+            obs(id(&keys[3]), 500_000),
+        ]
+    };
+    let with = |extra: &[u32]| {
+        let mut v = base();
+        v.extend(extra.iter().map(|&i| obs(id(&key(60 + i)), 1)));
+        v
+    };
+    let x1 = report(&keys[1], NOW + 1, with(&[0]));
+    let x2 = report(&keys[1], NOW + 2, with(&[1]));
+    // A later report that extends both.
+    let z = report(&keys[1], NOW + 3, with(&[0, 1, 2]));
+    let mut a = dir.clone();
+    a.insert_report(x1.clone(), NOW + 3).unwrap();
+    assert_eq!(
+        a.insert_report(x2.clone(), NOW + 3).unwrap(),
+        ReportInserted::Forked
+    );
+    // A node that took the covering report first refuses the two as older
+    // versions and finds nothing...
+    let mut b = dir.clone();
+    b.insert_report(z.clone(), NOW + 3).unwrap();
+    for x in [&x1, &x2] {
+        assert!(matches!(
+            b.insert_report(x.clone(), NOW + 3),
+            Err(ReportError::Superseded(_))
+        ));
+    }
+    assert_eq!(b.weights().get(&liar), 500_000);
+    // ...until the proof reaches it: one record it checks on its own.
+    let proof = a
+        .measurements()
+        .unwrap()
+        .forks()
+        .next()
+        .unwrap()
+        .record
+        .clone();
+    let f = ReportFork::decode(&proof, &PARAMS, NOW + 3).unwrap();
+    assert_eq!(
+        b.insert_report_fork(f.clone(), NOW + 3).unwrap(),
+        ReportInserted::Forked
+    );
+    assert_eq!(
+        b.insert_report_fork(f, NOW + 3).unwrap(),
+        ReportInserted::Unchanged
+    );
+    assert_eq!(b.weights().get(&liar), 0);
+    assert_eq!(a.keys(), b.keys(), "both hold the same records");
+    assert!(matches!(
+        a.insert_report(z, NOW + 3),
+        Err(ReportError::Forked { .. })
+    ));
+    // Of two proofs against one measurer, every node keeps the lower.
+    let x3 = report(&keys[1], NOW + 4, with(&[3]));
+    let mut c = dir.clone();
+    c.insert_report(x1.clone(), NOW + 4).unwrap();
+    c.insert_report(x3, NOW + 4).unwrap();
+    let other = c.measurements().unwrap().forks().next().unwrap().clone();
+    let ours = a.measurements().unwrap().forks().next().unwrap().clone();
+    let (low, high) = if ours.digest < other.digest {
+        (ours, other)
+    } else {
+        (other, ours)
+    };
+    for mut d in [a.clone(), c.clone()] {
+        let _ = d.insert_report_fork(low.clone(), NOW + 4);
+        assert!(matches!(
+            d.insert_report_fork(high.clone(), NOW + 4),
+            Err(ReportError::Superseded(_))
+        ));
+        assert_eq!(
+            d.measurements().unwrap().forks().next().unwrap().digest,
+            low.digest
+        );
+    }
+}
+
+#[test]
+fn a_fork_proof_that_proves_nothing_is_refused() {
+    let (_, keys) = measured_network();
+    let t = |i: u32| obs(id(&key(60 + i)), 1);
+    let encode = |a: &VerifiedReport, b: &VerifiedReport| {
+        let mut out = vec![
+            veilnet_dir::measure::FORK_TAG,
+            veilnet_dir::measure::FORK_FORMAT,
+        ];
+        for r in [a, b] {
+            out.extend_from_slice(&(r.record.len() as u16).to_be_bytes());
+            out.extend_from_slice(&r.record);
+        }
+        out
+    };
+    let ordered = |a: VerifiedReport, b: VerifiedReport| {
+        if a.digest < b.digest {
+            (a, b)
+        } else {
+            (b, a)
+        }
+    };
+    let (x, y) = ordered(
+        report(&keys[1], NOW, vec![t(0)]),
+        report(&keys[1], NOW + 1, vec![t(1)]),
+    );
+    let good = encode(&x, &y);
+    assert!(ReportFork::decode(&good, &PARAMS, NOW).is_ok());
+    let (c1, c2) = ordered(
+        report(&keys[1], NOW, vec![t(0)]),
+        report(&keys[1], NOW + 1, vec![t(0), t(1)]),
+    );
+    let (m1, m2) = ordered(
+        report(&keys[1], NOW, vec![t(0)]),
+        report(&keys[2], NOW + 1, vec![t(1)]),
+    );
+    let (p1, p2) = ordered(
+        report(&keys[1], NOW, vec![t(0)]),
+        report(&keys[1], NOW + 3 * PARAMS.period_secs, vec![t(1)]),
+    );
+    let mut trailing = good.clone();
+    trailing.push(0);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("out of order", encode(&y, &x)),
+        ("one extends the other", encode(&c1, &c2)),
+        ("two measurers", encode(&m1, &m2)),
+        ("two periods", encode(&p1, &p2)),
+        ("the same report twice", encode(&x, &x)),
+        ("a byte after the end", trailing),
+    ];
+    for (what, bytes) in cases {
+        assert!(
+            ReportFork::decode(&bytes, &PARAMS, NOW).is_err(),
+            "{what} accepted"
+        );
+    }
+    for len in 0..good.len() {
+        assert!(
+            ReportFork::decode(&good[..len], &PARAMS, NOW).is_err(),
+            "cut at {len}"
+        );
+    }
+    // A changed byte breaks a signature or the framing.
+    for at in (0..good.len()).step_by(7) {
+        let mut bad = good.clone();
+        bad[at] ^= 0x40;
+        assert!(
+            ReportFork::decode(&bad, &PARAMS, NOW).is_err(),
+            "byte {at} changed"
+        );
+    }
 }
 
 #[test]

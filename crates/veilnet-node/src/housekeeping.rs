@@ -92,9 +92,9 @@ fn feed(
     };
     let mut stored = Vec::new();
     for (digest, raw) in fresh {
-        if veilnet_dir::is_report(&raw) {
-            if feed_report(directory, from, digest, &raw, now) {
-                stored.push(digest);
+        if veilnet_dir::is_report(&raw) || veilnet_dir::measure::is_fork(&raw) {
+            if let Some(d) = feed_report(directory, from, digest, &raw, now) {
+                stored.push(d);
             }
             continue;
         }
@@ -130,30 +130,48 @@ fn feed(
     stored
 }
 
-/// Checks and stores one measurement report (see [`feed`]); returns
-/// whether it was stored (new to us).
+/// Checks and stores one measurement report or fork proof (see [`feed`]);
+/// returns the digest to announce if it was stored (new to us): its own, or
+/// that of the proof it completed.
 fn feed_report(
     directory: &Mutex<Directory>,
     from: libp2p::PeerId,
     digest: DescriptorDigest,
     raw: &[u8],
     now: u64,
-) -> bool {
-    // A report of a measurer we do not list costs no signature check (a
+) -> Option<DescriptorDigest> {
+    use veilnet_dir::measure::{is_fork, ReportFork};
+    let proof = is_fork(raw);
+    // A record of a measurer we do not list costs no signature check (a
     // record that names no key fails to decode below).
-    let unlisted = veilnet_dir::measure::claimed_measurer(raw)
-        .filter(|m| !lock(directory).get(m).is_some_and(|d| d.roles.relay));
-    let result = match unlisted {
-        Some(m) => Err(ReportError::UnknownMeasurer(m)),
-        None => VerifiedReport::decode(raw).and_then(|v| lock(directory).insert_report(v, now)),
+    let claimed = if proof {
+        ReportFork::claimed_measurer(raw)
+    } else {
+        veilnet_dir::measure::claimed_measurer(raw)
+    };
+    let unlisted = claimed.filter(|m| !lock(directory).get(m).is_some_and(|d| d.roles.relay));
+    let params = lock(directory).measurements().map(|m| *m.params());
+    let result = match (unlisted, params) {
+        (Some(m), _) => Err(ReportError::UnknownMeasurer(m)),
+        (None, None) => Err(ReportError::Disabled),
+        (None, Some(p)) if proof => ReportFork::decode(raw, &p, now)
+            .and_then(|f| lock(directory).insert_report_fork(f, now)),
+        (None, Some(_)) => {
+            VerifiedReport::decode(raw).and_then(|v| lock(directory).insert_report(v, now))
+        }
+    };
+    let fork_of = |dir: &Directory, m: Option<libp2p::PeerId>| {
+        dir.measurements()
+            .and_then(|ms| ms.forks().find(|f| Some(f.measurer) == m).map(|f| f.digest))
     };
     match result {
-        Ok(ReportInserted::New | ReportInserted::Updated) => true,
+        Ok(ReportInserted::New | ReportInserted::Updated) => Some(digest),
         Ok(ReportInserted::Forked) => {
             warn!("a measurer signed two reports of one period that do not extend each other (via {from}); its reports are refused while the proof lasts");
-            true
+            // What goes on is the proof, whichever record completed it.
+            fork_of(&lock(directory), claimed)
         }
-        Ok(ReportInserted::Unchanged) => false,
+        Ok(ReportInserted::Unchanged) => None,
         Err(e) => {
             // A report of a measurer we do not list yet may count once its
             // descriptor arrives, one from a little ahead of our clock
@@ -177,7 +195,7 @@ fn feed_report(
                 }
                 _ => debug!("ignored a measurement report relayed by {from}: {e}"),
             }
-            false
+            None
         }
     }
 }

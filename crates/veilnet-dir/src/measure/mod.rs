@@ -40,7 +40,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use libp2p::PeerId;
 use sha2::{Digest as _, Sha256};
 
-pub use fork::{extends, ReportFork, MAX_FORKS};
+pub use fork::{extends, is_fork, ReportFork, FORK_FORMAT, FORK_TAG, MAX_FORKS, MAX_FORK_BYTES};
 pub use report::{
     claimed_measurer, is_report, Observation, Report, ReportError, VerifiedReport,
     MAX_OBSERVATIONS, MAX_REPORT_BYTES, REPORT_CONTEXT, REPORT_FORMAT, REPORT_TAG,
@@ -215,7 +215,7 @@ pub struct Measurements {
     reports: BTreeMap<PeerId, BTreeMap<u64, Stored>>,
     digests: BTreeMap<DescriptorDigest, (PeerId, u64)>,
     forks: BTreeMap<PeerId, ReportFork>,
-    /// The digests of the forks' reports.
+    /// The digests of the forks' proofs and of the reports in them.
     fork_digests: BTreeMap<DescriptorDigest, PeerId>,
 }
 
@@ -274,10 +274,13 @@ impl Measurements {
             || self.fork_digests.range(range).next().is_some()
     }
 
-    /// The record of the held report with this digest.
+    /// The record of the held report (or fork proof) with this digest.
     pub fn record(&self, digest: &DescriptorDigest) -> Option<&[u8]> {
         if let Some(m) = self.fork_digests.get(digest) {
             let f = self.forks.get(m)?;
+            if f.digest == *digest {
+                return Some(&f.record);
+            }
             let i = f.digests.iter().position(|d| d == digest)?;
             return Some(&f.records[i]);
         }
@@ -285,9 +288,9 @@ impl Measurements {
         Some(&self.reports.get(m)?.get(e)?.record)
     }
 
-    /// The [`RecordKey`](crate::RecordKey)s of every held report (the
-    /// forks' included, so they are passed on): its `published` and
-    /// digest.
+    /// The [`RecordKey`](crate::RecordKey)s of every held report and fork
+    /// proof (so proofs are passed on): its `published` (a proof's: the
+    /// later report's) and digest.
     pub fn keys(&self) -> impl Iterator<Item = crate::RecordKey> + '_ {
         self.reports
             .values()
@@ -296,13 +299,13 @@ impl Measurements {
             .chain(
                 self.forks
                     .values()
-                    .flat_map(|f| f.published.into_iter().zip(f.digests)),
+                    .map(|f| (f.published[0].max(f.published[1]), f.digest)),
             )
     }
 
-    /// Number of held reports (the forks' included).
+    /// Number of held reports and fork proofs.
     pub fn len(&self) -> usize {
-        self.digests.len() + self.fork_digests.len()
+        self.digests.len() + self.forks.len()
     }
 
     /// Whether none is held.
@@ -429,7 +432,7 @@ impl Measurements {
         self.forks.retain(|_, f| {
             let lasts = !f.expired(now);
             if !lasts {
-                for d in &f.digests {
+                for d in f.digests.iter().chain([&f.digest]) {
                     fork_digests.remove(d);
                 }
             }
@@ -465,15 +468,59 @@ impl Measurements {
                 .min_by_key(|f| (f.expires, f.measurer))
                 .map(|f| f.measurer);
             if let Some(old) = first.and_then(|m| self.forks.remove(&m)) {
-                for d in &old.digests {
-                    self.fork_digests.remove(d);
-                }
+                self.forget_fork(&old);
             }
         }
-        for d in fork.digests {
+        if let Some(old) = self.forks.remove(&fork.measurer) {
+            self.forget_fork(&old);
+        }
+        for d in fork.digests.into_iter().chain([fork.digest]) {
             self.fork_digests.insert(d, fork.measurer);
         }
         self.forks.insert(fork.measurer, fork);
+    }
+
+    fn forget_fork(&mut self, f: &ReportFork) {
+        for d in f.digests.iter().chain([&f.digest]) {
+            self.fork_digests.remove(d);
+        }
+    }
+
+    /// Stores a fork proof ([`ReportFork::decode`]) at `now`; the caller
+    /// has checked that the measurer is a relay it lists. Refused: one of a
+    /// period outside the window ([`ReportError::OutOfWindow`]), and one
+    /// with a higher digest than the proof held against the measurer
+    /// ([`ReportError::Superseded`]: every node keeps the lowest, so all
+    /// keep the same).
+    pub fn insert_fork(
+        &mut self,
+        fork: ReportFork,
+        now: u64,
+    ) -> Result<ReportInserted, ReportError> {
+        let p = self.params;
+        let (first, last) = (
+            p.first_kept(now),
+            p.epoch(now.saturating_add(MAX_CLOCK_SKEW))
+                .min(p.epoch(now) + 1),
+        );
+        if fork.epoch < first || fork.epoch > last {
+            return Err(ReportError::OutOfWindow {
+                measurer: fork.measurer,
+                epoch: fork.epoch,
+                first,
+                last,
+            });
+        }
+        if let Some(held) = self.forks.get(&fork.measurer) {
+            if held.digest == fork.digest {
+                return Ok(ReportInserted::Unchanged);
+            }
+            if held.digest < fork.digest {
+                return Err(ReportError::Superseded(fork.measurer));
+            }
+        }
+        self.keep_fork(fork);
+        Ok(ReportInserted::Forked)
     }
 
     /// The measurers whose reports count at `now` among `candidates`
