@@ -472,6 +472,23 @@ impl Directory {
         self.measure.as_ref()
     }
 
+    /// The reports, at `now`, to store one of `measurer` in: refused if
+    /// measurements are off or it is not a relay this directory lists.
+    fn measurements_of(
+        &mut self,
+        measurer: &PeerId,
+        now: u64,
+    ) -> Result<&mut Measurements, ReportError> {
+        if self.measure.is_none() {
+            return Err(ReportError::Disabled);
+        }
+        if !self.nodes.get(measurer).is_some_and(|e| e.desc.roles.relay) {
+            return Err(ReportError::UnknownMeasurer(*measurer));
+        }
+        self.tick(now);
+        self.measure.as_mut().ok_or(ReportError::Disabled)
+    }
+
     /// Stores a verified measurement report ([`Measurements::insert`]): its
     /// measurer must be a relay this directory lists.
     pub fn insert_report(
@@ -479,23 +496,10 @@ impl Directory {
         report: VerifiedReport,
         now: u64,
     ) -> Result<ReportInserted, ReportError> {
-        let measurer = report.report.measurer;
-        let listed = self
-            .nodes
-            .get(&measurer)
-            .is_some_and(|e| e.desc.roles.relay);
-        if self.measure.is_none() {
-            return Err(ReportError::Disabled);
-        }
-        if !listed {
-            return Err(ReportError::UnknownMeasurer(measurer));
-        }
-        self.tick(now);
         let published = report.report.published;
-        let Some(m) = self.measure.as_mut() else {
-            return Err(ReportError::Disabled);
-        };
-        let done = m.insert(report, now)?;
+        let done = self
+            .measurements_of(&report.report.measurer, now)?
+            .insert(report, now)?;
         if done == ReportInserted::Forked {
             // The measurer leaves the view at once, as a relay that
             // equivocated does.
@@ -527,22 +531,9 @@ impl Directory {
         fork: crate::measure::ReportFork,
         now: u64,
     ) -> Result<ReportInserted, ReportError> {
-        let measurer = fork.measurer;
-        let listed = self
-            .nodes
-            .get(&measurer)
-            .is_some_and(|e| e.desc.roles.relay);
-        if self.measure.is_none() {
-            return Err(ReportError::Disabled);
-        }
-        if !listed {
-            return Err(ReportError::UnknownMeasurer(measurer));
-        }
-        self.tick(now);
-        let Some(m) = self.measure.as_mut() else {
-            return Err(ReportError::Disabled);
-        };
-        let done = m.insert_fork(fork, now)?;
+        let done = self
+            .measurements_of(&fork.measurer, now)?
+            .insert_fork(fork, now)?;
         if done == ReportInserted::Forked {
             self.changed();
         }

@@ -97,7 +97,7 @@ fn test_vector() {
 }
 
 #[test]
-fn a_typical_descriptor_is_about_300_bytes() {
+fn a_typical_descriptor_is_about_240_bytes() {
     // An exit with the default policy (private ranges refused, written as
     // one flag), one link address, one libp2p address: what most relays
     // publish. 242 bytes: 64 of signature, 96 of keys.
