@@ -461,6 +461,11 @@ impl Measurements {
                 self.digests.remove(&s.digest);
             }
         }
+        // A lower proof against the same measurer takes its place; only a
+        // new measurer's may push another out.
+        if let Some(old) = self.forks.remove(&fork.measurer) {
+            self.forget_fork(&old);
+        }
         if self.forks.len() >= MAX_FORKS {
             let first = self
                 .forks
@@ -470,9 +475,6 @@ impl Measurements {
             if let Some(old) = first.and_then(|m| self.forks.remove(&m)) {
                 self.forget_fork(&old);
             }
-        }
-        if let Some(old) = self.forks.remove(&fork.measurer) {
-            self.forget_fork(&old);
         }
         for d in fork.digests.into_iter().chain([fork.digest]) {
             self.fork_digests.insert(d, fork.measurer);
