@@ -149,8 +149,13 @@ fn feed_report(
     } else {
         veilnet_dir::measure::claimed_measurer(raw)
     };
-    let unlisted = claimed.filter(|m| !lock(directory).get(m).is_some_and(|d| d.roles.relay));
-    let params = lock(directory).measurements().map(|m| *m.params());
+    let (unlisted, params) = {
+        let dir = lock(directory);
+        (
+            claimed.filter(|m| !dir.get(m).is_some_and(|d| d.roles.relay)),
+            dir.measurements().map(|m| *m.params()),
+        )
+    };
     let result = match (unlisted, params) {
         (Some(m), _) => Err(ReportError::UnknownMeasurer(m)),
         (None, None) => Err(ReportError::Disabled),
