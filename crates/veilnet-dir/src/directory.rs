@@ -13,7 +13,9 @@ use crate::descriptor::{
     MAX_DESCRIPTOR_AGE,
 };
 use crate::evidence::Equivocation;
-use crate::measure::{MeasureParams, Measurements, ReportError, ReportInserted, VerifiedReport};
+use crate::measure::{
+    Awaiting, MeasureParams, Measurements, ReportError, ReportInserted, VerifiedReport,
+};
 use crate::weight::Weights;
 
 /// Most nodes a [`Directory`] holds.
@@ -141,6 +143,8 @@ pub struct Directory {
     evidence: BTreeMap<PeerId, Equivocation>,
     /// Recently refused digests.
     refused: RecentDigests,
+    /// Measurement records of measurers not listed yet.
+    awaiting: Awaiting,
     /// Digests of descriptors recently replaced by later ones.
     replaced: RecentDigests,
     /// The highest descriptor accepted per relay, kept after it is gone.
@@ -191,6 +195,7 @@ impl Directory {
             digests: BTreeMap::new(),
             evidence: BTreeMap::new(),
             refused: RecentDigests::new(REFUSED_REMEMBERED),
+            awaiting: Awaiting::default(),
             replaced: RecentDigests::new(REPLACED_REMEMBERED),
             sorted: OnceLock::new(),
             weights: OnceLock::new(),
@@ -230,7 +235,10 @@ impl Directory {
     /// recently ([`note_refused`](Self::note_refused)), or replaced by a
     /// later one recently ([`REPLACED_REMEMBERED`]).
     pub fn knows(&self, digest: &DescriptorDigest) -> bool {
-        self.holds(digest) || self.refused.contains(digest) || self.replaced.contains(digest)
+        self.holds(digest)
+            || self.refused.contains(digest)
+            || self.replaced.contains(digest)
+            || self.awaiting.contains(digest)
     }
 
     /// [`knows`](Self::knows) of any record whose digest begins with
@@ -244,6 +252,41 @@ impl Directory {
                 .is_some_and(|m| m.holds_prefix(prefix))
             || self.refused.contains_prefix(prefix)
             || self.replaced.contains_prefix(prefix)
+            || self.awaiting.contains_prefix(prefix)
+    }
+
+    /// Keeps a measurement record (report or fork proof, digest `digest`)
+    /// whose claimed measurer is not listed until it is, within
+    /// [`Awaiting`]'s bounds; meanwhile it counts as known, so it is not
+    /// fetched again. Returns false, keeping nothing, if the measurer is
+    /// listed after all (it arrived meanwhile: store the record now).
+    pub fn hold_awaiting(
+        &mut self,
+        measurer: PeerId,
+        digest: DescriptorDigest,
+        raw: Vec<u8>,
+        now: u64,
+    ) -> bool {
+        if self.get(&measurer).is_some_and(|d| d.roles.relay) {
+            return false;
+        }
+        self.awaiting.hold(measurer, digest, raw, now);
+        true
+    }
+
+    /// The records that waited for `measurer`'s descriptor (now stored),
+    /// taken out to be checked and stored.
+    pub fn take_awaiting(
+        &mut self,
+        measurer: &PeerId,
+        now: u64,
+    ) -> Vec<(DescriptorDigest, Vec<u8>)> {
+        self.awaiting.take(measurer, now)
+    }
+
+    /// The records waiting for their measurer's descriptor.
+    pub fn awaiting(&self) -> &Awaiting {
+        &self.awaiting
     }
 
     /// Remembers (among the last [`REFUSED_REMEMBERED`]) that the

@@ -86,21 +86,29 @@ fn feed(
         .map(|raw| (veilnet_dir::digest(&raw), raw))
         .filter(|(d, _)| seen.insert(*d))
         .collect();
-    let fresh: Vec<(DescriptorDigest, Vec<u8>)> = {
+    let (reports, descriptors): (Vec<_>, Vec<_>) = {
         let dir = lock(directory);
-        hashed.into_iter().filter(|(d, _)| !dir.knows(d)).collect()
+        hashed
+            .into_iter()
+            .filter(|(d, _)| !dir.knows(d))
+            .partition(|(_, raw)| veilnet_dir::is_report(raw) || veilnet_dir::measure::is_fork(raw))
     };
+    // Descriptors first: a report counts only once its measurer is listed
+    // (one that came first waits for it in the directory).
     let mut stored = Vec::new();
-    for (digest, raw) in fresh {
-        if veilnet_dir::is_report(&raw) || veilnet_dir::measure::is_fork(&raw) {
-            if let Some(d) = feed_report(directory, from, digest, &raw, now) {
-                stored.push(d);
-            }
-            continue;
-        }
+    let mut reports = reports;
+    for (digest, raw) in descriptors {
         let result = SignedDescriptor::from_bytes(&raw)
             .and_then(|sd| sd.verify_into(now))
-            .and_then(|v| lock(directory).insert_verified(v, now));
+            .and_then(|v| {
+                let peer = v.descriptor().peer_id;
+                let mut dir = lock(directory);
+                let inserted = dir.insert_verified(v, now)?;
+                if matches!(inserted, Inserted::New | Inserted::Updated) {
+                    reports.extend(dir.take_awaiting(&peer, now));
+                }
+                Ok(inserted)
+            });
         match result {
             Ok(Inserted::New) => {
                 debug!("learned a new node from {from}");
@@ -125,6 +133,11 @@ fn feed(
                     _ => debug!("ignored a descriptor relayed by {from}: {e}"),
                 }
             }
+        }
+    }
+    for (digest, raw) in reports {
+        if let Some(d) = feed_report(directory, from, digest, &raw, now) {
+            stored.push(d);
         }
     }
     stored
@@ -156,12 +169,21 @@ fn feed_report(
             dir.measurements().map(|m| *m.params()),
         )
     };
+    // One of a measurer not listed yet waits for its descriptor (a joining
+    // node gets the oldest records first); should the descriptor have come
+    // meanwhile, it is stored now.
+    if let (Some(m), Some(_)) = (unlisted, params) {
+        if lock(directory).hold_awaiting(m, digest, raw.to_vec(), now) {
+            debug!("a measurement record relayed by {from} waits for its measurer {m}");
+            return None;
+        }
+    }
     let result = match (unlisted, params) {
-        (Some(m), _) => Err(ReportError::UnknownMeasurer(m)),
+        (Some(m), None) => Err(ReportError::UnknownMeasurer(m)),
         (None, None) => Err(ReportError::Disabled),
-        (None, Some(p)) if proof => ReportFork::decode(raw, &p, now)
+        (_, Some(p)) if proof => ReportFork::decode(raw, &p, now)
             .and_then(|f| lock(directory).insert_report_fork(f, now)),
-        (None, Some(_)) => {
+        (_, Some(_)) => {
             VerifiedReport::decode(raw).and_then(|v| lock(directory).insert_report(v, now))
         }
     };
@@ -423,5 +445,73 @@ mod tests {
         load_seq_marks(&fresh, &dir);
         assert_eq!(lock(&fresh).len(), 0);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A joining node gets the oldest records first: a report that comes
+    /// before its measurer's descriptor waits (known, so not fetched
+    /// again) and is stored, and announced, when the descriptor comes.
+    #[test]
+    fn a_report_ahead_of_its_measurers_descriptor_waits_for_it() {
+        use veilnet_dir::{Descriptor, Observation, Report, Roles};
+        let now = unix_now();
+        let key = |n: u8| libp2p::identity::Keypair::ed25519_from_bytes([n; 32]).unwrap();
+        let (measurer, target) = (key(1), key(2));
+        let descriptor = |k: &libp2p::identity::Keypair, ip: &str| {
+            let public = k.public();
+            Descriptor {
+                peer_id: public.to_peer_id(),
+                identity_key: public.encode_protobuf(),
+                link_addrs: vec![format!("{ip}:9001").parse().unwrap()],
+                p2p_addrs: vec!["/ip4/198.51.100.1/tcp/4001".parse().unwrap()],
+                onion_key: [0x11; 32],
+                onion_key_expires: now + 7 * 24 * 3600,
+                link_key: [0x24; 32],
+                roles: Roles {
+                    relay: true,
+                    exit: false,
+                },
+                exit_policy: veilnet_policy::ExitPolicy::reject_all(),
+                bandwidth: 1_000_000,
+                region: "ZZ".into(),
+                family: vec![],
+                version: "veilnet/0.1.0".into(),
+                seq: 1,
+                published: now - 60,
+            }
+            .sign(k)
+            .unwrap()
+        };
+        let report = Report {
+            measurer: measurer.public().to_peer_id(),
+            published: now - 30,
+            observations: vec![Observation {
+                target: target.public().to_peer_id(),
+                bandwidth: 2_000_000,
+                reached: true,
+                since: now - 3600,
+            }],
+        }
+        .sign(&measurer)
+        .unwrap();
+        let report_digest = veilnet_dir::digest(&report);
+        let dir = Mutex::new(Directory::new(libp2p::PeerId::random()));
+        lock(&dir).use_measurements(Some(veilnet_dir::MeasureParams::PUBLIC));
+        let from = libp2p::PeerId::random();
+        assert!(feed(&dir, from, vec![report.clone()]).is_empty());
+        assert!(
+            lock(&dir).knows(&report_digest),
+            "waits, so not fetched again"
+        );
+        assert!(!lock(&dir).measurements().unwrap().holds(&report_digest));
+        assert!(feed(&dir, from, vec![report.clone()]).is_empty());
+        // Another relay's descriptor leaves it waiting.
+        let other = descriptor(&target, "198.51.100.2");
+        assert_eq!(feed(&dir, from, vec![other.to_bytes()]).len(), 1);
+        assert_eq!(lock(&dir).awaiting().len(), 1);
+        let listed = descriptor(&measurer, "198.51.100.1");
+        let stored = feed(&dir, from, vec![listed.to_bytes()]);
+        assert_eq!(stored, vec![listed.digest(), report_digest]);
+        assert!(lock(&dir).measurements().unwrap().holds(&report_digest));
+        assert!(lock(&dir).awaiting().is_empty());
     }
 }

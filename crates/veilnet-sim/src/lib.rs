@@ -117,6 +117,16 @@ pub struct SimConfig {
     /// to most of the relays that chose us, and one we chose); false: to
     /// `push_fanout` of all, `push_own` of them on links we chose.
     pub push_inbound: bool,
+    /// Honest relays publish measurement reports (one a period each, with
+    /// `measurers_per_target` observations), which travel with the
+    /// descriptors; the network starts with the reports of the periods
+    /// it keeps.
+    pub reports: bool,
+    /// Seconds per measurement period (the public network's: 43200).
+    pub measure_period_s: u64,
+    /// Measurement periods whose reports count (reports are kept for
+    /// twice as many, less one: the public network's window is 4).
+    pub measure_window: u32,
 }
 
 impl Default for SimConfig {
@@ -154,6 +164,9 @@ impl Default for SimConfig {
             check_wire: false,
             settled_only: false,
             push_inbound: true,
+            reports: true,
+            measure_period_s: veilnet_dir::measure::MeasureParams::PUBLIC.period_secs,
+            measure_window: veilnet_dir::measure::MeasureParams::PUBLIC.window_epochs,
         }
     }
 }
@@ -164,6 +177,16 @@ impl SimConfig {
         veilnet_dir::Cut {
             every_secs: self.cut_every_s,
             margin_secs: self.cut_margin_s,
+        }
+    }
+
+    /// The measurement parameters: the public network's, with the period
+    /// and window set here.
+    pub fn measure_params(&self) -> veilnet_dir::measure::MeasureParams {
+        veilnet_dir::measure::MeasureParams {
+            period_secs: self.measure_period_s,
+            window_epochs: self.measure_window,
+            ..veilnet_dir::measure::MeasureParams::PUBLIC
         }
     }
 
@@ -216,6 +239,12 @@ impl SimConfig {
         }
         if self.fake_measurers > 100_000 {
             return bad("--fake-measurers must be at most 100000");
+        }
+        if self.measure_period_s < 60 || self.measure_period_s > 7 * 86_400 {
+            return bad("--measure-period must be 60..=604800 seconds");
+        }
+        if !(1..=veilnet_dir::measure::MAX_WINDOW_EPOCHS).contains(&self.measure_window) {
+            return bad("--measure-window must be 1..=8");
         }
         if self.circuits_per_client == 0 {
             return bad("--circuits-per-client must be at least 1");

@@ -128,6 +128,16 @@ struct DirectoryArgs {
     /// links we chose.
     #[arg(long, default_value_t = SimConfig::default().push_inbound, action = clap::ArgAction::Set)]
     push_inbound: bool,
+    /// Relays publish measurement reports, which travel with the
+    /// descriptors (as the node's do).
+    #[arg(long, default_value_t = SimConfig::default().reports, action = clap::ArgAction::Set)]
+    reports: bool,
+    /// Seconds per measurement period (the public network's: 43200).
+    #[arg(long, default_value_t = SimConfig::default().measure_period_s)]
+    measure_period: u64,
+    /// Measurement periods whose reports count (the public network's: 4).
+    #[arg(long, default_value_t = SimConfig::default().measure_window)]
+    measure_window: u32,
     /// Write the report here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -168,6 +178,9 @@ impl DirectoryArgs {
             check_wire: self.check_wire,
             settled_only: self.settled_only,
             push_inbound: self.push_inbound,
+            reports: self.reports,
+            measure_period_s: self.measure_period,
+            measure_window: self.measure_window,
         }
     }
 }

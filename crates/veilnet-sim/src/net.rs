@@ -14,14 +14,16 @@ use std::rc::Rc;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use veilnet_dir::MAX_DESCRIPTOR_AGE;
+use veilnet_dir::measure::{Observation, Report as MeasureReport};
 use veilnet_discovery::announce::{Frame, ANNOUNCE_PROTOCOL};
 use veilnet_discovery::sync::{self, AfterRound, SyncLimits, SyncMessage};
 use veilnet_discovery::{
     announcement_peers, choose_with_own, DiscoveryConfig, MAX_MESSAGE_BYTES, SYNC_PROTOCOL,
 };
 
-use crate::records::{log_normal, AddressPlan, Record, RecordId, Records, Relay, EPOCH_UNIX};
+use crate::records::{
+    log_normal, AddressPlan, Record, RecordId, Records, Relay, EPOCH_UNIX, REPORT_SLOT,
+};
 use crate::view::{Offer, Store, View};
 use crate::{SimConfig, SimError};
 
@@ -193,6 +195,8 @@ enum Ev {
     Connect(u32, u32),
     Churn,
     Expire(RecordId),
+    /// A measurer publishes its report of a period.
+    Report(u32, u64),
     Sample,
 }
 
@@ -274,6 +278,14 @@ pub struct Counters {
     /// Of `steady_bytes`, the records' own bytes (the rest is ranges,
     /// digests and framing), by [`Kind`].
     pub steady_record_bytes: [u64; 4],
+    /// Of `steady_record_bytes`, those of measurement reports.
+    pub steady_report_bytes: [u64; 4],
+    /// Measurement reports published (back-dated ones at the start
+    /// included).
+    pub reports: u64,
+    /// Reports carried to a node that did not list their measurer yet:
+    /// they wait for its descriptor (within the directory's bounds).
+    pub reports_unlisted: u64,
 }
 
 /// The whole simulated network.
@@ -362,6 +374,9 @@ impl Sim {
             let relay = sim.add_relay(ip, bw, bw, exit, false)?;
             let back = sim.rng.gen_range(0..republish);
             sim.publish_initial(relay, back)?;
+            if sim.cfg.reports {
+                sim.reports_initial(relay)?;
+            }
         }
         if sim.cfg.sybils > 0 {
             let honest_total: u64 = sim.relays.iter().map(|r| r.real_bandwidth).sum();
@@ -547,6 +562,7 @@ impl Sim {
         }
         let rec = Record {
             relay,
+            slot: relay,
             seq: r.template.seq,
             published: r.template.published,
             born_us: (back_us == 0).then_some(self.now),
@@ -556,13 +572,136 @@ impl Sim {
             holders_all: 0,
             reached_relays_us: None,
             reached_all_us: None,
+            expires_unix: Record::descriptor_expiry(r.template.published),
         };
         let id = self.records.add(rec);
         self.counters.published += 1;
-        let expire_unix = self.records.get(id).published + MAX_DESCRIPTOR_AGE + 1;
-        let expire_at = expire_unix.saturating_sub(EPOCH_UNIX) * SEC;
+        let expire_at = self.records.get(id).expires_unix.saturating_sub(EPOCH_UNIX) * SEC;
         self.schedule(expire_at, Ev::Expire(id));
         Ok(id)
+    }
+
+    /// A measurement report by honest relay `relay`, published at
+    /// `published` (unix seconds): signed as the node signs it, with
+    /// `measurers_per_target` observations of random relays (about what a
+    /// measurer is assigned a period). Reports never count towards the
+    /// convergence figures (`born_us` is left out).
+    fn new_report(&mut self, relay: u32, published: u64) -> Result<RecordId, SimError> {
+        let params = self.cfg.measure_params();
+        let epoch = params.epoch(published);
+        let kept = 2 * u64::from(params.window_epochs);
+        let slot_index = u64::from(relay) * kept + epoch % kept;
+        let slot = u32::try_from(slot_index)
+            .ok()
+            .filter(|s| s & REPORT_SLOT == 0)
+            .ok_or_else(|| SimError::Setup("too many report slots".into()))?;
+        // Distinct relays other than itself (a report names each once).
+        let mut targets: Vec<u32> = Vec::new();
+        for _ in 0..64 {
+            if targets.len() == params.measurers_per_target as usize {
+                break;
+            }
+            let t = self.world.gen_range(0..self.relays.len()) as u32;
+            if t != relay && !targets.contains(&t) {
+                targets.push(t);
+            }
+        }
+        let observations = targets
+            .iter()
+            .map(|&t| {
+                let t = &self.relays[t as usize];
+                Observation {
+                    target: t.template.peer_id,
+                    bandwidth: t.real_bandwidth.min(params.max_rate),
+                    reached: true,
+                    since: published.saturating_sub(86_400),
+                }
+            })
+            .collect();
+        let r = &self.relays[relay as usize];
+        let report = MeasureReport {
+            measurer: r.template.peer_id,
+            published,
+            observations,
+        };
+        let bytes = report
+            .sign(&r.keypair)
+            .map_err(|e| SimError::Setup(format!("signing a report: {e}")))?;
+        let digest = sync::digest(&bytes);
+        // Kept while its period is: until the first period past it that
+        // no longer keeps it (as `MeasureParams::first_kept`).
+        let expires_unix =
+            (epoch + 2 * (u64::from(params.window_epochs) - 1) + 1) * params.period_secs;
+        let rec = Record {
+            relay,
+            slot: REPORT_SLOT | slot,
+            seq: epoch,
+            published,
+            born_us: None,
+            digest,
+            bytes,
+            holders_relays: 0,
+            holders_all: 0,
+            reached_relays_us: None,
+            reached_all_us: None,
+            expires_unix,
+        };
+        let id = self.records.add(rec);
+        self.counters.reports += 1;
+        let expire_at = expires_unix.saturating_sub(EPOCH_UNIX) * SEC;
+        self.schedule(expire_at, Ev::Expire(id));
+        Ok(id)
+    }
+
+    /// When in period `epoch` a measurer publishes its report (unix
+    /// seconds): once its measurements are done, at random moments of the
+    /// period, so at the latest of `measurers_per_target` random times.
+    fn report_time(&mut self, epoch: u64) -> u64 {
+        let params = self.cfg.measure_params();
+        let last = (0..params.measurers_per_target.max(1))
+            .map(|_| self.world.gen::<f64>())
+            .fold(0.0, f64::max);
+        epoch * params.period_secs + (last * (params.period_secs - 1) as f64) as u64
+    }
+
+    /// Schedules `relay`'s report of period `epoch`.
+    fn schedule_report(&mut self, relay: u32, epoch: u64) {
+        let at_unix = self.report_time(epoch);
+        let at = at_unix.saturating_sub(EPOCH_UNIX) * SEC;
+        self.schedule(at.max(self.now), Ev::Report(relay, epoch));
+    }
+
+    /// The reports an initial relay has published in the periods still
+    /// kept at time zero (as if it had been measuring all along), and the
+    /// first one still to come.
+    fn reports_initial(&mut self, relay: u32) -> Result<(), SimError> {
+        let params = self.cfg.measure_params();
+        let now = EPOCH_UNIX;
+        for epoch in params.first_kept(now)..=params.epoch(now) {
+            let at = self.report_time(epoch);
+            if at <= now {
+                self.new_report(relay, at)?;
+            } else {
+                self.schedule((at - now) * SEC, Ev::Report(relay, epoch));
+                return Ok(());
+            }
+        }
+        self.schedule_report(relay, params.epoch(now) + 1);
+        Ok(())
+    }
+
+    fn on_report(&mut self, relay: u32, epoch: u64) {
+        if !self.relays[relay as usize].alive {
+            return;
+        }
+        let published = self.unix();
+        if let Ok(id) = self.new_report(relay, published) {
+            let node = self.relays[relay as usize].node;
+            if let Offer::Stored(_) = self.store(node, id, published) {
+                self.queue_push(node, id, None);
+            }
+        }
+        self.schedule_report(relay, epoch + 1);
     }
 
     fn publish_initial(&mut self, relay: u32, back_us: u64) -> Result<(), SimError> {
@@ -650,6 +789,7 @@ impl Sim {
                 Ev::Connect(a, b) => self.on_connect(a, b),
                 Ev::Churn => self.on_churn(),
                 Ev::Expire(id) => self.on_expire(id),
+                Ev::Report(relay, epoch) => self.on_report(relay, epoch),
                 Ev::Sample => {
                     let a = self.agreement();
                     self.samples.push(a);
@@ -953,6 +1093,12 @@ impl Sim {
             self.counters.steady_bytes[kind.index()] += bytes;
             self.counters.steady_record_bytes[kind.index()] +=
                 msg.records.iter().map(|r| r.len() as u64).sum::<u64>();
+            self.counters.steady_report_bytes[kind.index()] += ids
+                .iter()
+                .map(|&id| self.records.get(id))
+                .filter(|r| r.is_report())
+                .map(|r| r.bytes.len() as u64)
+                .sum::<u64>();
         }
         true
     }
@@ -1051,12 +1197,39 @@ impl Sim {
     /// and queues what was new for announcing.
     fn accept(&mut self, n: u32, from: u32, ids: &[RecordId]) {
         let now_unix = self.unix();
-        for &id in ids {
-            self.counters.records_carried += 1;
+        // Descriptors first, as the node stores a batch, so a report
+        // finds its measurer listed.
+        let (descriptors, reports): (Vec<RecordId>, Vec<RecordId>) = ids
+            .iter()
+            .partition(|&&id| !self.records.get(id).is_report());
+        self.counters.records_carried += ids.len() as u64;
+        // A report that came before its measurer's descriptor waited for
+        // it and is stored with it.
+        let mut reports = reports;
+        for id in descriptors {
+            match self.store(n, id, now_unix) {
+                Offer::Stored(_) => {
+                    self.queue_push(n, id, Some(from));
+                    let relay = self.records.get(id).relay;
+                    let taken =
+                        self.nodes[n as usize]
+                            .view
+                            .take_awaiting(&self.records, relay, now_unix);
+                    reports.extend(taken);
+                }
+                Offer::Held => self.counters.records_duplicate += 1,
+                Offer::Refused | Offer::Unlisted => self.counters.records_refused += 1,
+            }
+        }
+        for id in reports {
             match self.store(n, id, now_unix) {
                 Offer::Stored(_) => self.queue_push(n, id, Some(from)),
                 Offer::Held => self.counters.records_duplicate += 1,
                 Offer::Refused => self.counters.records_refused += 1,
+                Offer::Unlisted => {
+                    self.counters.reports_unlisted += 1;
+                    self.nodes[n as usize].view.hold_awaiting(id, now_unix);
+                }
             }
         }
     }
@@ -1150,6 +1323,11 @@ impl Sim {
         let early = self.world.gen_range(0..=republish / 2);
         let next = self.now + republish - early + self.housekeeping_jitter();
         self.schedule(next, Ev::Publish(relay));
+        // It measures from the next period on (listed at its start).
+        if self.cfg.reports {
+            let epoch = self.cfg.measure_params().epoch(now_unix);
+            self.schedule_report(relay, epoch + 1);
+        }
         for _ in 0..self.cfg.degree {
             if let Some(q) = self.random_live_relay() {
                 if q != n {
@@ -1168,14 +1346,26 @@ impl Sim {
         if self.records.get(id).holders_all == 0 {
             return;
         }
-        let relay = self.records.get(id).relay;
+        let (slot, relay, report) = {
+            let r = self.records.get(id);
+            (r.slot, r.relay, r.is_report())
+        };
+        let kept = 2 * self.cfg.measure_window;
         for n in 0..self.nodes.len() {
             let node = &mut self.nodes[n];
-            if node.alive && node.view.held(relay) == Some(id) {
-                node.view.expire(relay);
-                let r = &mut self.records.list[id as usize];
-                r.holders_all -= 1;
-                r.holders_relays -= u32::from(node.relay.is_some());
+            if node.alive && node.view.held(slot) == Some(id) {
+                node.view.expire(slot);
+                let is_relay = u32::from(node.relay.is_some());
+                // With its measurer's descriptor go its reports.
+                let mut gone = vec![id];
+                if !report && self.cfg.reports {
+                    gone.extend(node.view.drop_reports(relay, kept));
+                }
+                for g in gone {
+                    let r = &mut self.records.list[g as usize];
+                    r.holders_all -= 1;
+                    r.holders_relays -= is_relay;
+                }
             }
         }
     }
@@ -1206,7 +1396,7 @@ impl Sim {
         let cut = self.cfg.cut().at(self.unix());
         let by_cut = |n: &Node| {
             n.view
-                .records()
+                .descriptors()
                 .map(|id| self.records.get(id))
                 .filter(|r| r.published <= cut)
                 .fold(0u128, |h, r| h ^ crate::view::tag(r.relay, 1))

@@ -54,13 +54,25 @@ impl Hasher for DigestHasher {
 /// A map keyed by digests.
 pub type DigestMap<V> = HashMap<RecordDigest, V, BuildHasherDefault<DigestHasher>>;
 
-/// One signed descriptor as it travels ([`SignedDescriptor::to_bytes`]),
-/// with what the simulator tracks about it.
+/// Flag on a [`Record::slot`]: the slot is a measurement report's (its
+/// measurer and period), not a relay's descriptor.
+pub const REPORT_SLOT: u32 = 1 << 31;
+
+/// One record as it travels: a signed descriptor
+/// ([`SignedDescriptor::to_bytes`]) or a measurement report
+/// ([`veilnet_dir::measure::Report::sign`]), with what the simulator
+/// tracks about it.
 #[derive(Debug)]
 pub struct Record {
-    /// The relay that published it (index in the relay table).
+    /// The relay that published it (index in the relay table): for a
+    /// report, its measurer.
     pub relay: u32,
-    /// Its sequence number.
+    /// Where a view holds it: the relay's index for a descriptor, and
+    /// [`REPORT_SLOT`] with the measurer and the period (modulo the
+    /// periods kept) for a report. A later record of the same slot
+    /// replaces an earlier one.
+    pub slot: u32,
+    /// Its sequence number (a report's: its period).
     pub seq: u64,
     /// Its `published` field (unix seconds).
     pub published: u64,
@@ -79,13 +91,29 @@ pub struct Record {
     pub reached_relays_us: Option<u64>,
     /// When it first reached 99 % of all live nodes (µs after publication).
     pub reached_all_us: Option<u64>,
+    /// Unix second from which the real directory refuses and drops it: a
+    /// descriptor's `published + MAX_DESCRIPTOR_AGE + 1`, a report's start
+    /// of the first period that no longer keeps its own
+    /// ([`veilnet_dir::measure::MeasureParams::first_kept`]).
+    pub expires_unix: u64,
 }
 
 impl Record {
     /// Whether the real directory's age rule refuses or drops it at `now`
-    /// (unix seconds): `published < now - MAX_DESCRIPTOR_AGE`.
+    /// (unix seconds): for a descriptor `published < now -
+    /// MAX_DESCRIPTOR_AGE`; for a report, its period is no longer kept.
     pub fn too_old(&self, now_unix: u64) -> bool {
-        self.published < now_unix.saturating_sub(MAX_DESCRIPTOR_AGE)
+        now_unix >= self.expires_unix
+    }
+
+    /// Whether it is a measurement report.
+    pub fn is_report(&self) -> bool {
+        self.slot & REPORT_SLOT != 0
+    }
+
+    /// `expires_unix` of a descriptor published at `published`.
+    pub fn descriptor_expiry(published: u64) -> u64 {
+        published + MAX_DESCRIPTOR_AGE + 1
     }
 }
 
@@ -111,7 +139,7 @@ pub const MAX_RANGE_FINGERPRINTS: usize = 1 << 14;
 pub struct Records {
     /// By [`RecordId`].
     pub list: Vec<Record>,
-    /// Digest to id and relay (the relay here too, so a lookup touches one
+    /// Digest to id and slot (the slot here too, so a lookup touches one
     /// table).
     pub by_digest: DigestMap<(RecordId, u32)>,
     /// Materialised views by content hash, so equal views share one array.
@@ -122,7 +150,7 @@ impl Records {
     /// Adds a record; its digest must be new.
     pub fn add(&mut self, rec: Record) -> RecordId {
         let id = RecordId::try_from(self.list.len()).expect("fewer than 2^31 records in a run");
-        self.by_digest.insert(rec.digest, (id, rec.relay));
+        self.by_digest.insert(rec.digest, (id, rec.slot));
         self.list.push(rec);
         id
     }

@@ -130,6 +130,9 @@ pub fn build(sim: &Sim, sybil: Option<SybilReport>, wall_s: f64) -> Report {
         (Vec::new(), Vec::new(), 0, 0, 0);
     let mut sizes: Vec<usize> = Vec::with_capacity(sim.records.list.len());
     for r in &sim.records.list {
+        if r.is_report() {
+            continue;
+        }
         sizes.push(r.bytes.len());
         let Some(born) = r.born_us else { continue };
         if born < warm || born + TRACK_MARGIN_US > end {
@@ -239,9 +242,12 @@ impl Report {
             ));
         }
         let records: u64 = self.counters.steady_record_bytes.iter().sum();
+        let reports: u64 = self.counters.steady_report_bytes.iter().sum();
         s.push_str(&format!(
-            "; the records themselves {:.1}% of all\n",
-            100.0 * records as f64 / total.max(1) as f64
+            "; the records themselves {:.1}% of all (measurement reports {:.1}%; {} reports published)\n",
+            100.0 * records as f64 / total.max(1) as f64,
+            100.0 * reports as f64 / total.max(1) as f64,
+            self.counters.reports,
         ));
         if let Some(y) = &self.sybil {
             s.push_str(&format!(

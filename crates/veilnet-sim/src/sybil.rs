@@ -314,7 +314,7 @@ pub fn circuits(sim: &Sim) -> Result<Option<SybilReport>, SimError> {
     );
     let mut dir = Directory::new(own);
     let view = &sim.nodes[majority as usize].view;
-    for id in view.records() {
+    for id in view.descriptors() {
         let rec = sim.records.get(id);
         let verified = SignedDescriptor::from_bytes(&rec.bytes)
             .and_then(|s| s.verify_into(now))

@@ -1,6 +1,7 @@
-//! A simulated node's directory: per relay, the index of the record it
-//! holds (or only remembers the sequence number of), with the replacement
-//! rules of the real [`Directory`](veilnet_dir::Directory); and the
+//! A simulated node's directory: per relay, the index of the descriptor it
+//! holds (or only remembers the sequence number of), and per measurer and
+//! period its measurement report, with the replacement rules of the real
+//! [`Directory`](veilnet_dir::Directory); and the
 //! [`RecordStore`] the real reconciliation code runs against.
 
 use std::collections::{HashMap, HashSet};
@@ -11,7 +12,9 @@ use veilnet_dir::{supersedes, REFUSED_REMEMBERED, REPLACED_REMEMBERED};
 use veilnet_discovery::sync::{self, Fingerprint, LIST_THRESHOLD};
 use veilnet_discovery::{RecordDigest, RecordKey, RecordStore};
 
-use crate::records::{Cached, DigestHasher, RecordId, Records, MAX_RANGE_FINGERPRINTS};
+use crate::records::{
+    Cached, DigestHasher, RecordId, Records, MAX_RANGE_FINGERPRINTS, REPORT_SLOT,
+};
 
 /// No record for this relay.
 const NONE: u32 = u32::MAX;
@@ -42,19 +45,27 @@ pub enum Offer {
     Held,
     /// Refused: older than what is held or remembered, or too old.
     Refused,
+    /// A report whose measurer's descriptor is not held: refused and not
+    /// remembered (the descriptor may come), as the directory does.
+    Unlisted,
 }
 
 /// One node's view of the directory.
 #[derive(Debug, Default)]
 pub struct View {
-    /// By relay index: the record held, `MARK | record` for a remembered
-    /// one, or `NONE`.
+    /// By relay index: the descriptor held, `MARK | record` for a
+    /// remembered one, or `NONE`.
     slots: Vec<u32>,
+    /// The same by report slot ([`crate::records::Record::slot`] without
+    /// [`REPORT_SLOT`]): measurement reports.
+    report_slots: Vec<u32>,
     /// Records held.
     len: u32,
+    /// Of them, descriptors.
+    descriptors: u32,
     /// XOR of the tags of the records held: equal sets, equal hashes.
     records_hash: u128,
-    /// XOR of the tags of the relays with a record held.
+    /// XOR of the tags of the relays with a descriptor held.
     relays_hash: u128,
     /// Refused records, so they are not fetched again (the real
     /// directory remembers the last [`REFUSED_REMEMBERED`]; this forgets
@@ -66,6 +77,13 @@ pub struct View {
     /// Records asked for and not yet received, with when (µs): not asked
     /// for again from another peer until [`ASK_TIMEOUT_US`] has passed.
     asked: HashMap<RecordId, u64, BuildHasherDefault<DigestHasher>>,
+    /// Reports that came before their measurer's descriptor, oldest first,
+    /// with when (unix seconds): they wait for it as in the directory's
+    /// [`Awaiting`](veilnet_dir::measure::Awaiting) (bounded by count
+    /// and time; reports are small enough that its byte bound does not
+    /// bind first), known meanwhile so not fetched again.
+    awaiting: std::collections::VecDeque<(RecordId, u64)>,
+    awaiting_set: HashSet<RecordId, BuildHasherDefault<DigestHasher>>,
     /// The sorted keys, built when reconciliation first asks after a
     /// change.
     cache: OnceLock<Arc<Cached>>,
@@ -83,18 +101,27 @@ const MAX_PATCH: usize = 512;
 pub const ASK_TIMEOUT_US: u64 = 10_000_000;
 
 impl View {
-    fn slot(&self, relay: u32) -> u32 {
-        self.slots.get(relay as usize).copied().unwrap_or(NONE)
+    fn slot(&self, slot: u32) -> u32 {
+        let (table, i) = if slot & REPORT_SLOT == 0 {
+            (&self.slots, slot)
+        } else {
+            (&self.report_slots, slot & !REPORT_SLOT)
+        };
+        table.get(i as usize).copied().unwrap_or(NONE)
     }
 
-    fn set_slot(&mut self, relay: u32, v: u32) {
-        let i = relay as usize;
-        if i >= self.slots.len() {
-            self.slots.resize(i + 1, NONE);
+    fn set_slot(&mut self, slot: u32, v: u32) {
+        let (table, i) = if slot & REPORT_SLOT == 0 {
+            (&mut self.slots, slot as usize)
+        } else {
+            (&mut self.report_slots, (slot & !REPORT_SLOT) as usize)
+        };
+        if i >= table.len() {
+            table.resize(i + 1, NONE);
         }
         let live = |s: u32| if s & MARK == 0 { s } else { NONE };
-        let change = (live(self.slots[i]), live(v));
-        self.slots[i] = v;
+        let change = (live(table[i]), live(v));
+        table[i] = v;
         self.cache = OnceLock::new();
         if self.base.is_some() {
             if self.since.len() >= MAX_PATCH {
@@ -115,20 +142,26 @@ impl View {
         }
     }
 
-    /// The record held for `relay`, if any.
-    pub fn held(&self, relay: u32) -> Option<RecordId> {
-        let s = self.slot(relay);
+    /// The record held in `slot` (a relay's index for its descriptor), if
+    /// any.
+    pub fn held(&self, slot: u32) -> Option<RecordId> {
+        let s = self.slot(slot);
         (s != NONE && s & MARK == 0).then_some(s)
     }
 
     /// Whether the view holds exactly this record.
     pub fn holds(&self, records: &Records, id: RecordId) -> bool {
-        self.held(records.get(id).relay) == Some(id)
+        self.held(records.get(id).slot) == Some(id)
     }
 
-    /// Records held.
+    /// Records held (descriptors and reports).
     pub fn len(&self) -> usize {
         self.len as usize
+    }
+
+    /// Descriptors held.
+    pub fn descriptors_held(&self) -> usize {
+        self.descriptors as usize
     }
 
     /// Whether nothing is held.
@@ -141,13 +174,24 @@ impl View {
         self.records_hash
     }
 
-    /// A hash of the relays a record is held for (equal for equal sets).
+    /// A hash of the relays a descriptor is held for (equal for equal
+    /// sets).
     pub fn relays_hash(&self) -> u128 {
         self.relays_hash
     }
 
-    /// The records held, in relay order.
+    /// The records held: descriptors in relay order, then reports.
     pub fn records(&self) -> impl Iterator<Item = RecordId> + '_ {
+        self.descriptors().chain(
+            self.report_slots
+                .iter()
+                .copied()
+                .filter(|&s| s != NONE && s & MARK == 0),
+        )
+    }
+
+    /// The descriptors held, in relay order.
+    pub fn descriptors(&self) -> impl Iterator<Item = RecordId> + '_ {
         self.slots
             .iter()
             .copied()
@@ -164,9 +208,12 @@ impl View {
             self.asked.remove(&id);
         }
         let rec = records.get(id);
-        let s = self.slot(rec.relay);
+        let s = self.slot(rec.slot);
         if s == id {
             return Offer::Held;
+        }
+        if rec.is_report() && self.held(rec.relay).is_none() {
+            return Offer::Unlisted;
         }
         let newer = s == NONE || {
             let old = records.get(s & !MARK);
@@ -185,29 +232,92 @@ impl View {
                 remember(&mut self.replaced, REPLACED_REMEMBERED, o);
             }
             None => {
-                self.relays_hash ^= tag(rec.relay, 1);
+                if !rec.is_report() {
+                    self.relays_hash ^= tag(rec.relay, 1);
+                    self.descriptors += 1;
+                }
                 self.len += 1;
             }
         }
         self.records_hash ^= tag(id, 0);
-        self.set_slot(rec.relay, id);
+        self.set_slot(rec.slot, id);
         Offer::Stored(old)
     }
 
-    /// Drops the record held for `relay` (it expired), remembering its
+    /// Drops the record held in `slot` (it expired), remembering its
     /// sequence number. Returns it.
-    pub fn expire(&mut self, relay: u32) -> Option<RecordId> {
-        let id = self.held(relay)?;
+    pub fn expire(&mut self, slot: u32) -> Option<RecordId> {
+        let id = self.held(slot)?;
         self.records_hash ^= tag(id, 0);
-        self.relays_hash ^= tag(relay, 1);
+        if slot & REPORT_SLOT == 0 {
+            self.relays_hash ^= tag(slot, 1);
+            self.descriptors -= 1;
+        }
         self.len -= 1;
-        self.set_slot(relay, id | MARK);
+        self.set_slot(slot, id | MARK);
         Some(id)
+    }
+
+    /// Drops the reports held of measurer `relay` (its descriptor
+    /// expired: the directory keeps reports of listed measurers only),
+    /// `kept` slots of them; returns them.
+    pub fn drop_reports(&mut self, relay: u32, kept: u32) -> Vec<RecordId> {
+        (0..kept)
+            .filter_map(|k| self.expire(REPORT_SLOT | (relay * kept + k)))
+            .collect()
     }
 
     /// When the record was asked for, if it is awaited.
     pub fn asked_at(&self, id: RecordId) -> Option<u64> {
         self.asked.get(&id).copied()
+    }
+
+    /// Keeps report `id` (its measurer not held) until the measurer's
+    /// descriptor comes, within the directory's bounds.
+    pub fn hold_awaiting(&mut self, id: RecordId, now_unix: u64) {
+        use veilnet_dir::measure::MAX_AWAITING;
+        self.expire_awaiting(now_unix);
+        if !self.awaiting_set.insert(id) {
+            return;
+        }
+        if self.awaiting.len() >= MAX_AWAITING {
+            if let Some((old, _)) = self.awaiting.pop_front() {
+                self.awaiting_set.remove(&old);
+            }
+        }
+        self.awaiting.push_back((id, now_unix));
+    }
+
+    fn expire_awaiting(&mut self, now_unix: u64) {
+        use veilnet_dir::measure::AWAITING_SECS;
+        while let Some(&(id, at)) = self.awaiting.front() {
+            if now_unix.saturating_sub(at) < AWAITING_SECS {
+                break;
+            }
+            self.awaiting.pop_front();
+            self.awaiting_set.remove(&id);
+        }
+    }
+
+    /// The reports that waited for measurer `relay`'s descriptor, taken
+    /// out.
+    pub fn take_awaiting(&mut self, records: &Records, relay: u32, now_unix: u64) -> Vec<RecordId> {
+        self.expire_awaiting(now_unix);
+        if self.awaiting.is_empty() {
+            return Vec::new();
+        }
+        let mut taken = Vec::new();
+        self.awaiting.retain(|&(id, _)| {
+            let mine = records.get(id).relay == relay;
+            if mine {
+                taken.push(id);
+            }
+            !mine
+        });
+        for id in &taken {
+            self.awaiting_set.remove(id);
+        }
+        taken
     }
 
     /// Notes that `want` was just asked for (at `now_us`).
@@ -373,8 +483,8 @@ impl RecordStore for Store<'_> {
     }
 
     fn record(&self, digest: &RecordDigest) -> Option<Vec<u8>> {
-        let &(id, relay) = self.records.by_digest.get(digest)?;
-        if self.view.held(relay) != Some(id) {
+        let &(id, slot) = self.records.by_digest.get(digest)?;
+        if self.view.held(slot) != Some(id) {
             return None;
         }
         self.served
@@ -390,10 +500,12 @@ impl RecordStore for Store<'_> {
             .filter(|d| match self.records.by_digest.get(*d) {
                 // Nobody in a run makes up digests; the real node would ask.
                 None => true,
-                Some(&(id, relay)) => {
-                    self.view.held(relay) != Some(id)
+                Some(&(id, slot)) => {
+                    self.view.held(slot) != Some(id)
                         && (self.view.refused.is_empty() || !self.view.refused.contains(&id))
                         && (self.view.replaced.is_empty() || !self.view.replaced.contains(&id))
+                        && (self.view.awaiting_set.is_empty()
+                            || !self.view.awaiting_set.contains(&id))
                         && self.asked_until.is_none_or(|now| {
                             self.view
                                 .asked

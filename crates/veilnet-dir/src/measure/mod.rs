@@ -32,6 +32,7 @@
 //! The weight ([`crate::weight`]) is the measured figure capped by the
 //! advertised one, times the ramp; a relay that is not reachable weighs 0.
 
+mod awaiting;
 mod fork;
 mod report;
 
@@ -40,6 +41,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use libp2p::PeerId;
 use sha2::{Digest as _, Sha256};
 
+pub use awaiting::{Awaiting, AWAITING_SECS, MAX_AWAITING, MAX_AWAITING_BYTES};
 pub use fork::{extends, is_fork, ReportFork, FORK_FORMAT, FORK_TAG, MAX_FORKS, MAX_FORK_BYTES};
 pub use report::{
     claimed_measurer, is_report, Observation, Report, ReportError, VerifiedReport,
