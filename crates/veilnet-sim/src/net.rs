@@ -286,6 +286,8 @@ pub struct Counters {
     /// Reports carried to a node that did not list their measurer yet:
     /// they wait for its descriptor (within the directory's bounds).
     pub reports_unlisted: u64,
+    /// Of them, stored once the descriptor came.
+    pub reports_waited: u64,
 }
 
 /// The whole simulated network.
@@ -1215,6 +1217,7 @@ impl Sim {
                         self.nodes[n as usize]
                             .view
                             .take_awaiting(&self.records, relay, now_unix);
+                    self.counters.reports_waited += taken.len() as u64;
                     reports.extend(taken);
                 }
                 Offer::Held => self.counters.records_duplicate += 1,

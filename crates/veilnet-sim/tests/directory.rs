@@ -1,6 +1,8 @@
 //! The simulator's figures for small networks, in bounded time.
 #![allow(clippy::unwrap_used)]
 
+use veilnet_sim::net::Sim;
+use veilnet_sim::records::EPOCH_UNIX;
 use veilnet_sim::{run_directory, SimConfig};
 
 /// 60 relays and 60 clients for half an hour; every message is encoded,
@@ -324,4 +326,63 @@ fn descriptors_at_addresses_nobody_answers_do_not_measure_unless_they_outnumber_
         many.fake_measurers_counted
     );
     assert!(many.sybil_weight_share > 0.9, "{}", many.sybil_weight_share);
+}
+
+/// 350 relays publish a measurement report each period; it reaches every node
+/// that lists its measurer, and a joining node's reports that come before
+/// their measurers' descriptors wait for them instead of being refused
+/// and fetched again.
+#[test]
+fn measurement_reports_reach_every_node_that_lists_their_measurer() {
+    let cfg = SimConfig {
+        churn: 0.5,
+        hours: 0.5,
+        check_wire: false,
+        reports: true,
+        measure_period_s: 600,
+        // More reports than one reconciliation message carries, so a
+        // joiner's first message (oldest first) is mostly reports.
+        nodes: 700,
+        ..small()
+    };
+    cfg.check().unwrap();
+    let mut sim = Sim::new(cfg).unwrap();
+    let initial = sim.counters.reports;
+    sim.run();
+    assert!(
+        sim.counters.reports > initial + 60,
+        "{}",
+        sim.counters.reports
+    );
+    assert!(sim.counters.steady_report_bytes.iter().sum::<u64>() > 0);
+    let now_unix = EPOCH_UNIX + sim.now / 1_000_000;
+    let (mut due, mut missing) = (0usize, 0usize);
+    for node in sim.nodes.iter().filter(|n| n.alive) {
+        let held: std::collections::HashSet<u32> = node.view.records().collect();
+        for (id, r) in sim.records.list.iter().enumerate() {
+            // Unexpired, old enough to have spread (clients fetch every
+            // 120 s), of a measurer this node lists.
+            if !r.is_report()
+                || r.expires_unix <= now_unix
+                || r.published + 300 > now_unix
+                || node.view.held(r.relay).is_none()
+            {
+                continue;
+            }
+            due += 1;
+            missing += usize::from(!held.contains(&(id as u32)));
+        }
+    }
+    assert!(due > 2000, "{due}");
+    assert!(missing * 200 <= due, "{missing} of {due} missing");
+    // Joiners got reports ahead of descriptors, and nearly all of them
+    // waited (a measurer that left meanwhile leaves its reports waiting).
+    let c = &sim.counters;
+    assert!(c.reports_unlisted > 100, "{}", c.reports_unlisted);
+    assert!(
+        c.reports_waited * 10 >= c.reports_unlisted * 9,
+        "{} of {} waited",
+        c.reports_waited,
+        c.reports_unlisted
+    );
 }
