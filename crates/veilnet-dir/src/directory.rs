@@ -126,6 +126,19 @@ impl From<Verified> for Entry {
     }
 }
 
+/// What [`Directory::hold_awaiting`] did with a measurement record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Awaited {
+    /// It waits for its measurer's descriptor.
+    Waits,
+    /// Its measurer is listed: nothing kept, store the record now.
+    Listed,
+    /// Not kept (larger than a record of its kind can be, or its measurer
+    /// has all its places): refused, not remembered, as before waiting
+    /// existed.
+    NotKept,
+}
+
 /// A bounded store of verified descriptors, one per peer, keyed by peer id.
 ///
 /// Iteration is in peer id order, so path selection with a seeded RNG is
@@ -258,20 +271,29 @@ impl Directory {
     /// Keeps a measurement record (report or fork proof, digest `digest`)
     /// whose claimed measurer is not listed until it is, within
     /// [`Awaiting`]'s bounds; meanwhile it counts as known, so it is not
-    /// fetched again. Returns false, keeping nothing, if the measurer is
-    /// listed after all (it arrived meanwhile: store the record now).
+    /// fetched again. [`Awaited::Listed`], keeping nothing, if the
+    /// measurer is listed after all (it arrived meanwhile: store the
+    /// record now).
     pub fn hold_awaiting(
         &mut self,
         measurer: PeerId,
         digest: DescriptorDigest,
         raw: Vec<u8>,
         now: u64,
-    ) -> bool {
+    ) -> Awaited {
         if self.get(&measurer).is_some_and(|d| d.roles.relay) {
-            return false;
+            return Awaited::Listed;
         }
-        self.awaiting.hold(measurer, digest, raw, now);
-        true
+        let max_len = if crate::measure::is_fork(&raw) {
+            crate::measure::MAX_FORK_BYTES
+        } else {
+            crate::measure::MAX_REPORT_BYTES
+        };
+        if self.awaiting.hold(measurer, digest, raw, max_len, now) {
+            Awaited::Waits
+        } else {
+            Awaited::NotKept
+        }
     }
 
     /// The records that waited for `measurer`'s descriptor (now stored),
@@ -507,6 +529,7 @@ impl Directory {
     /// no relay is usable until measurers have reached it.
     pub fn use_measurements(&mut self, params: Option<MeasureParams>) {
         self.measure = params.map(Measurements::new);
+        self.awaiting = Awaiting::default();
         self.changed();
     }
 
@@ -825,6 +848,7 @@ impl Directory {
     /// [`Directory::tick`]).
     pub fn expire(&mut self, now: u64) -> Vec<PeerId> {
         self.tick(now);
+        self.awaiting.expire(now);
         let mut removed = Vec::new();
         let digests = &mut self.digests;
         self.nodes.retain(|peer, e| {

@@ -101,10 +101,10 @@ fn feed(
         let result = SignedDescriptor::from_bytes(&raw)
             .and_then(|sd| sd.verify_into(now))
             .and_then(|v| {
-                let peer = v.descriptor().peer_id;
+                let (peer, relay) = (v.descriptor().peer_id, v.descriptor().roles.relay);
                 let mut dir = lock(directory);
                 let inserted = dir.insert_verified(v, now)?;
-                if matches!(inserted, Inserted::New | Inserted::Updated) {
+                if relay && matches!(inserted, Inserted::New | Inserted::Updated) {
                     reports.extend(dir.take_awaiting(&peer, now));
                 }
                 Ok(inserted)
@@ -172,14 +172,19 @@ fn feed_report(
     // One of a measurer not listed yet waits for its descriptor (a joining
     // node gets the oldest records first); should the descriptor have come
     // meanwhile, it is stored now.
+    let mut unlisted = unlisted;
     if let (Some(m), Some(_)) = (unlisted, params) {
-        if lock(directory).hold_awaiting(m, digest, raw.to_vec(), now) {
-            debug!("a measurement record relayed by {from} waits for its measurer {m}");
-            return None;
+        match lock(directory).hold_awaiting(m, digest, raw.to_vec(), now) {
+            veilnet_dir::Awaited::Waits => {
+                debug!("a measurement record relayed by {from} waits for its measurer {m}");
+                return None;
+            }
+            veilnet_dir::Awaited::Listed => unlisted = None,
+            veilnet_dir::Awaited::NotKept => {}
         }
     }
     let result = match (unlisted, params) {
-        (Some(m), None) => Err(ReportError::UnknownMeasurer(m)),
+        (Some(m), _) => Err(ReportError::UnknownMeasurer(m)),
         (None, None) => Err(ReportError::Disabled),
         (_, Some(p)) if proof => ReportFork::decode(raw, &p, now)
             .and_then(|f| lock(directory).insert_report_fork(f, now)),

@@ -20,87 +20,121 @@ use crate::descriptor::DescriptorDigest;
 pub const MAX_AWAITING: usize = 4096;
 /// At most this many bytes of them.
 pub const MAX_AWAITING_BYTES: usize = 4 * 1024 * 1024;
+/// At most this many of one measurer (it has one report a period kept, 7
+/// periods, and may have extended some): one made-up measurer cannot take
+/// every place.
+pub const MAX_AWAITING_PER_MEASURER: usize = 32;
 /// A record waits at most this long (seconds); a measurer whose
 /// descriptor has not come by then is probably gone.
 pub const AWAITING_SECS: u64 = 300;
 
 /// Records (measurement reports and fork proofs) of measurers not listed
 /// yet, oldest first.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Awaiting {
-    /// By digest: the measurer and the arrival time (to tell an entry in
-    /// `order` from a later one of the same digest).
-    by_digest: BTreeMap<DescriptorDigest, (PeerId, u64)>,
-    /// By measurer: how many wait.
-    per_measurer: HashMap<PeerId, usize>,
-    /// In arrival order.
-    order: VecDeque<Waiting>,
+    /// By digest (so a short id finds them).
+    entries: BTreeMap<DescriptorDigest, Waiting>,
+    /// By measurer: the digests waiting for it.
+    per_measurer: HashMap<PeerId, Vec<DescriptorDigest>>,
+    /// Arrival order, with the arrival time; an entry no longer in
+    /// `entries` (taken) is skipped, and the queue is compacted when such
+    /// entries make up half of it.
+    order: VecDeque<(DescriptorDigest, u64)>,
     bytes: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Waiting {
     measurer: PeerId,
-    digest: DescriptorDigest,
     raw: Vec<u8>,
     at: u64,
+}
+
+/// Unverified bytes a peer sent are not worth printing.
+impl std::fmt::Debug for Awaiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Awaiting")
+            .field("records", &self.entries.len())
+            .field("bytes", &self.bytes)
+            .finish()
+    }
 }
 
 impl Awaiting {
     /// Keeps `raw` (digest `digest`, claiming measurer `measurer`) until
     /// the measurer is listed, dropping the oldest records to make room
-    /// and any that waited [`AWAITING_SECS`]. A record larger than
-    /// [`MAX_AWAITING_BYTES`] is not kept.
-    pub fn hold(&mut self, measurer: PeerId, digest: DescriptorDigest, raw: Vec<u8>, now: u64) {
+    /// and any that waited [`AWAITING_SECS`]. Returns whether it waits:
+    /// not if it is larger than `max_len` (what a record of its kind can
+    /// be) or its measurer has [`MAX_AWAITING_PER_MEASURER`] waiting.
+    pub fn hold(
+        &mut self,
+        measurer: PeerId,
+        digest: DescriptorDigest,
+        raw: Vec<u8>,
+        max_len: usize,
+        now: u64,
+    ) -> bool {
         self.expire(now);
-        if raw.len() > MAX_AWAITING_BYTES || self.by_digest.contains_key(&digest) {
-            return;
+        if self.entries.contains_key(&digest) {
+            return true;
         }
-        while self.order.len() >= MAX_AWAITING || self.bytes + raw.len() > MAX_AWAITING_BYTES {
+        if raw.len() > max_len.min(MAX_AWAITING_BYTES)
+            || self
+                .per_measurer
+                .get(&measurer)
+                .is_some_and(|d| d.len() >= MAX_AWAITING_PER_MEASURER)
+        {
+            return false;
+        }
+        while self.entries.len() >= MAX_AWAITING || self.bytes + raw.len() > MAX_AWAITING_BYTES {
             if !self.drop_oldest() {
                 break;
             }
         }
         self.bytes += raw.len();
-        self.by_digest.insert(digest, (measurer, now));
-        *self.per_measurer.entry(measurer).or_default() += 1;
-        self.order.push_back(Waiting {
-            measurer,
+        self.per_measurer.entry(measurer).or_default().push(digest);
+        self.order.push_back((digest, now));
+        self.entries.insert(
             digest,
-            raw,
-            at: now,
-        });
+            Waiting {
+                measurer,
+                raw,
+                at: now,
+            },
+        );
+        true
     }
 
     /// The records waiting for `measurer`, in arrival order, taken out.
     pub fn take(&mut self, measurer: &PeerId, now: u64) -> Vec<(DescriptorDigest, Vec<u8>)> {
         self.expire(now);
-        if self.per_measurer.remove(measurer).is_none() {
+        let Some(digests) = self.per_measurer.remove(measurer) else {
             return Vec::new();
-        }
-        let mut taken = Vec::new();
-        let mut kept = VecDeque::with_capacity(self.order.len());
-        for w in self.order.drain(..) {
-            if w.measurer == *measurer {
+        };
+        let taken: Vec<_> = digests
+            .into_iter()
+            .filter_map(|d| {
+                let w = self.entries.remove(&d)?;
                 self.bytes -= w.raw.len();
-                self.by_digest.remove(&w.digest);
-                taken.push((w.digest, w.raw));
-            } else {
-                kept.push_back(w);
-            }
+                Some((d, w.raw))
+            })
+            .collect();
+        if self.order.len() > 2 * self.entries.len() + 64 {
+            let entries = &self.entries;
+            self.order
+                .retain(|(d, at)| entries.get(d).is_some_and(|w| w.at == *at));
         }
-        self.order = kept;
         taken
     }
 
     /// Whether a record with this digest waits.
     pub fn contains(&self, digest: &DescriptorDigest) -> bool {
-        self.by_digest.contains_key(digest)
+        self.entries.contains_key(digest)
     }
 
     /// Whether a record whose digest begins with `prefix` waits.
     pub fn contains_prefix(&self, prefix: &[u8]) -> bool {
-        self.by_digest
+        self.entries
             .range(crate::directory::prefix_range(prefix))
             .next()
             .is_some()
@@ -108,12 +142,12 @@ impl Awaiting {
 
     /// Records waiting.
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.entries.len()
     }
 
     /// Whether none waits.
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.entries.is_empty()
     }
 
     /// Bytes of the records waiting.
@@ -121,27 +155,42 @@ impl Awaiting {
         self.bytes
     }
 
-    fn expire(&mut self, now: u64) {
-        while self.order.front().is_some_and(|w| {
-            now.saturating_sub(w.at) >= AWAITING_SECS || w.at > now + AWAITING_SECS
-        }) {
+    /// Drops the records that waited [`AWAITING_SECS`] at `now` (or arrived
+    /// that much ahead of it: the clock went back).
+    pub fn expire(&mut self, now: u64) {
+        while let Some(&(d, at)) = self.order.front() {
+            if self.entries.get(&d).is_none_or(|w| w.at != at) {
+                // Taken already.
+                self.order.pop_front();
+                continue;
+            }
+            if now.saturating_sub(at) < AWAITING_SECS && at <= now.saturating_add(AWAITING_SECS) {
+                break;
+            }
             self.drop_oldest();
         }
     }
 
+    /// Drops the oldest record still waiting (and any taken ones before
+    /// it); false if none waits.
     fn drop_oldest(&mut self) -> bool {
-        let Some(w) = self.order.pop_front() else {
-            return false;
-        };
-        self.bytes -= w.raw.len();
-        self.by_digest.remove(&w.digest);
-        if let Some(n) = self.per_measurer.get_mut(&w.measurer) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_measurer.remove(&w.measurer);
+        while let Some((d, at)) = self.order.pop_front() {
+            if self.entries.get(&d).is_none_or(|w| w.at != at) {
+                continue;
             }
+            let Some(w) = self.entries.remove(&d) else {
+                continue;
+            };
+            self.bytes -= w.raw.len();
+            if let Some(list) = self.per_measurer.get_mut(&w.measurer) {
+                list.retain(|x| *x != d);
+                if list.is_empty() {
+                    self.per_measurer.remove(&w.measurer);
+                }
+            }
+            return true;
         }
-        true
+        false
     }
 }
 
@@ -159,10 +208,14 @@ mod tests {
     fn records_wait_for_their_measurer_and_are_taken_once() {
         let (a, b) = (peer(), peer());
         let mut w = Awaiting::default();
-        w.hold(a, [1; 32], vec![1; 10], 100);
-        w.hold(b, [2; 32], vec![2; 10], 100);
-        w.hold(a, [3; 32], vec![3; 10], 101);
-        w.hold(a, [3; 32], vec![3; 10], 101);
+        assert!(w.hold(a, [1; 32], vec![1; 10], 64, 100));
+        assert!(w.hold(b, [2; 32], vec![2; 10], 64, 100));
+        assert!(w.hold(a, [3; 32], vec![3; 10], 64, 101));
+        assert!(w.hold(a, [3; 32], vec![3; 10], 64, 101));
+        assert!(
+            !w.hold(a, [4; 32], vec![4; 65], 64, 101),
+            "larger than its kind"
+        );
         assert_eq!(w.len(), 3);
         assert!(w.contains(&[3; 32]) && w.contains_prefix(&[2; 4]));
         let got = w.take(&a, 102);
@@ -176,23 +229,38 @@ mod tests {
     fn the_oldest_go_first_when_full_and_nothing_waits_forever() {
         let a = peer();
         let mut w = Awaiting::default();
+        // One measurer gets MAX_AWAITING_PER_MEASURER places.
+        for i in 0..MAX_AWAITING_PER_MEASURER + 1 {
+            let mut d = [0xa0u8; 32];
+            d[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            let held = w.hold(a, d, vec![0; 100], 200, 1000);
+            assert_eq!(held, i < MAX_AWAITING_PER_MEASURER);
+        }
+        assert_eq!(w.len(), MAX_AWAITING_PER_MEASURER);
+        w.take(&a, 1000);
         for i in 0..MAX_AWAITING + 10 {
             let mut d = [0u8; 32];
             d[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            w.hold(a, d, vec![0; 100], 1000);
+            assert!(w.hold(peer(), d, vec![0; 100], 200, 1000));
         }
         assert_eq!(w.len(), MAX_AWAITING);
         assert!(!w.contains(&[0; 32]));
         // Bytes are bounded as well as count.
         let big = vec![0; MAX_AWAITING_BYTES / 2 + 1];
-        w.hold(a, [0xff; 32], big.clone(), 1000);
-        w.hold(a, [0xfe; 32], big, 1000);
+        w.hold(a, [0xff; 32], big.clone(), usize::MAX, 1000);
+        w.hold(a, [0xfe; 32], big, usize::MAX, 1000);
         assert!(w.bytes() <= MAX_AWAITING_BYTES, "{}", w.bytes());
         assert!(w.contains(&[0xfe; 32]) && !w.contains(&[0xff; 32]));
-        w.hold(a, [0xfd; 32], vec![0; MAX_AWAITING_BYTES + 1], 1000);
+        assert!(!w.hold(
+            a,
+            [0xfd; 32],
+            vec![0; MAX_AWAITING_BYTES + 1],
+            usize::MAX,
+            1000
+        ));
         assert!(!w.contains(&[0xfd; 32]));
         // After AWAITING_SECS everything has gone.
-        assert!(w.take(&peer(), 1000 + AWAITING_SECS).is_empty());
+        w.expire(1000 + AWAITING_SECS);
         assert!(w.is_empty() && w.bytes() == 0);
         assert!(w.take(&a, 1000 + AWAITING_SECS).is_empty());
     }
