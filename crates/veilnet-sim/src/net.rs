@@ -1231,7 +1231,9 @@ impl Sim {
                 Offer::Refused => self.counters.records_refused += 1,
                 Offer::Unlisted => {
                     self.counters.reports_unlisted += 1;
-                    self.nodes[n as usize].view.hold_awaiting(id, now_unix);
+                    self.nodes[n as usize]
+                        .view
+                        .hold_awaiting(&self.records, id, now_unix);
                 }
             }
         }

@@ -84,6 +84,9 @@ pub struct View {
     /// bind first), known meanwhile so not fetched again.
     awaiting: std::collections::VecDeque<(RecordId, u64)>,
     awaiting_set: HashSet<RecordId, BuildHasherDefault<DigestHasher>>,
+    /// The same by measurer (relay index), so a descriptor stored finds its
+    /// reports without a scan.
+    awaiting_by_relay: HashMap<u32, Vec<RecordId>>,
     /// The sorted keys, built when reconciliation first asks after a
     /// change.
     cache: OnceLock<Arc<Cached>>,
@@ -274,48 +277,66 @@ impl View {
 
     /// Keeps report `id` (its measurer not held) until the measurer's
     /// descriptor comes, within the directory's bounds.
-    pub fn hold_awaiting(&mut self, id: RecordId, now_unix: u64) {
+    pub fn hold_awaiting(&mut self, records: &Records, id: RecordId, now_unix: u64) {
         use veilnet_dir::measure::MAX_AWAITING;
-        self.expire_awaiting(now_unix);
+        self.expire_awaiting(records, now_unix);
         if !self.awaiting_set.insert(id) {
             return;
         }
-        if self.awaiting.len() >= MAX_AWAITING {
-            if let Some((old, _)) = self.awaiting.pop_front() {
-                self.awaiting_set.remove(&old);
-            }
+        if self.awaiting_set.len() > MAX_AWAITING {
+            self.drop_oldest_awaiting(records);
         }
         self.awaiting.push_back((id, now_unix));
+        self.awaiting_by_relay
+            .entry(records.get(id).relay)
+            .or_default()
+            .push(id);
     }
 
-    fn expire_awaiting(&mut self, now_unix: u64) {
+    /// Drops the oldest report still waiting (entries taken already are
+    /// skipped: the queue is cleaned lazily).
+    fn drop_oldest_awaiting(&mut self, records: &Records) {
+        while let Some((id, _)) = self.awaiting.pop_front() {
+            if self.awaiting_set.remove(&id) {
+                let relay = records.get(id).relay;
+                if let Some(list) = self.awaiting_by_relay.get_mut(&relay) {
+                    list.retain(|&x| x != id);
+                    if list.is_empty() {
+                        self.awaiting_by_relay.remove(&relay);
+                    }
+                }
+                return;
+            }
+        }
+    }
+
+    fn expire_awaiting(&mut self, records: &Records, now_unix: u64) {
         use veilnet_dir::measure::AWAITING_SECS;
         while let Some(&(id, at)) = self.awaiting.front() {
+            if !self.awaiting_set.contains(&id) {
+                self.awaiting.pop_front();
+                continue;
+            }
             if now_unix.saturating_sub(at) < AWAITING_SECS {
                 break;
             }
-            self.awaiting.pop_front();
-            self.awaiting_set.remove(&id);
+            self.drop_oldest_awaiting(records);
         }
     }
 
     /// The reports that waited for measurer `relay`'s descriptor, taken
     /// out.
     pub fn take_awaiting(&mut self, records: &Records, relay: u32, now_unix: u64) -> Vec<RecordId> {
-        self.expire_awaiting(now_unix);
-        if self.awaiting.is_empty() {
+        self.expire_awaiting(records, now_unix);
+        let Some(taken) = self.awaiting_by_relay.remove(&relay) else {
             return Vec::new();
-        }
-        let mut taken = Vec::new();
-        self.awaiting.retain(|&(id, _)| {
-            let mine = records.get(id).relay == relay;
-            if mine {
-                taken.push(id);
-            }
-            !mine
-        });
+        };
         for id in &taken {
             self.awaiting_set.remove(id);
+        }
+        if self.awaiting.len() > 2 * self.awaiting_set.len() + 64 {
+            let set = &self.awaiting_set;
+            self.awaiting.retain(|(id, _)| set.contains(id));
         }
         taken
     }
