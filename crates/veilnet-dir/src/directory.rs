@@ -268,6 +268,12 @@ impl Directory {
             || self.awaiting.contains_prefix(prefix)
     }
 
+    /// Whether reports of `measurer` count here: it is a relay this
+    /// directory lists.
+    pub fn lists_measurer(&self, measurer: &PeerId) -> bool {
+        self.nodes.get(measurer).is_some_and(|e| e.desc.roles.relay)
+    }
+
     /// Keeps a measurement record (report or fork proof, digest `digest`)
     /// whose claimed measurer is not listed until it is, within
     /// [`Awaiting`]'s bounds; meanwhile it counts as known, so it is not
@@ -281,7 +287,7 @@ impl Directory {
         raw: Vec<u8>,
         now: u64,
     ) -> Awaited {
-        if self.get(&measurer).is_some_and(|d| d.roles.relay) {
+        if self.lists_measurer(&measurer) {
             return Awaited::Listed;
         }
         let max_len = if crate::measure::is_fork(&raw) {
@@ -548,7 +554,7 @@ impl Directory {
         if self.measure.is_none() {
             return Err(ReportError::Disabled);
         }
-        if !self.nodes.get(measurer).is_some_and(|e| e.desc.roles.relay) {
+        if !self.lists_measurer(measurer) {
             return Err(ReportError::UnknownMeasurer(*measurer));
         }
         self.tick(now);

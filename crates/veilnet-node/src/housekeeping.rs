@@ -86,7 +86,7 @@ fn feed(
         .map(|raw| (veilnet_dir::digest(&raw), raw))
         .filter(|(d, _)| seen.insert(*d))
         .collect();
-    let (reports, descriptors): (Vec<_>, Vec<_>) = {
+    let (mut reports, descriptors): (Vec<_>, Vec<_>) = {
         let dir = lock(directory);
         hashed
             .into_iter()
@@ -96,7 +96,6 @@ fn feed(
     // Descriptors first: a report counts only once its measurer is listed
     // (one that came first waits for it in the directory).
     let mut stored = Vec::new();
-    let mut reports = reports;
     for (digest, raw) in descriptors {
         let result = SignedDescriptor::from_bytes(&raw)
             .and_then(|sd| sd.verify_into(now))
@@ -162,17 +161,16 @@ fn feed_report(
     } else {
         veilnet_dir::measure::claimed_measurer(raw)
     };
-    let (unlisted, params) = {
+    let (mut unlisted, params) = {
         let dir = lock(directory);
         (
-            claimed.filter(|m| !dir.get(m).is_some_and(|d| d.roles.relay)),
+            claimed.filter(|m| !dir.lists_measurer(m)),
             dir.measurements().map(|m| *m.params()),
         )
     };
     // One of a measurer not listed yet waits for its descriptor (a joining
     // node gets the oldest records first); should the descriptor have come
     // meanwhile, it is stored now.
-    let mut unlisted = unlisted;
     if let (Some(m), Some(_)) = (unlisted, params) {
         match lock(directory).hold_awaiting(m, digest, raw.to_vec(), now) {
             veilnet_dir::Awaited::Waits => {
