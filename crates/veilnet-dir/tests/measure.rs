@@ -302,6 +302,29 @@ fn unassigned_observations_do_not_count() {
 }
 
 #[test]
+fn reconciliation_hands_over_descriptors_before_reports() {
+    // Reports a few periods old and descriptors republished since: by time
+    // alone the reports would sort first, and a joining node would receive
+    // them before the descriptors of their measurers.
+    let (mut dir, keys) = network(3, 1_000_000);
+    let old = report(&keys[1], NOW - 3 * 60, vec![obs(id(&keys[0]), 1_000)]);
+    let older = report(&keys[2], NOW - 5 * 60, vec![obs(id(&keys[0]), 2_000)]);
+    dir.insert_report(old.clone(), NOW).unwrap();
+    dir.insert_report(older.clone(), NOW).unwrap();
+    let order: Vec<bool> = dir
+        .keys()
+        .iter()
+        .map(|k| k.1 == old.digest || k.1 == older.digest)
+        .collect();
+    assert_eq!(order, [false, false, false, true, true]);
+    // Each class by the time its records carry.
+    let keys = dir.keys();
+    assert_eq!((keys[3].1, keys[4].1), (older.digest, old.digest));
+    assert_eq!(keys[3].0, veilnet_dir::REPORT_ORDER | (NOW - 5 * 60));
+    assert_eq!(keys[0].0, NOW);
+}
+
+#[test]
 fn the_directory_keeps_one_report_per_measurer_and_period_from_listed_relays() {
     let (mut dir, keys) = network(3, 1_000_000);
     let stranger = key(77);

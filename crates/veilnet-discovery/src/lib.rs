@@ -27,7 +27,7 @@ pub const KAD_PROTOCOL: &str = "/veilnet/kad/1.0.0";
 /// Record reconciliation (request-response) protocol name; its major
 /// version follows [`sync::SYNC_VERSION`], so nodes of another version are
 /// not taken for relays to reconcile with.
-pub const SYNC_PROTOCOL: &str = "/veilnet/sync/2.0.0";
+pub const SYNC_PROTOCOL: &str = "/veilnet/sync/3.0.0";
 /// Hard upper bound on the encoded size of one gossip message, whatever the config says.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Maximum number of established connections a node keeps.

@@ -6,8 +6,11 @@
 //! set exchange one fingerprint; each difference costs a few more rounds of
 //! small messages, and then exactly the missing records.
 //!
-//! Records are ordered by [`RecordKey`]: the time a record carries (its
-//! `published`), then its digest. Ordered by digest alone, the hour's few
+//! Records are ordered by [`RecordKey`]: an order the store derives from
+//! the record's own bytes (veilnet's directory: its class, descriptors
+//! before reports, then the time it carries, its `published`), then its
+//! digest. Records are handed over in that order, so a store can put first
+//! what the rest depends on. Ordered by digest alone, the hour's few
 //! hundred changes to a directory of thousands would fall in nearly every
 //! range, and a node that reconciles once an hour would list nearly every
 //! digest both ways. Ordered by time, they fall together: what was
@@ -46,21 +49,24 @@ pub fn short_id(d: &RecordDigest) -> ShortId {
     id
 }
 
-/// Where a record sits in reconciliation: the time it carries (unix
-/// seconds, its `published`; 0 from a store that cannot tell) and its
-/// digest, compared in that order. The time comes from the record's own
-/// bytes, so every honest node gives a record the same key.
+/// Where a record sits in reconciliation: an order value (mostly the time
+/// it carries, unix seconds; veilnet's directory adds a class above the
+/// time, see `veilnet_dir::record_key`; 0 from a store that cannot tell)
+/// and its digest, compared in that order. The order comes from the
+/// record's own bytes, so every honest node gives a record the same key.
 pub type RecordKey = (u64, RecordDigest);
 
 /// The smallest [`RecordKey`]: where the whole space begins.
 pub const KEY_MIN: RecordKey = (0, [0; 32]);
 
-/// Bytes of an encoded [`RecordKey`]: the time (u64) and the digest.
+/// Bytes of an encoded [`RecordKey`]: the order (u64) and the digest.
 const KEY_LEN: usize = 8 + 32;
 
-/// Wire format version of [`SyncMessage`] (2: ranges bounded by
-/// [`RecordKey`]s; 1 was bounded by digests).
-pub const SYNC_VERSION: u8 = 2;
+/// Wire format version of [`SyncMessage`] (3: the directory's records
+/// ordered by class before time, `veilnet_dir::record_key`, so the same
+/// bytes bound other ranges; 2: ranges bounded by [`RecordKey`]s; 1 was
+/// bounded by digests).
+pub const SYNC_VERSION: u8 = 3;
 /// A range with at most this many of our records is answered with their
 /// digests instead of being split.
 pub const LIST_THRESHOLD: usize = 16;
@@ -550,33 +556,6 @@ pub fn open(set: &dyn RecordStore) -> SyncMessage {
     }
 }
 
-/// The first message of an exchange over the records below `upper` only:
-/// their fingerprint, so that the records still spreading by announcement,
-/// which some peers hold and some do not yet, do not make the exchange
-/// split its ranges down to them. The simulator's `--settled-only` opens
-/// relays' rounds so (below the cut); the node does not: rounds that leave
-/// a slot's records alone leave a relay that announcements missed without
-/// them for the slot, and whoever can starve its announcements decides
-/// who sees what (session 14's review).
-pub fn open_below(set: &dyn RecordStore, upper: RecordKey) -> SyncMessage {
-    let keys = set.keys();
-    let mine = in_range(&keys, &KEY_MIN, Some(&upper));
-    SyncMessage {
-        ranges: vec![Range {
-            lower: KEY_MIN,
-            upper: Some(upper),
-            mode: RangeMode::Fingerprint(set.fingerprint_of(mine)),
-        }],
-        ..SyncMessage::default()
-    }
-}
-
-/// The bound of [`open_below`] for records whose time (their `published`)
-/// is before `time`.
-pub fn settled_below(time: u64) -> RecordKey {
-    (time, [0; 32])
-}
-
 /// A push of records the sender has just accepted: one list range naming
 /// `digests` (at most [`MAX_DIGESTS`]; the rest are dropped) that asks for
 /// no list back and claims nothing about the sender's other records. The
@@ -958,32 +937,6 @@ mod tests {
         assert_eq!(rounds, 1);
         // The fingerprint range one way, an empty answer the other.
         assert!(bytes < 80, "{bytes} bytes");
-    }
-
-    #[test]
-    fn a_round_below_the_cut_leaves_what_is_still_spreading_alone() {
-        // Peers that agree on everything before time 100 and differ in
-        // what came after (records still spreading by announcement).
-        let old = (0..3000).map(|i| (i, i as u64 % 100));
-        let mut a = Set::timed(old.clone().chain([(9000, 100), (9001, 150)]));
-        let mut b = Set::timed(old.chain([(9002, 120)]));
-        let bound = settled_below(100);
-        let first = open_below(&a, bound);
-        let (rounds, bytes) = exchange_from(&mut a, &mut b, first);
-        assert_eq!(rounds, 1, "one fingerprint, nothing split");
-        assert!(bytes < 120, "{bytes} bytes");
-        assert_eq!((a.records.len(), b.records.len()), (3002, 3001));
-        // A difference below the bound is found and mended; the ones above
-        // are still left to announcements.
-        b.add(timed(7000, 50));
-        let first = open_below(&a, bound);
-        let (rounds, _) = exchange_from(&mut a, &mut b, first);
-        assert!(rounds > 1);
-        assert!(a.records.contains_key(&digest(&timed(7000, 50))));
-        assert!(!a.records.contains_key(&digest(&timed(9002, 120))));
-        // An unbounded exchange (a new link, a client's fetch) takes all.
-        exchange(&mut a, &mut b);
-        assert_eq!(a.records.len(), b.records.len());
     }
 
     #[test]

@@ -109,10 +109,6 @@ pub struct SimConfig {
     /// Encode and decode every message and check both sides agree (slow;
     /// for tests).
     pub check_wire: bool,
-    /// Relays reconcile with one another only the records below the cut
-    /// ([`veilnet_discovery::sync::open_below`]); the node does not (see
-    /// there why).
-    pub settled_only: bool,
     /// Announce as the node does ([`veilnet_discovery::announcement_peers`]:
     /// to most of the relays that chose us, and one we chose); false: to
     /// `push_fanout` of all, `push_own` of them on links we chose.
@@ -162,7 +158,6 @@ impl Default for SimConfig {
             circuits: 10_000,
             circuits_per_client: 10,
             check_wire: false,
-            settled_only: false,
             push_inbound: true,
             reports: true,
             measure_period_s: veilnet_dir::measure::MeasureParams::PUBLIC.period_secs,

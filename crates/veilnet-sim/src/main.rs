@@ -119,10 +119,6 @@ struct DirectoryArgs {
     /// Encode and decode every message (slow).
     #[arg(long)]
     check_wire: bool,
-    /// Relays reconcile with one another only the records below the cut
-    /// (an experiment: the node reconciles every record).
-    #[arg(long, default_value_t = SimConfig::default().settled_only, action = clap::ArgAction::Set)]
-    settled_only: bool,
     /// Announce to most of the relays that chose us and one we chose, as
     /// the node does; false: to --push-fanout of all, --push-own of them on
     /// links we chose.
@@ -176,7 +172,6 @@ impl DirectoryArgs {
             circuits: self.circuits,
             circuits_per_client: self.circuits_per_client,
             check_wire: self.check_wire,
-            settled_only: self.settled_only,
             push_inbound: self.push_inbound,
             reports: self.reports,
             measure_period_s: self.measure_period,

@@ -283,6 +283,8 @@ pub struct Counters {
     /// Measurement reports published (back-dated ones at the start
     /// included).
     pub reports: u64,
+    /// Of `records_carried`, measurement reports.
+    pub reports_carried: u64,
     /// Reports carried to a node that did not list their measurer yet:
     /// they wait for its descriptor (within the directory's bounds).
     pub reports_unlisted: u64,
@@ -965,12 +967,7 @@ impl Sim {
             return;
         }
         let store = Store::new(&self.nodes[a as usize].view, &self.records);
-        let msg = if kind == Kind::Gossip && self.cfg.settled_only {
-            let cut = self.cfg.cut().at(self.unix());
-            sync::open_below(&store, sync::settled_below(cut))
-        } else {
-            sync::open(&store)
-        };
+        let msg = sync::open(&store);
         self.nodes[a as usize].view.settle();
         self.nodes[a as usize].in_flight.push(b);
         self.start(a, b, kind, Rc::new(msg));
@@ -1205,6 +1202,7 @@ impl Sim {
             .iter()
             .partition(|&&id| !self.records.get(id).is_report());
         self.counters.records_carried += ids.len() as u64;
+        self.counters.reports_carried += reports.len() as u64;
         // A report that came before its measurer's descriptor waited for
         // it and is stored with it.
         let mut reports = reports;

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use veilnet_dir::{supersedes, REFUSED_REMEMBERED, REPLACED_REMEMBERED};
+use veilnet_dir::{record_key, supersedes, REFUSED_REMEMBERED, REPLACED_REMEMBERED};
 use veilnet_discovery::sync::{self, Fingerprint, LIST_THRESHOLD};
 use veilnet_discovery::{RecordDigest, RecordKey, RecordStore};
 
@@ -361,13 +361,12 @@ impl View {
         self.since.clear();
     }
 
-    /// The sorted keys of the records held (by the time each carries, its
-    /// `published`, then digest): the base patched with the changes since,
+    /// The sorted keys of the records held ([`record_key`]): the base patched with the changes since,
     /// or sorted afresh.
     fn build(&self, records: &Records) -> Vec<RecordKey> {
         let digest = |id: u32| {
             let r = records.get(id);
-            (r.published, r.digest)
+            record_key(r.is_report(), r.published, r.digest)
         };
         let Some(base) = &self.base else {
             let mut d: Vec<RecordKey> = self.records().map(digest).collect();
@@ -437,7 +436,10 @@ impl View {
                 {
                     let mut full: Vec<RecordKey> = self
                         .records()
-                        .map(|id| (records.get(id).published, records.get(id).digest))
+                        .map(|id| {
+                            let r = records.get(id);
+                            record_key(r.is_report(), r.published, r.digest)
+                        })
                         .collect();
                     full.sort_unstable();
                     assert!(full == digests, "patched digests equal sorted ones");

@@ -341,7 +341,8 @@ fn measurement_reports_reach_every_node_that_lists_their_measurer() {
         reports: true,
         measure_period_s: 600,
         // More reports than one reconciliation message carries, so a
-        // joiner's first message (oldest first) is mostly reports.
+        // joiner's first message would be mostly reports if records were
+        // handed over by time alone (reports are older).
         nodes: 700,
         ..small()
     };
@@ -375,10 +376,19 @@ fn measurement_reports_reach_every_node_that_lists_their_measurer() {
     }
     assert!(due > 2000, "{due}");
     assert!(missing * 200 <= due, "{missing} of {due} missing");
-    // Joiners got reports ahead of descriptors, and nearly all of them
-    // waited (a measurer that left meanwhile leaves its reports waiting).
+    // Joiners got descriptors before the reports that need them
+    // (`veilnet_dir::record_key`): hardly any report came ahead of its
+    // measurer's descriptor (by time alone, 73,971 of 877,308 did), and
+    // those that did waited for it (a measurer that left meanwhile leaves
+    // its reports waiting).
     let c = &sim.counters;
-    assert!(c.reports_unlisted > 100, "{}", c.reports_unlisted);
+    assert!(c.reports_carried > 50_000, "{}", c.reports_carried);
+    assert!(
+        c.reports_unlisted * 100 <= c.reports_carried,
+        "{} of {} reports came ahead of their measurer",
+        c.reports_unlisted,
+        c.reports_carried
+    );
     assert!(
         c.reports_waited * 10 >= c.reports_unlisted * 9,
         "{} of {} waited",

@@ -291,17 +291,17 @@ impl Measurements {
     }
 
     /// The [`RecordKey`](crate::RecordKey)s of every held report and fork
-    /// proof (so proofs are passed on): its `published` (a proof's: the
-    /// later report's) and digest.
+    /// proof (so proofs are passed on), of its `published` (a proof's: the
+    /// later report's) and digest ([`record_key`](crate::record_key)).
     pub fn keys(&self) -> impl Iterator<Item = crate::RecordKey> + '_ {
         self.reports
             .values()
             .flat_map(|per| per.values())
-            .map(|s| (s.report.published, s.digest))
+            .map(|s| crate::record_key(true, s.report.published, s.digest))
             .chain(
                 self.forks
                     .values()
-                    .map(|f| (f.published[0].max(f.published[1]), f.digest)),
+                    .map(|f| crate::record_key(true, f.published[0].max(f.published[1]), f.digest)),
             )
     }
 
