@@ -67,17 +67,62 @@ fn id(k: &Keypair) -> PeerId {
 /// The fixed test vector: measurer key = 32 bytes of 0x02, one
 /// observation of the relay with key 0x01.
 const VECTOR_RECORD: &str = concat!(
-    "4d01",                                                             // tag, format
+    "4d02",                                                             // tag, format
     "8139770ea87d175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b394", // measurer key
     "000000006553f100",                                                 // published
     "01",                                                               // one observation
-    "26",                                                               // peer id length 38
-    "002408011220", // identity multihash, ed25519 protobuf
     "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c", // target key
-    "00000000000f4240", // 1,000,000 B/s
-    "000000006553ed18", // since NOW - 1000
-    "01",           // reached
+    "000f4240",                                                         // 1,000,000 B/s
+    "6553ed18",                                                         // since NOW - 1000
+    "01",                                                               // reached
 );
+
+#[test]
+fn a_report_names_ed25519_relays_and_carries_32_bit_figures() {
+    let (m, t) = (key(1), key(2));
+    let sign = |o: Observation| {
+        Report {
+            measurer: id(&m),
+            published: NOW,
+            observations: vec![o],
+        }
+        .sign(&m)
+    };
+    let bad = |r: Result<Vec<u8>, ReportError>| match r {
+        Err(ReportError::BadContents { reason, .. }) => reason,
+        other => panic!("{other:?}"),
+    };
+    let fast = Observation {
+        bandwidth: veilnet_dir::measure::MAX_REPORTED_RATE,
+        ..obs(id(&t), 1)
+    };
+    let v = VerifiedReport::decode(&sign(fast).unwrap()).unwrap();
+    assert_eq!(v.report.observations, [fast]);
+    assert_eq!(
+        bad(sign(Observation {
+            bandwidth: fast.bandwidth + 1,
+            ..fast
+        })),
+        "bandwidth above 4 GiB/s"
+    );
+    assert!(bad(sign(Observation {
+        since: u64::from(u32::MAX) + 1,
+        ..fast
+    }))
+    .contains("2106"));
+    // A peer id that is not an ed25519 identity (a SHA-256 multihash).
+    let mut hashed = vec![0x12, 0x20];
+    hashed.extend_from_slice(&[7; 32]);
+    let other = PeerId::from_bytes(&hashed).unwrap();
+    assert!(bad(sign(obs(other, 1))).contains("ed25519"));
+    // Format 1 (length-prefixed peer ids, 64-bit figures) is refused
+    // plainly.
+    let mut old = sign(obs(id(&t), 1)).unwrap();
+    old[1] = 1;
+    let e = VerifiedReport::decode(&old).unwrap_err();
+    assert!(e.to_string().contains("format 1, expected 2"), "{e}");
+    assert_eq!(e.kind(), ErrorKind::PeerMisbehaved);
+}
 
 #[test]
 fn test_vector() {
@@ -209,10 +254,10 @@ fn no_figure_counts_above_the_networks_measurement_rate() {
     let (mut dir, keys) = network(4, 10_000_000_000);
     let target = id(&keys[0]);
     for m in &keys[1..=3] {
-        dir.insert_report(report(m, NOW, vec![obs(target, 5_000_000_000)]), NOW)
+        dir.insert_report(report(m, NOW, vec![obs(target, 4_000_000_000)]), NOW)
             .unwrap();
     }
-    // Every measurer says 5 GB/s; none can have measured above 20 MB/s.
+    // Every measurer says 4 GB/s; none can have measured above 20 MB/s.
     assert_eq!(dir.weights().get(&target), PARAMS.max_rate);
 }
 
@@ -220,11 +265,8 @@ fn no_figure_counts_above_the_networks_measurement_rate() {
 fn one_measurer_cannot_move_the_median_far_and_one_is_not_enough() {
     let (mut dir, keys) = network(6, 10_000_000_000);
     let target = id(&keys[0]);
-    dir.insert_report(
-        report(&keys[5], NOW, vec![obs(target, 10_000_000_000)]),
-        NOW,
-    )
-    .unwrap();
+    dir.insert_report(report(&keys[5], NOW, vec![obs(target, 4_000_000_000)]), NOW)
+        .unwrap();
     assert_eq!(
         dir.weights().get(&target),
         0,
@@ -1003,11 +1045,24 @@ fn a_report_by_a_relay_over_its_address_cap_is_held_and_does_not_count() {
 /// A peer id that ends in the same 8 bytes as `p`'s (a SHA-256 multihash
 /// of chosen bytes: a report may name any peer id).
 fn lookalike(p: &PeerId, salt: u8) -> PeerId {
+    // An ed25519 key (a valid point, whose secret nobody knows) that ends
+    // in the same 8 bytes as `p`'s, as its peer id does.
     let own = p.to_bytes();
-    let mut b = vec![0x12, 0x20, salt];
-    b.extend_from_slice(&[0; 21 + 2]);
-    b.extend_from_slice(&own[own.len() - 8..]);
-    PeerId::from_bytes(&b).unwrap()
+    for i in 0..=u8::MAX {
+        let mut raw = [0u8; 32];
+        raw[0] = salt;
+        raw[1] = i;
+        raw[24..].copy_from_slice(&own[own.len() - 8..]);
+        if let Ok(key) = libp2p::identity::ed25519::PublicKey::try_from_bytes(&raw) {
+            let id = libp2p::identity::PublicKey::from(key).to_peer_id();
+            assert_eq!(
+                id.to_bytes()[id.to_bytes().len() - 8..],
+                own[own.len() - 8..]
+            );
+            return id;
+        }
+    }
+    panic!("no point found")
 }
 
 /// Found by the `measure_assess` fuzz target: the assessment numbered

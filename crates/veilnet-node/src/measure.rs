@@ -276,7 +276,7 @@ impl Measurer {
         };
         Some(Observation {
             target,
-            bandwidth,
+            bandwidth: bandwidth.min(veilnet_dir::measure::MAX_REPORTED_RATE),
             reached: true,
             since,
         })

@@ -121,7 +121,10 @@ fn measure(
                     if target.sybil {
                         Observation {
                             target: *t,
-                            bandwidth: target.template.bandwidth,
+                            bandwidth: target
+                                .template
+                                .bandwidth
+                                .min(veilnet_dir::measure::MAX_REPORTED_RATE),
                             reached: true,
                             since: 0,
                         }

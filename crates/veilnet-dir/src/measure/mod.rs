@@ -45,7 +45,8 @@ pub use awaiting::{Awaiting, AWAITING_SECS, MAX_AWAITING, MAX_AWAITING_BYTES};
 pub use fork::{extends, is_fork, ReportFork, FORK_FORMAT, FORK_TAG, MAX_FORKS, MAX_FORK_BYTES};
 pub use report::{
     claimed_measurer, is_report, Observation, Report, ReportError, VerifiedReport,
-    MAX_OBSERVATIONS, MAX_REPORT_BYTES, REPORT_CONTEXT, REPORT_FORMAT, REPORT_TAG,
+    MAX_OBSERVATIONS, MAX_REPORTED_RATE, MAX_REPORT_BYTES, REPORT_CONTEXT, REPORT_FORMAT,
+    REPORT_TAG,
 };
 
 use crate::descriptor::{DescriptorDigest, MAX_CLOCK_SKEW};

@@ -3,10 +3,16 @@
 //! A record, integers big-endian, counts and lengths one byte:
 //!
 //! ```text
-//! tag u8 = b'M' | format u8 = 1 | measurer [32] (raw ed25519 key) | published u64
-//! | n u8, (target: len u8, peer id bytes | bandwidth u64 | since u64 | reached u8)*
+//! tag u8 = b'M' | format u8 = 2 | measurer [32] (raw ed25519 key) | published u64
+//! | n u8, (target [32] (raw ed25519 key) | bandwidth u32 | since u32 | reached u8)*
 //! | signature [64] (ed25519, over REPORT_CONTEXT || everything before it)
 //! ```
+//!
+//! An observation is 41 bytes (format 1 spent 56: a length-prefixed peer
+//! id of 38 bytes and 64-bit figures): relays have ed25519 identities only,
+//! a measured rate is far below 4 GiB/s, and unix seconds fit 32 bits until
+//! 2106. A report of 3 observations is 230 bytes, not 275; every node
+//! receives each one, and a joining node every report of the periods kept.
 //!
 //! Descriptor records start with a zero byte (the high byte of their body
 //! length, always below 2^24), so the first byte tells the two apart
@@ -27,30 +33,54 @@ use crate::reader::{Reader, Truncated};
 /// First byte of a report record.
 pub const REPORT_TAG: u8 = b'M';
 /// The report format [`Report::sign`] writes.
-pub const REPORT_FORMAT: u8 = 1;
+pub const REPORT_FORMAT: u8 = 2;
 /// Prefix of the message a report's signature covers.
 pub const REPORT_CONTEXT: &[u8] = b"veilnet measurement report v1\0";
 /// Most observations in one report (a measurer is assigned about
 /// `measurers_per_target` relays a period; more only in tiny networks).
 pub const MAX_OBSERVATIONS: usize = 16;
-/// Largest report record: a full report of peer ids of the longest kind
-/// (64 bytes) fits.
-pub const MAX_REPORT_BYTES: usize = 2 + 32 + 8 + 1 + MAX_OBSERVATIONS * (1 + 64 + 17) + 64;
+/// Largest report record: a report of [`MAX_OBSERVATIONS`].
+pub const MAX_REPORT_BYTES: usize =
+    2 + 32 + 8 + 1 + MAX_OBSERVATIONS * OBSERVATION_BYTES + SIGNATURE_LEN;
+
+/// The highest bandwidth a report can carry (bytes/s, 32 bits): a
+/// measurer clamps what it saw to it (figures count only up to
+/// [`MeasureParams::max_rate`](super::MeasureParams::max_rate), far below).
+pub const MAX_REPORTED_RATE: u64 = u32::MAX as u64;
+
+/// Bytes of one encoded observation.
+const OBSERVATION_BYTES: usize = 32 + 4 + 4 + 1;
 
 const SIGNATURE_LEN: usize = 64;
+
+/// The raw ed25519 key of an ed25519 peer id (its identity multihash holds
+/// the protobuf-encoded key); `None` for any other kind.
+fn raw_key(peer: &PeerId) -> Option<[u8; 32]> {
+    let hash: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    if hash.code() != 0 {
+        return None;
+    }
+    let key = PublicKey::try_decode_protobuf(hash.digest())
+        .ok()?
+        .try_into_ed25519()
+        .ok()?;
+    Some(key.to_bytes())
+}
 
 /// What a measurer saw of one relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Observation {
     /// The relay measured.
     pub target: PeerId,
-    /// Bytes per second carried through it (0 if not reached).
+    /// Bytes per second carried through it (0 if not reached; at most
+    /// [`MAX_REPORTED_RATE`]).
     pub bandwidth: u64,
     /// Whether the measurer reached its link address and built a circuit
     /// through it.
     pub reached: bool,
     /// When, as far as the measurer knows, the relay was first measured
-    /// (unix seconds): what a newcomer's weight ramps up from.
+    /// (unix seconds, at most `u32::MAX`): what a newcomer's weight ramps
+    /// up from.
     pub since: u64,
 }
 
@@ -178,6 +208,15 @@ impl Report {
             if !o.reached && o.bandwidth != 0 {
                 return Err(bad("bandwidth through a relay it did not reach"));
             }
+            if o.bandwidth > MAX_REPORTED_RATE {
+                return Err(bad("bandwidth above 4 GiB/s"));
+            }
+            if o.since > u64::from(u32::MAX) {
+                return Err(bad("a first-measured time past 2106"));
+            }
+            if raw_key(&o.target).is_none() {
+                return Err(bad("a relay whose identity is not an ed25519 key"));
+            }
         }
         Ok(())
     }
@@ -185,7 +224,8 @@ impl Report {
     /// Everything the signature covers (the record without it).
     fn body(&self, key: &ed25519::PublicKey) -> Result<Vec<u8>, ReportError> {
         self.check()?;
-        let mut out = Vec::with_capacity(64 + self.observations.len() * 56);
+        let mut out =
+            Vec::with_capacity(43 + self.observations.len() * OBSERVATION_BYTES + SIGNATURE_LEN);
         out.push(REPORT_TAG);
         out.push(REPORT_FORMAT);
         out.extend_from_slice(&key.to_bytes());
@@ -193,12 +233,11 @@ impl Report {
         // Checked above: at most MAX_OBSERVATIONS.
         out.push(self.observations.len() as u8);
         for o in &self.observations {
-            let id = o.target.to_bytes();
-            let len = u8::try_from(id.len()).map_err(|_| malformed("peer id too long"))?;
-            out.push(len);
-            out.extend_from_slice(&id);
-            out.extend_from_slice(&o.bandwidth.to_be_bytes());
-            out.extend_from_slice(&o.since.to_be_bytes());
+            // Checked above: an ed25519 key, figures within 32 bits.
+            let key = raw_key(&o.target).ok_or_else(|| malformed("target key"))?;
+            out.extend_from_slice(&key);
+            out.extend_from_slice(&(o.bandwidth as u32).to_be_bytes());
+            out.extend_from_slice(&(o.since as u32).to_be_bytes());
             out.push(u8::from(o.reached));
         }
         Ok(out)
@@ -270,11 +309,12 @@ impl VerifiedReport {
         }
         let mut observations = Vec::with_capacity(n);
         for _ in 0..n {
-            let len = usize::from(r.u8("target length")?);
-            let target = PeerId::from_bytes(r.take(len, "target")?)
-                .map_err(|e| malformed(format!("target: {e}")))?;
-            let bandwidth = r.u64("bandwidth")?;
-            let since = r.u64("since")?;
+            let raw: [u8; 32] = r.array("target key")?;
+            let target = ed25519::PublicKey::try_from_bytes(&raw)
+                .map_err(|_| malformed("target key is not an ed25519 public key"))?;
+            let target = PublicKey::from(target).to_peer_id();
+            let bandwidth = u64::from(u32::from_be_bytes(r.array("bandwidth")?));
+            let since = u64::from(u32::from_be_bytes(r.array("since")?));
             let reached = match r.u8("reached")? {
                 0 => false,
                 1 => true,
@@ -300,7 +340,7 @@ impl VerifiedReport {
             published,
             observations,
         };
-        // Canonical: the same report encodes to the same bytes (peer ids
+        // Canonical: the same report encodes to the same bytes (keys
         // re-encode as they decoded), so one report has one digest.
         if report.body(&key)? != record[..signed_len] {
             return Err(malformed("not in canonical form"));
