@@ -21,4 +21,4 @@ pub use peers::{
     load_fetch_relays, load_peers, save_fetch_relays, save_peers, FETCH_RELAYS_FILE, MAX_PEERS,
     PEERS_FILE,
 };
-pub use state::{load_state, save_state};
+pub use state::{load_state, load_state_bytes, save_state, save_state_bytes};

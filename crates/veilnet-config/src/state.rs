@@ -34,3 +34,18 @@ pub fn save_state<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<(),
         .map_err(|e| ConfigError::io("encoding", &path, std::io::Error::other(e)))?;
     fsutil::write_atomic(&path, &json, PRIVATE_FILE_MODE)
 }
+
+/// Reads the binary state file `dir/name`, at most `max_bytes` long; `None`
+/// if it does not exist. A file that is too long is an error naming it.
+pub fn load_state_bytes(
+    dir: &Path,
+    name: &str,
+    max_bytes: u64,
+) -> Result<Option<Vec<u8>>, ConfigError> {
+    fsutil::read_bounded(&dir.join(name), max_bytes, false)
+}
+
+/// Atomically replaces `dir/name` (mode 0600) with `bytes`.
+pub fn save_state_bytes(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ConfigError> {
+    fsutil::write_atomic(&dir.join(name), bytes, PRIVATE_FILE_MODE)
+}

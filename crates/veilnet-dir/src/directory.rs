@@ -18,8 +18,14 @@ use crate::measure::{
 };
 use crate::weight::Weights;
 
-/// Most nodes a [`Directory`] holds.
-pub const MAX_NODES: usize = 10_000;
+/// Most nodes a [`Directory`] holds. A network of 10,000 nodes (5,000
+/// relays, the rest clients) at 5 % churn an hour holds about 11,750
+/// relay descriptors at steady state: the live relays and those that left
+/// in the last day and a half, whose descriptors have not expired
+/// (`veilnet-sim`'s `descriptors_held_max`); twice 10,000 leaves room for
+/// that network and its departed relays, where 10,000 made every node
+/// evict a different few.
+pub const MAX_NODES: usize = 20_000;
 /// Relays whose highest sequence number a [`Directory`] remembers after
 /// their descriptor is gone (expired or removed); the least recently
 /// updated are forgotten first.
@@ -27,7 +33,7 @@ pub const MAX_SEQ_MARKS: usize = 2 * MAX_NODES;
 /// File name of the persisted [`SeqMarks`] in a node's data directory.
 pub const SEQ_MARKS_FILE: &str = "seen-seqs.json";
 /// Largest [`SEQ_MARKS_FILE`] read.
-pub const MAX_SEQ_MARKS_FILE_BYTES: u64 = 8 * 1024 * 1024;
+pub const MAX_SEQ_MARKS_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The highest descriptor a directory has accepted from one relay: its
 /// sequence number and digest, and when (unix seconds).

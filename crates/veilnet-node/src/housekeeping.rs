@@ -34,6 +34,9 @@ const FIRST_REPUBLISH_JITTER: Duration = Duration::from_secs(veilnet_dir::REPUBL
 const IDLE_LINK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// How often the directory is pruned and known peers saved.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
+/// How often the directory cache is saved (when the directory changed), and
+/// at shutdown.
+const CACHE_EVERY: Duration = Duration::from_secs(10 * 60);
 
 /// Verifies and stores descriptors and measurement reports arriving from
 /// discovery, one batch at a
@@ -297,6 +300,8 @@ pub(crate) async fn housekeeping(hk: Housekeeping, mut shutdown: watch::Receiver
     let mut next_publish = Instant::now() + first_republish(&mut rand::thread_rng());
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
     let mut fast = tokio::time::interval(Duration::from_secs(1));
+    let mut next_cache = Instant::now() + CACHE_EVERY;
+    let mut cached: Option<Arc<[veilnet_dir::RecordKey]>> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -331,6 +336,17 @@ pub(crate) async fn housekeeping(hk: Housekeeping, mut shutdown: watch::Receiver
         }
         if let Some(dir) = &hk.peers_dir {
             save_seq_marks(&hk.directory, dir);
+            if Instant::now() >= next_cache {
+                next_cache = Instant::now() + CACHE_EVERY;
+                let (directory, dir) = (hk.directory.clone(), dir.clone());
+                let mut last = cached.take();
+                cached = tokio::task::spawn_blocking(move || {
+                    save_cache(&directory, &dir, &mut last);
+                    last
+                })
+                .await
+                .unwrap_or(None);
+            }
             let peers = hk.discovery.connected_peers().await;
             if !peers.is_empty() {
                 if let Err(e) = veilnet_config::save_peers(dir, &peers) {
@@ -365,6 +381,63 @@ pub(crate) fn save_seq_marks(directory: &Mutex<Directory>, dir: &std::path::Path
     if let Err(e) = veilnet_config::save_state(dir, veilnet_dir::SEQ_MARKS_FILE, &marks) {
         warn!("cannot save the directory's sequence numbers: {e}");
     }
+}
+
+/// Saves the directory's records to `dir` ([`veilnet_dir::cache`]) if
+/// they changed since `last` (the keys saved last time, updated).
+pub(crate) fn save_cache(
+    directory: &Mutex<Directory>,
+    dir: &std::path::Path,
+    last: &mut Option<Arc<[veilnet_dir::RecordKey]>>,
+) {
+    let (keys, records) = {
+        let d = lock(directory);
+        let keys = d.keys();
+        if last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &keys)) || keys.is_empty() {
+            return;
+        }
+        (keys, d.records())
+    };
+    let bytes = veilnet_dir::cache::encode(records.iter().map(Vec::as_slice));
+    match veilnet_config::save_state_bytes(dir, veilnet_dir::cache::CACHE_FILE, &bytes) {
+        Ok(()) => *last = Some(keys),
+        Err(e) => warn!("cannot save the directory cache: {e}"),
+    }
+}
+
+/// Refills the directory from the cache saved in `dir`, if any: each
+/// record is checked as one from a peer would be (stale ones are refused).
+/// Returns how many were stored.
+pub(crate) fn load_cache(
+    directory: &Mutex<Directory>,
+    dir: &std::path::Path,
+    own: libp2p::PeerId,
+) -> usize {
+    let path = dir.join(veilnet_dir::cache::CACHE_FILE);
+    let bytes = match veilnet_config::load_state_bytes(
+        dir,
+        veilnet_dir::cache::CACHE_FILE,
+        veilnet_dir::cache::MAX_CACHE_BYTES,
+    ) {
+        Ok(Some(b)) => b,
+        Ok(None) => return 0,
+        Err(e) => {
+            warn!("ignoring the directory cache: {e}");
+            return 0;
+        }
+    };
+    let (records, damage) = veilnet_dir::cache::decode(&bytes);
+    if let Some(e) = damage {
+        warn!(
+            "directory cache {}: {e}; using the {} records before it (the rest is fetched from peers)",
+            path.display(),
+            records.len()
+        );
+    }
+    let offered = records.len();
+    let stored = feed(directory, own, records).len();
+    info!("restored {stored} of {offered} cached directory records");
+    stored
 }
 
 /// Restores the sequence marks saved in `dir`, if any.
@@ -453,49 +526,119 @@ mod tests {
     /// A joining node gets the oldest records first: a report that comes
     /// before its measurer's descriptor waits (known, so not fetched
     /// again) and is stored, and announced, when the descriptor comes.
-    #[test]
-    fn a_report_ahead_of_its_measurers_descriptor_waits_for_it() {
-        use veilnet_dir::{Descriptor, Observation, Report, Roles};
+    fn key(n: u8) -> libp2p::identity::Keypair {
+        libp2p::identity::Keypair::ed25519_from_bytes([n; 32]).unwrap()
+    }
+
+    /// A relay's descriptor for `k` at `ip`, published a minute ago.
+    fn descriptor(k: &libp2p::identity::Keypair, ip: &str) -> veilnet_dir::SignedDescriptor {
         let now = unix_now();
-        let key = |n: u8| libp2p::identity::Keypair::ed25519_from_bytes([n; 32]).unwrap();
-        let (measurer, target) = (key(1), key(2));
-        let descriptor = |k: &libp2p::identity::Keypair, ip: &str| {
-            let public = k.public();
-            Descriptor {
-                peer_id: public.to_peer_id(),
-                identity_key: public.encode_protobuf(),
-                link_addrs: vec![format!("{ip}:9001").parse().unwrap()],
-                p2p_addrs: vec!["/ip4/198.51.100.1/tcp/4001".parse().unwrap()],
-                onion_key: [0x11; 32],
-                onion_key_expires: now + 7 * 24 * 3600,
-                link_key: [0x24; 32],
-                roles: Roles {
-                    relay: true,
-                    exit: false,
-                },
-                exit_policy: veilnet_policy::ExitPolicy::reject_all(),
-                bandwidth: 1_000_000,
-                region: "ZZ".into(),
-                family: vec![],
-                version: "veilnet/0.1.0".into(),
-                seq: 1,
-                published: now - 60,
-            }
-            .sign(k)
-            .unwrap()
-        };
-        let report = Report {
+        let public = k.public();
+        veilnet_dir::Descriptor {
+            peer_id: public.to_peer_id(),
+            identity_key: public.encode_protobuf(),
+            link_addrs: vec![format!("{ip}:9001").parse().unwrap()],
+            p2p_addrs: vec!["/ip4/198.51.100.1/tcp/4001".parse().unwrap()],
+            onion_key: [0x11; 32],
+            onion_key_expires: now + 7 * 24 * 3600,
+            link_key: [0x24; 32],
+            roles: veilnet_dir::Roles {
+                relay: true,
+                exit: false,
+            },
+            exit_policy: veilnet_policy::ExitPolicy::reject_all(),
+            bandwidth: 1_000_000,
+            region: "ZZ".into(),
+            family: vec![],
+            version: "veilnet/0.1.0".into(),
+            seq: 1,
+            published: now - 60,
+        }
+        .sign(k)
+        .unwrap()
+    }
+
+    /// `measurer`'s signed report of one observation of `target`.
+    fn report(measurer: &libp2p::identity::Keypair, target: &libp2p::identity::Keypair) -> Vec<u8> {
+        let now = unix_now();
+        veilnet_dir::Report {
             measurer: measurer.public().to_peer_id(),
             published: now - 30,
-            observations: vec![Observation {
+            observations: vec![veilnet_dir::Observation {
                 target: target.public().to_peer_id(),
                 bandwidth: 2_000_000,
                 reached: true,
                 since: now - 3600,
             }],
         }
-        .sign(&measurer)
-        .unwrap();
+        .sign(measurer)
+        .unwrap()
+    }
+
+    #[test]
+    fn the_directory_cache_refills_a_restarted_node_and_damage_costs_only_the_rest() {
+        let data = std::env::temp_dir().join(format!(
+            "veilnet-cache-{}-{}",
+            std::process::id(),
+            unix_now()
+        ));
+        std::fs::create_dir_all(&data).unwrap();
+        let fresh = || {
+            let d = Directory::new(libp2p::PeerId::random());
+            let d = Mutex::new(d);
+            lock(&d).use_measurements(Some(veilnet_dir::MeasureParams::PUBLIC));
+            d
+        };
+        let own = libp2p::PeerId::random();
+        // Nothing saved yet: nothing restored, no error.
+        assert_eq!(load_cache(&fresh(), &data, own), 0);
+        let before = fresh();
+        let relays: Vec<_> = (1..=4).map(key).collect();
+        let mut records: Vec<Vec<u8>> = relays
+            .iter()
+            .enumerate()
+            .map(|(i, k)| descriptor(k, &format!("198.51.{i}.1")).to_bytes())
+            .collect();
+        // Reports last, as they travel: the cache keeps the same order.
+        records.push(report(&relays[0], &relays[1]));
+        records.push(report(&relays[1], &relays[2]));
+        assert_eq!(feed(&before, own, records.clone()).len(), 6);
+        let mut last = None;
+        save_cache(&before, &data, &mut last);
+        let path = data.join(veilnet_dir::cache::CACHE_FILE);
+        let saved = std::fs::read(&path).unwrap();
+        // Unchanged since: not written again.
+        std::fs::remove_file(&path).unwrap();
+        save_cache(&before, &data, &mut last);
+        assert!(!path.exists());
+        std::fs::write(&path, &saved).unwrap();
+        let after = fresh();
+        assert_eq!(load_cache(&after, &data, own), 6);
+        assert_eq!(lock(&after).keys(), lock(&before).keys());
+        // Cut short inside the last report: everything before it is kept.
+        std::fs::write(&path, &saved[..saved.len() - 10]).unwrap();
+        let cut = fresh();
+        assert_eq!(load_cache(&cut, &data, own), 5);
+        // Junk, or an edited record: refused as from a peer, never stored.
+        std::fs::write(&path, b"not a cache at all").unwrap();
+        assert_eq!(load_cache(&fresh(), &data, own), 0);
+        let mut edited = saved.clone();
+        let at = edited.len() - 100;
+        edited[at] ^= 1;
+        std::fs::write(&path, &edited).unwrap();
+        let forged = fresh();
+        assert_eq!(load_cache(&forged, &data, own), 5);
+        assert!(!lock(&forged)
+            .measurements()
+            .unwrap()
+            .holds(&veilnet_dir::digest(&records[5])));
+        let _ = std::fs::remove_dir_all(&data);
+    }
+
+    #[test]
+    fn a_report_ahead_of_its_measurers_descriptor_waits_for_it() {
+        let (measurer, target) = (key(1), key(2));
+        let report = report(&measurer, &target);
         let report_digest = veilnet_dir::digest(&report);
         let dir = Mutex::new(Directory::new(libp2p::PeerId::random()));
         lock(&dir).use_measurements(Some(veilnet_dir::MeasureParams::PUBLIC));

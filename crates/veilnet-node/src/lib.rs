@@ -361,6 +361,12 @@ impl Node {
         dcfg.bootstrap = config.node.bootstrap.clone();
         if persist {
             housekeeping::load_seq_marks(&directory, &config.data_dir);
+            // What we held before a restart: only what changed meanwhile
+            // is fetched.
+            let (dir, data) = (directory.clone(), config.data_dir.clone());
+            let _ =
+                tokio::task::spawn_blocking(move || housekeeping::load_cache(&dir, &data, peer_id))
+                    .await;
             // Our last descriptor, if still held out there, keeps us listed.
             let mark = lock(&directory).seq_mark(&keys.identity.public().to_peer_id());
             let mut own = lock(&own);
@@ -531,6 +537,7 @@ impl Node {
         let _ = self.shutdown_tx.send(true);
         if self.persist {
             housekeeping::save_seq_marks(&self.directory, &self.data_dir);
+            housekeeping::save_cache(&self.directory, &self.data_dir, &mut None);
             let peers = self.discovery.connected_peers().await;
             if let Err(e) = veilnet_config::save_peers(&self.data_dir, &peers) {
                 warn!("cannot save known peers: {e}");

@@ -77,6 +77,13 @@ pub struct Report {
     pub agreement_end: Agreement,
     /// Hourly samples.
     pub agreement_hourly: Vec<Agreement>,
+    /// The most descriptors any live node holds at the end (the node's
+    /// `Directory` holds at most [`veilnet_dir::MAX_NODES`]; the
+    /// simulator's views are unbounded, so a figure above it means the
+    /// node would be evicting).
+    pub descriptors_held_max: usize,
+    /// The most measurement reports any live node holds at the end.
+    pub reports_held_max: usize,
     /// The Sybil figures, if the run had attacker relays.
     pub sybil: Option<SybilReport>,
     /// Counters.
@@ -152,6 +159,11 @@ pub fn build(sim: &Sim, sybil: Option<SybilReport>, wall_s: f64) -> Report {
     conv_all.sort_by(f64::total_cmp);
     sizes.sort_unstable();
     let agreement_end = sim.agreement();
+    let live = sim.nodes.iter().filter(|n| n.alive);
+    let (descriptors_held_max, reports_held_max) = live.fold((0, 0), |(d, r), n| {
+        let held = n.view.descriptors_held();
+        (d.max(held), r.max(n.view.len() - held))
+    });
     let clients = (sim.cfg.nodes as f64 * sim.cfg.client_fraction).round() as usize;
     Report {
         config: sim.cfg.clone(),
@@ -188,6 +200,8 @@ pub fn build(sim: &Sim, sybil: Option<SybilReport>, wall_s: f64) -> Report {
             .fold(agreement_end.cut_all, f64::min),
         agreement_end,
         agreement_hourly: sim.samples.clone(),
+        descriptors_held_max,
+        reports_held_max,
         sybil,
         counters: sim.counters.clone(),
         wall_s,
@@ -205,7 +219,8 @@ impl Report {
              convergence to 99% of relays: p50 {:.1} s, p99 {:.1} s ({} descriptors, {} never); \
              to 99% of all nodes: p50 {:.1} s, p99 {:.1} s\n\
              view agreement at the cut, at the end: {:.4} of nodes (relays {:.4}, clients {:.4}; lowest hourly {:.4})\n\
-             held relays at the end: {:.4} of nodes agree (relays {:.4}, clients {:.4}; exact descriptor sets {:.4})\n",
+             held relays at the end: {:.4} of nodes agree (relays {:.4}, clients {:.4}; exact descriptor sets {:.4})\n\
+             largest view at the end: {} descriptors (a node's directory holds at most {}), {} reports\n",
             self.relays,
             self.clients,
             self.config.hours,
@@ -232,6 +247,9 @@ impl Report {
             self.agreement_end.relays,
             self.agreement_end.clients,
             self.agreement_end.digests_all,
+            self.descriptors_held_max,
+            veilnet_dir::MAX_NODES,
+            self.reports_held_max,
         );
         let total: u64 = self.bytes_by_kind.iter().map(|(_, b)| b).sum();
         s.push_str("steady-state bytes by exchange:");

@@ -1,0 +1,173 @@
+//! The directory cache: the records a node held, saved in its data
+//! directory so that after a restart it reconciles only what changed
+//! meanwhile instead of downloading the whole directory again (Tor keeps
+//! `cached-consensus` and `cached-microdescs` for the same reason).
+//!
+//! Nothing in the file is trusted: every record goes through the same
+//! checks as a record from a peer (signature, age, the directory's rules),
+//! so a stale, edited or foreign cache costs only the checks. The format
+//! (sans-IO, big-endian):
+//!
+//! ```text
+//! magic [8] = "VNDCACHE" | version u8 = 1 | count u32 | (len u32 | record)*
+//! ```
+//!
+//! A file cut short (a crash while an older node wrote it in place, a full
+//! disk) yields the records before the cut and says where it stopped.
+
+use crate::directory::Directory;
+
+/// File name of the cache in a node's data directory.
+pub const CACHE_FILE: &str = "directory-cache.bin";
+/// Largest cache file written or read: a full directory of descriptors and
+/// its kept reports with room to spare.
+pub const MAX_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest record in a cache (any record the directory takes is smaller).
+pub const MAX_CACHED_RECORD_BYTES: usize = 64 * 1024;
+
+const MAGIC: &[u8; 8] = b"VNDCACHE";
+const VERSION: u8 = 1;
+const HEADER: usize = 8 + 1 + 4;
+
+/// Why a cache file could not be read (in whole or part).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// Not a cache file of this format.
+    #[error("not a veilnet directory cache (bad magic or version {0})")]
+    NotACache(u8),
+    /// Cut short or damaged after `kept` records.
+    #[error("damaged after {kept} of {count} records: {reason}")]
+    Damaged {
+        /// Records read before the damage.
+        kept: usize,
+        /// Records the header announced.
+        count: usize,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+/// Encodes `records` (each at most [`MAX_CACHED_RECORD_BYTES`]; larger ones
+/// are left out), stopping before the file would pass [`MAX_CACHE_BYTES`].
+pub fn encode<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 << 20);
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    out.extend_from_slice(&[0; 4]);
+    let mut count: u32 = 0;
+    for r in records {
+        if r.len() > MAX_CACHED_RECORD_BYTES {
+            continue;
+        }
+        if (out.len() + 4 + r.len()) as u64 > MAX_CACHE_BYTES || count == u32::MAX {
+            break;
+        }
+        out.extend_from_slice(&(r.len() as u32).to_be_bytes());
+        out.extend_from_slice(r);
+        count += 1;
+    }
+    out[9..HEADER].copy_from_slice(&count.to_be_bytes());
+    out
+}
+
+/// Decodes a cache file: its records, and the damage found after them, if
+/// any (the records before it are still returned).
+pub fn decode(bytes: &[u8]) -> (Vec<Vec<u8>>, Option<CacheError>) {
+    if bytes.len() < HEADER || &bytes[..8] != MAGIC || bytes[8] != VERSION {
+        let version = bytes.get(8).copied().unwrap_or(0);
+        return (Vec::new(), Some(CacheError::NotACache(version)));
+    }
+    let mut count_bytes = [0u8; 4];
+    count_bytes.copy_from_slice(&bytes[9..HEADER]);
+    let count = u32::from_be_bytes(count_bytes) as usize;
+    let mut rest = &bytes[HEADER..];
+    // Bounded by the bytes there are, not by what the header claims.
+    let mut records = Vec::with_capacity(count.min(rest.len() / 5));
+    let damaged = |kept, reason| CacheError::Damaged {
+        kept,
+        count,
+        reason,
+    };
+    for _ in 0..count {
+        if rest.len() < 4 {
+            let kept = records.len();
+            return (records, Some(damaged(kept, "truncated")));
+        }
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&rest[..4]);
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_CACHED_RECORD_BYTES {
+            let kept = records.len();
+            return (records, Some(damaged(kept, "a record longer than allowed")));
+        }
+        if rest.len() < 4 + len {
+            let kept = records.len();
+            return (records, Some(damaged(kept, "truncated")));
+        }
+        records.push(rest[4..4 + len].to_vec());
+        rest = &rest[4 + len..];
+    }
+    if !rest.is_empty() {
+        let kept = records.len();
+        return (records, Some(damaged(kept, "bytes after the last record")));
+    }
+    (records, None)
+}
+
+impl Directory {
+    /// Every record this directory holds as it travels (descriptors,
+    /// reports and fork proofs), in reconciliation order: descriptors
+    /// before the reports that need them ([`crate::record_key`]).
+    pub fn records(&self) -> Vec<Vec<u8>> {
+        self.keys()
+            .iter()
+            .filter_map(|(_, d)| self.record(d))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_damage_keeps_what_came_before() {
+        let records: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10 + usize::from(i)]).collect();
+        let file = encode(records.iter().map(Vec::as_slice));
+        assert_eq!(decode(&file), (records.clone(), None));
+        // Cut inside the fourth record: the three before it.
+        let cut = HEADER + (4 + 10) + (4 + 11) + (4 + 12) + 6;
+        let (kept, err) = decode(&file[..cut]);
+        assert_eq!(kept, records[..3]);
+        assert_eq!(
+            err,
+            Some(CacheError::Damaged {
+                kept: 3,
+                count: 5,
+                reason: "truncated"
+            })
+        );
+        let mut longer = file.clone();
+        longer.push(0);
+        assert_eq!(decode(&longer).0, records);
+        assert!(decode(&longer).1.is_some());
+        // A length past the bound is not allocated for.
+        let mut huge = file[..HEADER].to_vec();
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(decode(&huge).0.len(), 0);
+        assert!(matches!(decode(&huge).1, Some(CacheError::Damaged { .. })));
+        assert_eq!(decode(b"{json}").1, Some(CacheError::NotACache(0)));
+        let mut other = file.clone();
+        other[8] = 2;
+        assert_eq!(decode(&other), (Vec::new(), Some(CacheError::NotACache(2))));
+    }
+
+    #[test]
+    fn oversized_records_are_left_out() {
+        let big = vec![0u8; MAX_CACHED_RECORD_BYTES + 1];
+        let small = vec![1u8; 3];
+        let file = encode([big.as_slice(), small.as_slice()]);
+        assert_eq!(decode(&file), (vec![small], None));
+    }
+}
