@@ -36,6 +36,13 @@ pub struct SimConfig {
     /// Fraction of honest relays per hour that leave (and as many new ones
     /// that join).
     pub churn: f64,
+    /// Of the relays that leave, the fraction that restart: they come back
+    /// after a while (exponential, mean `restart_mean_mins`, at most a day)
+    /// with the directory they held, as the node's directory cache keeps
+    /// it, instead of a new relay joining.
+    pub restarts: f64,
+    /// Mean time a restarting relay is away, minutes.
+    pub restart_mean_mins: f64,
     /// Seed of every random choice.
     pub seed: u64,
     /// Seconds between a relay's anti-entropy rounds (the real node's
@@ -133,6 +140,8 @@ impl Default for SimConfig {
             hours: 2.0,
             warmup_hours: 1.0,
             churn: 0.05,
+            restarts: 0.0,
+            restart_mean_mins: 60.0,
             seed: 1,
             exchange_interval_s: 600.0,
             exchange_peers: 3,
@@ -199,6 +208,12 @@ impl SimConfig {
         }
         if !(self.warmup_hours >= 0.0 && self.warmup_hours < self.hours) {
             return bad("--warmup-hours must be in [0, --hours)");
+        }
+        if !(0.0..=1.0).contains(&self.restarts) {
+            return bad("--restarts must be in [0, 1]");
+        }
+        if !(self.restart_mean_mins > 0.0 && self.restart_mean_mins <= 24.0 * 60.0) {
+            return bad("--restart-mean-mins must be in (0, 1440]");
         }
         if !(0.0..=1.0).contains(&self.churn) {
             return bad("--churn must be in [0, 1]");

@@ -40,6 +40,14 @@ struct DirectoryArgs {
     /// Fraction of relays per hour that leave (as many join).
     #[arg(long, default_value_t = SimConfig::default().churn)]
     churn: f64,
+    /// Of the relays that leave, the fraction that restart with the
+    /// directory they held (their cache) instead of a new relay joining.
+    #[arg(long, default_value_t = SimConfig::default().restarts)]
+    restarts: f64,
+    /// Mean time a restarting relay is away, minutes (exponential, at most
+    /// a day).
+    #[arg(long, default_value_t = SimConfig::default().restart_mean_mins)]
+    restart_mean_mins: f64,
     /// Seed of every random choice.
     #[arg(long, default_value_t = SimConfig::default().seed)]
     seed: u64,
@@ -147,6 +155,8 @@ impl DirectoryArgs {
             hours: self.hours,
             warmup_hours: self.warmup_hours,
             churn: self.churn,
+            restarts: self.restarts,
+            restart_mean_mins: self.restart_mean_mins,
             seed: self.seed,
             exchange_interval_s: self.exchange_interval,
             exchange_peers: self.exchange_peers,

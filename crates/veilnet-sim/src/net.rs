@@ -182,6 +182,8 @@ struct Exchange {
 }
 
 enum Ev {
+    /// A relay's node (index; a restarted relay runs as a new node, so the
+    /// old one's timers end) republishes.
     Publish(u32),
     Gossip(u32),
     Flush(u32),
@@ -195,8 +197,11 @@ enum Ev {
     Connect(u32, u32),
     Churn,
     Expire(RecordId),
-    /// A measurer publishes its report of a period.
+    /// A measurer (its node's index) publishes its report of a period.
     Report(u32, u64),
+    /// A relay that left to restart (its relay index, and the node it ran
+    /// as) comes back with the directory it held.
+    Rejoin(u32, u32),
     Sample,
 }
 
@@ -290,6 +295,8 @@ pub struct Counters {
     pub reports_unlisted: u64,
     /// Of them, stored once the descriptor came.
     pub reports_waited: u64,
+    /// Relays that left to restart (with `restarts`).
+    pub restarts: u64,
 }
 
 /// The whole simulated network.
@@ -672,7 +679,14 @@ impl Sim {
     fn schedule_report(&mut self, relay: u32, epoch: u64) {
         let at_unix = self.report_time(epoch);
         let at = at_unix.saturating_sub(EPOCH_UNIX) * SEC;
-        self.schedule(at.max(self.now), Ev::Report(relay, epoch));
+        let n = self.relays[relay as usize].node;
+        self.schedule(at.max(self.now), Ev::Report(n, epoch));
+    }
+
+    /// The relay node `n` runs, if it still runs.
+    fn running_relay(&self, n: u32) -> Option<u32> {
+        let node = &self.nodes[n as usize];
+        node.relay.filter(|_| node.alive)
     }
 
     /// The reports an initial relay has published in the periods still
@@ -686,7 +700,8 @@ impl Sim {
             if at <= now {
                 self.new_report(relay, at)?;
             } else {
-                self.schedule((at - now) * SEC, Ev::Report(relay, epoch));
+                let n = self.relays[relay as usize].node;
+                self.schedule((at - now) * SEC, Ev::Report(n, epoch));
                 return Ok(());
             }
         }
@@ -694,10 +709,10 @@ impl Sim {
         Ok(())
     }
 
-    fn on_report(&mut self, relay: u32, epoch: u64) {
-        if !self.relays[relay as usize].alive {
+    fn on_report(&mut self, n: u32, epoch: u64) {
+        let Some(relay) = self.running_relay(n) else {
             return;
-        }
+        };
         let published = self.unix();
         if let Ok(id) = self.new_report(relay, published) {
             let node = self.relays[relay as usize].node;
@@ -711,7 +726,8 @@ impl Sim {
     fn publish_initial(&mut self, relay: u32, back_us: u64) -> Result<(), SimError> {
         self.new_record(relay, back_us)?;
         let next = self.republish_us() - back_us + self.housekeeping_jitter();
-        self.schedule(next, Ev::Publish(relay));
+        let n = self.relays[relay as usize].node;
+        self.schedule(next, Ev::Publish(n));
         Ok(())
     }
 
@@ -793,7 +809,8 @@ impl Sim {
                 Ev::Connect(a, b) => self.on_connect(a, b),
                 Ev::Churn => self.on_churn(),
                 Ev::Expire(id) => self.on_expire(id),
-                Ev::Report(relay, epoch) => self.on_report(relay, epoch),
+                Ev::Report(n, epoch) => self.on_report(n, epoch),
+                Ev::Rejoin(relay, old) => self.rejoin(relay, old),
                 Ev::Sample => {
                     let a = self.agreement();
                     self.samples.push(a);
@@ -802,10 +819,10 @@ impl Sim {
         }
     }
 
-    fn on_publish(&mut self, relay: u32) {
-        if !self.relays[relay as usize].alive {
+    fn on_publish(&mut self, n: u32) {
+        let Some(relay) = self.running_relay(n) else {
             return;
-        }
+        };
         // Signing cannot fail for a template that signed before.
         let Ok(id) = self.new_record(relay, 0) else {
             return;
@@ -816,7 +833,7 @@ impl Sim {
             self.queue_push(node, id, None);
         }
         let next = self.now + self.republish_us() + self.housekeeping_jitter();
-        self.schedule(next, Ev::Publish(relay));
+        self.schedule(next, Ev::Publish(n));
     }
 
     fn queue_push(&mut self, n: u32, id: RecordId, from: Option<u32>) {
@@ -1261,20 +1278,36 @@ impl Sim {
                 r.alive && !r.sybil
             })
             .collect();
+        // With `restarts`, some leave only for a while and come back with
+        // the directory they held (its cache); no new relay joins for them.
+        // (No draw without restarts: the world stays that of earlier runs.)
+        let restart = self.cfg.restarts > 0.0 && self.world.gen_bool(self.cfg.restarts);
         if honest_live.len() > 4 {
             let r = honest_live[self.world.gen_range(0..honest_live.len())];
-            self.leave(r);
+            let old = self.relays[r as usize].node;
+            self.leave(r, restart);
+            if restart {
+                let mean = self.cfg.restart_mean_mins * 60.0 * SEC as f64;
+                let u: f64 = self.world.gen_range(f64::MIN_POSITIVE..1.0);
+                let away = ((-u.ln() * mean) as u64).min(24 * 3600 * SEC);
+                self.counters.restarts += 1;
+                self.schedule(self.now + away, Ev::Rejoin(r, old));
+            }
         }
         // ...and a new one joins.
-        if let Err(e) = self.join() {
-            eprintln!("a relay could not join: {e}");
+        if !restart {
+            if let Err(e) = self.join() {
+                eprintln!("a relay could not join: {e}");
+            }
         }
         self.counters.churned += 1;
         let next = self.churn_gap();
         self.schedule(next, Ev::Churn);
     }
 
-    fn leave(&mut self, relay: u32) {
+    /// Relay `relay` stops; with `keep`, its view is kept for its restart
+    /// ([`Self::rejoin`]).
+    fn leave(&mut self, relay: u32, keep: bool) {
         self.relays[relay as usize].alive = false;
         let n = self.relays[relay as usize].node;
         let node = &mut self.nodes[n as usize];
@@ -1284,7 +1317,11 @@ impl Sim {
         let neighbours = std::mem::take(&mut node.neighbours);
         node.chosen.clear();
         node.push_streams.clear();
-        node.view = View::default();
+        if keep {
+            node.view.drop_cache();
+        } else {
+            node.view = View::default();
+        }
         node.push_pending.clear();
         for id in held {
             let r = &mut self.records.list[id as usize];
@@ -1316,6 +1353,12 @@ impl Sim {
         let bw = honest_bandwidth(&mut self.world);
         let ip = self.addresses.address(&mut self.world)?;
         let relay = self.add_relay(ip, bw, bw, exit, false)?;
+        self.start_relay(relay)
+    }
+
+    /// A relay's node starting: it publishes, schedules its republication
+    /// and measurements, links to `degree` live relays and reconciles.
+    fn start_relay(&mut self, relay: u32) -> Result<(), SimError> {
         let n = self.relays[relay as usize].node;
         let id = self.new_record(relay, 0)?;
         let now_unix = self.unix();
@@ -1325,7 +1368,7 @@ impl Sim {
         let republish = self.republish_us();
         let early = self.world.gen_range(0..=republish / 2);
         let next = self.now + republish - early + self.housekeeping_jitter();
-        self.schedule(next, Ev::Publish(relay));
+        self.schedule(next, Ev::Publish(n));
         // It measures from the next period on (listed at its start).
         if self.cfg.reports {
             let epoch = self.cfg.measure_params().epoch(now_unix);
@@ -1343,6 +1386,42 @@ impl Sim {
         let at = self.now + self.rng.gen_range(0..every.max(1));
         self.schedule(at, Ev::Gossip(n));
         Ok(())
+    }
+
+    /// Relay `relay`, which ran as node `old`, starts again as a new node
+    /// with the view `old` held, less what expired meanwhile (as the
+    /// node's directory cache is checked at start), and reconciles the
+    /// rest with its new links.
+    fn rejoin(&mut self, relay: u32, old: u32) {
+        if self.relays[relay as usize].alive {
+            return;
+        }
+        let mut view = std::mem::take(&mut self.nodes[old as usize].view);
+        let now_unix = self.unix();
+        let kept = 2 * self.cfg.measure_window;
+        let held: Vec<RecordId> = view.records().collect();
+        for id in held {
+            let r = self.records.get(id);
+            if r.expires_unix <= now_unix && view.held(r.slot) == Some(id) {
+                let (slot, measurer, report) = (r.slot, r.relay, r.is_report());
+                view.expire(slot);
+                if !report && self.cfg.reports {
+                    view.drop_reports(measurer, kept);
+                }
+            }
+        }
+        let n = self.add_node(Some(relay));
+        for id in view.records() {
+            let r = &mut self.records.list[id as usize];
+            r.holders_all += 1;
+            r.holders_relays += 1;
+        }
+        self.nodes[n as usize].view = view;
+        self.relays[relay as usize].node = n;
+        self.relays[relay as usize].alive = true;
+        if let Err(e) = self.start_relay(relay) {
+            eprintln!("a relay could not restart: {e}");
+        }
     }
 
     fn on_expire(&mut self, id: RecordId) {

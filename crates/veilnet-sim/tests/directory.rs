@@ -203,6 +203,55 @@ fn joining_relays_spread_and_runs_repeat_exactly() {
     assert_eq!(a.counters.messages, b.counters.messages);
 }
 
+#[test]
+fn restarted_relays_come_back_with_their_directory_and_fetch_only_the_changes() {
+    let cfg = SimConfig {
+        nodes: 300,
+        churn: 0.5,
+        hours: 1.0,
+        warmup_hours: 0.2,
+        restart_mean_mins: 5.0,
+        check_wire: false,
+        ..small()
+    };
+    let new_link = |r: &veilnet_sim::report::Report| {
+        r.bytes_by_kind
+            .iter()
+            .find(|(name, _)| name == "new_link")
+            .map(|(_, b)| *b)
+            .unwrap()
+    };
+    let fresh = run_directory(&cfg).unwrap();
+    let restarted = run_directory(&SimConfig {
+        restarts: 1.0,
+        ..cfg.clone()
+    })
+    .unwrap();
+    assert_eq!(fresh.counters.restarts, 0);
+    assert!(
+        restarted.counters.restarts > 40,
+        "{}",
+        restarted.counters.restarts
+    );
+    // Back with what they held, they fetch what changed while away, not
+    // the whole directory (the node's `directory-cache.bin`).
+    assert!(
+        new_link(&restarted) * 3 < new_link(&fresh),
+        "new links: {} restarting, {} joining afresh",
+        new_link(&restarted),
+        new_link(&fresh)
+    );
+    // And they are relays like any other: every node agrees, new
+    // descriptors reach everyone.
+    assert_eq!(restarted.view_agreement, 1.0);
+    assert_eq!(restarted.not_converged, 0);
+    assert!(
+        restarted.convergence_s_p99 < 70.0,
+        "{}",
+        restarted.convergence_s_p99
+    );
+}
+
 fn sybil(advertised: Option<u64>, measure: bool) -> veilnet_sim::sybil::SybilReport {
     sybil_with_fakes(advertised, measure, 0)
 }
