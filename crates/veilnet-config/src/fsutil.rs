@@ -110,6 +110,14 @@ pub(crate) fn read_bounded(
     max_len: u64,
     private: bool,
 ) -> Result<Option<Vec<u8>>, ConfigError> {
+    // Not opened unless a regular file: opening a FIFO would wait for a
+    // writer (the opened file is checked again below).
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => return Err(ConfigError::corrupt(path, "not a regular file")),
+        Ok(_) => {}
+        Err(e) if e.kind() == IoKind::NotFound => return Ok(None),
+        Err(e) => return Err(ConfigError::io("inspecting", path, e)),
+    }
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == IoKind::NotFound => return Ok(None),

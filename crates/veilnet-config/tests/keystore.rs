@@ -371,3 +371,31 @@ fn corrupt_peers_file_is_an_error() {
         assert!(err.to_string().contains(PEERS_FILE), "{err}");
     }
 }
+
+#[test]
+fn a_state_file_that_is_a_fifo_is_refused_without_waiting_for_a_writer() {
+    let dir = TempDir::new("fifo");
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let fifo = dir.path().join("directory-cache.bin");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("no mkfifo here; skipped");
+        return;
+    }
+    let path = dir.path().to_owned();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(load_state_bytes(&path, "directory-cache.bin", 1024));
+    });
+    let result = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("reading a FIFO must not wait for a writer");
+    let e = result.unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+    // Writing over it replaces it with a regular file.
+    save_state_bytes(dir.path(), "directory-cache.bin", b"cache").unwrap();
+    assert_eq!(
+        load_state_bytes(dir.path(), "directory-cache.bin", 1024).unwrap(),
+        Some(b"cache".to_vec())
+    );
+}

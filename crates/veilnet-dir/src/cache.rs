@@ -24,6 +24,10 @@ pub const CACHE_FILE: &str = "directory-cache.bin";
 pub const MAX_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// Largest record in a cache (any record the directory takes is smaller).
 pub const MAX_CACHED_RECORD_BYTES: usize = 64 * 1024;
+/// Smallest record in a cache: no descriptor, report or fork proof is
+/// shorter (a report without observations is 107 bytes), so a file of
+/// tiny records cannot make millions of allocations.
+pub const MIN_CACHED_RECORD_BYTES: usize = 100;
 
 const MAGIC: &[u8; 8] = b"VNDCACHE";
 const VERSION: u8 = 1;
@@ -48,16 +52,19 @@ pub enum CacheError {
     },
 }
 
-/// Encodes `records` (each at most [`MAX_CACHED_RECORD_BYTES`]; larger ones
-/// are left out), stopping before the file would pass [`MAX_CACHE_BYTES`].
-pub fn encode<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+/// Encodes `records` (each [`MIN_CACHED_RECORD_BYTES`] to
+/// [`MAX_CACHED_RECORD_BYTES`]; others are left out), stopping before the
+/// file would pass [`MAX_CACHE_BYTES`] (the records after are left out: in
+/// reconciliation order, the latest reports).
+pub fn encode<R: AsRef<[u8]>>(records: impl IntoIterator<Item = R>) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 << 20);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
     out.extend_from_slice(&[0; 4]);
     let mut count: u32 = 0;
     for r in records {
-        if r.len() > MAX_CACHED_RECORD_BYTES {
+        let r = r.as_ref();
+        if !(MIN_CACHED_RECORD_BYTES..=MAX_CACHED_RECORD_BYTES).contains(&r.len()) {
             continue;
         }
         if (out.len() + 4 + r.len()) as u64 > MAX_CACHE_BYTES || count == u32::MAX {
@@ -83,7 +90,7 @@ pub fn decode(bytes: &[u8]) -> (Vec<Vec<u8>>, Option<CacheError>) {
     let count = u32::from_be_bytes(count_bytes) as usize;
     let mut rest = &bytes[HEADER..];
     // Bounded by the bytes there are, not by what the header claims.
-    let mut records = Vec::with_capacity(count.min(rest.len() / 5));
+    let mut records = Vec::with_capacity(count.min(rest.len() / (4 + MIN_CACHED_RECORD_BYTES)));
     let damaged = |kept, reason| CacheError::Damaged {
         kept,
         count,
@@ -97,9 +104,12 @@ pub fn decode(bytes: &[u8]) -> (Vec<Vec<u8>>, Option<CacheError>) {
         let mut len = [0u8; 4];
         len.copy_from_slice(&rest[..4]);
         let len = u32::from_be_bytes(len) as usize;
-        if len > MAX_CACHED_RECORD_BYTES {
+        if !(MIN_CACHED_RECORD_BYTES..=MAX_CACHED_RECORD_BYTES).contains(&len) {
             let kept = records.len();
-            return (records, Some(damaged(kept, "a record longer than allowed")));
+            return (
+                records,
+                Some(damaged(kept, "a record shorter or longer than any record")),
+            );
         }
         if rest.len() < 4 + len {
             let kept = records.len();
@@ -116,14 +126,12 @@ pub fn decode(bytes: &[u8]) -> (Vec<Vec<u8>>, Option<CacheError>) {
 }
 
 impl Directory {
-    /// Every record this directory holds as it travels (descriptors,
-    /// reports and fork proofs), in reconciliation order: descriptors
-    /// before the reports that need them ([`crate::record_key`]).
-    pub fn records(&self) -> Vec<Vec<u8>> {
-        self.keys()
-            .iter()
-            .filter_map(|(_, d)| self.record(d))
-            .collect()
+    /// The cache file of every record this directory holds (descriptors,
+    /// reports and fork proofs) in reconciliation order, descriptors before
+    /// the reports that need them ([`crate::record_key`]), up to
+    /// [`MAX_CACHE_BYTES`].
+    pub fn cache(&self) -> Vec<u8> {
+        encode(self.keys().iter().filter_map(|(_, d)| self.record(d)))
     }
 }
 
@@ -133,11 +141,11 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_damage_keeps_what_came_before() {
-        let records: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10 + usize::from(i)]).collect();
+        let records: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 100 + usize::from(i)]).collect();
         let file = encode(records.iter().map(Vec::as_slice));
         assert_eq!(decode(&file), (records.clone(), None));
         // Cut inside the fourth record: the three before it.
-        let cut = HEADER + (4 + 10) + (4 + 11) + (4 + 12) + 6;
+        let cut = HEADER + (4 + 100) + (4 + 101) + (4 + 102) + 6;
         let (kept, err) = decode(&file[..cut]);
         assert_eq!(kept, records[..3]);
         assert_eq!(
@@ -164,10 +172,21 @@ mod tests {
     }
 
     #[test]
-    fn oversized_records_are_left_out() {
+    fn records_of_no_possible_size_are_left_out_and_refused() {
         let big = vec![0u8; MAX_CACHED_RECORD_BYTES + 1];
-        let small = vec![1u8; 3];
-        let file = encode([big.as_slice(), small.as_slice()]);
-        assert_eq!(decode(&file), (vec![small], None));
+        let tiny = vec![1u8; MIN_CACHED_RECORD_BYTES - 1];
+        let fine = vec![2u8; MIN_CACHED_RECORD_BYTES];
+        let file = encode([&big, &tiny, &fine]);
+        assert_eq!(decode(&file), (vec![fine.clone()], None));
+        // A file of tiny records (as one might craft) stops at the first.
+        let mut crafted = file[..HEADER].to_vec();
+        crafted[9..HEADER].copy_from_slice(&2u32.to_be_bytes());
+        crafted.extend_from_slice(&(fine.len() as u32).to_be_bytes());
+        crafted.extend_from_slice(&fine);
+        crafted.extend_from_slice(&3u32.to_be_bytes());
+        crafted.extend_from_slice(&[0; 3]);
+        let (kept, err) = decode(&crafted);
+        assert_eq!(kept, vec![fine]);
+        assert!(matches!(err, Some(CacheError::Damaged { kept: 1, .. })));
     }
 }

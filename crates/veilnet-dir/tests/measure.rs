@@ -124,6 +124,54 @@ fn a_report_names_ed25519_relays_and_carries_32_bit_figures() {
     assert_eq!(e.kind(), ErrorKind::PeerMisbehaved);
 }
 
+/// A report record signed by `m` over hand-made bytes (one observation of
+/// the raw key `target`).
+fn hand_signed(m: &Keypair, target: [u8; 32]) -> Vec<u8> {
+    let mut body = vec![b'M', 2];
+    body.extend_from_slice(&m.public().try_into_ed25519().unwrap().to_bytes());
+    body.extend_from_slice(&NOW.to_be_bytes());
+    body.push(1);
+    body.extend_from_slice(&target);
+    body.extend_from_slice(&1000u32.to_be_bytes());
+    body.extend_from_slice(&((NOW - 1000) as u32).to_be_bytes());
+    body.push(1);
+    let mut msg = veilnet_dir::measure::REPORT_CONTEXT.to_vec();
+    msg.extend_from_slice(&body);
+    body.extend_from_slice(&m.sign(&msg).unwrap());
+    body
+}
+
+#[test]
+fn a_target_key_has_one_encoding() {
+    let m = key(1);
+    let good = key(2).public().try_into_ed25519().unwrap().to_bytes();
+    let v = VerifiedReport::decode(&hand_signed(&m, good)).unwrap();
+    assert_eq!(v.report.observations[0].target, id(&key(2)));
+    // y = p, y = p + 1 (the encodings of y = 0 and y = 1 beyond the prime),
+    // and x = 0 with its sign set: points ed25519 decoders take, each
+    // another peer id for a point with a canonical name.
+    let mut p = [0xff; 32];
+    p[0] = 0xed;
+    p[31] = 0x7f;
+    let mut p1 = p;
+    p1[0] = 0xee;
+    let mut minus_zero = [0; 32];
+    minus_zero[0] = 1;
+    minus_zero[31] = 0x80;
+    for raw in [p, p1, minus_zero] {
+        let e = VerifiedReport::decode(&hand_signed(&m, raw)).unwrap_err();
+        assert!(e.to_string().contains("canonical"), "{e}");
+        assert_eq!(e.kind(), ErrorKind::PeerMisbehaved);
+    }
+    // The canonical y = 1 (the identity, x = 0 without a sign) is not
+    // refused for its encoding.
+    let mut one = [0; 32];
+    one[0] = 1;
+    if let Err(e) = VerifiedReport::decode(&hand_signed(&m, one)) {
+        assert!(!e.to_string().contains("canonical"), "{e}");
+    }
+}
+
 #[test]
 fn test_vector() {
     let measurer = Keypair::ed25519_from_bytes([2u8; 32]).unwrap();

@@ -121,6 +121,8 @@ pub struct Node {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     data_dir: std::path::PathBuf,
     persist: bool,
+    /// Whether it keeps a directory cache (a relay that persists).
+    caches: bool,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -361,12 +363,19 @@ impl Node {
         dcfg.bootstrap = config.node.bootstrap.clone();
         if persist {
             housekeeping::load_seq_marks(&directory, &config.data_dir);
-            // What we held before a restart: only what changed meanwhile
-            // is fetched.
+        }
+        if persist && publish {
+            // What a relay held before a restart: only what changed
+            // meanwhile is fetched. Not a pure client: records a relay
+            // planted in its directory would be offered in its exchanges
+            // after the restart and link its sessions, which its throwaway
+            // identities keep apart.
             let (dir, data) = (directory.clone(), config.data_dir.clone());
             let _ =
                 tokio::task::spawn_blocking(move || housekeeping::load_cache(&dir, &data, peer_id))
                     .await;
+        }
+        if persist {
             // Our last descriptor, if still held out there, keeps us listed.
             let mark = lock(&directory).seq_mark(&keys.identity.public().to_peer_id());
             let mut own = lock(&own);
@@ -492,6 +501,7 @@ impl Node {
             tasks: Mutex::new(tasks),
             data_dir: config.data_dir.clone(),
             persist,
+            caches: persist && publish,
         });
         if let Some(addr) = config.control.listen {
             let source: Arc<dyn ControlSource> = Arc::new(NodeControl(Arc::downgrade(&node)));
@@ -537,7 +547,9 @@ impl Node {
         let _ = self.shutdown_tx.send(true);
         if self.persist {
             housekeeping::save_seq_marks(&self.directory, &self.data_dir);
-            housekeeping::save_cache(&self.directory, &self.data_dir, &mut None);
+            if self.caches {
+                housekeeping::save_cache(&self.directory, &self.data_dir, &mut None);
+            }
             let peers = self.discovery.connected_peers().await;
             if let Err(e) = veilnet_config::save_peers(&self.data_dir, &peers) {
                 warn!("cannot save known peers: {e}");

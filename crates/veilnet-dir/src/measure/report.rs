@@ -53,6 +53,24 @@ const OBSERVATION_BYTES: usize = 32 + 4 + 4 + 1;
 
 const SIGNATURE_LEN: usize = 64;
 
+/// Whether `raw` is the canonical encoding of its point: its y below the
+/// field's prime p = 2^255 - 19 (little-endian, the top bit being x's
+/// sign), and no sign on x = 0 (y = 1 or y = p - 1). ed25519 decoders take
+/// the other encodings too, and they name the same point under another
+/// key, another peer id.
+fn canonical_point(raw: &[u8; 32]) -> bool {
+    let top = raw[31] & 0x7f;
+    let all_ones = raw[1..31].iter().all(|&b| b == 0xff) && top == 0x7f;
+    // y >= p: 2^255 - 19 ..= 2^255 - 1.
+    if all_ones && raw[0] >= 0xed {
+        return false;
+    }
+    let negative = raw[31] & 0x80 != 0;
+    let y_is_one = raw[0] == 1 && raw[1..31].iter().all(|&b| b == 0) && top == 0;
+    let y_is_minus_one = all_ones && raw[0] == 0xec;
+    !(negative && (y_is_one || y_is_minus_one))
+}
+
 /// The raw ed25519 key of an ed25519 peer id (its identity multihash holds
 /// the protobuf-encoded key); `None` for any other kind.
 fn raw_key(peer: &PeerId) -> Option<[u8; 32]> {
@@ -208,15 +226,6 @@ impl Report {
             if !o.reached && o.bandwidth != 0 {
                 return Err(bad("bandwidth through a relay it did not reach"));
             }
-            if o.bandwidth > MAX_REPORTED_RATE {
-                return Err(bad("bandwidth above 4 GiB/s"));
-            }
-            if o.since > u64::from(u32::MAX) {
-                return Err(bad("a first-measured time past 2106"));
-            }
-            if raw_key(&o.target).is_none() {
-                return Err(bad("a relay whose identity is not an ed25519 key"));
-            }
         }
         Ok(())
     }
@@ -224,6 +233,10 @@ impl Report {
     /// Everything the signature covers (the record without it).
     fn body(&self, key: &ed25519::PublicKey) -> Result<Vec<u8>, ReportError> {
         self.check()?;
+        let bad = |reason| ReportError::BadContents {
+            measurer: self.measurer,
+            reason,
+        };
         let mut out =
             Vec::with_capacity(43 + self.observations.len() * OBSERVATION_BYTES + SIGNATURE_LEN);
         out.push(REPORT_TAG);
@@ -233,11 +246,18 @@ impl Report {
         // Checked above: at most MAX_OBSERVATIONS.
         out.push(self.observations.len() as u8);
         for o in &self.observations {
-            // Checked above: an ed25519 key, figures within 32 bits.
-            let key = raw_key(&o.target).ok_or_else(|| malformed("target key"))?;
+            let key = raw_key(&o.target)
+                .ok_or_else(|| bad("a relay whose identity is not an ed25519 key"))?;
+            if !canonical_point(&key) {
+                return Err(bad("a relay key not in canonical form"));
+            }
+            let bandwidth =
+                u32::try_from(o.bandwidth).map_err(|_| bad("bandwidth above 4 GiB/s"))?;
+            let since =
+                u32::try_from(o.since).map_err(|_| bad("a first-measured time past 2106"))?;
             out.extend_from_slice(&key);
-            out.extend_from_slice(&(o.bandwidth as u32).to_be_bytes());
-            out.extend_from_slice(&(o.since as u32).to_be_bytes());
+            out.extend_from_slice(&bandwidth.to_be_bytes());
+            out.extend_from_slice(&since.to_be_bytes());
             out.push(u8::from(o.reached));
         }
         Ok(out)
@@ -297,6 +317,9 @@ impl VerifiedReport {
             )));
         }
         let raw: [u8; 32] = r.array("measurer key")?;
+        if !canonical_point(&raw) {
+            return Err(malformed("measurer key not in canonical form"));
+        }
         let key = ed25519::PublicKey::try_from_bytes(&raw)
             .map_err(|_| malformed("measurer key is not an ed25519 public key"))?;
         let measurer = PublicKey::from(key.clone()).to_peer_id();
@@ -307,12 +330,9 @@ impl VerifiedReport {
                 "{n} observations, more than {MAX_OBSERVATIONS}"
             )));
         }
-        let mut observations = Vec::with_capacity(n);
+        let mut fields = Vec::with_capacity(n);
         for _ in 0..n {
-            let raw: [u8; 32] = r.array("target key")?;
-            let target = ed25519::PublicKey::try_from_bytes(&raw)
-                .map_err(|_| malformed("target key is not an ed25519 public key"))?;
-            let target = PublicKey::from(target).to_peer_id();
+            let target: [u8; 32] = r.array("target key")?;
             let bandwidth = u64::from(u32::from_be_bytes(r.array("bandwidth")?));
             let since = u64::from(u32::from_be_bytes(r.array("since")?));
             let reached = match r.u8("reached")? {
@@ -320,12 +340,7 @@ impl VerifiedReport {
                 1 => true,
                 v => return Err(malformed(format!("reached flag {v}"))),
             };
-            observations.push(Observation {
-                target,
-                bandwidth,
-                reached,
-                since,
-            });
+            fields.push((target, bandwidth, since, reached));
         }
         let signed_len = record.len() - r.0.len();
         let sig: [u8; SIGNATURE_LEN] = r.array("signature")?;
@@ -335,21 +350,35 @@ impl VerifiedReport {
                 r.0.len()
             )));
         }
-        let report = Report {
-            measurer,
-            published,
-            observations,
-        };
-        // Canonical: the same report encodes to the same bytes (keys
-        // re-encode as they decoded), so one report has one digest.
-        if report.body(&key)? != record[..signed_len] {
-            return Err(malformed("not in canonical form"));
-        }
+        // The signature first: until it holds, the rest costs nothing
+        // more (one key decompressed, one check).
         let mut msg = REPORT_CONTEXT.to_vec();
         msg.extend_from_slice(&record[..signed_len]);
         if !key.verify(&msg, &sig) {
             return Err(ReportError::BadSignature(measurer));
         }
+        // Canonical: fixed-width fields, flags of one value each and keys
+        // in canonical form, so one report has one encoding and one digest.
+        let mut observations = Vec::with_capacity(n);
+        for (raw, bandwidth, since, reached) in fields {
+            if !canonical_point(&raw) {
+                return Err(malformed("target key not in canonical form"));
+            }
+            let target = ed25519::PublicKey::try_from_bytes(&raw)
+                .map_err(|_| malformed("target key is not an ed25519 public key"))?;
+            observations.push(Observation {
+                target: PublicKey::from(target).to_peer_id(),
+                bandwidth,
+                reached,
+                since,
+            });
+        }
+        let report = Report {
+            measurer,
+            published,
+            observations,
+        };
+        report.check()?;
         Ok(VerifiedReport {
             report,
             record: record.to_vec(),
