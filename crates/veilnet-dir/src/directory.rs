@@ -162,8 +162,8 @@ pub enum Awaited {
     /// Its measurer is listed: nothing kept, store the record now.
     Listed,
     /// Not kept (larger than a record of its kind can be, or its measurer
-    /// has all its places): refused, not remembered, as before waiting
-    /// existed.
+    /// or the peer that sent it has all its places): refused, not
+    /// remembered, as before waiting existed.
     NotKept,
 }
 
@@ -307,10 +307,13 @@ impl Directory {
     /// [`Awaiting`]'s bounds; meanwhile it counts as known, so it is not
     /// fetched again. [`Awaited::Listed`], keeping nothing, if the
     /// measurer is listed after all (it arrived meanwhile: store the
-    /// record now).
+    /// record now). `from` is the peer that sent it (each gets at most
+    /// [`MAX_AWAITING_PER_SENDER`](crate::measure::MAX_AWAITING_PER_SENDER)
+    /// places).
     pub fn hold_awaiting(
         &mut self,
         measurer: PeerId,
+        from: PeerId,
         digest: DescriptorDigest,
         raw: Vec<u8>,
         now: u64,
@@ -323,7 +326,10 @@ impl Directory {
         } else {
             crate::measure::MAX_REPORT_BYTES
         };
-        if self.awaiting.hold(measurer, digest, raw, max_len, now) {
+        if self
+            .awaiting
+            .hold(measurer, from, digest, raw, max_len, now)
+        {
             Awaited::Waits
         } else {
             Awaited::NotKept

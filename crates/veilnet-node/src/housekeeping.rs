@@ -177,7 +177,7 @@ fn feed_report(
     // node gets the oldest records first); should the descriptor have come
     // meanwhile, it is stored now.
     if let (Some(m), Some(_)) = (unlisted, params) {
-        match lock(directory).hold_awaiting(m, digest, raw.to_vec(), now) {
+        match lock(directory).hold_awaiting(m, from, digest, raw.to_vec(), now) {
             veilnet_dir::Awaited::Waits => {
                 debug!("a measurement record relayed by {from} waits for its measurer {m}");
                 return None;

@@ -1,13 +1,14 @@
 //! Measurement records that arrived before their measurer's descriptor.
 //!
-//! Reconciliation hands records over oldest first, so a joining node gets
-//! days-old reports long before the descriptors their measurers
-//! republished an hour ago. A report counts only once its measurer is
-//! listed; refusing it and fetching it again later would make every
-//! joiner pay for a message of reports twice. [`Awaiting`] keeps such
-//! records, unverified and bounded in count, bytes and time, until the
-//! measurer's descriptor arrives ([`Awaiting::take`]); whatever does not
-//! fit is dropped oldest first and fetched again later, as before.
+//! A report counts only once its measurer is listed. Reconciliation hands
+//! descriptors over before reports ([`crate::record_key`]), but a report
+//! can still come first: announced by a peer that has the measurer's new
+//! descriptor while ours is on its way, or sent by a peer out of order.
+//! Refusing it and fetching it again later would cost it twice.
+//! [`Awaiting`] keeps such records, unverified and bounded in count,
+//! bytes, time, per measurer and per sending peer, until the measurer's
+//! descriptor arrives ([`Awaiting::take`]); whatever does not fit is
+//! dropped oldest first and fetched again later.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -24,6 +25,9 @@ pub const MAX_AWAITING_BYTES: usize = 4 * 1024 * 1024;
 /// periods, and may have extended some): one made-up measurer cannot take
 /// every place.
 pub const MAX_AWAITING_PER_MEASURER: usize = 32;
+/// At most this many sent by one peer: one neighbour's junk (records
+/// naming made-up measurers) cannot push out everyone else's.
+pub const MAX_AWAITING_PER_SENDER: usize = MAX_AWAITING / 4;
 /// A record waits at most this long (seconds); a measurer whose
 /// descriptor has not come by then is probably gone.
 pub const AWAITING_SECS: u64 = 300;
@@ -36,6 +40,8 @@ pub struct Awaiting {
     entries: BTreeMap<DescriptorDigest, Waiting>,
     /// By measurer: the digests waiting for it.
     per_measurer: HashMap<PeerId, Vec<DescriptorDigest>>,
+    /// By the peer that sent them: how many wait.
+    per_sender: HashMap<PeerId, usize>,
     /// Arrival order, with the arrival time; an entry no longer in
     /// `entries` (taken) is skipped, and the queue is compacted when such
     /// entries make up half of it.
@@ -46,6 +52,7 @@ pub struct Awaiting {
 #[derive(Clone)]
 struct Waiting {
     measurer: PeerId,
+    sender: PeerId,
     raw: Vec<u8>,
     at: u64,
 }
@@ -61,14 +68,16 @@ impl std::fmt::Debug for Awaiting {
 }
 
 impl Awaiting {
-    /// Keeps `raw` (digest `digest`, claiming measurer `measurer`) until
-    /// the measurer is listed, dropping the oldest records to make room
-    /// and any that waited [`AWAITING_SECS`]. Returns whether it waits:
-    /// not if it is larger than `max_len` (what a record of its kind can
-    /// be) or its measurer has [`MAX_AWAITING_PER_MEASURER`] waiting.
+    /// Keeps `raw` (digest `digest`, claiming measurer `measurer`, sent by
+    /// `sender`) until the measurer is listed, dropping the oldest records
+    /// to make room and any that waited [`AWAITING_SECS`]. Returns whether
+    /// it waits: not if it is larger than `max_len` (what a record of its
+    /// kind can be), or its measurer has [`MAX_AWAITING_PER_MEASURER`] or
+    /// its sender [`MAX_AWAITING_PER_SENDER`] waiting.
     pub fn hold(
         &mut self,
         measurer: PeerId,
+        sender: PeerId,
         digest: DescriptorDigest,
         raw: Vec<u8>,
         max_len: usize,
@@ -83,6 +92,10 @@ impl Awaiting {
                 .per_measurer
                 .get(&measurer)
                 .is_some_and(|d| d.len() >= MAX_AWAITING_PER_MEASURER)
+            || self
+                .per_sender
+                .get(&sender)
+                .is_some_and(|&n| n >= MAX_AWAITING_PER_SENDER)
         {
             return false;
         }
@@ -93,11 +106,13 @@ impl Awaiting {
         }
         self.bytes += raw.len();
         self.per_measurer.entry(measurer).or_default().push(digest);
+        *self.per_sender.entry(sender).or_default() += 1;
         self.order.push_back((digest, now));
         self.entries.insert(
             digest,
             Waiting {
                 measurer,
+                sender,
                 raw,
                 at: now,
             },
@@ -116,6 +131,7 @@ impl Awaiting {
             .filter_map(|d| {
                 let w = self.entries.remove(&d)?;
                 self.bytes -= w.raw.len();
+                self.sent_one_less(&w.sender);
                 Some((d, w.raw))
             })
             .collect();
@@ -171,6 +187,15 @@ impl Awaiting {
         }
     }
 
+    fn sent_one_less(&mut self, sender: &PeerId) {
+        if let Some(n) = self.per_sender.get_mut(sender) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_sender.remove(sender);
+            }
+        }
+    }
+
     /// Drops the oldest record still waiting (and any taken ones before
     /// it); false if none waits.
     fn drop_oldest(&mut self) -> bool {
@@ -182,6 +207,7 @@ impl Awaiting {
                 continue;
             };
             self.bytes -= w.raw.len();
+            self.sent_one_less(&w.sender);
             if let Some(list) = self.per_measurer.get_mut(&w.measurer) {
                 list.retain(|x| *x != d);
                 if list.is_empty() {
@@ -206,14 +232,14 @@ mod tests {
 
     #[test]
     fn records_wait_for_their_measurer_and_are_taken_once() {
-        let (a, b) = (peer(), peer());
+        let (a, b, from) = (peer(), peer(), peer());
         let mut w = Awaiting::default();
-        assert!(w.hold(a, [1; 32], vec![1; 10], 64, 100));
-        assert!(w.hold(b, [2; 32], vec![2; 10], 64, 100));
-        assert!(w.hold(a, [3; 32], vec![3; 10], 64, 101));
-        assert!(w.hold(a, [3; 32], vec![3; 10], 64, 101));
+        assert!(w.hold(a, from, [1; 32], vec![1; 10], 64, 100));
+        assert!(w.hold(b, from, [2; 32], vec![2; 10], 64, 100));
+        assert!(w.hold(a, from, [3; 32], vec![3; 10], 64, 101));
+        assert!(w.hold(a, from, [3; 32], vec![3; 10], 64, 101));
         assert!(
-            !w.hold(a, [4; 32], vec![4; 65], 64, 101),
+            !w.hold(a, from, [4; 32], vec![4; 65], 64, 101),
             "larger than its kind"
         );
         assert_eq!(w.len(), 3);
@@ -227,13 +253,13 @@ mod tests {
 
     #[test]
     fn the_oldest_go_first_when_full_and_nothing_waits_forever() {
-        let a = peer();
+        let (a, from) = (peer(), peer());
         let mut w = Awaiting::default();
         // One measurer gets MAX_AWAITING_PER_MEASURER places.
         for i in 0..MAX_AWAITING_PER_MEASURER + 1 {
             let mut d = [0xa0u8; 32];
             d[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            let held = w.hold(a, d, vec![0; 100], 200, 1000);
+            let held = w.hold(a, from, d, vec![0; 100], 200, 1000);
             assert_eq!(held, i < MAX_AWAITING_PER_MEASURER);
         }
         assert_eq!(w.len(), MAX_AWAITING_PER_MEASURER);
@@ -241,18 +267,19 @@ mod tests {
         for i in 0..MAX_AWAITING + 10 {
             let mut d = [0u8; 32];
             d[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            assert!(w.hold(peer(), d, vec![0; 100], 200, 1000));
+            assert!(w.hold(peer(), peer(), d, vec![0; 100], 200, 1000));
         }
         assert_eq!(w.len(), MAX_AWAITING);
         assert!(!w.contains(&[0; 32]));
         // Bytes are bounded as well as count.
         let big = vec![0; MAX_AWAITING_BYTES / 2 + 1];
-        w.hold(a, [0xff; 32], big.clone(), usize::MAX, 1000);
-        w.hold(a, [0xfe; 32], big, usize::MAX, 1000);
+        w.hold(a, from, [0xff; 32], big.clone(), usize::MAX, 1000);
+        w.hold(a, from, [0xfe; 32], big, usize::MAX, 1000);
         assert!(w.bytes() <= MAX_AWAITING_BYTES, "{}", w.bytes());
         assert!(w.contains(&[0xfe; 32]) && !w.contains(&[0xff; 32]));
         assert!(!w.hold(
             a,
+            from,
             [0xfd; 32],
             vec![0; MAX_AWAITING_BYTES + 1],
             usize::MAX,
@@ -263,5 +290,37 @@ mod tests {
         w.expire(1000 + AWAITING_SECS);
         assert!(w.is_empty() && w.bytes() == 0);
         assert!(w.take(&a, 1000 + AWAITING_SECS).is_empty());
+    }
+
+    #[test]
+    fn one_sender_gets_a_quarter_of_the_places() {
+        let (flooder, honest) = (peer(), peer());
+        let mut w = Awaiting::default();
+        let digest = |tag: u8, i: usize| {
+            let mut d = [tag; 32];
+            d[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            d
+        };
+        // Junk naming made-up measurers, all from one peer.
+        let held = (0..MAX_AWAITING)
+            .filter(|&i| w.hold(peer(), flooder, digest(1, i), vec![0; 100], 200, 1000))
+            .count();
+        assert_eq!(held, MAX_AWAITING_PER_SENDER);
+        // Another peer's records still wait, and push none of them out.
+        let honest_measurer = peer();
+        assert!(w.hold(
+            honest_measurer,
+            honest,
+            digest(2, 0),
+            vec![0; 100],
+            200,
+            1000
+        ));
+        assert_eq!(w.len(), MAX_AWAITING_PER_SENDER + 1);
+        // Taken or expired records free their sender's places.
+        assert_eq!(w.take(&honest_measurer, 1000).len(), 1);
+        w.expire(1000 + AWAITING_SECS);
+        assert!(w.is_empty());
+        assert!(w.hold(peer(), flooder, digest(3, 0), vec![0; 100], 200, 2000));
     }
 }

@@ -41,7 +41,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use libp2p::PeerId;
 use sha2::{Digest as _, Sha256};
 
-pub use awaiting::{Awaiting, AWAITING_SECS, MAX_AWAITING, MAX_AWAITING_BYTES};
+pub use awaiting::{
+    Awaiting, AWAITING_SECS, MAX_AWAITING, MAX_AWAITING_BYTES, MAX_AWAITING_PER_SENDER,
+};
 pub use fork::{extends, is_fork, ReportFork, FORK_FORMAT, FORK_TAG, MAX_FORKS, MAX_FORK_BYTES};
 pub use report::{
     claimed_measurer, is_report, Observation, Report, ReportError, VerifiedReport,
