@@ -569,3 +569,54 @@ async fn an_unreachable_guard_gives_way_to_the_next_guard_and_stays_a_guard() {
         .unwrap();
     net.shutdown().await;
 }
+
+/// A relay restarted with nobody to ask (no bootstrap peer, its known
+/// peers forgotten) holds the directory it had, from its cache alone: a
+/// restart fetches what changed, not everything. Without the cache it
+/// would know itself only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_relay_comes_back_with_the_directory_it_held() {
+    use veilnet_testnet::{LocalNetwork, LocalRole};
+    let net = Testnet::start(TestnetOptions {
+        nodes: 3,
+        exits: 1,
+        ..TestnetOptions::default()
+    })
+    .await
+    .unwrap();
+    net.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "veilnet-restart-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    veilnet_config::init_data_dir(&dir).unwrap();
+    let bootstrap = net.relays[0]
+        .p2p_addrs
+        .iter()
+        .map(|a| LocalNetwork::bootstrap_addr(a, net.relays[0].peer_id))
+        .collect();
+    let mut config = LocalNetwork::default().config(LocalRole::Relay, dir.clone(), 0, 0, bootstrap);
+    let start = |config: veilnet_config::Config| {
+        let keys = veilnet_config::load_keys(&config.data_dir, veilnet_config::unix_now()).unwrap();
+        let mut opts = veilnet_node::NodeOptions::new(config, keys);
+        opts.gossip_interval = Duration::from_millis(200);
+        opts.persist = true;
+        veilnet_node::Node::start(opts)
+    };
+    let node = start(config.clone()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while node.known_nodes() < 4 {
+        assert!(Instant::now() < deadline, "knows {}", node.known_nodes());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.shutdown().await;
+    assert!(dir.join(veilnet_dir::cache::CACHE_FILE).exists());
+    let _ = std::fs::remove_file(dir.join(veilnet_config::PEERS_FILE));
+    config.node.bootstrap = Vec::new();
+    let again = start(config).await.unwrap();
+    assert_eq!(again.known_nodes(), 4, "the three relays and itself");
+    again.shutdown().await;
+    net.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
