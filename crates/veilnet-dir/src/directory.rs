@@ -90,6 +90,19 @@ pub fn record_key(report: bool, published: u64, digest: DescriptorDigest) -> Rec
     (if report { REPORT_ORDER | time } else { time }, digest)
 }
 
+/// The spans of the key space ([`record_key`]) that hold the records
+/// published at or after `since`: those of descriptors and those of
+/// reports and fork proofs (see `veilnet-discovery`'s `sync::open_spans`).
+pub fn spans_since(since: u64) -> [(RecordKey, Option<RecordKey>); 2] {
+    [
+        (
+            record_key(false, since, [0; 32]),
+            Some(record_key(true, 0, [0; 32])),
+        ),
+        (record_key(true, since, [0; 32]), None),
+    ]
+}
+
 /// Digests of descriptors a [`Directory`] replaced with a later one that it
 /// remembers, apart from the refused (so a peer that gets junk refused
 /// cannot flush them): about a day of a 10,000-relay network's

@@ -19,9 +19,9 @@ pub use descriptor::{
     MAX_SIGNATURE_BYTES, MAX_VERSION_LEN, REPUBLISH_EVERY, SIGNING_CONTEXT,
 };
 pub use directory::{
-    record_key, supersedes, Awaited, Directory, Inserted, RecordKey, SeqMark, SeqMarks, MAX_NODES,
-    MAX_SEQ_MARKS, MAX_SEQ_MARKS_FILE_BYTES, REFUSED_REMEMBERED, REPLACED_REMEMBERED, REPORT_ORDER,
-    SEQ_MARKS_FILE,
+    record_key, spans_since, supersedes, Awaited, Directory, Inserted, RecordKey, SeqMark,
+    SeqMarks, MAX_NODES, MAX_SEQ_MARKS, MAX_SEQ_MARKS_FILE_BYTES, REFUSED_REMEMBERED,
+    REPLACED_REMEMBERED, REPORT_ORDER, SEQ_MARKS_FILE,
 };
 pub use evidence::Equivocation;
 pub use measure::{

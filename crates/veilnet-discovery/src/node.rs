@@ -60,6 +60,21 @@ const FETCH_RELAYS: usize = 3;
 /// takes the next relay it reaches in its place; with none left, it dials
 /// its bootstrap and remembered peers again).
 const FETCH_RELAY_FAILURES: u32 = 3;
+/// A client's fetch between full ones reconciles the records published
+/// since its last complete fetch began, less this many seconds: a record
+/// still spreading then (convergence takes under a minute; a relay may
+/// sign one late) is caught by the next fetch.
+pub const CLIENT_RECENT_MARGIN: u64 = 3600;
+/// Every this many complete fetches a client reconciles everything (what
+/// the fetches since their margins missed, and anything else).
+pub const CLIENT_FULL_EVERY: u32 = 6;
+
+/// Now, unix seconds.
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 /// How often late wants are asked of another peer.
 const WANTS_CHECK: Duration = Duration::from_secs(1);
 /// How often a kept link whose announcement stream failed gets a new one
@@ -345,6 +360,9 @@ pub async fn spawn(
         refetch_at: None,
         synced: false,
         fetched_once: false,
+        fetch_started: None,
+        last_fetch: None,
+        fetches: 0,
         fetch_relays: remembered,
         fetch_dialed: None,
         fetch_retries: 0,
@@ -595,6 +613,13 @@ struct Node {
     /// cleared; `synced` is, when the node is cut off, and a client with
     /// fetch slots is cut off between its fetches).
     fetched_once: bool,
+    /// When the client's fetch in progress began (unix seconds), when the
+    /// last complete one began, and how many completed: between full
+    /// fetches a client reconciles only what was published since
+    /// ([`CLIENT_RECENT_MARGIN`], [`CLIENT_FULL_EVERY`]).
+    fetch_started: Option<u64>,
+    last_fetch: Option<u64>,
+    fetches: u32,
     /// A client's fetch relays ([`FETCH_RELAYS`]), first reached first.
     fetch_relays: Vec<FetchRelay>,
     /// The relay a client with fetch slots dialed to fetch from (it
@@ -1099,9 +1124,31 @@ impl Node {
             }
             return;
         }
-        let msg = sync::open(&*self.provider);
+        let msg = self.fetch_open();
         for peer in peers {
             self.send_sync(peer, msg.clone(), 1);
+        }
+    }
+
+    /// The first message of a periodic exchange: a relay's covers every
+    /// record; a client's, between full fetches, only those published
+    /// since its last complete fetch began, less [`CLIENT_RECENT_MARGIN`]
+    /// (what changed elsewhere, the records new ones replaced, it settles
+    /// by itself; see `sync::open_spans`).
+    fn fetch_open(&mut self) -> SyncMessage {
+        if !self.client_only {
+            return sync::open(&*self.provider);
+        }
+        self.fetch_started = Some(unix_secs());
+        let spans = match self.last_fetch {
+            Some(last) if self.fetches % CLIENT_FULL_EVERY != 0 => self
+                .provider
+                .spans_since(last.saturating_sub(CLIENT_RECENT_MARGIN)),
+            _ => None,
+        };
+        match spans {
+            Some(spans) => sync::open_spans(&*self.provider, &spans),
+            None => sync::open(&*self.provider),
         }
     }
 
@@ -1403,7 +1450,7 @@ impl Node {
                     // are all it dials).
                     let first = !self.fetched_once && self.in_flight.is_empty();
                     if endpoint.is_dialer() && (!on_demand || for_fetch || first) && !busy {
-                        let msg = sync::open(&*self.provider);
+                        let msg = self.fetch_open();
                         self.send_sync(peer_id, msg, 1);
                     }
                     return first_ever;
@@ -1638,6 +1685,10 @@ impl Node {
                         let complete = round != usize::MAX && next.is_empty();
                         if complete {
                             self.fetched_once = true;
+                            if let Some(started) = self.fetch_started.take() {
+                                self.last_fetch = Some(started);
+                                self.fetches = self.fetches.wrapping_add(1);
+                            }
                         }
                         if !self.synced && complete {
                             self.synced = true;

@@ -158,6 +158,13 @@ pub trait RecordStore: Send + Sync {
             .copied()
             .collect()
     }
+    /// The spans of the key space that hold the records published at or
+    /// after `since` (unix seconds), for [`open_spans`]; `None` if the
+    /// store cannot tell (the default), and exchanges cover everything.
+    fn spans_since(&self, since: u64) -> Option<Vec<(RecordKey, Option<RecordKey>)>> {
+        let _ = since;
+        None
+    }
     /// Up to `n` relays the records list, with an address to dial them:
     /// where a client that lost every relay it fetches from turns
     /// (instead of its bootstrap peers, which may be gone or few). Picked
@@ -556,6 +563,35 @@ pub fn open(set: &dyn RecordStore) -> SyncMessage {
     }
 }
 
+/// The first message of an exchange over the records in `spans` only
+/// (each a lower bound and an upper bound, `None` for the end of the key
+/// space; in key order, not overlapping): their fingerprints. A client that
+/// reconciled everything lately looks only at what was published since:
+/// what changed elsewhere in the key space (the records that new ones
+/// replaced, which lie wherever the replaced ones were published) it
+/// settles by itself (a new record replaces the old one on arrival; expiry
+/// goes by time), instead of splitting ranges down to every one of them.
+/// The answer stays within the spans, but for the remainder a full answer
+/// sends back (from where it stopped to the last span's end).
+pub fn open_spans(set: &dyn RecordStore, spans: &[(RecordKey, Option<RecordKey>)]) -> SyncMessage {
+    let keys = set.keys();
+    SyncMessage {
+        ranges: spans
+            .iter()
+            .map(|(lower, upper)| Range {
+                lower: *lower,
+                upper: *upper,
+                mode: RangeMode::Fingerprint(set.fingerprint_of(in_range(
+                    &keys,
+                    lower,
+                    upper.as_ref(),
+                ))),
+            })
+            .collect(),
+        ..SyncMessage::default()
+    }
+}
+
 /// A push of records the sender has just accepted: one list range naming
 /// `digests` (at most [`MAX_DIGESTS`]; the rest are dropped) that asks for
 /// no list back and claims nothing about the sender's other records. The
@@ -937,6 +973,46 @@ mod tests {
         assert_eq!(rounds, 1);
         // The fingerprint range one way, an empty answer the other.
         assert!(bytes < 80, "{bytes} bytes");
+    }
+
+    #[test]
+    fn an_exchange_over_recent_spans_leaves_older_differences_alone() {
+        // A client (a) that reconciled everything at time 1000 and a relay
+        // (b) that has since dropped 300 records published long before
+        // (replaced: their successors are published at 1000..1300) and
+        // holds 20 new ones.
+        let old: Vec<(u32, u64)> = (0..5000).map(|i| (i, u64::from(i) % 900)).collect();
+        let new: Vec<(u32, u64)> = (0..300)
+            .map(|i| (10_000 + i, 1000 + u64::from(i)))
+            .chain((0..20).map(|i| (20_000 + i, 1400 + u64::from(i))))
+            .collect();
+        let relay = || {
+            Set::timed(
+                old.iter()
+                    .copied()
+                    .filter(|&(i, _)| i % 16 != 0 || i >= 300 * 16)
+                    .chain(new.iter().copied()),
+            )
+        };
+        let mut a = Set::timed(old.iter().copied());
+        let mut b = relay();
+        let first = open_spans(&a, &[((1000, [0; 32]), None)]);
+        let (_, recent_bytes) = exchange_from(&mut a, &mut b, first);
+        for &(i, t) in &new {
+            assert!(a.records.contains_key(&digest(&timed(i, t))), "record {i}");
+        }
+        // The dropped ones were left alone: not listed, not sent back to
+        // the relay (which a full exchange does, at several times the
+        // bytes).
+        assert!(!b.records.contains_key(&digest(&timed(16, 16))));
+        let mut a2 = Set::timed(old.iter().copied());
+        let mut b2 = relay();
+        let (_, full_bytes) = exchange(&mut a2, &mut b2);
+        assert!(b2.records.contains_key(&digest(&timed(16, 16))));
+        assert!(
+            recent_bytes * 5 < full_bytes * 2,
+            "{recent_bytes} bytes over the recent span, {full_bytes} in full"
+        );
     }
 
     #[test]

@@ -618,6 +618,18 @@ fn configured_addresses(config: &Config) -> Vec<IpAddr> {
 struct DirectoryRecords(Arc<Mutex<Directory>>);
 
 impl veilnet_discovery::RecordStore for DirectoryRecords {
+    fn spans_since(
+        &self,
+        since: u64,
+    ) -> Option<
+        Vec<(
+            veilnet_discovery::RecordKey,
+            Option<veilnet_discovery::RecordKey>,
+        )>,
+    > {
+        Some(veilnet_dir::spans_since(since).to_vec())
+    }
+
     fn keys(&self) -> Arc<[veilnet_discovery::RecordKey]> {
         lock(&self.0).keys()
     }

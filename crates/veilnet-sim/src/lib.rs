@@ -43,6 +43,15 @@ pub struct SimConfig {
     pub restarts: f64,
     /// Mean time a restarting relay is away, minutes.
     pub restart_mean_mins: f64,
+    /// With a value above 0, a client's fetch reconciles only the records
+    /// published since its previous fetch began, less this many seconds
+    /// (`sync::open_spans`), except every `client_full_every`-th fetch,
+    /// which reconciles everything: the node's
+    /// (`veilnet_discovery::CLIENT_RECENT_MARGIN`, `CLIENT_FULL_EVERY`);
+    /// 0, every fetch reconciles everything (the node before session 16).
+    pub client_recent_s: u64,
+    /// See `client_recent_s`.
+    pub client_full_every: u32,
     /// Seed of every random choice.
     pub seed: u64,
     /// Seconds between a relay's anti-entropy rounds (the real node's
@@ -142,6 +151,8 @@ impl Default for SimConfig {
             churn: 0.05,
             restarts: 0.0,
             restart_mean_mins: 60.0,
+            client_recent_s: veilnet_discovery::CLIENT_RECENT_MARGIN,
+            client_full_every: veilnet_discovery::CLIENT_FULL_EVERY,
             seed: 1,
             exchange_interval_s: 600.0,
             exchange_peers: 3,

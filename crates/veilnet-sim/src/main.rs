@@ -48,6 +48,14 @@ struct DirectoryArgs {
     /// a day).
     #[arg(long, default_value_t = SimConfig::default().restart_mean_mins)]
     restart_mean_mins: f64,
+    /// Above 0: a client's fetch reconciles only what was published since
+    /// its previous fetch began less this many seconds, except every
+    /// --client-full-every-th fetch.
+    #[arg(long, default_value_t = SimConfig::default().client_recent_s)]
+    client_recent_s: u64,
+    /// See --client-recent-s.
+    #[arg(long, default_value_t = SimConfig::default().client_full_every)]
+    client_full_every: u32,
     /// Seed of every random choice.
     #[arg(long, default_value_t = SimConfig::default().seed)]
     seed: u64,
@@ -157,6 +165,8 @@ impl DirectoryArgs {
             churn: self.churn,
             restarts: self.restarts,
             restart_mean_mins: self.restart_mean_mins,
+            client_recent_s: self.client_recent_s,
+            client_full_every: self.client_full_every,
             seed: self.seed,
             exchange_interval_s: self.exchange_interval,
             exchange_peers: self.exchange_peers,

@@ -172,6 +172,10 @@ pub struct Node {
     pub born_us: u64,
     /// When it stopped, if it did.
     pub died_us: Option<u64>,
+    /// A client's fetches so far, and when the last one began (unix
+    /// seconds), for [`SimConfig::client_recent_s`].
+    fetches: u32,
+    last_fetch_unix: Option<u64>,
 }
 
 struct Exchange {
@@ -983,11 +987,36 @@ impl Sim {
         if self.nodes[a as usize].in_flight.contains(&b) {
             return;
         }
-        let store = Store::new(&self.nodes[a as usize].view, &self.records);
-        let msg = sync::open(&store);
+        let msg = self.first_message(a, kind);
         self.nodes[a as usize].view.settle();
         self.nodes[a as usize].in_flight.push(b);
+        if kind == Kind::Client {
+            let node = &mut self.nodes[a as usize];
+            node.fetches += 1;
+            node.last_fetch_unix = Some(EPOCH_UNIX + self.now / SEC);
+        }
         self.start(a, b, kind, Rc::new(msg));
+    }
+
+    /// The first message of an exchange of node `n`'s: the fingerprint of
+    /// everything, or, for a client with [`SimConfig::client_recent_s`]
+    /// between its full fetches, of what was published since its last
+    /// fetch began, less that margin.
+    fn first_message(&self, n: u32, kind: Kind) -> SyncMessage {
+        let node = &self.nodes[n as usize];
+        let store = Store::new(&node.view, &self.records);
+        let every = self.cfg.client_full_every.max(1);
+        match node.last_fetch_unix {
+            Some(last)
+                if kind == Kind::Client
+                    && self.cfg.client_recent_s > 0
+                    && node.fetches % every != 0 =>
+            {
+                let since = last.saturating_sub(self.cfg.client_recent_s);
+                sync::open_spans(&store, &veilnet_dir::spans_since(since))
+            }
+            _ => sync::open(&store),
+        }
     }
 
     fn start(&mut self, a: u32, b: u32, kind: Kind, first: Rc<SyncMessage>) {
@@ -1191,8 +1220,10 @@ impl Sim {
                 // As the node: MAX_ROUNDS done with work left, start afresh.
                 AfterRound::Restart => {
                     self.counters.exchanges_at_max_rounds += 1;
-                    let fresh =
-                        sync::open(&Store::new(&self.nodes[me as usize].view, &self.records));
+                    let kind = self.exchanges[ex as usize]
+                        .as_ref()
+                        .map_or(Kind::Gossip, |e| e.kind);
+                    let fresh = self.first_message(me, kind);
                     self.nodes[me as usize].view.settle();
                     if let Some(e) = &mut self.exchanges[ex as usize] {
                         e.round += 1;

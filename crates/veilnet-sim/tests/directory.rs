@@ -252,6 +252,46 @@ fn restarted_relays_come_back_with_their_directory_and_fetch_only_the_changes() 
     );
 }
 
+#[test]
+fn clients_that_fetch_only_what_is_new_agree_and_spend_less() {
+    // The public network's cut: clients fetch once a slot, in the minutes
+    // before it; between full fetches (the first, then every sixth) they
+    // take what was published since an hour before their last fetch.
+    let cfg = SimConfig {
+        nodes: 300,
+        churn: 0.3,
+        restarts: 0.9,
+        hours: 5.0,
+        warmup_hours: 1.0,
+        check_wire: false,
+        cut_every_s: veilnet_dir::Cut::PUBLIC.every_secs,
+        cut_margin_s: veilnet_dir::Cut::PUBLIC.margin_secs,
+        ..small()
+    };
+    let client = |r: &veilnet_sim::report::Report| {
+        r.bytes_by_kind
+            .iter()
+            .find(|(name, _)| name == "client")
+            .map(|(_, b)| *b)
+            .unwrap()
+    };
+    let recent = run_directory(&cfg).unwrap();
+    let full = run_directory(&SimConfig {
+        client_recent_s: 0,
+        ..cfg.clone()
+    })
+    .unwrap();
+    assert_eq!(full.view_agreement_min_hourly, 1.0);
+    assert_eq!(recent.view_agreement_min_hourly, 1.0);
+    assert_eq!(recent.agreement_end.cut_clients, 1.0);
+    assert!(
+        client(&recent) * 10 < client(&full) * 8,
+        "client bytes: {} fetching what is new, {} in full",
+        client(&recent),
+        client(&full)
+    );
+}
+
 fn sybil(advertised: Option<u64>, measure: bool) -> veilnet_sim::sybil::SybilReport {
     sybil_with_fakes(advertised, measure, 0)
 }
