@@ -16,7 +16,9 @@ mod wire;
 pub use config::{DiscoveryConfig, FetchSlots, RecordProvider};
 pub use error::DiscoveryError;
 pub use kept::{announcement_peers, choose_with_own};
-pub use node::{spawn, DiscoveryEvent, DiscoveryHandle, CLIENT_FULL_EVERY, CLIENT_RECENT_MARGIN};
+pub use node::{
+    recent_since, spawn, DiscoveryEvent, DiscoveryHandle, CLIENT_FULL_EVERY, CLIENT_RECENT_MARGIN,
+};
 pub use sync::RecordStore;
 pub use sync::{RecordDigest, RecordKey};
 

@@ -69,6 +69,15 @@ pub const CLIENT_RECENT_MARGIN: u64 = 3600;
 /// the fetches since their margins missed, and anything else).
 pub const CLIENT_FULL_EVERY: u32 = 6;
 
+/// Where a client's fetch between full ones begins, for a last complete
+/// fetch that began at `last`: [`CLIENT_RECENT_MARGIN`] before it, rounded
+/// down to a quarter hour, so the bound a client sends says no more of
+/// when it last fetched than that.
+pub fn recent_since(last: u64) -> u64 {
+    let since = last.saturating_sub(CLIENT_RECENT_MARGIN);
+    since - since % 900
+}
+
 /// Now, unix seconds.
 fn unix_secs() -> u64 {
     std::time::SystemTime::now()
@@ -1141,9 +1150,9 @@ impl Node {
         }
         self.fetch_started = Some(unix_secs());
         let spans = match self.last_fetch {
-            Some(last) if self.fetches % CLIENT_FULL_EVERY != 0 => self
-                .provider
-                .spans_since(last.saturating_sub(CLIENT_RECENT_MARGIN)),
+            Some(last) if self.fetches % CLIENT_FULL_EVERY != 0 => {
+                self.provider.spans_since(recent_since(last))
+            }
             _ => None,
         };
         match spans {

@@ -1012,7 +1012,11 @@ impl Sim {
                     && self.cfg.client_recent_s > 0
                     && node.fetches % every != 0 =>
             {
+                // As the node (`veilnet_discovery::recent_since`): the
+                // margin before the last fetch, rounded down to a quarter
+                // hour.
                 let since = last.saturating_sub(self.cfg.client_recent_s);
+                let since = since - since % 900;
                 sync::open_spans(&store, &veilnet_dir::spans_since(since))
             }
             _ => sync::open(&store),

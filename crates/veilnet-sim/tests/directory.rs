@@ -266,6 +266,7 @@ fn clients_that_fetch_only_what_is_new_agree_and_spend_less() {
         check_wire: false,
         cut_every_s: veilnet_dir::Cut::PUBLIC.every_secs,
         cut_margin_s: veilnet_dir::Cut::PUBLIC.margin_secs,
+        republish_mins: SimConfig::default().republish_mins,
         ..small()
     };
     let client = |r: &veilnet_sim::report::Report| {
