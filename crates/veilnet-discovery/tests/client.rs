@@ -489,3 +489,89 @@ async fn a_client_whose_remembered_fetch_relays_are_gone_falls_back_at_once() {
     .await
     .expect("test finished in time");
 }
+
+/// A client's store that says which spans hold recent records (all of
+/// them, so every fetch still brings everything) and notes each bound it
+/// was asked for.
+struct Spans {
+    records: RecordProvider,
+    asked: Arc<Mutex<Vec<u64>>>,
+}
+
+impl veilnet_discovery::RecordStore for Spans {
+    fn keys(&self) -> Arc<[veilnet_discovery::RecordKey]> {
+        self.records.keys()
+    }
+    fn record(&self, d: &veilnet_discovery::RecordDigest) -> Option<Vec<u8>> {
+        self.records.record(d)
+    }
+    fn unknown(
+        &self,
+        d: &[veilnet_discovery::RecordDigest],
+    ) -> Vec<veilnet_discovery::RecordDigest> {
+        self.records.unknown(d)
+    }
+    fn spans_since(
+        &self,
+        since: u64,
+    ) -> Option<
+        Vec<(
+            veilnet_discovery::RecordKey,
+            Option<veilnet_discovery::RecordKey>,
+        )>,
+    > {
+        self.asked.lock().unwrap().push(since);
+        Some(vec![((0, [0; 32]), None)])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_fetches_what_is_new_between_full_fetches() {
+    // Slots of 1 s: the first fetch and every sixth complete one after
+    // reconcile everything; the others ask the store for the spans since
+    // a quarter hour at least an hour before the last complete fetch.
+    timeout(Duration::from_secs(60), async {
+        let relay =
+            TestNode::start(b"relay".to_vec(), vec![], Duration::from_secs(3600), true).await;
+        let mut cfg = DiscoveryConfig::new(Keypair::generate_ed25519());
+        cfg.client_only = true;
+        cfg.bootstrap = vec![relay.addr.clone()];
+        cfg.client_fetch = Some(veilnet_discovery::FetchSlots {
+            every: Duration::from_secs(1),
+            from: Duration::from_millis(300),
+            to: Duration::from_millis(700),
+        });
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let a = asked.clone();
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let (client, _known, collect) =
+            collecting(cfg, |records| Arc::new(Spans { records, asked: a })).await;
+        // New records all along, so every fetch brings some.
+        for n in 0..80 {
+            relay
+                .known
+                .lock()
+                .unwrap()
+                .insert(format!("new-{n}").into_bytes());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if asked.lock().unwrap().len() >= 8 {
+                break;
+            }
+        }
+        let asked = asked.lock().unwrap().clone();
+        assert!(asked.len() >= 8, "{} recent fetches in 16 s", asked.len());
+        for since in &asked {
+            assert_eq!(since % 900, 0);
+            assert!(*since + veilnet_discovery::CLIENT_RECENT_MARGIN <= started + 2);
+            assert!(*since + veilnet_discovery::CLIENT_RECENT_MARGIN + 900 >= started);
+        }
+        drop(client);
+        relay.stop().await;
+        collect.abort();
+    })
+    .await
+    .expect("test finished in time");
+}
