@@ -274,8 +274,24 @@ fn signable(r: &Report) -> bool {
     let mut seen = HashSet::new();
     r.observations.len() <= MAX_OBSERVATIONS
         && r.observations.iter().all(|o| {
-            seen.insert(o.target) && o.target != r.measurer && (o.reached || o.bandwidth == 0)
+            seen.insert(o.target)
+                && o.target != r.measurer
+                && (o.reached || o.bandwidth == 0)
+                // Format 2: targets are ed25519 identities (the pool's keys
+                // are canonical), figures fit 32 bits.
+                && ed25519_id(&o.target)
+                && o.bandwidth <= u64::from(u32::MAX)
+                && o.since <= u64::from(u32::MAX)
         })
+}
+
+/// Whether `p` is the peer id of an ed25519 key (an identity multihash of
+/// its protobuf encoding).
+fn ed25519_id(p: &PeerId) -> bool {
+    let hash = p.as_ref();
+    hash.code() == 0
+        && libp2p_identity::PublicKey::try_decode_protobuf(hash.digest())
+            .is_ok_and(|k| k.try_into_ed25519().is_ok())
 }
 
 /// A record unique to `r` (so its digest is), standing in for a signed
