@@ -1438,11 +1438,7 @@ impl Sim {
         for id in held {
             let r = self.records.get(id);
             if r.expires_unix <= now_unix && view.held(r.slot) == Some(id) {
-                let (slot, measurer, report) = (r.slot, r.relay, r.is_report());
-                view.expire(slot);
-                if !report && self.cfg.reports {
-                    view.drop_reports(measurer, kept);
-                }
+                view.expire_record(&self.records, id, self.cfg.reports.then_some(kept));
             }
         }
         let n = self.add_node(Some(relay));
@@ -1463,21 +1459,15 @@ impl Sim {
         if self.records.get(id).holders_all == 0 {
             return;
         }
-        let (slot, relay, report) = {
-            let r = self.records.get(id);
-            (r.slot, r.relay, r.is_report())
-        };
+        let slot = self.records.get(id).slot;
         let kept = 2 * self.cfg.measure_window;
         for n in 0..self.nodes.len() {
             let node = &mut self.nodes[n];
             if node.alive && node.view.held(slot) == Some(id) {
-                node.view.expire(slot);
                 let is_relay = u32::from(node.relay.is_some());
-                // With its measurer's descriptor go its reports.
-                let mut gone = vec![id];
-                if !report && self.cfg.reports {
-                    gone.extend(node.view.drop_reports(relay, kept));
-                }
+                let gone =
+                    node.view
+                        .expire_record(&self.records, id, self.cfg.reports.then_some(kept));
                 for g in gone {
                     let r = &mut self.records.list[g as usize];
                     r.holders_all -= 1;

@@ -270,6 +270,24 @@ impl View {
             .collect()
     }
 
+    /// Drops held record `id` (it expired), and with a descriptor its
+    /// measurer's reports (`kept` slots of them, when reports are
+    /// simulated: the directory keeps reports of listed measurers only).
+    /// Returns every record dropped.
+    pub fn expire_record(
+        &mut self,
+        records: &Records,
+        id: RecordId,
+        kept: Option<u32>,
+    ) -> Vec<RecordId> {
+        let r = records.get(id);
+        let mut gone: Vec<RecordId> = self.expire(r.slot).into_iter().collect();
+        if let (false, Some(kept)) = (r.is_report(), kept) {
+            gone.extend(self.drop_reports(r.relay, kept));
+        }
+        gone
+    }
+
     /// When the record was asked for, if it is awaited.
     pub fn asked_at(&self, id: RecordId) -> Option<u64> {
         self.asked.get(&id).copied()
